@@ -1,0 +1,306 @@
+//! Conditions: CEL expressions compiled once at validation and evaluated by the run state machine.
+//!
+//! A `Condition` knows the dotted paths it reads (`contact.scores.engagement`), so every
+//! evaluation can record the values it looked at in a decision record — the answer to
+//! "why did this contact go down that branch?".
+//!
+//! Invariant: a `Condition` only exists for source that parsed and whose variables are all
+//! among the roots the step may read; evaluation never panics, it returns an `EvalError`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use cel::common::ast::{EntryExpr, Expr};
+use cel::{Context, IdedExpr, Program, Value as CelValue};
+use serde_json::Value;
+
+use crate::limits::CONDITION_LENGTH_MAX;
+
+/// A compiled CEL condition.
+#[derive(Clone)]
+pub struct Condition {
+    source: Arc<str>,
+    program: Arc<Program>,
+    /// Dotted paths the expression reads, root first, deduplicated, in order of appearance.
+    paths: Arc<[String]>,
+    /// The roots among `paths`, so evaluation converts only what the expression reads.
+    roots: Arc<[String]>,
+}
+
+impl fmt::Debug for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Condition({:?})", self.source)
+    }
+}
+
+impl PartialEq for Condition {
+    fn eq(&self, other: &Condition) -> bool {
+        self.source == other.source
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompileError {
+    TooLong {
+        length: usize,
+    },
+    /// `column` is 1-based within the expression.
+    Syntax {
+        message: String,
+        line: usize,
+        column: usize,
+    },
+    UnknownVariable {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    #[error("the condition failed: {0}")]
+    Execution(String),
+    #[error("the condition gave {0}, not true or false")]
+    NotBool(String),
+}
+
+/// What one evaluation read and gave, for the decision record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub result: Result<bool, EvalError>,
+    pub inputs: BTreeMap<String, Value>,
+}
+
+impl Condition {
+    /// Compiles `source`, accepting only variables named in `roots`.
+    pub fn compile(source: &str, roots: &[&str]) -> Result<Condition, CompileError> {
+        if source.len() > CONDITION_LENGTH_MAX {
+            return Err(CompileError::TooLong { length: source.len() });
+        }
+        let program = Program::compile(source).map_err(|errors| {
+            let first = errors.errors.first();
+            let (line, column) = first.map_or((1, 1), |e| {
+                (usize::try_from(e.pos.0).unwrap_or(0).max(1), usize::try_from(e.pos.1).unwrap_or(0) + 1)
+            });
+            let message = first.map_or_else(|| errors.to_string(), |e| e.msg.clone());
+            CompileError::Syntax { message, line, column }
+        })?;
+        let mut paths = Vec::new();
+        collect_paths(program.expression(), &mut Vec::new(), &mut paths);
+        let mut path_roots: Vec<String> = Vec::new();
+        for path in &paths {
+            let root = path.split('.').next().unwrap_or(path);
+            if !roots.contains(&root) {
+                return Err(CompileError::UnknownVariable { name: root.to_owned() });
+            }
+            if !path_roots.iter().any(|r| r == root) {
+                path_roots.push(root.to_owned());
+            }
+        }
+        Ok(Condition {
+            source: source.into(),
+            program: Arc::new(program),
+            paths: paths.into(),
+            roots: path_roots.into(),
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn paths(&self) -> &[String] {
+        &self.paths
+    }
+
+    /// Evaluates against `scope` (root name → JSON value). Missing roots are `null`.
+    pub fn eval(&self, scope: &Scope<'_>) -> Evaluation {
+        let inputs = self.paths.iter().map(|path| (path.clone(), scope.lookup(path))).collect();
+        let result = ROOT_CONTEXT.with(|root| {
+            let mut context = root.new_inner_scope();
+            for name in self.roots.iter() {
+                let value = scope.get(name).map_or(CelValue::Null, json_to_cel);
+                context.add_variable_from_value(name.clone(), value);
+            }
+            match self.program.execute(&context) {
+                Ok(CelValue::Bool(b)) => Ok(b),
+                Ok(other) => Err(EvalError::NotBool(format!("{other:?}"))),
+                Err(error) => Err(EvalError::Execution(error.to_string())),
+            }
+        });
+        Evaluation { result, inputs }
+    }
+}
+
+thread_local! {
+    /// Building a CEL context registers every built-in function; doing it once per thread and
+    /// giving each evaluation an inner scope is what makes evaluation cheap.
+    static ROOT_CONTEXT: Context<'static, 'static> = Context::default();
+}
+
+/// The variables a condition can read, by root name.
+#[derive(Debug, Default)]
+pub struct Scope<'a> {
+    roots: Vec<(&'static str, &'a Value)>,
+}
+
+impl<'a> Scope<'a> {
+    pub fn new() -> Scope<'a> {
+        Scope { roots: Vec::new() }
+    }
+
+    pub fn with(mut self, name: &'static str, value: &'a Value) -> Scope<'a> {
+        self.roots.push((name, value));
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&'a Value> {
+        self.roots.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
+    /// The value at a dotted path, `null` where any part is missing.
+    pub fn lookup(&self, path: &str) -> Value {
+        let mut parts = path.split('.');
+        let Some(mut value) = parts.next().and_then(|root| self.get(root)) else {
+            return Value::Null;
+        };
+        for part in parts {
+            match value.get(part) {
+                Some(next) => value = next,
+                None => return Value::Null,
+            }
+        }
+        value.clone()
+    }
+}
+
+/// Converts JSON to a CEL value: integers stay integers, so `score >= 50` compares as ints.
+pub fn json_to_cel(value: &Value) -> CelValue {
+    match value {
+        Value::Null => CelValue::Null,
+        Value::Bool(b) => CelValue::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => CelValue::Int(i),
+            (None, Some(u), _) => CelValue::UInt(u),
+            (_, _, Some(f)) => CelValue::Float(f),
+            _ => CelValue::Null,
+        },
+        Value::String(s) => CelValue::String(Arc::new(s.clone())),
+        Value::Array(items) => CelValue::List(Arc::new(items.iter().map(json_to_cel).collect())),
+        Value::Object(map) => {
+            let entries: std::collections::HashMap<cel::objects::Key, CelValue> =
+                map.iter().map(|(k, v)| (cel::objects::Key::String(Arc::new(k.clone())), json_to_cel(v))).collect();
+            CelValue::Map(cel::objects::Map { map: Arc::new(entries) })
+        }
+    }
+}
+
+/// Collects the dotted paths an expression reads. Comprehension variables (`x` in
+/// `list.exists(x, x > 1)`) are bound, not read from the scope, and are left out.
+fn collect_paths(expr: &IdedExpr, bound: &mut Vec<String>, out: &mut Vec<String>) {
+    if let Some(segments) = dotted(&expr.expr) {
+        if !bound.iter().any(|b| *b == segments[0]) {
+            let path = segments.join(".");
+            if !out.contains(&path) {
+                out.push(path);
+            }
+        }
+        return;
+    }
+    match &expr.expr {
+        Expr::Unspecified | Expr::Literal(_) | Expr::Ident(_) => {}
+        Expr::Call(call) => {
+            if let Some(target) = &call.target {
+                collect_paths(target, bound, out);
+            }
+            for arg in &call.args {
+                collect_paths(arg, bound, out);
+            }
+        }
+        Expr::Comprehension(c) => {
+            collect_paths(&c.iter_range, bound, out);
+            let bound_len = bound.len();
+            bound.push(c.iter_var.clone());
+            bound.extend(c.iter_var2.clone());
+            bound.push(c.accu_var.clone());
+            for part in [&c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                collect_paths(part, bound, out);
+            }
+            bound.truncate(bound_len);
+        }
+        Expr::List(list) => {
+            for element in &list.elements {
+                collect_paths(element, bound, out);
+            }
+        }
+        Expr::Map(map) => {
+            for entry in &map.entries {
+                if let EntryExpr::MapEntry(e) = &entry.expr {
+                    collect_paths(&e.key, bound, out);
+                    collect_paths(&e.value, bound, out);
+                }
+            }
+        }
+        Expr::Select(select) => collect_paths(&select.operand, bound, out),
+        Expr::Struct(s) => {
+            for entry in &s.entries {
+                if let EntryExpr::StructField(f) = &entry.expr {
+                    collect_paths(&f.value, bound, out);
+                }
+            }
+        }
+    }
+}
+
+fn dotted(expr: &Expr) -> Option<Vec<&str>> {
+    match expr {
+        Expr::Ident(name) => Some(vec![name.as_str()]),
+        Expr::Select(select) if !select.test => {
+            let mut segments = dotted(&select.operand.expr)?;
+            segments.push(select.field.as_str());
+            Some(segments)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn records_the_paths_it_reads() {
+        let c = Condition::compile("contact.scores.engagement >= 50 && 'vip' in contact.tags", &["contact"]).unwrap();
+        assert_eq!(c.paths(), ["contact.scores.engagement", "contact.tags"]);
+        let contact = json!({"scores": {"engagement": 60}, "tags": ["vip"]});
+        let evaluation = c.eval(&Scope::new().with("contact", &contact));
+        assert_eq!(evaluation.result, Ok(true));
+        assert_eq!(evaluation.inputs["contact.scores.engagement"], json!(60));
+    }
+
+    #[test]
+    fn rejects_unknown_variables_and_bad_syntax() {
+        assert_eq!(
+            Condition::compile("contcat.x == 1", &["contact", "event"]).unwrap_err(),
+            CompileError::UnknownVariable { name: "contcat".into() }
+        );
+        assert!(matches!(Condition::compile("a ==", &["a"]), Err(CompileError::Syntax { .. })));
+    }
+
+    #[test]
+    fn comprehension_variables_are_not_scope_reads() {
+        let c = Condition::compile("event.properties.items.exists(i, i.price > 10)", &["event"]).unwrap();
+        assert_eq!(c.paths(), ["event.properties.items"]);
+    }
+
+    #[test]
+    fn non_boolean_and_failing_expressions_are_errors_not_panics() {
+        let v = json!({"n": 1});
+        let c = Condition::compile("contact.n + 1", &["contact"]).unwrap();
+        assert!(matches!(c.eval(&Scope::new().with("contact", &v)).result, Err(EvalError::NotBool(_))));
+        let c = Condition::compile("contact.missing.deeper == 1", &["contact"]).unwrap();
+        assert!(c.eval(&Scope::new().with("contact", &v)).result.is_err());
+    }
+}

@@ -1,0 +1,53 @@
+//! Every limit of the workflow language and the run state machine, in one place.
+//!
+//! Each constant says why it has the value it has. Crossing a limit at the edge is a
+//! diagnostic or an operating error that names the limit; inside the core it is an
+//! assertion. Nothing here is configurable at run time: a limit that changes is a release.
+
+/// Largest workflow definition file. A definition is code written by people; a file this
+/// large is a mistake or an attack, and the parser keeps the whole tree in memory.
+pub const DEFINITION_SIZE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Most steps in one workflow. Larger graphs stop being readable; split them with `subflow`.
+pub const STEPS_COUNT_MAX: usize = 500;
+
+/// Longest step or workflow id. Ids appear in URLs, logs and idempotency keys.
+pub const ID_LENGTH_MAX: usize = 64;
+
+/// Longest CEL condition. Conditions are meant to be read at a glance.
+pub const CONDITION_LENGTH_MAX: usize = 4096;
+
+/// Longest Liquid template (a whole HTML email fits comfortably).
+pub const TEMPLATE_LENGTH_MAX: usize = 256 * 1024;
+
+/// Most branches of one `branch`, `split` or `parallel` step.
+pub const FANOUT_COUNT_MAX: usize = 32;
+
+/// Most approvers of one approval step.
+pub const APPROVERS_COUNT_MAX: usize = 32;
+
+/// Most reminders of one approval step.
+pub const REMINDERS_COUNT_MAX: usize = 8;
+
+/// Longest duration a workflow may name (`wait`, `timeout`, `due`): ten years, in ms.
+/// Beyond that a timer is almost certainly a typo (`3650d` was meant as `365d`).
+pub const DURATION_MS_MAX: u64 = 10 * 366 * 24 * 60 * 60 * 1000;
+
+/// Most steps one input may execute in one run before the run fails. Validation already
+/// rejects loops without a wait; this bounds what a bug or a pathological graph can cost.
+pub const STEPS_PER_TRANSITION_MAX: u32 = 1_000;
+
+/// Most tokens (parallel paths) alive in one run at once.
+pub const TOKENS_COUNT_MAX: usize = 64;
+
+/// How far back a wait for an event looks when it starts, so an event that arrived just
+/// before the wait was registered still satisfies it (the race a wait must not lose).
+pub const WAIT_LOOKBACK_MS: u64 = 5 * 60 * 1000;
+
+/// Most recent events of a subject the shell hands to the core for the look-back.
+pub const RECENT_EVENTS_COUNT_MAX: usize = 256;
+
+const _: () = assert!(TEMPLATE_LENGTH_MAX <= DEFINITION_SIZE_BYTES_MAX);
+const _: () = assert!(CONDITION_LENGTH_MAX <= TEMPLATE_LENGTH_MAX);
+const _: () = assert!(FANOUT_COUNT_MAX <= TOKENS_COUNT_MAX);
+const _: () = assert!(WAIT_LOOKBACK_MS < DURATION_MS_MAX);

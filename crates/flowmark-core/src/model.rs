@@ -1,0 +1,575 @@
+//! The compiled workflow: what a definition means once it has parsed and validated.
+//!
+//! Steps live in one `Vec`, addressed by `StepIndex`; every target is resolved to an index,
+//! every condition compiled, every template parsed. The run state machine reads only this.
+//!
+//! Invariant: a `Workflow` is only built by `parse::compile` from a definition without errors,
+//! so every `StepIndex` in it is in bounds and every `Target::Step` names a step.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::expr::Condition;
+use crate::template::Template;
+use crate::time::Duration;
+
+/// Position of a step in `Workflow::steps`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct StepIndex(pub u16);
+
+impl StepIndex {
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubjectKind {
+    Contact,
+    Item,
+}
+
+impl SubjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubjectKind::Contact => "contact",
+            SubjectKind::Item => "item",
+        }
+    }
+}
+
+/// Where control goes after a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Step(StepIndex),
+    /// The run completes (no conversion).
+    End,
+}
+
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub id: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub subject: SubjectKind,
+    pub triggers: Vec<Trigger>,
+    pub entry: Entry,
+    pub goals: Vec<Goal>,
+    pub exits: Vec<ExitRule>,
+    pub quiet_hours: Option<QuietHours>,
+    pub caps: Vec<Cap>,
+    /// The workspace's time zone as this workflow sees it (IANA); `UTC` when not set.
+    pub timezone: chrono_tz::Tz,
+    pub roles: BTreeMap<String, RoleBinding>,
+    pub steps: Vec<Step>,
+}
+
+impl Workflow {
+    pub fn step(&self, index: StepIndex) -> &Step {
+        &self.steps[index.index()]
+    }
+
+    pub fn step_index(&self, id: &str) -> Option<StepIndex> {
+        self.steps.iter().position(|s| s.id == id).map(|i| StepIndex(i as u16))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    Event {
+        name: String,
+        filter: Option<Condition>,
+    },
+    Schedule {
+        cron: String,
+        timezone: chrono_tz::Tz,
+    },
+    Manual,
+    /// Starts when a run of another workflow ends with the given outcome.
+    Workflow {
+        id: String,
+        outcome: RunOutcomeFilter,
+    },
+    /// Starts when the subject enters (or leaves) a named segment.
+    Segment {
+        name: String,
+        on: SegmentEdge,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOutcomeFilter {
+    Completed,
+    Converted,
+    Exited,
+    Any,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SegmentEdge {
+    Enter,
+    Exit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// A subject runs through this workflow at most once, ever.
+    Never,
+    /// A subject may start again whenever a trigger fires, even while a run is active.
+    Always,
+    /// A subject may start again once its last run ended at least this long ago.
+    After(Duration),
+}
+
+/// A conversion: reaching it ends the run from any step and records the value.
+#[derive(Debug, Clone)]
+pub struct Goal {
+    pub name: String,
+    pub event: String,
+    pub filter: Option<Condition>,
+    pub value: Option<f64>,
+    pub currency: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExitRule {
+    pub event: String,
+    pub filter: Option<Condition>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimezoneSource {
+    /// The contact's own time zone, or the workflow's when the contact has none.
+    Subject,
+    /// The workflow's (workspace's) time zone.
+    Workspace,
+    Fixed(chrono_tz::Tz),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuietAction {
+    /// Hold the message until the window opens.
+    Delay,
+    /// Skip the message and go on.
+    Drop,
+}
+
+/// A daily window in which messages to people are held back; `from > to` wraps midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietHours {
+    pub from_minute: u16,
+    pub to_minute: u16,
+    pub timezone: TimezoneSource,
+    pub action: QuietAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Email,
+    Sms,
+    Push,
+    Webhook,
+    Notify,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 5] = [Channel::Email, Channel::Sms, Channel::Push, Channel::Webhook, Channel::Notify];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::Push => "push",
+            Channel::Webhook => "webhook",
+            Channel::Notify => "notify",
+        }
+    }
+}
+
+/// At most `max` messages on `channel` to one subject within any `per` window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap {
+    pub channel: Channel,
+    pub max: u32,
+    pub per: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleBinding {
+    Person(String),
+    Team(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub id: String,
+    pub name: Option<String>,
+    pub kind: StepKind,
+    /// Where control goes when the step is done; `None` for steps that route themselves.
+    pub next: Option<Target>,
+}
+
+impl Step {
+    pub fn kind_name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    /// Does a token stop at this step until something from outside happens?
+    pub fn blocks(&self) -> bool {
+        match &self.kind {
+            StepKind::Wait(_) | StepKind::Task(_) | StepKind::Approval(_) | StepKind::Join(_) => true,
+            StepKind::Subflow(s) => s.wait,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    Action(Action),
+    Task(Task),
+    Approval(Approval),
+    Wait(Wait),
+    Branch(Branch),
+    Split(Split),
+    Parallel(Parallel),
+    Join(JoinMode),
+    Goal(GoalStep),
+    Exit(ExitStep),
+    Subflow(Subflow),
+}
+
+impl StepKind {
+    pub const NAMES: [&'static str; 11] =
+        ["action", "task", "approval", "wait", "branch", "split", "parallel", "join", "goal", "exit", "subflow"];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Action(_) => "action",
+            StepKind::Task(_) => "task",
+            StepKind::Approval(_) => "approval",
+            StepKind::Wait(_) => "wait",
+            StepKind::Branch(_) => "branch",
+            StepKind::Split(_) => "split",
+            StepKind::Parallel(_) => "parallel",
+            StepKind::Join(_) => "join",
+            StepKind::Goal(_) => "goal",
+            StepKind::Exit(_) => "exit",
+            StepKind::Subflow(_) => "subflow",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Email(Email),
+    Webhook(Webhook),
+    Notify(Notify),
+    Score(Score),
+    Update(Update),
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Email(_) => "email",
+            Action::Webhook(_) => "webhook",
+            Action::Notify(_) => "notify",
+            Action::Score(_) => "score",
+            Action::Update(_) => "update",
+        }
+    }
+
+    /// The channel a message of this action goes out on, for caps and quiet hours.
+    pub fn channel(&self) -> Option<Channel> {
+        match self {
+            Action::Email(_) => Some(Channel::Email),
+            Action::Webhook(_) => Some(Channel::Webhook),
+            Action::Notify(_) => Some(Channel::Notify),
+            Action::Score(_) | Action::Update(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Email {
+    /// A stored template's id; the subject and bodies below override its parts.
+    pub template: Option<String>,
+    pub subject: Option<Template>,
+    pub html: Option<Template>,
+    pub text: Option<Template>,
+    pub from: Option<String>,
+    /// Transactional mail ignores quiet hours and caps (receipts, password resets).
+    pub transactional: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: Template,
+    pub method: String,
+    pub headers: Vec<(String, Template)>,
+    /// JSON body whose string leaves are Liquid templates.
+    pub body: Option<TemplateValue>,
+}
+
+/// A JSON value whose strings are templates, rendered leaf by leaf.
+#[derive(Debug, Clone)]
+pub enum TemplateValue {
+    Literal(serde_json::Value),
+    Text(Template),
+    List(Vec<TemplateValue>),
+    Map(Vec<(String, TemplateValue)>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Notify {
+    /// A role name or a person's email.
+    pub to: String,
+    pub message: Template,
+}
+
+#[derive(Debug, Clone)]
+pub struct Score {
+    pub model: String,
+    pub change: ScoreChange,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoreChange {
+    Add(f64),
+    Set(f64),
+}
+
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub set: Vec<(String, TemplateValue)>,
+}
+
+/// RACI on a task or approval. Exactly one accountable role; at least one responsible.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Raci {
+    pub responsible: Vec<String>,
+    pub accountable: String,
+    pub consulted: Vec<String>,
+    pub informed: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub title: Template,
+    pub description: Option<Template>,
+    pub raci: Raci,
+    pub due: Option<Duration>,
+    pub fields: Vec<FormField>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FormField {
+    pub name: String,
+    pub kind: FieldKind,
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldKind {
+    Text,
+    Number,
+    Bool,
+    Url,
+    Date,
+    Checkbox,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalMode {
+    /// The first decision decides.
+    Single,
+    /// Everyone at once; the quorum decides.
+    Parallel,
+    /// One approver after another, in order; any rejection ends the round.
+    Sequential,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quorum {
+    All,
+    Any,
+    Count(u16),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscalationAction {
+    /// Tell the escalation target; the approval stays open.
+    Notify,
+    /// Hand the open decisions to the escalation target.
+    Reassign,
+    AutoApprove,
+    AutoReject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Escalation {
+    pub after: Duration,
+    /// A role name, or `accountable` for the step's accountable role.
+    pub to: String,
+    pub action: EscalationAction,
+}
+
+#[derive(Debug, Clone)]
+pub struct Approval {
+    pub mode: ApprovalMode,
+    pub quorum: Quorum,
+    /// Roles whose decision is asked for, in order (the order matters for `sequential`).
+    pub approvers: Vec<String>,
+    pub accountable: Option<String>,
+    pub due: Option<Duration>,
+    /// Reminders, each this long after the request while no decision has come.
+    pub remind: Vec<Duration>,
+    pub escalate: Option<Escalation>,
+    /// Where a rejection goes; `None` ends the run as exited.
+    pub on_reject: Option<Target>,
+    /// Where a request for changes goes; defaults to `on_reject`.
+    pub on_changes: Option<Target>,
+}
+
+impl Approval {
+    /// Approvals needed for the approval to pass.
+    pub fn approvals_needed(&self) -> usize {
+        match (self.mode, self.quorum) {
+            (ApprovalMode::Single, _) => 1,
+            (ApprovalMode::Sequential, _) | (_, Quorum::All) => self.approvers.len(),
+            (_, Quorum::Any) => 1,
+            (_, Quorum::Count(n)) => usize::from(n),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Wait {
+    /// A fixed span of elapsed time.
+    Duration(Duration),
+    /// The next time of day (minute of day) in a time zone, optionally on given weekdays.
+    TimeOfDay { minute: u16, timezone: TimezoneSource, weekdays: Vec<chrono::Weekday> },
+    /// A fixed instant.
+    Until(crate::time::Timestamp),
+    /// An event for the subject matching a filter, with an optional timeout.
+    Event { name: String, filter: Option<Condition>, timeout: Option<Duration>, on_timeout: Option<Target> },
+}
+
+#[derive(Debug, Clone)]
+pub struct Branch {
+    pub arms: Vec<BranchArm>,
+    pub otherwise: Target,
+}
+
+#[derive(Debug, Clone)]
+pub struct BranchArm {
+    pub when: Condition,
+    pub target: Target,
+}
+
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub arms: Vec<SplitArm>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SplitArm {
+    pub name: String,
+    pub weight: u32,
+    pub target: Target,
+}
+
+#[derive(Debug, Clone)]
+pub struct Parallel {
+    pub branches: Vec<StepIndex>,
+    /// The join every branch reaches; found by validation.
+    pub join: StepIndex,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinMode {
+    /// Continue once every branch has arrived.
+    All,
+    /// Continue with the first branch to arrive; cancel the others.
+    Any,
+}
+
+#[derive(Debug, Clone)]
+pub struct GoalStep {
+    pub name: String,
+    pub value: Option<f64>,
+    pub currency: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExitStep {
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Subflow {
+    pub workflow: String,
+    /// Wait for the child run to end before going on.
+    pub wait: bool,
+}
+
+/// One arrow of the workflow graph, as validation, rendering and the simulator see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Edge {
+    pub target: Target,
+    /// Shown on the arrow: a condition, an outcome, a split arm.
+    pub label: Option<String>,
+}
+
+impl Step {
+    /// Every place control can go from this step.
+    pub fn edges(&self) -> Vec<Edge> {
+        let plain = |target: Target| Edge { target, label: None };
+        let labeled = |target: Target, label: String| Edge { target, label: Some(label) };
+        let mut edges = Vec::new();
+        match &self.kind {
+            StepKind::Branch(b) => {
+                edges.extend(b.arms.iter().map(|a| labeled(a.target, a.when.source().to_owned())));
+                edges.push(labeled(b.otherwise, "otherwise".to_owned()));
+            }
+            StepKind::Split(s) => {
+                let total: u32 = s.arms.iter().map(|a| a.weight).sum();
+                edges.extend(s.arms.iter().map(|a| {
+                    let percent = f64::from(a.weight) * 100.0 / f64::from(total.max(1));
+                    labeled(a.target, format!("{} {percent:.0}%", a.name))
+                }));
+            }
+            StepKind::Parallel(p) => edges.extend(p.branches.iter().map(|b| plain(Target::Step(*b)))),
+            StepKind::Goal(_) | StepKind::Exit(_) => {}
+            StepKind::Wait(Wait::Event { timeout: Some(_), on_timeout: Some(t), .. }) => {
+                edges.extend(self.next.map(|n| labeled(n, "event".to_owned())));
+                edges.push(labeled(*t, "timeout".to_owned()));
+            }
+            StepKind::Approval(a) => {
+                edges.extend(self.next.map(|n| labeled(n, "approved".to_owned())));
+                if let Some(t) = a.on_reject {
+                    edges.push(labeled(t, "rejected".to_owned()));
+                }
+                if let Some(t) = a.on_changes {
+                    edges.push(labeled(t, "changes requested".to_owned()));
+                }
+            }
+            _ => edges.extend(self.next.map(plain)),
+        }
+        edges
+    }
+}

@@ -1,0 +1,64 @@
+//! The `flowmark` command: validate, graph and simulate workflow definitions.
+//!
+//! This is the imperative shell around `flowmark-core` and `flowmark-sim`: it reads files,
+//! prints, and turns outcomes into exit codes (0 fine, 1 a finding in the input, 2 a usage or
+//! operating error). All decisions live in the libraries.
+
+mod graph;
+mod simulate;
+mod validate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "flowmark",
+    version,
+    about = "Smart marketing workflows: one durable engine for the team's work and the customer journeys."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check workflow definitions and report every problem with file:line:col and a hint.
+    Validate(validate::Args),
+    /// Draw a workflow as SVG, Mermaid or Graphviz DOT.
+    Graph(graph::Args),
+    /// Dry-run a workflow over a synthetic population in virtual time and report per step.
+    Simulate(simulate::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(&args),
+        Command::Graph(args) => graph::run(&args),
+        Command::Simulate(args) => simulate::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Reads and compiles one definition, printing its diagnostics to stderr when it fails.
+/// Shared by `graph` and `simulate`, which need a valid workflow to work on.
+#[allow(dead_code)] // used by `graph` and `simulate`, which land next
+pub(crate) fn load_workflow(path: &std::path::Path) -> anyhow::Result<Result<flowmark_core::Workflow, ExitCode>> {
+    let (source, compiled) = validate::read_and_compile(path)?;
+    match compiled.workflow {
+        Some(workflow) => Ok(Ok(workflow)),
+        None => {
+            validate::print_human(&source, &compiled.diagnostics, &mut std::io::stderr())?;
+            Ok(Err(ExitCode::from(1)))
+        }
+    }
+}
