@@ -115,12 +115,15 @@ fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(value, |v, part| v.get(part))
 }
 
-/// Sets `path` to null where it is missing, creating objects on the way; leaves a path alone
-/// where a non-object stands in the way.
+/// Sets `path` to null where it is missing, creating objects on the way (a null parent becomes
+/// an empty object); leaves a path alone where another value stands in the way.
 fn insert_null(value: &mut Value, path: &str) {
     let mut current = value;
     let mut parts = path.split('.').peekable();
     while let Some(part) = parts.next() {
+        if current.is_null() {
+            *current = Value::Object(serde_json::Map::new());
+        }
         let Value::Object(map) = current else { return };
         let last = parts.peek().is_none();
         current = map

@@ -1,1 +1,460 @@
-pub fn placeholder() {}
+//! The run state machine: what one input does to one run, decided without I/O.
+//!
+//! [`handle`] takes a workflow, a run's state, an [`Input`], the stored [`Facts`] about the
+//! subject that the shell loaded, and `now`; it returns a [`Transition`]: the next state, the
+//! history entries to append, the effects for the outbox (each with an idempotency key), the
+//! timers to arm and to cancel, and a decision record for every branch, split, wait and goal
+//! evaluation.
+//!
+//! Invariant: `handle` is a pure function of its arguments: no clock, no I/O, no global
+//! random source (splits hash the subject). Equal arguments give an equal `Transition`.
+//! A run that is not `Active` never changes again.
+
+mod calendar;
+mod machine;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::{Channel, Raci, ScoreChange, StepIndex, Workflow};
+use crate::time::{Duration, Timestamp};
+
+pub use calendar::{in_quiet_hours, next_time_of_day};
+
+/// A run's id, unique within a deployment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub u64);
+
+/// A timer's id, unique within its run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TimerId(pub u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Active,
+    /// Reached the end of the workflow.
+    Completed,
+    /// Reached a goal: counted as a conversion.
+    Converted,
+    /// Left early: an exit step, an exit rule, a rejection without a target, or a cancel.
+    Exited,
+    /// Stopped by an error the workflow cannot go past (a runaway loop, a bad input).
+    Failed,
+}
+
+/// One subject's trip through one pinned workflow version. Small: histories live elsewhere.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: RunId,
+    pub workflow_id: String,
+    pub version: u32,
+    pub subject_id: String,
+    pub status: RunStatus,
+    pub started_at: Timestamp,
+    pub ended_at: Option<Timestamp>,
+    pub tokens: Vec<Token>,
+    pub timers: Vec<ArmedTimer>,
+    /// What steps produced, readable as `steps.<id>.<field>` in conditions and templates.
+    pub outputs: serde_json::Map<String, Value>,
+    /// The latest event that started or advanced the run, readable as `event`.
+    pub event: Option<Event>,
+    /// When the latest consumed event happened: a wait never consumes an event twice.
+    pub last_event_at: Option<Timestamp>,
+    /// Source of run-local ids (tokens, timers, effects): each use takes the next number.
+    pub sequence: u32,
+}
+
+impl Run {
+    pub fn new(id: RunId, workflow: &Workflow, version: u32, subject_id: impl Into<String>, now: Timestamp) -> Run {
+        Run {
+            id,
+            workflow_id: workflow.id.clone(),
+            version,
+            subject_id: subject_id.into(),
+            status: RunStatus::Active,
+            started_at: now,
+            ended_at: None,
+            tokens: Vec::new(),
+            timers: Vec::new(),
+            outputs: serde_json::Map::new(),
+            event: None,
+            last_event_at: None,
+            sequence: 0,
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.status == RunStatus::Active
+    }
+
+    /// The steps this run's tokens stand at.
+    pub fn current_steps(&self) -> impl Iterator<Item = StepIndex> + '_ {
+        self.tokens.iter().map(|t| t.at)
+    }
+}
+
+/// One path of control through the workflow; a run has several only inside a `parallel`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Token {
+    pub id: u32,
+    pub at: StepIndex,
+    pub state: TokenState,
+    /// When the token arrived at `at`.
+    pub entered_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TokenState {
+    /// Waiting on a timer: a `wait` for time, or a message held by quiet hours.
+    Sleeping { timer: TimerId, quiet_hold: bool },
+    /// Waiting for an event, with an optional timeout timer.
+    AwaitingEvent { timeout: Option<TimerId> },
+    /// Waiting for a person to complete a task.
+    AwaitingTask { due: Option<TimerId> },
+    /// Waiting for approval decisions.
+    AwaitingApproval(Box<ApprovalState>),
+    /// Waiting for a child run to end.
+    AwaitingSubflow,
+    /// Arrived at a `join`, waiting for the other branches.
+    Joined,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalState {
+    /// Rounds start at 1; a rejection that loops back starts a fresh round.
+    pub round: u32,
+    /// For sequential approvals, the position of the approver being asked.
+    pub stage: u16,
+    /// Decisions of this round, by role.
+    pub decisions: Vec<(String, Decision)>,
+    /// After a `reassign` escalation, this role decides for anyone who has not.
+    pub delegate: Option<String>,
+    pub timers: Vec<TimerId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Approve,
+    ApproveWithChanges,
+    RequestChanges,
+    Reject,
+}
+
+impl Decision {
+    pub fn approves(self) -> bool {
+        matches!(self, Decision::Approve | Decision::ApproveWithChanges)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArmedTimer {
+    pub id: TimerId,
+    pub token: u32,
+    pub purpose: TimerPurpose,
+    pub due_at: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimerPurpose {
+    /// Wake a sleeping token (a wait for time, or the end of quiet hours).
+    Wake,
+    /// Give up waiting for an event.
+    EventTimeout,
+    /// A task passed its due time.
+    TaskDue,
+    /// Remind approvers who have not decided.
+    ApprovalReminder,
+    /// Escalate an approval nobody decided in time.
+    ApprovalEscalation,
+}
+
+/// An inbound fact about a subject (Segment shapes, or internal ones like `task.completed`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// `messageId`: deduplicates.
+    pub id: String,
+    /// The event's name (`track` events) or type (`identify`, `page`, …).
+    pub name: String,
+    pub at: Timestamp,
+    /// The whole event as JSON, readable as `event` in conditions (`event.properties.x`).
+    pub payload: Value,
+}
+
+/// What can happen to a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "input", rename_all = "snake_case")]
+pub enum Input {
+    /// The run begins, optionally because of an event.
+    Start {
+        event: Option<Event>,
+    },
+    Event {
+        event: Event,
+    },
+    TimerFired {
+        timer: TimerId,
+    },
+    /// The outbox reports what became of an effect.
+    EffectCompleted {
+        key: String,
+        ok: bool,
+        detail: Option<String>,
+    },
+    TaskCompleted {
+        step: String,
+        by: String,
+        fields: serde_json::Map<String, Value>,
+    },
+    ApprovalDecided {
+        step: String,
+        role: String,
+        by: String,
+        decision: Decision,
+        comment: Option<String>,
+    },
+    SubflowEnded {
+        step: String,
+        status: RunStatus,
+    },
+    Cancel {
+        reason: String,
+    },
+}
+
+impl Input {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Input::Start { .. } => "start",
+            Input::Event { .. } => "event",
+            Input::TimerFired { .. } => "timer_fired",
+            Input::EffectCompleted { .. } => "effect_completed",
+            Input::TaskCompleted { .. } => "task_completed",
+            Input::ApprovalDecided { .. } => "approval_decided",
+            Input::SubflowEnded { .. } => "subflow_ended",
+            Input::Cancel { .. } => "cancel",
+        }
+    }
+}
+
+/// A message sent to the subject, as the shell remembers it for frequency caps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sent {
+    pub channel: Channel,
+    pub at: Timestamp,
+}
+
+/// Stored facts the shell loads before calling `handle`.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    /// The contact's traits (with `scores`) or the item's fields.
+    pub subject: &'a Value,
+    /// The subject's own time zone, when known.
+    pub timezone: Option<chrono_tz::Tz>,
+    /// The subject's recent events, newest last, for the wait look-back.
+    pub recent_events: &'a [Event],
+    /// Messages recently sent to the subject, for frequency caps.
+    pub sent: &'a [Sent],
+    /// Workspace variables, readable as `env` in templates.
+    pub env: &'a Value,
+}
+
+static NULL: Value = Value::Null;
+
+impl Facts<'_> {
+    pub fn empty() -> Facts<'static> {
+        Facts { subject: &NULL, timezone: None, recent_events: &[], sent: &[], env: &NULL }
+    }
+}
+
+/// What `handle` decided.
+#[must_use]
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Transition {
+    pub run: Run,
+    pub history: Vec<HistoryEntry>,
+    pub effects: Vec<Effect>,
+    pub timers: Vec<TimerRequest>,
+    pub timers_cancelled: Vec<TimerId>,
+    pub decisions: Vec<DecisionRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TimerRequest {
+    pub timer: TimerId,
+    pub due_at: Timestamp,
+    pub purpose: TimerPurpose,
+}
+
+/// An outbound intent, performed by the runtime's dispatcher at least once.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Effect {
+    /// Idempotency key: stable across retries and restarts (`<run>-<step>-<n>`).
+    pub key: String,
+    pub step: String,
+    pub kind: EffectKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+pub enum EffectKind {
+    SendEmail {
+        template: Option<String>,
+        subject: Option<String>,
+        html: Option<String>,
+        text: Option<String>,
+        from: Option<String>,
+        transactional: bool,
+    },
+    CallWebhook {
+        url: String,
+        method: String,
+        headers: Vec<(String, String)>,
+        body: Option<Value>,
+    },
+    Notify {
+        to: String,
+        message: String,
+        reason: NotifyReason,
+    },
+    AdjustScore {
+        model: String,
+        change: ScoreChange,
+    },
+    UpdateSubject {
+        set: serde_json::Map<String, Value>,
+    },
+    CreateTask {
+        title: String,
+        description: Option<String>,
+        raci: Raci,
+        due_at: Option<Timestamp>,
+    },
+    RequestApproval {
+        round: u32,
+        approvers: Vec<String>,
+        due_at: Option<Timestamp>,
+    },
+    StartRun {
+        workflow: String,
+        wait: bool,
+    },
+    RecordConversion {
+        goal: String,
+        value: Option<f64>,
+        currency: Option<String>,
+    },
+}
+
+impl EffectKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EffectKind::SendEmail { .. } => "send_email",
+            EffectKind::CallWebhook { .. } => "call_webhook",
+            EffectKind::Notify { .. } => "notify",
+            EffectKind::AdjustScore { .. } => "adjust_score",
+            EffectKind::UpdateSubject { .. } => "update_subject",
+            EffectKind::CreateTask { .. } => "create_task",
+            EffectKind::RequestApproval { .. } => "request_approval",
+            EffectKind::StartRun { .. } => "start_run",
+            EffectKind::RecordConversion { .. } => "record_conversion",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyReason {
+    Message,
+    TaskOverdue,
+    TaskCompleted,
+    ApprovalReminder,
+    Escalation,
+}
+
+/// One line of a run's audit trail.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    pub at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(flatten)]
+    pub kind: HistoryKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "what", rename_all = "snake_case")]
+pub enum HistoryKind {
+    RunStarted { trigger: Option<String> },
+    StepEntered { kind: &'static str },
+    EffectEmitted { key: String, effect: &'static str },
+    EffectResult { key: String, ok: bool, detail: Option<String> },
+    Waiting { until: Option<Timestamp>, reason: &'static str },
+    WaitResolved { by: &'static str },
+    QuietHoursHeld { until: Timestamp },
+    QuietHoursDropped,
+    Capped { channel: Channel, sent_count: u32, max: u32 },
+    TaskCompleted { by: String },
+    TaskOverdue,
+    ApprovalDecision { role: String, by: String, decision: Decision, comment: Option<String> },
+    ApprovalResolved { outcome: &'static str, round: u32 },
+    ApprovalReminded,
+    ApprovalEscalated { to: String, action: &'static str },
+    StepFailed { error: String },
+    GoalReached { goal: String, value: Option<f64> },
+    InputIgnored { input: &'static str, reason: String },
+    RunEnded { status: RunStatus, reason: Option<String> },
+}
+
+/// Why a branch, split, wait or goal went the way it did.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DecisionRecord {
+    pub at: Timestamp,
+    pub step: Option<String>,
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+    /// The values the expression read, by dotted path.
+    pub inputs: BTreeMap<String, Value>,
+    pub result: Value,
+    /// Where control went: a step id, `end`, or an outcome.
+    pub path: Option<String>,
+}
+
+/// Decides what `input` does to `run` at `now`. See the module docs.
+pub fn handle(workflow: &Workflow, run: Run, input: &Input, facts: &Facts<'_>, now: Timestamp) -> Transition {
+    assert_eq!(run.workflow_id, workflow.id, "a run is handled by its own workflow");
+    machine::Machine::new(workflow, run, facts, now).handle(input)
+}
+
+/// The deterministic bucket of a subject in a split: FNV-1a over (workflow, step, subject).
+/// Written out here because it must never change between releases: a re-run lands on the
+/// same side.
+pub fn split_bucket(workflow_id: &str, step_id: &str, subject_id: &str, total: u32) -> u32 {
+    assert!(total > 0);
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [workflow_id, step_id, subject_id] {
+        for byte in part.bytes().chain(std::iter::once(0xff)) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    // Final avalanche so nearby ids spread evenly.
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    (hash % u64::from(total)) as u32
+}
+
+pub(crate) fn duration_ms_i64(d: Duration) -> i64 {
+    i64::try_from(d.ms()).unwrap_or(i64::MAX)
+}

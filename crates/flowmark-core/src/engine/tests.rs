@@ -1,0 +1,251 @@
+//! Scenario tests of the run state machine, driven through `handle` only.
+
+use serde_json::json;
+
+use super::*;
+use crate::diagnostic::Source;
+use crate::parse::compile;
+
+fn workflow(text: &str) -> Workflow {
+    let compiled = compile(&Source::new("test.yaml", text));
+    assert!(compiled.diagnostics.is_empty(), "{:#?}", compiled.diagnostics);
+    compiled.workflow.unwrap()
+}
+
+fn nurture() -> Workflow {
+    workflow(include_str!("../../../../blueprints/whitepaper-nurture.yaml"))
+}
+
+fn event(name: &str, at: i64, properties: Value) -> Event {
+    Event {
+        id: format!("m-{name}-{at}"),
+        name: name.into(),
+        at: Timestamp(at),
+        payload: json!({ "event": name, "properties": properties }),
+    }
+}
+
+/// 2026-11-24T12:00:00Z: midday, outside quiet hours in UTC.
+const NOON: i64 = 1_795_953_600_000;
+
+#[test]
+fn nurture_sends_waits_and_routes_by_score() {
+    let wf = nurture();
+    let contact = json!({ "first_name": "Ada", "email": "ada@example.com", "scores": { "engagement": 40 } });
+    let facts = Facts { subject: &contact, ..Facts::empty() };
+    let run = Run::new(RunId(7), &wf, 1, "c-1", Timestamp(NOON));
+    let t = handle(
+        &wf,
+        run,
+        &Input::Start { event: Some(event("Whitepaper Downloaded", NOON, json!({"topic": "automation"}))) },
+        &facts,
+        Timestamp(NOON),
+    );
+    assert_eq!(t.effects.len(), 1);
+    let EffectKind::SendEmail { subject, .. } = &t.effects[0].kind else {
+        panic!("expected an email, got {:?}", t.effects[0])
+    };
+    assert_eq!(subject.as_deref(), Some("Your guide, Ada"));
+    assert_eq!(t.effects[0].key, "7-thanks-2");
+    assert_eq!(t.timers.len(), 1, "the click wait arms its timeout");
+    let click = event("Email Link Clicked", NOON + 1000, json!({ "email_id": t.effects[0].key }));
+    let t = handle(&wf, t.run, &Input::Event { event: click }, &facts, Timestamp(NOON + 1000));
+    assert_eq!(t.timers_cancelled.len(), 1, "the timeout is cancelled");
+    // Score goes +30 as an effect; the branch reads the stored score (40): below 50 → case study.
+    assert!(matches!(t.effects[0].kind, EffectKind::AdjustScore { .. }));
+    let evaluated = t.decisions.iter().find(|d| d.kind == "branch").unwrap();
+    assert_eq!(evaluated.expression.as_deref(), Some("contact.scores.engagement >= 50"));
+    assert_eq!(evaluated.inputs["contact.scores.engagement"], json!(40));
+    assert_eq!(evaluated.result, json!(false));
+    let taken = t.decisions.iter().rev().find(|d| d.kind == "branch").unwrap();
+    assert_eq!(taken.path.as_deref(), Some("case-study"));
+    assert_eq!(t.run.status, RunStatus::Active);
+}
+
+#[test]
+fn a_wait_times_out_onto_its_timeout_path() {
+    let wf = nurture();
+    let contact = json!({ "first_name": "Bo" });
+    let facts = Facts { subject: &contact, ..Facts::empty() };
+    let t = handle(
+        &wf,
+        Run::new(RunId(1), &wf, 1, "c-2", Timestamp(NOON)),
+        &Input::Start { event: None },
+        &facts,
+        Timestamp(NOON),
+    );
+    let timer = t.timers[0].clone();
+    let t = handle(&wf, t.run, &Input::TimerFired { timer: timer.timer }, &facts, timer.due_at);
+    let wait = t.decisions.iter().find(|d| d.kind == "wait").unwrap();
+    assert_eq!(wait.path.as_deref(), Some("reminder"));
+    assert!(
+        matches!(&t.effects[0].kind, EffectKind::SendEmail { subject: Some(s), .. } if s == "Did you get a chance to read it?")
+    );
+    // Firing the same timer again is ignored, not applied twice.
+    let again = handle(&wf, t.run.clone(), &Input::TimerFired { timer: timer.timer }, &facts, timer.due_at);
+    assert!(again.effects.is_empty());
+    assert_eq!(again.run, t.run);
+}
+
+#[test]
+fn a_goal_event_ends_the_run_from_any_step() {
+    let wf = nurture();
+    let facts = Facts::empty();
+    let t = handle(
+        &wf,
+        Run::new(RunId(1), &wf, 1, "c", Timestamp(NOON)),
+        &Input::Start { event: None },
+        &facts,
+        Timestamp(NOON),
+    );
+    let t = handle(
+        &wf,
+        t.run,
+        &Input::Event { event: event("Demo Booked", NOON + 5, json!({})) },
+        &facts,
+        Timestamp(NOON + 5),
+    );
+    assert_eq!(t.run.status, RunStatus::Converted);
+    assert!(t.run.timers.is_empty() && t.run.tokens.is_empty());
+    assert_eq!(t.timers_cancelled.len(), 1);
+    assert!(
+        t.effects.iter().any(|e| matches!(&e.kind, EffectKind::RecordConversion { value: Some(v), .. } if *v == 500.0))
+    );
+}
+
+#[test]
+fn quiet_hours_hold_a_message_until_the_window_opens() {
+    let wf = nurture();
+    let facts = Facts { timezone: Some(chrono_tz::America::New_York), ..Facts::empty() };
+    // 03:00Z is 22:00 in New York: inside 21:00–08:00.
+    let night = NOON - 9 * 3_600_000;
+    let t = handle(
+        &wf,
+        Run::new(RunId(1), &wf, 1, "c", Timestamp(night)),
+        &Input::Start { event: None },
+        &facts,
+        Timestamp(night),
+    );
+    assert!(t.effects.is_empty());
+    assert!(t.history.iter().any(|h| matches!(h.kind, HistoryKind::QuietHoursHeld { .. })));
+    // 08:00 in New York is 13:00Z.
+    assert_eq!(t.timers[0].due_at, Timestamp(NOON + 3_600_000));
+    let t = handle(
+        &wf,
+        t.run.clone(),
+        &Input::TimerFired { timer: t.timers[0].timer },
+        &facts,
+        Timestamp(NOON + 3_600_000),
+    );
+    assert!(matches!(t.effects[0].kind, EffectKind::SendEmail { .. }));
+}
+
+#[test]
+fn a_frequency_cap_skips_the_message_and_says_so() {
+    let wf = nurture();
+    let sent = [Sent { channel: crate::model::Channel::Email, at: Timestamp(NOON - 1000) }; 3];
+    let facts = Facts { sent: &sent, ..Facts::empty() };
+    let t = handle(
+        &wf,
+        Run::new(RunId(1), &wf, 1, "c", Timestamp(NOON)),
+        &Input::Start { event: None },
+        &facts,
+        Timestamp(NOON),
+    );
+    assert!(t.effects.is_empty());
+    assert!(t.history.iter().any(|h| matches!(h.kind, HistoryKind::Capped { sent_count: 3, max: 3, .. })));
+}
+
+#[test]
+fn an_event_just_before_the_wait_still_satisfies_it() {
+    let wf = workflow(
+        "id: w\nsubject: contact\nsteps:\n  - id: hold\n    wait: { event: Opened, timeout: 1d }\n    on_timeout: lost\n  - id: won\n    exit: won\n  - id: lost\n    exit: lost\n",
+    );
+    let recent = [event("Opened", NOON - 1000, json!({}))];
+    let facts = Facts { recent_events: &recent, ..Facts::empty() };
+    let t = handle(
+        &wf,
+        Run::new(RunId(1), &wf, 1, "c", Timestamp(NOON)),
+        &Input::Start { event: None },
+        &facts,
+        Timestamp(NOON),
+    );
+    assert_eq!(t.run.status, RunStatus::Exited);
+    assert!(t.history.iter().any(|h| matches!(&h.kind, HistoryKind::RunEnded { reason: Some(r), .. } if r == "won")));
+}
+
+#[test]
+fn blog_post_review_loops_back_on_changes_and_joins_after_distribution() {
+    let wf = workflow(include_str!("../../../../blueprints/blog-post.yaml"));
+    let item = json!({ "title": "Flows", "word_count": 900 });
+    let facts = Facts { subject: &item, ..Facts::empty() };
+    let mut now = Timestamp(NOON);
+    let step = |run: Run, input: Input, now: Timestamp| handle(&wf, run, &input, &facts, now);
+    let t = step(Run::new(RunId(3), &wf, 1, "post-1", now), Input::Start { event: None }, now);
+    assert!(
+        matches!(&t.effects[0].kind, EffectKind::CreateTask { title, .. } if title == "Keyword research for Flows")
+    );
+    now = now.plus(Duration::HOUR);
+    let fields: serde_json::Map<String, Value> =
+        [("keywords".to_owned(), json!("workflow automation"))].into_iter().collect();
+    let t = step(t.run, Input::TaskCompleted { step: "research".into(), by: "sam".into(), fields }, now);
+    assert!(
+        matches!(&t.effects.last().unwrap().kind, EffectKind::CreateTask { description: Some(d), .. } if d == "Target keywords: workflow automation")
+    );
+    let draft_fields: serde_json::Map<String, Value> =
+        [("draft_url".to_owned(), json!("https://docs/1"))].into_iter().collect();
+    let t =
+        step(t.run, Input::TaskCompleted { step: "draft".into(), by: "wes".into(), fields: draft_fields.clone() }, now);
+    assert!(matches!(&t.effects[0].kind, EffectKind::RequestApproval { round: 1, .. }));
+    let decide = |run: Run, role: &str, decision: Decision| {
+        step(
+            run,
+            Input::ApprovalDecided {
+                step: "review".into(),
+                role: role.into(),
+                by: role.into(),
+                decision,
+                comment: None,
+            },
+            now,
+        )
+    };
+    let t = decide(t.run, "editor", Decision::Approve);
+    let t = decide(t.run, "brand", Decision::RequestChanges);
+    assert!(
+        t.history
+            .iter()
+            .any(|h| matches!(h.kind, HistoryKind::ApprovalResolved { outcome: "changes_requested", round: 1 }))
+    );
+    assert_eq!(wf.step(t.run.tokens[0].at).id, "draft", "changes requested goes back to the draft");
+    let t = step(t.run, Input::TaskCompleted { step: "draft".into(), by: "wes".into(), fields: draft_fields }, now);
+    assert!(matches!(&t.effects[0].kind, EffectKind::RequestApproval { round: 2, .. }), "a fresh round starts");
+    let t = decide(t.run, "editor", Decision::Approve);
+    let t = decide(t.run, "brand", Decision::ApproveWithChanges);
+    // Approved → brand check (900 words) → publish → parallel newsletter + social task.
+    assert!(t.effects.iter().any(|e| matches!(e.kind, EffectKind::CallWebhook { .. })));
+    assert_eq!(t.run.tokens.len(), 2, "newsletter joined, social task open");
+    let t =
+        step(t.run, Input::TaskCompleted { step: "social".into(), by: "wes".into(), fields: Default::default() }, now);
+    assert_eq!(t.run.status, RunStatus::Completed);
+}
+
+#[test]
+fn approvals_escalate_to_the_accountable_role() {
+    let wf = workflow(include_str!("../../../../blueprints/blog-post.yaml"));
+    let item = json!({ "title": "Flows", "word_count": 900 });
+    let facts = Facts { subject: &item, ..Facts::empty() };
+    let now = Timestamp(NOON);
+    let mut t = handle(&wf, Run::new(RunId(3), &wf, 1, "p", now), &Input::Start { event: None }, &facts, now);
+    for (step, field, value) in [("research", "keywords", "k"), ("draft", "draft_url", "u")] {
+        let fields = [(field.to_owned(), json!(value))].into_iter().collect();
+        t = handle(&wf, t.run, &Input::TaskCompleted { step: step.into(), by: "x".into(), fields }, &facts, now);
+    }
+    let escalation = t.timers.iter().find(|r| r.purpose == TimerPurpose::ApprovalEscalation).unwrap().clone();
+    let t = handle(&wf, t.run, &Input::TimerFired { timer: escalation.timer }, &facts, escalation.due_at);
+    assert!(
+        t.effects.iter().any(
+            |e| matches!(&e.kind, EffectKind::Notify { to, reason: NotifyReason::Escalation, .. } if to == "lead")
+        )
+    );
+}
