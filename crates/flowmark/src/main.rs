@@ -51,7 +51,6 @@ fn main() -> ExitCode {
 
 /// Reads and compiles one definition, printing its diagnostics to stderr when it fails.
 /// Shared by `graph` and `simulate`, which need a valid workflow to work on.
-#[allow(dead_code)] // used by `graph` and `simulate`, which land next
 pub(crate) fn load_workflow(path: &std::path::Path) -> anyhow::Result<Result<flowmark_core::Workflow, ExitCode>> {
     let (source, compiled) = validate::read_and_compile(path)?;
     match compiled.workflow {

@@ -211,7 +211,7 @@ fn blog_post_review_loops_back_on_changes_and_joins_after_distribution() {
         )
     };
     let t = decide(t.run, "editor", Decision::Approve);
-    let t = decide(t.run, "brand", Decision::RequestChanges);
+    let t = decide(t.run, "seo", Decision::RequestChanges);
     assert!(
         t.history
             .iter()
@@ -221,8 +221,19 @@ fn blog_post_review_loops_back_on_changes_and_joins_after_distribution() {
     let t = step(t.run, Input::TaskCompleted { step: "draft".into(), by: "wes".into(), fields: draft_fields }, now);
     assert!(matches!(&t.effects[0].kind, EffectKind::RequestApproval { round: 2, .. }), "a fresh round starts");
     let t = decide(t.run, "editor", Decision::Approve);
-    let t = decide(t.run, "brand", Decision::ApproveWithChanges);
-    // Approved → brand check (900 words) → publish → parallel newsletter + social task.
+    let t = decide(t.run, "seo", Decision::ApproveWithChanges);
+    let t = step(
+        t.run,
+        Input::ApprovalDecided {
+            step: "brand-check".into(),
+            role: "brand".into(),
+            by: "bea".into(),
+            decision: Decision::Approve,
+            comment: None,
+        },
+        now,
+    );
+    // Approved → brand sign-off → publish → parallel newsletter + social task.
     assert!(t.effects.iter().any(|e| matches!(e.kind, EffectKind::CallWebhook { .. })));
     assert_eq!(t.run.tokens.len(), 2, "newsletter joined, social task open");
     let t =
