@@ -113,14 +113,24 @@ impl Condition {
         &self.paths
     }
 
-    /// Evaluates against `scope` (root name → JSON value). Missing roots are `null`.
+    /// Does the expression read this root variable?
+    pub fn reads(&self, root: &str) -> bool {
+        self.roots.iter().any(|r| r == root)
+    }
+
+    /// Evaluates against `scope` (root name → JSON value).
+    ///
+    /// Only the paths the expression reads are converted to CEL: the activation holds each
+    /// root projected onto those paths, which is what makes evaluation cheap on large
+    /// contacts. A field that is missing reads as `null`, so `contact.plan == "pro"` is false
+    /// for a contact without a plan rather than an error.
     pub fn eval(&self, scope: &Scope<'_>) -> Evaluation {
-        let inputs = self.paths.iter().map(|path| (path.clone(), scope.lookup(path))).collect();
+        let inputs: BTreeMap<String, Value> =
+            self.paths.iter().map(|path| (path.clone(), scope.lookup(path))).collect();
         let result = ROOT_CONTEXT.with(|root| {
             let mut context = root.new_inner_scope();
             for name in self.roots.iter() {
-                let value = scope.get(name).map_or(CelValue::Null, json_to_cel);
-                context.add_variable_from_value(name.clone(), value);
+                context.add_variable_from_value(name.clone(), json_to_cel(&project(name, &inputs)));
             }
             match self.program.execute(&context) {
                 Ok(CelValue::Bool(b)) => Ok(b),
@@ -138,10 +148,42 @@ thread_local! {
     static ROOT_CONTEXT: Context<'static, 'static> = Context::default();
 }
 
-/// The variables a condition can read, by root name.
+/// The value of `root` reduced to the paths read under it: `{scores: {engagement: 40}}` for
+/// the single path `contact.scores.engagement`. A shorter path read in full wins over longer
+/// ones below it.
+fn project(root: &str, inputs: &BTreeMap<String, Value>) -> Value {
+    let mut paths: Vec<(Vec<&str>, &Value)> = inputs
+        .iter()
+        .filter_map(|(path, value)| {
+            let mut segments = path.split('.');
+            (segments.next() == Some(root)).then(|| (segments.collect(), value))
+        })
+        .collect();
+    paths.sort_by_key(|(segments, _)| segments.len());
+    if let Some((segments, value)) = paths.first()
+        && segments.is_empty()
+    {
+        return (*value).clone();
+    }
+    let mut tree = Value::Object(serde_json::Map::new());
+    'paths: for (segments, value) in paths {
+        let mut node = &mut tree;
+        for (position, segment) in segments.iter().enumerate() {
+            let Value::Object(map) = node else { continue 'paths };
+            if position + 1 == segments.len() {
+                map.entry(segment.to_string()).or_insert_with(|| value.clone());
+                continue 'paths;
+            }
+            node = map.entry(segment.to_string()).or_insert_with(|| Value::Object(serde_json::Map::new()));
+        }
+    }
+    tree
+}
+
+/// The variables a condition or a template can read, by root name.
 #[derive(Debug, Default)]
 pub struct Scope<'a> {
-    roots: Vec<(&'static str, &'a Value)>,
+    roots: Vec<(&'a str, &'a Value)>,
 }
 
 impl<'a> Scope<'a> {
@@ -149,9 +191,13 @@ impl<'a> Scope<'a> {
         Scope { roots: Vec::new() }
     }
 
-    pub fn with(mut self, name: &'static str, value: &'a Value) -> Scope<'a> {
+    pub fn with(mut self, name: &'a str, value: &'a Value) -> Scope<'a> {
         self.roots.push((name, value));
         self
+    }
+
+    pub fn roots(&self) -> impl Iterator<Item = (&'a str, &'a Value)> + '_ {
+        self.roots.iter().copied()
     }
 
     pub fn get(&self, name: &str) -> Option<&'a Value> {
@@ -290,6 +336,19 @@ mod tests {
     }
 
     #[test]
+    fn projection_keeps_what_is_read_and_nothing_else() {
+        let contact = json!({"scores": {"engagement": 60, "fit": 3}, "tags": ["vip"], "notes": "long text"});
+        let c = Condition::compile("contact.scores.engagement > 50 && size(contact.tags) == 1", &["contact"]).unwrap();
+        let scope = Scope::new().with("contact", &contact);
+        let inputs = c.eval(&scope).inputs;
+        assert_eq!(project("contact", &inputs), json!({"scores": {"engagement": 60}, "tags": ["vip"]}));
+        let c = Condition::compile("has(contact.notes) && contact.scores.fit == 3", &["contact"]).unwrap();
+        let evaluation = c.eval(&scope);
+        assert_eq!(evaluation.result, Ok(true), "a presence test reads the whole root");
+        assert_eq!(project("contact", &evaluation.inputs), contact);
+    }
+
+    #[test]
     fn comprehension_variables_are_not_scope_reads() {
         let c = Condition::compile("event.properties.items.exists(i, i.price > 10)", &["event"]).unwrap();
         assert_eq!(c.paths(), ["event.properties.items"]);
@@ -300,7 +359,9 @@ mod tests {
         let v = json!({"n": 1});
         let c = Condition::compile("contact.n + 1", &["contact"]).unwrap();
         assert!(matches!(c.eval(&Scope::new().with("contact", &v)).result, Err(EvalError::NotBool(_))));
-        let c = Condition::compile("contact.missing.deeper == 1", &["contact"]).unwrap();
-        assert!(c.eval(&Scope::new().with("contact", &v)).result.is_err());
+        let c = Condition::compile("contact.n + 'x' == 1", &["contact"]).unwrap();
+        assert!(c.eval(&Scope::new().with("contact", &v)).result.is_err(), "adding a string to a number fails");
+        let c = Condition::compile("contact.missing == 1", &["contact"]).unwrap();
+        assert_eq!(c.eval(&Scope::new().with("contact", &v)).result, Ok(false), "a missing field reads as null");
     }
 }

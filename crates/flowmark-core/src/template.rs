@@ -9,8 +9,10 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
+use liquid::model::{KString, Value as LiquidValue};
 use serde_json::Value;
 
+use crate::expr::Scope;
 use crate::limits::TEMPLATE_LENGTH_MAX;
 
 #[derive(Clone)]
@@ -22,6 +24,9 @@ pub struct Template {
     /// Liquid itself is strict about every missing variable; this keeps it strict only where
     /// the template gave no default.
     defaulted: Arc<[String]>,
+    /// Every name the template's tags mention: a superset of the variables it reads, so
+    /// rendering converts only those roots of the scope.
+    names: Arc<[String]>,
 }
 
 impl fmt::Debug for Template {
@@ -65,30 +70,109 @@ impl Template {
         } else {
             None
         };
-        Ok(Template { source: source.into(), compiled, defaulted: defaulted_paths(source).into() })
+        Ok(Template {
+            source: source.into(),
+            compiled,
+            defaulted: defaulted_paths(source).into(),
+            names: tag_names(source).into(),
+        })
     }
 
     pub fn source(&self) -> &str {
         &self.source
     }
 
-    /// Renders with `data` (a JSON object whose keys are the template's variables).
-    pub fn render(&self, data: &Value) -> Result<String, TemplateError> {
+    /// Does the template mention this name in a tag (a root variable it may read)?
+    pub fn reads(&self, root: &str) -> bool {
+        self.names.iter().any(|n| n == root)
+    }
+
+    /// Renders with the variables of `scope`.
+    pub fn render(&self, scope: &Scope<'_>) -> Result<String, TemplateError> {
         let Some(compiled) = &self.compiled else {
             return Ok(self.source.to_string());
         };
-        let mut filled;
-        let mut data = data;
-        if self.defaulted.iter().any(|path| lookup(data, path).is_none()) {
-            filled = data.clone();
-            for path in self.defaulted.iter() {
-                insert_null(&mut filled, path);
+        let mut globals = liquid::Object::new();
+        for (name, value) in scope.roots() {
+            if self.reads(name) {
+                globals.insert(KString::from_ref(name), json_to_liquid(value));
             }
-            data = &filled;
         }
-        let globals = liquid::to_object(data).map_err(|e| TemplateError::Render(clean(&e.to_string())))?;
+        for path in self.defaulted.iter() {
+            insert_nil(&mut globals, path);
+        }
         compiled.render(&globals).map_err(|e| TemplateError::Render(clean(&e.to_string())))
     }
+
+    /// Renders with the top-level keys of a JSON object as the variables.
+    pub fn render_json(&self, data: &Value) -> Result<String, TemplateError> {
+        let mut scope = Scope::new();
+        if let Value::Object(map) = data {
+            for (name, value) in map {
+                scope = scope.with(name, value);
+            }
+        }
+        self.render(&scope)
+    }
+}
+
+fn json_to_liquid(value: &Value) -> LiquidValue {
+    match value {
+        Value::Null => LiquidValue::Nil,
+        Value::Bool(b) => LiquidValue::scalar(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => LiquidValue::scalar(i),
+            None => LiquidValue::scalar(n.as_f64().unwrap_or(0.0)),
+        },
+        Value::String(s) => LiquidValue::scalar(s.clone()),
+        Value::Array(items) => LiquidValue::Array(items.iter().map(json_to_liquid).collect()),
+        Value::Object(map) => {
+            LiquidValue::Object(map.iter().map(|(k, v)| (KString::from_ref(k), json_to_liquid(v))).collect())
+        }
+    }
+}
+
+/// Sets `path` to nil where it is missing, creating objects on the way (a nil parent becomes
+/// an empty object); leaves a path alone where another value stands in the way.
+fn insert_nil(globals: &mut liquid::Object, path: &str) {
+    let mut parts = path.split('.');
+    let Some(first) = parts.next() else { return };
+    let rest: Vec<&str> = parts.collect();
+    let mut current = globals.entry(KString::from_ref(first)).or_insert(LiquidValue::Nil);
+    for part in rest {
+        if matches!(current, LiquidValue::Nil) {
+            *current = LiquidValue::Object(liquid::Object::new());
+        }
+        let LiquidValue::Object(map) = current else { return };
+        current = map.entry(KString::from_ref(part)).or_insert(LiquidValue::Nil);
+    }
+}
+
+/// Every identifier inside `{{ … }}` and `{% … %}`, outside quotes.
+fn tag_names(source: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (open, close) in [("{{", "}}"), ("{%", "%}")] {
+        for part in source.split(open).skip(1) {
+            let inner = part.split_once(close).map_or(part, |(inner, _)| inner);
+            let mut quote: Option<char> = None;
+            let mut word = String::new();
+            for c in inner.chars().chain(std::iter::once(' ')) {
+                match quote {
+                    Some(q) if c == q => quote = None,
+                    Some(_) => {}
+                    None if c == '"' || c == '\'' => quote = Some(c),
+                    None if c.is_ascii_alphanumeric() || c == '_' || c == '-' => word.push(c),
+                    None => {
+                        if word.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') && !names.contains(&word) {
+                            names.push(word.clone());
+                        }
+                        word.clear();
+                    }
+                }
+            }
+        }
+    }
+    names
 }
 
 /// The dotted paths that appear as `{{ path | default: … }}`.
@@ -109,27 +193,6 @@ fn defaulted_paths(source: &str) -> Vec<String> {
         }
     }
     paths
-}
-
-fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(value, |v, part| v.get(part))
-}
-
-/// Sets `path` to null where it is missing, creating objects on the way (a null parent becomes
-/// an empty object); leaves a path alone where another value stands in the way.
-fn insert_null(value: &mut Value, path: &str) {
-    let mut current = value;
-    let mut parts = path.split('.').peekable();
-    while let Some(part) = parts.next() {
-        if current.is_null() {
-            *current = Value::Object(serde_json::Map::new());
-        }
-        let Value::Object(map) = current else { return };
-        let last = parts.peek().is_none();
-        current = map
-            .entry(part.to_owned())
-            .or_insert_with(|| if last { Value::Null } else { Value::Object(Default::default()) });
-    }
 }
 
 /// Liquid's parse errors are a rendered snippet: `--> L:C`, the line, a caret, `= message`.
@@ -160,14 +223,14 @@ mod tests {
     #[test]
     fn renders_with_data_and_defaults() {
         let t = Template::compile("Hi {{ contact.first_name | default: 'there' }}").unwrap();
-        assert_eq!(t.render(&json!({"contact": {"first_name": "Ada"}})).unwrap(), "Hi Ada");
-        assert_eq!(t.render(&json!({"contact": {}})).unwrap(), "Hi there");
+        assert_eq!(t.render_json(&json!({"contact": {"first_name": "Ada"}})).unwrap(), "Hi Ada");
+        assert_eq!(t.render_json(&json!({"contact": {}})).unwrap(), "Hi there");
     }
 
     #[test]
     fn a_missing_variable_is_an_error_not_a_blank() {
         let t = Template::compile("Hi {{ contact.first_name }}").unwrap();
-        assert!(matches!(t.render(&json!({"contact": {}})), Err(TemplateError::Render(_))));
+        assert!(matches!(t.render_json(&json!({"contact": {}})), Err(TemplateError::Render(_))));
     }
 
     #[test]

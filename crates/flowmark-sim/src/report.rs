@@ -178,7 +178,9 @@ impl Collector {
             *self.steps[*step].paths.entry(path.clone()).or_default() += 1;
         }
         if !transition.run.is_active() {
-            self.waiting_since.retain(|(s, _), _| *s != subject);
+            for step in 0..self.steps.len() {
+                self.waiting_since.remove(&(subject, step));
+            }
         }
     }
 

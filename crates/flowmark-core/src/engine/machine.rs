@@ -150,7 +150,7 @@ impl<'a> Machine<'a> {
             self.cancel_timer(timer);
         }
         let step_id = self.workflow.step(at).id.clone();
-        self.out.run.outputs.insert(step_id.clone(), json!({ "event": event.payload, "matched_at": event.at }));
+        self.set_output(step_id.clone(), json!({ "event_id": event.id, "matched_at": event.at }));
         self.history(Some(at), HistoryKind::WaitResolved { by: "event" });
         let next = self.workflow.step(at).next.unwrap_or(Target::End);
         self.run_token(token, next);
@@ -234,7 +234,7 @@ impl<'a> Machine<'a> {
             self.cancel_timer(timer);
         }
         let step_id = self.workflow.step(at).id.clone();
-        self.out.run.outputs.insert(step_id.clone(), json!({ "completed_by": by, "fields": fields }));
+        self.set_output(step_id.clone(), json!({ "completed_by": by, "fields": fields }));
         self.history(Some(at), HistoryKind::TaskCompleted { by: by.to_owned() });
         for informed in task.raci.informed.clone() {
             let message = format!("`{step_id}` was completed by {by}");
@@ -302,7 +302,7 @@ impl<'a> Machine<'a> {
             return;
         };
         let at = token.at;
-        self.out.run.outputs.insert(self.workflow.step(at).id.clone(), json!({ "status": status }));
+        self.set_output(self.workflow.step(at).id.clone(), json!({ "status": status }));
         self.history(Some(at), HistoryKind::WaitResolved { by: "subflow" });
         self.run_token(token.id, self.workflow.step(at).next.unwrap_or(Target::End));
     }
@@ -361,9 +361,8 @@ impl<'a> Machine<'a> {
         match &step.kind {
             StepKind::Action(action) => self.action(token, at, action, quiet_released).unwrap_or(Flow::Go(next)),
             StepKind::Task(task) => {
-                let data = self.template_data();
-                let title = self.render(at, &task.title, &data);
-                let description = task.description.as_ref().and_then(|d| self.render(at, d, &data));
+                let title = self.render(at, &task.title);
+                let description = task.description.as_ref().and_then(|d| self.render(at, d));
                 let due_at = task.due.map(|d| self.now.plus(d));
                 self.emit(
                     at,
@@ -385,7 +384,7 @@ impl<'a> Machine<'a> {
                         Some(previous) => previous as u32 + 1,
                         None => 1,
                     };
-                self.out.run.outputs.insert(step.id.clone(), json!({ "round": round }));
+                self.set_output(step.id.clone(), json!({ "round": round }));
                 let approvers = match approval.mode {
                     ApprovalMode::Sequential => vec![approval.approvers[0].clone()],
                     _ => approval.approvers.clone(),
@@ -443,7 +442,7 @@ impl<'a> Machine<'a> {
                     .expect("the bucket is below the total weight");
                 let inputs = [("bucket".to_owned(), json!(bucket)), ("total".to_owned(), json!(total))].into();
                 self.decision(Some(at), "split", None, inputs, json!(arm.name), Some(self.target_name(arm.target)));
-                self.out.run.outputs.insert(step.id.clone(), json!({ "arm": arm.name }));
+                self.set_output(step.id.clone(), json!({ "arm": arm.name }));
                 Flow::Go(arm.target)
             }
             StepKind::Parallel(parallel) => {
@@ -527,12 +526,11 @@ impl<'a> Machine<'a> {
                 }
             }
         }
-        let data = self.template_data();
         let kind = match action {
             Action::Email(email) => {
-                let subject = email.subject.as_ref().map(|t| self.render(at, t, &data));
-                let html = email.html.as_ref().map(|t| self.render(at, t, &data));
-                let text = email.text.as_ref().map(|t| self.render(at, t, &data));
+                let subject = email.subject.as_ref().map(|t| self.render(at, t));
+                let html = email.html.as_ref().map(|t| self.render(at, t));
+                let text = email.text.as_ref().map(|t| self.render(at, t));
                 if [&subject, &html, &text].iter().any(|part| matches!(part, Some(None))) {
                     return None; // the failure is in the history; the message is not sent half-rendered
                 }
@@ -546,33 +544,33 @@ impl<'a> Machine<'a> {
                 }
             }
             Action::Webhook(webhook) => {
-                let url = self.render(at, &webhook.url, &data)?;
+                let url = self.render(at, &webhook.url)?;
                 let mut headers = Vec::new();
                 for (name, value) in &webhook.headers {
-                    headers.push((name.clone(), self.render(at, value, &data)?));
+                    headers.push((name.clone(), self.render(at, value)?));
                 }
                 let body = match &webhook.body {
-                    Some(body) => Some(self.render_value(at, body, &data)?),
+                    Some(body) => Some(self.render_value(at, body)?),
                     None => None,
                 };
                 EffectKind::CallWebhook { url, method: webhook.method.clone(), headers, body }
             }
             Action::Notify(notify) => {
-                let message = self.render(at, &notify.message, &data)?;
+                let message = self.render(at, &notify.message)?;
                 EffectKind::Notify { to: notify.to.clone(), message, reason: NotifyReason::Message }
             }
             Action::Score(score) => EffectKind::AdjustScore { model: score.model.clone(), change: score.change },
             Action::Update(update) => {
                 let mut set = serde_json::Map::new();
                 for (field, value) in &update.set {
-                    set.insert(field.clone(), self.render_value(at, value, &data)?);
+                    set.insert(field.clone(), self.render_value(at, value)?);
                 }
                 EffectKind::UpdateSubject { set }
             }
         };
         let key = self.emit(at, kind);
         let step_id = workflow.step(at).id.clone();
-        self.out.run.outputs.insert(step_id, json!({ "effect_id": key }));
+        self.set_output(step_id, json!({ "effect_id": key }));
         None
     }
 
@@ -619,7 +617,7 @@ impl<'a> Machine<'a> {
         self.out.run.event = Some(event.clone());
         self.out.run.last_event_at = Some(event.at);
         let step_id = self.workflow.step(at).id.clone();
-        self.out.run.outputs.insert(step_id, json!({ "event": event.payload, "matched_at": event.at }));
+        self.set_output(step_id, json!({ "event_id": event.id, "matched_at": event.at }));
         self.history(Some(at), HistoryKind::WaitResolved { by: "event (look-back)" });
     }
 
@@ -707,7 +705,7 @@ impl<'a> Machine<'a> {
         let step_id = self.workflow.step(at).id.clone();
         let decisions: serde_json::Map<String, Value> =
             state.decisions.iter().map(|(role, d)| (role.clone(), json!(d))).collect();
-        self.out.run.outputs.insert(step_id, json!({ "round": state.round, "outcome": name, "decisions": decisions }));
+        self.set_output(step_id, json!({ "round": state.round, "outcome": name, "decisions": decisions }));
         self.history(Some(at), HistoryKind::ApprovalResolved { outcome: name, round: state.round });
         let path = target.map_or_else(|| "exit".to_owned(), |t| self.target_name(t));
         self.decision(Some(at), "approval", None, Default::default(), json!(name), Some(path));
@@ -879,8 +877,22 @@ impl<'a> Machine<'a> {
         json!({ "id": self.out.run.id.0, "workflow": self.out.run.workflow_id, "started_at": self.out.run.started_at })
     }
 
-    fn steps_json(&self) -> Value {
-        Value::Object(self.out.run.outputs.clone())
+    fn set_output(&mut self, step: String, value: Value) {
+        if let Value::Object(map) = &mut self.out.run.outputs {
+            map.insert(step, value);
+        }
+    }
+
+    /// The variables conditions and templates read; `run` is passed in because it is built
+    /// only when read.
+    fn scope<'s>(&'s self, run: &'s Value, event: Option<&'s Event>) -> Scope<'s> {
+        let event = event.or(self.out.run.event.as_ref()).map_or(&Value::Null, |e| &e.payload);
+        Scope::new()
+            .with(self.workflow.subject.as_str(), self.facts.subject)
+            .with("event", event)
+            .with("steps", &self.out.run.outputs)
+            .with("run", run)
+            .with("env", self.facts.env)
     }
 
     /// Evaluates a condition and leaves a decision record of what it read and gave.
@@ -891,16 +903,8 @@ impl<'a> Machine<'a> {
         condition: &Condition,
         event: Option<&Event>,
     ) -> Result<bool, String> {
-        let reads = |root: &str| condition.paths().iter().any(|p| p.split('.').next() == Some(root));
-        let steps = if reads("steps") { self.steps_json() } else { Value::Null };
-        let run = if reads("run") { self.run_json() } else { Value::Null };
-        let event_payload = event.or(self.out.run.event.as_ref()).map_or(&Value::Null, |e| &e.payload);
-        let subject_root = self.workflow.subject.as_str();
-        let scope = Scope::new()
-            .with(if subject_root == "contact" { "contact" } else { "item" }, self.facts.subject)
-            .with("event", event_payload)
-            .with("steps", &steps)
-            .with("run", &run);
+        let run = if condition.reads("run") { self.run_json() } else { Value::Null };
+        let scope = self.scope(&run, event);
         let evaluation = condition.eval(&scope);
         let result = match &evaluation.result {
             Ok(b) => json!(b),
@@ -933,19 +937,11 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn template_data(&self) -> Value {
-        let mut data = serde_json::Map::with_capacity(5);
-        data.insert(self.workflow.subject.as_str().to_owned(), self.facts.subject.clone());
-        data.insert("event".to_owned(), self.out.run.event.as_ref().map_or(Value::Null, |e| e.payload.clone()));
-        data.insert("steps".to_owned(), self.steps_json());
-        data.insert("run".to_owned(), self.run_json());
-        data.insert("env".to_owned(), self.facts.env.clone());
-        Value::Object(data)
-    }
-
     /// Renders a template; a failure is recorded on the step and gives `None`.
-    fn render(&mut self, at: StepIndex, template: &Template, data: &Value) -> Option<String> {
-        match template.render(data) {
+    fn render(&mut self, at: StepIndex, template: &Template) -> Option<String> {
+        let run = if template.reads("run") { self.run_json() } else { Value::Null };
+        let rendered = template.render(&self.scope(&run, None));
+        match rendered {
             Ok(text) => Some(text),
             Err(error) => {
                 self.history(Some(at), HistoryKind::StepFailed { error: format!("template: {error}") });
@@ -954,21 +950,21 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn render_value(&mut self, at: StepIndex, value: &TemplateValue, data: &Value) -> Option<Value> {
+    fn render_value(&mut self, at: StepIndex, value: &TemplateValue) -> Option<Value> {
         Some(match value {
             TemplateValue::Literal(v) => v.clone(),
-            TemplateValue::Text(t) => Value::String(self.render(at, t, data)?),
+            TemplateValue::Text(t) => Value::String(self.render(at, t)?),
             TemplateValue::List(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for item in items {
-                    out.push(self.render_value(at, item, data)?);
+                    out.push(self.render_value(at, item)?);
                 }
                 Value::Array(out)
             }
             TemplateValue::Map(entries) => {
                 let mut out = serde_json::Map::new();
                 for (k, v) in entries {
-                    out.insert(k.clone(), self.render_value(at, v, data)?);
+                    out.insert(k.clone(), self.render_value(at, v)?);
                 }
                 Value::Object(out)
             }

@@ -62,7 +62,7 @@ pub struct Run {
     pub tokens: Vec<Token>,
     pub timers: Vec<ArmedTimer>,
     /// What steps produced, readable as `steps.<id>.<field>` in conditions and templates.
-    pub outputs: serde_json::Map<String, Value>,
+    pub outputs: Value,
     /// The latest event that started or advanced the run, readable as `event`.
     pub event: Option<Event>,
     /// When the latest consumed event happened: a wait never consumes an event twice.
@@ -83,7 +83,7 @@ impl Run {
             ended_at: None,
             tokens: Vec::new(),
             timers: Vec::new(),
-            outputs: serde_json::Map::new(),
+            outputs: Value::Object(serde_json::Map::new()),
             event: None,
             last_event_at: None,
             sequence: 0,
