@@ -4,6 +4,8 @@
 //!   that say where and why (`file:line:col`, what was expected, a hint).
 //! - [`engine::handle`] decides what one [`engine::Input`] does to one [`engine::Run`] at a given
 //!   `now`: the next state, history entries, effects for the outbox, timers, decision records.
+//! - [`render::render_message`] turns a message effect into the email, webhook call or
+//!   notification that goes out, when it goes out.
 //!
 //! Nothing here performs I/O, reads a clock or draws from a global random source: time and
 //! stored facts arrive as arguments. That is what lets the same code run in the server, in
@@ -23,6 +25,7 @@ pub mod expr;
 pub mod limits;
 pub mod model;
 pub mod parse;
+pub mod render;
 pub mod template;
 pub mod time;
 mod validate;

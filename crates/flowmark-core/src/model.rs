@@ -287,6 +287,33 @@ impl Action {
         }
     }
 
+    /// Every template of this action, to know which variables rendering it reads.
+    pub fn templates(&self) -> Vec<&Template> {
+        fn walk<'t>(value: &'t TemplateValue, out: &mut Vec<&'t Template>) {
+            match value {
+                TemplateValue::Literal(_) => {}
+                TemplateValue::Text(t) => out.push(t),
+                TemplateValue::List(items) => items.iter().for_each(|i| walk(i, out)),
+                TemplateValue::Map(entries) => entries.iter().for_each(|(_, v)| walk(v, out)),
+            }
+        }
+        let mut out = Vec::new();
+        match self {
+            Action::Email(e) => out.extend([&e.subject, &e.html, &e.text].into_iter().flatten()),
+            Action::Webhook(w) => {
+                out.push(&w.url);
+                out.extend(w.headers.iter().map(|(_, t)| t));
+                if let Some(body) = &w.body {
+                    walk(body, &mut out);
+                }
+            }
+            Action::Notify(n) => out.push(&n.message),
+            Action::Update(u) => u.set.iter().for_each(|(_, v)| walk(v, &mut out)),
+            Action::Score(_) => {}
+        }
+        out
+    }
+
     /// The channel a message of this action goes out on, for caps and quiet hours.
     pub fn channel(&self) -> Option<Channel> {
         match self {

@@ -385,7 +385,13 @@ impl<'s> Decoder<'s> {
         let byte_column: usize = text.chars().take(column.saturating_sub(1)).map(char::len_utf8).sum();
         let offset = node_span.offset + usize::from(quoted) + byte_column;
         let end = node_span.offset + node_span.len;
-        Span::new(offset.min(end), usize::from(offset < end))
+        let mut offset = offset.min(end);
+        // Escapes in quoted YAML make the raw text longer than the value; stay on a character.
+        while !self.source.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let len = self.source.text[offset..end].chars().next().map_or(0, char::len_utf8);
+        Span::new(offset, len)
     }
 
     fn template(&mut self, node: &Node<'_>, what: &str) -> Option<Template> {

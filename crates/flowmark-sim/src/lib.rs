@@ -207,7 +207,7 @@ impl<'a> Simulation<'a> {
                     id,
                     name: name.clone(),
                     at: now,
-                    payload: json!({ "type": "track", "event": name, "properties": properties }),
+                    payload: json!({ "type": "track", "event": name, "properties": properties }).into(),
                 };
                 remember(subject, &event);
                 Input::Event { event }
@@ -259,7 +259,23 @@ impl<'a> Simulation<'a> {
             self.schedule(timer.due_at, subject_index, Pending::Timer(timer.timer));
         }
         for effect in &transition.effects {
+            if matches!(effect.kind, EffectKind::SendMessage { .. }) {
+                self.render_sample(subject_index, effect);
+            }
             self.respond(now, subject_index, &effect.key, &effect.step, &effect.kind);
+        }
+    }
+
+    /// Renders the first `RENDERED_PER_STEP_MAX` messages of each step, as the dispatcher
+    /// would when sending them, so the report shows templates that fail on real-looking data.
+    fn render_sample(&mut self, subject_index: u32, effect: &flowmark_core::engine::Effect) {
+        let Some(step) = self.workflow.step_index(&effect.step) else { return };
+        if !self.report.should_render(step.index()) {
+            return;
+        }
+        let subject = &self.subjects[subject_index as usize].data;
+        if let Err(error) = flowmark_core::render::render_message(self.workflow, effect, subject, &self.env) {
+            self.report.render_failed(step.index(), error.to_string());
         }
     }
 
@@ -268,7 +284,7 @@ impl<'a> Simulation<'a> {
         let behaviour = &self.config.behaviour;
         let replaying = self.config.events.is_some();
         match kind {
-            EffectKind::SendEmail { transactional, .. } => {
+            EffectKind::SendMessage { channel: Channel::Email, transactional, .. } => {
                 let subject = &mut self.subjects[subject_index as usize];
                 if !transactional {
                     subject.sent.push(Sent { channel: Channel::Email, at: now });
@@ -373,7 +389,7 @@ fn trigger_event(workflow: &Workflow, behaviour: &Behaviour, subject: u32, now: 
             id: format!("sim-start-{subject}"),
             name: name.clone(),
             at: now,
-            payload: json!({ "type": "track", "event": name, "properties": behaviour.trigger_properties }),
+            payload: json!({ "type": "track", "event": name, "properties": behaviour.trigger_properties }).into(),
         }),
         _ => None,
     })

@@ -46,6 +46,8 @@ pub struct StepReport {
     pub quiet_hours_held: u64,
     pub quiet_hours_dropped: u64,
     pub capped: u64,
+    /// Failures here: conditions that could not be evaluated, and templates that failed to
+    /// render (the first `RENDERED_PER_STEP_MAX` messages of a step are rendered).
     pub errors: u64,
     /// The first error seen here, to start the investigation.
     pub error_example: Option<String>,
@@ -78,8 +80,12 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+/// How many messages of each step the simulator renders to check their templates.
+pub const RENDERED_PER_STEP_MAX: u64 = 1000;
+
 struct StepTally {
     entered: u64,
+    rendered: u64,
     wait_hours: Vec<f64>,
     paths: BTreeMap<String, u64>,
     quiet_held: u64,
@@ -92,8 +98,8 @@ struct StepTally {
 pub(crate) struct Collector {
     steps: Vec<StepTally>,
     index: HashMap<String, usize>,
-    /// (subject, step) → when the wait there began.
-    waiting_since: HashMap<(u32, usize), Timestamp>,
+    /// Per subject, the steps it waits at and since when (a short list: one per token).
+    waiting_since: Vec<Vec<(usize, Timestamp)>>,
     transitions: u64,
     steps_executed: u64,
     conversions: u64,
@@ -109,6 +115,7 @@ impl Collector {
                 .iter()
                 .map(|_| StepTally {
                     entered: 0,
+                    rendered: 0,
                     wait_hours: Vec::new(),
                     paths: BTreeMap::new(),
                     quiet_held: 0,
@@ -119,13 +126,26 @@ impl Collector {
                 })
                 .collect(),
             index: workflow.steps.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect(),
-            waiting_since: HashMap::new(),
+            waiting_since: Vec::new(),
             transitions: 0,
             steps_executed: 0,
             conversions: 0,
             conversion_value: 0.0,
             effects: BTreeMap::new(),
         }
+    }
+
+    /// Whether the next message of this step is one of those rendered; counts it if so.
+    pub(crate) fn should_render(&mut self, step: usize) -> bool {
+        let tally = &mut self.steps[step];
+        tally.rendered += 1;
+        tally.rendered <= RENDERED_PER_STEP_MAX
+    }
+
+    pub(crate) fn render_failed(&mut self, step: usize, error: String) {
+        let tally = &mut self.steps[step];
+        tally.errors += 1;
+        tally.error_example.get_or_insert(error);
     }
 
     pub(crate) fn record(&mut self, subject: u32, transition: &Transition, now: Timestamp) {
@@ -147,12 +167,16 @@ impl Collector {
                     if matches!(entry.kind, HistoryKind::QuietHoursHeld { .. }) {
                         tally.quiet_held += 1;
                     }
-                    self.waiting_since.insert((subject, step), now);
+                    let waits = waits_of(&mut self.waiting_since, subject);
+                    waits.retain(|(s, _)| *s != step);
+                    waits.push((step, now));
                 }
                 HistoryKind::WaitResolved { .. }
                 | HistoryKind::TaskCompleted { .. }
                 | HistoryKind::ApprovalResolved { .. } => {
-                    if let Some(since) = self.waiting_since.remove(&(subject, step)) {
+                    let waits = waits_of(&mut self.waiting_since, subject);
+                    if let Some(position) = waits.iter().position(|(s, _)| *s == step) {
+                        let (_, since) = waits.swap_remove(position);
                         tally.wait_hours.push(now.since(since).ms() as f64 / 3_600_000.0);
                     }
                 }
@@ -178,9 +202,7 @@ impl Collector {
             *self.steps[*step].paths.entry(path.clone()).or_default() += 1;
         }
         if !transition.run.is_active() {
-            for step in 0..self.steps.len() {
-                self.waiting_since.remove(&(subject, step));
-            }
+            waits_of(&mut self.waiting_since, subject).clear();
         }
     }
 
@@ -246,6 +268,14 @@ impl Collector {
             steps,
         }
     }
+}
+
+fn waits_of(waiting_since: &mut Vec<Vec<(usize, Timestamp)>>, subject: u32) -> &mut Vec<(usize, Timestamp)> {
+    let index = subject as usize;
+    if waiting_since.len() <= index {
+        waiting_since.resize_with(index + 1, Vec::new);
+    }
+    &mut waiting_since[index]
 }
 
 impl Report {

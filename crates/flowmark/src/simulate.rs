@@ -128,7 +128,10 @@ fn read_events(path: &PathBuf) -> anyhow::Result<Vec<RecordedEvent>> {
             .get("messageId")
             .and_then(serde_json::Value::as_str)
             .map_or_else(|| format!("line-{line_number}"), str::to_owned);
-        events.push(RecordedEvent { subject_id, event: Event { id, name, at: Timestamp::from_chrono(&at), payload } });
+        events.push(RecordedEvent {
+            subject_id,
+            event: Event { id, name, at: Timestamp::from_chrono(&at), payload: payload.into() },
+        });
     }
     Ok(events)
 }

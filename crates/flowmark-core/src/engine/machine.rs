@@ -517,7 +517,7 @@ impl<'a> Machine<'a> {
                     .out
                     .effects
                     .iter()
-                    .filter(|e| matches!(e.kind, EffectKind::SendEmail { transactional: false, .. }))
+                    .filter(|e| matches!(e.kind, EffectKind::SendMessage { channel: c, transactional: false, .. } if c == channel))
                     .count();
                 let sent_count = (stored + this_transition) as u32;
                 if sent_count >= cap.max {
@@ -527,37 +527,18 @@ impl<'a> Machine<'a> {
             }
         }
         let kind = match action {
-            Action::Email(email) => {
-                let subject = email.subject.as_ref().map(|t| self.render(at, t));
-                let html = email.html.as_ref().map(|t| self.render(at, t));
-                let text = email.text.as_ref().map(|t| self.render(at, t));
-                if [&subject, &html, &text].iter().any(|part| matches!(part, Some(None))) {
-                    return None; // the failure is in the history; the message is not sent half-rendered
-                }
-                EffectKind::SendEmail {
-                    template: email.template.clone(),
-                    subject: subject.flatten(),
-                    html: html.flatten(),
-                    text: text.flatten(),
-                    from: email.from.clone(),
-                    transactional: email.transactional,
-                }
-            }
-            Action::Webhook(webhook) => {
-                let url = self.render(at, &webhook.url)?;
-                let mut headers = Vec::new();
-                for (name, value) in &webhook.headers {
-                    headers.push((name.clone(), self.render(at, value)?));
-                }
-                let body = match &webhook.body {
-                    Some(body) => Some(self.render_value(at, body)?),
-                    None => None,
+            Action::Email(_) | Action::Webhook(_) | Action::Notify(_) => {
+                let templates = action.templates();
+                let reads = |root: &str| templates.iter().any(|t| t.reads(root));
+                let context = RenderContext {
+                    event: reads("event")
+                        .then(|| self.out.run.event.as_ref().map_or(Value::Null, |e| (*e.payload).clone())),
+                    steps: reads("steps").then(|| self.out.run.outputs.clone()),
+                    run: reads("run").then(|| self.run_json()),
                 };
-                EffectKind::CallWebhook { url, method: webhook.method.clone(), headers, body }
-            }
-            Action::Notify(notify) => {
-                let message = self.render(at, &notify.message)?;
-                EffectKind::Notify { to: notify.to.clone(), message, reason: NotifyReason::Message }
+                let transactional = matches!(action, Action::Email(e) if e.transactional);
+                let channel = action.channel().expect("messages have a channel");
+                EffectKind::SendMessage { channel, transactional, context }
             }
             Action::Score(score) => EffectKind::AdjustScore { model: score.model.clone(), change: score.change },
             Action::Update(update) => {
@@ -886,7 +867,7 @@ impl<'a> Machine<'a> {
     /// The variables conditions and templates read; `run` is passed in because it is built
     /// only when read.
     fn scope<'s>(&'s self, run: &'s Value, event: Option<&'s Event>) -> Scope<'s> {
-        let event = event.or(self.out.run.event.as_ref()).map_or(&Value::Null, |e| &e.payload);
+        let event = event.or(self.out.run.event.as_ref()).map_or(&Value::Null, |e| e.payload.as_ref());
         Scope::new()
             .with(self.workflow.subject.as_str(), self.facts.subject)
             .with("event", event)
@@ -951,24 +932,16 @@ impl<'a> Machine<'a> {
     }
 
     fn render_value(&mut self, at: StepIndex, value: &TemplateValue) -> Option<Value> {
-        Some(match value {
-            TemplateValue::Literal(v) => v.clone(),
-            TemplateValue::Text(t) => Value::String(self.render(at, t)?),
-            TemplateValue::List(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                for item in items {
-                    out.push(self.render_value(at, item)?);
-                }
-                Value::Array(out)
+        let run = self.run_json();
+        let scope = self.scope(&run, None);
+        let rendered = crate::render::render_value(value, &|t: &Template, _| t.render(&scope));
+        match rendered {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.history(Some(at), HistoryKind::StepFailed { error: format!("template: {error}") });
+                None
             }
-            TemplateValue::Map(entries) => {
-                let mut out = serde_json::Map::new();
-                for (k, v) in entries {
-                    out.insert(k.clone(), self.render_value(at, v)?);
-                }
-                Value::Object(out)
-            }
-        })
+        }
     }
 }
 

@@ -187,7 +187,8 @@ pub struct Event {
     pub name: String,
     pub at: Timestamp,
     /// The whole event as JSON, readable as `event` in conditions (`event.properties.x`).
-    pub payload: Value,
+    /// Shared: a run, the subject's recent events and a wait may all hold the same event.
+    pub payload: std::sync::Arc<Value>,
 }
 
 /// What can happen to a run.
@@ -307,19 +308,13 @@ pub struct Effect {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum EffectKind {
-    SendEmail {
-        template: Option<String>,
-        subject: Option<String>,
-        html: Option<String>,
-        text: Option<String>,
-        from: Option<String>,
+    /// Perform the message action (email, webhook, notification) of the effect's step. The
+    /// content is rendered when it is sent, by `render::render_message`, from the subject's
+    /// data at that moment and this context: what the run knew when it decided to send.
+    SendMessage {
+        channel: Channel,
         transactional: bool,
-    },
-    CallWebhook {
-        url: String,
-        method: String,
-        headers: Vec<(String, String)>,
-        body: Option<Value>,
+        context: RenderContext,
     },
     Notify {
         to: String,
@@ -358,8 +353,9 @@ pub enum EffectKind {
 impl EffectKind {
     pub fn name(&self) -> &'static str {
         match self {
-            EffectKind::SendEmail { .. } => "send_email",
-            EffectKind::CallWebhook { .. } => "call_webhook",
+            EffectKind::SendMessage { channel: Channel::Email, .. } => "send_email",
+            EffectKind::SendMessage { channel: Channel::Webhook, .. } => "call_webhook",
+            EffectKind::SendMessage { .. } => "send_message",
             EffectKind::Notify { .. } => "notify",
             EffectKind::AdjustScore { .. } => "adjust_score",
             EffectKind::UpdateSubject { .. } => "update_subject",
@@ -369,6 +365,18 @@ impl EffectKind {
             EffectKind::RecordConversion { .. } => "record_conversion",
         }
     }
+}
+
+/// The run's variables a message reads besides the subject and `env`, captured when the
+/// effect is decided; each is present only when the message's templates read it.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct RenderContext {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<Value>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -21,7 +21,7 @@ fn event(name: &str, at: i64, properties: Value) -> Event {
         id: format!("m-{name}-{at}"),
         name: name.into(),
         at: Timestamp(at),
-        payload: json!({ "event": name, "properties": properties }),
+        payload: json!({ "event": name, "properties": properties }).into(),
     }
 }
 
@@ -42,9 +42,8 @@ fn nurture_sends_waits_and_routes_by_score() {
         Timestamp(NOON),
     );
     assert_eq!(t.effects.len(), 1);
-    let EffectKind::SendEmail { subject, .. } = &t.effects[0].kind else {
-        panic!("expected an email, got {:?}", t.effects[0])
-    };
+    let message = crate::render::render_message(&wf, &t.effects[0], &contact, &Value::Null).unwrap();
+    let crate::render::Message::Email { subject, .. } = message else { panic!("expected an email, got {message:?}") };
     assert_eq!(subject.as_deref(), Some("Your guide, Ada"));
     assert_eq!(t.effects[0].key, "7-thanks-2");
     assert_eq!(t.timers.len(), 1, "the click wait arms its timeout");
@@ -78,8 +77,9 @@ fn a_wait_times_out_onto_its_timeout_path() {
     let t = handle(&wf, t.run, &Input::TimerFired { timer: timer.timer }, &facts, timer.due_at);
     let wait = t.decisions.iter().find(|d| d.kind == "wait").unwrap();
     assert_eq!(wait.path.as_deref(), Some("reminder"));
+    let message = crate::render::render_message(&wf, &t.effects[0], &contact, &Value::Null).unwrap();
     assert!(
-        matches!(&t.effects[0].kind, EffectKind::SendEmail { subject: Some(s), .. } if s == "Did you get a chance to read it?")
+        matches!(message, crate::render::Message::Email { subject: Some(s), .. } if s == "Did you get a chance to read it?")
     );
     // Firing the same timer again is ignored, not applied twice.
     let again = handle(&wf, t.run.clone(), &Input::TimerFired { timer: timer.timer }, &facts, timer.due_at);
@@ -137,7 +137,7 @@ fn quiet_hours_hold_a_message_until_the_window_opens() {
         &facts,
         Timestamp(NOON + 3_600_000),
     );
-    assert!(matches!(t.effects[0].kind, EffectKind::SendEmail { .. }));
+    assert!(matches!(t.effects[0].kind, EffectKind::SendMessage { channel: crate::model::Channel::Email, .. }));
 }
 
 #[test]
@@ -234,7 +234,11 @@ fn blog_post_review_loops_back_on_changes_and_joins_after_distribution() {
         now,
     );
     // Approved → brand sign-off → publish → parallel newsletter + social task.
-    assert!(t.effects.iter().any(|e| matches!(e.kind, EffectKind::CallWebhook { .. })));
+    assert!(
+        t.effects
+            .iter()
+            .any(|e| matches!(e.kind, EffectKind::SendMessage { channel: crate::model::Channel::Webhook, .. }))
+    );
     assert_eq!(t.run.tokens.len(), 2, "newsletter joined, social task open");
     let t =
         step(t.run, Input::TaskCompleted { step: "social".into(), by: "wes".into(), fields: Default::default() }, now);

@@ -86,7 +86,7 @@ impl Driver<'_> {
                     id: format!("e{}", self.now.ms()),
                     name: name.clone(),
                     at: self.now,
-                    payload: json!({ "event": name, "properties": {} }),
+                    payload: json!({ "event": name, "properties": {} }).into(),
                 };
                 Input::Event { event }
             }
@@ -231,7 +231,7 @@ fn drain(workflow: &Workflow, subject: Value, mut run: Run, now: Timestamp) -> O
                         id: format!("d{round}"),
                         name: name.clone(),
                         at: driver.now,
-                        payload: json!({ "event": name, "properties": {} }),
+                        payload: json!({ "event": name, "properties": {} }).into(),
                     },
                 },
                 (TokenState::AwaitingSubflow, _) => {
@@ -288,7 +288,7 @@ proptest! {
         for state in states.into_iter().filter(Run::is_active) {
             let armed: HashSet<_> = state.timers.iter().map(|t| t.id).collect();
             let facts = Facts { subject: &subject, ..Facts::empty() };
-            let goal = Event { id: "g".into(), name: "Demo Booked".into(), at: Timestamp(START * 2), payload: json!({}) };
+            let goal = Event { id: "g".into(), name: "Demo Booked".into(), at: Timestamp(START * 2), payload: json!({}).into() };
             let t = handle(&workflow, state, &Input::Event { event: goal }, &facts, Timestamp(START * 2));
             prop_assert_eq!(t.run.status, RunStatus::Converted);
             prop_assert!(t.run.tokens.is_empty() && t.run.timers.is_empty());

@@ -106,3 +106,21 @@ fn bad_arguments_are_clear_errors() {
     assert_eq!(code, Some(2));
     assert!(err.contains("`email_open` is 1.5; it must be a probability from 0 to 1"), "{err}");
 }
+
+#[test]
+fn templates_that_fail_on_the_population_are_reported() {
+    let dir = super::validate::tempdir();
+    let workflow = dir.join("company.yaml");
+    std::fs::write(
+        &workflow,
+        "id: company\nsubject: contact\nsteps:\n  - id: hello\n    action:\n      email: { subject: \"For {{ contact.company }}\", text: \"Hi\" }\n",
+    )
+    .unwrap();
+    let (code, out, err) = simulate(&[workflow.to_str().unwrap(), "--contacts", "50", "--days", "2", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let hello = &report["steps"][0];
+    assert_eq!(hello["errors"], 50, "no synthetic contact has a company, and there is no default");
+    let example = hello["error_example"].as_str().unwrap();
+    assert!(example.contains("step `hello`: the subject failed to render"), "{example}");
+}

@@ -1,0 +1,113 @@
+//! Rendering a message effect into what is sent: at send time, by the dispatcher or the
+//! simulator, never inside a transition.
+//!
+//! A `SendMessage` effect names its step and carries the run's context (event, step outputs,
+//! run) as it was when the run decided to send; the subject's data and the workspace `env`
+//! are read when the message goes out. A template that fails to render fails the send
+//! visibly (an error the dispatcher records as the effect's result), never a blank message.
+//!
+//! Invariant: rendering is a pure function of its arguments.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::engine::{Effect, EffectKind};
+use crate::expr::Scope;
+use crate::model::{Action, StepKind, TemplateValue, Workflow};
+use crate::template::Template;
+
+/// A message ready to go out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Message {
+    Email {
+        template: Option<String>,
+        subject: Option<String>,
+        html: Option<String>,
+        text: Option<String>,
+        from: Option<String>,
+        transactional: bool,
+    },
+    Webhook {
+        url: String,
+        method: String,
+        headers: Vec<(String, String)>,
+        body: Option<Value>,
+    },
+    Notify {
+        to: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("effect {key} is not a message")]
+    NotAMessage { key: String },
+    #[error("effect {key} names step `{step}`, which is not a message action of workflow `{workflow}`")]
+    UnknownStep { key: String, step: String, workflow: String },
+    #[error("step `{step}`: the {part} failed to render: {message}")]
+    Template { step: String, part: &'static str, message: String },
+}
+
+/// Renders the message of a `SendMessage` effect of `workflow`.
+pub fn render_message(workflow: &Workflow, effect: &Effect, subject: &Value, env: &Value) -> Result<Message, Error> {
+    let EffectKind::SendMessage { context, .. } = &effect.kind else {
+        return Err(Error::NotAMessage { key: effect.key.clone() });
+    };
+    let unknown =
+        || Error::UnknownStep { key: effect.key.clone(), step: effect.step.clone(), workflow: workflow.id.clone() };
+    let step = workflow.step_index(&effect.step).map(|i| workflow.step(i)).ok_or_else(unknown)?;
+    let StepKind::Action(action) = &step.kind else { return Err(unknown()) };
+    let null = Value::Null;
+    let scope = Scope::new()
+        .with(workflow.subject.as_str(), subject)
+        .with("event", context.event.as_ref().unwrap_or(&null))
+        .with("steps", context.steps.as_ref().unwrap_or(&null))
+        .with("run", context.run.as_ref().unwrap_or(&null))
+        .with("env", env);
+    let text = |template: &Template, part: &'static str| {
+        template.render(&scope).map_err(|e| Error::Template { step: step.id.clone(), part, message: e.to_string() })
+    };
+    match action {
+        Action::Email(email) => Ok(Message::Email {
+            template: email.template.clone(),
+            subject: email.subject.as_ref().map(|t| text(t, "subject")).transpose()?,
+            html: email.html.as_ref().map(|t| text(t, "HTML body")).transpose()?,
+            text: email.text.as_ref().map(|t| text(t, "text body")).transpose()?,
+            from: email.from.clone(),
+            transactional: email.transactional,
+        }),
+        Action::Webhook(webhook) => Ok(Message::Webhook {
+            url: text(&webhook.url, "URL")?,
+            method: webhook.method.clone(),
+            headers: webhook
+                .headers
+                .iter()
+                .map(|(name, value)| Ok((name.clone(), text(value, "header")?)))
+                .collect::<Result<_, Error>>()?,
+            body: webhook.body.as_ref().map(|b| render_value(b, &text)).transpose()?,
+        }),
+        Action::Notify(notify) => {
+            Ok(Message::Notify { to: notify.to.clone(), message: text(&notify.message, "message")? })
+        }
+        Action::Score(_) | Action::Update(_) => Err(unknown()),
+    }
+}
+
+/// Renders the string leaves of a JSON template value.
+pub fn render_value<E>(
+    value: &TemplateValue,
+    text: &impl Fn(&Template, &'static str) -> Result<String, E>,
+) -> Result<Value, E> {
+    Ok(match value {
+        TemplateValue::Literal(v) => v.clone(),
+        TemplateValue::Text(t) => Value::String(text(t, "body")?),
+        TemplateValue::List(items) => {
+            Value::Array(items.iter().map(|i| render_value(i, text)).collect::<Result<_, E>>()?)
+        }
+        TemplateValue::Map(entries) => Value::Object(
+            entries.iter().map(|(k, v)| Ok((k.clone(), render_value(v, text)?))).collect::<Result<_, E>>()?,
+        ),
+    })
+}
