@@ -464,7 +464,9 @@ impl<'s> Decoder<'s> {
                     Diagnostic::error("flowmark::unknown-target", span, format!("there is no step `{name}` to go to"))
                         .label("unknown step")
                         .expected("the id of a step in this workflow, or `end`");
-                let ids: Vec<&str> = self.step_ids.keys().map(String::as_str).collect();
+                // Sorted, so that among equally close ids the suggestion is always the same.
+                let mut ids: Vec<&str> = self.step_ids.keys().map(String::as_str).collect();
+                ids.sort_unstable();
                 if let Some(close) = did_you_mean(&name, ids) {
                     diagnostic = diagnostic.help(format!("did you mean `{close}`?"));
                 }
@@ -780,7 +782,7 @@ impl<'s> Decoder<'s> {
                         Diagnostic::error("flowmark::bad-cron", span, format!("`{cron}` is not a cron expression"))
                             .label(error.to_string())
                             .expected(
-                                "five fields: minute hour day-of-month month day-of-week, e.g. `0 9 * * MON-FRI`",
+                                "minute hour day-of-month month day-of-week (a sixth leading field gives seconds), e.g. `0 9 * * MON-FRI`",
                             ),
                     );
                     return None;
@@ -892,7 +894,9 @@ impl<'s> Decoder<'s> {
 
     fn caps<'n>(&mut self, node: &'n Node<'n>) -> Vec<Cap> {
         let mut caps = Vec::new();
-        let names: Vec<&str> = Channel::ALL.iter().map(|c| c.as_str()).collect();
+        // Caps limit how often a person is contacted: email today (SMS and push arrive with their
+        // connectors); webhooks and team notifications are not messages to the subject.
+        let names: Vec<&str> = vec![Channel::Email.as_str()];
         let Some(fields) = self.fields(node, "frequency caps", &names) else { return caps };
         for (name, _, value) in &fields.entries {
             let channel = Channel::ALL.into_iter().find(|c| c.as_str() == name).expect("keys were checked");
@@ -1233,7 +1237,7 @@ impl<'s> Decoder<'s> {
         let title = self.require(&f, "title", "a task").and_then(|n| self.template(n, "the title"));
         let description = f.get("description").and_then(|n| self.template(n, "the description"));
         let responsible = self.raci_roles(&f, "responsible");
-        if responsible.is_empty() && !f.has("responsible") {
+        if responsible.is_empty() {
             self.error(
                 Diagnostic::error(
                     "flowmark::raci-responsible",
@@ -1395,7 +1399,19 @@ impl<'s> Decoder<'s> {
                         }
                         to
                     }
-                    None => "accountable".to_owned(),
+                    None => {
+                        if accountable.is_none() {
+                            self.error(
+                                Diagnostic::error(
+                                    "flowmark::raci-accountable",
+                                    first_line(self.source, e.span),
+                                    "escalation goes to the accountable role by default, but this approval names none",
+                                )
+                                .help("add `accountable: <role>` to the approval, or give the escalation a `to:`"),
+                            );
+                        }
+                        "accountable".to_owned()
+                    }
                 };
                 let action = match e.get("action") {
                     Some(n) => self.enum_value(

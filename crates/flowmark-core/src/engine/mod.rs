@@ -355,7 +355,7 @@ impl EffectKind {
         match self {
             EffectKind::SendMessage { channel: Channel::Email, .. } => "send_email",
             EffectKind::SendMessage { channel: Channel::Webhook, .. } => "call_webhook",
-            EffectKind::SendMessage { .. } => "send_message",
+            EffectKind::SendMessage { .. } => "notify",
             EffectKind::Notify { .. } => "notify",
             EffectKind::AdjustScore { .. } => "adjust_score",
             EffectKind::UpdateSubject { .. } => "update_subject",

@@ -35,6 +35,7 @@ golden! {
     liquid_syntax => "liquid.yaml",
     unknown_roles_raci_and_impossible_quorum => "roles.yaml",
     parallel_branches_reach_different_joins => "parallel.yaml",
+    raci_and_caps => "raci.yaml",
     many_problems_in_one_file => "many-problems.yaml",
 }
 
