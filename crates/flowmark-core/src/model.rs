@@ -73,7 +73,7 @@ impl Workflow {
     }
 
     pub fn step_index(&self, id: &str) -> Option<StepIndex> {
-        self.steps.iter().position(|s| s.id == id).map(|i| StepIndex(i as u16))
+        self.steps.iter().position(|s| &*s.id == id).map(|i| StepIndex(i as u16))
     }
 }
 
@@ -209,7 +209,8 @@ pub enum RoleBinding {
 
 #[derive(Debug, Clone)]
 pub struct Step {
-    pub id: String,
+    /// Shared: histories, decisions and effects all name the step, and cloning is a count.
+    pub id: std::sync::Arc<str>,
     pub name: Option<String>,
     pub kind: StepKind,
     /// Where control goes when the step is done; `None` for steps that route themselves.

@@ -1055,7 +1055,7 @@ impl<'s> Decoder<'s> {
             );
         }
         let next = if routes_itself { None } else { Some(explicit_next.flatten().unwrap_or(fallthrough)) };
-        Some((Step { id: id?, name, kind, next }, spans))
+        Some((Step { id: id?.into(), name, kind, next }, spans))
     }
 
     fn action<'n>(&mut self, node: &'n Node<'n>) -> Option<Action> {

@@ -56,7 +56,7 @@ pub fn render_message(workflow: &Workflow, effect: &Effect, subject: &Value, env
         return Err(Error::NotAMessage { key: effect.key.clone() });
     };
     let unknown =
-        || Error::UnknownStep { key: effect.key.clone(), step: effect.step.clone(), workflow: workflow.id.clone() };
+        || Error::UnknownStep { key: effect.key.clone(), step: effect.step.to_string(), workflow: workflow.id.clone() };
     let step = workflow.step_index(&effect.step).map(|i| workflow.step(i)).ok_or_else(unknown)?;
     let StepKind::Action(action) = &step.kind else { return Err(unknown()) };
     let null = Value::Null;
@@ -67,7 +67,7 @@ pub fn render_message(workflow: &Workflow, effect: &Effect, subject: &Value, env
         .with("run", context.run.as_ref().unwrap_or(&null))
         .with("env", env);
     let text = |template: &Template, part: &'static str| {
-        template.render(&scope).map_err(|e| Error::Template { step: step.id.clone(), part, message: e.to_string() })
+        template.render(&scope).map_err(|e| Error::Template { step: step.id.to_string(), part, message: e.to_string() })
     };
     match action {
         Action::Email(email) => Ok(Message::Email {

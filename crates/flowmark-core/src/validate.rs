@@ -127,7 +127,7 @@ fn loops_without_wait(workflow: &Workflow, spans: &[StepSpans], diagnostics: &mu
     components.sort();
     for component in components {
         let first = component[0];
-        let names: Vec<&str> = component.iter().map(|&i| workflow.steps[i].id.as_str()).collect();
+        let names: Vec<&str> = component.iter().map(|&i| &*workflow.steps[i].id).collect();
         diagnostics.push(
             Diagnostic::error(
                 "flowmark::loop-without-wait",

@@ -66,18 +66,41 @@ struct Subject {
     timezone: Option<chrono_tz::Tz>,
     recent_events: Vec<Event>,
     sent: Vec<Sent>,
+    /// The subject's run while it is active; an ended run is tallied and dropped, so a long
+    /// simulation holds only the runs still in flight.
     run: Option<Run>,
+    ended: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Pending {
     Start,
     Timer(TimerId),
-    Event { name: String, properties: String },
+    /// A response of the behaviour model to an email, with the email's effect key.
+    Event {
+        kind: SimEvent,
+        email: Option<std::sync::Arc<str>>,
+    },
     Recorded(usize),
-    TaskDone { step: String },
-    Decide { step: String, role: String, decision: u8 },
-    SubflowEnded { step: String },
+    TaskDone {
+        step: String,
+    },
+    Decide {
+        step: String,
+        role: String,
+        decision: u8,
+    },
+    SubflowEnded {
+        step: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum SimEvent {
+    Opened,
+    Clicked,
+    /// The workflow's first goal event.
+    Goal,
 }
 
 /// Runs the simulation. `progress` is called now and then with (virtual ms done, ms total).
@@ -134,6 +157,7 @@ impl<'a> Simulation<'a> {
                 recent_events: Vec::new(),
                 sent: Vec::new(),
                 run: None,
+                ended: false,
             });
             if config.events.is_none() {
                 let offset = if arrival_ms == 0 { 0 } else { rng.next_u64() % arrival_ms };
@@ -162,6 +186,7 @@ impl<'a> Simulation<'a> {
             recent_events: Vec::new(),
             sent: Vec::new(),
             run: None,
+            ended: false,
         });
         (self.subjects.len() - 1) as u32
     }
@@ -192,7 +217,7 @@ impl<'a> Simulation<'a> {
         let subject = &mut self.subjects[subject_index as usize];
         let input = match pending {
             Pending::Start => {
-                if subject.run.is_some() {
+                if subject.run.is_some() || subject.ended {
                     return;
                 }
                 subject.run = Some(Run::new(RunId(u64::from(subject_index) + 1), workflow, 1, subject.id.clone(), now));
@@ -200,8 +225,16 @@ impl<'a> Simulation<'a> {
                 Input::Start { event }
             }
             Pending::Timer(timer) => Input::TimerFired { timer },
-            Pending::Event { name, properties } => {
-                let properties: Value = serde_json::from_str(&properties).unwrap_or(Value::Null);
+            Pending::Event { kind, email } => {
+                let name = match kind {
+                    SimEvent::Opened => "Email Opened".to_owned(),
+                    SimEvent::Clicked => "Email Link Clicked".to_owned(),
+                    SimEvent::Goal => workflow.goals.first().map_or_else(String::new, |g| g.event.clone()),
+                };
+                let properties = match email {
+                    Some(key) => json!({ "email_id": &*key }),
+                    None => json!({}),
+                };
                 let id = format!("sim-{}-{}", subject_index, self.sequence);
                 let event = Event {
                     id,
@@ -216,6 +249,9 @@ impl<'a> Simulation<'a> {
                 let events = self.config.events.as_ref().expect("recorded events were given");
                 let event = events[position].event.clone();
                 remember(subject, &event);
+                if subject.ended {
+                    return;
+                }
                 if subject.run.is_none() {
                     if !triggers(workflow, &event, &subject.data) {
                         return;
@@ -240,10 +276,6 @@ impl<'a> Simulation<'a> {
             Pending::SubflowEnded { step } => Input::SubflowEnded { step, status: RunStatus::Completed },
         };
         let Some(run) = subject.run.take() else { return };
-        if !run.is_active() {
-            subject.run = Some(run);
-            return;
-        }
         let facts = Facts {
             subject: &subject.data,
             timezone: subject.timezone,
@@ -253,12 +285,18 @@ impl<'a> Simulation<'a> {
         };
         let transition = handle(workflow, run, &input, &facts, now);
         self.report.record(subject_index, &transition, now);
+        let flowmark_core::engine::Transition { run, timers, effects, .. } = transition;
         let subject = &mut self.subjects[subject_index as usize];
-        subject.run = Some(transition.run);
-        for timer in &transition.timers {
+        if run.is_active() {
+            subject.run = Some(run);
+        } else {
+            self.report.run_ended(&run);
+            subject.ended = true;
+        }
+        for timer in &timers {
             self.schedule(timer.due_at, subject_index, Pending::Timer(timer.timer));
         }
-        for effect in &transition.effects {
+        for effect in &effects {
             if matches!(effect.kind, EffectKind::SendMessage { .. }) {
                 self.render_sample(subject_index, effect);
             }
@@ -296,26 +334,20 @@ impl<'a> Simulation<'a> {
                     return;
                 }
                 let opened = now.plus(exponential(&mut self.rng, behaviour.open_delay_hours));
-                let properties = json!({ "email_id": key }).to_string();
+                let email: std::sync::Arc<str> = key.into();
                 self.schedule(
                     opened,
                     subject_index,
-                    Pending::Event { name: "Email Opened".into(), properties: properties.clone() },
+                    Pending::Event { kind: SimEvent::Opened, email: Some(email.clone()) },
                 );
                 if !chance(&mut self.rng, behaviour.email_click) {
                     return;
                 }
                 let clicked = opened.plus(exponential(&mut self.rng, behaviour.click_delay_hours));
-                self.schedule(clicked, subject_index, Pending::Event { name: "Email Link Clicked".into(), properties });
-                if let Some(goal) = self.workflow.goals.first()
-                    && chance(&mut self.rng, behaviour.convert_after_click)
-                {
+                self.schedule(clicked, subject_index, Pending::Event { kind: SimEvent::Clicked, email: Some(email) });
+                if !self.workflow.goals.is_empty() && chance(&mut self.rng, behaviour.convert_after_click) {
                     let converted = clicked.plus(exponential(&mut self.rng, behaviour.convert_delay_hours));
-                    self.schedule(
-                        converted,
-                        subject_index,
-                        Pending::Event { name: goal.event.clone(), properties: "{}".into() },
-                    );
+                    self.schedule(converted, subject_index, Pending::Event { kind: SimEvent::Goal, email: None });
                 }
             }
             EffectKind::AdjustScore { model, change } => {

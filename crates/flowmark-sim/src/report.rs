@@ -6,7 +6,8 @@
 //!
 //! Invariant: counts only grow; a wait is measured once, from `Waiting` to its resolution.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{HistoryKind, Run, RunStatus, Transition};
@@ -97,7 +98,8 @@ struct StepTally {
 
 pub(crate) struct Collector {
     steps: Vec<StepTally>,
-    index: HashMap<String, usize>,
+    /// The workflow's step ids, by position: entries name steps with these same `Arc`s.
+    ids: Vec<Arc<str>>,
     /// Per subject, the steps it waits at and since when (a short list: one per token).
     waiting_since: Vec<Vec<(usize, Timestamp)>>,
     transitions: u64,
@@ -105,6 +107,19 @@ pub(crate) struct Collector {
     conversions: u64,
     conversion_value: f64,
     effects: BTreeMap<String, u64>,
+    /// Runs that ended, by status, and their hours from start to end.
+    ended: BTreeMap<String, u64>,
+    completion_hours: Vec<f64>,
+}
+
+fn status_name(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Active => "active",
+        RunStatus::Completed => "completed",
+        RunStatus::Converted => "converted",
+        RunStatus::Exited => "exited",
+        RunStatus::Failed => "failed",
+    }
 }
 
 impl Collector {
@@ -125,13 +140,29 @@ impl Collector {
                     error_example: None,
                 })
                 .collect(),
-            index: workflow.steps.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect(),
+            ids: workflow.steps.iter().map(|s| s.id.clone()).collect(),
             waiting_since: Vec::new(),
             transitions: 0,
             steps_executed: 0,
             conversions: 0,
             conversion_value: 0.0,
             effects: BTreeMap::new(),
+            ended: BTreeMap::new(),
+            completion_hours: Vec::new(),
+        }
+    }
+
+    /// The position of a step named in an entry: by pointer first (the core clones the
+    /// workflow's own `Arc`s), by text otherwise.
+    fn step_of(&self, id: &Arc<str>) -> Option<usize> {
+        self.ids.iter().position(|s| Arc::ptr_eq(s, id)).or_else(|| self.ids.iter().position(|s| s == id))
+    }
+
+    /// Tallies a run that ended; the simulator then drops it.
+    pub(crate) fn run_ended(&mut self, run: &Run) {
+        *self.ended.entry(status_name(run.status).to_owned()).or_default() += 1;
+        if let Some(ended_at) = run.ended_at {
+            self.completion_hours.push(ended_at.since(run.started_at).ms() as f64 / 3_600_000.0);
         }
     }
 
@@ -151,7 +182,7 @@ impl Collector {
     pub(crate) fn record(&mut self, subject: u32, transition: &Transition, now: Timestamp) {
         self.transitions += 1;
         for entry in &transition.history {
-            let step = entry.step.as_ref().and_then(|id| self.index.get(id).copied());
+            let step = entry.step.as_ref().and_then(|id| self.step_of(id));
             if let HistoryKind::GoalReached { value, .. } = &entry.kind {
                 self.conversions += 1;
                 self.conversion_value += value.unwrap_or(0.0);
@@ -195,11 +226,11 @@ impl Collector {
             }
         }
         for decision in &transition.decisions {
-            let (Some(step), Some(path)) = (decision.step.as_ref().and_then(|id| self.index.get(id)), &decision.path)
+            let (Some(step), Some(path)) = (decision.step.as_ref().and_then(|id| self.step_of(id)), &decision.path)
             else {
                 continue;
             };
-            *self.steps[*step].paths.entry(path.clone()).or_default() += 1;
+            *self.steps[step].paths.entry(path.clone()).or_default() += 1;
         }
         if !transition.run.is_active() {
             waits_of(&mut self.waiting_since, subject).clear();
@@ -212,21 +243,11 @@ impl Collector {
         config: &Config,
         runs: impl Iterator<Item = &'r Run>,
     ) -> Report {
-        let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
-        let mut completion = Vec::new();
+        let mut statuses = self.ended;
+        let completion = self.completion_hours;
         let mut waiting_at_end = vec![0u64; workflow.steps.len()];
         for run in runs {
-            let status = match run.status {
-                RunStatus::Active => "active",
-                RunStatus::Completed => "completed",
-                RunStatus::Converted => "converted",
-                RunStatus::Exited => "exited",
-                RunStatus::Failed => "failed",
-            };
-            *statuses.entry(status.to_owned()).or_default() += 1;
-            if let Some(ended_at) = run.ended_at {
-                completion.push(ended_at.since(run.started_at).ms() as f64 / 3_600_000.0);
-            }
+            *statuses.entry(status_name(run.status).to_owned()).or_default() += 1;
             for at in run.current_steps() {
                 waiting_at_end[at.index()] += 1;
             }
@@ -237,7 +258,7 @@ impl Collector {
             .zip(self.steps)
             .zip(waiting_at_end)
             .map(|((step, tally), waiting)| StepReport {
-                id: step.id.clone(),
+                id: step.id.to_string(),
                 kind: match &step.kind {
                     flowmark_core::model::StepKind::Action(a) => format!("action/{}", a.name()),
                     other => other.name().to_owned(),

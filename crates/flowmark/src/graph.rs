@@ -170,7 +170,7 @@ impl Node {
                 (NodeKind::Subflow, vec![format!("subflow: {}{waits}", clean(&subflow.workflow))])
             }
         };
-        Node { id: step.id.clone(), kind, detail }
+        Node { id: step.id.to_string(), kind, detail }
     }
 
     /// The id first, then the detail lines: what Mermaid and DOT print inside the shape.

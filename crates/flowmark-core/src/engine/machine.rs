@@ -9,6 +9,8 @@
 
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
 use super::*;
 use crate::expr::{Condition, Scope};
 use crate::limits::{STEPS_PER_TRANSITION_MAX, TOKENS_COUNT_MAX, WAIT_LOOKBACK_MS};
@@ -150,7 +152,7 @@ impl<'a> Machine<'a> {
             self.cancel_timer(timer);
         }
         let step_id = self.workflow.step(at).id.clone();
-        self.set_output(step_id.clone(), json!({ "event_id": event.id, "matched_at": event.at }));
+        self.set_output(&step_id, json!({ "event_id": event.id, "matched_at": event.at }));
         self.history(Some(at), HistoryKind::WaitResolved { by: "event" });
         let next = self.workflow.step(at).next.unwrap_or(Target::End);
         self.run_token(token, next);
@@ -234,7 +236,7 @@ impl<'a> Machine<'a> {
             self.cancel_timer(timer);
         }
         let step_id = self.workflow.step(at).id.clone();
-        self.set_output(step_id.clone(), json!({ "completed_by": by, "fields": fields }));
+        self.set_output(&step_id, json!({ "completed_by": by, "fields": fields }));
         self.history(Some(at), HistoryKind::TaskCompleted { by: by.to_owned() });
         for informed in task.raci.informed.clone() {
             let message = format!("`{step_id}` was completed by {by}");
@@ -302,7 +304,7 @@ impl<'a> Machine<'a> {
             return;
         };
         let at = token.at;
-        self.set_output(self.workflow.step(at).id.clone(), json!({ "status": status }));
+        self.set_output(&self.workflow.step(at).id, json!({ "status": status }));
         self.history(Some(at), HistoryKind::WaitResolved { by: "subflow" });
         self.run_token(token.id, self.workflow.step(at).next.unwrap_or(Target::End));
     }
@@ -380,11 +382,11 @@ impl<'a> Machine<'a> {
             }
             StepKind::Approval(approval) => {
                 let round =
-                    match self.out.run.outputs.get(&step.id).and_then(|o| o.get("round")).and_then(Value::as_u64) {
+                    match self.out.run.outputs.get(&*step.id).and_then(|o| o.get("round")).and_then(Value::as_u64) {
                         Some(previous) => previous as u32 + 1,
                         None => 1,
                     };
-                self.set_output(step.id.clone(), json!({ "round": round }));
+                self.set_output(&step.id, json!({ "round": round }));
                 let approvers = match approval.mode {
                     ApprovalMode::Sequential => vec![approval.approvers[0].clone()],
                     _ => approval.approvers.clone(),
@@ -442,7 +444,7 @@ impl<'a> Machine<'a> {
                     .expect("the bucket is below the total weight");
                 let inputs = [("bucket".to_owned(), json!(bucket)), ("total".to_owned(), json!(total))].into();
                 self.decision(Some(at), "split", None, inputs, json!(arm.name), Some(self.target_name(arm.target)));
-                self.set_output(step.id.clone(), json!({ "arm": arm.name }));
+                self.set_output(&step.id, json!({ "arm": arm.name }));
                 Flow::Go(arm.target)
             }
             StepKind::Parallel(parallel) => {
@@ -551,7 +553,7 @@ impl<'a> Machine<'a> {
         };
         let key = self.emit(at, kind);
         let step_id = workflow.step(at).id.clone();
-        self.set_output(step_id, json!({ "effect_id": key }));
+        self.set_output(&step_id, json!({ "effect_id": key }));
         None
     }
 
@@ -598,7 +600,7 @@ impl<'a> Machine<'a> {
         self.out.run.event = Some(event.clone());
         self.out.run.last_event_at = Some(event.at);
         let step_id = self.workflow.step(at).id.clone();
-        self.set_output(step_id, json!({ "event_id": event.id, "matched_at": event.at }));
+        self.set_output(&step_id, json!({ "event_id": event.id, "matched_at": event.at }));
         self.history(Some(at), HistoryKind::WaitResolved { by: "event (look-back)" });
     }
 
@@ -686,7 +688,7 @@ impl<'a> Machine<'a> {
         let step_id = self.workflow.step(at).id.clone();
         let decisions: serde_json::Map<String, Value> =
             state.decisions.iter().map(|(role, d)| (role.clone(), json!(d))).collect();
-        self.set_output(step_id, json!({ "round": state.round, "outcome": name, "decisions": decisions }));
+        self.set_output(&step_id, json!({ "round": state.round, "outcome": name, "decisions": decisions }));
         self.history(Some(at), HistoryKind::ApprovalResolved { outcome: name, round: state.round });
         let path = target.map_or_else(|| "exit".to_owned(), |t| self.target_name(t));
         self.decision(Some(at), "approval", None, Default::default(), json!(name), Some(path));
@@ -798,7 +800,8 @@ impl<'a> Machine<'a> {
 
     fn emit_at(&mut self, at: Option<StepIndex>, kind: EffectKind) -> String {
         let n = self.next_id();
-        let step = at.map_or_else(|| "run".to_owned(), |at| self.workflow.step(at).id.clone());
+        // Run-level effects (a conversion by a workflow goal) name `_run`, which no step id can be.
+        let step: Arc<str> = at.map_or_else(|| Arc::from(RUN_LEVEL_STEP), |at| self.workflow.step(at).id.clone());
         let key = format!("{}-{}-{}", self.out.run.id.0, step, n);
         self.history(at, HistoryKind::EffectEmitted { key: key.clone(), effect: kind.name() });
         self.out.effects.push(Effect { key: key.clone(), step, kind });
@@ -842,7 +845,7 @@ impl<'a> Machine<'a> {
     fn target_name(&self, target: Target) -> String {
         match target {
             Target::End => "end".to_owned(),
-            Target::Step(at) => self.workflow.step(at).id.clone(),
+            Target::Step(at) => self.workflow.step(at).id.to_string(),
         }
     }
 
@@ -858,9 +861,9 @@ impl<'a> Machine<'a> {
         json!({ "id": self.out.run.id.0, "workflow": self.out.run.workflow_id, "started_at": self.out.run.started_at })
     }
 
-    fn set_output(&mut self, step: String, value: Value) {
+    fn set_output(&mut self, step: &str, value: Value) {
         if let Value::Object(map) = &mut self.out.run.outputs {
-            map.insert(step, value);
+            map.insert(step.to_owned(), value);
         }
     }
 

@@ -16,6 +16,7 @@ mod machine;
 mod tests;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -188,7 +189,7 @@ pub struct Event {
     pub at: Timestamp,
     /// The whole event as JSON, readable as `event` in conditions (`event.properties.x`).
     /// Shared: a run, the subject's recent events and a wait may all hold the same event.
-    pub payload: std::sync::Arc<Value>,
+    pub payload: Arc<Value>,
 }
 
 /// What can happen to a run.
@@ -301,7 +302,7 @@ pub struct TimerRequest {
 pub struct Effect {
     /// Idempotency key: stable across retries and restarts (`<run>-<step>-<n>`).
     pub key: String,
-    pub step: String,
+    pub step: Arc<str>,
     pub kind: EffectKind,
 }
 
@@ -394,7 +395,7 @@ pub enum NotifyReason {
 pub struct HistoryEntry {
     pub at: Timestamp,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
+    pub step: Option<Arc<str>>,
     #[serde(flatten)]
     pub kind: HistoryKind,
 }
@@ -427,7 +428,7 @@ pub enum HistoryKind {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DecisionRecord {
     pub at: Timestamp,
-    pub step: Option<String>,
+    pub step: Option<Arc<str>>,
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expression: Option<String>,
@@ -437,6 +438,10 @@ pub struct DecisionRecord {
     /// Where control went: a step id, `end`, or an outcome.
     pub path: Option<String>,
 }
+
+/// The step named by effects and history entries that belong to the whole run (a conversion
+/// by a workflow-level goal): not a valid step id, so it never collides with one.
+pub const RUN_LEVEL_STEP: &str = "_run";
 
 /// Decides what `input` does to `run` at `now`. See the module docs.
 pub fn handle(workflow: &Workflow, run: Run, input: &Input, facts: &Facts<'_>, now: Timestamp) -> Transition {

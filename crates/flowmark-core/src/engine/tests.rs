@@ -217,7 +217,7 @@ fn blog_post_review_loops_back_on_changes_and_joins_after_distribution() {
             .iter()
             .any(|h| matches!(h.kind, HistoryKind::ApprovalResolved { outcome: "changes_requested", round: 1 }))
     );
-    assert_eq!(wf.step(t.run.tokens[0].at).id, "draft", "changes requested goes back to the draft");
+    assert_eq!(&*wf.step(t.run.tokens[0].at).id, "draft", "changes requested goes back to the draft");
     let t = step(t.run, Input::TaskCompleted { step: "draft".into(), by: "wes".into(), fields: draft_fields }, now);
     assert!(matches!(&t.effects[0].kind, EffectKind::RequestApproval { round: 2, .. }), "a fresh round starts");
     let t = decide(t.run, "editor", Decision::Approve);

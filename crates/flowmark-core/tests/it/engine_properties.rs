@@ -104,7 +104,7 @@ impl Driver<'_> {
                     StepKind::Task(t) => t.fields.iter().map(|f| (f.name.clone(), json!("x"))).collect(),
                     _ => Default::default(),
                 };
-                Input::TaskCompleted { step: step.id.clone(), by: "p".into(), fields }
+                Input::TaskCompleted { step: step.id.to_string(), by: "p".into(), fields }
             }
             Action::Decide(i, d) => {
                 let step = &steps[usize::from(*i) % steps.len()];
@@ -113,7 +113,7 @@ impl Driver<'_> {
                 let decision =
                     [Decision::Approve, Decision::ApproveWithChanges, Decision::RequestChanges, Decision::Reject]
                         [usize::from(*d) % 4];
-                Input::ApprovalDecided { step: step.id.clone(), role, by: "p".into(), decision, comment: None }
+                Input::ApprovalDecided { step: step.id.to_string(), role, by: "p".into(), decision, comment: None }
             }
             Action::Wait(seconds) => {
                 self.now = self.now.plus(Duration(u64::from(*seconds) * 1000));
@@ -202,7 +202,7 @@ fn drain(workflow: &Workflow, subject: Value, mut run: Run, now: Timestamp) -> O
         } else {
             match (&token.state, &step.kind) {
                 (TokenState::AwaitingTask { .. }, StepKind::Task(task)) => Input::TaskCompleted {
-                    step: step.id.clone(),
+                    step: step.id.to_string(),
                     by: "p".into(),
                     fields: task.fields.iter().map(|f| (f.name.clone(), json!("x"))).collect(),
                 },
@@ -219,7 +219,7 @@ fn drain(workflow: &Workflow, subject: Value, mut run: Run, now: Timestamp) -> O
                         role
                     };
                     Input::ApprovalDecided {
-                        step: step.id.clone(),
+                        step: step.id.to_string(),
                         role,
                         by: "p".into(),
                         decision: Decision::Approve,
@@ -235,7 +235,7 @@ fn drain(workflow: &Workflow, subject: Value, mut run: Run, now: Timestamp) -> O
                     },
                 },
                 (TokenState::AwaitingSubflow, _) => {
-                    Input::SubflowEnded { step: step.id.clone(), status: RunStatus::Completed }
+                    Input::SubflowEnded { step: step.id.to_string(), status: RunStatus::Completed }
                 }
                 _ => return None,
             }
