@@ -205,6 +205,16 @@ impl<'s> Decoder<'s> {
         Some(Fields { span: self.span(node), entries })
     }
 
+    /// Reports `key` as misplaced when it is present but has no effect here.
+    fn misplaced(&mut self, fields: &Fields<'_>, key: &str, why: &str) {
+        if let Some(span) = fields.key_span(key) {
+            self.error(
+                Diagnostic::error("flowmark::misplaced-key", span, format!("`{key}` has no effect here: {why}"))
+                    .label("remove this"),
+            );
+        }
+    }
+
     fn require<'n>(&mut self, fields: &Fields<'n>, key: &str, what: &str) -> Option<&'n Node<'n>> {
         let found = fields.get(key);
         if found.is_none() {
@@ -766,6 +776,15 @@ impl<'s> Decoder<'s> {
             SubjectKind::Contact => &["contact", "event"],
             SubjectKind::Item => &["item", "event"],
         };
+        if kinds[0] != "event" {
+            self.misplaced(&fields, "where", "only an `event` trigger has a filter");
+        }
+        if kinds[0] != "workflow" {
+            self.misplaced(&fields, "outcome", "only a `workflow` trigger has an outcome");
+        }
+        if kinds[0] != "segment" {
+            self.misplaced(&fields, "on", "only a `segment` trigger has `on: enter|exit`");
+        }
         match kinds[0] {
             "event" => {
                 let name = self.string(fields.get("event")?, "an event name")?;
@@ -791,7 +810,16 @@ impl<'s> Decoder<'s> {
                 Some(Trigger::Schedule { cron, timezone })
             }
             "manual" => {
-                self.bool(fields.get("manual")?, "`true`")?;
+                let node = fields.get("manual")?;
+                if !self.bool(node, "`true`")? {
+                    let span = self.span(node);
+                    self.error(
+                        Diagnostic::error("flowmark::bad-trigger", span, "`manual: false` does not turn a trigger off")
+                            .label("always `true`")
+                            .help("remove the trigger to stop manual starts"),
+                    );
+                    return None;
+                }
                 Some(Trigger::Manual)
             }
             "workflow" => {
@@ -833,6 +861,9 @@ impl<'s> Decoder<'s> {
             None if fields.has("cooldown") => 2,
             None => 0,
         };
+        if reentry != 2 {
+            self.misplaced(&fields, "cooldown", "it only applies to `reentry: after_cooldown`");
+        }
         match reentry {
             0 => Some(Entry::Never),
             1 => Some(Entry::Always),
@@ -982,6 +1013,9 @@ impl<'s> Decoder<'s> {
         let id_node = self.require(&fields, "id", "a step");
         let id = id_node.and_then(|n| self.id(n, "step id"));
         let name = fields.get("name").and_then(|n| self.string(n, "a name"));
+        if let Some(n) = fields.get("description") {
+            self.string(n, "a description");
+        }
         let kinds: Vec<&(String, Span, &Node<'_>)> =
             fields.entries.iter().filter(|(k, _, _)| StepKind::NAMES.contains(&k.as_str())).collect();
         if kinds.len() != 1 {
@@ -1486,6 +1520,12 @@ impl<'s> Decoder<'s> {
                     )
                     .label("has no effect here"),
                 );
+            }
+        }
+        let time_of_day = kinds[0] == "until" && f.get("until").and_then(scalar_text).is_some_and(|t| t.len() == 5);
+        if !time_of_day {
+            for key in ["timezone", "days"] {
+                self.misplaced(&f, key, "it only applies to waiting `until` a time of day (`HH:MM`)");
             }
         }
         match kinds[0] {

@@ -36,6 +36,7 @@ golden! {
     unknown_roles_raci_and_impossible_quorum => "roles.yaml",
     parallel_branches_reach_different_joins => "parallel.yaml",
     raci_and_caps => "raci.yaml",
+    keys_that_would_be_ignored => "ignored-keys.yaml",
     many_problems_in_one_file => "many-problems.yaml",
 }
 
