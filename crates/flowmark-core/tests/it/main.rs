@@ -2,6 +2,7 @@
 
 mod engine_properties;
 mod parse_properties;
+mod tidy;
 
 use flowmark_core::{Source, Workflow, compile};
 

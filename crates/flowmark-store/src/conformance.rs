@@ -1,0 +1,175 @@
+//! The conformance suite: what every `Store` backend must do, as functions any backend's
+//! tests call with a way to make a fresh, empty store.
+//!
+//! The transitions it commits come from the real run state machine on a small workflow, so
+//! the suite checks the store against what the runtime will actually write.
+//!
+//! Invariant: each check starts from an empty store and panics with a message on failure.
+
+use flowmark_core::engine::{Event, Facts, Input, Run, RunId, RunStatus, Transition, handle};
+use flowmark_core::{Source, Timestamp, Workflow, compile};
+use serde_json::json;
+
+use crate::{Attempt, Error, Store, WorkflowStatus};
+
+const WORKFLOW: &str = r#"
+id: conformance
+subject: contact
+steps:
+  - id: hello
+    action: { email: { subject: "Hi {{ contact.first_name | default: 'there' }}", text: "Hello" } }
+  - id: clicked
+    wait: { event: Email Link Clicked, timeout: 2d }
+    on_timeout: bye
+  - id: score
+    action: { score: { model: engagement, add: 10 } }
+    next: end
+  - id: bye
+    action: { email: { subject: "Bye", text: "Bye" } }
+"#;
+
+const T0: Timestamp = Timestamp(1_767_610_800_000); // 2026-01-05T11:00:00Z
+
+fn workflow() -> Workflow {
+    compile(&Source::new("conformance.yaml", WORKFLOW)).workflow.expect("the conformance workflow is valid")
+}
+
+fn start(workflow: &Workflow, id: u64, subject: &str) -> Transition {
+    let run = Run::new(RunId(id), workflow, 1, subject, T0);
+    handle(workflow, run, &Input::Start { event: None }, &Facts::empty(), T0)
+}
+
+/// Runs every check, each on a fresh store from `make`.
+pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
+    commit_then_read_back(make()).expect("commit_then_read_back");
+    timers_mirror_the_run(make()).expect("timers_mirror_the_run");
+    a_batch_is_all_or_nothing(make()).expect("a_batch_is_all_or_nothing");
+    events_are_deduplicated_by_message_id(make()).expect("events_are_deduplicated_by_message_id");
+    the_outbox_retries_and_completes(make()).expect("the_outbox_retries_and_completes");
+    workflow_versions_are_immutable(make()).expect("workflow_versions_are_immutable");
+    contacts_merge_traits(make()).expect("contacts_merge_traits");
+}
+
+/// A committed transition reads back: state, history, decisions, timer, outbox effect.
+pub fn commit_then_read_back(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let workflow = workflow();
+    let t = start(&workflow, 1, "c-1");
+    store.commit(&[&t], T0)?;
+    assert_eq!(store.run(RunId(1))?, Some(t.run.clone()), "the run reads back equal");
+    assert_eq!(store.history(RunId(1))?.len(), t.history.len());
+    assert_eq!(store.history(RunId(1))?[0]["what"], "run_started");
+    let timer = &t.run.timers[0];
+    let due = store.due_timers(timer.due_at, 10)?;
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].run, due[0].timer, due[0].due_at), (RunId(1), timer.id, timer.due_at));
+    assert!(store.due_timers(Timestamp(timer.due_at.ms() - 1), 10)?.is_empty(), "not due a millisecond early");
+    let ready = store.ready_effects(T0, 10)?;
+    assert_eq!(ready.len(), 1);
+    assert_eq!(ready[0].key, t.effects[0].key);
+    assert_eq!(ready[0].step, "hello");
+    assert_eq!(ready[0].effect["effect"], "send_message");
+    assert_eq!(store.outbox_depth()?, 1);
+    assert_eq!(store.active_runs_of_subject("c-1")?.len(), 1);
+    assert_eq!(store.latest_run("conformance", "c-1")?.map(|r| r.id), Some(RunId(1)));
+    assert!(store.run(RunId(2))?.is_none());
+    Ok(())
+}
+
+/// After a timer fires, the store's timers are the run's armed timers, no more.
+pub fn timers_mirror_the_run(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let workflow = workflow();
+    let t = start(&workflow, 1, "c-1");
+    store.commit(&[&t], T0)?;
+    let timer = t.run.timers[0].clone();
+    let fired = handle(&workflow, t.run.clone(), &Input::TimerFired { timer: timer.id }, &Facts::empty(), timer.due_at);
+    store.commit(&[&fired], timer.due_at)?;
+    assert_eq!(fired.run.status, RunStatus::Completed);
+    assert!(store.due_timers(Timestamp(i64::MAX), 10)?.is_empty(), "the fired timer is gone");
+    assert!(store.active_runs_of_subject("c-1")?.is_empty());
+    let history = store.history(RunId(1))?;
+    assert_eq!(history.len(), t.history.len() + fired.history.len(), "history is appended, in order");
+    assert_eq!(history.last().unwrap()["what"], "run_ended");
+    assert_eq!(store.outbox_depth()?, 2, "both emails are in the outbox");
+    Ok(())
+}
+
+/// A batch with one bad transition leaves nothing of the batch behind.
+pub fn a_batch_is_all_or_nothing(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let workflow = workflow();
+    let good = start(&workflow, 1, "c-1");
+    let mut bad = start(&workflow, 2, "c-2");
+    bad.effects[0].key = good.effects[0].key.clone(); // another run's key: refused
+    match store.commit(&[&good, &bad], T0) {
+        Err(Error::DuplicateEffect { key }) => assert_eq!(key, good.effects[0].key),
+        other => panic!("expected DuplicateEffect, got {other:?}"),
+    }
+    assert!(store.run(RunId(1))?.is_none(), "the good transition was rolled back with the bad one");
+    assert!(store.history(RunId(1))?.is_empty());
+    assert!(store.due_timers(Timestamp(i64::MAX), 10)?.is_empty());
+    assert_eq!(store.outbox_depth()?, 0);
+    store.commit(&[&good], T0)?;
+    assert!(store.run(RunId(1))?.is_some(), "the store is usable after a refused batch");
+    Ok(())
+}
+
+pub fn events_are_deduplicated_by_message_id(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let event = |id: &str, at: i64| Event {
+        id: id.to_owned(),
+        name: "Email Opened".to_owned(),
+        at: Timestamp(at),
+        payload: json!({ "event": "Email Opened", "messageId": id }).into(),
+    };
+    assert!(store.insert_event("c-1", &event("m-1", 10), T0)?);
+    assert!(!store.insert_event("c-1", &event("m-1", 10), T0)?, "the same messageId is a duplicate");
+    assert!(store.insert_event("c-1", &event("m-2", 20), T0)?);
+    assert!(store.insert_event("c-1", &event("m-3", 30), T0)?);
+    assert!(store.insert_event("c-2", &event("m-4", 25), T0)?);
+    let events = store.events_of_subject("c-1", Timestamp(15), 10)?;
+    assert_eq!(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["m-2", "m-3"], "oldest first, since 15");
+    assert_eq!(events[0].payload["messageId"], "m-2");
+    let newest = store.events_of_subject("c-1", Timestamp(0), 1)?;
+    assert_eq!(newest[0].id, "m-3", "the limit keeps the newest");
+    Ok(())
+}
+
+pub fn the_outbox_retries_and_completes(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let workflow = workflow();
+    let t = start(&workflow, 1, "c-1");
+    store.commit(&[&t], T0)?;
+    let key = t.effects[0].key.clone();
+    let later = Timestamp(T0.ms() + 10_000);
+    store.record_attempt(&key, &Attempt::Retry { at: later, error: "421 try again".into() }, T0)?;
+    assert!(store.ready_effects(T0, 10)?.is_empty(), "not before its retry time");
+    let ready = store.ready_effects(later, 10)?;
+    assert_eq!((ready.len(), ready[0].attempts), (1, 1));
+    store.record_attempt(&key, &Attempt::Done { detail: Some("250 ok".into()) }, later)?;
+    assert!(store.ready_effects(Timestamp(i64::MAX), 10)?.is_empty());
+    assert_eq!(store.outbox_depth()?, 0);
+    store.record_attempt(&key, &Attempt::Failed { error: "late".into() }, later)?;
+    assert_eq!(store.outbox_depth()?, 0, "a finished effect stays finished");
+    Ok(())
+}
+
+pub fn workflow_versions_are_immutable(mut store: Box<dyn Store>) -> Result<(), Error> {
+    assert_eq!(store.put_workflow("w", "id: w # v1", T0)?, 1);
+    assert_eq!(store.put_workflow("w", "id: w # v2", T0)?, 2);
+    assert_eq!(store.workflow_source("w", Some(1))?, Some((1, "id: w # v1".to_owned())));
+    assert_eq!(store.workflow_source("w", None)?, Some((2, "id: w # v2".to_owned())));
+    assert_eq!(store.workflow_source("w", Some(3))?, None);
+    assert!(store.set_workflow_status("w", WorkflowStatus::Paused, T0)?);
+    assert!(!store.set_workflow_status("missing", WorkflowStatus::Paused, T0)?);
+    let list = store.workflows()?;
+    assert_eq!(list.len(), 1);
+    assert_eq!((list[0].latest_version, list[0].status), (2, WorkflowStatus::Paused));
+    Ok(())
+}
+
+pub fn contacts_merge_traits(mut store: Box<dyn Store>) -> Result<(), Error> {
+    store.upsert_contact("c-1", &json!({ "first_name": "Ada", "plan": "free" }), Some("Europe/Paris"), T0)?;
+    let merged = store.upsert_contact("c-1", &json!({ "plan": "pro" }), None, T0)?;
+    assert_eq!(merged.traits, json!({ "first_name": "Ada", "plan": "pro" }));
+    assert_eq!(merged.timezone.as_deref(), Some("Europe/Paris"), "a missing time zone keeps the known one");
+    assert_eq!(store.contact("c-1")?, Some(merged));
+    assert_eq!(store.contact("c-2")?, None);
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Flowmark's durable store: where workflows, runs, histories, timers, the outbox, events
+//! and contacts live.
+//!
+//! [`Store`] is the one interface the runtime talks to; [`SqliteStore`] is the embedded
+//! default (WAL, migrations). A PostgreSQL backend will implement the same trait, and every
+//! backend must pass [`conformance::run_all`].
+//!
+//! The heart is [`Store::commit`]: a batch of transitions, each with its run's next state,
+//! history entries, decision records, armed timers and outbox effects, written in **one**
+//! transaction (group commit). Either all of a batch is durable or none of it is.
+//!
+//! Invariant: after a commit, a run's rows in `timers` are exactly its `Run::timers`, and every
+//! effect of a committed transition is in the outbox under its idempotency key, once.
+
+pub mod conformance;
+mod sqlite;
+
+use flowmark_core::Timestamp;
+use flowmark_core::engine::{Event, Run, RunId, RunStatus, TimerId, TimerPurpose, Transition};
+use serde_json::Value;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the database failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the database schema could not be brought up to date: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("a stored value could not be read back: {0}")]
+    Corrupt(String),
+    #[error("effect {key} is already in the outbox for another run")]
+    DuplicateEffect { key: String },
+}
+
+/// A timer whose time has come, as the timer service hands it to the partition owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueTimer {
+    pub run: RunId,
+    pub timer: TimerId,
+    pub due_at: Timestamp,
+    pub purpose: TimerPurpose,
+}
+
+/// An effect waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    pub key: String,
+    pub run: RunId,
+    pub step: String,
+    /// The effect as JSON (`engine::EffectKind`'s serialization).
+    pub effect: Value,
+    pub attempts: u32,
+    pub next_attempt_at: Timestamp,
+}
+
+/// What became of one attempt to perform an effect.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attempt {
+    Done {
+        detail: Option<String>,
+    },
+    /// Try again at `at`.
+    Retry {
+        at: Timestamp,
+        error: String,
+    },
+    /// Give up: the error is final or the retries are spent.
+    Failed {
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkflowStatus {
+    Active,
+    Paused,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowSummary {
+    pub id: String,
+    pub latest_version: u32,
+    pub status: WorkflowStatus,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contact {
+    pub id: String,
+    pub traits: Value,
+    pub timezone: Option<String>,
+    pub updated_at: Timestamp,
+}
+
+/// The durable state of a deployment. Methods take `&mut self` where they write: one owner
+/// writes through one handle (the partition owner, the ingestion path), readers open their own.
+pub trait Store {
+    /// Writes a batch of transitions in one transaction: each run's state (inserted or
+    /// updated), its history and decision records appended, its timers replaced by the armed
+    /// ones, its effects added to the outbox. All or nothing.
+    fn commit(&mut self, transitions: &[&Transition], now: Timestamp) -> Result<(), Error>;
+
+    fn run(&self, id: RunId) -> Result<Option<Run>, Error>;
+
+    /// Active runs of a subject, oldest first: where the router sends the subject's events.
+    fn active_runs_of_subject(&self, subject_id: &str) -> Result<Vec<Run>, Error>;
+
+    /// The latest run of a workflow for a subject, active or not, for entry rules.
+    fn latest_run(&self, workflow_id: &str, subject_id: &str) -> Result<Option<Run>, Error>;
+
+    /// The history entries of a run, in order, as JSON.
+    fn history(&self, id: RunId) -> Result<Vec<Value>, Error>;
+
+    /// The decision records of a run, in order, as JSON.
+    fn decisions(&self, id: RunId) -> Result<Vec<Value>, Error>;
+
+    /// Timers due at or before `now`, earliest first, at most `limit`. Read from the index by
+    /// due time: never a scan over runs.
+    fn due_timers(&self, now: Timestamp, limit: usize) -> Result<Vec<DueTimer>, Error>;
+
+    /// Effects ready to be attempted at `now`, oldest first, at most `limit`.
+    fn ready_effects(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxEntry>, Error>;
+
+    /// Records what an attempt at an effect gave.
+    fn record_attempt(&mut self, key: &str, attempt: &Attempt, now: Timestamp) -> Result<(), Error>;
+
+    /// Effects not yet done or failed.
+    fn outbox_depth(&self) -> Result<u64, Error>;
+
+    /// Stores an event for a subject; `false` when its `messageId` was already stored (the
+    /// event is a duplicate and must not be applied again).
+    fn insert_event(&mut self, subject_id: &str, event: &Event, received_at: Timestamp) -> Result<bool, Error>;
+
+    /// A subject's events at or after `since`, oldest first, at most `limit` (the newest ones).
+    fn events_of_subject(&self, subject_id: &str, since: Timestamp, limit: usize) -> Result<Vec<Event>, Error>;
+
+    /// Stores a new version of a workflow's source and returns its number (1, 2, …).
+    /// Versions are immutable; a new workflow starts active.
+    fn put_workflow(&mut self, id: &str, source: &str, now: Timestamp) -> Result<u32, Error>;
+
+    /// A version's source; the latest when `version` is `None`.
+    fn workflow_source(&self, id: &str, version: Option<u32>) -> Result<Option<(u32, String)>, Error>;
+
+    fn workflows(&self) -> Result<Vec<WorkflowSummary>, Error>;
+
+    /// `false` when there is no such workflow.
+    fn set_workflow_status(&mut self, id: &str, status: WorkflowStatus, now: Timestamp) -> Result<bool, Error>;
+
+    /// Creates a contact or merges `traits` into its traits (top-level keys replace).
+    fn upsert_contact(
+        &mut self,
+        id: &str,
+        traits: &Value,
+        timezone: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Contact, Error>;
+
+    fn contact(&self, id: &str) -> Result<Option<Contact>, Error>;
+}
+
+pub(crate) fn status_name(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Active => "active",
+        RunStatus::Completed => "completed",
+        RunStatus::Converted => "converted",
+        RunStatus::Exited => "exited",
+        RunStatus::Failed => "failed",
+    }
+}

@@ -1,0 +1,487 @@
+//! The embedded store: SQLite through rusqlite, in WAL mode, schema by migrations.
+//!
+//! One `SqliteStore` is one connection. Writes go through the owner's handle; a commit is one
+//! SQLite transaction, so a batch of transitions shares one fsync (group commit).
+//! `synchronous = FULL`: a commit that returned survives a crash of the process and of the
+//! machine; throughput comes from batching, not from skipping the sync.
+//!
+//! Invariant: the schema is at the latest migration before any other statement runs.
+
+use std::path::Path;
+
+use flowmark_core::Timestamp;
+use flowmark_core::engine::{Event, Run, RunId, TimerId, TimerPurpose, Transition};
+use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+use serde_json::Value;
+
+use crate::{Attempt, Contact, DueTimer, Error, OutboxEntry, Store, WorkflowStatus, WorkflowSummary, status_name};
+
+/// The schema, one migration per release that changes it; never edit a shipped one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE workflows (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    latest_version INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE workflow_versions (
+    workflow_id TEXT NOT NULL REFERENCES workflows(id),
+    version INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (workflow_id, version)
+) WITHOUT ROWID;
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    workflow_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    subject_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    state TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX runs_by_subject ON runs (subject_id, status, id);
+CREATE INDEX runs_by_workflow ON runs (workflow_id, subject_id, id);
+CREATE TABLE history (
+    run_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    step TEXT,
+    entry TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE decisions (
+    run_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    step TEXT,
+    record TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE timers (
+    run_id INTEGER NOT NULL,
+    timer_id INTEGER NOT NULL,
+    due_at INTEGER NOT NULL,
+    purpose TEXT NOT NULL,
+    PRIMARY KEY (run_id, timer_id)
+) WITHOUT ROWID;
+CREATE INDEX timers_by_due ON timers (due_at, run_id, timer_id);
+CREATE TABLE outbox (
+    key TEXT PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    step TEXT NOT NULL,
+    effect TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    result TEXT
+);
+CREATE INDEX outbox_ready ON outbox (status, next_attempt_at, created_at);
+CREATE TABLE events (
+    message_id TEXT PRIMARY KEY,
+    subject_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX events_by_subject ON events (subject_id, at);
+CREATE TABLE contacts (
+    id TEXT PRIMARY KEY,
+    traits TEXT NOT NULL,
+    timezone TEXT,
+    updated_at INTEGER NOT NULL
+);
+"#];
+
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, Error> {
+        SqliteStore::setup(Connection::open(path)?)
+    }
+
+    /// A private database in memory, for tests and dry runs.
+    pub fn open_in_memory() -> Result<SqliteStore, Error> {
+        SqliteStore::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<SqliteStore, Error> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
+        migrations.to_latest(&mut conn)?;
+        Ok(SqliteStore { conn })
+    }
+}
+
+fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, Error> {
+    serde_json::to_string(value).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Error> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn run_id(id: RunId) -> i64 {
+    i64::try_from(id.0).unwrap_or(i64::MAX)
+}
+
+fn purpose_name(purpose: TimerPurpose) -> Result<String, Error> {
+    match serde_json::to_value(purpose) {
+        Ok(Value::String(s)) => Ok(s),
+        _ => Err(Error::Corrupt(format!("timer purpose {purpose:?}"))),
+    }
+}
+
+impl Store for SqliteStore {
+    fn commit(&mut self, transitions: &[&Transition], now: Timestamp) -> Result<(), Error> {
+        let tx = self.conn.transaction()?;
+        for transition in transitions {
+            let run = &transition.run;
+            let id = run_id(run.id);
+            tx.prepare_cached(
+                "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, ended_at, state, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at,
+                     state = excluded.state, updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                id,
+                run.workflow_id,
+                run.version,
+                run.subject_id,
+                status_name(run.status),
+                run.started_at.ms(),
+                run.ended_at.map(Timestamp::ms),
+                to_json(run)?,
+                now.ms(),
+            ])?;
+            let first_seq: i64 = tx
+                .prepare_cached("SELECT COALESCE(MAX(seq) + 1, 0) FROM history WHERE run_id = ?1")?
+                .query_row([id], |row| row.get(0))?;
+            let mut insert =
+                tx.prepare_cached("INSERT INTO history (run_id, seq, at, step, entry) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            for (offset, entry) in transition.history.iter().enumerate() {
+                insert.execute(params![
+                    id,
+                    first_seq + offset as i64,
+                    entry.at.ms(),
+                    entry.step.as_deref(),
+                    to_json(entry)?
+                ])?;
+            }
+            let first_seq: i64 = tx
+                .prepare_cached("SELECT COALESCE(MAX(seq) + 1, 0) FROM decisions WHERE run_id = ?1")?
+                .query_row([id], |row| row.get(0))?;
+            let mut insert =
+                tx.prepare_cached("INSERT INTO decisions (run_id, seq, at, step, record) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            for (offset, record) in transition.decisions.iter().enumerate() {
+                insert.execute(params![
+                    id,
+                    first_seq + offset as i64,
+                    record.at.ms(),
+                    record.step.as_deref(),
+                    to_json(record)?
+                ])?;
+            }
+            // The timers table mirrors the run's armed timers: fired and cancelled ones go.
+            tx.prepare_cached("DELETE FROM timers WHERE run_id = ?1")?.execute([id])?;
+            let mut insert =
+                tx.prepare_cached("INSERT INTO timers (run_id, timer_id, due_at, purpose) VALUES (?1, ?2, ?3, ?4)")?;
+            for timer in &run.timers {
+                insert.execute(params![id, timer.id.0, timer.due_at.ms(), purpose_name(timer.purpose)?])?;
+            }
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO outbox (key, run_id, step, effect, created_at, attempts, next_attempt_at, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?5, 'pending') ON CONFLICT (key) DO NOTHING",
+            )?;
+            for effect in &transition.effects {
+                let inserted =
+                    insert.execute(params![effect.key, id, &*effect.step, to_json(&effect.kind)?, now.ms()])?;
+                if inserted == 0 {
+                    // The same key again: a retried commit of the same run is harmless; another
+                    // run's effect under this key is a bug, and the whole batch is refused.
+                    let owner: i64 = tx
+                        .prepare_cached("SELECT run_id FROM outbox WHERE key = ?1")?
+                        .query_row([&effect.key], |r| r.get(0))?;
+                    if owner != id {
+                        return Err(Error::DuplicateEffect { key: effect.key.clone() });
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn run(&self, id: RunId) -> Result<Option<Run>, Error> {
+        let state: Option<String> = self
+            .conn
+            .prepare_cached("SELECT state FROM runs WHERE id = ?1")?
+            .query_row([run_id(id)], |row| row.get(0))
+            .optional()?;
+        state.map(|s| from_json(&s)).transpose()
+    }
+
+    fn active_runs_of_subject(&self, subject_id: &str) -> Result<Vec<Run>, Error> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT state FROM runs WHERE subject_id = ?1 AND status = 'active' ORDER BY id")?;
+        let states = statement.query_map([subject_id], |row| row.get::<_, String>(0))?;
+        states.map(|s| from_json(&s?)).collect()
+    }
+
+    fn latest_run(&self, workflow_id: &str, subject_id: &str) -> Result<Option<Run>, Error> {
+        let state: Option<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT state FROM runs WHERE workflow_id = ?1 AND subject_id = ?2 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row([workflow_id, subject_id], |row| row.get(0))
+            .optional()?;
+        state.map(|s| from_json(&s)).transpose()
+    }
+
+    fn history(&self, id: RunId) -> Result<Vec<Value>, Error> {
+        let mut statement = self.conn.prepare_cached("SELECT entry FROM history WHERE run_id = ?1 ORDER BY seq")?;
+        let entries = statement.query_map([run_id(id)], |row| row.get::<_, String>(0))?;
+        entries.map(|e| from_json(&e?)).collect()
+    }
+
+    fn decisions(&self, id: RunId) -> Result<Vec<Value>, Error> {
+        let mut statement = self.conn.prepare_cached("SELECT record FROM decisions WHERE run_id = ?1 ORDER BY seq")?;
+        let records = statement.query_map([run_id(id)], |row| row.get::<_, String>(0))?;
+        records.map(|r| from_json(&r?)).collect()
+    }
+
+    fn due_timers(&self, now: Timestamp, limit: usize) -> Result<Vec<DueTimer>, Error> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT run_id, timer_id, due_at, purpose FROM timers WHERE due_at <= ?1
+             ORDER BY due_at, run_id, timer_id LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![now.ms(), limit as i64], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, u32>(1)?, row.get::<_, i64>(2)?, row.get::<_, String>(3)?))
+        })?;
+        rows.map(|row| {
+            let (run, timer, due_at, purpose) = row?;
+            Ok(DueTimer {
+                run: RunId(run as u64),
+                timer: TimerId(timer),
+                due_at: Timestamp(due_at),
+                purpose: serde_json::from_value(Value::String(purpose)).map_err(|e| Error::Corrupt(e.to_string()))?,
+            })
+        })
+        .collect()
+    }
+
+    fn ready_effects(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxEntry>, Error> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT key, run_id, step, effect, attempts, next_attempt_at FROM outbox
+             WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at, created_at, key LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![now.ms(), limit as i64], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, u32>(4)?,
+                row.get::<_, i64>(5)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (key, run, step, effect, attempts, next_attempt_at) = row?;
+            Ok(OutboxEntry {
+                key,
+                run: RunId(run as u64),
+                step,
+                effect: from_json(&effect)?,
+                attempts,
+                next_attempt_at: Timestamp(next_attempt_at),
+            })
+        })
+        .collect()
+    }
+
+    fn record_attempt(&mut self, key: &str, attempt: &Attempt, now: Timestamp) -> Result<(), Error> {
+        let (status, next, result) = match attempt {
+            Attempt::Done { detail } => ("done", now, detail.clone()),
+            Attempt::Retry { at, error } => ("pending", *at, Some(error.clone())),
+            Attempt::Failed { error } => ("failed", now, Some(error.clone())),
+        };
+        self.conn
+            .prepare_cached(
+                "UPDATE outbox SET status = ?2, next_attempt_at = ?3, result = ?4, attempts = attempts + 1
+                 WHERE key = ?1 AND status = 'pending'",
+            )?
+            .execute(params![key, status, next.ms(), result])?;
+        Ok(())
+    }
+
+    fn outbox_depth(&self) -> Result<u64, Error> {
+        let depth: i64 =
+            self.conn.query_row("SELECT COUNT(*) FROM outbox WHERE status = 'pending'", [], |row| row.get(0))?;
+        Ok(depth as u64)
+    }
+
+    fn insert_event(&mut self, subject_id: &str, event: &Event, received_at: Timestamp) -> Result<bool, Error> {
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO events (message_id, subject_id, name, at, received_at, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (message_id) DO NOTHING",
+            )?
+            .execute(params![
+                event.id,
+                subject_id,
+                event.name,
+                event.at.ms(),
+                received_at.ms(),
+                to_json(&*event.payload)?
+            ])?;
+        Ok(inserted == 1)
+    }
+
+    fn events_of_subject(&self, subject_id: &str, since: Timestamp, limit: usize) -> Result<Vec<Event>, Error> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT message_id, name, at, payload FROM events WHERE subject_id = ?1 AND at >= ?2
+             ORDER BY at DESC, message_id DESC LIMIT ?3",
+        )?;
+        let rows = statement.query_map(params![subject_id, since.ms(), limit as i64], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?, row.get::<_, String>(3)?))
+        })?;
+        let mut events = rows
+            .map(|row| {
+                let (id, name, at, payload) = row?;
+                Ok(Event { id, name, at: Timestamp(at), payload: from_json::<Value>(&payload)?.into() })
+            })
+            .collect::<Result<Vec<Event>, Error>>()?;
+        events.reverse();
+        Ok(events)
+    }
+
+    fn put_workflow(&mut self, id: &str, source: &str, now: Timestamp) -> Result<u32, Error> {
+        let tx = self.conn.transaction()?;
+        let latest: Option<u32> =
+            tx.query_row("SELECT latest_version FROM workflows WHERE id = ?1", [id], |row| row.get(0)).optional()?;
+        let version = latest.map_or(1, |v| v + 1);
+        tx.execute(
+            "INSERT INTO workflows (id, status, latest_version, updated_at) VALUES (?1, 'active', ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET latest_version = excluded.latest_version, updated_at = excluded.updated_at",
+            params![id, version, now.ms()],
+        )?;
+        tx.execute(
+            "INSERT INTO workflow_versions (workflow_id, version, source, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![id, version, source, now.ms()],
+        )?;
+        tx.commit()?;
+        Ok(version)
+    }
+
+    fn workflow_source(&self, id: &str, version: Option<u32>) -> Result<Option<(u32, String)>, Error> {
+        let row = match version {
+            Some(v) => self
+                .conn
+                .query_row(
+                    "SELECT version, source FROM workflow_versions WHERE workflow_id = ?1 AND version = ?2",
+                    params![id, v],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?,
+            None => self
+                .conn
+                .query_row(
+                    "SELECT version, source FROM workflow_versions WHERE workflow_id = ?1 ORDER BY version DESC LIMIT 1",
+                    [id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?,
+        };
+        Ok(row)
+    }
+
+    fn workflows(&self) -> Result<Vec<WorkflowSummary>, Error> {
+        let mut statement =
+            self.conn.prepare_cached("SELECT id, latest_version, status, updated_at FROM workflows ORDER BY id")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, u32>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(3)?))
+        })?;
+        rows.map(|row| {
+            let (id, latest_version, status, updated_at) = row?;
+            let status = match status.as_str() {
+                "active" => WorkflowStatus::Active,
+                "paused" => WorkflowStatus::Paused,
+                other => return Err(Error::Corrupt(format!("workflow status `{other}`"))),
+            };
+            Ok(WorkflowSummary { id, latest_version, status, updated_at: Timestamp(updated_at) })
+        })
+        .collect()
+    }
+
+    fn set_workflow_status(&mut self, id: &str, status: WorkflowStatus, now: Timestamp) -> Result<bool, Error> {
+        let name = match status {
+            WorkflowStatus::Active => "active",
+            WorkflowStatus::Paused => "paused",
+        };
+        let changed = self
+            .conn
+            .execute("UPDATE workflows SET status = ?2, updated_at = ?3 WHERE id = ?1", params![id, name, now.ms()])?;
+        Ok(changed == 1)
+    }
+
+    fn upsert_contact(
+        &mut self,
+        id: &str,
+        traits: &Value,
+        timezone: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Contact, Error> {
+        let tx = self.conn.transaction()?;
+        let existing: Option<(String, Option<String>)> = tx
+            .query_row("SELECT traits, timezone FROM contacts WHERE id = ?1", [id], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?;
+        let (mut merged, old_timezone) = match existing {
+            Some((text, tz)) => (from_json::<Value>(&text)?, tz),
+            None => (Value::Object(serde_json::Map::new()), None),
+        };
+        if let (Value::Object(into), Value::Object(from)) = (&mut merged, traits) {
+            for (key, value) in from {
+                into.insert(key.clone(), value.clone());
+            }
+        }
+        let timezone = timezone.map(str::to_owned).or(old_timezone);
+        tx.execute(
+            "INSERT INTO contacts (id, traits, timezone, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET traits = excluded.traits, timezone = excluded.timezone,
+                 updated_at = excluded.updated_at",
+            params![id, to_json(&merged)?, timezone, now.ms()],
+        )?;
+        tx.commit()?;
+        Ok(Contact { id: id.to_owned(), traits: merged, timezone, updated_at: now })
+    }
+
+    fn contact(&self, id: &str) -> Result<Option<Contact>, Error> {
+        let row: Option<(String, Option<String>, i64)> = self
+            .conn
+            .query_row("SELECT traits, timezone, updated_at FROM contacts WHERE id = ?1", [id], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .optional()?;
+        row.map(|(traits, timezone, updated_at)| {
+            Ok(Contact { id: id.to_owned(), traits: from_json(&traits)?, timezone, updated_at: Timestamp(updated_at) })
+        })
+        .transpose()
+    }
+}
