@@ -11,7 +11,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::engine::{Effect, EffectKind};
+use crate::engine::{Effect, EffectKind, RenderContext};
 use crate::expr::Scope;
 use crate::model::{Action, StepKind, TemplateValue, Workflow};
 use crate::template::Template;
@@ -55,9 +55,22 @@ pub fn render_message(workflow: &Workflow, effect: &Effect, subject: &Value, env
     let EffectKind::SendMessage { context, .. } = &effect.kind else {
         return Err(Error::NotAMessage { key: effect.key.clone() });
     };
+    render_step_message(workflow, &effect.key, &effect.step, context, subject, env)
+}
+
+/// Renders the message of step `step_id` with a stored context: what the dispatcher does with
+/// an outbox row (`key` names the effect in errors).
+pub fn render_step_message(
+    workflow: &Workflow,
+    key: &str,
+    step_id: &str,
+    context: &RenderContext,
+    subject: &Value,
+    env: &Value,
+) -> Result<Message, Error> {
     let unknown =
-        || Error::UnknownStep { key: effect.key.clone(), step: effect.step.to_string(), workflow: workflow.id.clone() };
-    let step = workflow.step_index(&effect.step).map(|i| workflow.step(i)).ok_or_else(unknown)?;
+        || Error::UnknownStep { key: key.to_owned(), step: step_id.to_owned(), workflow: workflow.id.clone() };
+    let step = workflow.step_index(step_id).map(|i| workflow.step(i)).ok_or_else(unknown)?;
     let StepKind::Action(action) = &step.kind else { return Err(unknown()) };
     let null = Value::Null;
     let scope = Scope::new()

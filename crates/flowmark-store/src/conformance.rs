@@ -53,8 +53,10 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
 /// A committed transition reads back: state, history, decisions, timer, outbox effect.
 pub fn commit_then_read_back(mut store: Box<dyn Store>) -> Result<(), Error> {
     let workflow = workflow();
+    assert_eq!(store.next_run_id()?, RunId(1));
     let t = start(&workflow, 1, "c-1");
     store.commit(&[&t], T0)?;
+    assert_eq!(store.next_run_id()?, RunId(2));
     assert_eq!(store.run(RunId(1))?, Some(t.run.clone()), "the run reads back equal");
     assert_eq!(store.history(RunId(1))?.len(), t.history.len());
     assert_eq!(store.history(RunId(1))?[0]["what"], "run_started");
@@ -72,6 +74,10 @@ pub fn commit_then_read_back(mut store: Box<dyn Store>) -> Result<(), Error> {
     assert_eq!(store.active_runs_of_subject("c-1")?.len(), 1);
     assert_eq!(store.latest_run("conformance", "c-1")?.map(|r| r.id), Some(RunId(1)));
     assert!(store.run(RunId(2))?.is_none());
+    let sent = store.sent_messages("c-1", T0)?;
+    assert_eq!(sent.len(), 1, "the email counts for frequency caps");
+    assert!(store.sent_messages("c-1", Timestamp(T0.ms() + 1))?.is_empty());
+    assert!(store.sent_messages("c-2", T0)?.is_empty());
     Ok(())
 }
 

@@ -16,7 +16,7 @@ pub mod conformance;
 mod sqlite;
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{Event, Run, RunId, RunStatus, TimerId, TimerPurpose, Transition};
+use flowmark_core::engine::{Event, Run, RunId, RunStatus, Sent, TimerId, TimerPurpose, Transition};
 use serde_json::Value;
 
 pub use sqlite::SqliteStore;
@@ -103,6 +103,9 @@ pub trait Store {
 
     fn run(&self, id: RunId) -> Result<Option<Run>, Error>;
 
+    /// One more than the highest run id ever stored (1 for an empty store).
+    fn next_run_id(&self) -> Result<RunId, Error>;
+
     /// Active runs of a subject, oldest first: where the router sends the subject's events.
     fn active_runs_of_subject(&self, subject_id: &str) -> Result<Vec<Run>, Error>;
 
@@ -127,6 +130,10 @@ pub trait Store {
 
     /// Effects not yet done or failed.
     fn outbox_depth(&self) -> Result<u64, Error>;
+
+    /// Messages sent to a subject at or after `since` (non-transactional email effects of its
+    /// runs, by the time they entered the outbox), for frequency caps.
+    fn sent_messages(&self, subject_id: &str, since: Timestamp) -> Result<Vec<Sent>, Error>;
 
     /// Stores an event for a subject; `false` when its `messageId` was already stored (the
     /// event is a duplicate and must not be applied again).

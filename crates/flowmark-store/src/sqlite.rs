@@ -10,7 +10,8 @@
 use std::path::Path;
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{Event, Run, RunId, TimerId, TimerPurpose, Transition};
+use flowmark_core::engine::{Event, Run, RunId, Sent, TimerId, TimerPurpose, Transition};
+use flowmark_core::model::Channel;
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
@@ -233,6 +234,11 @@ impl Store for SqliteStore {
         state.map(|s| from_json(&s)).transpose()
     }
 
+    fn next_run_id(&self) -> Result<RunId, Error> {
+        let next: i64 = self.conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM runs", [], |row| row.get(0))?;
+        Ok(RunId(next as u64))
+    }
+
     fn active_runs_of_subject(&self, subject_id: &str) -> Result<Vec<Run>, Error> {
         let mut statement = self
             .conn
@@ -332,6 +338,19 @@ impl Store for SqliteStore {
         let depth: i64 =
             self.conn.query_row("SELECT COUNT(*) FROM outbox WHERE status = 'pending'", [], |row| row.get(0))?;
         Ok(depth as u64)
+    }
+
+    fn sent_messages(&self, subject_id: &str, since: Timestamp) -> Result<Vec<Sent>, Error> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT o.created_at FROM outbox o JOIN runs r ON r.id = o.run_id
+             WHERE r.subject_id = ?1 AND o.created_at >= ?2
+               AND json_extract(o.effect, '$.effect') = 'send_message'
+               AND json_extract(o.effect, '$.channel') = 'email'
+               AND json_extract(o.effect, '$.transactional') = 0
+             ORDER BY o.created_at",
+        )?;
+        let rows = statement.query_map(params![subject_id, since.ms()], |row| row.get::<_, i64>(0))?;
+        rows.map(|at| Ok(Sent { channel: Channel::Email, at: Timestamp(at?) })).collect()
     }
 
     fn insert_event(&mut self, subject_id: &str, event: &Event, received_at: Timestamp) -> Result<bool, Error> {

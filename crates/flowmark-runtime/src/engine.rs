@@ -1,0 +1,387 @@
+//! The engine: one writer over one store, turning events, timers and effect outcomes into
+//! committed transitions, and effects into connector calls.
+//!
+//! Each public operation loads the facts it needs, calls `engine::handle` for every run the
+//! input concerns, and commits all resulting transitions in one batch. Dispatch happens only
+//! from the outbox, after the commit that recorded the effect.
+//!
+//! Invariant: no transition is lost between `handle` and the store: either the whole batch
+//! commits or the operation returns the store's error and nothing changed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use flowmark_core::diagnostic::DiagnosticJson;
+use flowmark_core::engine::{Event, Facts, Input, RenderContext, Run, RunId, RunStatus, Sent, Transition, handle};
+use flowmark_core::expr::Scope;
+use flowmark_core::limits::{RECENT_EVENTS_COUNT_MAX, WAIT_LOOKBACK_MS};
+use flowmark_core::model::{Entry, Trigger, Workflow};
+use flowmark_core::render::render_step_message;
+use flowmark_core::{Severity, Source, Timestamp, compile};
+use flowmark_store::{Attempt, Store, WorkflowStatus};
+use serde_json::Value;
+
+use crate::connector::{Connector, Outcome};
+use crate::retry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] flowmark_store::Error),
+    #[error("there is no workflow `{0}`")]
+    UnknownWorkflow(String),
+    #[error("workflow `{id}` version {version} is stored but no longer compiles")]
+    StoredWorkflowInvalid { id: String, version: u32 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("the workflow has {} error(s)", .0.iter().filter(|d| d.severity == Severity::Error).count())]
+    Invalid(Vec<DiagnosticJson>),
+    #[error(transparent)]
+    Store(#[from] flowmark_store::Error),
+}
+
+/// What ingesting one event did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ingested {
+    /// The `messageId` was seen before; nothing was applied.
+    pub duplicate: bool,
+    pub runs_started: Vec<RunId>,
+    pub runs_advanced: Vec<RunId>,
+}
+
+pub struct Engine<S: Store> {
+    store: S,
+    /// Compiled versions, by (workflow id, version): versions are immutable, so never stale.
+    compiled: HashMap<(String, u32), Arc<Workflow>>,
+    /// Workspace variables, readable as `env` in templates.
+    env: Value,
+    next_run_id: u64,
+}
+
+/// The facts about one subject, owned, for one input.
+struct LoadedFacts {
+    subject: Value,
+    timezone: Option<chrono_tz::Tz>,
+    recent: Vec<Event>,
+    sent: Vec<Sent>,
+}
+
+impl LoadedFacts {
+    fn facts<'a>(&'a self, env: &'a Value) -> Facts<'a> {
+        Facts { subject: &self.subject, timezone: self.timezone, recent_events: &self.recent, sent: &self.sent, env }
+    }
+}
+
+/// How far back sent messages are loaded for frequency caps: the longest cap window allowed.
+const CAP_WINDOW_MS_MAX: u64 = 90 * 24 * 60 * 60 * 1000;
+
+impl<S: Store> Engine<S> {
+    pub fn new(store: S, env: Value) -> Result<Engine<S>, Error> {
+        let next_run_id = store.next_run_id()?.0;
+        Ok(Engine { store, compiled: HashMap::new(), env, next_run_id })
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Validates `source` and stores it as the workflow's next version. `name` is what the
+    /// diagnostics call the file.
+    pub fn deploy(&mut self, name: &str, source: &str, now: Timestamp) -> Result<(String, u32), DeployError> {
+        let source_file = Source::new(name, source);
+        let compiled = compile(&source_file);
+        let Some(workflow) = compiled.workflow else {
+            return Err(DeployError::Invalid(compiled.diagnostics.iter().map(|d| d.to_json(&source_file)).collect()));
+        };
+        let version = self.store.put_workflow(&workflow.id, source, now)?;
+        let id = workflow.id.clone();
+        self.compiled.insert((id.clone(), version), Arc::new(workflow));
+        Ok((id, version))
+    }
+
+    /// A stored version, compiled (cached).
+    pub fn workflow(&mut self, id: &str, version: Option<u32>) -> Result<Arc<Workflow>, Error> {
+        if let Some(v) = version
+            && let Some(w) = self.compiled.get(&(id.to_owned(), v))
+        {
+            return Ok(w.clone());
+        }
+        let (version, source) =
+            self.store.workflow_source(id, version)?.ok_or_else(|| Error::UnknownWorkflow(id.to_owned()))?;
+        if let Some(w) = self.compiled.get(&(id.to_owned(), version)) {
+            return Ok(w.clone());
+        }
+        let workflow = compile(&Source::new(id, source))
+            .workflow
+            .ok_or_else(|| Error::StoredWorkflowInvalid { id: id.to_owned(), version })?;
+        let workflow = Arc::new(workflow);
+        self.compiled.insert((id.to_owned(), version), workflow.clone());
+        Ok(workflow)
+    }
+
+    fn active_workflows(&mut self) -> Result<Vec<Arc<Workflow>>, Error> {
+        let summaries = self.store.workflows()?;
+        let mut active = Vec::new();
+        for summary in summaries.into_iter().filter(|s| s.status == WorkflowStatus::Active) {
+            active.push(self.workflow(&summary.id, Some(summary.latest_version))?);
+        }
+        Ok(active)
+    }
+
+    fn load_facts(&self, subject_id: &str, now: Timestamp) -> Result<LoadedFacts, Error> {
+        let contact = self.store.contact(subject_id)?;
+        let timezone = contact.as_ref().and_then(|c| c.timezone.as_deref()).and_then(|tz| tz.parse().ok());
+        let subject = contact.map_or(Value::Object(Default::default()), |c| c.traits);
+        let recent = self.store.events_of_subject(
+            subject_id,
+            Timestamp(now.ms() - WAIT_LOOKBACK_MS as i64),
+            RECENT_EVENTS_COUNT_MAX,
+        )?;
+        let sent = self.store.sent_messages(subject_id, Timestamp(now.ms() - CAP_WINDOW_MS_MAX as i64))?;
+        Ok(LoadedFacts { subject, timezone, recent, sent })
+    }
+
+    fn allocate_run_id(&mut self) -> RunId {
+        let id = RunId(self.next_run_id);
+        self.next_run_id += 1;
+        id
+    }
+
+    /// May `subject_id` start `workflow` now, by its entry rule?
+    fn may_enter(&self, workflow: &Workflow, subject_id: &str, now: Timestamp) -> Result<bool, Error> {
+        let latest = self.store.latest_run(&workflow.id, subject_id)?;
+        Ok(match (workflow.entry, latest) {
+            (_, None) | (Entry::Always, _) => true,
+            (Entry::Never, Some(_)) => false,
+            (Entry::After(_), Some(run)) if run.is_active() => false,
+            (Entry::After(cooldown), Some(run)) => run.ended_at.is_some_and(|ended| now.since(ended) >= cooldown),
+        })
+    }
+
+    /// Applies one event about `subject_id`: deduplicates it, advances the subject's active
+    /// runs, starts the workflows it triggers. One commit for all of it.
+    pub fn ingest(&mut self, subject_id: &str, event: Event, now: Timestamp) -> Result<Ingested, Error> {
+        if !self.store.insert_event(subject_id, &event, now)? {
+            return Ok(Ingested { duplicate: true, ..Ingested::default() });
+        }
+        let facts = self.load_facts(subject_id, now)?;
+        let mut transitions: Vec<Transition> = Vec::new();
+        let mut result = Ingested::default();
+        for run in self.store.active_runs_of_subject(subject_id)? {
+            let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+            let id = run.id;
+            let t = handle(&workflow, run, &Input::Event { event: event.clone() }, &facts.facts(&self.env), now);
+            if changed(&t) {
+                result.runs_advanced.push(id);
+                transitions.push(t);
+            }
+        }
+        for workflow in self.active_workflows()? {
+            let triggered = workflow.triggers.iter().any(|trigger| match trigger {
+                Trigger::Event { name, filter } => {
+                    *name == event.name
+                        && filter.as_ref().is_none_or(|f| {
+                            let scope = Scope::new()
+                                .with(workflow.subject.as_str(), &facts.subject)
+                                .with("event", event.payload.as_ref());
+                            f.eval(&scope).result == Ok(true)
+                        })
+                }
+                _ => false,
+            });
+            if !triggered || !self.may_enter(&workflow, subject_id, now)? {
+                continue;
+            }
+            let id = self.allocate_run_id();
+            let run = Run::new(id, &workflow, version_of(&self.compiled, &workflow), subject_id, now);
+            let t = handle(&workflow, run, &Input::Start { event: Some(event.clone()) }, &facts.facts(&self.env), now);
+            result.runs_started.push(id);
+            transitions.push(t);
+        }
+        self.commit(&transitions, now)?;
+        Ok(result)
+    }
+
+    /// Starts a run of a workflow for a subject by hand (API, UI, another workflow), subject
+    /// to the entry rule. `None` when the entry rule refuses.
+    pub fn start(&mut self, workflow_id: &str, subject_id: &str, now: Timestamp) -> Result<Option<RunId>, Error> {
+        let workflow = self.workflow(workflow_id, None)?;
+        if !self.may_enter(&workflow, subject_id, now)? {
+            return Ok(None);
+        }
+        let facts = self.load_facts(subject_id, now)?;
+        let id = self.allocate_run_id();
+        let run = Run::new(id, &workflow, version_of(&self.compiled, &workflow), subject_id, now);
+        let t = handle(&workflow, run, &Input::Start { event: None }, &facts.facts(&self.env), now);
+        self.commit(&[t], now)?;
+        Ok(Some(id))
+    }
+
+    /// Delivers an input to one run (a task completed, an approval decided, a cancel).
+    pub fn deliver(&mut self, run_id: RunId, input: &Input, now: Timestamp) -> Result<Option<Transition>, Error> {
+        let Some(run) = self.store.run(run_id)? else { return Ok(None) };
+        let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+        let facts = self.load_facts(&run.subject_id, now)?;
+        let t = handle(&workflow, run, input, &facts.facts(&self.env), now);
+        self.commit(std::slice::from_ref(&t), now)?;
+        Ok(Some(t))
+    }
+
+    /// Fires up to `limit` timers due at `now`, earliest first; returns how many fired.
+    pub fn fire_due_timers(&mut self, now: Timestamp, limit: usize) -> Result<usize, Error> {
+        let due = self.store.due_timers(now, limit)?;
+        let mut runs: HashMap<RunId, Run> = HashMap::new();
+        let mut order: Vec<RunId> = Vec::new();
+        let mut batches: Vec<Transition> = Vec::new();
+        for timer in &due {
+            let run = match runs.remove(&timer.run) {
+                Some(run) => run,
+                None => match self.store.run(timer.run)? {
+                    Some(run) => run,
+                    None => continue,
+                },
+            };
+            let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+            let facts = self.load_facts(&run.subject_id, now)?;
+            let t = handle(&workflow, run, &Input::TimerFired { timer: timer.timer }, &facts.facts(&self.env), now);
+            if !order.contains(&timer.run) {
+                order.push(timer.run);
+            }
+            runs.insert(timer.run, t.run.clone());
+            batches.push(t);
+        }
+        // Each transition is committed in order; a run's later transition carries its latest
+        // state, so committing all of them leaves the last one in place.
+        self.commit(&batches, now)?;
+        Ok(due.len())
+    }
+
+    /// Attempts up to `limit` ready effects through `connector`; returns how many it tried.
+    /// Internal effects (score changes, subject updates) are applied to the store here.
+    pub fn dispatch(&mut self, now: Timestamp, limit: usize, connector: &mut dyn Connector) -> Result<usize, Error> {
+        let ready = self.store.ready_effects(now, limit)?;
+        let mut feedback: Vec<(RunId, Input)> = Vec::new();
+        for entry in &ready {
+            let kind = entry.effect.get("effect").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let outcome = match kind.as_str() {
+                "adjust_score" | "update_subject" => self.apply_internal(entry.run, &entry.effect, now)?,
+                "send_message" => match self.render(entry.run, &entry.key, &entry.step, &entry.effect)? {
+                    Ok(message) => connector.perform(&entry.key, &entry.effect, Some(&message)),
+                    Err(error) => Outcome::Permanent { error },
+                },
+                _ => connector.perform(&entry.key, &entry.effect, None),
+            };
+            let attempt_number = entry.attempts + 1;
+            let (attempt, final_result) = match outcome {
+                Outcome::Done { detail } => (Attempt::Done { detail: detail.clone() }, Some((true, detail))),
+                Outcome::Permanent { error } => (Attempt::Failed { error: error.clone() }, Some((false, Some(error)))),
+                Outcome::Retryable { error, retry_after } => {
+                    match retry::next_attempt_at(&entry.key, attempt_number, now, retry_after) {
+                        Some(at) => (Attempt::Retry { at, error }, None),
+                        None => {
+                            let error = format!("gave up after {attempt_number} attempts: {error}");
+                            (Attempt::Failed { error: error.clone() }, Some((false, Some(error))))
+                        }
+                    }
+                }
+            };
+            self.store.record_attempt(&entry.key, &attempt, now)?;
+            if let Some((ok, detail)) = final_result {
+                feedback.push((entry.run, Input::EffectCompleted { key: entry.key.clone(), ok, detail }));
+            }
+        }
+        for (run, input) in feedback {
+            self.deliver(run, &input, now)?;
+        }
+        Ok(ready.len())
+    }
+
+    fn render(
+        &mut self,
+        run_id: RunId,
+        key: &str,
+        step: &str,
+        effect: &Value,
+    ) -> Result<Result<flowmark_core::render::Message, String>, Error> {
+        let Some(run) = self.store.run(run_id)? else { return Ok(Err(format!("run {} is gone", run_id.0))) };
+        let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+        let context: RenderContext = match effect.get("context").cloned().map(serde_json::from_value).transpose() {
+            Ok(context) => context.unwrap_or_default(),
+            Err(error) => return Ok(Err(format!("the stored context is unreadable: {error}"))),
+        };
+        let subject = self.store.contact(&run.subject_id)?.map_or(Value::Object(Default::default()), |c| c.traits);
+        Ok(render_step_message(&workflow, key, step, &context, &subject, &self.env).map_err(|e| e.to_string()))
+    }
+
+    /// Score changes and subject updates change the subject's stored data.
+    fn apply_internal(&mut self, run_id: RunId, effect: &Value, now: Timestamp) -> Result<Outcome, Error> {
+        let Some(run) = self.store.run(run_id)? else {
+            return Ok(Outcome::Permanent { error: format!("run {} is gone", run_id.0) });
+        };
+        let current = self.store.contact(&run.subject_id)?.map_or(Value::Object(Default::default()), |c| c.traits);
+        let traits = match effect.get("effect").and_then(Value::as_str) {
+            Some("adjust_score") => {
+                let model = effect.get("model").and_then(Value::as_str).unwrap_or("score");
+                let scores = current.get("scores").cloned().unwrap_or(Value::Object(Default::default()));
+                let old = scores.get(model).and_then(Value::as_f64).unwrap_or(0.0);
+                let change = &effect["change"];
+                let new = match (change.get("add").and_then(Value::as_f64), change.get("set").and_then(Value::as_f64)) {
+                    (Some(delta), _) => old + delta,
+                    (None, Some(value)) => value,
+                    (None, None) => {
+                        return Ok(Outcome::Permanent { error: format!("unreadable score change {change}") });
+                    }
+                };
+                let mut scores = scores;
+                if let Value::Object(map) = &mut scores {
+                    map.insert(model.to_owned(), number(new));
+                }
+                serde_json::json!({ "scores": scores })
+            }
+            _ => effect.get("set").cloned().unwrap_or(Value::Object(Default::default())),
+        };
+        self.store.upsert_contact(&run.subject_id, &traits, None, now)?;
+        Ok(Outcome::Done { detail: None })
+    }
+
+    fn commit(&mut self, transitions: &[Transition], now: Timestamp) -> Result<(), Error> {
+        if transitions.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<&Transition> = transitions.iter().collect();
+        self.store.commit(&refs, now)?;
+        Ok(())
+    }
+
+    /// Runs of a status, for tests and status pages.
+    pub fn run(&self, id: RunId) -> Result<Option<Run>, Error> {
+        Ok(self.store.run(id)?)
+    }
+
+    pub fn is_ended(&self, id: RunId) -> Result<bool, Error> {
+        Ok(self.store.run(id)?.is_some_and(|r| r.status != RunStatus::Active))
+    }
+}
+
+fn version_of(compiled: &HashMap<(String, u32), Arc<Workflow>>, workflow: &Arc<Workflow>) -> u32 {
+    compiled.iter().find(|(_, w)| Arc::ptr_eq(w, workflow)).map_or(1, |((_, v), _)| *v)
+}
+
+/// Did the transition do anything worth storing? An event no run waits for changes nothing.
+fn changed(t: &Transition) -> bool {
+    !t.history.is_empty() || !t.effects.is_empty() || !t.timers.is_empty() || !t.decisions.is_empty()
+}
+
+fn number(value: f64) -> Value {
+    if value.fract() == 0.0 && value.abs() < 9e15 {
+        Value::from(value as i64)
+    } else {
+        serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number)
+    }
+}

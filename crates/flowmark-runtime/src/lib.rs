@@ -1,0 +1,24 @@
+//! Flowmark's runtime: the shell that drives the pure run state machine for real.
+//!
+//! [`Engine`] owns a [`Store`](flowmark_store::Store) and the compiled workflows. It
+//! - **deploys** workflow versions (validated with the same diagnostics as the CLI);
+//! - **ingests** events: deduplicates them by `messageId`, routes each to the subject's
+//!   active runs and to the workflows it triggers (entry rules applied), and commits every
+//!   resulting transition in one batch;
+//! - **fires timers** that are due, read from the store's index by due time;
+//! - **dispatches** effects from the outbox through [`Connector`]s, with retries on a
+//!   documented schedule ([`retry`]), and feeds each outcome back to its run.
+//!
+//! Time comes from the caller (`now`): a system clock in the server, a virtual one in tests
+//! and simulations. The engine is the single writer of its store; partitioning subjects
+//! across several engines is the server's concern.
+//!
+//! Invariant: every state change goes through `engine::handle` and is committed with its
+//! history, timers and effects in one store transaction, before anything is dispatched.
+
+mod connector;
+mod engine;
+pub mod retry;
+
+pub use connector::{Connector, LogConnector, Outcome, RecordingConnector};
+pub use engine::{DeployError, Engine, Error, Ingested};
