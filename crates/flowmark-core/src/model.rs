@@ -369,7 +369,7 @@ pub struct Score {
     pub change: ScoreChange,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScoreChange {
     Add(f64),

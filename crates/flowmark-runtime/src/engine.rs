@@ -12,9 +12,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use flowmark_core::diagnostic::DiagnosticJson;
-use flowmark_core::engine::{Event, Facts, Input, RenderContext, Run, RunId, RunStatus, Sent, Transition, handle};
+use flowmark_core::engine::{
+    Event, Facts, Input, RenderContext, Run, RunId, RunStatus, Sent, Transition, apply_score, apply_update, handle,
+};
 use flowmark_core::expr::Scope;
 use flowmark_core::limits::{RECENT_EVENTS_COUNT_MAX, WAIT_LOOKBACK_MS};
+use flowmark_core::model::ScoreChange;
 use flowmark_core::model::{Entry, Trigger, Workflow};
 use flowmark_core::render::render_step_message;
 use flowmark_core::{Severity, Source, Timestamp, compile};
@@ -324,26 +327,23 @@ impl<S: Store> Engine<S> {
         let Some(run) = self.store.run(run_id)? else {
             return Ok(Outcome::Permanent { error: format!("run {} is gone", run_id.0) });
         };
-        let current = self.store.contact(&run.subject_id)?.map_or(Value::Object(Default::default()), |c| c.traits);
-        let traits = match effect.get("effect").and_then(Value::as_str) {
+        let mut subject = self.store.contact(&run.subject_id)?.map_or(Value::Object(Default::default()), |c| c.traits);
+        match effect.get("effect").and_then(Value::as_str) {
             Some("adjust_score") => {
                 let model = effect.get("model").and_then(Value::as_str).unwrap_or("score");
-                let scores = current.get("scores").cloned().unwrap_or(Value::Object(Default::default()));
-                let old = scores.get(model).and_then(Value::as_f64).unwrap_or(0.0);
-                let change = &effect["change"];
-                let new = match (change.get("add").and_then(Value::as_f64), change.get("set").and_then(Value::as_f64)) {
-                    (Some(delta), _) => old + delta,
-                    (None, Some(value)) => value,
-                    (None, None) => {
-                        return Ok(Outcome::Permanent { error: format!("unreadable score change {change}") });
-                    }
+                let Ok(change) = serde_json::from_value::<ScoreChange>(effect["change"].clone()) else {
+                    return Ok(Outcome::Permanent { error: format!("unreadable score change {}", effect["change"]) });
                 };
-                let mut scores = scores;
-                if let Value::Object(map) = &mut scores {
-                    map.insert(model.to_owned(), number(new));
-                }
-                serde_json::json!({ "scores": scores })
+                apply_score(&mut subject, model, change);
             }
+            _ => {
+                let empty = serde_json::Map::new();
+                apply_update(&mut subject, effect.get("set").and_then(Value::as_object).unwrap_or(&empty));
+            }
+        }
+        // Only the top-level keys that can have changed are written back (traits merge).
+        let traits = match effect.get("effect").and_then(Value::as_str) {
+            Some("adjust_score") => serde_json::json!({ "scores": subject["scores"] }),
             _ => effect.get("set").cloned().unwrap_or(Value::Object(Default::default())),
         };
         self.store.upsert_contact(&run.subject_id, &traits, None, now)?;
@@ -376,12 +376,4 @@ fn version_of(compiled: &HashMap<(String, u32), Arc<Workflow>>, workflow: &Arc<W
 /// Did the transition do anything worth storing? An event no run waits for changes nothing.
 fn changed(t: &Transition) -> bool {
     !t.history.is_empty() || !t.effects.is_empty() || !t.timers.is_empty() || !t.decisions.is_empty()
-}
-
-fn number(value: f64) -> Value {
-    if value.fract() == 0.0 && value.abs() < 9e15 {
-        Value::from(value as i64)
-    } else {
-        serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number)
-    }
 }

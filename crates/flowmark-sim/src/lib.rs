@@ -16,7 +16,7 @@ use std::collections::BinaryHeap;
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{Decision, EffectKind, Event, Facts, Input, Run, RunId, RunStatus, Sent, TimerId, handle};
-use flowmark_core::model::{Channel, ScoreChange, StepKind, SubjectKind, Trigger, Workflow};
+use flowmark_core::model::{Channel, StepKind, SubjectKind, Trigger, Workflow};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -351,20 +351,10 @@ impl<'a> Simulation<'a> {
                 }
             }
             EffectKind::AdjustScore { model, change } => {
-                let data = &mut self.subjects[subject_index as usize].data;
-                let scores = object(data).entry("scores").or_insert_with(|| json!({}));
-                let current = scores.get(model).and_then(Value::as_f64).unwrap_or(0.0);
-                let next = match change {
-                    ScoreChange::Add(delta) => current + delta,
-                    ScoreChange::Set(value) => *value,
-                };
-                object(scores).insert(model.clone(), number(next));
+                flowmark_core::engine::apply_score(&mut self.subjects[subject_index as usize].data, model, *change);
             }
             EffectKind::UpdateSubject { set } => {
-                let data = object(&mut self.subjects[subject_index as usize].data);
-                for (field, value) in set {
-                    data.insert(field.clone(), value.clone());
-                }
+                flowmark_core::engine::apply_update(&mut self.subjects[subject_index as usize].data, set);
             }
             EffectKind::CreateTask { .. } if !replaying => {
                 let hours = log_normal(&mut self.rng, behaviour.task_hours_median, behaviour.task_hours_p90);
@@ -405,14 +395,6 @@ fn object(value: &mut Value) -> &mut serde_json::Map<String, Value> {
         *value = json!({});
     }
     value.as_object_mut().expect("just made an object")
-}
-
-fn number(value: f64) -> Value {
-    if value.fract() == 0.0 && value.abs() < 9e15 {
-        Value::from(value as i64)
-    } else {
-        serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number)
-    }
 }
 
 fn trigger_event(workflow: &Workflow, behaviour: &Behaviour, subject: u32, now: Timestamp) -> Option<Event> {

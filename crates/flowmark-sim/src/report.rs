@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{HistoryKind, Run, RunStatus, Transition};
+use flowmark_core::engine::{HistoryKind, Run, Transition};
 use flowmark_core::model::Workflow;
 use serde::Serialize;
 
@@ -112,16 +112,6 @@ pub(crate) struct Collector {
     completion_hours: Vec<f64>,
 }
 
-fn status_name(status: RunStatus) -> &'static str {
-    match status {
-        RunStatus::Active => "active",
-        RunStatus::Completed => "completed",
-        RunStatus::Converted => "converted",
-        RunStatus::Exited => "exited",
-        RunStatus::Failed => "failed",
-    }
-}
-
 impl Collector {
     pub(crate) fn new(workflow: &Workflow) -> Collector {
         Collector {
@@ -160,7 +150,7 @@ impl Collector {
 
     /// Tallies a run that ended; the simulator then drops it.
     pub(crate) fn run_ended(&mut self, run: &Run) {
-        *self.ended.entry(status_name(run.status).to_owned()).or_default() += 1;
+        *self.ended.entry(run.status.as_str().to_owned()).or_default() += 1;
         if let Some(ended_at) = run.ended_at {
             self.completion_hours.push(ended_at.since(run.started_at).ms() as f64 / 3_600_000.0);
         }
@@ -247,7 +237,7 @@ impl Collector {
         let completion = self.completion_hours;
         let mut waiting_at_end = vec![0u64; workflow.steps.len()];
         for run in runs {
-            *statuses.entry(status_name(run.status).to_owned()).or_default() += 1;
+            *statuses.entry(run.status.as_str().to_owned()).or_default() += 1;
             for at in run.current_steps() {
                 waiting_at_end[at.index()] += 1;
             }

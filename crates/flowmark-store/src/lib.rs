@@ -16,7 +16,7 @@ pub mod conformance;
 mod sqlite;
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{Event, Run, RunId, RunStatus, Sent, TimerId, TimerPurpose, Transition};
+use flowmark_core::engine::{Event, Run, RunId, Sent, TimerId, TimerPurpose, Transition};
 use serde_json::Value;
 
 pub use sqlite::SqliteStore;
@@ -164,14 +164,4 @@ pub trait Store {
     ) -> Result<Contact, Error>;
 
     fn contact(&self, id: &str) -> Result<Option<Contact>, Error>;
-}
-
-pub(crate) fn status_name(status: RunStatus) -> &'static str {
-    match status {
-        RunStatus::Active => "active",
-        RunStatus::Completed => "completed",
-        RunStatus::Converted => "converted",
-        RunStatus::Exited => "exited",
-        RunStatus::Failed => "failed",
-    }
 }

@@ -16,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
-use crate::{Attempt, Contact, DueTimer, Error, OutboxEntry, Store, WorkflowStatus, WorkflowSummary, status_name};
+use crate::{Attempt, Contact, DueTimer, Error, OutboxEntry, Store, WorkflowStatus, WorkflowSummary};
 
 /// The schema, one migration per release that changes it; never edit a shipped one.
 const MIGRATIONS: &[&str] = &[r#"
@@ -161,7 +161,7 @@ impl Store for SqliteStore {
                 run.workflow_id,
                 run.version,
                 run.subject_id,
-                status_name(run.status),
+                run.status.as_str(),
                 run.started_at.ms(),
                 run.ended_at.map(Timestamp::ms),
                 to_json(run)?,

@@ -72,6 +72,18 @@ pub struct Run {
     pub sequence: u32,
 }
 
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Active => "active",
+            RunStatus::Completed => "completed",
+            RunStatus::Converted => "converted",
+            RunStatus::Exited => "exited",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
 impl Run {
     pub fn new(id: RunId, workflow: &Workflow, version: u32, subject_id: impl Into<String>, now: Timestamp) -> Run {
         Run {
@@ -447,6 +459,46 @@ pub const RUN_LEVEL_STEP: &str = "_run";
 pub fn handle(workflow: &Workflow, run: Run, input: &Input, facts: &Facts<'_>, now: Timestamp) -> Transition {
     assert_eq!(run.workflow_id, workflow.id, "a run is handled by its own workflow");
     machine::Machine::new(workflow, run, facts, now).handle(input)
+}
+
+/// Applies a score change to a subject's data (`scores.<model>`): what the runtime's
+/// dispatcher and the simulator both do with an `AdjustScore` effect.
+pub fn apply_score(subject: &mut Value, model: &str, change: ScoreChange) {
+    let data = object_mut(subject);
+    let scores = object_mut(data.entry("scores").or_insert(Value::Null));
+    let current = scores.get(model).and_then(Value::as_f64).unwrap_or(0.0);
+    let next = match change {
+        ScoreChange::Add(delta) => current + delta,
+        ScoreChange::Set(value) => value,
+    };
+    scores.insert(model.to_owned(), json_number(next));
+}
+
+/// Sets fields of a subject's data: what an `UpdateSubject` effect does.
+pub fn apply_update(subject: &mut Value, set: &serde_json::Map<String, Value>) {
+    let data = object_mut(subject);
+    for (field, value) in set {
+        data.insert(field.clone(), value.clone());
+    }
+}
+
+fn object_mut(value: &mut Value) -> &mut serde_json::Map<String, Value> {
+    if !value.is_object() {
+        *value = Value::Object(serde_json::Map::new());
+    }
+    match value {
+        Value::Object(map) => map,
+        _ => unreachable!("just made an object"),
+    }
+}
+
+/// A number as JSON: whole numbers stay integers, so `score >= 50` compares as ints.
+pub fn json_number(value: f64) -> Value {
+    if value.fract() == 0.0 && value.abs() < 9e15 {
+        Value::from(value as i64)
+    } else {
+        serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number)
+    }
 }
 
 /// The deterministic bucket of a subject in a split: FNV-1a over (workflow, step, subject).
