@@ -47,6 +47,17 @@ pub const WAIT_LOOKBACK_MS: u64 = 5 * 60 * 1000;
 /// Most recent events of a subject the shell hands to the core for the look-back.
 pub const RECENT_EVENTS_COUNT_MAX: usize = 256;
 
+/// Largest single event, as JSON; Segment's own limit, so its SDKs never meet a surprise.
+pub const EVENT_SIZE_BYTES_MAX: usize = 32 * 1024;
+
+/// Largest `/v1/batch` body; Segment's own limit.
+pub const BATCH_SIZE_BYTES_MAX: usize = 500 * 1024;
+
+/// Largest workflow definition accepted over HTTP (the same as from a file).
+pub const REQUEST_SIZE_BYTES_MAX: usize = DEFINITION_SIZE_BYTES_MAX;
+
+const _: () = assert!(EVENT_SIZE_BYTES_MAX <= BATCH_SIZE_BYTES_MAX);
+const _: () = assert!(BATCH_SIZE_BYTES_MAX <= REQUEST_SIZE_BYTES_MAX);
 const _: () = assert!(TEMPLATE_LENGTH_MAX <= DEFINITION_SIZE_BYTES_MAX);
 const _: () = assert!(CONDITION_LENGTH_MAX <= TEMPLATE_LENGTH_MAX);
 const _: () = assert!(FANOUT_COUNT_MAX <= TOKENS_COUNT_MAX);

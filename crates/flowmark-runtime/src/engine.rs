@@ -94,14 +94,21 @@ impl<S: Store> Engine<S> {
         &mut self.store
     }
 
-    /// Validates `source` and stores it as the workflow's next version. `name` is what the
-    /// diagnostics call the file.
+    /// Validates `source` and stores it as the workflow's next version, unless it is the same
+    /// as the latest (then that version is returned). `name` is what the diagnostics call the
+    /// file.
     pub fn deploy(&mut self, name: &str, source: &str, now: Timestamp) -> Result<(String, u32), DeployError> {
         let source_file = Source::new(name, source);
         let compiled = compile(&source_file);
         let Some(workflow) = compiled.workflow else {
             return Err(DeployError::Invalid(compiled.diagnostics.iter().map(|d| d.to_json(&source_file)).collect()));
         };
+        // Uploading the same source again is not a new version.
+        if let Some((latest, stored)) = self.store.workflow_source(&workflow.id, None)?
+            && stored == source
+        {
+            return Ok((workflow.id.clone(), latest));
+        }
         let version = self.store.put_workflow(&workflow.id, source, now)?;
         let id = workflow.id.clone();
         self.compiled.insert((id.clone(), version), Arc::new(workflow));

@@ -5,6 +5,7 @@
 //! operating error). All decisions live in the libraries.
 
 mod graph;
+mod serve;
 mod simulate;
 mod validate;
 
@@ -31,6 +32,8 @@ enum Command {
     Graph(graph::Args),
     /// Dry-run a workflow over a synthetic population in virtual time and report per step.
     Simulate(simulate::Args),
+    /// Run the server: Segment-compatible ingestion, the HTTP API, timers and effects, on SQLite.
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&args),
         Command::Graph(args) => graph::run(&args),
         Command::Simulate(args) => simulate::run(&args),
+        Command::Serve(args) => serve::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -16,6 +16,10 @@ fn engine() -> Engine<SqliteStore> {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../blueprints/whitepaper-nurture.yaml"))
             .unwrap();
     assert_eq!(engine.deploy("whitepaper-nurture.yaml", &source, NOON).unwrap(), ("whitepaper-nurture".to_owned(), 1));
+    assert_eq!(engine.deploy("again.yaml", &source, NOON).unwrap().1, 1, "the same source is not a new version");
+    let changed = source.replace("Whitepaper nurture", "Whitepaper nurture (v2)");
+    assert_eq!(engine.deploy("v2.yaml", &changed, NOON).unwrap().1, 2);
+    assert_eq!(engine.deploy("v1-again.yaml", &source, NOON).unwrap().1, 3, "going back is a new version too");
     engine
 }
 

@@ -1,0 +1,254 @@
+//! The HTTP surface: health, Segment ingestion (`/v1/*`), and the API (`/api/*`).
+//!
+//! Errors are RFC 9457 problem details (`application/problem+json`) that say what was wrong.
+//! Ingestion authenticates with a write key (HTTP Basic user with an empty password, or
+//! `writeKey` in the body, as Segment's libraries send it); the API with a bearer token.
+//!
+//! Invariant: a request is answered `2xx` only after the owner has committed its effect.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use flowmark_core::Timestamp;
+use flowmark_core::engine::RunId;
+use flowmark_core::limits::{BATCH_SIZE_BYTES_MAX, REQUEST_SIZE_BYTES_MAX};
+use flowmark_runtime::DeployError;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::owner::{Command, Owner};
+use crate::segment;
+
+/// Who may call: write keys for ingestion, bearer tokens for the API.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub write_keys: Vec<String>,
+    pub admin_tokens: Vec<String>,
+}
+
+#[derive(Clone)]
+struct App {
+    owner: Owner,
+    config: Arc<Config>,
+}
+
+pub fn router(owner: Owner, config: Config) -> Router {
+    let app = App { owner, config: Arc::new(config) };
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/{kind}", post(ingest))
+        .route("/api/workflows", post(deploy).get(workflows))
+        .route("/api/runs/{id}", get(run))
+        // Bodies past the largest limit are cut off by the framework (413); below it, each
+        // endpoint checks its own limit and says which one was crossed (400).
+        .layer(DefaultBodyLimit::max(REQUEST_SIZE_BYTES_MAX))
+        .with_state(app)
+}
+
+fn problem(status: StatusCode, title: &str, detail: impl Into<String>) -> Response {
+    problem_with(status, title, detail, Value::Null)
+}
+
+fn problem_with(status: StatusCode, title: &str, detail: impl Into<String>, extra: Value) -> Response {
+    let mut body = json!({
+        "type": format!("https://flowmark.dev/problems/{}", title.to_lowercase().replace(' ', "-")),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail.into(),
+    });
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    let mut response = (status, axum::Json(body)).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    response
+}
+
+fn now() -> Timestamp {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    Timestamp(ms)
+}
+
+/// The write key from HTTP Basic (user part) or from the body's `writeKey`.
+fn write_key(headers: &HeaderMap, body: &Value) -> Option<String> {
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .map(|userpass| userpass.split(':').next().unwrap_or_default().to_owned());
+    from_header.or_else(|| body.get("writeKey").and_then(Value::as_str).map(str::to_owned))
+}
+
+fn bearer_ok(headers: &HeaderMap, config: &Config) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| {
+            config.admin_tokens.iter().any(|t| constant_time_eq(t.as_bytes(), token.trim().as_bytes()))
+        })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn ask<T>(owner: &Owner, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Response> {
+    let (reply, answer) = oneshot::channel();
+    if !owner.send(make(reply)) {
+        let mut response =
+            problem(StatusCode::TOO_MANY_REQUESTS, "Overloaded", "the server is busy; try again shortly");
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Err(response);
+    }
+    answer.await.map_err(|_| problem(StatusCode::SERVICE_UNAVAILABLE, "Shutting down", "the server is stopping"))
+}
+
+async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    if body.len() > BATCH_SIZE_BYTES_MAX {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Batch too large",
+            format!("the body is {} bytes; the limit is {BATCH_SIZE_BYTES_MAX} bytes (500 KB) per batch", body.len()),
+        );
+    }
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(error) => {
+            return problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}"));
+        }
+    };
+    match write_key(&headers, &value) {
+        Some(key) if app.config.write_keys.iter().any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) => {}
+        Some(_) => {
+            return problem(StatusCode::UNAUTHORIZED, "Unknown write key", "the write key is not one of this server's");
+        }
+        None => {
+            return problem(
+                StatusCode::UNAUTHORIZED,
+                "Missing write key",
+                "send the write key as the HTTP Basic user (empty password) or as `writeKey` in the body",
+            );
+        }
+    }
+    let received_at = now();
+    let items: Vec<(String, Value)> = if kind == "batch" {
+        let Some(Value::Array(batch)) = value.get("batch") else {
+            return problem(StatusCode::BAD_REQUEST, "Invalid batch", "a batch needs a `batch` array");
+        };
+        batch
+            .iter()
+            .map(|item| (item.get("type").and_then(Value::as_str).unwrap_or_default().to_owned(), item.clone()))
+            .collect()
+    } else if segment::KINDS.contains(&kind.as_str()) {
+        vec![(kind.clone(), value.clone())]
+    } else {
+        return problem(StatusCode::NOT_FOUND, "Unknown call", format!("`/v1/{kind}` is not a Segment call"));
+    };
+    let batch_context = value.get("context").filter(|_| kind == "batch");
+    let mut messages = Vec::with_capacity(items.len());
+    for (index, (item_kind, item)) in items.iter().enumerate() {
+        if !segment::KINDS.contains(&item_kind.as_str()) {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Invalid event",
+                format!("batch item {index}: unknown type `{item_kind}`"),
+            );
+        }
+        match segment::read(item_kind, item, batch_context, received_at) {
+            Ok(message) => messages.push(message),
+            Err(error) => {
+                let detail = if kind == "batch" { format!("batch item {index}: {error}") } else { error };
+                return problem(StatusCode::BAD_REQUEST, "Invalid event", detail);
+            }
+        }
+    }
+    for message in messages {
+        let result = ask(&app.owner, |reply| Command::Ingest {
+            subject_id: message.subject_id,
+            events: vec![message.event],
+            traits: message.traits,
+            reply,
+        })
+        .await;
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error),
+            Err(response) => return response,
+        }
+    }
+    axum::Json(json!({ "success": true })).into_response()
+}
+
+async fn deploy(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    if !bearer_ok(&headers, &app.config) {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "send an API token as `Authorization: Bearer <token>`",
+        );
+    }
+    let Ok(source) = String::from_utf8(body.to_vec()) else {
+        return problem(StatusCode::BAD_REQUEST, "Not text", "the workflow must be UTF-8 YAML");
+    };
+    let name = headers.get("x-flowmark-filename").and_then(|v| v.to_str().ok()).unwrap_or("workflow.yaml").to_owned();
+    match ask(&app.owner, |reply| Command::Deploy { name, source, reply }).await {
+        Ok(Ok((id, version))) => {
+            (StatusCode::CREATED, axum::Json(json!({ "id": id, "version": version }))).into_response()
+        }
+        Ok(Err(DeployError::Invalid(diagnostics))) => problem_with(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid workflow",
+            format!("the workflow has {} problem(s)", diagnostics.len()),
+            json!({ "diagnostics": diagnostics }),
+        ),
+        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error.to_string()),
+        Err(response) => response,
+    }
+}
+
+async fn workflows(State(app): State<App>, headers: HeaderMap) -> Response {
+    if !bearer_ok(&headers, &app.config) {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "send an API token as `Authorization: Bearer <token>`",
+        );
+    }
+    match ask(&app.owner, |reply| Command::Workflows { reply }).await {
+        Ok(Ok(list)) => axum::Json(list).into_response(),
+        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not read", error),
+        Err(response) => response,
+    }
+}
+
+async fn run(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if !bearer_ok(&headers, &app.config) {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "send an API token as `Authorization: Bearer <token>`",
+        );
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid run id",
+            format!("`{id}` is not a run id (a positive integer)"),
+        );
+    };
+    match ask(&app.owner, |reply| Command::Run { id: RunId(id), reply }).await {
+        Ok(Ok(Some(run))) => axum::Json(run).into_response(),
+        Ok(Ok(None)) => problem(StatusCode::NOT_FOUND, "No such run", format!("there is no run {id}")),
+        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not read", error),
+        Err(response) => response,
+    }
+}

@@ -1,0 +1,16 @@
+//! Flowmark's server: Segment-compatible ingestion and the HTTP API, over the runtime.
+//!
+//! The runtime's `Engine` is a single writer, so it lives on one owner thread ([`owner`]);
+//! HTTP handlers send it commands and await its answers. The owner reads the system clock
+//! (the only place that does), fires due timers and dispatches the outbox between commands.
+//!
+//! An event is answered `200` only after the owner committed it: acknowledged means durable.
+//!
+//! Invariant: no handler touches the store; every write goes through the owner.
+
+mod http;
+pub mod owner;
+mod segment;
+
+pub use http::{Config, router};
+pub use owner::Owner;

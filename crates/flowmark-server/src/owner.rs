@@ -1,0 +1,142 @@
+//! The owner thread: the one place that holds the `Engine` and writes the store.
+//!
+//! It takes commands from a bounded channel (a full channel is back-pressure: ingestion
+//! answers `429`), and between commands, at most every `TICK`, fires due timers and
+//! dispatches ready effects. Stopping drains the commands already queued, then returns.
+//!
+//! Invariant: commands are applied one at a time, in arrival order.
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration as StdDuration;
+
+use flowmark_core::Timestamp;
+use flowmark_core::engine::{Event, RunId};
+use flowmark_runtime::{Connector, DeployError, Engine, Ingested};
+use flowmark_store::{SqliteStore, Store};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+/// Commands waiting for the owner; more is back-pressure.
+pub const QUEUE_COUNT_MAX: usize = 1024;
+/// How often timers and the outbox are looked at when no command arrives.
+pub const TICK: StdDuration = StdDuration::from_millis(200);
+/// Timers fired and effects attempted per tick.
+const WORK_PER_TICK_MAX: usize = 500;
+
+pub enum Command {
+    Ingest {
+        subject_id: String,
+        events: Vec<Event>,
+        traits: Option<(Value, Option<String>)>,
+        reply: oneshot::Sender<Result<Vec<Ingested>, String>>,
+    },
+    Deploy {
+        name: String,
+        source: String,
+        reply: oneshot::Sender<Result<(String, u32), DeployError>>,
+    },
+    Workflows {
+        reply: oneshot::Sender<Result<Value, String>>,
+    },
+    Run {
+        id: RunId,
+        reply: oneshot::Sender<Result<Option<Value>, String>>,
+    },
+}
+
+#[derive(Clone)]
+pub struct Owner {
+    commands: mpsc::SyncSender<Command>,
+}
+
+fn now() -> Timestamp {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    Timestamp(ms)
+}
+
+impl Owner {
+    /// Starts the owner thread over `engine`; it runs until every `Owner` handle is dropped.
+    pub fn start(
+        mut engine: Engine<SqliteStore>,
+        mut connector: Box<dyn Connector + Send>,
+    ) -> (Owner, thread::JoinHandle<()>) {
+        let (commands, inbox) = mpsc::sync_channel::<Command>(QUEUE_COUNT_MAX);
+        let handle = thread::Builder::new()
+            .name("flowmark-owner".to_owned())
+            .spawn(move || {
+                loop {
+                    match inbox.recv_timeout(TICK) {
+                        Ok(command) => apply(&mut engine, command),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                    let now = now();
+                    if let Err(error) = engine.fire_due_timers(now, WORK_PER_TICK_MAX) {
+                        eprintln!("flowmark: firing timers failed: {error}");
+                    }
+                    if let Err(error) = engine.dispatch(now, WORK_PER_TICK_MAX, connector.as_mut()) {
+                        eprintln!("flowmark: dispatching effects failed: {error}");
+                    }
+                }
+            })
+            .expect("the owner thread starts");
+        (Owner { commands }, handle)
+    }
+
+    /// Queues a command; `false` when the queue is full (answer 429) or the owner is gone.
+    pub fn send(&self, command: Command) -> bool {
+        self.commands.try_send(command).is_ok()
+    }
+}
+
+fn apply(engine: &mut Engine<SqliteStore>, command: Command) {
+    let now = now();
+    match command {
+        Command::Ingest { subject_id, events, traits, reply } => {
+            let result = (|| {
+                if let Some((traits, timezone)) = traits {
+                    engine
+                        .store_mut()
+                        .upsert_contact(&subject_id, &traits, timezone.as_deref(), now)
+                        .map_err(|e| e.to_string())?;
+                }
+                events
+                    .into_iter()
+                    .map(|event| engine.ingest(&subject_id, event, now).map_err(|e| e.to_string()))
+                    .collect()
+            })();
+            let _ = reply.send(result);
+        }
+        Command::Deploy { name, source, reply } => {
+            let _ = reply.send(engine.deploy(&name, &source, now));
+        }
+        Command::Workflows { reply } => {
+            let result = engine.store().workflows().map_err(|e| e.to_string()).map(|list| {
+                Value::Array(
+                    list.into_iter()
+                        .map(|w| {
+                            json!({
+                                "id": w.id,
+                                "version": w.latest_version,
+                                "status": match w.status { flowmark_store::WorkflowStatus::Active => "active", flowmark_store::WorkflowStatus::Paused => "paused" },
+                                "updated_at": w.updated_at,
+                            })
+                        })
+                        .collect(),
+                )
+            });
+            let _ = reply.send(result);
+        }
+        Command::Run { id, reply } => {
+            let result = (|| {
+                let store = engine.store();
+                let Some(run) = store.run(id).map_err(|e| e.to_string())? else { return Ok(None) };
+                let history = store.history(id).map_err(|e| e.to_string())?;
+                let decisions = store.decisions(id).map_err(|e| e.to_string())?;
+                Ok(Some(json!({ "run": run, "history": history, "decisions": decisions })))
+            })();
+            let _ = reply.send(result);
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Segment's Tracking API, read: the payloads of `/v1/track`, `/v1/identify`, `/v1/page`,
+//! `/v1/screen`, `/v1/group`, `/v1/alias` and `/v1/batch`, turned into Flowmark events.
+//!
+//! Follows Segment's conventions: the subject is `userId`, else `anonymousId`; `messageId`
+//! deduplicates; batch `context` is merged into each item's (the item's keys win); and the
+//! server-corrected timestamp rule: when the client sent `sentAt`, the event happened at
+//! `receivedAt − (sentAt − timestamp)`, which cancels the client's clock skew.
+//!
+//! Invariant: a payload either becomes events entirely or is refused with a reason; no
+//! partial batch is applied.
+
+use flowmark_core::Timestamp;
+use flowmark_core::engine::Event;
+use flowmark_core::limits::EVENT_SIZE_BYTES_MAX;
+use serde_json::{Map, Value};
+
+pub const KINDS: [&str; 6] = ["track", "identify", "page", "screen", "group", "alias"];
+
+/// One Segment call, ready for the owner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub subject_id: String,
+    pub event: Event,
+    /// Traits to merge into the contact (`identify`), with a time zone when one was given.
+    pub traits: Option<(Value, Option<String>)>,
+}
+
+/// Reads one message of kind `kind` (`track`, …) received at `received_at`. `batch_context`
+/// is the enclosing batch's `context`, merged under the item's own.
+pub fn read(
+    kind: &str,
+    item: &Value,
+    batch_context: Option<&Value>,
+    received_at: Timestamp,
+) -> Result<Message, String> {
+    let Value::Object(fields) = item else { return Err(format!("a {kind} call must be a JSON object")) };
+    let size = serde_json::to_vec(item).map_or(0, |v| v.len());
+    if size > EVENT_SIZE_BYTES_MAX {
+        return Err(format!("an event is {size} bytes; the limit is {EVENT_SIZE_BYTES_MAX} bytes (32 KB) per event"));
+    }
+    let subject_id = ["userId", "anonymousId"]
+        .iter()
+        .find_map(|key| match fields.get(*key) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        })
+        .ok_or_else(|| format!("a {kind} call needs a `userId` or an `anonymousId`"))?;
+    let name = match kind {
+        "track" => match fields.get("event") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return Err("a track call needs an `event` name".to_owned()),
+        },
+        other => other.to_owned(),
+    };
+    let mut payload = fields.clone();
+    payload.insert("type".to_owned(), Value::String(kind.to_owned()));
+    if let Some(Value::Object(outer)) = batch_context {
+        let mut context: Map<String, Value> = outer.clone();
+        if let Some(Value::Object(inner)) = fields.get("context") {
+            context.extend(inner.clone());
+        }
+        payload.insert("context".to_owned(), Value::Object(context));
+    }
+    let at = corrected_timestamp(fields, received_at)?;
+    let id = match fields.get("messageId") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        // No messageId: derive one from the content, so a resent copy is still a duplicate.
+        _ => format!("flowmark-{:016x}", fnv1a(&serde_json::to_string(item).unwrap_or_default())),
+    };
+    payload.insert("receivedAt".to_owned(), Value::String(received_at.rfc3339()));
+    let traits = (kind == "identify").then(|| {
+        let traits = fields.get("traits").cloned().unwrap_or(Value::Object(Map::new()));
+        let timezone = payload
+            .get("context")
+            .and_then(|c| c.get("timezone"))
+            .or_else(|| traits.get("timezone"))
+            .and_then(Value::as_str)
+            .filter(|tz| tz.parse::<chrono_tz::Tz>().is_ok())
+            .map(str::to_owned);
+        (traits, timezone)
+    });
+    Ok(Message { subject_id, event: Event { id, name, at, payload: Value::Object(payload).into() }, traits })
+}
+
+fn parse_time(fields: &Map<String, Value>, key: &str) -> Result<Option<Timestamp>, String> {
+    match fields.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| Some(Timestamp::from_chrono(&t)))
+            .map_err(|_| format!("`{key}` must be an ISO-8601 time like 2026-01-05T12:00:00Z, not `{s}`")),
+        Some(_) => Err(format!("`{key}` must be an ISO-8601 time string")),
+    }
+}
+
+fn corrected_timestamp(fields: &Map<String, Value>, received_at: Timestamp) -> Result<Timestamp, String> {
+    let timestamp = parse_time(fields, "timestamp")?;
+    let sent_at = parse_time(fields, "sentAt")?;
+    Ok(match (timestamp, sent_at) {
+        (Some(t), Some(sent)) => Timestamp(received_at.ms() - (sent.ms() - t.ms())),
+        (Some(t), None) => t,
+        (None, _) => received_at,
+    })
+}
+
+fn fnv1a(text: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const NOW: Timestamp = Timestamp(1_767_614_400_000); // 2026-01-05T12:00:00Z
+
+    #[test]
+    fn the_server_corrects_the_client_clock() {
+        // The client's clock is 10 minutes fast: it says it sent at 12:10 an event of 12:09.
+        let item = json!({ "userId": "u", "event": "E", "timestamp": "2026-01-05T12:09:00Z", "sentAt": "2026-01-05T12:10:00Z" });
+        let message = read("track", &item, None, NOW).unwrap();
+        assert_eq!(message.event.at, Timestamp(NOW.ms() - 60_000));
+    }
+
+    #[test]
+    fn batch_context_is_merged_under_the_item() {
+        let item = json!({ "userId": "u", "event": "E", "context": { "ip": "1.1.1.1" } });
+        let message = read("track", &item, Some(&json!({ "ip": "0.0.0.0", "locale": "fr" })), NOW).unwrap();
+        assert_eq!(message.event.payload["context"], json!({ "ip": "1.1.1.1", "locale": "fr" }));
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        assert!(
+            read("track", &json!({ "event": "E" }), None, NOW).unwrap_err().contains("`userId` or an `anonymousId`")
+        );
+        assert!(read("track", &json!({ "userId": "u" }), None, NOW).unwrap_err().contains("`event` name"));
+        let big = json!({ "userId": "u", "event": "E", "properties": { "x": "y".repeat(40_000) } });
+        assert!(read("track", &big, None, NOW).unwrap_err().contains("(32 KB) per event"));
+        let bad_time = json!({ "userId": "u", "event": "E", "timestamp": "yesterday" });
+        assert!(read("track", &bad_time, None, NOW).unwrap_err().contains("ISO-8601"));
+    }
+
+    #[test]
+    fn a_missing_message_id_is_derived_from_the_content() {
+        let item = json!({ "userId": "u", "event": "E" });
+        assert_eq!(
+            read("track", &item, None, NOW).unwrap().event.id,
+            read("track", &item, None, NOW).unwrap().event.id
+        );
+    }
+}

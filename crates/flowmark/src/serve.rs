@@ -1,0 +1,108 @@
+//! `flowmark serve`: the durable server on the embedded SQLite store.
+//!
+//! Opens (or creates) the database, starts the owner thread over the runtime engine, serves
+//! HTTP until Ctrl-C or SIGTERM, then stops taking requests, lets the owner drain what was
+//! queued, and exits. `--demo` deploys the blueprints and a few sample contacts and events.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use flowmark_runtime::{Engine, LogConnector};
+use flowmark_server::owner::Command;
+use flowmark_server::{Config, Owner, router};
+use flowmark_store::SqliteStore;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The SQLite database file (created when missing).
+    #[arg(long, default_value = "flowmark.db")]
+    db: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: String,
+    /// Write keys accepted by the Segment-compatible endpoints (repeat or comma-separate).
+    #[arg(long = "write-key", env = "FLOWMARK_WRITE_KEY", value_delimiter = ',')]
+    write_keys: Vec<String>,
+    /// Bearer tokens accepted by the API (repeat or comma-separate).
+    #[arg(long = "api-token", env = "FLOWMARK_API_TOKEN", value_delimiter = ',')]
+    api_tokens: Vec<String>,
+    /// Deploy the blueprints and sample data, and accept the demo write key and API token.
+    #[arg(long)]
+    demo: bool,
+}
+
+const DEMO_WRITE_KEY: &str = "demo-write-key";
+const DEMO_API_TOKEN: &str = "demo-api-token";
+const BLUEPRINTS: [(&str, &str); 2] = [
+    ("whitepaper-nurture.yaml", include_str!("../../../blueprints/whitepaper-nurture.yaml")),
+    ("blog-post.yaml", include_str!("../../../blueprints/blog-post.yaml")),
+];
+
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let store =
+        SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?;
+    let mut engine = Engine::new(store, serde_json::json!({})).context("cannot start the engine")?;
+    let mut config = Config { write_keys: args.write_keys.clone(), admin_tokens: args.api_tokens.clone() };
+    if args.demo {
+        let now = flowmark_core::Timestamp(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
+        );
+        for (name, source) in BLUEPRINTS {
+            engine
+                .deploy(name, source, now)
+                .map_err(|e| anyhow::anyhow!("the blueprint {name} does not deploy: {e}"))?;
+        }
+        config.write_keys.push(DEMO_WRITE_KEY.to_owned());
+        config.admin_tokens.push(DEMO_API_TOKEN.to_owned());
+    }
+    if config.write_keys.is_empty() || config.admin_tokens.is_empty() {
+        anyhow::bail!(
+            "give at least one --write-key and one --api-token (or FLOWMARK_WRITE_KEY / FLOWMARK_API_TOKEN), or run with --demo"
+        );
+    }
+    let (owner, owner_thread) = Owner::start(engine, Box::new(LogConnector));
+    if args.demo {
+        seed_demo(&owner);
+    }
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.bind))?;
+        let address = listener.local_addr()?;
+        println!("flowmark: listening on http://{address}");
+        if args.demo {
+            println!("flowmark: demo write key `{DEMO_WRITE_KEY}`, API token `{DEMO_API_TOKEN}`");
+        }
+        axum::serve(listener, router(owner, config))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+                eprintln!("flowmark: stopping");
+            })
+            .await
+            .context("the server failed")
+    })?;
+    drop(runtime);
+    owner_thread.join().map_err(|_| anyhow::anyhow!("the owner thread panicked"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A few contacts download the whitepaper, so runs, emails and timers exist at once.
+fn seed_demo(owner: &Owner) {
+    let now = chrono::Utc::now();
+    for (index, name) in ["Ada", "Grace", "Linus"].iter().enumerate() {
+        let id = format!("demo-contact-{}", index + 1);
+        let traits = serde_json::json!({ "first_name": name, "email": format!("{}@example.com", name.to_lowercase()), "scores": { "engagement": 20 * index } });
+        let payload = serde_json::json!({ "type": "track", "event": "Whitepaper Downloaded", "userId": id, "properties": { "topic": "automation" } });
+        let event = flowmark_core::engine::Event {
+            id: format!("demo-download-{id}"),
+            name: "Whitepaper Downloaded".to_owned(),
+            at: flowmark_core::Timestamp::from_chrono(&now),
+            payload: payload.into(),
+        };
+        let (reply, _answer) = tokio::sync::oneshot::channel();
+        owner.send(Command::Ingest { subject_id: id, events: vec![event], traits: Some((traits, None)), reply });
+    }
+}
