@@ -12,13 +12,13 @@ use std::process::{Child, Command, Stdio};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-struct Server {
+pub struct Server {
     child: Child,
-    address: String,
+    pub address: String,
 }
 
 impl Server {
-    fn start(db: &std::path::Path) -> Server {
+    pub fn start(db: &std::path::Path) -> Server {
         let mut child = Command::new(assert_cmd::cargo::cargo_bin("flowmark"))
             .args(["serve", "--bind", "127.0.0.1:0", "--write-key", "wk", "--api-token", "tok", "--db"])
             .arg(db)
@@ -60,11 +60,11 @@ impl Server {
         self.request("POST", "/v1/track", &headers, event.to_string().as_bytes())
     }
 
-    fn api(&self, method: &str, path: &str, body: &[u8]) -> (u16, String, Value) {
+    pub fn api(&self, method: &str, path: &str, body: &[u8]) -> (u16, String, Value) {
         self.request(method, path, &[("Authorization", "Bearer tok".to_owned())], body)
     }
 
-    fn stop(mut self) {
+    pub fn stop(mut self) {
         // SIGINT asks for a graceful stop; the server drains and exits by itself.
         let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
         let status = self.child.wait().unwrap();
