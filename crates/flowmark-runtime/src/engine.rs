@@ -163,9 +163,15 @@ impl<S: Store> Engine<S> {
         id
     }
 
-    /// May `subject_id` start `workflow` now, by its entry rule?
-    fn may_enter(&self, workflow: &Workflow, subject_id: &str, now: Timestamp) -> Result<bool, Error> {
-        let latest = self.store.latest_run(&workflow.id, subject_id)?;
+    /// May `subject_id` start `workflow` now, by its entry rule? `batch` holds runs this same
+    /// batch already started or changed, newer than the store's.
+    fn may_enter(&self, workflow: &Workflow, subject_id: &str, now: Timestamp, batch: &[&Run]) -> Result<bool, Error> {
+        let in_batch =
+            batch.iter().filter(|r| r.workflow_id == workflow.id && r.subject_id == subject_id).max_by_key(|r| r.id);
+        let latest = match in_batch {
+            Some(run) => Some((*run).clone()),
+            None => self.store.latest_run(&workflow.id, subject_id)?,
+        };
         Ok(match (workflow.entry, latest) {
             (_, None) | (Entry::Always, _) => true,
             (Entry::Never, Some(_)) => false,
@@ -174,55 +180,88 @@ impl<S: Store> Engine<S> {
         })
     }
 
-    /// Applies one event about `subject_id`: deduplicates it, advances the subject's active
-    /// runs, starts the workflows it triggers. One commit for all of it.
+    /// Applies one event about `subject_id`; see `ingest_many`.
     pub fn ingest(&mut self, subject_id: &str, event: Event, now: Timestamp) -> Result<Ingested, Error> {
-        if !self.store.insert_event(subject_id, &event, now)? {
-            return Ok(Ingested { duplicate: true, ..Ingested::default() });
-        }
-        let facts = self.load_facts(subject_id, now)?;
+        let mut results = self.ingest_many(vec![(subject_id.to_owned(), event)], now)?;
+        Ok(results.pop().expect("one result per event"))
+    }
+
+    /// Applies events in order: each is deduplicated by `messageId`, advances its subject's
+    /// active runs and starts the workflows it triggers (entry rules applied). The events and
+    /// every resulting transition are committed together, in one transaction.
+    pub fn ingest_many(&mut self, events: Vec<(String, Event)>, now: Timestamp) -> Result<Vec<Ingested>, Error> {
         let mut transitions: Vec<Transition> = Vec::new();
-        let mut result = Ingested::default();
-        for run in self.store.active_runs_of_subject(subject_id)? {
-            let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-            let id = run.id;
-            let t = handle(&workflow, run, &Input::Event { event: event.clone() }, &facts.facts(&self.env), now);
-            if changed(&t) {
-                result.runs_advanced.push(id);
-                transitions.push(t);
-            }
-        }
-        for workflow in self.active_workflows()? {
-            let triggered = workflow.triggers.iter().any(|trigger| match trigger {
-                Trigger::Event { name, filter } => {
-                    *name == event.name
-                        && filter.as_ref().is_none_or(|f| {
-                            let scope = Scope::new()
-                                .with(workflow.subject.as_str(), &facts.subject)
-                                .with("event", event.payload.as_ref());
-                            f.eval(&scope).result == Ok(true)
-                        })
-                }
-                _ => false,
-            });
-            if !triggered || !self.may_enter(&workflow, subject_id, now)? {
+        let mut accepted: Vec<(String, Event)> = Vec::new();
+        // The latest state of every run this batch touched, newer than the store's.
+        let mut batch_runs: HashMap<RunId, Run> = HashMap::new();
+        let mut results = Vec::with_capacity(events.len());
+        for (subject_id, event) in events {
+            if accepted.iter().any(|(_, e)| e.id == event.id) || self.store.has_event(&event.id)? {
+                results.push(Ingested { duplicate: true, ..Ingested::default() });
                 continue;
             }
-            let id = self.allocate_run_id();
-            let run = Run::new(id, &workflow, version_of(&self.compiled, &workflow), subject_id, now);
-            let t = handle(&workflow, run, &Input::Start { event: Some(event.clone()) }, &facts.facts(&self.env), now);
-            result.runs_started.push(id);
-            transitions.push(t);
+            let mut facts = self.load_facts(&subject_id, now)?;
+            facts.recent.extend(accepted.iter().filter(|(s, _)| *s == subject_id).map(|(_, e)| e.clone()));
+            facts.recent.push(event.clone());
+            facts.recent.sort_by_key(|e| e.at);
+            let mut runs: Vec<Run> = self
+                .store
+                .active_runs_of_subject(&subject_id)?
+                .into_iter()
+                .filter(|r| !batch_runs.contains_key(&r.id))
+                .collect();
+            runs.extend(batch_runs.values().filter(|r| r.subject_id == subject_id && r.is_active()).cloned());
+            runs.sort_by_key(|r| r.id);
+            let mut result = Ingested::default();
+            for run in runs {
+                let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+                let id = run.id;
+                let t = handle(&workflow, run, &Input::Event { event: event.clone() }, &facts.facts(&self.env), now);
+                if changed(&t) {
+                    result.runs_advanced.push(id);
+                    batch_runs.insert(id, t.run.clone());
+                    transitions.push(t);
+                }
+            }
+            for workflow in self.active_workflows()? {
+                let triggered = workflow.triggers.iter().any(|trigger| match trigger {
+                    Trigger::Event { name, filter } => {
+                        *name == event.name
+                            && filter.as_ref().is_none_or(|f| {
+                                let scope = Scope::new()
+                                    .with(workflow.subject.as_str(), &facts.subject)
+                                    .with("event", event.payload.as_ref());
+                                f.eval(&scope).result == Ok(true)
+                            })
+                    }
+                    _ => false,
+                });
+                let in_batch: Vec<&Run> = batch_runs.values().collect();
+                if !triggered || !self.may_enter(&workflow, &subject_id, now, &in_batch)? {
+                    continue;
+                }
+                let id = self.allocate_run_id();
+                let run = Run::new(id, &workflow, version_of(&self.compiled, &workflow), subject_id.as_str(), now);
+                let t =
+                    handle(&workflow, run, &Input::Start { event: Some(event.clone()) }, &facts.facts(&self.env), now);
+                result.runs_started.push(id);
+                batch_runs.insert(id, t.run.clone());
+                transitions.push(t);
+            }
+            accepted.push((subject_id, event));
+            results.push(result);
         }
-        self.commit(&transitions, now)?;
-        Ok(result)
+        let refs: Vec<&Transition> = transitions.iter().collect();
+        let events: Vec<(&str, &Event)> = accepted.iter().map(|(s, e)| (s.as_str(), e)).collect();
+        self.store.commit_with_events(&refs, &events, now)?;
+        Ok(results)
     }
 
     /// Starts a run of a workflow for a subject by hand (API, UI, another workflow), subject
     /// to the entry rule. `None` when the entry rule refuses.
     pub fn start(&mut self, workflow_id: &str, subject_id: &str, now: Timestamp) -> Result<Option<RunId>, Error> {
         let workflow = self.workflow(workflow_id, None)?;
-        if !self.may_enter(&workflow, subject_id, now)? {
+        if !self.may_enter(&workflow, subject_id, now, &[])? {
             return Ok(None);
         }
         let facts = self.load_facts(subject_id, now)?;

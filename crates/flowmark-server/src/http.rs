@@ -171,19 +171,11 @@ async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: Heade
             }
         }
     }
-    for message in messages {
-        let result = ask(&app.owner, |reply| Command::Ingest {
-            subject_id: message.subject_id,
-            events: vec![message.event],
-            traits: message.traits,
-            reply,
-        })
-        .await;
-        match result {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error),
-            Err(response) => return response,
-        }
+    // One command, one commit: the whole call is durable before it is acknowledged.
+    match ask(&app.owner, |reply| Command::Ingest { messages, reply }).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error),
+        Err(response) => return response,
     }
     axum::Json(json!({ "success": true })).into_response()
 }

@@ -10,7 +10,7 @@
 
 mod http;
 pub mod owner;
-mod segment;
+pub mod segment;
 
 pub use http::{Config, router};
 pub use owner::Owner;

@@ -11,11 +11,13 @@ use std::thread;
 use std::time::Duration as StdDuration;
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{Event, RunId};
+use flowmark_core::engine::RunId;
 use flowmark_runtime::{Connector, DeployError, Engine, Ingested};
 use flowmark_store::{SqliteStore, Store};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
+
+use crate::segment::Message;
 
 /// Commands waiting for the owner; more is back-pressure.
 pub const QUEUE_COUNT_MAX: usize = 1024;
@@ -25,10 +27,10 @@ pub const TICK: StdDuration = StdDuration::from_millis(200);
 const WORK_PER_TICK_MAX: usize = 500;
 
 pub enum Command {
+    /// Events in order, each with its subject and the traits to merge first (`identify`);
+    /// all of them are committed together.
     Ingest {
-        subject_id: String,
-        events: Vec<Event>,
-        traits: Option<(Value, Option<String>)>,
+        messages: Vec<Message>,
         reply: oneshot::Sender<Result<Vec<Ingested>, String>>,
     },
     Deploy {
@@ -93,18 +95,19 @@ impl Owner {
 fn apply(engine: &mut Engine<SqliteStore>, command: Command) {
     let now = now();
     match command {
-        Command::Ingest { subject_id, events, traits, reply } => {
+        Command::Ingest { messages, reply } => {
             let result = (|| {
-                if let Some((traits, timezone)) = traits {
-                    engine
-                        .store_mut()
-                        .upsert_contact(&subject_id, &traits, timezone.as_deref(), now)
-                        .map_err(|e| e.to_string())?;
+                let mut batch = Vec::with_capacity(messages.len());
+                for Message { subject_id, event, traits } in messages {
+                    if let Some((traits, timezone)) = traits {
+                        engine
+                            .store_mut()
+                            .upsert_contact(&subject_id, &traits, timezone.as_deref(), now)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    batch.push((subject_id, event));
                 }
-                events
-                    .into_iter()
-                    .map(|event| engine.ingest(&subject_id, event, now).map_err(|e| e.to_string()))
-                    .collect()
+                engine.ingest_many(batch, now).map_err(|e| e.to_string())
             })();
             let _ = reply.send(result);
         }

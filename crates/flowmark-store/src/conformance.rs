@@ -110,11 +110,15 @@ pub fn a_batch_is_all_or_nothing(mut store: Box<dyn Store>) -> Result<(), Error>
         other => panic!("expected DuplicateEffect, got {other:?}"),
     }
     assert!(store.run(RunId(1))?.is_none(), "the good transition was rolled back with the bad one");
+    let cause = Event { id: "m-cause".into(), name: "E".into(), at: T0, payload: json!({}).into() };
+    assert!(store.commit_with_events(&[&good, &bad], &[("c-1", &cause)], T0).is_err());
+    assert!(!store.has_event("m-cause")?, "the event that caused a refused batch is not recorded either");
     assert!(store.history(RunId(1))?.is_empty());
     assert!(store.due_timers(Timestamp(i64::MAX), 10)?.is_empty());
     assert_eq!(store.outbox_depth()?, 0);
-    store.commit(&[&good], T0)?;
+    store.commit_with_events(&[&good], &[("c-1", &cause)], T0)?;
     assert!(store.run(RunId(1))?.is_some(), "the store is usable after a refused batch");
+    assert!(store.has_event("m-cause")?, "an event is recorded with the transitions it caused");
     Ok(())
 }
 
@@ -130,6 +134,7 @@ pub fn events_are_deduplicated_by_message_id(mut store: Box<dyn Store>) -> Resul
     assert!(store.insert_event("c-1", &event("m-2", 20), T0)?);
     assert!(store.insert_event("c-1", &event("m-3", 30), T0)?);
     assert!(store.insert_event("c-2", &event("m-4", 25), T0)?);
+    assert!(store.has_event("m-4")? && !store.has_event("m-9")?);
     let events = store.events_of_subject("c-1", Timestamp(15), 10)?;
     assert_eq!(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["m-2", "m-3"], "oldest first, since 15");
     assert_eq!(events[0].payload["messageId"], "m-2");

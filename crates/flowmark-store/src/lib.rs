@@ -99,7 +99,22 @@ pub trait Store {
     /// Writes a batch of transitions in one transaction: each run's state (inserted or
     /// updated), its history and decision records appended, its timers replaced by the armed
     /// ones, its effects added to the outbox. All or nothing.
-    fn commit(&mut self, transitions: &[&Transition], now: Timestamp) -> Result<(), Error>;
+    fn commit(&mut self, transitions: &[&Transition], now: Timestamp) -> Result<(), Error> {
+        self.commit_with_events(transitions, &[], now)
+    }
+
+    /// `commit`, with the events that caused the transitions stored in the same transaction
+    /// (by subject): an event is recorded as seen exactly when its effects on runs are, so a
+    /// crash between the two can neither lose the event's effects nor apply it twice.
+    fn commit_with_events(
+        &mut self,
+        transitions: &[&Transition],
+        events: &[(&str, &Event)],
+        now: Timestamp,
+    ) -> Result<(), Error>;
+
+    /// Has an event with this `messageId` been stored?
+    fn has_event(&self, message_id: &str) -> Result<bool, Error>;
 
     fn run(&self, id: RunId) -> Result<Option<Run>, Error>;
 

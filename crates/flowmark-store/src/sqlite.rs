@@ -145,8 +145,28 @@ fn purpose_name(purpose: TimerPurpose) -> Result<String, Error> {
 }
 
 impl Store for SqliteStore {
-    fn commit(&mut self, transitions: &[&Transition], now: Timestamp) -> Result<(), Error> {
+    fn commit_with_events(
+        &mut self,
+        transitions: &[&Transition],
+        events: &[(&str, &Event)],
+        now: Timestamp,
+    ) -> Result<(), Error> {
         let tx = self.conn.transaction()?;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO events (message_id, subject_id, name, at, received_at, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (message_id) DO NOTHING",
+        )?;
+        for (subject_id, event) in events {
+            insert.execute(params![
+                event.id,
+                subject_id,
+                event.name,
+                event.at.ms(),
+                now.ms(),
+                to_json(&*event.payload)?
+            ])?;
+        }
+        drop(insert);
         for transition in transitions {
             let run = &transition.run;
             let id = run_id(run.id);
@@ -351,6 +371,15 @@ impl Store for SqliteStore {
         )?;
         let rows = statement.query_map(params![subject_id, since.ms()], |row| row.get::<_, i64>(0))?;
         rows.map(|at| Ok(Sent { channel: Channel::Email, at: Timestamp(at?) })).collect()
+    }
+
+    fn has_event(&self, message_id: &str) -> Result<bool, Error> {
+        let found: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT 1 FROM events WHERE message_id = ?1")?
+            .query_row([message_id], |row| row.get(0))
+            .optional()?;
+        Ok(found.is_some())
     }
 
     fn insert_event(&mut self, subject_id: &str, event: &Event, received_at: Timestamp) -> Result<bool, Error> {

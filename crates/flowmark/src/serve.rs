@@ -103,6 +103,7 @@ fn seed_demo(owner: &Owner) {
             payload: payload.into(),
         };
         let (reply, _answer) = tokio::sync::oneshot::channel();
-        owner.send(Command::Ingest { subject_id: id, events: vec![event], traits: Some((traits, None)), reply });
+        let message = flowmark_server::segment::Message { subject_id: id, event, traits: Some((traits, None)) };
+        owner.send(Command::Ingest { messages: vec![message], reply });
     }
 }

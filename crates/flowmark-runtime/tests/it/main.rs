@@ -137,3 +137,26 @@ fn an_invalid_workflow_is_refused_with_diagnostics() {
     assert_eq!((diagnostics[0].line, diagnostics[0].file.as_str()), (5, "bad.yaml"));
     assert!(engine.store().workflow_source("bad", None).unwrap().is_none(), "nothing was stored");
 }
+
+#[test]
+fn a_batch_applies_its_events_in_order_in_one_commit() {
+    let mut engine = engine();
+    let download = track("m-1", "Whitepaper Downloaded", NOON, json!({ "topic": "automation" }));
+    // The run starts with the first event and its first effect key is known: `1-thanks-2`.
+    let click = track("m-2", "Email Link Clicked", NOON, json!({ "email_id": "1-thanks-2" }));
+    let results = engine
+        .ingest_many(
+            vec![("ada".into(), download.clone()), ("ada".into(), click), ("ada".into(), download.clone())],
+            NOON,
+        )
+        .unwrap();
+    assert_eq!(results[0].runs_started.len(), 1);
+    let run = results[0].runs_started[0];
+    assert_eq!(results[1].runs_advanced, vec![run], "the click reaches the run started earlier in the same batch");
+    assert!(results[2].duplicate, "a messageId repeated inside a batch is a duplicate");
+    assert!(engine.store().has_event("m-2").unwrap());
+    let history = engine.store().history(run).unwrap();
+    assert!(history.iter().any(|h| h["what"] == "wait_resolved" && h["by"] == "event"), "the wait took the click");
+    let again = engine.ingest("ada", download, NOON).unwrap();
+    assert!(again.duplicate, "and it stays one across batches");
+}
