@@ -21,7 +21,7 @@ use flowmark_core::model::ScoreChange;
 use flowmark_core::model::{Entry, Trigger, Workflow};
 use flowmark_core::render::render_step_message;
 use flowmark_core::{Severity, Source, Timestamp, compile};
-use flowmark_store::{Attempt, Store, WorkflowStatus};
+use flowmark_store::{Attempt, RunFilter, Store, WorkflowStatus};
 use serde_json::Value;
 
 use crate::connector::{Connector, Outcome};
@@ -403,6 +403,28 @@ impl<S: Store> Engine<S> {
         let refs: Vec<&Transition> = transitions.iter().collect();
         self.store.commit(&refs, now)?;
         Ok(())
+    }
+
+    /// Runs matching `filter`, newest first; `step` keeps those with a token at that step.
+    pub fn runs(&mut self, filter: &RunFilter, step: Option<&str>, limit: usize) -> Result<Vec<Run>, Error> {
+        let Some(step) = step else { return Ok(self.store.runs(filter, limit)?) };
+        // The position of a step depends on the version; check each run against its own.
+        let mut found = Vec::new();
+        for run in self.store.runs(filter, usize::MAX)? {
+            let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+            if run.current_steps().any(|at| &*workflow.step(at).id == step) {
+                found.push(run);
+                if found.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Changes whether a workflow starts new runs; `false` when there is no such workflow.
+    pub fn set_status(&mut self, id: &str, status: WorkflowStatus, now: Timestamp) -> Result<bool, Error> {
+        Ok(self.store.set_workflow_status(id, status, now)?)
     }
 
     /// Runs of a status, for tests and status pages.

@@ -10,15 +10,18 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use flowmark_core::Timestamp;
-use flowmark_core::engine::RunId;
+use std::collections::HashMap;
+
+use flowmark_core::engine::{RunId, RunStatus};
 use flowmark_core::limits::{BATCH_SIZE_BYTES_MAX, REQUEST_SIZE_BYTES_MAX};
 use flowmark_runtime::DeployError;
+use flowmark_store::{RunFilter, WorkflowStatus};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -44,6 +47,8 @@ pub fn router(owner: Owner, config: Config) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/{kind}", post(ingest))
         .route("/api/workflows", post(deploy).get(workflows))
+        .route("/api/workflows/{id}/{action}", post(set_status))
+        .route("/api/runs", get(runs))
         .route("/api/runs/{id}", get(run))
         // Bodies past the largest limit are cut off by the framework (413); below it, each
         // endpoint checks its own limit and says which one was crossed (400).
@@ -218,6 +223,105 @@ async fn workflows(State(app): State<App>, headers: HeaderMap) -> Response {
     match ask(&app.owner, |reply| Command::Workflows { reply }).await {
         Ok(Ok(list)) => axum::Json(list).into_response(),
         Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not read", error),
+        Err(response) => response,
+    }
+}
+
+/// Most runs one listing returns; page with filters.
+pub const RUNS_PAGE_COUNT_MAX: usize = 1000;
+const RUNS_PAGE_COUNT_DEFAULT: usize = 100;
+
+async fn runs(State(app): State<App>, headers: HeaderMap, Query(query): Query<HashMap<String, String>>) -> Response {
+    if !bearer_ok(&headers, &app.config) {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "send an API token as `Authorization: Bearer <token>`",
+        );
+    }
+    const KNOWN: [&str; 6] = ["workflow", "version", "status", "subject", "step", "limit"];
+    if let Some(unknown) = query.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Unknown filter",
+            format!("`{unknown}` is not a filter; use {}", KNOWN.join(", ")),
+        );
+    }
+    let number = |key: &str| {
+        query.get(key).map(|v| v.parse::<u64>().map_err(|_| format!("`{key}` must be a whole number, not `{v}`")))
+    };
+    let version = match number("version").transpose() {
+        Ok(v) => v.map(|v| v as u32),
+        Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid filter", detail),
+    };
+    let limit = match number("limit").transpose() {
+        Ok(Some(n)) if (1..=RUNS_PAGE_COUNT_MAX as u64).contains(&n) => n as usize,
+        Ok(Some(n)) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Invalid filter",
+                format!("`limit` is {n}; it must be from 1 to {RUNS_PAGE_COUNT_MAX}"),
+            );
+        }
+        Ok(None) => RUNS_PAGE_COUNT_DEFAULT,
+        Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid filter", detail),
+    };
+    let status = match query.get("status").map(String::as_str) {
+        None => None,
+        Some("active") => Some(RunStatus::Active),
+        Some("completed") => Some(RunStatus::Completed),
+        Some("converted") => Some(RunStatus::Converted),
+        Some("exited") => Some(RunStatus::Exited),
+        Some("failed") => Some(RunStatus::Failed),
+        Some(other) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Invalid filter",
+                format!("`status` is `{other}`; use active, completed, converted, exited or failed"),
+            );
+        }
+    };
+    let filter = RunFilter {
+        workflow_id: query.get("workflow").cloned(),
+        version,
+        status,
+        subject_id: query.get("subject").cloned(),
+    };
+    let step = query.get("step").cloned();
+    match ask(&app.owner, |reply| Command::Runs { filter, step, limit, reply }).await {
+        Ok(Ok(list)) => axum::Json(list).into_response(),
+        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not read", error),
+        Err(response) => response,
+    }
+}
+
+async fn set_status(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+) -> Response {
+    if !bearer_ok(&headers, &app.config) {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "send an API token as `Authorization: Bearer <token>`",
+        );
+    }
+    let status = match action.as_str() {
+        "activate" => WorkflowStatus::Active,
+        "pause" => WorkflowStatus::Paused,
+        other => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "Unknown action",
+                format!("`{other}` is not an action; use activate or pause"),
+            );
+        }
+    };
+    match ask(&app.owner, |reply| Command::SetStatus { id: id.clone(), status, reply }).await {
+        Ok(Ok(true)) => axum::Json(json!({ "id": id, "status": action })).into_response(),
+        Ok(Ok(false)) => problem(StatusCode::NOT_FOUND, "No such workflow", format!("there is no workflow `{id}`")),
+        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error),
         Err(response) => response,
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration as StdDuration;
 use flowmark_core::Timestamp;
 use flowmark_core::engine::RunId;
 use flowmark_runtime::{Connector, DeployError, Engine, Ingested};
-use flowmark_store::{SqliteStore, Store};
+use flowmark_store::{RunFilter, SqliteStore, Store, WorkflowStatus};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -40,6 +40,17 @@ pub enum Command {
     },
     Workflows {
         reply: oneshot::Sender<Result<Value, String>>,
+    },
+    Runs {
+        filter: RunFilter,
+        step: Option<String>,
+        limit: usize,
+        reply: oneshot::Sender<Result<Value, String>>,
+    },
+    SetStatus {
+        id: String,
+        status: WorkflowStatus,
+        reply: oneshot::Sender<Result<bool, String>>,
     },
     Run {
         id: RunId,
@@ -130,6 +141,30 @@ fn apply(engine: &mut Engine<SqliteStore>, command: Command) {
                 )
             });
             let _ = reply.send(result);
+        }
+        Command::Runs { filter, step, limit, reply } => {
+            let result = engine.runs(&filter, step.as_deref(), limit).map_err(|e| e.to_string()).and_then(|runs| {
+                let mut list = Vec::with_capacity(runs.len());
+                for run in runs {
+                    let workflow = engine.workflow(&run.workflow_id, Some(run.version)).map_err(|e| e.to_string())?;
+                    let steps: Vec<&str> = run.current_steps().map(|at| &*workflow.step(at).id).collect();
+                    list.push(json!({
+                        "id": run.id,
+                        "workflow": run.workflow_id,
+                        "version": run.version,
+                        "subject": run.subject_id,
+                        "status": run.status,
+                        "steps": steps,
+                        "started_at": run.started_at,
+                        "ended_at": run.ended_at,
+                    }));
+                }
+                Ok(Value::Array(list))
+            });
+            let _ = reply.send(result);
+        }
+        Command::SetStatus { id, status, reply } => {
+            let _ = reply.send(engine.set_status(&id, status, now).map_err(|e| e.to_string()));
         }
         Command::Run { id, reply } => {
             let result = (|| {

@@ -73,6 +73,13 @@ pub fn commit_then_read_back(mut store: Box<dyn Store>) -> Result<(), Error> {
     assert_eq!(store.outbox_depth()?, 1);
     assert_eq!(store.active_runs_of_subject("c-1")?.len(), 1);
     assert_eq!(store.latest_run("conformance", "c-1")?.map(|r| r.id), Some(RunId(1)));
+    let active = crate::RunFilter { status: Some(RunStatus::Active), ..Default::default() };
+    assert_eq!(store.runs(&active, 10)?.len(), 1);
+    let other = crate::RunFilter { subject_id: Some("c-2".into()), ..Default::default() };
+    assert!(store.runs(&other, 10)?.is_empty());
+    let by_workflow =
+        crate::RunFilter { workflow_id: Some("conformance".into()), version: Some(1), ..Default::default() };
+    assert_eq!(store.runs(&by_workflow, 10)?[0].id, RunId(1));
     assert!(store.run(RunId(2))?.is_none());
     let sent = store.sent_messages("c-1", T0)?;
     assert_eq!(sent.len(), 1, "the email counts for frequency caps");

@@ -16,7 +16,7 @@ pub mod conformance;
 mod sqlite;
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{Event, Run, RunId, Sent, TimerId, TimerPurpose, Transition};
+use flowmark_core::engine::{Event, Run, RunId, RunStatus, Sent, TimerId, TimerPurpose, Transition};
 use serde_json::Value;
 
 pub use sqlite::SqliteStore;
@@ -93,6 +93,15 @@ pub struct Contact {
     pub updated_at: Timestamp,
 }
 
+/// Which runs `Store::runs` lists; every field left `None` matches all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    pub workflow_id: Option<String>,
+    pub version: Option<u32>,
+    pub status: Option<RunStatus>,
+    pub subject_id: Option<String>,
+}
+
 /// The durable state of a deployment. Methods take `&mut self` where they write: one owner
 /// writes through one handle (the partition owner, the ingestion path), readers open their own.
 pub trait Store {
@@ -123,6 +132,9 @@ pub trait Store {
 
     /// Active runs of a subject, oldest first: where the router sends the subject's events.
     fn active_runs_of_subject(&self, subject_id: &str) -> Result<Vec<Run>, Error>;
+
+    /// Runs matching a filter, newest first, at most `limit`.
+    fn runs(&self, filter: &RunFilter, limit: usize) -> Result<Vec<Run>, Error>;
 
     /// The latest run of a workflow for a subject, active or not, for entry rules.
     fn latest_run(&self, workflow_id: &str, subject_id: &str) -> Result<Option<Run>, Error>;

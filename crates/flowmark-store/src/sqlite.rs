@@ -10,13 +10,13 @@
 use std::path::Path;
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{Event, Run, RunId, Sent, TimerId, TimerPurpose, Transition};
+use flowmark_core::engine::{Event, Run, RunId, RunStatus, Sent, TimerId, TimerPurpose, Transition};
 use flowmark_core::model::Channel;
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
-use crate::{Attempt, Contact, DueTimer, Error, OutboxEntry, Store, WorkflowStatus, WorkflowSummary};
+use crate::{Attempt, Contact, DueTimer, Error, OutboxEntry, RunFilter, Store, WorkflowStatus, WorkflowSummary};
 
 /// The schema, one migration per release that changes it; never edit a shipped one.
 const MIGRATIONS: &[&str] = &[r#"
@@ -265,6 +265,21 @@ impl Store for SqliteStore {
             .prepare_cached("SELECT state FROM runs WHERE subject_id = ?1 AND status = 'active' ORDER BY id")?;
         let states = statement.query_map([subject_id], |row| row.get::<_, String>(0))?;
         states.map(|s| from_json(&s?)).collect()
+    }
+
+    fn runs(&self, filter: &RunFilter, limit: usize) -> Result<Vec<Run>, Error> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT state FROM runs
+             WHERE (?1 IS NULL OR workflow_id = ?1) AND (?2 IS NULL OR version = ?2)
+               AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR subject_id = ?4)
+             ORDER BY id DESC",
+        )?;
+        let status = filter.status.map(RunStatus::as_str);
+        let rows = statement
+            .query_map(params![filter.workflow_id, filter.version, status, filter.subject_id], |row| {
+                row.get::<_, String>(0)
+            })?;
+        rows.take(limit).map(|state| from_json(&state?)).collect()
     }
 
     fn latest_run(&self, workflow_id: &str, subject_id: &str) -> Result<Option<Run>, Error> {

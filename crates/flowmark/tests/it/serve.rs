@@ -98,6 +98,26 @@ fn events_in_runs_out_and_everything_acknowledged_survives_a_restart() {
     assert_eq!(run["history"][0]["what"], "run_started");
     assert_eq!(server.api("GET", "/api/runs/2", b"").0, 404, "the duplicate started no second run");
 
+    let (status, _, list) = server.api("GET", "/api/runs?workflow=whitepaper-nurture&status=active", b"");
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let step = list[0]["steps"][0].as_str().unwrap().to_owned();
+    let (_, _, at_step) = server.api("GET", &format!("/api/runs?step={step}"), b"");
+    assert_eq!(at_step[0]["id"], 1, "the step filter finds the run where it stands");
+    let (_, _, elsewhere) = server.api("GET", "/api/runs?step=handoff", b"");
+    assert_eq!(elsewhere, json!([]));
+    let (status, _, problem) = server.api("GET", "/api/runs?colour=red", b"");
+    assert_eq!(status, 400);
+    assert!(problem["detail"].as_str().unwrap().contains("`colour` is not a filter"));
+
+    assert_eq!(server.api("POST", "/api/workflows/whitepaper-nurture/pause", b"").0, 200);
+    let grace = json!({ "userId": "grace", "event": "Whitepaper Downloaded", "messageId": "m-2", "properties": { "topic": "automation" } });
+    assert_eq!(server.track("wk", &grace).0, 200);
+    let (_, _, graces) = server.api("GET", "/api/runs?subject=grace", b"");
+    assert_eq!(graces, json!([]), "a paused workflow starts no run");
+    assert_eq!(server.api("POST", "/api/workflows/whitepaper-nurture/activate", b"").0, 200);
+    assert_eq!(server.api("POST", "/api/workflows/missing/pause", b"").0, 404);
+
     let (status, _, problem) = server.track("nope", &download);
     assert_eq!((status, problem["title"].as_str()), (401, Some("Unknown write key")));
     let too_big = json!({ "userId": "ada", "event": "Big", "properties": { "x": "y".repeat(40_000) } });
