@@ -54,8 +54,29 @@ pub struct Ingested {
     pub runs_advanced: Vec<RunId>,
 }
 
+/// Counters of what the engine did since it started, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub events_ingested: u64,
+    pub events_duplicate: u64,
+    pub runs_started: u64,
+    pub transitions_committed: u64,
+    pub timers_fired: u64,
+    /// How late timers fired (now − due time), cumulative counts per `LATENESS_BUCKETS_MS`
+    /// upper bound, then the total count and sum.
+    pub timer_lateness_buckets: [u64; LATENESS_BUCKETS_MS.len()],
+    pub timer_lateness_ms_sum: u64,
+    pub effects_done: u64,
+    pub effects_retried: u64,
+    pub effects_failed: u64,
+}
+
+/// Upper bounds of the timer-lateness histogram, in ms.
+pub const LATENESS_BUCKETS_MS: [u64; 6] = [10, 100, 250, 1_000, 10_000, 60_000];
+
 pub struct Engine<S: Store> {
     store: S,
+    stats: Stats,
     /// Compiled versions, by (workflow id, version): versions are immutable, so never stale.
     compiled: HashMap<(String, u32), Arc<Workflow>>,
     /// Workspace variables, readable as `env` in templates.
@@ -83,7 +104,11 @@ const CAP_WINDOW_MS_MAX: u64 = 90 * 24 * 60 * 60 * 1000;
 impl<S: Store> Engine<S> {
     pub fn new(store: S, env: Value) -> Result<Engine<S>, Error> {
         let next_run_id = store.next_run_id()?.0;
-        Ok(Engine { store, compiled: HashMap::new(), env, next_run_id })
+        Ok(Engine { store, stats: Stats::default(), compiled: HashMap::new(), env, next_run_id })
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     pub fn store(&self) -> &S {
@@ -197,6 +222,7 @@ impl<S: Store> Engine<S> {
         let mut results = Vec::with_capacity(events.len());
         for (subject_id, event) in events {
             if accepted.iter().any(|(_, e)| e.id == event.id) || self.store.has_event(&event.id)? {
+                self.stats.events_duplicate += 1;
                 results.push(Ingested { duplicate: true, ..Ingested::default() });
                 continue;
             }
@@ -254,6 +280,9 @@ impl<S: Store> Engine<S> {
         let refs: Vec<&Transition> = transitions.iter().collect();
         let events: Vec<(&str, &Event)> = accepted.iter().map(|(s, e)| (s.as_str(), e)).collect();
         self.store.commit_with_events(&refs, &events, now)?;
+        self.stats.events_ingested += events.len() as u64;
+        self.stats.runs_started += results.iter().map(|r| r.runs_started.len() as u64).sum::<u64>();
+        self.stats.transitions_committed += refs.len() as u64;
         Ok(results)
     }
 
@@ -308,6 +337,14 @@ impl<S: Store> Engine<S> {
         // Each transition is committed in order; a run's later transition carries its latest
         // state, so committing all of them leaves the last one in place.
         self.commit(&batches, now)?;
+        for timer in &due {
+            let late_ms = now.since(timer.due_at).ms();
+            self.stats.timers_fired += 1;
+            self.stats.timer_lateness_ms_sum += late_ms;
+            for (bucket, bound) in self.stats.timer_lateness_buckets.iter_mut().zip(LATENESS_BUCKETS_MS) {
+                *bucket += u64::from(late_ms <= bound);
+            }
+        }
         Ok(due.len())
     }
 
@@ -341,6 +378,11 @@ impl<S: Store> Engine<S> {
                 }
             };
             self.store.record_attempt(&entry.key, &attempt, now)?;
+            match attempt {
+                Attempt::Done { .. } => self.stats.effects_done += 1,
+                Attempt::Retry { .. } => self.stats.effects_retried += 1,
+                Attempt::Failed { .. } => self.stats.effects_failed += 1,
+            }
             if let Some((ok, detail)) = final_result {
                 feedback.push((entry.run, Input::EffectCompleted { key: entry.key.clone(), ok, detail }));
             }
@@ -402,6 +444,7 @@ impl<S: Store> Engine<S> {
         }
         let refs: Vec<&Transition> = transitions.iter().collect();
         self.store.commit(&refs, now)?;
+        self.stats.transitions_committed += refs.len() as u64;
         Ok(())
     }
 

@@ -49,6 +49,7 @@ pub fn router(owner: Owner, config: Config) -> Router {
         .route("/api/workflows", post(deploy).get(workflows))
         .route("/api/workflows/{id}/{action}", post(set_status))
         .route("/api/runs", get(runs))
+        .route("/metrics", get(metrics))
         .route("/api/runs/{id}", get(run))
         // Bodies past the largest limit are cut off by the framework (413); below it, each
         // endpoint checks its own limit and says which one was crossed (400).
@@ -322,6 +323,25 @@ async fn set_status(
         Ok(Ok(true)) => axum::Json(json!({ "id": id, "status": action })).into_response(),
         Ok(Ok(false)) => problem(StatusCode::NOT_FOUND, "No such workflow", format!("there is no workflow `{id}`")),
         Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error),
+        Err(response) => response,
+    }
+}
+
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    if !bearer_ok(&headers, &app.config) {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "send an API token as `Authorization: Bearer <token>`",
+        );
+    }
+    match ask(&app.owner, |reply| Command::Metrics { reply }).await {
+        Ok(Ok(text)) => {
+            let mut response = text.into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            response
+        }
+        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not read", error),
         Err(response) => response,
     }
 }

@@ -9,6 +9,7 @@
 //! Invariant: no handler touches the store; every write goes through the owner.
 
 mod http;
+mod metrics;
 pub mod owner;
 pub mod segment;
 

@@ -52,6 +52,10 @@ pub enum Command {
         status: WorkflowStatus,
         reply: oneshot::Sender<Result<bool, String>>,
     },
+    /// The metrics page, in Prometheus' text format.
+    Metrics {
+        reply: oneshot::Sender<Result<String, String>>,
+    },
     Run {
         id: RunId,
         reply: oneshot::Sender<Result<Option<Value>, String>>,
@@ -165,6 +169,14 @@ fn apply(engine: &mut Engine<SqliteStore>, command: Command) {
         }
         Command::SetStatus { id, status, reply } => {
             let _ = reply.send(engine.set_status(&id, status, now).map_err(|e| e.to_string()));
+        }
+        Command::Metrics { reply } => {
+            let result = engine
+                .store()
+                .outbox_depth()
+                .map_err(|e| e.to_string())
+                .map(|depth| crate::metrics::render(engine.stats(), depth));
+            let _ = reply.send(result);
         }
         Command::Run { id, reply } => {
             let result = (|| {

@@ -34,6 +34,11 @@ impl Server {
     }
 
     fn request(&self, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String, Value) {
+        let (status, content_type, text) = self.request_text(method, path, headers, body);
+        (status, content_type, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn request_text(&self, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String, String) {
         let mut stream = TcpStream::connect(&self.address).unwrap();
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -51,7 +56,7 @@ impl Server {
         let status: u16 = response[9..12].parse().unwrap();
         let (head, body) = response.split_once("\r\n\r\n").unwrap();
         let content_type = head.lines().find_map(|l| l.strip_prefix("content-type: ")).unwrap_or_default().to_owned();
-        (status, content_type, serde_json::from_str(body).unwrap_or(Value::Null))
+        (status, content_type, body.to_owned())
     }
 
     fn track(&self, write_key: &str, event: &Value) -> (u16, String, Value) {
@@ -117,6 +122,15 @@ fn events_in_runs_out_and_everything_acknowledged_survives_a_restart() {
     assert_eq!(graces, json!([]), "a paused workflow starts no run");
     assert_eq!(server.api("POST", "/api/workflows/whitepaper-nurture/activate", b"").0, 200);
     assert_eq!(server.api("POST", "/api/workflows/missing/pause", b"").0, 404);
+
+    let (status, content_type, metrics) =
+        server.request_text("GET", "/metrics", &[("Authorization", "Bearer tok".to_owned())], b"");
+    assert_eq!((status, content_type.as_str()), (200, "text/plain; version=0.0.4"));
+    assert!(metrics.contains("flowmark_events_ingested_total 2\n"), "{metrics}");
+    assert!(metrics.contains("flowmark_events_duplicate_total 1\n"), "{metrics}");
+    assert!(metrics.contains("flowmark_runs_started_total 1\n"), "{metrics}");
+    assert!(metrics.contains("# TYPE flowmark_timer_lateness_seconds histogram"));
+    assert_eq!(server.request("GET", "/metrics", &[], b"").0, 401);
 
     let (status, _, problem) = server.track("nope", &download);
     assert_eq!((status, problem["title"].as_str()), (401, Some("Unknown write key")));
