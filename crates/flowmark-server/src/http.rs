@@ -21,14 +21,16 @@ use std::collections::HashMap;
 use flowmark_core::engine::{RunId, RunStatus};
 use flowmark_core::limits::{BATCH_SIZE_BYTES_MAX, REQUEST_SIZE_BYTES_MAX};
 use flowmark_runtime::DeployError;
-use flowmark_store::{RunFilter, WorkflowStatus};
+use flowmark_store::{RunFilter, Scope, WorkflowStatus};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+use crate::auth::{constant_time_eq, token_hash};
 use crate::owner::{Command, Owner};
 use crate::segment;
 
-/// Who may call: write keys for ingestion, bearer tokens for the API.
+/// Keys given on the command line, on top of the tokens stored: write keys may ingest, API
+/// tokens may do everything.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub write_keys: Vec<String>,
@@ -93,18 +95,46 @@ fn write_key(headers: &HeaderMap, body: &Value) -> Option<String> {
     from_header.or_else(|| body.get("writeKey").and_then(Value::as_str).map(str::to_owned))
 }
 
-fn bearer_ok(headers: &HeaderMap, config: &Config) -> bool {
+fn bearer(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|token| {
-            config.admin_tokens.iter().any(|t| constant_time_eq(t.as_bytes(), token.trim().as_bytes()))
-        })
+        .map(|t| t.trim().to_owned())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Checks a presented key or token for a scope: the keys given on the command line first,
+/// then the tokens stored (by hash). `401` when unknown, `403` when it lacks the scope.
+async fn authorize(app: &App, presented: Option<String>, scope: Scope) -> Result<(), Response> {
+    let Some(presented) = presented else {
+        let how = match scope {
+            Scope::Ingest => "send the write key as the HTTP Basic user (empty password) or as `writeKey` in the body",
+            Scope::Admin => "send an API token as `Authorization: Bearer <token>`",
+        };
+        return Err(problem(StatusCode::UNAUTHORIZED, "Missing credentials", how));
+    };
+    let configured = match scope {
+        Scope::Ingest => &app.config.write_keys,
+        Scope::Admin => &app.config.admin_tokens,
+    };
+    if configured.iter().chain(&app.config.admin_tokens).any(|k| constant_time_eq(k.as_bytes(), presented.as_bytes())) {
+        return Ok(());
+    }
+    let hash = token_hash(&presented);
+    match ask(&app.owner, |reply| Command::Token { hash, reply }).await? {
+        Ok(Some(token)) if token.scopes.contains(&scope) => Ok(()),
+        Ok(Some(_)) => Err(problem(
+            StatusCode::FORBIDDEN,
+            "Missing scope",
+            format!("this token does not have the `{}` scope", scope.as_str()),
+        )),
+        Ok(None) => Err(problem(
+            StatusCode::UNAUTHORIZED,
+            "Unknown credentials",
+            "the key or token is not one of this server's",
+        )),
+        Err(error) => Err(problem(StatusCode::INTERNAL_SERVER_ERROR, "Not read", error)),
+    }
 }
 
 async fn ask<T>(owner: &Owner, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Response> {
@@ -132,18 +162,8 @@ async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: Heade
             return problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}"));
         }
     };
-    match write_key(&headers, &value) {
-        Some(key) if app.config.write_keys.iter().any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) => {}
-        Some(_) => {
-            return problem(StatusCode::UNAUTHORIZED, "Unknown write key", "the write key is not one of this server's");
-        }
-        None => {
-            return problem(
-                StatusCode::UNAUTHORIZED,
-                "Missing write key",
-                "send the write key as the HTTP Basic user (empty password) or as `writeKey` in the body",
-            );
-        }
+    if let Err(response) = authorize(&app, write_key(&headers, &value), Scope::Ingest).await {
+        return response;
     }
     let received_at = now();
     let items: Vec<(String, Value)> = if kind == "batch" {
@@ -187,12 +207,8 @@ async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: Heade
 }
 
 async fn deploy(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    if !bearer_ok(&headers, &app.config) {
-        return problem(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "send an API token as `Authorization: Bearer <token>`",
-        );
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
     }
     let Ok(source) = String::from_utf8(body.to_vec()) else {
         return problem(StatusCode::BAD_REQUEST, "Not text", "the workflow must be UTF-8 YAML");
@@ -214,12 +230,8 @@ async fn deploy(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Resp
 }
 
 async fn workflows(State(app): State<App>, headers: HeaderMap) -> Response {
-    if !bearer_ok(&headers, &app.config) {
-        return problem(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "send an API token as `Authorization: Bearer <token>`",
-        );
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
     }
     match ask(&app.owner, |reply| Command::Workflows { reply }).await {
         Ok(Ok(list)) => axum::Json(list).into_response(),
@@ -233,12 +245,8 @@ pub const RUNS_PAGE_COUNT_MAX: usize = 1000;
 const RUNS_PAGE_COUNT_DEFAULT: usize = 100;
 
 async fn runs(State(app): State<App>, headers: HeaderMap, Query(query): Query<HashMap<String, String>>) -> Response {
-    if !bearer_ok(&headers, &app.config) {
-        return problem(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "send an API token as `Authorization: Bearer <token>`",
-        );
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
     }
     const KNOWN: [&str; 6] = ["workflow", "version", "status", "subject", "step", "limit"];
     if let Some(unknown) = query.keys().find(|k| !KNOWN.contains(&k.as_str())) {
@@ -301,12 +309,8 @@ async fn set_status(
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
 ) -> Response {
-    if !bearer_ok(&headers, &app.config) {
-        return problem(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "send an API token as `Authorization: Bearer <token>`",
-        );
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
     }
     let status = match action.as_str() {
         "activate" => WorkflowStatus::Active,
@@ -328,12 +332,8 @@ async fn set_status(
 }
 
 async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
-    if !bearer_ok(&headers, &app.config) {
-        return problem(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "send an API token as `Authorization: Bearer <token>`",
-        );
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
     }
     match ask(&app.owner, |reply| Command::Metrics { reply }).await {
         Ok(Ok(text)) => {
@@ -347,12 +347,8 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
 }
 
 async fn run(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if !bearer_ok(&headers, &app.config) {
-        return problem(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "send an API token as `Authorization: Bearer <token>`",
-        );
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
     }
     let Ok(id) = id.parse::<u64>() else {
         return problem(

@@ -8,6 +8,7 @@
 //!
 //! Invariant: no handler touches the store; every write goes through the owner.
 
+pub mod auth;
 mod http;
 mod metrics;
 pub mod owner;

@@ -52,6 +52,11 @@ pub enum Command {
         status: WorkflowStatus,
         reply: oneshot::Sender<Result<bool, String>>,
     },
+    /// The stored token with this hash.
+    Token {
+        hash: String,
+        reply: oneshot::Sender<Result<Option<flowmark_store::Token>, String>>,
+    },
     /// The metrics page, in Prometheus' text format.
     Metrics {
         reply: oneshot::Sender<Result<String, String>>,
@@ -169,6 +174,9 @@ fn apply(engine: &mut Engine<SqliteStore>, command: Command) {
         }
         Command::SetStatus { id, status, reply } => {
             let _ = reply.send(engine.set_status(&id, status, now).map_err(|e| e.to_string()));
+        }
+        Command::Token { hash, reply } => {
+            let _ = reply.send(engine.store().token(&hash).map_err(|e| e.to_string()));
         }
         Command::Metrics { reply } => {
             let result = engine

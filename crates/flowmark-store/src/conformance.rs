@@ -48,6 +48,7 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
     the_outbox_retries_and_completes(make()).expect("the_outbox_retries_and_completes");
     workflow_versions_are_immutable(make()).expect("workflow_versions_are_immutable");
     contacts_merge_traits(make()).expect("contacts_merge_traits");
+    tokens_are_found_by_hash(make()).expect("tokens_are_found_by_hash");
 }
 
 /// A committed transition reads back: state, history, decisions, timer, outbox effect.
@@ -179,6 +180,20 @@ pub fn workflow_versions_are_immutable(mut store: Box<dyn Store>) -> Result<(), 
     let list = store.workflows()?;
     assert_eq!(list.len(), 1);
     assert_eq!((list[0].latest_version, list[0].status), (2, WorkflowStatus::Paused));
+    Ok(())
+}
+
+pub fn tokens_are_found_by_hash(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let token = crate::Token {
+        workspace: "default".into(),
+        name: "ci".into(),
+        scopes: vec![crate::Scope::Ingest, crate::Scope::Admin],
+        created_at: T0,
+    };
+    store.put_token("ab12", &token)?;
+    assert_eq!(store.token("ab12")?, Some(token.clone()));
+    assert_eq!(store.token("ab13")?, None);
+    assert!(store.put_token("ab12", &token).is_err(), "a hash is stored once");
     Ok(())
 }
 

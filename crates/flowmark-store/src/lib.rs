@@ -93,6 +93,41 @@ pub struct Contact {
     pub updated_at: Timestamp,
 }
 
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Send events (`/v1/*`).
+    Ingest,
+    /// Everything else: deploy workflows, read runs, metrics.
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Ingest => "ingest",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "ingest" => Some(Scope::Ingest),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A stored API token: only its SHA-256 is kept, never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub workspace: String,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub created_at: Timestamp,
+}
+
 /// Which runs `Store::runs` lists; every field left `None` matches all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunFilter {
@@ -191,4 +226,11 @@ pub trait Store {
     ) -> Result<Contact, Error>;
 
     fn contact(&self, id: &str) -> Result<Option<Contact>, Error>;
+
+    /// Stores a token by the hex SHA-256 of its text. A token's text is high-entropy, so a
+    /// plain hash is enough to make a stolen database useless for calling the API.
+    fn put_token(&mut self, hash: &str, token: &Token) -> Result<(), Error>;
+
+    /// The token with this hash, if any.
+    fn token(&self, hash: &str) -> Result<Option<Token>, Error>;
 }

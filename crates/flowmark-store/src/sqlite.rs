@@ -16,10 +16,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
-use crate::{Attempt, Contact, DueTimer, Error, OutboxEntry, RunFilter, Store, WorkflowStatus, WorkflowSummary};
+use crate::{
+    Attempt, Contact, DueTimer, Error, OutboxEntry, RunFilter, Scope, Store, Token, WorkflowStatus, WorkflowSummary,
+};
 
 /// The schema, one migration per release that changes it; never edit a shipped one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE workflows (
     id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -97,7 +100,17 @@ CREATE TABLE contacts (
     timezone TEXT,
     updated_at INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE tokens (
+    hash TEXT PRIMARY KEY,
+    workspace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+"#,
+];
 
 pub struct SqliteStore {
     conn: Connection,
@@ -533,6 +546,32 @@ impl Store for SqliteStore {
         )?;
         tx.commit()?;
         Ok(Contact { id: id.to_owned(), traits: merged, timezone, updated_at: now })
+    }
+
+    fn put_token(&mut self, hash: &str, token: &Token) -> Result<(), Error> {
+        let scopes: Vec<&str> = token.scopes.iter().map(|s| s.as_str()).collect();
+        self.conn.execute(
+            "INSERT INTO tokens (hash, workspace, name, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![hash, token.workspace, token.name, scopes.join(","), token.created_at.ms()],
+        )?;
+        Ok(())
+    }
+
+    fn token(&self, hash: &str) -> Result<Option<Token>, Error> {
+        let row: Option<(String, String, String, i64)> = self
+            .conn
+            .prepare_cached("SELECT workspace, name, scopes, created_at FROM tokens WHERE hash = ?1")?
+            .query_row([hash], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+            .optional()?;
+        row.map(|(workspace, name, scopes, created_at)| {
+            let scopes = scopes
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| Scope::parse(s).ok_or_else(|| Error::Corrupt(format!("token scope `{s}`"))))
+                .collect::<Result<_, Error>>()?;
+            Ok(Token { workspace, name, scopes, created_at: Timestamp(created_at) })
+        })
+        .transpose()
     }
 
     fn contact(&self, id: &str) -> Result<Option<Contact>, Error> {

@@ -7,6 +7,7 @@
 mod graph;
 mod serve;
 mod simulate;
+mod token;
 mod validate;
 
 use std::process::ExitCode;
@@ -34,6 +35,9 @@ enum Command {
     Simulate(simulate::Args),
     /// Run the server: Segment-compatible ingestion, the HTTP API, timers and effects, on SQLite.
     Serve(serve::Args),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(token::Command),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         Command::Graph(args) => graph::run(&args),
         Command::Simulate(args) => simulate::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Token(command) => token::run(&command),
     };
     match result {
         Ok(code) => code,

@@ -21,10 +21,12 @@ pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     bind: String,
-    /// Write keys accepted by the Segment-compatible endpoints (repeat or comma-separate).
+    /// Write keys accepted by the Segment-compatible endpoints, besides the stored tokens with
+    /// the `ingest` scope (repeat or comma-separate).
     #[arg(long = "write-key", env = "FLOWMARK_WRITE_KEY", value_delimiter = ',')]
     write_keys: Vec<String>,
-    /// Bearer tokens accepted by the API (repeat or comma-separate).
+    /// Bearer tokens accepted everywhere, besides the stored tokens (`flowmark token create`);
+    /// repeat or comma-separate.
     #[arg(long = "api-token", env = "FLOWMARK_API_TOKEN", value_delimiter = ',')]
     api_tokens: Vec<String>,
     /// Deploy the blueprints and sample data, and accept the demo write key and API token.
@@ -56,9 +58,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         config.write_keys.push(DEMO_WRITE_KEY.to_owned());
         config.admin_tokens.push(DEMO_API_TOKEN.to_owned());
     }
-    if config.write_keys.is_empty() || config.admin_tokens.is_empty() {
-        anyhow::bail!(
-            "give at least one --write-key and one --api-token (or FLOWMARK_WRITE_KEY / FLOWMARK_API_TOKEN), or run with --demo"
+    if config.write_keys.is_empty() && config.admin_tokens.is_empty() {
+        eprintln!(
+            "flowmark: no --write-key or --api-token given: only tokens made with `flowmark token create` are accepted"
         );
     }
     let (owner, owner_thread) = Owner::start(engine, Box::new(LogConnector));

@@ -19,8 +19,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(db: &std::path::Path) -> Server {
+        Server::start_with(db, &["--write-key", "wk", "--api-token", "tok"])
+    }
+
+    pub fn start_with(db: &std::path::Path, keys: &[&str]) -> Server {
         let mut child = Command::new(assert_cmd::cargo::cargo_bin("flowmark"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--write-key", "wk", "--api-token", "tok", "--db"])
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(keys)
+            .arg("--db")
             .arg(db)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -133,7 +139,7 @@ fn events_in_runs_out_and_everything_acknowledged_survives_a_restart() {
     assert_eq!(server.request("GET", "/metrics", &[], b"").0, 401);
 
     let (status, _, problem) = server.track("nope", &download);
-    assert_eq!((status, problem["title"].as_str()), (401, Some("Unknown write key")));
+    assert_eq!((status, problem["title"].as_str()), (401, Some("Unknown credentials")));
     let too_big = json!({ "userId": "ada", "event": "Big", "properties": { "x": "y".repeat(40_000) } });
     let (status, _, problem) = server.track("wk", &too_big);
     assert_eq!(status, 400);
@@ -145,4 +151,46 @@ fn events_in_runs_out_and_everything_acknowledged_survives_a_restart() {
     assert_eq!(status, 200, "the acknowledged run is still there after a restart");
     assert_eq!(run["run"]["status"], "active");
     server.stop();
+}
+
+fn create_token(db: &std::path::Path, scope: &str) -> String {
+    let output = Command::new(assert_cmd::cargo::cargo_bin("flowmark"))
+        .args(["token", "create", "--name", scope, "--scope", scope, "--db"])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn stored_tokens_are_checked_by_hash_and_scope() {
+    let dir = super::validate::tempdir().join("tokens");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("flowmark.db");
+    let ingest = create_token(&db, "ingest");
+    let admin = create_token(&db, "admin");
+    assert!(ingest.starts_with("fm_") && ingest.len() == 67 && ingest != admin);
+    let server = Server::start_with(&db, &[]);
+    let event = json!({ "userId": "ada", "event": "Signed Up" });
+    assert_eq!(server.track(&ingest, &event).0, 200, "an ingest token sends events");
+    let (status, _, problem) = server.track(&admin, &event);
+    assert_eq!(
+        (status, problem["title"].as_str()),
+        (403, Some("Missing scope")),
+        "an admin-only token does not ingest"
+    );
+    let bearer = |token: &str| [("Authorization", format!("Bearer {token}"))];
+    assert_eq!(server.request("GET", "/api/workflows", &bearer(&admin), b"").0, 200);
+    assert_eq!(server.request("GET", "/api/workflows", &bearer(&ingest), b"").0, 403);
+    assert_eq!(server.request("GET", "/api/workflows", &bearer("fm_guess"), b"").0, 401);
+    server.stop();
+    // The database and its write-ahead log hold the tokens' hashes, never their text.
+    let mut stored = std::fs::read(&db).unwrap();
+    stored.extend(std::fs::read(dir.join("flowmark.db-wal")).unwrap_or_default());
+    let stored = String::from_utf8_lossy(&stored);
+    let hash = flowmark_server::auth::token_hash(&ingest);
+    assert!(stored.contains(&hash), "the check can see what is stored");
+    assert!(!stored.contains(&ingest) && !stored.contains(&admin), "only hashes are stored");
 }

@@ -1,0 +1,50 @@
+//! `flowmark token create`: makes an API token, stores its hash, prints it once.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use flowmark_server::auth::{new_token, token_hash};
+use flowmark_store::{Scope, SqliteStore, Store, Token};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Create a token with scopes; its text is printed once and stored only as a hash.
+    Create(CreateArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// The SQLite database file the server uses.
+    #[arg(long, default_value = "flowmark.db")]
+    db: PathBuf,
+    /// A name to recognise the token by (`ci`, `website`, …).
+    #[arg(long)]
+    name: String,
+    /// What the token may do: `ingest` (send events), `admin` (everything else); repeatable.
+    #[arg(long = "scope", required = true, value_delimiter = ',')]
+    scopes: Vec<String>,
+    /// The workspace the token belongs to.
+    #[arg(long, default_value = "default")]
+    workspace: String,
+}
+
+pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
+    let Command::Create(args) = command;
+    let mut scopes = Vec::new();
+    for scope in &args.scopes {
+        let parsed = Scope::parse(scope).with_context(|| format!("`{scope}` is not a scope; use ingest or admin"))?;
+        if !scopes.contains(&parsed) {
+            scopes.push(parsed);
+        }
+    }
+    let mut store =
+        SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?;
+    let text = new_token().map_err(|e| anyhow::anyhow!("the operating system gave no randomness: {e}"))?;
+    let now = flowmark_core::Timestamp::from_chrono(&chrono::Utc::now());
+    let token = Token { workspace: args.workspace.clone(), name: args.name.clone(), scopes, created_at: now };
+    store.put_token(&token_hash(&text), &token).context("cannot store the token")?;
+    println!("{text}");
+    eprintln!("flowmark: token `{}` created; it is shown only this once", args.name);
+    Ok(ExitCode::SUCCESS)
+}
