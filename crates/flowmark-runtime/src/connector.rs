@@ -34,15 +34,39 @@ pub trait Connector {
     fn perform(&mut self, key: &str, effect: &Value, message: Option<&Message>) -> Outcome;
 }
 
-/// Writes each effect to standard error as one JSON line and reports it done: the connector a
-/// fresh deployment uses until real ones are configured.
+/// Records each effect as one JSON line (`{"effect": key, "kind": …, "message": …}`) and
+/// reports it done: the connector a fresh deployment uses until real ones are configured.
+/// Lines go to the structured log, or, with [`LogConnector::to_file`], are appended to a file
+/// with one `write` each, so a line is in the file before the effect is reported done.
 #[derive(Debug, Default)]
-pub struct LogConnector;
+pub struct LogConnector {
+    file: Option<std::fs::File>,
+}
+
+impl LogConnector {
+    pub fn to_file(path: &std::path::Path) -> std::io::Result<LogConnector> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(LogConnector { file: Some(file) })
+    }
+}
 
 impl Connector for LogConnector {
     fn perform(&mut self, key: &str, effect: &Value, message: Option<&Message>) -> Outcome {
         let line = serde_json::json!({ "effect": key, "kind": effect, "message": message });
-        eprintln!("{line}");
+        match &mut self.file {
+            None => tracing::info!(target: "flowmark::effects", effect = key, "{line}"),
+            Some(file) => {
+                use std::io::Write as _;
+                let mut bytes = line.to_string().into_bytes();
+                bytes.push(b'\n');
+                if let Err(error) = file.write_all(&bytes) {
+                    return Outcome::Retryable {
+                        error: format!("the effect log is not writable: {error}"),
+                        retry_after: None,
+                    };
+                }
+            }
+        }
         Outcome::Done { detail: Some("logged".to_owned()) }
     }
 }

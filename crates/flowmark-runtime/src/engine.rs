@@ -21,7 +21,7 @@ use flowmark_core::model::ScoreChange;
 use flowmark_core::model::{Entry, Trigger, Workflow};
 use flowmark_core::render::render_step_message;
 use flowmark_core::{Severity, Source, Timestamp, compile};
-use flowmark_store::{Attempt, RunFilter, Store, WorkflowStatus};
+use flowmark_store::{Attempt, Batch, ContactChange, RunFilter, Store, WorkflowStatus};
 use serde_json::Value;
 
 use crate::connector::{Connector, Outcome};
@@ -43,6 +43,21 @@ pub enum DeployError {
     Invalid(Vec<DiagnosticJson>),
     #[error(transparent)]
     Store(#[from] flowmark_store::Error),
+}
+
+/// One event to ingest, about a subject, with the traits to merge into the subject first
+/// (an `identify` call's) and the time zone it gave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    pub subject_id: String,
+    pub event: Event,
+    pub traits: Option<(Value, Option<String>)>,
+}
+
+impl Incoming {
+    pub fn event(subject_id: &str, event: Event) -> Incoming {
+        Incoming { subject_id: subject_id.to_owned(), event, traits: None }
+    }
 }
 
 /// What ingesting one event did.
@@ -207,29 +222,50 @@ impl<S: Store> Engine<S> {
 
     /// Applies one event about `subject_id`; see `ingest_many`.
     pub fn ingest(&mut self, subject_id: &str, event: Event, now: Timestamp) -> Result<Ingested, Error> {
-        let mut results = self.ingest_many(vec![(subject_id.to_owned(), event)], now)?;
+        let mut results = self.ingest_many(vec![Incoming::event(subject_id, event)], now)?;
         Ok(results.pop().expect("one result per event"))
     }
 
-    /// Applies events in order: each is deduplicated by `messageId`, advances its subject's
-    /// active runs and starts the workflows it triggers (entry rules applied). The events and
-    /// every resulting transition are committed together, in one transaction.
-    pub fn ingest_many(&mut self, events: Vec<(String, Event)>, now: Timestamp) -> Result<Vec<Ingested>, Error> {
+    /// Applies events in order: each one's traits are merged into its subject first
+    /// (`identify`), then the event is deduplicated by `messageId`, advances its subject's
+    /// active runs and starts the workflows it triggers (entry rules applied). The contact
+    /// changes, the events and every resulting transition are committed together, in one
+    /// transaction.
+    pub fn ingest_many(&mut self, incoming: Vec<Incoming>, now: Timestamp) -> Result<Vec<Ingested>, Error> {
         let mut transitions: Vec<Transition> = Vec::new();
         let mut accepted: Vec<(String, Event)> = Vec::new();
+        let mut accepted_ids: std::collections::HashSet<String> = std::collections::HashSet::new();
         // The latest state of every run this batch touched, newer than the store's.
         let mut batch_runs: HashMap<RunId, Run> = HashMap::new();
-        let mut results = Vec::with_capacity(events.len());
-        for (subject_id, event) in events {
-            if accepted.iter().any(|(_, e)| e.id == event.id) || self.store.has_event(&event.id)? {
+        // Subjects' data as this batch changed it (traits merged), newer than the store's.
+        let mut subjects: HashMap<String, (Value, Option<String>)> = HashMap::new();
+        let mut contact_changes: Vec<(String, Value, Option<String>)> = Vec::new();
+        let mut results = Vec::with_capacity(incoming.len());
+        // Which workflows may start is read once per batch.
+        let active = self.active_workflows()?;
+        for Incoming { subject_id, event, traits } in incoming {
+            if let Some((traits, timezone)) = traits {
+                let (mut data, mut zone) = match subjects.remove(&subject_id) {
+                    Some(known) => known,
+                    None => self
+                        .store
+                        .contact(&subject_id)?
+                        .map_or((Value::Object(Default::default()), None), |c| (c.traits, c.timezone)),
+                };
+                if let (Value::Object(into), Value::Object(from)) = (&mut data, &traits) {
+                    into.extend(from.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                if timezone.is_some() {
+                    zone.clone_from(&timezone);
+                }
+                subjects.insert(subject_id.clone(), (data, zone));
+                contact_changes.push((subject_id.clone(), traits, timezone));
+            }
+            if accepted_ids.contains(&event.id) || self.store.has_event(&event.id)? {
                 self.stats.events_duplicate += 1;
                 results.push(Ingested { duplicate: true, ..Ingested::default() });
                 continue;
             }
-            let mut facts = self.load_facts(&subject_id, now)?;
-            facts.recent.extend(accepted.iter().filter(|(s, _)| *s == subject_id).map(|(_, e)| e.clone()));
-            facts.recent.push(event.clone());
-            facts.recent.sort_by_key(|e| e.at);
             let mut runs: Vec<Run> = self
                 .store
                 .active_runs_of_subject(&subject_id)?
@@ -238,51 +274,77 @@ impl<S: Store> Engine<S> {
                 .collect();
             runs.extend(batch_runs.values().filter(|r| r.subject_id == subject_id && r.is_active()).cloned());
             runs.sort_by_key(|r| r.id);
+            let candidates: Vec<&Arc<Workflow>> = active
+                .iter()
+                .filter(|w| w.triggers.iter().any(|t| matches!(t, Trigger::Event { name, .. } if *name == event.name)))
+                .collect();
             let mut result = Ingested::default();
-            for run in runs {
-                let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-                let id = run.id;
-                let t = handle(&workflow, run, &Input::Event { event: event.clone() }, &facts.facts(&self.env), now);
-                if changed(&t) {
-                    result.runs_advanced.push(id);
+            // An event no run waits for and no workflow starts on is only stored: most of a
+            // busy stream, so its facts are not even loaded.
+            if !runs.is_empty() || !candidates.is_empty() {
+                let mut facts = self.load_facts(&subject_id, now)?;
+                if let Some((data, zone)) = subjects.get(&subject_id) {
+                    facts.subject = data.clone();
+                    facts.timezone = zone.as_deref().and_then(|tz| tz.parse().ok());
+                }
+                facts.recent.extend(accepted.iter().filter(|(s, _)| *s == subject_id).map(|(_, e)| e.clone()));
+                facts.recent.push(event.clone());
+                facts.recent.sort_by_key(|e| e.at);
+                for run in runs {
+                    let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+                    let id = run.id;
+                    let input = Input::Event { event: event.clone() };
+                    let t = handle(&workflow, run, &input, &facts.facts(&self.env), now);
+                    if changed(&t) {
+                        result.runs_advanced.push(id);
+                        batch_runs.insert(id, t.run.clone());
+                        transitions.push(t);
+                    }
+                }
+                for workflow in candidates {
+                    let triggered = workflow.triggers.iter().any(|trigger| match trigger {
+                        Trigger::Event { name, filter } => {
+                            *name == event.name
+                                && filter.as_ref().is_none_or(|f| {
+                                    let scope = Scope::new()
+                                        .with(workflow.subject.as_str(), &facts.subject)
+                                        .with("event", event.payload.as_ref());
+                                    f.eval(&scope).result == Ok(true)
+                                })
+                        }
+                        _ => false,
+                    });
+                    let in_batch: Vec<&Run> = batch_runs.values().collect();
+                    if !triggered || !self.may_enter(workflow, &subject_id, now, &in_batch)? {
+                        continue;
+                    }
+                    let id = self.allocate_run_id();
+                    let version = version_of(&self.compiled, workflow);
+                    let run = Run::new(id, workflow, version, subject_id.as_str(), now);
+                    let input = Input::Start { event: Some(event.clone()) };
+                    let t = handle(workflow, run, &input, &facts.facts(&self.env), now);
+                    result.runs_started.push(id);
                     batch_runs.insert(id, t.run.clone());
                     transitions.push(t);
                 }
             }
-            for workflow in self.active_workflows()? {
-                let triggered = workflow.triggers.iter().any(|trigger| match trigger {
-                    Trigger::Event { name, filter } => {
-                        *name == event.name
-                            && filter.as_ref().is_none_or(|f| {
-                                let scope = Scope::new()
-                                    .with(workflow.subject.as_str(), &facts.subject)
-                                    .with("event", event.payload.as_ref());
-                                f.eval(&scope).result == Ok(true)
-                            })
-                    }
-                    _ => false,
-                });
-                let in_batch: Vec<&Run> = batch_runs.values().collect();
-                if !triggered || !self.may_enter(&workflow, &subject_id, now, &in_batch)? {
-                    continue;
-                }
-                let id = self.allocate_run_id();
-                let run = Run::new(id, &workflow, version_of(&self.compiled, &workflow), subject_id.as_str(), now);
-                let t =
-                    handle(&workflow, run, &Input::Start { event: Some(event.clone()) }, &facts.facts(&self.env), now);
-                result.runs_started.push(id);
-                batch_runs.insert(id, t.run.clone());
-                transitions.push(t);
-            }
+            accepted_ids.insert(event.id.clone());
             accepted.push((subject_id, event));
             results.push(result);
         }
-        let refs: Vec<&Transition> = transitions.iter().collect();
-        let events: Vec<(&str, &Event)> = accepted.iter().map(|(s, e)| (s.as_str(), e)).collect();
-        self.store.commit_with_events(&refs, &events, now)?;
-        self.stats.events_ingested += events.len() as u64;
+        let batch = Batch {
+            contacts: contact_changes
+                .iter()
+                .map(|(id, traits, timezone)| ContactChange { id, traits, timezone: timezone.as_deref() })
+                .collect(),
+            events: accepted.iter().map(|(s, e)| (s.as_str(), e)).collect(),
+            transitions: transitions.iter().collect(),
+            attempts: Vec::new(),
+        };
+        self.store.write(&batch, now)?;
+        self.stats.events_ingested += accepted.len() as u64;
         self.stats.runs_started += results.iter().map(|r| r.runs_started.len() as u64).sum::<u64>();
-        self.stats.transitions_committed += refs.len() as u64;
+        self.stats.transitions_committed += transitions.len() as u64;
         Ok(results)
     }
 
@@ -349,15 +411,47 @@ impl<S: Store> Engine<S> {
     }
 
     /// Attempts up to `limit` ready effects through `connector`; returns how many it tried.
-    /// Internal effects (score changes, subject updates) are applied to the store here.
+    /// Internal effects (score changes, subject updates) change the subject's data here.
+    ///
+    /// What the attempts gave, the subject changes, and the results fed back to the runs (with
+    /// whatever those transitions emit) are committed in one transaction: a crash after it
+    /// leaves nothing to redo, a crash before it redoes the attempts under the same keys.
     pub fn dispatch(&mut self, now: Timestamp, limit: usize, connector: &mut dyn Connector) -> Result<usize, Error> {
         let ready = self.store.ready_effects(now, limit)?;
-        let mut feedback: Vec<(RunId, Input)> = Vec::new();
+        if ready.is_empty() {
+            return Ok(0);
+        }
+        // Subjects' data and runs as this batch changed them, newer than the store's.
+        let mut subjects: HashMap<String, Value> = HashMap::new();
+        let mut runs: HashMap<RunId, Run> = HashMap::new();
+        let mut contact_changes: Vec<(String, Value)> = Vec::new();
+        let mut attempts: Vec<(String, Attempt, u32)> = Vec::new();
+        let mut transitions: Vec<Transition> = Vec::new();
         for entry in &ready {
-            let kind = entry.effect.get("effect").and_then(Value::as_str).unwrap_or_default().to_owned();
-            let outcome = match kind.as_str() {
-                "adjust_score" | "update_subject" => self.apply_internal(entry.run, &entry.effect, now)?,
-                "send_message" => match self.render(entry.run, &entry.key, &entry.step, &entry.effect)? {
+            let run = match runs.get(&entry.run) {
+                Some(run) => Some(run.clone()),
+                None => self.store.run(entry.run)?,
+            };
+            let Some(run) = run else {
+                let error = format!("run {} is gone", entry.run.0);
+                attempts.push((entry.key.clone(), Attempt::Failed { error }, entry.attempts + 1));
+                continue;
+            };
+            let mut subject = match subjects.get(&run.subject_id) {
+                Some(subject) => subject.clone(),
+                None => self.store.contact(&run.subject_id)?.map_or(Value::Object(Default::default()), |c| c.traits),
+            };
+            let kind = entry.effect.get("effect").and_then(Value::as_str).unwrap_or_default();
+            let outcome = match kind {
+                "adjust_score" | "update_subject" => match apply_internal(&mut subject, &entry.effect) {
+                    Ok(change) => {
+                        contact_changes.push((run.subject_id.clone(), change));
+                        subjects.insert(run.subject_id.clone(), subject.clone());
+                        Outcome::Done { detail: None }
+                    }
+                    Err(error) => Outcome::Permanent { error },
+                },
+                "send_message" => match self.render(&run, &entry.key, &entry.step, &entry.effect, &subject)? {
                     Ok(message) => connector.perform(&entry.key, &entry.effect, Some(&message)),
                     Err(error) => Outcome::Permanent { error },
                 },
@@ -377,65 +471,60 @@ impl<S: Store> Engine<S> {
                     }
                 }
             };
-            self.store.record_attempt(&entry.key, &attempt, now)?;
-            match attempt {
-                Attempt::Done { .. } => self.stats.effects_done += 1,
-                Attempt::Retry { .. } => self.stats.effects_retried += 1,
-                Attempt::Failed { .. } => self.stats.effects_failed += 1,
-            }
+            attempts.push((entry.key.clone(), attempt, attempt_number));
             if let Some((ok, detail)) = final_result {
-                feedback.push((entry.run, Input::EffectCompleted { key: entry.key.clone(), ok, detail }));
+                // The result goes back to the run as an input, committed with the attempt.
+                let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+                let mut facts = self.load_facts(&run.subject_id, now)?;
+                facts.subject = subject;
+                let input = Input::EffectCompleted { key: entry.key.clone(), ok, detail };
+                let id = run.id;
+                let t = handle(&workflow, run, &input, &facts.facts(&self.env), now);
+                runs.insert(id, t.run.clone());
+                transitions.push(t);
             }
         }
-        for (run, input) in feedback {
-            self.deliver(run, &input, now)?;
+        let batch = Batch {
+            contacts: contact_changes.iter().map(|(id, traits)| ContactChange { id, traits, timezone: None }).collect(),
+            events: Vec::new(),
+            transitions: transitions.iter().collect(),
+            attempts: attempts.iter().map(|(key, attempt, _)| (key.as_str(), attempt)).collect(),
+        };
+        self.store.write(&batch, now)?;
+        self.stats.transitions_committed += transitions.len() as u64;
+        for (key, attempt, number) in &attempts {
+            match attempt {
+                Attempt::Done { .. } => {
+                    self.stats.effects_done += 1;
+                    tracing::debug!(effect = %key, "effect done");
+                }
+                Attempt::Retry { at, error } => {
+                    self.stats.effects_retried += 1;
+                    tracing::warn!(effect = %key, attempt = number, %error, retry_at = %at, "effect failed; will retry");
+                }
+                Attempt::Failed { error } => {
+                    self.stats.effects_failed += 1;
+                    tracing::error!(effect = %key, attempt = number, %error, "effect failed for good");
+                }
+            }
         }
         Ok(ready.len())
     }
 
     fn render(
         &mut self,
-        run_id: RunId,
+        run: &Run,
         key: &str,
         step: &str,
         effect: &Value,
+        subject: &Value,
     ) -> Result<Result<flowmark_core::render::Message, String>, Error> {
-        let Some(run) = self.store.run(run_id)? else { return Ok(Err(format!("run {} is gone", run_id.0))) };
         let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
         let context: RenderContext = match effect.get("context").cloned().map(serde_json::from_value).transpose() {
             Ok(context) => context.unwrap_or_default(),
             Err(error) => return Ok(Err(format!("the stored context is unreadable: {error}"))),
         };
-        let subject = self.store.contact(&run.subject_id)?.map_or(Value::Object(Default::default()), |c| c.traits);
-        Ok(render_step_message(&workflow, key, step, &context, &subject, &self.env).map_err(|e| e.to_string()))
-    }
-
-    /// Score changes and subject updates change the subject's stored data.
-    fn apply_internal(&mut self, run_id: RunId, effect: &Value, now: Timestamp) -> Result<Outcome, Error> {
-        let Some(run) = self.store.run(run_id)? else {
-            return Ok(Outcome::Permanent { error: format!("run {} is gone", run_id.0) });
-        };
-        let mut subject = self.store.contact(&run.subject_id)?.map_or(Value::Object(Default::default()), |c| c.traits);
-        match effect.get("effect").and_then(Value::as_str) {
-            Some("adjust_score") => {
-                let model = effect.get("model").and_then(Value::as_str).unwrap_or("score");
-                let Ok(change) = serde_json::from_value::<ScoreChange>(effect["change"].clone()) else {
-                    return Ok(Outcome::Permanent { error: format!("unreadable score change {}", effect["change"]) });
-                };
-                apply_score(&mut subject, model, change);
-            }
-            _ => {
-                let empty = serde_json::Map::new();
-                apply_update(&mut subject, effect.get("set").and_then(Value::as_object).unwrap_or(&empty));
-            }
-        }
-        // Only the top-level keys that can have changed are written back (traits merge).
-        let traits = match effect.get("effect").and_then(Value::as_str) {
-            Some("adjust_score") => serde_json::json!({ "scores": subject["scores"] }),
-            _ => effect.get("set").cloned().unwrap_or(Value::Object(Default::default())),
-        };
-        self.store.upsert_contact(&run.subject_id, &traits, None, now)?;
-        Ok(Outcome::Done { detail: None })
+        Ok(render_step_message(&workflow, key, step, &context, subject, &self.env).map_err(|e| e.to_string()))
     }
 
     fn commit(&mut self, transitions: &[Transition], now: Timestamp) -> Result<(), Error> {
@@ -477,6 +566,26 @@ impl<S: Store> Engine<S> {
 
     pub fn is_ended(&self, id: RunId) -> Result<bool, Error> {
         Ok(self.store.run(id)?.is_some_and(|r| r.status != RunStatus::Active))
+    }
+}
+
+/// Applies a score change or a subject update to `subject`; returns the traits to merge into
+/// the stored contact (only the top-level keys that can have changed).
+fn apply_internal(subject: &mut Value, effect: &Value) -> Result<Value, String> {
+    match effect.get("effect").and_then(Value::as_str) {
+        Some("adjust_score") => {
+            let model = effect.get("model").and_then(Value::as_str).unwrap_or("score");
+            let change = serde_json::from_value::<ScoreChange>(effect["change"].clone())
+                .map_err(|_| format!("unreadable score change {}", effect["change"]))?;
+            apply_score(subject, model, change);
+            Ok(serde_json::json!({ "scores": subject["scores"] }))
+        }
+        _ => {
+            let empty = serde_json::Map::new();
+            let set = effect.get("set").and_then(Value::as_object).unwrap_or(&empty);
+            apply_update(subject, set);
+            Ok(Value::Object(set.clone()))
+        }
     }
 }
 

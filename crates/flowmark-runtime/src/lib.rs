@@ -21,4 +21,4 @@ mod engine;
 pub mod retry;
 
 pub use connector::{Connector, LogConnector, Outcome, RecordingConnector};
-pub use engine::{DeployError, Engine, Error, Ingested, LATENESS_BUCKETS_MS, Stats};
+pub use engine::{DeployError, Engine, Error, Incoming, Ingested, LATENESS_BUCKETS_MS, Stats};

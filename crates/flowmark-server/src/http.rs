@@ -19,9 +19,9 @@ use flowmark_core::Timestamp;
 use std::collections::HashMap;
 
 use flowmark_core::engine::{RunId, RunStatus};
-use flowmark_core::limits::{BATCH_SIZE_BYTES_MAX, REQUEST_SIZE_BYTES_MAX};
+use flowmark_core::limits::{BATCH_SIZE_BYTES_MAX, EVENT_SIZE_BYTES_MAX, REQUEST_SIZE_BYTES_MAX};
 use flowmark_runtime::DeployError;
-use flowmark_store::{RunFilter, Scope, WorkflowStatus};
+use flowmark_store::{RunFilter, Scope, Store, WorkflowStatus};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -53,10 +53,32 @@ pub fn router(owner: Owner, config: Config) -> Router {
         .route("/api/runs", get(runs))
         .route("/metrics", get(metrics))
         .route("/api/runs/{id}", get(run))
+        .route("/api/workflows/{id}", get(workflow))
+        .route("/api/contacts/{id}", get(contact).put(upsert_contact))
+        .route("/api/events", get(events))
+        .route("/api/openapi.json", get(openapi))
         // Bodies past the largest limit are cut off by the framework (413); below it, each
         // endpoint checks its own limit and says which one was crossed (400).
         .layer(DefaultBodyLimit::max(REQUEST_SIZE_BYTES_MAX))
+        .layer(axum::middleware::from_fn(log_request))
         .with_state(app)
+}
+
+/// Logs each request with its outcome: server errors as errors, refusals at `info`, the rest
+/// at `debug` (ingestion is too busy a path to log every success by default).
+async fn log_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    match status {
+        500.. => tracing::error!(%method, %path, status, ms, "request failed"),
+        400.. => tracing::info!(%method, %path, status, ms, "request refused"),
+        _ => tracing::debug!(%method, %path, status, ms, "request"),
+    }
+    response
 }
 
 fn problem(status: StatusCode, title: &str, detail: impl Into<String>) -> Response {
@@ -362,5 +384,278 @@ async fn run(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>)
         Ok(Ok(None)) => problem(StatusCode::NOT_FOUND, "No such run", format!("there is no run {id}")),
         Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not read", error),
         Err(response) => response,
+    }
+}
+
+/// Runs `work` on the owner thread with the engine and the time, and awaits its answer.
+async fn query<T: Send + 'static>(
+    owner: &Owner,
+    work: impl FnOnce(&mut flowmark_runtime::Engine<flowmark_store::SqliteStore>, Timestamp) -> T + Send + 'static,
+) -> Result<T, Response> {
+    ask(owner, |reply| {
+        Command::Query(Box::new(move |engine, now| {
+            let _ = reply.send(work(engine, now));
+        }))
+    })
+    .await
+}
+
+/// The OpenAPI 3.1 document of this API. Public, like `/healthz`: it describes the API and
+/// holds no data.
+async fn openapi() -> Response {
+    let mut response = OPENAPI.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The OpenAPI document, written by hand beside the handlers; a test checks that it lists
+/// exactly the routes `router` serves.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route `router` serves, as (method, path in OpenAPI's template syntax).
+pub const ROUTES: [(&str, &str); 13] = [
+    ("get", "/healthz"),
+    ("post", "/v1/{kind}"),
+    ("post", "/api/workflows"),
+    ("get", "/api/workflows"),
+    ("get", "/api/workflows/{id}"),
+    ("post", "/api/workflows/{id}/{action}"),
+    ("get", "/api/runs"),
+    ("get", "/api/runs/{id}"),
+    ("get", "/api/contacts/{id}"),
+    ("put", "/api/contacts/{id}"),
+    ("get", "/api/events"),
+    ("get", "/metrics"),
+    ("get", "/api/openapi.json"),
+];
+
+fn internal(error: impl std::fmt::Display) -> Response {
+    problem(StatusCode::INTERNAL_SERVER_ERROR, "Store failed", error.to_string())
+}
+
+async fn workflow(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let version = match query.get("version").map(|v| v.parse::<u32>()) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => {
+            return problem(StatusCode::BAD_REQUEST, "Invalid version", "`version` must be a whole number");
+        }
+    };
+    let wanted = id.clone();
+    let answer = query_owner(&app, move |engine, _| {
+        let store = engine.store();
+        let Some((version, source)) = store.workflow_source(&wanted, version)? else { return Ok(None) };
+        let summary = store.workflows()?.into_iter().find(|w| w.id == wanted);
+        Ok(Some(json!({
+            "id": wanted,
+            "version": version,
+            "latest_version": summary.as_ref().map(|s| s.latest_version),
+            "status": summary.map(|s| status_name(s.status)),
+            "source": source,
+        })))
+    })
+    .await;
+    match answer {
+        Ok(Some(body)) => axum::Json(body).into_response(),
+        Ok(None) => {
+            problem(StatusCode::NOT_FOUND, "No such workflow", format!("there is no workflow `{id}` at that version"))
+        }
+        Err(response) => response,
+    }
+}
+
+pub(crate) fn status_name(status: WorkflowStatus) -> &'static str {
+    match status {
+        WorkflowStatus::Active => "active",
+        WorkflowStatus::Paused => "paused",
+    }
+}
+
+/// `query`, for work that reads or writes the store: a store error becomes a 500.
+async fn query_owner<T: Send + 'static>(
+    app: &App,
+    work: impl FnOnce(
+        &mut flowmark_runtime::Engine<flowmark_store::SqliteStore>,
+        Timestamp,
+    ) -> Result<T, flowmark_store::Error>
+    + Send
+    + 'static,
+) -> Result<T, Response> {
+    query(&app.owner, work).await?.map_err(internal)
+}
+
+fn contact_json(contact: &flowmark_store::Contact) -> Value {
+    json!({
+        "id": contact.id,
+        "traits": contact.traits,
+        "timezone": contact.timezone,
+        "updated_at": contact.updated_at,
+    })
+}
+
+async fn contact(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let wanted = id.clone();
+    match query_owner(&app, move |engine, _| engine.store().contact(&wanted)).await {
+        Ok(Some(contact)) => axum::Json(contact_json(&contact)).into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, "No such contact", format!("there is no contact `{id}`")),
+        Err(response) => response,
+    }
+}
+
+/// Creates a contact or merges traits into it: `{"traits": {...}, "timezone": "Europe/Paris"}`.
+async fn upsert_contact(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    if body.len() > EVENT_SIZE_BYTES_MAX {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Contact too large",
+            format!("the body is {} bytes; the limit is {EVENT_SIZE_BYTES_MAX} bytes", body.len()),
+        );
+    }
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(error) => {
+            return problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}"));
+        }
+    };
+    let Value::Object(fields) = &value else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid contact",
+            "the body must be an object with `traits` and/or `timezone`",
+        );
+    };
+    if let Some(unknown) = fields.keys().find(|k| !["traits", "timezone"].contains(&k.as_str())) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid contact",
+            format!("`{unknown}` is not a field; use traits, timezone"),
+        );
+    }
+    let traits = match fields.get("traits") {
+        None => json!({}),
+        Some(traits @ Value::Object(_)) => traits.clone(),
+        Some(_) => return problem(StatusCode::BAD_REQUEST, "Invalid contact", "`traits` must be an object"),
+    };
+    let timezone = match fields.get("timezone") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(tz)) if tz.parse::<chrono_tz::Tz>().is_ok() => Some(tz.clone()),
+        Some(other) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Invalid contact",
+                format!("`timezone` is {other}; it must be an IANA time zone such as `Europe/Paris`"),
+            );
+        }
+    };
+    match query_owner(&app, move |engine, now| {
+        engine.store_mut().upsert_contact(&id, &traits, timezone.as_deref(), now)
+    })
+    .await
+    {
+        Ok(contact) => axum::Json(contact_json(&contact)).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Most events one listing returns.
+pub const EVENTS_PAGE_COUNT_MAX: usize = 1000;
+
+/// A subject's events, oldest first: the newest `limit` (default 100) at or after `since`.
+async fn events(State(app): State<App>, headers: HeaderMap, Query(query): Query<HashMap<String, String>>) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    const KNOWN: [&str; 3] = ["subject", "since", "limit"];
+    if let Some(unknown) = query.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Unknown filter",
+            format!("`{unknown}` is not a filter; use {}", KNOWN.join(", ")),
+        );
+    }
+    let Some(subject) = query.get("subject").cloned() else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Missing subject",
+            "give `subject`: events are listed per contact or item",
+        );
+    };
+    let limit = match query.get("limit").map(|v| v.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=EVENTS_PAGE_COUNT_MAX).contains(&n) => n,
+        Some(_) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Invalid filter",
+                format!("`limit` must be a whole number from 1 to {EVENTS_PAGE_COUNT_MAX}"),
+            );
+        }
+    };
+    let since = match query.get("since").map(|v| chrono::DateTime::parse_from_rfc3339(v)) {
+        None => Timestamp(i64::MIN),
+        Some(Ok(at)) => Timestamp::from_chrono(&at.with_timezone(&chrono::Utc)),
+        Some(Err(_)) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Invalid filter",
+                "`since` must be an RFC 3339 time such as 2026-01-31T09:00:00Z",
+            );
+        }
+    };
+    match query_owner(&app, move |engine, _| engine.store().events_of_subject(&subject, since, limit)).await {
+        Ok(events) => axum::Json(json!(
+            events
+                .iter()
+                .map(|e| json!({ "messageId": e.id, "event": e.name, "at": e.at, "payload": e.payload }))
+                .collect::<Vec<_>>()
+        ))
+        .into_response(),
+        Err(response) => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The OpenAPI document lists exactly the routes the router serves, each with its
+    /// responses, and names its security for every route but the public ones.
+    #[test]
+    fn openapi_document_matches_the_routes() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("the OpenAPI document is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut documented = Vec::new();
+        for (path, methods) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in methods.as_object().unwrap() {
+                documented.push((method.clone(), path.clone()));
+                assert!(operation["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path}");
+                let public = ["/healthz", "/api/openapi.json"].contains(&path.as_str());
+                assert_eq!(operation["security"].as_array().unwrap().is_empty(), public, "{method} {path}");
+            }
+        }
+        let mut served: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
+        // Every schema referenced exists.
+        let text = OPENAPI;
+        for reference in text.split("\"#/components/schemas/").skip(1) {
+            let name = reference.split('"').next().unwrap();
+            assert!(doc["components"]["schemas"].get(name).is_some(), "{name} is referenced but not defined");
+        }
     }
 }

@@ -14,5 +14,5 @@ mod metrics;
 pub mod owner;
 pub mod segment;
 
-pub use http::{Config, router};
+pub use http::{Config, OPENAPI, ROUTES, router};
 pub use owner::Owner;

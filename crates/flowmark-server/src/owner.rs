@@ -12,25 +12,32 @@ use std::time::Duration as StdDuration;
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::RunId;
-use flowmark_runtime::{Connector, DeployError, Engine, Ingested};
+use flowmark_runtime::{Connector, DeployError, Engine, Incoming, Ingested};
 use flowmark_store::{RunFilter, SqliteStore, Store, WorkflowStatus};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
-
-use crate::segment::Message;
 
 /// Commands waiting for the owner; more is back-pressure.
 pub const QUEUE_COUNT_MAX: usize = 1024;
 /// How often timers and the outbox are looked at when no command arrives.
 pub const TICK: StdDuration = StdDuration::from_millis(200);
-/// Timers fired and effects attempted per tick.
-const WORK_PER_TICK_MAX: usize = 500;
+/// Timers fired and effects attempted per round; when a round is full, the next one starts
+/// at once instead of after `TICK`.
+const WORK_PER_TICK_MAX: usize = 2000;
+/// Events one group commit takes from the queue: ingestion commands waiting together are
+/// applied and committed as one transaction, so concurrent clients share an fsync.
+pub const GROUP_EVENTS_MAX: usize = 10_000;
+/// Timers and the outbox are looked at no more often than this while commands keep coming.
+const HOUSEKEEPING_EVERY: StdDuration = StdDuration::from_millis(20);
+
+/// Work run on the owner thread with the engine and the time.
+pub type Work = Box<dyn FnOnce(&mut Engine<SqliteStore>, Timestamp) + Send>;
 
 pub enum Command {
     /// Events in order, each with its subject and the traits to merge first (`identify`);
     /// all of them are committed together.
     Ingest {
-        messages: Vec<Message>,
+        messages: Vec<Incoming>,
         reply: oneshot::Sender<Result<Vec<Ingested>, String>>,
     },
     Deploy {
@@ -65,6 +72,9 @@ pub enum Command {
         id: RunId,
         reply: oneshot::Sender<Result<Option<Value>, String>>,
     },
+    /// Any other work, as a closure run on the owner thread with the engine and the time; it
+    /// answers through a channel it captured. For reads and small writes the API needs.
+    Query(Work),
 }
 
 #[derive(Clone)]
@@ -87,19 +97,31 @@ impl Owner {
         let handle = thread::Builder::new()
             .name("flowmark-owner".to_owned())
             .spawn(move || {
+                let mut last_housekeeping = std::time::Instant::now();
+                let mut busy = false;
                 loop {
-                    match inbox.recv_timeout(TICK) {
+                    let wait = if busy { StdDuration::ZERO } else { TICK };
+                    match inbox.recv_timeout(wait) {
+                        Ok(Command::Ingest { messages, reply }) => ingest_group(&mut engine, &inbox, messages, reply),
                         Ok(command) => apply(&mut engine, command),
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
+                    if !busy && last_housekeeping.elapsed() < HOUSEKEEPING_EVERY {
+                        continue;
+                    }
+                    last_housekeeping = std::time::Instant::now();
                     let now = now();
-                    if let Err(error) = engine.fire_due_timers(now, WORK_PER_TICK_MAX) {
-                        eprintln!("flowmark: firing timers failed: {error}");
-                    }
-                    if let Err(error) = engine.dispatch(now, WORK_PER_TICK_MAX, connector.as_mut()) {
-                        eprintln!("flowmark: dispatching effects failed: {error}");
-                    }
+                    let fired = engine.fire_due_timers(now, WORK_PER_TICK_MAX).unwrap_or_else(|error| {
+                        tracing::error!(%error, "firing timers failed");
+                        0
+                    });
+                    let dispatched =
+                        engine.dispatch(now, WORK_PER_TICK_MAX, connector.as_mut()).unwrap_or_else(|error| {
+                            tracing::error!(%error, "dispatching effects failed");
+                            0
+                        });
+                    busy = fired == WORK_PER_TICK_MAX || dispatched == WORK_PER_TICK_MAX;
                 }
             })
             .expect("the owner thread starts");
@@ -112,24 +134,67 @@ impl Owner {
     }
 }
 
+type IngestReply = oneshot::Sender<Result<Vec<Ingested>, String>>;
+
+/// Applies an ingestion command together with the ones queued behind it (up to
+/// `GROUP_EVENTS_MAX` events) in one commit, then answers each. Should the group fail, each
+/// command is tried alone, so one bad request cannot fail the others. A command of another
+/// kind ends the group and is applied right after it, keeping arrival order.
+fn ingest_group(
+    engine: &mut Engine<SqliteStore>,
+    inbox: &mpsc::Receiver<Command>,
+    messages: Vec<Incoming>,
+    reply: IngestReply,
+) {
+    let mut group: Vec<(usize, IngestReply)> = vec![(messages.len(), reply)];
+    let mut all = messages;
+    let mut after = None;
+    while all.len() < GROUP_EVENTS_MAX {
+        match inbox.try_recv() {
+            Ok(Command::Ingest { messages, reply }) => {
+                group.push((messages.len(), reply));
+                all.extend(messages);
+            }
+            Ok(other) => {
+                after = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    let now = now();
+    if group.len() == 1 {
+        let (_, reply) = group.pop().expect("one command");
+        let _ = reply.send(engine.ingest_many(all, now).map_err(|e| e.to_string()));
+    } else {
+        let retry_alone = all.clone();
+        match engine.ingest_many(all, now) {
+            Ok(mut results) => {
+                for (count, reply) in group.into_iter().rev() {
+                    let mine = results.split_off(results.len() - count);
+                    let _ = reply.send(Ok(mine));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, commands = group.len(), "a group commit failed; applying its commands one by one");
+                let mut rest = retry_alone;
+                for (count, reply) in group {
+                    let mine: Vec<Incoming> = rest.drain(..count).collect();
+                    let _ = reply.send(engine.ingest_many(mine, now).map_err(|e| e.to_string()));
+                }
+            }
+        }
+    }
+    if let Some(command) = after {
+        apply(engine, command);
+    }
+}
+
 fn apply(engine: &mut Engine<SqliteStore>, command: Command) {
     let now = now();
     match command {
         Command::Ingest { messages, reply } => {
-            let result = (|| {
-                let mut batch = Vec::with_capacity(messages.len());
-                for Message { subject_id, event, traits } in messages {
-                    if let Some((traits, timezone)) = traits {
-                        engine
-                            .store_mut()
-                            .upsert_contact(&subject_id, &traits, timezone.as_deref(), now)
-                            .map_err(|e| e.to_string())?;
-                    }
-                    batch.push((subject_id, event));
-                }
-                engine.ingest_many(batch, now).map_err(|e| e.to_string())
-            })();
-            let _ = reply.send(result);
+            let _ = reply.send(engine.ingest_many(messages, now).map_err(|e| e.to_string()));
         }
         Command::Deploy { name, source, reply } => {
             let _ = reply.send(engine.deploy(&name, &source, now));
@@ -186,6 +251,7 @@ fn apply(engine: &mut Engine<SqliteStore>, command: Command) {
                 .map(|depth| crate::metrics::render(engine.stats(), depth));
             let _ = reply.send(result);
         }
+        Command::Query(work) => work(engine, now),
         Command::Run { id, reply } => {
             let result = (|| {
                 let store = engine.store();

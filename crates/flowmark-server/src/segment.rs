@@ -12,18 +12,10 @@
 use flowmark_core::Timestamp;
 use flowmark_core::engine::Event;
 use flowmark_core::limits::EVENT_SIZE_BYTES_MAX;
+use flowmark_runtime::Incoming;
 use serde_json::{Map, Value};
 
 pub const KINDS: [&str; 6] = ["track", "identify", "page", "screen", "group", "alias"];
-
-/// One Segment call, ready for the owner.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    pub subject_id: String,
-    pub event: Event,
-    /// Traits to merge into the contact (`identify`), with a time zone when one was given.
-    pub traits: Option<(Value, Option<String>)>,
-}
 
 /// Reads one message of kind `kind` (`track`, …) received at `received_at`. `batch_context`
 /// is the enclosing batch's `context`, merged under the item's own.
@@ -32,7 +24,7 @@ pub fn read(
     item: &Value,
     batch_context: Option<&Value>,
     received_at: Timestamp,
-) -> Result<Message, String> {
+) -> Result<Incoming, String> {
     let Value::Object(fields) = item else { return Err(format!("a {kind} call must be a JSON object")) };
     let size = serde_json::to_vec(item).map_or(0, |v| v.len());
     if size > EVENT_SIZE_BYTES_MAX {
@@ -80,7 +72,7 @@ pub fn read(
             .map(str::to_owned);
         (traits, timezone)
     });
-    Ok(Message { subject_id, event: Event { id, name, at, payload: Value::Object(payload).into() }, traits })
+    Ok(Incoming { subject_id, event: Event { id, name, at, payload: Value::Object(payload).into() }, traits })
 }
 
 fn parse_time(fields: &Map<String, Value>, key: &str) -> Result<Option<Timestamp>, String> {

@@ -10,7 +10,7 @@ use flowmark_core::engine::{Event, Facts, Input, Run, RunId, RunStatus, Transiti
 use flowmark_core::{Source, Timestamp, Workflow, compile};
 use serde_json::json;
 
-use crate::{Attempt, Error, Store, WorkflowStatus};
+use crate::{Attempt, Batch, ContactChange, Error, Store, WorkflowStatus};
 
 const WORKFLOW: &str = r#"
 id: conformance
@@ -44,6 +44,7 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
     commit_then_read_back(make()).expect("commit_then_read_back");
     timers_mirror_the_run(make()).expect("timers_mirror_the_run");
     a_batch_is_all_or_nothing(make()).expect("a_batch_is_all_or_nothing");
+    attempts_contacts_and_results_commit_together(make()).expect("attempts_contacts_and_results_commit_together");
     events_are_deduplicated_by_message_id(make()).expect("events_are_deduplicated_by_message_id");
     the_outbox_retries_and_completes(make()).expect("the_outbox_retries_and_completes");
     workflow_versions_are_immutable(make()).expect("workflow_versions_are_immutable");
@@ -127,6 +128,44 @@ pub fn a_batch_is_all_or_nothing(mut store: Box<dyn Store>) -> Result<(), Error>
     store.commit_with_events(&[&good], &[("c-1", &cause)], T0)?;
     assert!(store.run(RunId(1))?.is_some(), "the store is usable after a refused batch");
     assert!(store.has_event("m-cause")?, "an event is recorded with the transitions it caused");
+    Ok(())
+}
+
+/// What a dispatch writes (an effect's outcome, the subject change it made, and the result
+/// fed back to the run) is one unit: refused together, or stored together.
+pub fn attempts_contacts_and_results_commit_together(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let workflow = workflow();
+    let first = start(&workflow, 1, "c-1");
+    let other = start(&workflow, 2, "c-2");
+    store.commit(&[&first, &other], T0)?;
+    let key = first.effects[0].key.clone();
+    let done = Attempt::Done { detail: Some("250 ok".into()) };
+    let traits = json!({ "scores": { "engagement": 10 } });
+    let input = Input::EffectCompleted { key: key.clone(), ok: true, detail: Some("250 ok".into()) };
+    let result = handle(&workflow, first.run.clone(), &input, &Facts::empty(), T0);
+    let mut bad =
+        handle(&workflow, other.run.clone(), &Input::TimerFired { timer: other.run.timers[0].id }, &Facts::empty(), T0);
+    assert!(!bad.effects.is_empty(), "the timeout sends the goodbye email");
+    bad.effects[0].key.clone_from(&key); // run 1's key on run 2's effect: refused
+    let contacts = vec![ContactChange { id: "c-1", traits: &traits, timezone: Some("Europe/Paris") }];
+    let refused = Batch {
+        contacts: contacts.clone(),
+        events: Vec::new(),
+        transitions: vec![&result, &bad],
+        attempts: vec![(key.as_str(), &done)],
+    };
+    assert!(store.write(&refused, T0).is_err(), "a refused transition refuses the whole batch");
+    assert!(store.contact("c-1")?.is_none(), "the contact change was rolled back");
+    assert_eq!(store.ready_effects(T0, 10)?.len(), 2, "the attempt was rolled back");
+    assert_eq!(store.history(RunId(1))?.len(), first.history.len(), "the fed-back result was rolled back");
+    let accepted =
+        Batch { contacts, events: Vec::new(), transitions: vec![&result], attempts: vec![(key.as_str(), &done)] };
+    store.write(&accepted, T0)?;
+    let contact = store.contact("c-1")?.expect("the contact is stored");
+    assert_eq!((contact.traits, contact.timezone.as_deref()), (traits.clone(), Some("Europe/Paris")));
+    assert_eq!(store.ready_effects(T0, 10)?.len(), 1, "only the other run's effect is left");
+    let history = store.history(RunId(1))?;
+    assert_eq!(history.last().unwrap()["what"], "effect_result", "the result is in the run's history");
     Ok(())
 }
 

@@ -128,6 +128,33 @@ pub struct Token {
     pub created_at: Timestamp,
 }
 
+/// A change to a contact: `traits` merged into the stored ones (top-level keys replace), the
+/// time zone replaced when given. Creates the contact when it does not exist.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ContactChange<'a> {
+    pub id: &'a str,
+    pub traits: &'a Value,
+    pub timezone: Option<&'a str>,
+}
+
+/// What one `Store::write` commits together.
+#[derive(Debug, Clone, Default)]
+pub struct Batch<'a> {
+    pub contacts: Vec<ContactChange<'a>>,
+    /// Events by subject; one whose `messageId` is stored already is skipped.
+    pub events: Vec<(&'a str, &'a Event)>,
+    /// In order; a run's later transition carries its latest state.
+    pub transitions: Vec<&'a Transition>,
+    /// Outcomes of effect attempts, by effect key; only a pending effect is updated.
+    pub attempts: Vec<(&'a str, &'a Attempt)>,
+}
+
+impl Batch<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.contacts.is_empty() && self.events.is_empty() && self.transitions.is_empty() && self.attempts.is_empty()
+    }
+}
+
 /// Which runs `Store::runs` lists; every field left `None` matches all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunFilter {
@@ -140,11 +167,17 @@ pub struct RunFilter {
 /// The durable state of a deployment. Methods take `&mut self` where they write: one owner
 /// writes through one handle (the partition owner, the ingestion path), readers open their own.
 pub trait Store {
-    /// Writes a batch of transitions in one transaction: each run's state (inserted or
-    /// updated), its history and decision records appended, its timers replaced by the armed
-    /// ones, its effects added to the outbox. All or nothing.
+    /// Writes everything in `batch` in one transaction, in this order: contact changes,
+    /// events, transitions (each run's state inserted or updated, its history and decision
+    /// records appended, its timers replaced by the armed ones, its effects added to the
+    /// outbox), then effect attempts. All or nothing: this is the group commit, and what makes
+    /// an event, the transitions it causes, an effect's outcome and the result fed back to its
+    /// run durable together or not at all.
+    fn write(&mut self, batch: &Batch<'_>, now: Timestamp) -> Result<(), Error>;
+
+    /// Writes a batch of transitions in one transaction (see `write`).
     fn commit(&mut self, transitions: &[&Transition], now: Timestamp) -> Result<(), Error> {
-        self.commit_with_events(transitions, &[], now)
+        self.write(&Batch { transitions: transitions.to_vec(), ..Batch::default() }, now)
     }
 
     /// `commit`, with the events that caused the transitions stored in the same transaction
@@ -155,7 +188,9 @@ pub trait Store {
         transitions: &[&Transition],
         events: &[(&str, &Event)],
         now: Timestamp,
-    ) -> Result<(), Error>;
+    ) -> Result<(), Error> {
+        self.write(&Batch { transitions: transitions.to_vec(), events: events.to_vec(), ..Batch::default() }, now)
+    }
 
     /// Has an event with this `messageId` been stored?
     fn has_event(&self, message_id: &str) -> Result<bool, Error>;
@@ -187,8 +222,11 @@ pub trait Store {
     /// Effects ready to be attempted at `now`, oldest first, at most `limit`.
     fn ready_effects(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxEntry>, Error>;
 
-    /// Records what an attempt at an effect gave.
-    fn record_attempt(&mut self, key: &str, attempt: &Attempt, now: Timestamp) -> Result<(), Error>;
+    /// Records what an attempt at an effect gave (see `write` to record it together with
+    /// what it caused).
+    fn record_attempt(&mut self, key: &str, attempt: &Attempt, now: Timestamp) -> Result<(), Error> {
+        self.write(&Batch { attempts: vec![(key, attempt)], ..Batch::default() }, now)
+    }
 
     /// Effects not yet done or failed.
     fn outbox_depth(&self) -> Result<u64, Error>;
@@ -216,14 +254,18 @@ pub trait Store {
     /// `false` when there is no such workflow.
     fn set_workflow_status(&mut self, id: &str, status: WorkflowStatus, now: Timestamp) -> Result<bool, Error>;
 
-    /// Creates a contact or merges `traits` into its traits (top-level keys replace).
+    /// Creates a contact or merges `traits` into its traits (top-level keys replace); a
+    /// `None` time zone keeps the stored one.
     fn upsert_contact(
         &mut self,
         id: &str,
         traits: &Value,
         timezone: Option<&str>,
         now: Timestamp,
-    ) -> Result<Contact, Error>;
+    ) -> Result<Contact, Error> {
+        self.write(&Batch { contacts: vec![ContactChange { id, traits, timezone }], ..Batch::default() }, now)?;
+        self.contact(id)?.ok_or_else(|| Error::Corrupt(format!("contact {id} is missing right after it was written")))
+    }
 
     fn contact(&self, id: &str) -> Result<Option<Contact>, Error>;
 

@@ -10,14 +10,15 @@
 use std::path::Path;
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{Event, Run, RunId, RunStatus, Sent, TimerId, TimerPurpose, Transition};
+use flowmark_core::engine::{Event, Run, RunId, RunStatus, Sent, TimerId, TimerPurpose};
 use flowmark_core::model::Channel;
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
 use crate::{
-    Attempt, Contact, DueTimer, Error, OutboxEntry, RunFilter, Scope, Store, Token, WorkflowStatus, WorkflowSummary,
+    Attempt, Batch, Contact, ContactChange, DueTimer, Error, OutboxEntry, RunFilter, Scope, Store, Token,
+    WorkflowStatus, WorkflowSummary,
 };
 
 /// The schema, one migration per release that changes it; never edit a shipped one.
@@ -157,14 +158,41 @@ fn purpose_name(purpose: TimerPurpose) -> Result<String, Error> {
     }
 }
 
+/// Merges a contact change into the stored contact, inside a transaction.
+fn merge_contact(tx: &rusqlite::Transaction<'_>, change: &ContactChange<'_>, now: Timestamp) -> Result<(), Error> {
+    let existing: Option<(String, Option<String>)> = tx
+        .prepare_cached("SELECT traits, timezone FROM contacts WHERE id = ?1")?
+        .query_row([change.id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let (mut merged, old_timezone) = match existing {
+        Some((text, tz)) => (from_json::<Value>(&text)?, tz),
+        None => (Value::Object(serde_json::Map::new()), None),
+    };
+    if let (Value::Object(into), Value::Object(from)) = (&mut merged, change.traits) {
+        for (key, value) in from {
+            into.insert(key.clone(), value.clone());
+        }
+    }
+    let timezone = change.timezone.map(str::to_owned).or(old_timezone);
+    tx.prepare_cached(
+        "INSERT INTO contacts (id, traits, timezone, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET traits = excluded.traits, timezone = excluded.timezone,
+             updated_at = excluded.updated_at",
+    )?
+    .execute(params![change.id, to_json(&merged)?, timezone, now.ms()])?;
+    Ok(())
+}
+
 impl Store for SqliteStore {
-    fn commit_with_events(
-        &mut self,
-        transitions: &[&Transition],
-        events: &[(&str, &Event)],
-        now: Timestamp,
-    ) -> Result<(), Error> {
+    fn write(&mut self, batch: &Batch<'_>, now: Timestamp) -> Result<(), Error> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let Batch { contacts, events, transitions, attempts } = batch;
         let tx = self.conn.transaction()?;
+        for change in contacts {
+            merge_contact(&tx, change, now)?;
+        }
         let mut insert = tx.prepare_cached(
             "INSERT INTO events (message_id, subject_id, name, at, received_at, payload)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (message_id) DO NOTHING",
@@ -253,6 +281,18 @@ impl Store for SqliteStore {
                     }
                 }
             }
+        }
+        for (key, attempt) in attempts {
+            let (status, next, result) = match attempt {
+                Attempt::Done { detail } => ("done", now, detail.clone()),
+                Attempt::Retry { at, error } => ("pending", *at, Some(error.clone())),
+                Attempt::Failed { error } => ("failed", now, Some(error.clone())),
+            };
+            tx.prepare_cached(
+                "UPDATE outbox SET status = ?2, next_attempt_at = ?3, result = ?4, attempts = attempts + 1
+                 WHERE key = ?1 AND status = 'pending'",
+            )?
+            .execute(params![key, status, next.ms(), result])?;
         }
         tx.commit()?;
         Ok(())
@@ -365,21 +405,6 @@ impl Store for SqliteStore {
             })
         })
         .collect()
-    }
-
-    fn record_attempt(&mut self, key: &str, attempt: &Attempt, now: Timestamp) -> Result<(), Error> {
-        let (status, next, result) = match attempt {
-            Attempt::Done { detail } => ("done", now, detail.clone()),
-            Attempt::Retry { at, error } => ("pending", *at, Some(error.clone())),
-            Attempt::Failed { error } => ("failed", now, Some(error.clone())),
-        };
-        self.conn
-            .prepare_cached(
-                "UPDATE outbox SET status = ?2, next_attempt_at = ?3, result = ?4, attempts = attempts + 1
-                 WHERE key = ?1 AND status = 'pending'",
-            )?
-            .execute(params![key, status, next.ms(), result])?;
-        Ok(())
     }
 
     fn outbox_depth(&self) -> Result<u64, Error> {
@@ -513,39 +538,6 @@ impl Store for SqliteStore {
             .conn
             .execute("UPDATE workflows SET status = ?2, updated_at = ?3 WHERE id = ?1", params![id, name, now.ms()])?;
         Ok(changed == 1)
-    }
-
-    fn upsert_contact(
-        &mut self,
-        id: &str,
-        traits: &Value,
-        timezone: Option<&str>,
-        now: Timestamp,
-    ) -> Result<Contact, Error> {
-        let tx = self.conn.transaction()?;
-        let existing: Option<(String, Option<String>)> = tx
-            .query_row("SELECT traits, timezone FROM contacts WHERE id = ?1", [id], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
-            .optional()?;
-        let (mut merged, old_timezone) = match existing {
-            Some((text, tz)) => (from_json::<Value>(&text)?, tz),
-            None => (Value::Object(serde_json::Map::new()), None),
-        };
-        if let (Value::Object(into), Value::Object(from)) = (&mut merged, traits) {
-            for (key, value) in from {
-                into.insert(key.clone(), value.clone());
-            }
-        }
-        let timezone = timezone.map(str::to_owned).or(old_timezone);
-        tx.execute(
-            "INSERT INTO contacts (id, traits, timezone, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (id) DO UPDATE SET traits = excluded.traits, timezone = excluded.timezone,
-                 updated_at = excluded.updated_at",
-            params![id, to_json(&merged)?, timezone, now.ms()],
-        )?;
-        tx.commit()?;
-        Ok(Contact { id: id.to_owned(), traits: merged, timezone, updated_at: now })
     }
 
     fn put_token(&mut self, hash: &str, token: &Token) -> Result<(), Error> {

@@ -1,7 +1,7 @@
 //! `flowmark serve`: the durable server on the embedded SQLite store.
 //!
 //! Opens (or creates) the database, starts the owner thread over the runtime engine, serves
-//! HTTP until Ctrl-C or SIGTERM, then stops taking requests, lets the owner drain what was
+//! HTTP until SIGINT (Ctrl-C) or SIGTERM, then stops taking requests, lets the owner drain what was
 //! queued, and exits. `--demo` deploys the blueprints and a few sample contacts and events.
 
 use std::path::PathBuf;
@@ -32,6 +32,53 @@ pub struct Args {
     /// Deploy the blueprints and sample data, and accept the demo write key and API token.
     #[arg(long)]
     demo: bool,
+    /// Append each effect the log connector performs to this file as a JSON line (default:
+    /// the structured log).
+    #[arg(long, value_name = "FILE")]
+    effects_log: Option<PathBuf>,
+    /// How logs are written to standard error: `text` for people, `json` (one object per
+    /// line) for log collectors. What is logged is set by `FLOWMARK_LOG` (e.g. `debug`,
+    /// `info,flowmark::effects=warn`; default `info`).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWMARK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM, whichever comes first.
+async fn stop_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
 }
 
 const DEMO_WRITE_KEY: &str = "demo-write-key";
@@ -42,6 +89,7 @@ const BLUEPRINTS: [(&str, &str); 2] = [
 ];
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    init_logs(args.log_format);
     let store =
         SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?;
     let mut engine = Engine::new(store, serde_json::json!({})).context("cannot start the engine")?;
@@ -59,11 +107,17 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         config.admin_tokens.push(DEMO_API_TOKEN.to_owned());
     }
     if config.write_keys.is_empty() && config.admin_tokens.is_empty() {
-        eprintln!(
-            "flowmark: no --write-key or --api-token given: only tokens made with `flowmark token create` are accepted"
+        tracing::warn!(
+            "no --write-key or --api-token given: only tokens made with `flowmark token create` are accepted"
         );
     }
-    let (owner, owner_thread) = Owner::start(engine, Box::new(LogConnector));
+    let connector = match &args.effects_log {
+        None => LogConnector::default(),
+        Some(path) => {
+            LogConnector::to_file(path).with_context(|| format!("cannot open the effects log {}", path.display()))?
+        }
+    };
+    let (owner, owner_thread) = Owner::start(engine, Box::new(connector));
     if args.demo {
         seed_demo(&owner);
     }
@@ -80,14 +134,15 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         axum::serve(listener, router(owner, config))
             .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-                eprintln!("flowmark: stopping");
+                stop_signal().await;
+                tracing::info!("stopping: no new requests; draining what is queued");
             })
             .await
             .context("the server failed")
     })?;
     drop(runtime);
     owner_thread.join().map_err(|_| anyhow::anyhow!("the owner thread panicked"))?;
+    tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -105,7 +160,7 @@ fn seed_demo(owner: &Owner) {
             payload: payload.into(),
         };
         let (reply, _answer) = tokio::sync::oneshot::channel();
-        let message = flowmark_server::segment::Message { subject_id: id, event, traits: Some((traits, None)) };
+        let message = flowmark_runtime::Incoming { subject_id: id, event, traits: Some((traits, None)) };
         owner.send(Command::Ingest { messages: vec![message], reply });
     }
 }

@@ -57,7 +57,15 @@ impl<'a> Machine<'a> {
 
     pub(super) fn handle(mut self, input: &Input) -> Transition {
         if !self.out.run.is_active() {
-            self.ignore(input, "the run has ended");
+            // An effect emitted just before the run ended still reports how it went: its
+            // result belongs in the trail. Anything else has nothing left to act on.
+            match input {
+                Input::EffectCompleted { key, ok, detail } => {
+                    let step = self.step_of_effect(key);
+                    self.history(step, HistoryKind::EffectResult { key: key.clone(), ok: *ok, detail: detail.clone() });
+                }
+                _ => self.ignore(input, "the run has ended"),
+            }
             return self.out;
         }
         match input {

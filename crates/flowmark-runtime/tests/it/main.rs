@@ -4,7 +4,7 @@
 use flowmark_core::engine::{Event, RunStatus};
 use flowmark_core::render::Message;
 use flowmark_core::{Duration, Timestamp};
-use flowmark_runtime::{Engine, Outcome, RecordingConnector, retry};
+use flowmark_runtime::{Engine, Incoming, Outcome, RecordingConnector, retry};
 use flowmark_store::{SqliteStore, Store};
 use serde_json::json;
 
@@ -146,7 +146,11 @@ fn a_batch_applies_its_events_in_order_in_one_commit() {
     let click = track("m-2", "Email Link Clicked", NOON, json!({ "email_id": "1-thanks-2" }));
     let results = engine
         .ingest_many(
-            vec![("ada".into(), download.clone()), ("ada".into(), click), ("ada".into(), download.clone())],
+            vec![
+                Incoming::event("ada", download.clone()),
+                Incoming::event("ada", click),
+                Incoming::event("ada", download.clone()),
+            ],
             NOON,
         )
         .unwrap();

@@ -75,6 +75,12 @@ impl Server {
         self.request(method, path, &[("Authorization", "Bearer tok".to_owned())], body)
     }
 
+    /// Kills the server with SIGKILL: no chance to drain, flush or say goodbye.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     pub fn stop(mut self) {
         // SIGINT asks for a graceful stop; the server drains and exits by itself.
         let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
@@ -193,4 +199,61 @@ fn stored_tokens_are_checked_by_hash_and_scope() {
     let hash = flowmark_server::auth::token_hash(&ingest);
     assert!(stored.contains(&hash), "the check can see what is stored");
     assert!(!stored.contains(&ingest) && !stored.contains(&admin), "only hashes are stored");
+}
+
+#[test]
+fn contacts_events_and_workflow_versions_are_served() {
+    let dir = super::validate::tempdir().join("contacts");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = Server::start(&dir.join("flowmark.db"));
+
+    let (status, _, doc) = server.request("GET", "/api/openapi.json", &[], b"");
+    assert_eq!(status, 200, "the OpenAPI document is public");
+    assert!(doc["paths"]["/api/contacts/{id}"]["put"].is_object());
+
+    let (status, _, contact) =
+        server.api("PUT", "/api/contacts/ada", br#"{"traits":{"first_name":"Ada"},"timezone":"Europe/London"}"#);
+    assert_eq!(status, 200);
+    assert_eq!(
+        (contact["traits"]["first_name"].as_str(), contact["timezone"].as_str()),
+        (Some("Ada"), Some("Europe/London"))
+    );
+    let (_, _, contact) = server.api("PUT", "/api/contacts/ada", br#"{"traits":{"plan":"pro"}}"#);
+    assert_eq!(contact["traits"], json!({ "first_name": "Ada", "plan": "pro" }), "traits merge");
+    assert_eq!(contact["timezone"], "Europe/London", "an absent time zone keeps the stored one");
+    let (status, _, problem) = server.api("PUT", "/api/contacts/ada", br#"{"timezone":"Mars/Olympus"}"#);
+    assert_eq!(status, 400);
+    assert!(problem["detail"].as_str().unwrap().contains("IANA time zone"), "{problem}");
+    let (status, _, problem) = server.api("PUT", "/api/contacts/ada", br#"{"trait":{}}"#);
+    assert_eq!(status, 400);
+    assert!(problem["detail"].as_str().unwrap().contains("`trait` is not a field"), "{problem}");
+    let (_, _, unchanged) = server.api("GET", "/api/contacts/ada", b"");
+    assert_eq!(unchanged["traits"], json!({ "first_name": "Ada", "plan": "pro" }), "bad bodies change nothing");
+    assert_eq!(server.api("GET", "/api/contacts/nobody", b"").0, 404);
+
+    for (id, name) in [("e-1", "Signed Up"), ("e-2", "Webinar Joined"), ("e-1", "Signed Up")] {
+        let event = json!({ "userId": "ada", "event": name, "messageId": id, "timestamp": "2026-11-20T10:00:00Z" });
+        assert_eq!(server.track("wk", &event).0, 200);
+    }
+    let (status, _, events) = server.api("GET", "/api/events?subject=ada", b"");
+    assert_eq!(status, 200);
+    let names: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(names, ["Signed Up", "Webinar Joined"], "each messageId once, oldest first");
+    let (_, _, newest) = server.api("GET", "/api/events?subject=ada&limit=1", b"");
+    assert_eq!(newest.as_array().unwrap().len(), 1);
+    let (_, _, later) = server.api("GET", "/api/events?subject=ada&since=2026-11-21T00:00:00Z", b"");
+    assert_eq!(later, json!([]));
+    assert_eq!(server.api("GET", "/api/events", b"").0, 400, "a subject is required");
+    assert_eq!(server.request("GET", "/api/events?subject=ada", &[], b"").0, 401);
+
+    let blueprint = std::fs::read(crate::repo_path("blueprints/blog-post.yaml")).unwrap();
+    let (_, _, deployed) = server.api("POST", "/api/workflows", &blueprint);
+    let id = deployed["id"].as_str().unwrap();
+    let (status, _, version) = server.api("GET", &format!("/api/workflows/{id}"), b"");
+    assert_eq!(status, 200);
+    assert_eq!((version["version"].as_u64(), version["status"].as_str()), (Some(1), Some("active")));
+    assert_eq!(version["source"].as_str().unwrap().as_bytes(), &blueprint[..]);
+    assert_eq!(server.api("GET", &format!("/api/workflows/{id}?version=2"), b"").0, 404);
+    server.stop();
 }
