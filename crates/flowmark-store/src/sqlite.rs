@@ -111,6 +111,10 @@ CREATE TABLE tokens (
     created_at INTEGER NOT NULL
 );
 "#,
+    // Frequency caps read a subject's sent messages through its runs' outbox rows.
+    r#"
+CREATE INDEX outbox_by_run ON outbox (run_id, created_at);
+"#,
 ];
 
 pub struct SqliteStore {

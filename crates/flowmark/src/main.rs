@@ -4,6 +4,7 @@
 //! prints, and turns outcomes into exit codes (0 fine, 1 a finding in the input, 2 a usage or
 //! operating error). All decisions live in the libraries.
 
+mod bench;
 mod graph;
 mod serve;
 mod simulate;
@@ -35,6 +36,8 @@ enum Command {
     Simulate(simulate::Args),
     /// Run the server: Segment-compatible ingestion, the HTTP API, timers and effects, on SQLite.
     Serve(serve::Args),
+    /// Measure: ingestion over HTTP, durable journeys, timer storms, fsync (JSON lines out).
+    Bench(bench::Args),
     /// Manage API tokens.
     #[command(subcommand)]
     Token(token::Command),
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Token(command) => token::run(&command),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,135 @@
+//! `flowmark bench SCENARIO`: the benchmark suite, one command per scenario, one JSON object
+//! per measurement on standard output (progress on standard error).
+//!
+//! - `fsync`: how long one synced write takes on the disk under `--dir` (the physical limit
+//!   of every durable figure; the other scenarios measure it too, in the same run).
+//! - `ingest`: `/v1/track` or `/v1/batch` over HTTP against a `flowmark serve` child process,
+//!   from this process's client threads (keep-alive connections), at several concurrencies.
+//! - `journey`: contacts through the nurture blueprint on the durable SQLite store, with a
+//!   raw batched SQLite insert of rows of the same size measured in the same run.
+//! - `timers`: a storm of timers due at the same instant: time to fire them all, lateness.
+//!
+//! Figures and the commands that produced them are recorded in `docs/BENCHMARKS.md`.
+//! Invariant: a benchmark never touches a database it did not create (`--dir` gets fresh
+//! files, removed afterwards).
+
+mod http;
+mod journey;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// Where the benchmark's databases go (fresh files, removed afterwards); the disk under
+    /// it is the one measured.
+    #[arg(long, global = true, default_value = "target/bench")]
+    dir: PathBuf,
+}
+
+#[derive(clap::Subcommand)]
+enum Scenario {
+    /// The latency of one synced 4 KiB write.
+    Fsync,
+    /// HTTP ingestion against a `flowmark serve` child process.
+    Ingest(http::Args),
+    /// Contacts through the nurture blueprint, durable, against raw SQLite inserts.
+    Journey(journey::JourneyArgs),
+    /// Timers all due at the same instant.
+    Timers(journey::TimerArgs),
+}
+
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let fsync = measure_fsync(&args.dir)?;
+    eprintln!("fsync: p50 {:.2} ms, p99 {:.2} ms", fsync.p50_ms, fsync.p99_ms);
+    match &args.scenario {
+        Scenario::Fsync => emit(&serde_json::json!({ "scenario": "fsync", "fsync": fsync.json() })),
+        Scenario::Ingest(ingest) => http::run(ingest, &args.dir, &fsync)?,
+        Scenario::Journey(journey) => journey::run_journey(journey, &args.dir, &fsync)?,
+        Scenario::Timers(timers) => journey::run_timers(timers, &args.dir, &fsync)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints one result line.
+fn emit(value: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{value}");
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Fsync {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Fsync {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "p50_ms": round2(self.p50_ms), "p99_ms": round2(self.p99_ms) })
+    }
+}
+
+/// Times 200 synced 4 KiB appends to a file under `dir`, as a WAL commit does.
+fn measure_fsync(dir: &Path) -> anyhow::Result<Fsync> {
+    let path = dir.join(format!("fsync-{}.probe", std::process::id()));
+    let mut file = std::fs::File::create(&path).context("cannot create the fsync probe file")?;
+    let block = [7u8; 4096];
+    let mut samples = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let started = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        samples.push(started.elapsed());
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    Ok(Fsync { p50_ms: percentile_ms(&mut samples, 50.0), p99_ms: percentile_ms(&mut samples, 99.0) })
+}
+
+/// The `p`th percentile of `samples` in ms (nearest rank); sorts them.
+pub fn percentile_ms(samples: &mut [Duration], p: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_unstable();
+    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1].as_secs_f64() * 1000.0
+}
+
+pub fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// The resident set size of this process, in bytes (Linux; 0 elsewhere).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                line.strip_prefix("VmRSS:").and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A fresh database path under `dir`, with any leftovers of an earlier run removed.
+fn fresh_db(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}-{}.db", std::process::id()));
+    remove_db(&path);
+    path
+}
+
+fn remove_db(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(file));
+    }
+}
