@@ -72,6 +72,18 @@ impl Workflow {
         &self.steps[index.index()]
     }
 
+    /// Does running this workflow read the subject's recent events (`Facts::recent_events`:
+    /// an event wait looks back over them)? The runtime loads them only then.
+    pub fn reads_recent_events(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s.kind, StepKind::Wait(Wait::Event { .. })))
+    }
+
+    /// Does running this workflow read the messages sent to the subject (`Facts::sent`: a
+    /// frequency cap counts them)? The runtime loads them only then.
+    pub fn reads_sent_messages(&self) -> bool {
+        !self.caps.is_empty()
+    }
+
     pub fn step_index(&self, id: &str) -> Option<StepIndex> {
         self.steps.iter().position(|s| &*s.id == id).map(|i| StepIndex(i as u16))
     }

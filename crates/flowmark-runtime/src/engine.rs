@@ -113,6 +113,26 @@ impl LoadedFacts {
     }
 }
 
+/// Which of the costlier facts the workflows an input concerns read.
+#[derive(Debug, Clone, Copy, Default)]
+struct Needs {
+    recent_events: bool,
+    sent_messages: bool,
+}
+
+impl Needs {
+    fn of(workflow: &Workflow) -> Needs {
+        Needs { recent_events: workflow.reads_recent_events(), sent_messages: workflow.reads_sent_messages() }
+    }
+
+    fn or(self, other: Needs) -> Needs {
+        Needs {
+            recent_events: self.recent_events || other.recent_events,
+            sent_messages: self.sent_messages || other.sent_messages,
+        }
+    }
+}
+
 /// How far back sent messages are loaded for frequency caps: the longest cap window allowed.
 const CAP_WINDOW_MS_MAX: u64 = 90 * 24 * 60 * 60 * 1000;
 
@@ -184,16 +204,26 @@ impl<S: Store> Engine<S> {
         Ok(active)
     }
 
-    fn load_facts(&self, subject_id: &str, now: Timestamp) -> Result<LoadedFacts, Error> {
+    /// Loads what `handle` may read about a subject; recent events and sent messages only
+    /// when `needs` says a workflow involved reads them (most inputs need neither).
+    fn load_facts(&self, subject_id: &str, now: Timestamp, needs: Needs) -> Result<LoadedFacts, Error> {
         let contact = self.store.contact(subject_id)?;
         let timezone = contact.as_ref().and_then(|c| c.timezone.as_deref()).and_then(|tz| tz.parse().ok());
         let subject = contact.map_or(Value::Object(Default::default()), |c| c.traits);
-        let recent = self.store.events_of_subject(
-            subject_id,
-            Timestamp(now.ms() - WAIT_LOOKBACK_MS as i64),
-            RECENT_EVENTS_COUNT_MAX,
-        )?;
-        let sent = self.store.sent_messages(subject_id, Timestamp(now.ms() - CAP_WINDOW_MS_MAX as i64))?;
+        let recent = if needs.recent_events {
+            self.store.events_of_subject(
+                subject_id,
+                Timestamp(now.ms() - WAIT_LOOKBACK_MS as i64),
+                RECENT_EVENTS_COUNT_MAX,
+            )?
+        } else {
+            Vec::new()
+        };
+        let sent = if needs.sent_messages {
+            self.store.sent_messages(subject_id, Timestamp(now.ms() - CAP_WINDOW_MS_MAX as i64))?
+        } else {
+            Vec::new()
+        };
         Ok(LoadedFacts { subject, timezone, recent, sent })
     }
 
@@ -232,6 +262,13 @@ impl<S: Store> Engine<S> {
     /// changes, the events and every resulting transition are committed together, in one
     /// transaction.
     pub fn ingest_many(&mut self, incoming: Vec<Incoming>, now: Timestamp) -> Result<Vec<Ingested>, Error> {
+        self.store.begin()?;
+        let result = self.ingest_unit(incoming, now);
+        self.store.finish();
+        result
+    }
+
+    fn ingest_unit(&mut self, incoming: Vec<Incoming>, now: Timestamp) -> Result<Vec<Ingested>, Error> {
         let mut transitions: Vec<Transition> = Vec::new();
         let mut accepted: Vec<(String, Event)> = Vec::new();
         let mut accepted_ids: std::collections::HashSet<String> = std::collections::HashSet::new();
@@ -282,7 +319,11 @@ impl<S: Store> Engine<S> {
             // An event no run waits for and no workflow starts on is only stored: most of a
             // busy stream, so its facts are not even loaded.
             if !runs.is_empty() || !candidates.is_empty() {
-                let mut facts = self.load_facts(&subject_id, now)?;
+                let mut needs = candidates.iter().fold(Needs::default(), |n, w| n.or(Needs::of(w)));
+                for run in &runs {
+                    needs = needs.or(Needs::of(&*self.workflow(&run.workflow_id, Some(run.version))?));
+                }
+                let mut facts = self.load_facts(&subject_id, now, needs)?;
                 if let Some((data, zone)) = subjects.get(&subject_id) {
                     facts.subject = data.clone();
                     facts.timezone = zone.as_deref().and_then(|tz| tz.parse().ok());
@@ -355,7 +396,7 @@ impl<S: Store> Engine<S> {
         if !self.may_enter(&workflow, subject_id, now, &[])? {
             return Ok(None);
         }
-        let facts = self.load_facts(subject_id, now)?;
+        let facts = self.load_facts(subject_id, now, Needs::of(&workflow))?;
         let id = self.allocate_run_id();
         let run = Run::new(id, &workflow, version_of(&self.compiled, &workflow), subject_id, now);
         let t = handle(&workflow, run, &Input::Start { event: None }, &facts.facts(&self.env), now);
@@ -367,7 +408,7 @@ impl<S: Store> Engine<S> {
     pub fn deliver(&mut self, run_id: RunId, input: &Input, now: Timestamp) -> Result<Option<Transition>, Error> {
         let Some(run) = self.store.run(run_id)? else { return Ok(None) };
         let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-        let facts = self.load_facts(&run.subject_id, now)?;
+        let facts = self.load_facts(&run.subject_id, now, Needs::of(&workflow))?;
         let t = handle(&workflow, run, input, &facts.facts(&self.env), now);
         self.commit(std::slice::from_ref(&t), now)?;
         Ok(Some(t))
@@ -375,9 +416,15 @@ impl<S: Store> Engine<S> {
 
     /// Fires up to `limit` timers due at `now`, earliest first; returns how many fired.
     pub fn fire_due_timers(&mut self, now: Timestamp, limit: usize) -> Result<usize, Error> {
+        self.store.begin()?;
+        let result = self.fire_unit(now, limit);
+        self.store.finish();
+        result
+    }
+
+    fn fire_unit(&mut self, now: Timestamp, limit: usize) -> Result<usize, Error> {
         let due = self.store.due_timers(now, limit)?;
         let mut runs: HashMap<RunId, Run> = HashMap::new();
-        let mut order: Vec<RunId> = Vec::new();
         let mut batches: Vec<Transition> = Vec::new();
         for timer in &due {
             let run = match runs.remove(&timer.run) {
@@ -388,11 +435,8 @@ impl<S: Store> Engine<S> {
                 },
             };
             let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-            let facts = self.load_facts(&run.subject_id, now)?;
+            let facts = self.load_facts(&run.subject_id, now, Needs::of(&workflow))?;
             let t = handle(&workflow, run, &Input::TimerFired { timer: timer.timer }, &facts.facts(&self.env), now);
-            if !order.contains(&timer.run) {
-                order.push(timer.run);
-            }
             runs.insert(timer.run, t.run.clone());
             batches.push(t);
         }
@@ -417,6 +461,13 @@ impl<S: Store> Engine<S> {
     /// whatever those transitions emit) are committed in one transaction: a crash after it
     /// leaves nothing to redo, a crash before it redoes the attempts under the same keys.
     pub fn dispatch(&mut self, now: Timestamp, limit: usize, connector: &mut dyn Connector) -> Result<usize, Error> {
+        self.store.begin()?;
+        let result = self.dispatch_unit(now, limit, connector);
+        self.store.finish();
+        result
+    }
+
+    fn dispatch_unit(&mut self, now: Timestamp, limit: usize, connector: &mut dyn Connector) -> Result<usize, Error> {
         let ready = self.store.ready_effects(now, limit)?;
         if ready.is_empty() {
             return Ok(0);
@@ -475,7 +526,7 @@ impl<S: Store> Engine<S> {
             if let Some((ok, detail)) = final_result {
                 // The result goes back to the run as an input, committed with the attempt.
                 let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-                let mut facts = self.load_facts(&run.subject_id, now)?;
+                let mut facts = self.load_facts(&run.subject_id, now, Needs::of(&workflow))?;
                 facts.subject = subject;
                 let input = Input::EffectCompleted { key: entry.key.clone(), ok, detail };
                 let id = run.id;

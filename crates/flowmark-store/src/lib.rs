@@ -167,6 +167,16 @@ pub struct RunFilter {
 /// The durable state of a deployment. Methods take `&mut self` where they write: one owner
 /// writes through one handle (the partition owner, the ingestion path), readers open their own.
 pub trait Store {
+    /// Starts a unit of work: the reads that follow see one snapshot, and the next `write`
+    /// commits them with what it writes; `finish` ends a unit that wrote nothing. Backends
+    /// where this buys nothing keep the default, which does nothing.
+    fn begin(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Ends the unit of work `begin` started, if `write` has not: releases its snapshot.
+    fn finish(&mut self) {}
+
     /// Writes everything in `batch` in one transaction, in this order: contact changes,
     /// events, transitions (each run's state inserted or updated, its history and decision
     /// records appended, its timers replaced by the armed ones, its effects added to the
