@@ -270,7 +270,6 @@ impl<S: Store> Engine<S> {
 
     fn ingest_unit(&mut self, incoming: Vec<Incoming>, now: Timestamp) -> Result<Vec<Ingested>, Error> {
         let mut transitions: Vec<Transition> = Vec::new();
-        let mut accepted: Vec<(String, Event)> = Vec::new();
         let mut accepted_ids: std::collections::HashSet<String> = std::collections::HashSet::new();
         // The latest state of every run this batch touched, newer than the store's.
         let mut batch_runs: HashMap<RunId, Run> = HashMap::new();
@@ -298,7 +297,9 @@ impl<S: Store> Engine<S> {
                 subjects.insert(subject_id.clone(), (data, zone));
                 contact_changes.push((subject_id.clone(), traits, timezone));
             }
-            if accepted_ids.contains(&event.id) || self.store.has_event(&event.id)? {
+            // Inserting is the duplicate check: one index probe, and the insert is part of
+            // this unit of work, so it commits with the transitions or not at all.
+            if accepted_ids.contains(&event.id) || !self.store.insert_event(&subject_id, &event, now)? {
                 self.stats.events_duplicate += 1;
                 results.push(Ingested { duplicate: true, ..Ingested::default() });
                 continue;
@@ -328,9 +329,8 @@ impl<S: Store> Engine<S> {
                     facts.subject = data.clone();
                     facts.timezone = zone.as_deref().and_then(|tz| tz.parse().ok());
                 }
-                facts.recent.extend(accepted.iter().filter(|(s, _)| *s == subject_id).map(|(_, e)| e.clone()));
-                facts.recent.push(event.clone());
-                facts.recent.sort_by_key(|e| e.at);
+                // The store's recent events include this batch's, this one too: they were
+                // inserted in this unit of work.
                 for run in runs {
                     let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
                     let id = run.id;
@@ -369,8 +369,7 @@ impl<S: Store> Engine<S> {
                     transitions.push(t);
                 }
             }
-            accepted_ids.insert(event.id.clone());
-            accepted.push((subject_id, event));
+            accepted_ids.insert(event.id);
             results.push(result);
         }
         let batch = Batch {
@@ -378,12 +377,13 @@ impl<S: Store> Engine<S> {
                 .iter()
                 .map(|(id, traits, timezone)| ContactChange { id, traits, timezone: timezone.as_deref() })
                 .collect(),
-            events: accepted.iter().map(|(s, e)| (s.as_str(), e)).collect(),
+            // Inserted above, in this same transaction.
+            events: Vec::new(),
             transitions: transitions.iter().collect(),
             attempts: Vec::new(),
         };
         self.store.write(&batch, now)?;
-        self.stats.events_ingested += accepted.len() as u64;
+        self.stats.events_ingested += accepted_ids.len() as u64;
         self.stats.runs_started += results.iter().map(|r| r.runs_started.len() as u64).sum::<u64>();
         self.stats.transitions_committed += transitions.len() as u64;
         Ok(results)

@@ -167,15 +167,14 @@ pub struct RunFilter {
 /// The durable state of a deployment. Methods take `&mut self` where they write: one owner
 /// writes through one handle (the partition owner, the ingestion path), readers open their own.
 pub trait Store {
-    /// Starts a unit of work: the reads that follow see one snapshot, and the next `write`
-    /// commits them with what it writes; `finish` ends a unit that wrote nothing. Backends
-    /// where this buys nothing keep the default, which does nothing.
-    fn begin(&mut self) -> Result<(), Error> {
-        Ok(())
-    }
+    /// Starts a unit of work: a transaction that the next `write` commits (with what it
+    /// writes) and `finish` rolls back if `write` has not run. Reads and `insert_event`s in
+    /// between belong to it: they see one snapshot, and an event inserted in a unit that fails
+    /// is not stored. Nested calls are no-ops.
+    fn begin(&mut self) -> Result<(), Error>;
 
-    /// Ends the unit of work `begin` started, if `write` has not: releases its snapshot.
-    fn finish(&mut self) {}
+    /// Ends the unit of work `begin` started, if `write` has not: rolls it back.
+    fn finish(&mut self);
 
     /// Writes everything in `batch` in one transaction, in this order: contact changes,
     /// events, transitions (each run's state inserted or updated, its history and decision
@@ -246,7 +245,8 @@ pub trait Store {
     fn sent_messages(&self, subject_id: &str, since: Timestamp) -> Result<Vec<Sent>, Error>;
 
     /// Stores an event for a subject; `false` when its `messageId` was already stored (the
-    /// event is a duplicate and must not be applied again).
+    /// event is a duplicate and must not be applied again). Inside a unit of work (`begin`),
+    /// the event is committed or rolled back with the unit.
     fn insert_event(&mut self, subject_id: &str, event: &Event, received_at: Timestamp) -> Result<bool, Error>;
 
     /// A subject's events at or after `since`, oldest first, at most `limit` (the newest ones).

@@ -30,6 +30,9 @@ pub struct JourneyArgs {
     /// Events per ingestion commit, and rows per commit of the raw insert.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// Keep the journey's database afterwards (to inspect it), and say where it is.
+    #[arg(long)]
+    keep: bool,
 }
 
 #[derive(clap::Args)]
@@ -138,7 +141,11 @@ pub fn run_journey(args: &JourneyArgs, dir: &Path, fsync: &Fsync) -> anyhow::Res
     let active = engine.store().runs(&still_active, usize::MAX)?.len();
     drop(engine);
     let bytes = file_bytes(&db);
-    remove_db(&db);
+    if args.keep {
+        eprintln!("journey: the database is kept at {}", db.display());
+    } else {
+        remove_db(&db);
+    }
     let transitions = stats.transitions_committed;
     let per_s = transitions as f64 / elapsed;
     // The physical limit: rows of the same size, batched the same, same settings.
