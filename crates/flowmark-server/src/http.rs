@@ -188,23 +188,20 @@ async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: Heade
         return response;
     }
     let received_at = now();
-    let items: Vec<(String, Value)> = if kind == "batch" {
+    let items: Vec<(&str, &Value)> = if kind == "batch" {
         let Some(Value::Array(batch)) = value.get("batch") else {
             return problem(StatusCode::BAD_REQUEST, "Invalid batch", "a batch needs a `batch` array");
         };
-        batch
-            .iter()
-            .map(|item| (item.get("type").and_then(Value::as_str).unwrap_or_default().to_owned(), item.clone()))
-            .collect()
+        batch.iter().map(|item| (item.get("type").and_then(Value::as_str).unwrap_or_default(), item)).collect()
     } else if segment::KINDS.contains(&kind.as_str()) {
-        vec![(kind.clone(), value.clone())]
+        vec![(kind.as_str(), &value)]
     } else {
         return problem(StatusCode::NOT_FOUND, "Unknown call", format!("`/v1/{kind}` is not a Segment call"));
     };
     let batch_context = value.get("context").filter(|_| kind == "batch");
     let mut messages = Vec::with_capacity(items.len());
     for (index, (item_kind, item)) in items.iter().enumerate() {
-        if !segment::KINDS.contains(&item_kind.as_str()) {
+        if !segment::KINDS.contains(item_kind) {
             return problem(
                 StatusCode::BAD_REQUEST,
                 "Invalid event",

@@ -26,7 +26,7 @@ pub fn read(
     received_at: Timestamp,
 ) -> Result<Incoming, String> {
     let Value::Object(fields) = item else { return Err(format!("a {kind} call must be a JSON object")) };
-    let size = serde_json::to_vec(item).map_or(0, |v| v.len());
+    let size = serialized_size(item);
     if size > EVENT_SIZE_BYTES_MAX {
         return Err(format!("an event is {size} bytes; the limit is {EVENT_SIZE_BYTES_MAX} bytes (32 KB) per event"));
     }
@@ -93,6 +93,23 @@ fn corrected_timestamp(fields: &Map<String, Value>, received_at: Timestamp) -> R
         (Some(t), None) => t,
         (None, _) => received_at,
     })
+}
+
+/// How many bytes `value` takes as compact JSON, counted without building the text.
+fn serialized_size(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 fn fnv1a(text: &str) -> u64 {

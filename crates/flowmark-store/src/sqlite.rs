@@ -192,9 +192,6 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        // 64 MiB of page cache (the default is 2 MiB): a busy store's indexes stay in memory
-        // and a big commit does not spill pages mid-transaction.
-        conn.pragma_update(None, "cache_size", -65_536)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Every statement the store runs stays prepared (rusqlite keeps 16 by default, fewer
         // than the store uses, and re-preparing them was a tenth of the journey benchmark).
