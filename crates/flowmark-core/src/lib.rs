@@ -26,6 +26,7 @@ pub mod limits;
 pub mod model;
 pub mod parse;
 pub mod render;
+pub mod schedule;
 pub mod template;
 pub mod time;
 mod validate;

@@ -21,4 +21,6 @@ mod engine;
 pub mod retry;
 
 pub use connector::{Connector, LogConnector, Outcome, RecordingConnector};
-pub use engine::{DeployError, Engine, Error, Incoming, Ingested, LATENESS_BUCKETS_MS, Stats};
+pub use engine::{
+    DeployError, Engine, Error, Incoming, Ingested, LATENESS_BUCKETS_MS, SCHEDULE_PAGE_COUNT, SCHEDULED_EVENT, Stats,
+};

@@ -49,6 +49,7 @@ pub fn router(owner: Owner, config: Config) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/{kind}", post(ingest))
         .route("/api/workflows", post(deploy).get(workflows))
+        .route("/api/workflows/{id}/runs", post(start_run))
         .route("/api/workflows/{id}/{action}", post(set_status))
         .route("/api/runs", get(runs))
         .route("/metrics", get(metrics))
@@ -410,13 +411,14 @@ async fn openapi() -> Response {
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Every route `router` serves, as (method, path in OpenAPI's template syntax).
-pub const ROUTES: [(&str, &str); 13] = [
+pub const ROUTES: [(&str, &str); 14] = [
     ("get", "/healthz"),
     ("post", "/v1/{kind}"),
     ("post", "/api/workflows"),
     ("get", "/api/workflows"),
     ("get", "/api/workflows/{id}"),
     ("post", "/api/workflows/{id}/{action}"),
+    ("post", "/api/workflows/{id}/runs"),
     ("get", "/api/runs"),
     ("get", "/api/runs/{id}"),
     ("get", "/api/contacts/{id}"),
@@ -621,6 +623,57 @@ async fn events(State(app): State<App>, headers: HeaderMap, Query(query): Query<
                 .collect::<Vec<_>>()
         ))
         .into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Starts a run by hand: `{"subject": "<contact or item id>"}`. The workflow must be active;
+/// its entry rule decides (`409` when it refuses).
+async fn start_run(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let subject = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(fields)) => match (fields.get("subject"), fields.len()) {
+            (Some(Value::String(subject)), 1) if !subject.is_empty() => subject.clone(),
+            _ => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid start",
+                    "the body must be {\"subject\": \"<contact or item id>\"} and nothing else",
+                );
+            }
+        },
+        Ok(_) => return problem(StatusCode::BAD_REQUEST, "Invalid start", "the body must be a JSON object"),
+        Err(error) => {
+            return problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}"));
+        }
+    };
+    let wanted = id.clone();
+    let answer = query(&app.owner, move |engine, now| {
+        let status = engine.store().workflows().map(|list| list.into_iter().find(|w| w.id == wanted).map(|w| w.status));
+        match status {
+            Err(error) => Err(error.to_string()),
+            Ok(None) => Ok(Err(StatusCode::NOT_FOUND)),
+            Ok(Some(WorkflowStatus::Paused)) => Ok(Err(StatusCode::CONFLICT)),
+            Ok(Some(WorkflowStatus::Active)) => engine.start(&wanted, &subject, now).map(Ok).map_err(|e| e.to_string()),
+        }
+    })
+    .await;
+    match answer {
+        Ok(Ok(Ok(Some(run)))) => (StatusCode::CREATED, axum::Json(json!({ "run": run }))).into_response(),
+        Ok(Ok(Ok(None))) => problem(
+            StatusCode::CONFLICT,
+            "Entry refused",
+            format!("the entry rule of `{id}` does not let this subject start again now"),
+        ),
+        Ok(Ok(Err(StatusCode::NOT_FOUND))) => {
+            problem(StatusCode::NOT_FOUND, "No such workflow", format!("there is no workflow `{id}`"))
+        }
+        Ok(Ok(Err(_))) => {
+            problem(StatusCode::CONFLICT, "Workflow paused", format!("`{id}` is paused; activate it first"))
+        }
+        Ok(Err(error)) => internal(error),
         Err(response) => response,
     }
 }

@@ -18,6 +18,7 @@ pub fn render(stats: &Stats, outbox_depth: u64) -> String {
     counter("runs_started_total", "Runs started by triggers.", stats.runs_started);
     counter("transitions_total", "Run transitions committed.", stats.transitions_committed);
     counter("timers_fired_total", "Timers fired.", stats.timers_fired);
+    counter("schedules_fired_total", "Schedule occurrences whose runs were all started.", stats.schedules_fired);
     counter("effects_done_total", "Effects performed.", stats.effects_done);
     counter("effects_retried_total", "Effect attempts that failed and were scheduled again.", stats.effects_retried);
     counter("effects_failed_total", "Effects given up on.", stats.effects_failed);

@@ -24,6 +24,8 @@ pub const TICK: StdDuration = StdDuration::from_millis(200);
 /// Timers fired and effects attempted per round; when a round is full, the next one starts
 /// at once instead of after `TICK`.
 const WORK_PER_TICK_MAX: usize = 2000;
+/// Schedules worked on per round (each starts up to `SCHEDULE_PAGE_COUNT` runs).
+const SCHEDULES_PER_TICK_MAX: usize = 4;
 /// Events one group commit takes from the queue: ingestion commands waiting together are
 /// applied and committed as one transaction, so concurrent clients share an fsync.
 pub const GROUP_EVENTS_MAX: usize = 10_000;
@@ -112,6 +114,9 @@ impl Owner {
                     }
                     last_housekeeping = std::time::Instant::now();
                     let now = now();
+                    if let Err(error) = engine.fire_due_schedules(now, SCHEDULES_PER_TICK_MAX) {
+                        tracing::error!(%error, "firing schedules failed");
+                    }
                     let fired = engine.fire_due_timers(now, WORK_PER_TICK_MAX).unwrap_or_else(|error| {
                         tracing::error!(%error, "firing timers failed");
                         0

@@ -10,7 +10,7 @@ use flowmark_core::engine::{Event, Facts, Input, Run, RunId, RunStatus, Transiti
 use flowmark_core::{Source, Timestamp, Workflow, compile};
 use serde_json::json;
 
-use crate::{Attempt, Batch, ContactChange, Error, Store, WorkflowStatus};
+use crate::{Attempt, Batch, ContactChange, Error, Schedule, ScheduleChange, Store, WorkflowStatus};
 
 const WORKFLOW: &str = r#"
 id: conformance
@@ -50,6 +50,7 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
     workflow_versions_are_immutable(make()).expect("workflow_versions_are_immutable");
     contacts_merge_traits(make()).expect("contacts_merge_traits");
     tokens_are_found_by_hash(make()).expect("tokens_are_found_by_hash");
+    schedules_are_found_by_due_time(make()).expect("schedules_are_found_by_due_time");
 }
 
 /// A committed transition reads back: state, history, decisions, timer, outbox effect.
@@ -153,13 +154,14 @@ pub fn attempts_contacts_and_results_commit_together(mut store: Box<dyn Store>) 
         events: Vec::new(),
         transitions: vec![&result, &bad],
         attempts: vec![(key.as_str(), &done)],
+        schedules: Vec::new(),
     };
     assert!(store.write(&refused, T0).is_err(), "a refused transition refuses the whole batch");
     assert!(store.contact("c-1")?.is_none(), "the contact change was rolled back");
     assert_eq!(store.ready_effects(T0, 10)?.len(), 2, "the attempt was rolled back");
     assert_eq!(store.history(RunId(1))?.len(), first.history.len(), "the fed-back result was rolled back");
     let accepted =
-        Batch { contacts, events: Vec::new(), transitions: vec![&result], attempts: vec![(key.as_str(), &done)] };
+        Batch { contacts, transitions: vec![&result], attempts: vec![(key.as_str(), &done)], ..Batch::default() };
     store.write(&accepted, T0)?;
     let contact = store.contact("c-1")?.expect("the contact is stored");
     assert_eq!((contact.traits, contact.timezone.as_deref()), (traits.clone(), Some("Europe/Paris")));
@@ -243,5 +245,35 @@ pub fn contacts_merge_traits(mut store: Box<dyn Store>) -> Result<(), Error> {
     assert_eq!(merged.timezone.as_deref(), Some("Europe/Paris"), "a missing time zone keeps the known one");
     assert_eq!(store.contact("c-1")?, Some(merged));
     assert_eq!(store.contact("c-2")?, None);
+    Ok(())
+}
+
+/// Schedules come back by due time, change in place, and go with their workflow; contacts
+/// page in id order.
+pub fn schedules_are_found_by_due_time(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let schedule = |workflow: &str, trigger: u32, due: i64| Schedule {
+        workflow_id: workflow.to_owned(),
+        trigger,
+        spec: "0 9 * * * UTC".to_owned(),
+        due_at: Timestamp(due),
+        cursor: None,
+    };
+    let (a0, a1, b0) = (schedule("a", 0, 30), schedule("a", 1, 10), schedule("b", 0, 20));
+    let puts = vec![ScheduleChange::Put(&a0), ScheduleChange::Put(&a1), ScheduleChange::Put(&b0)];
+    store.write(&Batch { schedules: puts, ..Batch::default() }, T0)?;
+    let due: Vec<(String, u32)> =
+        store.due_schedules(Timestamp(25), 10)?.into_iter().map(|s| (s.workflow_id, s.trigger)).collect();
+    assert_eq!(due, [("a".to_owned(), 1), ("b".to_owned(), 0)], "earliest first, only the due ones");
+    let moved = Schedule { cursor: Some("c-9".into()), ..schedule("a", 1, 40) };
+    store.write(&Batch { schedules: vec![ScheduleChange::Put(&moved)], ..Batch::default() }, T0)?;
+    assert_eq!(store.schedules("a")?, [a0, moved], "a put replaces the trigger's schedule");
+    store.write(&Batch { schedules: vec![ScheduleChange::RemoveWorkflow("a")], ..Batch::default() }, T0)?;
+    assert!(store.schedules("a")?.is_empty());
+    assert_eq!(store.due_schedules(Timestamp(i64::MAX), 10)?, [b0]);
+    for id in ["c-2", "c-1", "c-3"] {
+        store.upsert_contact(id, &json!({}), None, T0)?;
+    }
+    assert_eq!(store.contact_ids_after(None, 2)?, ["c-1", "c-2"]);
+    assert_eq!(store.contact_ids_after(Some("c-2"), 2)?, ["c-3"]);
     Ok(())
 }

@@ -137,6 +137,28 @@ pub struct ContactChange<'a> {
     pub timezone: Option<&'a str>,
 }
 
+/// Where a schedule trigger stands: when it fires next and, while a firing that starts a
+/// run for every contact is under way, the last contact id it has reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    pub workflow_id: String,
+    /// The trigger's position among the workflow's triggers.
+    pub trigger: u32,
+    /// What the trigger said (cron and time zone), to tell whether a new version changed it.
+    pub spec: String,
+    pub due_at: Timestamp,
+    pub cursor: Option<String>,
+}
+
+/// A change to the schedules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScheduleChange<'a> {
+    /// Creates or replaces the schedule of (workflow, trigger).
+    Put(&'a Schedule),
+    /// Removes every schedule of a workflow (it was paused, or lost its schedule triggers).
+    RemoveWorkflow(&'a str),
+}
+
 /// What one `Store::write` commits together.
 #[derive(Debug, Clone, Default)]
 pub struct Batch<'a> {
@@ -147,11 +169,17 @@ pub struct Batch<'a> {
     pub transitions: Vec<&'a Transition>,
     /// Outcomes of effect attempts, by effect key; only a pending effect is updated.
     pub attempts: Vec<(&'a str, &'a Attempt)>,
+    /// Applied last, in order.
+    pub schedules: Vec<ScheduleChange<'a>>,
 }
 
 impl Batch<'_> {
     pub fn is_empty(&self) -> bool {
-        self.contacts.is_empty() && self.events.is_empty() && self.transitions.is_empty() && self.attempts.is_empty()
+        self.contacts.is_empty()
+            && self.events.is_empty()
+            && self.transitions.is_empty()
+            && self.attempts.is_empty()
+            && self.schedules.is_empty()
     }
 }
 
@@ -278,6 +306,17 @@ pub trait Store {
     }
 
     fn contact(&self, id: &str) -> Result<Option<Contact>, Error>;
+
+    /// Contact ids in order, the first `limit` after `after` (from the start when `None`):
+    /// how a schedule reaches every contact, a page at a time.
+    fn contact_ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error>;
+
+    /// Schedules due at or before `now`, earliest first, at most `limit` (from an index on
+    /// the due time).
+    fn due_schedules(&self, now: Timestamp, limit: usize) -> Result<Vec<Schedule>, Error>;
+
+    /// A workflow's schedules, by trigger.
+    fn schedules(&self, workflow_id: &str) -> Result<Vec<Schedule>, Error>;
 
     /// Stores a token by the hex SHA-256 of its text. A token's text is high-entropy, so a
     /// plain hash is enough to make a stolen database useless for calling the API.

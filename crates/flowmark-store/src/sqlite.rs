@@ -17,8 +17,8 @@ use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
 use crate::{
-    Attempt, Batch, Contact, ContactChange, DueTimer, Error, OutboxEntry, RunFilter, Scope, Store, Token,
-    WorkflowStatus, WorkflowSummary,
+    Attempt, Batch, Contact, ContactChange, DueTimer, Error, OutboxEntry, RunFilter, Schedule, ScheduleChange, Scope,
+    Store, Token, WorkflowStatus, WorkflowSummary,
 };
 
 /// The schema, one migration per release that changes it; never edit a shipped one.
@@ -114,6 +114,17 @@ CREATE TABLE tokens (
     // Frequency caps read a subject's sent messages through its runs' outbox rows.
     r#"
 CREATE INDEX outbox_by_run ON outbox (run_id, created_at);
+"#,
+    r#"
+CREATE TABLE schedules (
+    workflow_id TEXT NOT NULL,
+    trigger INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    due_at INTEGER NOT NULL,
+    cursor TEXT,
+    PRIMARY KEY (workflow_id, trigger)
+) WITHOUT ROWID;
+CREATE INDEX schedules_by_due ON schedules (due_at);
 "#,
 ];
 
@@ -248,7 +259,7 @@ fn merge_contact(tx: &Connection, change: &ContactChange<'_>, now: Timestamp) ->
 
 /// The statements of `Store::write`, run inside the caller's transaction.
 fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(), Error> {
-    let Batch { contacts, events, transitions, attempts } = batch;
+    let Batch { contacts, events, transitions, attempts, schedules } = batch;
     for change in contacts {
         merge_contact(tx, change, now)?;
     }
@@ -352,7 +363,38 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         )?
         .execute(params![key, status, next.ms(), result])?;
     }
+    for change in schedules {
+        match change {
+            ScheduleChange::Put(schedule) => {
+                tx.prepare_cached(
+                    "INSERT INTO schedules (workflow_id, trigger, spec, due_at, cursor) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (workflow_id, trigger) DO UPDATE SET spec = excluded.spec, due_at = excluded.due_at,
+                         cursor = excluded.cursor",
+                )?
+                .execute(params![
+                    schedule.workflow_id,
+                    schedule.trigger,
+                    schedule.spec,
+                    schedule.due_at.ms(),
+                    schedule.cursor
+                ])?;
+            }
+            ScheduleChange::RemoveWorkflow(id) => {
+                tx.prepare_cached("DELETE FROM schedules WHERE workflow_id = ?1")?.execute([id])?;
+            }
+        }
+    }
     Ok(())
+}
+
+fn schedule_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Schedule> {
+    Ok(Schedule {
+        workflow_id: row.get(0)?,
+        trigger: row.get(1)?,
+        spec: row.get(2)?,
+        due_at: Timestamp(row.get(3)?),
+        cursor: row.get(4)?,
+    })
 }
 
 impl Store for SqliteStore {
@@ -633,6 +675,28 @@ impl Store for SqliteStore {
             .conn
             .execute("UPDATE workflows SET status = ?2, updated_at = ?3 WHERE id = ?1", params![id, name, now.ms()])?;
         Ok(changed == 1)
+    }
+
+    fn contact_ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
+        let mut statement = self.conn.prepare_cached("SELECT id FROM contacts WHERE id > ?1 ORDER BY id")?;
+        let rows = statement.query_map([after.unwrap_or("")], |row| row.get::<_, String>(0))?;
+        Ok(rows.take(limit).collect::<Result<Vec<String>, _>>()?)
+    }
+
+    fn due_schedules(&self, now: Timestamp, limit: usize) -> Result<Vec<Schedule>, Error> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT workflow_id, trigger, spec, due_at, cursor FROM schedules WHERE due_at <= ?1 ORDER BY due_at",
+        )?;
+        let rows = statement.query_map([now.ms()], schedule_row)?;
+        Ok(rows.take(limit).collect::<Result<Vec<Schedule>, _>>()?)
+    }
+
+    fn schedules(&self, workflow_id: &str) -> Result<Vec<Schedule>, Error> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT workflow_id, trigger, spec, due_at, cursor FROM schedules WHERE workflow_id = ?1 ORDER BY trigger",
+        )?;
+        let rows = statement.query_map([workflow_id], schedule_row)?;
+        Ok(rows.collect::<Result<Vec<Schedule>, _>>()?)
     }
 
     fn put_token(&mut self, hash: &str, token: &Token) -> Result<(), Error> {

@@ -93,6 +93,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let store =
         SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?;
     let mut engine = Engine::new(store, serde_json::json!({})).context("cannot start the engine")?;
+    let started = flowmark_core::Timestamp::from_chrono(&chrono::Utc::now());
+    engine.sync_all_schedules(started).context("cannot arm the workflows' schedules")?;
     let mut config = Config { write_keys: args.write_keys.clone(), admin_tokens: args.api_tokens.clone() };
     if args.demo {
         let now = flowmark_core::Timestamp(

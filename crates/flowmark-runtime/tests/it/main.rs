@@ -5,7 +5,7 @@ use flowmark_core::engine::{Event, RunStatus};
 use flowmark_core::render::Message;
 use flowmark_core::{Duration, Timestamp};
 use flowmark_runtime::{Engine, Incoming, Outcome, RecordingConnector, retry};
-use flowmark_store::{SqliteStore, Store};
+use flowmark_store::{RunFilter, SqliteStore, Store, WorkflowStatus};
 use serde_json::json;
 
 const NOON: Timestamp = Timestamp(1_767_614_400_000); // 2026-01-05T12:00:00Z
@@ -163,4 +163,92 @@ fn a_batch_applies_its_events_in_order_in_one_commit() {
     assert!(history.iter().any(|h| h["what"] == "wait_resolved" && h["by"] == "event"), "the wait took the click");
     let again = engine.ingest("ada", download, NOON).unwrap();
     assert!(again.duplicate, "and it stays one across batches");
+}
+
+const WEEKLY_NEWSLETTER: &str = r#"
+id: weekly-newsletter
+subject: item
+trigger: { schedule: { cron: "0 9 * * MON", timezone: Europe/Paris } }
+steps:
+  - id: draft
+    wait: { duration: 1d }
+"#;
+
+const MONTHLY_DIGEST: &str = r#"
+id: monthly-digest
+subject: contact
+trigger: { schedule: { cron: "0 8 1 * *" } }
+entry: { reentry: always }
+steps:
+  - id: send
+    action: { email: { subject: "This month", text: "Hi {{ contact.first_name | default: 'there' }}" } }
+"#;
+
+/// 2026-01-05 is a Monday; 09:00 in Paris is 08:00 UTC in winter.
+fn utc(text: &str) -> Timestamp {
+    Timestamp::from_chrono(&chrono::DateTime::parse_from_rfc3339(text).unwrap())
+}
+
+#[test]
+fn a_schedule_starts_one_item_run_per_occurrence_and_survives_a_restart() {
+    let dir = std::env::temp_dir().join(format!("flowmark-schedules-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("flowmark.db");
+    let deployed_at = utc("2026-01-05T07:00:00Z");
+    let mut engine = Engine::new(SqliteStore::open(&db).unwrap(), json!({})).unwrap();
+    engine.deploy("newsletter.yaml", WEEKLY_NEWSLETTER, deployed_at).unwrap();
+    let schedules = engine.store().schedules("weekly-newsletter").unwrap();
+    assert_eq!(schedules.len(), 1);
+    assert_eq!(schedules[0].due_at, utc("2026-01-05T08:00:00Z"), "Monday 09:00 in Paris");
+
+    assert_eq!(engine.fire_due_schedules(utc("2026-01-05T07:59:59Z"), 10).unwrap(), 0, "not before its time");
+    assert_eq!(engine.fire_due_schedules(utc("2026-01-05T08:00:01Z"), 10).unwrap(), 1);
+    let runs = engine.runs(&RunFilter::default(), None, 10).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].subject_id, "weekly-newsletter@2026-01-05T08:00:00.000Z");
+    let history = engine.store().history(runs[0].id).unwrap();
+    assert_eq!(history[0]["trigger"], "Scheduled");
+    assert_eq!(engine.fire_due_schedules(utc("2026-01-05T08:00:02Z"), 10).unwrap(), 0, "fired once");
+
+    // A restart re-arms nothing twice: the next occurrence is still the next Monday.
+    drop(engine);
+    let mut engine = Engine::new(SqliteStore::open(&db).unwrap(), json!({})).unwrap();
+    engine.sync_all_schedules(utc("2026-01-05T09:00:00Z")).unwrap();
+    assert_eq!(engine.store().schedules("weekly-newsletter").unwrap()[0].due_at, utc("2026-01-12T08:00:00Z"));
+    // Down for three weeks: the missed Mondays fire once, then the schedule moves on.
+    assert_eq!(engine.fire_due_schedules(utc("2026-02-02T10:00:00Z"), 10).unwrap(), 1);
+    assert_eq!(engine.runs(&RunFilter::default(), None, 10).unwrap().len(), 2);
+    assert_eq!(engine.store().schedules("weekly-newsletter").unwrap()[0].due_at, utc("2026-02-09T08:00:00Z"));
+
+    // Paused: no schedule; active again: armed from then.
+    engine.set_status("weekly-newsletter", WorkflowStatus::Paused, utc("2026-02-03T00:00:00Z")).unwrap();
+    assert!(engine.store().schedules("weekly-newsletter").unwrap().is_empty());
+    engine.set_status("weekly-newsletter", WorkflowStatus::Active, utc("2026-02-10T00:00:00Z")).unwrap();
+    assert_eq!(engine.store().schedules("weekly-newsletter").unwrap()[0].due_at, utc("2026-02-16T08:00:00Z"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_schedule_on_a_contact_workflow_reaches_every_contact_a_page_at_a_time() {
+    let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
+    let count = flowmark_runtime::SCHEDULE_PAGE_COUNT + 5;
+    for i in 0..count {
+        engine.store_mut().upsert_contact(&format!("c-{i:05}"), &json!({ "first_name": "A" }), None, NOON).unwrap();
+    }
+    engine.deploy("digest.yaml", MONTHLY_DIGEST, utc("2026-01-20T00:00:00Z")).unwrap();
+    let due = utc("2026-02-01T08:00:00Z");
+    assert_eq!(engine.store().schedules("monthly-digest").unwrap()[0].due_at, due);
+    let now = utc("2026-02-01T08:00:05Z");
+    engine.fire_due_schedules(now, 10).unwrap();
+    assert_eq!(engine.stats().runs_started as usize, flowmark_runtime::SCHEDULE_PAGE_COUNT, "one page per round");
+    let schedule = &engine.store().schedules("monthly-digest").unwrap()[0];
+    assert_eq!((schedule.due_at, schedule.cursor.is_some()), (due, true), "the firing is under way");
+    engine.fire_due_schedules(now, 10).unwrap();
+    assert_eq!(engine.stats().runs_started as usize, count, "every contact once");
+    let schedule = &engine.store().schedules("monthly-digest").unwrap()[0];
+    assert_eq!((schedule.due_at, schedule.cursor.as_deref()), (utc("2026-03-01T08:00:00Z"), None));
+    let mut connector = RecordingConnector::default();
+    while engine.dispatch(now, 500, &mut connector).unwrap() > 0 {}
+    assert_eq!(connector.performed.len(), count, "every contact got the digest");
 }

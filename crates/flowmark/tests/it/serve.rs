@@ -255,5 +255,15 @@ fn contacts_events_and_workflow_versions_are_served() {
     assert_eq!((version["version"].as_u64(), version["status"].as_str()), (Some(1), Some("active")));
     assert_eq!(version["source"].as_str().unwrap().as_bytes(), &blueprint[..]);
     assert_eq!(server.api("GET", &format!("/api/workflows/{id}?version=2"), b"").0, 404);
+
+    // The API's manual trigger: a run for a named item, once (the entry rule is `never`).
+    let (status, _, started) = server.api("POST", &format!("/api/workflows/{id}/runs"), br#"{"subject":"post-42"}"#);
+    assert_eq!(status, 201, "{started}");
+    let (_, _, run) = server.api("GET", &format!("/api/runs/{}", started["run"]), b"");
+    assert_eq!(run["run"]["subject_id"], "post-42");
+    let (status, _, problem) = server.api("POST", &format!("/api/workflows/{id}/runs"), br#"{"subject":"post-42"}"#);
+    assert_eq!((status, problem["title"].as_str()), (409, Some("Entry refused")));
+    assert_eq!(server.api("POST", "/api/workflows/nope/runs", br#"{"subject":"x"}"#).0, 404);
+    assert_eq!(server.api("POST", &format!("/api/workflows/{id}/runs"), br#"{"who":"x"}"#).0, 400);
     server.stop();
 }
