@@ -13,13 +13,14 @@ use std::sync::Arc;
 
 use flowmark_core::diagnostic::DiagnosticJson;
 use flowmark_core::engine::{
-    Event, Facts, Input, RenderContext, Run, RunId, RunStatus, Sent, Transition, apply_score, apply_update, handle,
+    Event, Facts, HistoryKind, Input, ParentRun, RenderContext, Run, RunId, RunStatus, Sent, Transition, apply_score,
+    apply_update, handle,
 };
 use flowmark_core::expr::Scope;
 use flowmark_core::limits::{RECENT_EVENTS_COUNT_MAX, WAIT_LOOKBACK_MS};
 use flowmark_core::model::ScoreChange;
-use flowmark_core::model::SubjectKind;
 use flowmark_core::model::{Entry, Trigger, Workflow};
+use flowmark_core::model::{RunOutcomeFilter, SubjectKind};
 use flowmark_core::render::render_step_message;
 use flowmark_core::schedule::next_occurrence;
 use flowmark_core::{Severity, Source, Timestamp, compile};
@@ -92,6 +93,11 @@ pub struct Stats {
 /// Contacts a schedule trigger starts runs for per round (and so per commit) when its
 /// workflow's subject is a contact: a firing reaches every contact a page at a time.
 pub const SCHEDULE_PAGE_COUNT: usize = 1000;
+
+/// Rounds of follow-ups one unit of work runs: a run that ends resumes its parent (subflows)
+/// and starts the workflows its end triggers, which may end and go on in turn. A chain of
+/// workflows that trigger each other is cut after this many rounds, with a warning.
+pub const CASCADE_DEPTH_MAX: usize = 8;
 
 /// The name of the event a schedule trigger starts its runs with.
 pub const SCHEDULED_EVENT: &str = "Scheduled";
@@ -386,6 +392,7 @@ impl<S: Store> Engine<S> {
             accepted_ids.insert(event.id);
             results.push(result);
         }
+        self.follow_ups(&mut transitions, now)?;
         let batch = Batch {
             contacts: contact_changes
                 .iter()
@@ -413,7 +420,9 @@ impl<S: Store> Engine<S> {
         let id = self.allocate_run_id();
         let run = Run::new(id, &workflow, version_of(&self.compiled, &workflow), subject_id, now);
         let t = handle(&workflow, run, &Input::Start { event: None }, &facts.facts(&self.env), now);
-        self.commit(&[t], now)?;
+        let mut transitions = vec![t];
+        self.follow_ups(&mut transitions, now)?;
+        self.commit(&transitions, now)?;
         Ok(Some(id))
     }
 
@@ -423,7 +432,9 @@ impl<S: Store> Engine<S> {
         let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
         let facts = self.load_facts(&run.subject_id, now, Needs::of(&workflow))?;
         let t = handle(&workflow, run, input, &facts.facts(&self.env), now);
-        self.commit(std::slice::from_ref(&t), now)?;
+        let mut transitions = vec![t.clone()];
+        self.follow_ups(&mut transitions, now)?;
+        self.commit(&transitions, now)?;
         Ok(Some(t))
     }
 
@@ -455,6 +466,7 @@ impl<S: Store> Engine<S> {
         }
         // Each transition is committed in order; a run's later transition carries its latest
         // state, so committing all of them leaves the last one in place.
+        self.follow_ups(&mut batches, now)?;
         self.commit(&batches, now)?;
         for timer in &due {
             let late_ms = now.since(timer.due_at).ms();
@@ -519,6 +531,7 @@ impl<S: Store> Engine<S> {
                     Ok(message) => connector.perform(&entry.key, &entry.effect, Some(&message)),
                     Err(error) => Outcome::Permanent { error },
                 },
+                "start_run" => self.start_subflow(&run, entry, now, &mut transitions)?,
                 _ => connector.perform(&entry.key, &entry.effect, None),
             };
             let attempt_number = entry.attempts + 1;
@@ -543,11 +556,18 @@ impl<S: Store> Engine<S> {
                 facts.subject = subject;
                 let input = Input::EffectCompleted { key: entry.key.clone(), ok, detail };
                 let id = run.id;
-                let t = handle(&workflow, run, &input, &facts.facts(&self.env), now);
+                let mut t = handle(&workflow, run, &input, &facts.facts(&self.env), now);
+                // A subflow that could not start ends, for a parent waiting on it, as failed.
+                if kind == "start_run" && !ok && entry.effect.get("wait").and_then(Value::as_bool) == Some(true) {
+                    let input = Input::SubflowEnded { step: entry.step.clone(), status: RunStatus::Failed };
+                    transitions.push(t.clone());
+                    t = handle(&workflow, t.run, &input, &facts.facts(&self.env), now);
+                }
                 runs.insert(id, t.run.clone());
                 transitions.push(t);
             }
         }
+        self.follow_ups(&mut transitions, now)?;
         let batch = Batch {
             contacts: contact_changes.iter().map(|(id, traits)| ContactChange { id, traits, timezone: None }).collect(),
             transitions: transitions.iter().collect(),
@@ -573,6 +593,153 @@ impl<S: Store> Engine<S> {
             }
         }
         Ok(ready.len())
+    }
+
+    /// Performs a `start_run` effect: a run of the named workflow (its latest version) for the
+    /// same subject, started in this unit of work, so exactly once. Entry rules and pauses do
+    /// not apply: a subflow is an explicit call. A waiting parent is recorded in the child,
+    /// which reports its end to it.
+    fn start_subflow(
+        &mut self,
+        parent: &Run,
+        entry: &flowmark_store::OutboxEntry,
+        now: Timestamp,
+        transitions: &mut Vec<Transition>,
+    ) -> Result<Outcome, Error> {
+        let Some(name) = entry.effect.get("workflow").and_then(Value::as_str) else {
+            return Ok(Outcome::Permanent { error: "the subflow effect names no workflow".to_owned() });
+        };
+        let workflow = match self.workflow(name, None) {
+            Ok(workflow) => workflow,
+            Err(Error::UnknownWorkflow(_)) => {
+                return Ok(Outcome::Permanent { error: format!("there is no workflow `{name}` to start") });
+            }
+            Err(error) => return Err(error),
+        };
+        let wait = entry.effect.get("wait").and_then(Value::as_bool).unwrap_or(true);
+        let id = self.allocate_run_id();
+        let mut child = Run::new(id, &workflow, version_of(&self.compiled, &workflow), parent.subject_id.as_str(), now);
+        if wait {
+            child.parent = Some(ParentRun { run: parent.id, step: entry.step.clone() });
+        }
+        let event = Event {
+            id: format!("subflow:{}", entry.key),
+            name: "Subflow Started".to_owned(),
+            at: now,
+            payload: serde_json::json!({
+                "type": "subflow",
+                "event": "Subflow Started",
+                "parent": { "run": parent.id, "workflow": parent.workflow_id, "step": entry.step },
+            })
+            .into(),
+        };
+        let facts = self.load_facts(&parent.subject_id, now, Needs::of(&workflow))?;
+        let t = handle(&workflow, child, &Input::Start { event: Some(event) }, &facts.facts(&self.env), now);
+        transitions.push(t);
+        self.stats.runs_started += 1;
+        Ok(Outcome::Done { detail: Some(format!("run {}", id.0)) })
+    }
+
+    /// Applies what the runs that ended in `transitions` cause, appending the transitions it
+    /// makes: a child run's end resumes its waiting parent (`subflow`), and a run's end starts
+    /// the active workflows it triggers (`trigger: { workflow: … }`, entry rules applied).
+    /// Those may end runs in turn, up to `CASCADE_DEPTH_MAX` rounds.
+    fn follow_ups(&mut self, transitions: &mut Vec<Transition>, now: Timestamp) -> Result<(), Error> {
+        let mut from = 0;
+        for _ in 0..CASCADE_DEPTH_MAX {
+            let to = transitions.len();
+            if from == to {
+                return Ok(());
+            }
+            let ended: Vec<Run> = transitions[from..to]
+                .iter()
+                .filter(|t| t.history.iter().any(|h| matches!(h.kind, HistoryKind::RunEnded { .. })))
+                .map(|t| t.run.clone())
+                .collect();
+            for run in ended {
+                if let Some(parent) = &run.parent {
+                    self.resume_parent(transitions, parent, run.status, now)?;
+                }
+                self.start_triggered(transitions, &run, now)?;
+            }
+            from = to;
+        }
+        if transitions.len() > from {
+            tracing::warn!(depth = CASCADE_DEPTH_MAX, "runs ending and starting one another were cut short");
+        }
+        Ok(())
+    }
+
+    /// A run's latest state: from this unit's transitions, else from the store.
+    fn latest_state(&self, transitions: &[Transition], id: RunId) -> Result<Option<Run>, Error> {
+        match transitions.iter().rev().find(|t| t.run.id == id) {
+            Some(t) => Ok(Some(t.run.clone())),
+            None => Ok(self.store.run(id)?),
+        }
+    }
+
+    fn resume_parent(
+        &mut self,
+        transitions: &mut Vec<Transition>,
+        parent: &ParentRun,
+        status: RunStatus,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let Some(run) = self.latest_state(transitions, parent.run)? else { return Ok(()) };
+        let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+        let facts = self.load_facts(&run.subject_id, now, Needs::of(&workflow))?;
+        let input = Input::SubflowEnded { step: parent.step.clone(), status };
+        transitions.push(handle(&workflow, run, &input, &facts.facts(&self.env), now));
+        Ok(())
+    }
+
+    fn start_triggered(&mut self, transitions: &mut Vec<Transition>, ended: &Run, now: Timestamp) -> Result<(), Error> {
+        for workflow in self.active_workflows()? {
+            let triggered = workflow.triggers.iter().any(|t| match t {
+                Trigger::Workflow { id, outcome } => {
+                    *id == ended.workflow_id
+                        && match outcome {
+                            RunOutcomeFilter::Any => true,
+                            RunOutcomeFilter::Completed => ended.status == RunStatus::Completed,
+                            RunOutcomeFilter::Converted => ended.status == RunStatus::Converted,
+                            RunOutcomeFilter::Exited => ended.status == RunStatus::Exited,
+                        }
+                }
+                _ => false,
+            });
+            if !triggered {
+                continue;
+            }
+            let in_batch: Vec<&Run> = transitions.iter().map(|t| &t.run).collect();
+            if !self.may_enter(&workflow, &ended.subject_id, now, &in_batch)? {
+                continue;
+            }
+            let event = Event {
+                id: format!("run-ended:{}", ended.id.0),
+                name: "Workflow Ended".to_owned(),
+                at: now,
+                payload: serde_json::json!({
+                    "type": "workflow",
+                    "event": "Workflow Ended",
+                    "workflow": ended.workflow_id,
+                    "run": ended.id,
+                    "status": ended.status,
+                })
+                .into(),
+            };
+            let facts = self.load_facts(&ended.subject_id, now, Needs::of(&workflow))?;
+            let id = self.allocate_run_id();
+            let run = Run::new(id, &workflow, version_of(&self.compiled, &workflow), ended.subject_id.as_str(), now);
+            transitions.push(handle(
+                &workflow,
+                run,
+                &Input::Start { event: Some(event) },
+                &facts.facts(&self.env),
+                now,
+            ));
+            self.stats.runs_started += 1;
+        }
+        Ok(())
     }
 
     fn render(
@@ -750,6 +917,7 @@ impl<S: Store> Engine<S> {
             }
         }
         let started = transitions.len() as u64;
+        self.follow_ups(&mut transitions, now)?;
         let batch = Batch {
             transitions: transitions.iter().collect(),
             schedules: updated.iter().map(ScheduleChange::Put).collect(),

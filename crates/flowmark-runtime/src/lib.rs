@@ -22,5 +22,6 @@ pub mod retry;
 
 pub use connector::{Connector, LogConnector, Outcome, RecordingConnector};
 pub use engine::{
-    DeployError, Engine, Error, Incoming, Ingested, LATENESS_BUCKETS_MS, SCHEDULE_PAGE_COUNT, SCHEDULED_EVENT, Stats,
+    CASCADE_DEPTH_MAX, DeployError, Engine, Error, Incoming, Ingested, LATENESS_BUCKETS_MS, SCHEDULE_PAGE_COUNT,
+    SCHEDULED_EVENT, Stats,
 };

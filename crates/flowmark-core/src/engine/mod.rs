@@ -70,6 +70,16 @@ pub struct Run {
     pub last_event_at: Option<Timestamp>,
     /// Source of run-local ids (tokens, timers, effects): each use takes the next number.
     pub sequence: u32,
+    /// The run and step that started this one as a subflow: where its end is reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRun>,
+}
+
+/// The run and `subflow` step a child run reports its end to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRun {
+    pub run: RunId,
+    pub step: String,
 }
 
 impl RunStatus {
@@ -100,6 +110,7 @@ impl Run {
             event: None,
             last_event_at: None,
             sequence: 0,
+            parent: None,
         }
     }
 

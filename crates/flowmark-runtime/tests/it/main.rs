@@ -252,3 +252,103 @@ fn a_schedule_on_a_contact_workflow_reaches_every_contact_a_page_at_a_time() {
     while engine.dispatch(now, 500, &mut connector).unwrap() > 0 {}
     assert_eq!(connector.performed.len(), count, "every contact got the digest");
 }
+
+const CAMPAIGN: &str = r#"
+id: campaign
+subject: item
+steps:
+  - id: produce
+    subflow: { workflow: asset }
+  - id: check
+    branch:
+      - when: 'steps.produce.status == "completed"'
+        goto: launch
+      - otherwise: end
+  - id: launch
+    action: { webhook: { url: "https://hooks.example.com/launch", body: { ok: "yes" } } }
+"#;
+
+const ASSET: &str = r#"
+id: asset
+subject: item
+steps:
+  - id: render
+    action: { webhook: { url: "https://hooks.example.com/render", body: { ok: "yes" } } }
+  - id: settle
+    wait: { duration: 1h }
+"#;
+
+const RETRO: &str = r#"
+id: retro
+subject: item
+trigger: { workflow: campaign, outcome: completed }
+steps:
+  - id: notes
+    action: { webhook: { url: "https://hooks.example.com/retro", body: { ok: "yes" } } }
+"#;
+
+#[test]
+fn a_subflow_resumes_its_parent_and_an_ending_run_triggers_another_workflow() {
+    let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
+    for (name, source) in [("campaign.yaml", CAMPAIGN), ("asset.yaml", ASSET), ("retro.yaml", RETRO)] {
+        engine.deploy(name, source, NOON).unwrap();
+    }
+    let parent = engine.start("campaign", "spring-launch", NOON).unwrap().unwrap();
+    let mut connector = RecordingConnector::default();
+    // The start_run effect starts the child in the dispatcher's own commit.
+    engine.dispatch(NOON, 10, &mut connector).unwrap();
+    let runs = engine.runs(&RunFilter { workflow_id: Some("asset".into()), ..RunFilter::default() }, None, 10).unwrap();
+    assert_eq!(runs.len(), 1, "one child run");
+    let child = runs[0].id;
+    assert_eq!(runs[0].subject_id, "spring-launch", "the child works on the same subject");
+    assert!(engine.run(parent).unwrap().unwrap().is_active(), "the parent waits for its child");
+    // The child's hour passes; its end resumes the parent in the same commit, which branches
+    // to the launch and completes; its completion starts the retro.
+    let later = NOON.plus(Duration::HOUR);
+    engine.fire_due_timers(later, 10).unwrap();
+    assert!(engine.is_ended(child).unwrap());
+    let parent_run = engine.run(parent).unwrap().unwrap();
+    assert_eq!(parent_run.status, RunStatus::Completed);
+    assert_eq!(parent_run.outputs["produce"]["status"], "completed");
+    let retros =
+        engine.runs(&RunFilter { workflow_id: Some("retro".into()), ..RunFilter::default() }, None, 10).unwrap();
+    assert_eq!(retros.len(), 1, "the campaign's completion started the retro");
+    assert_eq!(engine.store().history(retros[0].id).unwrap()[0]["trigger"], "Workflow Ended");
+    while engine.dispatch(later, 10, &mut connector).unwrap() > 0 {}
+    let urls: Vec<&str> = connector
+        .performed
+        .iter()
+        .filter_map(|(_, _, message)| match message {
+            Some(Message::Webhook { url, .. }) => Some(url.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        urls,
+        ["https://hooks.example.com/render", "https://hooks.example.com/launch", "https://hooks.example.com/retro"]
+    );
+}
+
+#[test]
+fn a_subflow_that_cannot_start_fails_for_its_waiting_parent() {
+    let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
+    engine.deploy("campaign.yaml", CAMPAIGN, NOON).unwrap();
+    let parent = engine.start("campaign", "summer", NOON).unwrap().unwrap();
+    engine.dispatch(NOON, 10, &mut RecordingConnector::default()).unwrap();
+    let run = engine.run(parent).unwrap().unwrap();
+    assert_eq!(run.outputs["produce"]["status"], "failed", "no `asset` workflow: the subflow failed");
+    assert_eq!(run.status, RunStatus::Completed, "the branch took the `otherwise` path to the end");
+}
+
+#[test]
+fn workflows_that_trigger_each_other_forever_are_cut_short() {
+    let ping = "id: ping\nsubject: item\nentry: { reentry: always }\ntriggers: [ { manual: true }, { workflow: pong } ]\nsteps:\n  - id: done\n    exit: ping\n";
+    let pong = "id: pong\nsubject: item\nentry: { reentry: always }\ntrigger: { workflow: ping, outcome: any }\nsteps:\n  - id: done\n    exit: pong\n";
+    let ping = ping.replace("{ workflow: pong }", "{ workflow: pong, outcome: any }");
+    let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
+    engine.deploy("ping.yaml", &ping, NOON).unwrap();
+    engine.deploy("pong.yaml", pong, NOON).unwrap();
+    engine.start("ping", "ball", NOON).unwrap().unwrap();
+    let runs = engine.runs(&RunFilter::default(), None, 100).unwrap();
+    assert_eq!(runs.len(), 1 + flowmark_runtime::CASCADE_DEPTH_MAX, "the first run and one per round, then the cut");
+}
