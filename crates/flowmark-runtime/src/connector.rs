@@ -1,14 +1,19 @@
-//! Connectors: how an effect leaves Flowmark (SMTP, webhooks, chat, a log).
+//! Connectors: how an effect leaves Flowmark (SMTP, webhooks, chat, a log), and the
+//! registry that routes effects to them within each connector's limits.
 //!
 //! A connector gets the effect's key (the idempotency key to pass on, e.g. as `webhook-id`
 //! or `Message-ID`), its kind as JSON, and for messages the rendered [`Message`]; it answers
-//! with an [`Outcome`]. Adding a connector is implementing this trait and registering it
-//! for the effect kinds it performs.
+//! with an [`Outcome`]. Adding a connector is implementing [`Connector`] and registering it
+//! in [`Connectors`] for the effect kinds it performs (`send_email`, `call_webhook`,
+//! `notify`, `create_task`, …), with its [`Limits`].
 //!
-//! Invariant: a connector never panics on any input; failures are outcomes.
+//! Invariant: a connector never panics on any input; failures are outcomes. A connector is
+//! called from several threads at once when its `concurrency` is above 1.
 
-use flowmark_core::Duration;
+use std::sync::{Arc, Mutex};
+
 use flowmark_core::render::Message;
+use flowmark_core::{Duration, Timestamp};
 use serde_json::Value;
 
 /// What one attempt gave.
@@ -29,9 +34,127 @@ pub enum Outcome {
     },
 }
 
-pub trait Connector {
-    /// Performs one effect. `message` is the rendered message for `send_message` effects.
-    fn perform(&mut self, key: &str, effect: &Value, message: Option<&Message>) -> Outcome;
+pub trait Connector: Send + Sync {
+    /// Performs one effect. `message` is the rendered message for message effects.
+    fn perform(&self, key: &str, effect: &Value, message: Option<&Message>) -> Outcome;
+}
+
+/// How much of a peer one connector may use.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Effects performed at the same time (at least 1).
+    pub concurrency: usize,
+    /// Effects started per second, on average; `None` for no limit.
+    pub per_second: Option<f64>,
+    /// Effects that may start at once after a quiet spell (the token bucket's size).
+    pub burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { concurrency: 1, per_second: None, burst: 1 }
+    }
+}
+
+/// Connectors by the effect kinds they perform, each with its limits; a fallback takes the
+/// rest. Rate limits are token buckets refilled by the `now` the dispatcher is given, so a
+/// virtual clock drives them as the system clock does.
+pub struct Connectors {
+    routes: Vec<Route>,
+}
+
+struct Route {
+    name: String,
+    /// Effect kinds; empty for the fallback.
+    kinds: Vec<String>,
+    connector: Arc<dyn Connector>,
+    limits: Limits,
+    tokens: f64,
+    refilled_at: Option<Timestamp>,
+}
+
+/// Effects one route was given in one dispatch round: those to perform now, and those the
+/// rate limit holds back, with when each may go.
+pub(crate) struct Admitted {
+    pub now: Vec<usize>,
+    pub later: Vec<(usize, Timestamp)>,
+}
+
+impl Connectors {
+    /// Every effect goes to `fallback`, one at a time, unlimited in rate.
+    pub fn new(fallback: Arc<dyn Connector>) -> Connectors {
+        Connectors::with_limits(fallback, Limits::default())
+    }
+
+    /// Every effect goes to `fallback`, within `limits`.
+    pub fn with_limits(fallback: Arc<dyn Connector>, limits: Limits) -> Connectors {
+        Connectors { routes: vec![Route::new("fallback", Vec::new(), fallback, limits)] }
+    }
+
+    /// Sends the effect kinds `kinds` to `connector`, within `limits`.
+    pub fn route(mut self, name: &str, kinds: &[&str], connector: Arc<dyn Connector>, limits: Limits) -> Connectors {
+        let kinds = kinds.iter().map(|k| (*k).to_owned()).collect();
+        self.routes.insert(self.routes.len() - 1, Route::new(name, kinds, connector, limits));
+        self
+    }
+
+    /// The route for an effect kind.
+    pub(crate) fn route_of(&self, kind: &str) -> usize {
+        self.routes.iter().position(|r| r.kinds.iter().any(|k| k == kind)).unwrap_or(self.routes.len() - 1)
+    }
+
+    pub(crate) fn name(&self, route: usize) -> &str {
+        &self.routes[route].name
+    }
+
+    pub(crate) fn connector(&self, route: usize) -> &Arc<dyn Connector> {
+        &self.routes[route].connector
+    }
+
+    pub(crate) fn concurrency(&self, route: usize) -> usize {
+        self.routes[route].limits.concurrency.max(1)
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Takes tokens for `jobs` effects of a route at `now`: as many as the bucket holds go
+    /// now, the others are spaced out at the route's rate from when the bucket has the next
+    /// token.
+    pub(crate) fn admit(&mut self, route: usize, jobs: usize, now: Timestamp) -> Admitted {
+        let route = &mut self.routes[route];
+        let Some(rate) = route.limits.per_second.filter(|r| *r > 0.0) else {
+            return Admitted { now: (0..jobs).collect(), later: Vec::new() };
+        };
+        let burst = f64::from(route.limits.burst.max(1));
+        let elapsed_s = route.refilled_at.map_or(f64::INFINITY, |at| now.since(at).ms() as f64 / 1000.0);
+        route.tokens = (route.tokens + elapsed_s * rate).min(burst);
+        route.refilled_at = Some(now);
+        let allowed = (route.tokens.floor() as usize).min(jobs);
+        route.tokens -= allowed as f64;
+        let later = (allowed..jobs)
+            .map(|job| {
+                // The k-th held-back effect waits for k tokens beyond what is left.
+                let wait_s = ((job - allowed + 1) as f64 - route.tokens) / rate;
+                (job, Timestamp(now.ms() + (wait_s * 1000.0).ceil() as i64))
+            })
+            .collect();
+        Admitted { now: (0..allowed).collect(), later }
+    }
+}
+
+impl Route {
+    fn new(name: &str, kinds: Vec<String>, connector: Arc<dyn Connector>, limits: Limits) -> Route {
+        Route {
+            name: name.to_owned(),
+            kinds,
+            connector,
+            limits,
+            tokens: f64::from(limits.burst.max(1)),
+            refilled_at: None,
+        }
+    }
 }
 
 /// Records each effect as one JSON line (`{"effect": key, "kind": …, "message": …}`) and
@@ -40,26 +163,30 @@ pub trait Connector {
 /// with one `write` each, so a line is in the file before the effect is reported done.
 #[derive(Debug, Default)]
 pub struct LogConnector {
-    file: Option<std::fs::File>,
+    file: Option<Mutex<std::fs::File>>,
 }
 
 impl LogConnector {
     pub fn to_file(path: &std::path::Path) -> std::io::Result<LogConnector> {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(LogConnector { file: Some(file) })
+        Ok(LogConnector { file: Some(Mutex::new(file)) })
     }
 }
 
 impl Connector for LogConnector {
-    fn perform(&mut self, key: &str, effect: &Value, message: Option<&Message>) -> Outcome {
+    fn perform(&self, key: &str, effect: &Value, message: Option<&Message>) -> Outcome {
         let line = serde_json::json!({ "effect": key, "kind": effect, "message": message });
-        match &mut self.file {
+        match &self.file {
             None => tracing::info!(target: "flowmark::effects", effect = key, "{line}"),
             Some(file) => {
                 use std::io::Write as _;
                 let mut bytes = line.to_string().into_bytes();
                 bytes.push(b'\n');
-                if let Err(error) = file.write_all(&bytes) {
+                let written = match file.lock() {
+                    Ok(mut file) => file.write_all(&bytes),
+                    Err(_) => Err(std::io::Error::other("a writer panicked")),
+                };
+                if let Err(error) = written {
                     return Outcome::Retryable {
                         error: format!("the effect log is not writable: {error}"),
                         retry_after: None,
@@ -74,14 +201,59 @@ impl Connector for LogConnector {
 /// Keeps what it was asked to perform and answers from a script: for tests and simulations.
 #[derive(Debug, Default)]
 pub struct RecordingConnector {
-    pub performed: Vec<(String, Value, Option<Message>)>,
+    performed: Mutex<Vec<(String, Value, Option<Message>)>>,
     /// Outcomes to give, in order; `Done` once they run out.
-    pub script: std::collections::VecDeque<Outcome>,
+    script: Mutex<std::collections::VecDeque<Outcome>>,
+}
+
+impl RecordingConnector {
+    /// What it was asked to perform, in order: (key, effect, message).
+    pub fn performed(&self) -> Vec<(String, Value, Option<Message>)> {
+        self.performed.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Gives `outcome` for the next effect not yet answered by the script.
+    pub fn then(&self, outcome: Outcome) {
+        if let Ok(mut script) = self.script.lock() {
+            script.push_back(outcome);
+        }
+    }
 }
 
 impl Connector for RecordingConnector {
-    fn perform(&mut self, key: &str, effect: &Value, message: Option<&Message>) -> Outcome {
-        self.performed.push((key.to_owned(), effect.clone(), message.cloned()));
-        self.script.pop_front().unwrap_or(Outcome::Done { detail: None })
+    fn perform(&self, key: &str, effect: &Value, message: Option<&Message>) -> Outcome {
+        if let Ok(mut performed) = self.performed.lock() {
+            performed.push((key.to_owned(), effect.clone(), message.cloned()));
+        }
+        self.script.lock().ok().and_then(|mut s| s.pop_front()).unwrap_or(Outcome::Done { detail: None })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_admits_a_burst_then_spaces_the_rest_at_the_rate() {
+        let mut connectors = Connectors::with_limits(
+            Arc::new(LogConnector::default()),
+            Limits { concurrency: 1, per_second: Some(2.0), burst: 3 },
+        );
+        let t0 = Timestamp(1_000_000);
+        let first = connectors.admit(0, 5, t0);
+        assert_eq!(first.now, [0, 1, 2], "a full bucket: the burst");
+        assert_eq!(first.later, [(3, Timestamp(t0.ms() + 500)), (4, Timestamp(t0.ms() + 1000))], "then 2 per second");
+        let soon = connectors.admit(0, 2, Timestamp(t0.ms() + 500));
+        assert_eq!(soon.now, [0], "half a second refills one token");
+        let unlimited = Connectors::new(Arc::new(LogConnector::default())).admit(0, 4, t0);
+        assert_eq!((unlimited.now.len(), unlimited.later.len()), (4, 0));
+    }
+
+    #[test]
+    fn effects_go_to_the_connector_registered_for_their_kind() {
+        let log: Arc<dyn Connector> = Arc::new(LogConnector::default());
+        let connectors = Connectors::new(log.clone()).route("webhooks", &["call_webhook"], log, Limits::default());
+        assert_eq!(connectors.name(connectors.route_of("call_webhook")), "webhooks");
+        assert_eq!(connectors.name(connectors.route_of("send_email")), "fallback");
     }
 }

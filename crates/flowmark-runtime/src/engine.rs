@@ -27,7 +27,7 @@ use flowmark_core::{Severity, Source, Timestamp, compile};
 use flowmark_store::{Attempt, Batch, ContactChange, RunFilter, Schedule, ScheduleChange, Store, WorkflowStatus};
 use serde_json::Value;
 
-use crate::connector::{Connector, Outcome};
+use crate::connector::{Connector, Connectors, Outcome};
 use crate::retry;
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +88,8 @@ pub struct Stats {
     pub effects_done: u64,
     pub effects_retried: u64,
     pub effects_failed: u64,
+    /// Effects a connector's rate limit held back for later (not attempts).
+    pub effects_deferred: u64,
 }
 
 /// Contacts a schedule trigger starts runs for per round (and so per commit) when its
@@ -479,38 +481,39 @@ impl<S: Store> Engine<S> {
         Ok(due.len())
     }
 
-    /// Attempts up to `limit` ready effects through `connector`; returns how many it tried.
-    /// Internal effects (score changes, subject updates) change the subject's data here.
+    /// Attempts up to `limit` ready effects through `connectors`; returns how many it took
+    /// from the outbox. Internal effects (score changes, subject updates, subflow starts) are
+    /// applied here; the others go to the connector registered for their kind, within its
+    /// concurrency and rate limit (effects the rate holds back are deferred, not attempted).
     ///
     /// What the attempts gave, the subject changes, and the results fed back to the runs (with
     /// whatever those transitions emit) are committed in one transaction: a crash after it
     /// leaves nothing to redo, a crash before it redoes the attempts under the same keys.
-    pub fn dispatch(&mut self, now: Timestamp, limit: usize, connector: &mut dyn Connector) -> Result<usize, Error> {
+    pub fn dispatch(&mut self, now: Timestamp, limit: usize, connectors: &mut Connectors) -> Result<usize, Error> {
         self.store.begin()?;
-        let result = self.dispatch_unit(now, limit, connector);
+        let result = self.dispatch_unit(now, limit, connectors);
         self.store.finish();
         result
     }
 
-    fn dispatch_unit(&mut self, now: Timestamp, limit: usize, connector: &mut dyn Connector) -> Result<usize, Error> {
+    fn dispatch_unit(&mut self, now: Timestamp, limit: usize, connectors: &mut Connectors) -> Result<usize, Error> {
         let ready = self.store.ready_effects(now, limit)?;
         if ready.is_empty() {
             return Ok(0);
         }
         // Subjects' data and runs as this batch changed them, newer than the store's.
         let mut subjects: HashMap<String, Value> = HashMap::new();
-        let mut runs: HashMap<RunId, Run> = HashMap::new();
         let mut contact_changes: Vec<(String, Value)> = Vec::new();
-        let mut attempts: Vec<(String, Attempt, u32)> = Vec::new();
         let mut transitions: Vec<Transition> = Vec::new();
-        for entry in &ready {
-            let run = match runs.get(&entry.run) {
-                Some(run) => Some(run.clone()),
-                None => self.store.run(entry.run)?,
-            };
-            let Some(run) = run else {
-                let error = format!("run {} is gone", entry.run.0);
-                attempts.push((entry.key.clone(), Attempt::Failed { error }, entry.attempts + 1));
+        // Phase 1, in outbox order: internal effects are applied, messages rendered; what
+        // leaves Flowmark becomes a job for its connector.
+        let mut outcomes: Vec<Option<Result<Outcome, Timestamp>>> = vec![None; ready.len()];
+        let mut jobs: Vec<Vec<(usize, Option<flowmark_core::render::Message>)>> = vec![Vec::new(); connectors.count()];
+        let mut owners: Vec<Option<Run>> = Vec::with_capacity(ready.len());
+        for (index, entry) in ready.iter().enumerate() {
+            let Some(run) = self.store.run(entry.run)? else {
+                outcomes[index] = Some(Ok(Outcome::Permanent { error: format!("run {} is gone", entry.run.0) }));
+                owners.push(None);
                 continue;
             };
             let mut subject = match subjects.get(&run.subject_id) {
@@ -518,23 +521,56 @@ impl<S: Store> Engine<S> {
                 None => self.store.contact(&run.subject_id)?.map_or(Value::Object(Default::default()), |c| c.traits),
             };
             let kind = entry.effect.get("effect").and_then(Value::as_str).unwrap_or_default();
-            let outcome = match kind {
-                "adjust_score" | "update_subject" => match apply_internal(&mut subject, &entry.effect) {
-                    Ok(change) => {
-                        contact_changes.push((run.subject_id.clone(), change));
-                        subjects.insert(run.subject_id.clone(), subject.clone());
-                        Outcome::Done { detail: None }
-                    }
-                    Err(error) => Outcome::Permanent { error },
-                },
+            match kind {
+                "adjust_score" | "update_subject" => {
+                    outcomes[index] = Some(Ok(match apply_internal(&mut subject, &entry.effect) {
+                        Ok(change) => {
+                            contact_changes.push((run.subject_id.clone(), change));
+                            subjects.insert(run.subject_id.clone(), subject);
+                            Outcome::Done { detail: None }
+                        }
+                        Err(error) => Outcome::Permanent { error },
+                    }));
+                }
+                "start_run" => outcomes[index] = Some(Ok(self.start_subflow(&run, entry, now, &mut transitions)?)),
                 "send_message" => match self.render(&run, &entry.key, &entry.step, &entry.effect, &subject)? {
-                    Ok(message) => connector.perform(&entry.key, &entry.effect, Some(&message)),
-                    Err(error) => Outcome::Permanent { error },
+                    Ok(message) => jobs[connectors.route_of(kind_of_message(&message))].push((index, Some(message))),
+                    Err(error) => outcomes[index] = Some(Ok(Outcome::Permanent { error })),
                 },
-                "start_run" => self.start_subflow(&run, entry, now, &mut transitions)?,
-                _ => connector.perform(&entry.key, &entry.effect, None),
-            };
+                other => jobs[connectors.route_of(other)].push((index, None)),
+            }
+            owners.push(Some(run));
+        }
+        // Phase 2: each connector performs what its rate admits, `concurrency` at a time.
+        for (route, route_jobs) in jobs.into_iter().enumerate() {
+            if route_jobs.is_empty() {
+                continue;
+            }
+            let admitted = connectors.admit(route, route_jobs.len(), now);
+            for (job, at) in admitted.later {
+                outcomes[route_jobs[job].0] = Some(Err(at));
+            }
+            let going: Vec<&(usize, Option<flowmark_core::render::Message>)> =
+                admitted.now.iter().map(|&job| &route_jobs[job]).collect();
+            let connector = connectors.connector(route).clone();
+            for (index, outcome) in perform_all(&*connector, connectors.concurrency(route), &ready, &going) {
+                outcomes[index] = Some(Ok(outcome));
+            }
+            tracing::trace!(connector = connectors.name(route), performed = going.len(), "dispatched");
+        }
+        // Phase 3, in outbox order: attempts recorded, final results fed back to the runs.
+        let mut runs: HashMap<RunId, Run> = HashMap::new();
+        let mut attempts: Vec<(String, Attempt, u32)> = Vec::new();
+        for ((entry, outcome), owner) in ready.iter().zip(outcomes).zip(owners) {
             let attempt_number = entry.attempts + 1;
+            let outcome = match outcome {
+                Some(Ok(outcome)) => outcome,
+                Some(Err(at)) => {
+                    attempts.push((entry.key.clone(), Attempt::Deferred { at }, entry.attempts));
+                    continue;
+                }
+                None => Outcome::Permanent { error: "no connector answered".to_owned() },
+            };
             let (attempt, final_result) = match outcome {
                 Outcome::Done { detail } => (Attempt::Done { detail: detail.clone() }, Some((true, detail))),
                 Outcome::Permanent { error } => (Attempt::Failed { error: error.clone() }, Some((false, Some(error)))),
@@ -549,23 +585,26 @@ impl<S: Store> Engine<S> {
                 }
             };
             attempts.push((entry.key.clone(), attempt, attempt_number));
-            if let Some((ok, detail)) = final_result {
-                // The result goes back to the run as an input, committed with the attempt.
-                let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-                let mut facts = self.load_facts(&run.subject_id, now, Needs::of(&workflow))?;
-                facts.subject = subject;
-                let input = Input::EffectCompleted { key: entry.key.clone(), ok, detail };
-                let id = run.id;
-                let mut t = handle(&workflow, run, &input, &facts.facts(&self.env), now);
-                // A subflow that could not start ends, for a parent waiting on it, as failed.
-                if kind == "start_run" && !ok && entry.effect.get("wait").and_then(Value::as_bool) == Some(true) {
-                    let input = Input::SubflowEnded { step: entry.step.clone(), status: RunStatus::Failed };
-                    transitions.push(t.clone());
-                    t = handle(&workflow, t.run, &input, &facts.facts(&self.env), now);
-                }
-                runs.insert(id, t.run.clone());
-                transitions.push(t);
+            let (Some((ok, detail)), Some(owner)) = (final_result, owner) else { continue };
+            let run = runs.remove(&owner.id).unwrap_or(owner);
+            // The result goes back to the run as an input, committed with the attempt.
+            let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+            let mut facts = self.load_facts(&run.subject_id, now, Needs::of(&workflow))?;
+            if let Some(subject) = subjects.get(&run.subject_id) {
+                facts.subject = subject.clone();
             }
+            let input = Input::EffectCompleted { key: entry.key.clone(), ok, detail };
+            let id = run.id;
+            let mut t = handle(&workflow, run, &input, &facts.facts(&self.env), now);
+            // A subflow that could not start ends, for a parent waiting on it, as failed.
+            let kind = entry.effect.get("effect").and_then(Value::as_str);
+            if kind == Some("start_run") && !ok && entry.effect.get("wait").and_then(Value::as_bool) == Some(true) {
+                let input = Input::SubflowEnded { step: entry.step.clone(), status: RunStatus::Failed };
+                transitions.push(t.clone());
+                t = handle(&workflow, t.run, &input, &facts.facts(&self.env), now);
+            }
+            runs.insert(id, t.run.clone());
+            transitions.push(t);
         }
         self.follow_ups(&mut transitions, now)?;
         let batch = Batch {
@@ -589,6 +628,10 @@ impl<S: Store> Engine<S> {
                 Attempt::Failed { error } => {
                     self.stats.effects_failed += 1;
                     tracing::error!(effect = %key, attempt = number, %error, "effect failed for good");
+                }
+                Attempt::Deferred { at } => {
+                    self.stats.effects_deferred += 1;
+                    tracing::debug!(effect = %key, until = %at, "effect held back by its connector's rate");
                 }
             }
         }
@@ -646,6 +689,8 @@ impl<S: Store> Engine<S> {
     /// Those may end runs in turn, up to `CASCADE_DEPTH_MAX` rounds.
     fn follow_ups(&mut self, transitions: &mut Vec<Transition>, now: Timestamp) -> Result<(), Error> {
         let mut from = 0;
+        // The workflows a run's end can start, read once per unit of work.
+        let mut listeners: Option<Vec<Arc<Workflow>>> = None;
         for _ in 0..CASCADE_DEPTH_MAX {
             let to = transitions.len();
             if from == to {
@@ -660,7 +705,19 @@ impl<S: Store> Engine<S> {
                 if let Some(parent) = &run.parent {
                     self.resume_parent(transitions, parent, run.status, now)?;
                 }
-                self.start_triggered(transitions, &run, now)?;
+                if listeners.is_none() {
+                    let active = self.active_workflows()?;
+                    listeners = Some(
+                        active
+                            .into_iter()
+                            .filter(|w| w.triggers.iter().any(|t| matches!(t, Trigger::Workflow { .. })))
+                            .collect(),
+                    );
+                }
+                let listening = listeners.as_deref().unwrap_or_default();
+                if !listening.is_empty() {
+                    self.start_triggered(transitions, listening, &run, now)?;
+                }
             }
             from = to;
         }
@@ -693,8 +750,14 @@ impl<S: Store> Engine<S> {
         Ok(())
     }
 
-    fn start_triggered(&mut self, transitions: &mut Vec<Transition>, ended: &Run, now: Timestamp) -> Result<(), Error> {
-        for workflow in self.active_workflows()? {
+    fn start_triggered(
+        &mut self,
+        transitions: &mut Vec<Transition>,
+        listening: &[Arc<Workflow>],
+        ended: &Run,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        for workflow in listening {
             let triggered = workflow.triggers.iter().any(|t| match t {
                 Trigger::Workflow { id, outcome } => {
                     *id == ended.workflow_id
@@ -711,7 +774,7 @@ impl<S: Store> Engine<S> {
                 continue;
             }
             let in_batch: Vec<&Run> = transitions.iter().map(|t| &t.run).collect();
-            if !self.may_enter(&workflow, &ended.subject_id, now, &in_batch)? {
+            if !self.may_enter(workflow, &ended.subject_id, now, &in_batch)? {
                 continue;
             }
             let event = Event {
@@ -727,16 +790,10 @@ impl<S: Store> Engine<S> {
                 })
                 .into(),
             };
-            let facts = self.load_facts(&ended.subject_id, now, Needs::of(&workflow))?;
+            let facts = self.load_facts(&ended.subject_id, now, Needs::of(workflow))?;
             let id = self.allocate_run_id();
-            let run = Run::new(id, &workflow, version_of(&self.compiled, &workflow), ended.subject_id.as_str(), now);
-            transitions.push(handle(
-                &workflow,
-                run,
-                &Input::Start { event: Some(event) },
-                &facts.facts(&self.env),
-                now,
-            ));
+            let run = Run::new(id, workflow, version_of(&self.compiled, workflow), ended.subject_id.as_str(), now);
+            transitions.push(handle(workflow, run, &Input::Start { event: Some(event) }, &facts.facts(&self.env), now));
             self.stats.runs_started += 1;
         }
         Ok(())
@@ -960,6 +1017,49 @@ fn apply_internal(subject: &mut Value, effect: &Value) -> Result<Value, String> 
             Ok(Value::Object(set.clone()))
         }
     }
+}
+
+/// The effect kind a rendered message is routed by.
+fn kind_of_message(message: &flowmark_core::render::Message) -> &'static str {
+    match message {
+        flowmark_core::render::Message::Email { .. } => "send_email",
+        flowmark_core::render::Message::Webhook { .. } => "call_webhook",
+        flowmark_core::render::Message::Notify { .. } => "notify",
+    }
+}
+
+/// Performs `jobs` (indexes into `ready`, with their rendered messages) through `connector`,
+/// at most `concurrency` at a time, on scoped threads when that is more than one.
+fn perform_all(
+    connector: &dyn Connector,
+    concurrency: usize,
+    ready: &[flowmark_store::OutboxEntry],
+    jobs: &[&(usize, Option<flowmark_core::render::Message>)],
+) -> Vec<(usize, Outcome)> {
+    let perform = |(index, message): &(usize, Option<flowmark_core::render::Message>)| {
+        let entry = &ready[*index];
+        (*index, connector.perform(&entry.key, &entry.effect, message.as_ref()))
+    };
+    let workers = concurrency.min(jobs.len());
+    if workers <= 1 {
+        return jobs.iter().map(|job| perform(job)).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let job = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(job) = jobs.get(job) else { return done };
+                        done.push(perform(job));
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
 }
 
 fn version_of(compiled: &HashMap<(String, u32), Arc<Workflow>>, workflow: &Arc<Workflow>) -> u32 {

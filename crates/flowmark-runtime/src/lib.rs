@@ -20,7 +20,7 @@ mod connector;
 mod engine;
 pub mod retry;
 
-pub use connector::{Connector, LogConnector, Outcome, RecordingConnector};
+pub use connector::{Connector, Connectors, Limits, LogConnector, Outcome, RecordingConnector};
 pub use engine::{
     CASCADE_DEPTH_MAX, DeployError, Engine, Error, Incoming, Ingested, LATENESS_BUCKETS_MS, SCHEDULE_PAGE_COUNT,
     SCHEDULED_EVENT, Stats,

@@ -22,6 +22,7 @@ pub fn render(stats: &Stats, outbox_depth: u64) -> String {
     counter("effects_done_total", "Effects performed.", stats.effects_done);
     counter("effects_retried_total", "Effect attempts that failed and were scheduled again.", stats.effects_retried);
     counter("effects_failed_total", "Effects given up on.", stats.effects_failed);
+    counter("effects_deferred_total", "Effects a connector's rate limit held back for later.", stats.effects_deferred);
     let _ = writeln!(
         out,
         "# HELP flowmark_outbox_depth Effects waiting to be performed.\n# TYPE flowmark_outbox_depth gauge"

@@ -12,7 +12,7 @@ use std::time::Duration as StdDuration;
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::RunId;
-use flowmark_runtime::{Connector, DeployError, Engine, Incoming, Ingested};
+use flowmark_runtime::{Connectors, DeployError, Engine, Incoming, Ingested};
 use flowmark_store::{RunFilter, SqliteStore, Store, WorkflowStatus};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -91,10 +91,7 @@ fn now() -> Timestamp {
 
 impl Owner {
     /// Starts the owner thread over `engine`; it runs until every `Owner` handle is dropped.
-    pub fn start(
-        mut engine: Engine<SqliteStore>,
-        mut connector: Box<dyn Connector + Send>,
-    ) -> (Owner, thread::JoinHandle<()>) {
+    pub fn start(mut engine: Engine<SqliteStore>, mut connectors: Connectors) -> (Owner, thread::JoinHandle<()>) {
         let (commands, inbox) = mpsc::sync_channel::<Command>(QUEUE_COUNT_MAX);
         let handle = thread::Builder::new()
             .name("flowmark-owner".to_owned())
@@ -121,11 +118,10 @@ impl Owner {
                         tracing::error!(%error, "firing timers failed");
                         0
                     });
-                    let dispatched =
-                        engine.dispatch(now, WORK_PER_TICK_MAX, connector.as_mut()).unwrap_or_else(|error| {
-                            tracing::error!(%error, "dispatching effects failed");
-                            0
-                        });
+                    let dispatched = engine.dispatch(now, WORK_PER_TICK_MAX, &mut connectors).unwrap_or_else(|error| {
+                        tracing::error!(%error, "dispatching effects failed");
+                        0
+                    });
                     busy = fired == WORK_PER_TICK_MAX || dispatched == WORK_PER_TICK_MAX;
                 }
             })

@@ -69,6 +69,11 @@ pub enum Attempt {
     Failed {
         error: String,
     },
+    /// Not attempted: held back until `at` (a connector's rate limit); not counted as an
+    /// attempt.
+    Deferred {
+        at: Timestamp,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -352,10 +352,16 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         }
     }
     for (key, attempt) in attempts {
+        if let Attempt::Deferred { at } = attempt {
+            tx.prepare_cached("UPDATE outbox SET next_attempt_at = ?2 WHERE key = ?1 AND status = 'pending'")?
+                .execute(params![key, at.ms()])?;
+            continue;
+        }
         let (status, next, result) = match attempt {
             Attempt::Done { detail } => ("done", now, detail.clone()),
             Attempt::Retry { at, error } => ("pending", *at, Some(error.clone())),
             Attempt::Failed { error } => ("failed", now, Some(error.clone())),
+            Attempt::Deferred { .. } => continue,
         };
         tx.prepare_cached(
             "UPDATE outbox SET status = ?2, next_attempt_at = ?3, result = ?4, attempts = attempts + 1

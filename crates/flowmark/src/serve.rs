@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use flowmark_runtime::{Engine, LogConnector};
+use std::sync::Arc;
+
+use flowmark_runtime::{Connectors, Engine, Limits, LogConnector};
 use flowmark_server::owner::Command;
 use flowmark_server::{Config, Owner, router};
 use flowmark_store::SqliteStore;
@@ -36,11 +38,25 @@ pub struct Args {
     /// the structured log).
     #[arg(long, value_name = "FILE")]
     effects_log: Option<PathBuf>,
+    /// Effects the connector performs at the same time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    effects_concurrency: u64,
+    /// Effects the connector starts per second at most (a burst of one second's worth may go
+    /// at once); unlimited when left out. Effects over the rate wait in the outbox.
+    #[arg(long, value_name = "RATE", value_parser = positive_rate)]
+    effects_per_second: Option<f64>,
     /// How logs are written to standard error: `text` for people, `json` (one object per
     /// line) for log collectors. What is logged is set by `FLOWMARK_LOG` (e.g. `debug`,
     /// `info,flowmark::effects=warn`; default `info`).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("`{text}` is not a rate; give a positive number of effects per second, such as 50")),
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -119,7 +135,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             LogConnector::to_file(path).with_context(|| format!("cannot open the effects log {}", path.display()))?
         }
     };
-    let (owner, owner_thread) = Owner::start(engine, Box::new(connector));
+    let limits = Limits {
+        concurrency: args.effects_concurrency as usize,
+        per_second: args.effects_per_second,
+        burst: args.effects_per_second.map_or(1, |rate| rate.ceil() as u32),
+    };
+    let (owner, owner_thread) = Owner::start(engine, Connectors::with_limits(Arc::new(connector), limits));
     if args.demo {
         seed_demo(&owner);
     }

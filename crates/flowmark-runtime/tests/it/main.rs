@@ -4,7 +4,9 @@
 use flowmark_core::engine::{Event, RunStatus};
 use flowmark_core::render::Message;
 use flowmark_core::{Duration, Timestamp};
-use flowmark_runtime::{Engine, Incoming, Outcome, RecordingConnector, retry};
+use std::sync::Arc;
+
+use flowmark_runtime::{Connectors, Engine, Incoming, Outcome, RecordingConnector, retry};
 use flowmark_store::{RunFilter, SqliteStore, Store, WorkflowStatus};
 use serde_json::json;
 
@@ -21,6 +23,12 @@ fn engine() -> Engine<SqliteStore> {
     assert_eq!(engine.deploy("v2.yaml", &changed, NOON).unwrap().1, 2);
     assert_eq!(engine.deploy("v1-again.yaml", &source, NOON).unwrap().1, 3, "going back is a new version too");
     engine
+}
+
+/// A recording connector behind a registry that sends it everything.
+fn recording() -> (Arc<RecordingConnector>, Connectors) {
+    let recorder = Arc::new(RecordingConnector::default());
+    (recorder.clone(), Connectors::new(recorder))
 }
 
 fn track(id: &str, name: &str, at: Timestamp, properties: serde_json::Value) -> Event {
@@ -64,9 +72,9 @@ fn a_click_advances_the_run_and_effects_are_dispatched_rendered() {
         .ingest("ada", track("m-1", "Whitepaper Downloaded", NOON, json!({ "topic": "automation" })), NOON)
         .unwrap();
     let run = started.runs_started[0];
-    let mut connector = RecordingConnector::default();
+    let (recorder, mut connector) = recording();
     assert_eq!(engine.dispatch(NOON, 10, &mut connector).unwrap(), 1);
-    let (key, _, message) = &connector.performed[0];
+    let (key, _, message) = &recorder.performed()[0];
     assert!(matches!(message, Some(Message::Email { subject: Some(s), .. }) if s == "Your guide, Ada"));
     let later = NOON.plus(Duration::HOUR);
     let click =
@@ -89,7 +97,7 @@ fn timers_fire_from_the_store_and_the_run_ends() {
         .unwrap();
     let run = started.runs_started[0];
     let mut now = NOON;
-    let mut connector = RecordingConnector::default();
+    let (recorder, mut connector) = recording();
     for _ in 0..10 {
         now = now.plus(Duration::DAY);
         engine.fire_due_timers(now, 100).unwrap();
@@ -97,7 +105,7 @@ fn timers_fire_from_the_store_and_the_run_ends() {
     }
     let run = engine.run(run).unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Completed, "no click: reminder, second chance, then the end");
-    assert_eq!(connector.performed.len(), 2, "the guide and the reminder");
+    assert_eq!(recorder.performed().len(), 2, "the guide and the reminder");
     assert!(engine.store().due_timers(Timestamp(i64::MAX), 10).unwrap().is_empty());
 }
 
@@ -105,9 +113,9 @@ fn timers_fire_from_the_store_and_the_run_ends() {
 fn failing_effects_are_retried_on_the_schedule_then_given_up() {
     let mut engine = engine();
     engine.ingest("cy", track("m-1", "Whitepaper Downloaded", NOON, json!({ "topic": "automation" })), NOON).unwrap();
-    let mut connector = RecordingConnector::default();
+    let (recorder, mut connector) = recording();
     for _ in 0..retry::ATTEMPTS_MAX {
-        connector.script.push_back(Outcome::Retryable { error: "421 busy".into(), retry_after: None });
+        recorder.then(Outcome::Retryable { error: "421 busy".into(), retry_after: None });
     }
     let mut now = NOON;
     let mut attempts = 0;
@@ -116,8 +124,8 @@ fn failing_effects_are_retried_on_the_schedule_then_given_up() {
         attempts += tried;
         now = now.plus(Duration::MINUTE);
     }
-    assert_eq!(connector.performed.len(), retry::ATTEMPTS_MAX as usize);
-    assert!(connector.performed.iter().all(|(key, _, _)| *key == connector.performed[0].0), "one key across retries");
+    assert_eq!(recorder.performed().len(), retry::ATTEMPTS_MAX as usize);
+    assert!(recorder.performed().iter().all(|(key, _, _)| *key == recorder.performed()[0].0), "one key across retries");
     assert_eq!(engine.store().outbox_depth().unwrap(), 0, "given up after the last attempt");
     let run = engine.store().active_runs_of_subject("cy").unwrap()[0].id;
     let history = engine.store().history(run).unwrap();
@@ -248,9 +256,9 @@ fn a_schedule_on_a_contact_workflow_reaches_every_contact_a_page_at_a_time() {
     assert_eq!(engine.stats().runs_started as usize, count, "every contact once");
     let schedule = &engine.store().schedules("monthly-digest").unwrap()[0];
     assert_eq!((schedule.due_at, schedule.cursor.as_deref()), (utc("2026-03-01T08:00:00Z"), None));
-    let mut connector = RecordingConnector::default();
+    let (recorder, mut connector) = recording();
     while engine.dispatch(now, 500, &mut connector).unwrap() > 0 {}
-    assert_eq!(connector.performed.len(), count, "every contact got the digest");
+    assert_eq!(recorder.performed().len(), count, "every contact got the digest");
 }
 
 const CAMPAIGN: &str = r#"
@@ -294,7 +302,7 @@ fn a_subflow_resumes_its_parent_and_an_ending_run_triggers_another_workflow() {
         engine.deploy(name, source, NOON).unwrap();
     }
     let parent = engine.start("campaign", "spring-launch", NOON).unwrap().unwrap();
-    let mut connector = RecordingConnector::default();
+    let (recorder, mut connector) = recording();
     // The start_run effect starts the child in the dispatcher's own commit.
     engine.dispatch(NOON, 10, &mut connector).unwrap();
     let runs = engine.runs(&RunFilter { workflow_id: Some("asset".into()), ..RunFilter::default() }, None, 10).unwrap();
@@ -315,8 +323,8 @@ fn a_subflow_resumes_its_parent_and_an_ending_run_triggers_another_workflow() {
     assert_eq!(retros.len(), 1, "the campaign's completion started the retro");
     assert_eq!(engine.store().history(retros[0].id).unwrap()[0]["trigger"], "Workflow Ended");
     while engine.dispatch(later, 10, &mut connector).unwrap() > 0 {}
-    let urls: Vec<&str> = connector
-        .performed
+    let performed = recorder.performed();
+    let urls: Vec<&str> = performed
         .iter()
         .filter_map(|(_, _, message)| match message {
             Some(Message::Webhook { url, .. }) => Some(url.as_str()),
@@ -334,7 +342,7 @@ fn a_subflow_that_cannot_start_fails_for_its_waiting_parent() {
     let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
     engine.deploy("campaign.yaml", CAMPAIGN, NOON).unwrap();
     let parent = engine.start("campaign", "summer", NOON).unwrap().unwrap();
-    engine.dispatch(NOON, 10, &mut RecordingConnector::default()).unwrap();
+    engine.dispatch(NOON, 10, &mut recording().1).unwrap();
     let run = engine.run(parent).unwrap().unwrap();
     assert_eq!(run.outputs["produce"]["status"], "failed", "no `asset` workflow: the subflow failed");
     assert_eq!(run.status, RunStatus::Completed, "the branch took the `otherwise` path to the end");
@@ -351,4 +359,83 @@ fn workflows_that_trigger_each_other_forever_are_cut_short() {
     engine.start("ping", "ball", NOON).unwrap().unwrap();
     let runs = engine.runs(&RunFilter::default(), None, 100).unwrap();
     assert_eq!(runs.len(), 1 + flowmark_runtime::CASCADE_DEPTH_MAX, "the first run and one per round, then the cut");
+}
+
+const BLAST: &str = r#"
+id: blast
+subject: contact
+trigger: { event: Go }
+entry: { reentry: always }
+steps:
+  - id: hook
+    action: { webhook: { url: "https://hooks.example.com/x", body: { ok: "yes" } } }
+"#;
+
+/// Counts how many `perform`s overlap; each waits (up to a second) for `target` to be in
+/// flight together, so a registry that runs them one at a time shows a maximum of 1.
+#[derive(Default)]
+struct Overlap {
+    state: std::sync::Mutex<(usize, usize)>,
+    changed: std::sync::Condvar,
+    target: usize,
+}
+
+impl flowmark_runtime::Connector for Overlap {
+    fn perform(&self, _: &str, _: &serde_json::Value, _: Option<&Message>) -> Outcome {
+        let mut state = self.state.lock().unwrap();
+        state.0 += 1;
+        state.1 = state.1.max(state.0);
+        self.changed.notify_all();
+        let (mut state, _) =
+            self.changed.wait_timeout_while(state, std::time::Duration::from_secs(1), |s| s.1 < self.target).unwrap();
+        state.0 -= 1;
+        Outcome::Done { detail: None }
+    }
+}
+
+fn blast(engine: &mut Engine<SqliteStore>, count: usize) {
+    engine.deploy("blast.yaml", BLAST, NOON).unwrap();
+    for i in 0..count {
+        engine.ingest(&format!("c-{i}"), track(&format!("go-{i}"), "Go", NOON, json!({})), NOON).unwrap();
+    }
+}
+
+#[test]
+fn a_connector_performs_up_to_its_concurrency_at_once() {
+    let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
+    blast(&mut engine, 8);
+    let overlap = Arc::new(Overlap { target: 4, ..Overlap::default() });
+    let limits = flowmark_runtime::Limits { concurrency: 4, per_second: None, burst: 1 };
+    let mut connectors = Connectors::new(Arc::new(RecordingConnector::default())).route(
+        "webhooks",
+        &["call_webhook"],
+        overlap.clone(),
+        limits,
+    );
+    assert_eq!(engine.dispatch(NOON, 100, &mut connectors).unwrap(), 8);
+    assert_eq!(overlap.state.lock().unwrap().1, 4, "four webhooks were in flight together, never more");
+    assert_eq!(engine.store().outbox_depth().unwrap(), 0);
+}
+
+#[test]
+fn a_rate_limit_defers_effects_without_counting_an_attempt() {
+    let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
+    blast(&mut engine, 5);
+    let recorder = Arc::new(RecordingConnector::default());
+    let limits = flowmark_runtime::Limits { concurrency: 1, per_second: Some(1.0), burst: 2 };
+    let mut connectors = Connectors::with_limits(recorder.clone(), limits);
+    engine.dispatch(NOON, 100, &mut connectors).unwrap();
+    assert_eq!(recorder.performed().len(), 2, "the burst goes at once");
+    assert_eq!(engine.stats().effects_deferred, 3);
+    assert_eq!(engine.store().ready_effects(NOON, 100).unwrap().len(), 0, "the rest wait for their turn");
+    let later = NOON.plus(Duration::SECOND);
+    let ready = engine.store().ready_effects(later, 100).unwrap();
+    assert_eq!((ready.len(), ready[0].attempts), (1, 0), "one more a second later, never attempted yet");
+    let mut now = later;
+    while engine.store().outbox_depth().unwrap() > 0 {
+        engine.dispatch(now, 100, &mut connectors).unwrap();
+        now = now.plus(Duration::SECOND);
+    }
+    assert_eq!(recorder.performed().len(), 5);
+    assert_eq!(now, NOON.plus(Duration(4000)), "2 at once, then 1 a second");
 }

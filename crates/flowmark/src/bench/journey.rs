@@ -16,7 +16,7 @@ use anyhow::Context;
 use flowmark_core::Timestamp;
 use flowmark_core::engine::Event;
 use flowmark_core::render::Message;
-use flowmark_runtime::{Connector, Engine, Incoming, Outcome};
+use flowmark_runtime::{Connector, Connectors, Engine, Incoming, Outcome};
 use flowmark_store::{SqliteStore, Store};
 use serde_json::{Value, json};
 
@@ -46,7 +46,7 @@ pub struct TimerArgs {
 struct NullConnector;
 
 impl Connector for NullConnector {
-    fn perform(&mut self, _key: &str, _effect: &Value, _message: Option<&Message>) -> Outcome {
+    fn perform(&self, _key: &str, _effect: &Value, _message: Option<&Message>) -> Outcome {
         Outcome::Done { detail: None }
     }
 }
@@ -70,7 +70,7 @@ fn download(index: usize, at: Timestamp) -> Incoming {
 }
 
 /// Fires due timers and dispatches effects at `now` until neither has anything left.
-fn settle(engine: &mut Engine<SqliteStore>, now: Timestamp, connector: &mut NullConnector) -> anyhow::Result<()> {
+fn settle(engine: &mut Engine<SqliteStore>, now: Timestamp, connector: &mut Connectors) -> anyhow::Result<()> {
     loop {
         let fired = engine.fire_due_timers(now, ROUND)?;
         let dispatched = engine.dispatch(now, ROUND, connector)?;
@@ -96,7 +96,7 @@ pub fn run_journey(args: &JourneyArgs, dir: &Path, fsync: &Fsync) -> anyhow::Res
     let mut engine = Engine::new(SqliteStore::open(&db)?, json!({}))?;
     let blueprint = include_str!("../../../../blueprints/whitepaper-nurture.yaml");
     engine.deploy("whitepaper-nurture.yaml", blueprint, T0).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut connector = NullConnector;
+    let mut connector = Connectors::new(std::sync::Arc::new(NullConnector));
     let started = Instant::now();
     // Everyone downloads; each run sends its email and waits for a click.
     let mut runs = Vec::with_capacity(args.contacts);
