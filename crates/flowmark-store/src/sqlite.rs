@@ -298,34 +298,11 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
             to_json(run)?,
             now.ms(),
         ])?;
-        let first_seq: i64 = tx
-            .prepare_cached("SELECT COALESCE(MAX(seq) + 1, 0) FROM history WHERE run_id = ?1")?
-            .query_row([id], |row| row.get(0))?;
-        let mut insert =
-            tx.prepare_cached("INSERT INTO history (run_id, seq, at, step, entry) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-        for (offset, entry) in transition.history.iter().enumerate() {
-            insert.execute(params![
-                id,
-                first_seq + offset as i64,
-                entry.at.ms(),
-                entry.step.as_deref(),
-                to_json(entry)?
-            ])?;
-        }
-        let first_seq: i64 = tx
-            .prepare_cached("SELECT COALESCE(MAX(seq) + 1, 0) FROM decisions WHERE run_id = ?1")?
-            .query_row([id], |row| row.get(0))?;
-        let mut insert =
-            tx.prepare_cached("INSERT INTO decisions (run_id, seq, at, step, record) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-        for (offset, record) in transition.decisions.iter().enumerate() {
-            insert.execute(params![
-                id,
-                first_seq + offset as i64,
-                record.at.ms(),
-                record.step.as_deref(),
-                to_json(record)?
-            ])?;
-        }
+        // A transition's history entries are one row (a JSON array), and so are its decision
+        // records: one insert each per transition instead of one per entry. Rows written as
+        // single objects by earlier versions read back the same.
+        append_chunk(tx, Trail::History, id, &transition.history, |e| (e.at, e.step.as_deref()))?;
+        append_chunk(tx, Trail::Decisions, id, &transition.decisions, |d| (d.at, d.step.as_deref()))?;
         // The timers table mirrors the run's armed timers: fired and cancelled ones go.
         tx.prepare_cached("DELETE FROM timers WHERE run_id = ?1")?.execute([id])?;
         let mut insert =
@@ -391,6 +368,53 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// The two append-only trails of a run.
+#[derive(Clone, Copy)]
+enum Trail {
+    History,
+    Decisions,
+}
+
+/// Appends `items` to a run's `history` or `decisions` as one row: the next sequence number,
+/// the first item's time, the step when all items share one, and the items as a JSON array.
+fn append_chunk<T: serde::Serialize>(
+    tx: &Connection,
+    trail: Trail,
+    run: i64,
+    items: &[T],
+    key: impl Fn(&T) -> (Timestamp, Option<&str>),
+) -> Result<(), Error> {
+    let Some(first) = items.first() else { return Ok(()) };
+    let (sql_next, sql_insert) = match trail {
+        Trail::History => (
+            "SELECT COALESCE(MAX(seq) + 1, 0) FROM history WHERE run_id = ?1",
+            "INSERT INTO history (run_id, seq, at, step, entry) VALUES (?1, ?2, ?3, ?4, ?5)",
+        ),
+        Trail::Decisions => (
+            "SELECT COALESCE(MAX(seq) + 1, 0) FROM decisions WHERE run_id = ?1",
+            "INSERT INTO decisions (run_id, seq, at, step, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+        ),
+    };
+    let seq: i64 = tx.prepare_cached(sql_next)?.query_row([run], |row| row.get(0))?;
+    let (at, step) = key(first);
+    let step = step.filter(|step| items.iter().all(|item| key(item).1 == Some(*step)));
+    tx.prepare_cached(sql_insert)?.execute(params![run, seq, at.ms(), step, to_json(items)?])?;
+    Ok(())
+}
+
+/// Reads `history` or `decisions` rows back as one list: arrays are spread, single objects
+/// (rows of earlier versions) kept.
+fn spread_chunks(rows: impl Iterator<Item = rusqlite::Result<String>>) -> Result<Vec<Value>, Error> {
+    let mut items = Vec::new();
+    for row in rows {
+        match from_json::<Value>(&row?)? {
+            Value::Array(chunk) => items.extend(chunk),
+            single => items.push(single),
+        }
+    }
+    Ok(items)
 }
 
 fn schedule_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Schedule> {
@@ -488,13 +512,13 @@ impl Store for SqliteStore {
     fn history(&self, id: RunId) -> Result<Vec<Value>, Error> {
         let mut statement = self.conn.prepare_cached("SELECT entry FROM history WHERE run_id = ?1 ORDER BY seq")?;
         let entries = statement.query_map([run_id(id)], |row| row.get::<_, String>(0))?;
-        entries.map(|e| from_json(&e?)).collect()
+        spread_chunks(entries)
     }
 
     fn decisions(&self, id: RunId) -> Result<Vec<Value>, Error> {
         let mut statement = self.conn.prepare_cached("SELECT record FROM decisions WHERE run_id = ?1 ORDER BY seq")?;
         let records = statement.query_map([run_id(id)], |row| row.get::<_, String>(0))?;
-        records.map(|r| from_json(&r?)).collect()
+        spread_chunks(records)
     }
 
     fn due_timers(&self, now: Timestamp, limit: usize) -> Result<Vec<DueTimer>, Error> {
