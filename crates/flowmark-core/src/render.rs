@@ -21,6 +21,9 @@ use crate::template::Template;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Message {
     Email {
+        /// The address it goes to: the subject's `email`, when it has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
         template: Option<String>,
         subject: Option<String>,
         html: Option<String>,
@@ -84,6 +87,7 @@ pub fn render_step_message(
     };
     match action {
         Action::Email(email) => Ok(Message::Email {
+            to: subject.get("email").and_then(Value::as_str).filter(|a| !a.trim().is_empty()).map(str::to_owned),
             template: email.template.clone(),
             subject: email.subject.as_ref().map(|t| text(t, "subject")).transpose()?,
             html: email.html.as_ref().map(|t| text(t, "HTML body")).transpose()?,

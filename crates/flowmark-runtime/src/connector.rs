@@ -34,9 +34,22 @@ pub enum Outcome {
     },
 }
 
+/// One effect to perform.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    /// The effect's idempotency key: the same across retries and restarts.
+    pub key: &'a str,
+    /// The effect as stored in the outbox (`{"effect": "send_message", …}`).
+    pub effect: &'a Value,
+    /// The rendered message, for message effects.
+    pub message: Option<&'a Message>,
+    /// The contact or item the effect is about.
+    pub subject_id: &'a str,
+}
+
 pub trait Connector: Send + Sync {
-    /// Performs one effect. `message` is the rendered message for message effects.
-    fn perform(&self, key: &str, effect: &Value, message: Option<&Message>) -> Outcome;
+    /// Performs one effect.
+    fn perform(&self, job: &Job<'_>) -> Outcome;
 }
 
 /// How much of a peer one connector may use.
@@ -174,10 +187,10 @@ impl LogConnector {
 }
 
 impl Connector for LogConnector {
-    fn perform(&self, key: &str, effect: &Value, message: Option<&Message>) -> Outcome {
-        let line = serde_json::json!({ "effect": key, "kind": effect, "message": message });
+    fn perform(&self, job: &Job<'_>) -> Outcome {
+        let line = serde_json::json!({ "effect": job.key, "kind": job.effect, "message": job.message, "subject": job.subject_id });
         match &self.file {
-            None => tracing::info!(target: "flowmark::effects", effect = key, "{line}"),
+            None => tracing::info!(target: "flowmark::effects", effect = job.key, "{line}"),
             Some(file) => {
                 use std::io::Write as _;
                 let mut bytes = line.to_string().into_bytes();
@@ -221,9 +234,9 @@ impl RecordingConnector {
 }
 
 impl Connector for RecordingConnector {
-    fn perform(&self, key: &str, effect: &Value, message: Option<&Message>) -> Outcome {
+    fn perform(&self, job: &Job<'_>) -> Outcome {
         if let Ok(mut performed) = self.performed.lock() {
-            performed.push((key.to_owned(), effect.clone(), message.cloned()));
+            performed.push((job.key.to_owned(), job.effect.clone(), job.message.cloned()));
         }
         self.script.lock().ok().and_then(|mut s| s.pop_front()).unwrap_or(Outcome::Done { detail: None })
     }

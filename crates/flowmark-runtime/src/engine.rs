@@ -27,7 +27,7 @@ use flowmark_core::{Severity, Source, Timestamp, compile};
 use flowmark_store::{Attempt, Batch, ContactChange, RunFilter, Schedule, ScheduleChange, Store, WorkflowStatus};
 use serde_json::Value;
 
-use crate::connector::{Connector, Connectors, Outcome};
+use crate::connector::{Connector, Connectors, Job, Outcome};
 use crate::retry;
 
 #[derive(Debug, thiserror::Error)]
@@ -508,7 +508,8 @@ impl<S: Store> Engine<S> {
         // Phase 1, in outbox order: internal effects are applied, messages rendered; what
         // leaves Flowmark becomes a job for its connector.
         let mut outcomes: Vec<Option<Result<Outcome, Timestamp>>> = vec![None; ready.len()];
-        let mut jobs: Vec<Vec<(usize, Option<flowmark_core::render::Message>)>> = vec![Vec::new(); connectors.count()];
+        let mut jobs: Vec<Vec<(usize, Option<flowmark_core::render::Message>, String)>> =
+            vec![Vec::new(); connectors.count()];
         let mut owners: Vec<Option<Run>> = Vec::with_capacity(ready.len());
         for (index, entry) in ready.iter().enumerate() {
             let Some(run) = self.store.run(entry.run)? else {
@@ -533,11 +534,19 @@ impl<S: Store> Engine<S> {
                     }));
                 }
                 "start_run" => outcomes[index] = Some(Ok(self.start_subflow(&run, entry, now, &mut transitions)?)),
+                "send_message" if is_suppressed(&subject, &entry.effect) => {
+                    let error = "suppressed: the contact unsubscribed from marketing email".to_owned();
+                    outcomes[index] = Some(Ok(Outcome::Permanent { error }));
+                }
                 "send_message" => match self.render(&run, &entry.key, &entry.step, &entry.effect, &subject)? {
-                    Ok(message) => jobs[connectors.route_of(kind_of_message(&message))].push((index, Some(message))),
+                    Ok(message) => jobs[connectors.route_of(kind_of_message(&message))].push((
+                        index,
+                        Some(message),
+                        run.subject_id.clone(),
+                    )),
                     Err(error) => outcomes[index] = Some(Ok(Outcome::Permanent { error })),
                 },
-                other => jobs[connectors.route_of(other)].push((index, None)),
+                other => jobs[connectors.route_of(other)].push((index, None, run.subject_id.clone())),
             }
             owners.push(Some(run));
         }
@@ -550,7 +559,7 @@ impl<S: Store> Engine<S> {
             for (job, at) in admitted.later {
                 outcomes[route_jobs[job].0] = Some(Err(at));
             }
-            let going: Vec<&(usize, Option<flowmark_core::render::Message>)> =
+            let going: Vec<&(usize, Option<flowmark_core::render::Message>, String)> =
                 admitted.now.iter().map(|&job| &route_jobs[job]).collect();
             let connector = connectors.connector(route).clone();
             for (index, outcome) in perform_all(&*connector, connectors.concurrency(route), &ready, &going) {
@@ -1019,6 +1028,17 @@ fn apply_internal(subject: &mut Value, effect: &Value) -> Result<Value, String> 
     }
 }
 
+/// The contact trait that records an unsubscribe: `true` means no marketing email, ever.
+pub const UNSUBSCRIBED_TRAIT: &str = "unsubscribed";
+
+/// Is this a marketing email to a contact who unsubscribed? Checked when the message is about
+/// to go, so it holds for messages queued before the unsubscribe too.
+fn is_suppressed(subject: &Value, effect: &Value) -> bool {
+    effect.get("channel").and_then(Value::as_str) == Some("email")
+        && effect.get("transactional").and_then(Value::as_bool) != Some(true)
+        && subject.get(UNSUBSCRIBED_TRAIT).and_then(Value::as_bool) == Some(true)
+}
+
 /// The effect kind a rendered message is routed by.
 fn kind_of_message(message: &flowmark_core::render::Message) -> &'static str {
     match message {
@@ -1034,11 +1054,12 @@ fn perform_all(
     connector: &dyn Connector,
     concurrency: usize,
     ready: &[flowmark_store::OutboxEntry],
-    jobs: &[&(usize, Option<flowmark_core::render::Message>)],
+    jobs: &[&(usize, Option<flowmark_core::render::Message>, String)],
 ) -> Vec<(usize, Outcome)> {
-    let perform = |(index, message): &(usize, Option<flowmark_core::render::Message>)| {
+    let perform = |(index, message, subject_id): &(usize, Option<flowmark_core::render::Message>, String)| {
         let entry = &ready[*index];
-        (*index, connector.perform(&entry.key, &entry.effect, message.as_ref()))
+        let job = Job { key: &entry.key, effect: &entry.effect, message: message.as_ref(), subject_id };
+        (*index, connector.perform(&job))
     };
     let workers = concurrency.min(jobs.len());
     if workers <= 1 {

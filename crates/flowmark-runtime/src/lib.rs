@@ -19,9 +19,11 @@
 mod connector;
 mod engine;
 pub mod retry;
+pub mod smtp;
+pub mod unsubscribe;
 
-pub use connector::{Connector, Connectors, Limits, LogConnector, Outcome, RecordingConnector};
+pub use connector::{Connector, Connectors, Job, Limits, LogConnector, Outcome, RecordingConnector};
 pub use engine::{
     CASCADE_DEPTH_MAX, DeployError, Engine, Error, Incoming, Ingested, LATENESS_BUCKETS_MS, SCHEDULE_PAGE_COUNT,
-    SCHEDULED_EVENT, Stats,
+    SCHEDULED_EVENT, Stats, UNSUBSCRIBED_TRAIT,
 };

@@ -35,6 +35,8 @@ use crate::segment;
 pub struct Config {
     pub write_keys: Vec<String>,
     pub admin_tokens: Vec<String>,
+    /// The secret unsubscribe links are signed with; without it `/u/…` answers 404.
+    pub unsubscribe_secret: Option<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -58,6 +60,7 @@ pub fn router(owner: Owner, config: Config) -> Router {
         .route("/api/contacts/{id}", get(contact).put(upsert_contact))
         .route("/api/events", get(events))
         .route("/api/openapi.json", get(openapi))
+        .route("/u/{subject}/{signature}", get(unsubscribe_page).post(unsubscribe))
         // Bodies past the largest limit are cut off by the framework (413); below it, each
         // endpoint checks its own limit and says which one was crossed (400).
         .layer(DefaultBodyLimit::max(REQUEST_SIZE_BYTES_MAX))
@@ -411,7 +414,7 @@ async fn openapi() -> Response {
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Every route `router` serves, as (method, path in OpenAPI's template syntax).
-pub const ROUTES: [(&str, &str); 14] = [
+pub const ROUTES: [(&str, &str); 16] = [
     ("get", "/healthz"),
     ("post", "/v1/{kind}"),
     ("post", "/api/workflows"),
@@ -426,6 +429,8 @@ pub const ROUTES: [(&str, &str); 14] = [
     ("get", "/api/events"),
     ("get", "/metrics"),
     ("get", "/api/openapi.json"),
+    ("get", "/u/{subject}/{signature}"),
+    ("post", "/u/{subject}/{signature}"),
 ];
 
 fn internal(error: impl std::fmt::Display) -> Response {
@@ -627,6 +632,61 @@ async fn events(State(app): State<App>, headers: HeaderMap, Query(query): Query<
     }
 }
 
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title></head>\
+         <body style=\"font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;line-height:1.5\"><h1>{title}</h1>{body}</body></html>"
+    );
+    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+fn signed(app: &App, subject: &str, signature: &str) -> bool {
+    app.config
+        .unsubscribe_secret
+        .as_deref()
+        .is_some_and(|secret| flowmark_runtime::unsubscribe::verify(secret, subject, signature))
+}
+
+/// The page an unsubscribe link opens: a button, not an unsubscribe, because mail scanners
+/// follow links; the button (and mail clients' one-click) POSTs.
+async fn unsubscribe_page(State(app): State<App>, Path((subject, signature)): Path<(String, String)>) -> Response {
+    if !signed(&app, &subject, &signature) {
+        return page(StatusCode::NOT_FOUND, "Link not recognised", "<p>This unsubscribe link is not valid.</p>");
+    }
+    page(
+        StatusCode::OK,
+        "Unsubscribe",
+        "<p>Stop receiving marketing email from us?</p><form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\"><button type=\"submit\" autofocus>Unsubscribe</button></form>",
+    )
+}
+
+/// RFC 8058 one-click unsubscribe: the contact is suppressed at once (no marketing email goes
+/// out to it again, queued ones included) and an `Unsubscribed` event is recorded, which
+/// workflows can exit on.
+async fn unsubscribe(State(app): State<App>, Path((subject, signature)): Path<(String, String)>) -> Response {
+    if !signed(&app, &subject, &signature) {
+        return page(StatusCode::NOT_FOUND, "Link not recognised", "<p>This unsubscribe link is not valid.</p>");
+    }
+    let at = now();
+    let event = flowmark_core::engine::Event {
+        id: format!("unsubscribe:{subject}"),
+        name: "Unsubscribed".to_owned(),
+        at,
+        payload: json!({ "type": "track", "event": "Unsubscribed", "userId": subject,
+                         "properties": { "channel": "email", "method": "one-click" } })
+        .into(),
+    };
+    let traits = json!({ flowmark_runtime::UNSUBSCRIBED_TRAIT: true });
+    let incoming = flowmark_runtime::Incoming { subject_id: subject, event, traits: Some((traits, None)) };
+    match ask(&app.owner, |reply| Command::Ingest { messages: vec![incoming], reply }).await {
+        Ok(Ok(_)) => {
+            page(StatusCode::OK, "You are unsubscribed", "<p>You will not receive marketing email from us again.</p>")
+        }
+        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error),
+        Err(response) => response,
+    }
+}
+
 /// Starts a run by hand: `{"subject": "<contact or item id>"}`. The workflow must be active;
 /// its entry rule decides (`409` when it refuses).
 async fn start_run(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
@@ -693,7 +753,7 @@ mod tests {
             for (method, operation) in methods.as_object().unwrap() {
                 documented.push((method.clone(), path.clone()));
                 assert!(operation["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path}");
-                let public = ["/healthz", "/api/openapi.json"].contains(&path.as_str());
+                let public = ["/healthz", "/api/openapi.json", "/u/{subject}/{signature}"].contains(&path.as_str());
                 assert_eq!(operation["security"].as_array().unwrap().is_empty(), public, "{method} {path}");
             }
         }

@@ -275,5 +275,8 @@ pub fn schedules_are_found_by_due_time(mut store: Box<dyn Store>) -> Result<(), 
     }
     assert_eq!(store.contact_ids_after(None, 2)?, ["c-1", "c-2"]);
     assert_eq!(store.contact_ids_after(Some("c-2"), 2)?, ["c-3"]);
+    assert_eq!(store.setting("secret")?, None);
+    assert_eq!(store.put_setting_once("secret", "first")?, "first");
+    assert_eq!(store.put_setting_once("secret", "second")?, "first", "a setting is written once");
     Ok(())
 }

@@ -323,6 +323,13 @@ pub trait Store {
     /// A workflow's schedules, by trigger.
     fn schedules(&self, workflow_id: &str) -> Result<Vec<Schedule>, Error>;
 
+    /// A deployment-wide setting (a secret, a generated id).
+    fn setting(&self, key: &str) -> Result<Option<String>, Error>;
+
+    /// Stores `value` under `key` unless the key has a value already; returns the value
+    /// stored, so concurrent first starts agree on one.
+    fn put_setting_once(&mut self, key: &str, value: &str) -> Result<String, Error>;
+
     /// Stores a token by the hex SHA-256 of its text. A token's text is high-entropy, so a
     /// plain hash is enough to make a stolen database useless for calling the API.
     fn put_token(&mut self, hash: &str, token: &Token) -> Result<(), Error>;

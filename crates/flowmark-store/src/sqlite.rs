@@ -126,6 +126,12 @@ CREATE TABLE schedules (
 ) WITHOUT ROWID;
 CREATE INDEX schedules_by_due ON schedules (due_at);
 "#,
+    r#"
+CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 pub struct SqliteStore {
@@ -727,6 +733,21 @@ impl Store for SqliteStore {
         )?;
         let rows = statement.query_map([workflow_id], schedule_row)?;
         Ok(rows.collect::<Result<Vec<Schedule>, _>>()?)
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+            .query_row([key], |row| row.get(0))
+            .optional()?)
+    }
+
+    fn put_setting_once(&mut self, key: &str, value: &str) -> Result<String, Error> {
+        self.conn
+            .prepare_cached("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING")?
+            .execute([key, value])?;
+        self.setting(key)?.ok_or_else(|| Error::Corrupt(format!("setting {key} is missing right after it was written")))
     }
 
     fn put_token(&mut self, hash: &str, token: &Token) -> Result<(), Error> {

@@ -10,10 +10,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use std::sync::Arc;
 
+use flowmark_runtime::smtp::{SmtpConnector, SmtpSettings};
 use flowmark_runtime::{Connectors, Engine, Limits, LogConnector};
 use flowmark_server::owner::Command;
 use flowmark_server::{Config, Owner, router};
-use flowmark_store::SqliteStore;
+use flowmark_store::{SqliteStore, Store};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,6 +46,24 @@ pub struct Args {
     /// at once); unlimited when left out. Effects over the rate wait in the outbox.
     #[arg(long, value_name = "RATE", value_parser = positive_rate)]
     effects_per_second: Option<f64>,
+    /// Send email through this SMTP server: `smtp://host:port` (STARTTLS when offered),
+    /// `smtp://host:port?tls=required`, `smtps://host:port`, with `user:password@` for
+    /// credentials. Without it, email effects go to the log like every other effect.
+    #[arg(long, env = "FLOWMARK_SMTP_URL", value_name = "URL")]
+    smtp_url: Option<String>,
+    /// The sender of email whose step names none.
+    #[arg(long, default_value = "Flowmark <flowmark@localhost>")]
+    email_from: String,
+    /// Emails sent at the same time (SMTP connections in the pool).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    smtp_concurrency: u64,
+    /// Emails started per second at most; unlimited when left out.
+    #[arg(long, value_name = "RATE", value_parser = positive_rate)]
+    smtp_per_second: Option<f64>,
+    /// The address contacts reach this server at, for the unsubscribe links in email
+    /// (default: `http://` and the address it listens on).
+    #[arg(long, env = "FLOWMARK_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
     /// How logs are written to standard error: `text` for people, `json` (one object per
     /// line) for log collectors. What is logged is set by `FLOWMARK_LOG` (e.g. `debug`,
     /// `info,flowmark::effects=warn`; default `info`).
@@ -111,7 +130,21 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let mut engine = Engine::new(store, serde_json::json!({})).context("cannot start the engine")?;
     let started = flowmark_core::Timestamp::from_chrono(&chrono::Utc::now());
     engine.sync_all_schedules(started).context("cannot arm the workflows' schedules")?;
-    let mut config = Config { write_keys: args.write_keys.clone(), admin_tokens: args.api_tokens.clone() };
+    // The secret unsubscribe links are signed with: made on first start, kept in the database.
+    let secret = {
+        let fresh =
+            flowmark_server::auth::new_token().map_err(|e| anyhow::anyhow!("no randomness for a secret: {e}"))?;
+        engine
+            .store_mut()
+            .put_setting_once(flowmark_runtime::unsubscribe::SECRET_SETTING, &fresh)
+            .context("cannot store the unsubscribe secret")?
+            .into_bytes()
+    };
+    let mut config = Config {
+        write_keys: args.write_keys.clone(),
+        admin_tokens: args.api_tokens.clone(),
+        unsubscribe_secret: Some(secret.clone()),
+    };
     if args.demo {
         let now = flowmark_core::Timestamp(
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
@@ -135,22 +168,39 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             LogConnector::to_file(path).with_context(|| format!("cannot open the effects log {}", path.display()))?
         }
     };
-    let limits = Limits {
-        concurrency: args.effects_concurrency as usize,
-        per_second: args.effects_per_second,
-        burst: args.effects_per_second.map_or(1, |rate| rate.ceil() as u32),
+    let limits = |concurrency: u64, per_second: Option<f64>| Limits {
+        concurrency: concurrency as usize,
+        per_second,
+        burst: per_second.map_or(1, |rate| rate.ceil() as u32),
     };
-    let (owner, owner_thread) = Owner::start(engine, Connectors::with_limits(Arc::new(connector), limits));
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(&args.bind))
+        .with_context(|| format!("cannot listen on {}", args.bind))?;
+    let address = listener.local_addr()?;
+    let mut connectors =
+        Connectors::with_limits(Arc::new(connector), limits(args.effects_concurrency, args.effects_per_second));
+    if let Some(url) = &args.smtp_url {
+        let settings = SmtpSettings {
+            url: url.clone(),
+            from: args.email_from.clone(),
+            public_url: args.public_url.clone().unwrap_or_else(|| format!("http://{address}")),
+            secret,
+        };
+        let smtp = SmtpConnector::new(settings).context("cannot set up email")?;
+        connectors = connectors.route(
+            "smtp",
+            &["send_email"],
+            Arc::new(smtp),
+            limits(args.smtp_concurrency, args.smtp_per_second),
+        );
+    }
+    let (owner, owner_thread) = Owner::start(engine, connectors);
     if args.demo {
         seed_demo(&owner);
     }
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.bind)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.bind))?;
-        let address = listener.local_addr()?;
         println!("flowmark: listening on http://{address}");
         if args.demo {
             println!("flowmark: demo write key `{DEMO_WRITE_KEY}`, API token `{DEMO_API_TOKEN}`");

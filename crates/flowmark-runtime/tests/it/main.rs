@@ -381,7 +381,7 @@ struct Overlap {
 }
 
 impl flowmark_runtime::Connector for Overlap {
-    fn perform(&self, _: &str, _: &serde_json::Value, _: Option<&Message>) -> Outcome {
+    fn perform(&self, _: &flowmark_runtime::Job<'_>) -> Outcome {
         let mut state = self.state.lock().unwrap();
         state.0 += 1;
         state.1 = state.1.max(state.0);
@@ -438,4 +438,29 @@ fn a_rate_limit_defers_effects_without_counting_an_attempt() {
     }
     assert_eq!(recorder.performed().len(), 5);
     assert_eq!(now, NOON.plus(Duration(4000)), "2 at once, then 1 a second");
+}
+
+#[test]
+fn a_marketing_email_queued_before_an_unsubscribe_is_never_sent() {
+    let mut engine = engine();
+    engine
+        .store_mut()
+        .upsert_contact("ada", &json!({ "first_name": "Ada", "email": "ada@example.com" }), None, NOON)
+        .unwrap();
+    let started = engine
+        .ingest("ada", track("m-1", "Whitepaper Downloaded", NOON, json!({ "topic": "automation" })), NOON)
+        .unwrap();
+    assert_eq!(engine.store().outbox_depth().unwrap(), 1, "the guide is queued");
+    // The contact unsubscribes before the dispatcher gets to it.
+    engine
+        .store_mut()
+        .upsert_contact("ada", &json!({ flowmark_runtime::UNSUBSCRIBED_TRAIT: true }), None, NOON)
+        .unwrap();
+    let (recorder, mut connectors) = recording();
+    engine.dispatch(NOON, 10, &mut connectors).unwrap();
+    assert!(recorder.performed().is_empty(), "nothing reached the connector");
+    let history = engine.store().history(started.runs_started[0]).unwrap();
+    let result = history.iter().find(|h| h["what"] == "effect_result").expect("the effect's result is recorded");
+    assert_eq!(result["ok"], false);
+    assert!(result["detail"].as_str().unwrap().starts_with("suppressed"), "{result}");
 }

@@ -15,10 +15,9 @@ use std::time::Instant;
 use anyhow::Context;
 use flowmark_core::Timestamp;
 use flowmark_core::engine::Event;
-use flowmark_core::render::Message;
-use flowmark_runtime::{Connector, Connectors, Engine, Incoming, Outcome};
+use flowmark_runtime::{Connector, Connectors, Engine, Incoming, Job, Outcome};
 use flowmark_store::{SqliteStore, Store};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{Fsync, emit, fresh_db, remove_db, round2, rss_bytes};
 
@@ -46,7 +45,7 @@ pub struct TimerArgs {
 struct NullConnector;
 
 impl Connector for NullConnector {
-    fn perform(&self, _key: &str, _effect: &Value, _message: Option<&Message>) -> Outcome {
+    fn perform(&self, _job: &Job<'_>) -> Outcome {
         Outcome::Done { detail: None }
     }
 }

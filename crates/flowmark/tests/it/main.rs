@@ -1,6 +1,7 @@
 //! End-to-end tests of the `flowmark` binary: each test runs the real command.
 
 mod crash;
+mod email;
 mod graph;
 mod segment_client;
 mod serve;

@@ -1,0 +1,190 @@
+//! Email end to end: a real SMTP server (Python's `aiosmtpd`, installed from PyPI by this
+//! test into the build directory) receives what `flowmark serve --smtp-url` sends; Python's
+//! `email` package parses each message. Then the one-click unsubscribe link from the
+//! message's own `List-Unsubscribe` header suppresses the contact and ends its journey.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::serve::Server;
+
+const AIOSMTPD: &str = "aiosmtpd==1.4.6";
+
+fn install_aiosmtpd() -> PathBuf {
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("aiosmtpd-1.4.6");
+    if target.join("aiosmtpd").exists() {
+        return target;
+    }
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+        .arg(&target)
+        .arg(AIOSMTPD)
+        .status()
+        .expect("python3 runs (the test needs Python 3 with pip)");
+    assert!(status.success(), "pip could not install {AIOSMTPD}");
+    target
+}
+
+/// An SMTP sink that parses every message with Python's `email` package and appends what it
+/// found as a JSON line.
+const SINK: &str = r#"
+import email, email.policy, json, sys
+from aiosmtpd.controller import Controller
+
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        text = message.get_body(preferencelist=("plain",))
+        html = message.get_body(preferencelist=("html",))
+        found = {
+            "envelope_to": envelope.rcpt_tos,
+            "from": str(message["From"]),
+            "to": str(message["To"]),
+            "subject": str(message["Subject"]),
+            "message_id": str(message["Message-ID"]),
+            "list_unsubscribe": str(message["List-Unsubscribe"]) if message["List-Unsubscribe"] else None,
+            "list_unsubscribe_post": str(message["List-Unsubscribe-Post"]) if message["List-Unsubscribe-Post"] else None,
+            "text": text.get_content() if text else None,
+            "html": html.get_content() if html else None,
+        }
+        with open(sys.argv[2], "a") as out:
+            out.write(json.dumps(found) + "\n")
+        return "250 Message accepted for delivery"
+
+controller = Controller(Handler(), hostname="127.0.0.1", port=int(sys.argv[1]))
+controller.start()
+print("ready", flush=True)
+sys.stdin.read()
+controller.stop()
+"#;
+
+struct Sink {
+    child: Child,
+    port: u16,
+    received: PathBuf,
+}
+
+impl Sink {
+    fn start(dir: &Path) -> Sink {
+        let library = install_aiosmtpd();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let received = dir.join("received.jsonl");
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(SINK)
+            .arg(port.to_string())
+            .arg(&received)
+            .env("PYTHONPATH", &library)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "the SMTP sink started");
+        Sink { child, port, received }
+    }
+
+    fn messages(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.received)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const WELCOME: &str = r#"
+id: welcome
+subject: contact
+trigger: { event: Signed Up }
+exit: { event: Unsubscribed }
+steps:
+  - id: hello
+    action:
+      email:
+        subject: "Welcome, {{ contact.first_name }}"
+        text: "Hi {{ contact.first_name }}, thanks for joining."
+        html: "<p>Hi <b>{{ contact.first_name }}</b>, thanks for joining.</p>"
+  - id: later
+    wait: { duration: 1h }
+  - id: again
+    action: { email: { subject: "Still there?", text: "Hello again" } }
+"#;
+
+fn post_form(url: &str, body: &str) -> (u16, String) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut stream = TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    (response[9..12].parse().unwrap(), response)
+}
+
+#[test]
+fn email_goes_out_over_smtp_personalised_and_one_click_unsubscribe_stops_the_journey() {
+    let dir = super::validate::tempdir().join("email");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sink = Sink::start(&dir);
+    let smtp = format!("smtp://127.0.0.1:{}", sink.port);
+    let server = Server::start_with(
+        &dir.join("flowmark.db"),
+        &["--write-key", "wk", "--api-token", "tok", "--smtp-url", &smtp, "--email-from", "News <news@example.com>"],
+    );
+    assert_eq!(server.api("POST", "/api/workflows", WELCOME.as_bytes()).0, 201);
+    let identify = json!({ "userId": "ada", "traits": { "first_name": "Ada", "email": "ada@example.com" } });
+    assert_eq!(server.send("identify", &identify).0, 200);
+    assert_eq!(server.send("track", &json!({ "userId": "ada", "event": "Signed Up" })).0, 200);
+
+    let started = Instant::now();
+    while sink.messages().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no email arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let message = &sink.messages()[0];
+    assert_eq!(message["envelope_to"], json!(["ada@example.com"]));
+    assert_eq!(message["from"], "News <news@example.com>");
+    assert_eq!(message["subject"], "Welcome, Ada", "the subject is personalised");
+    assert_eq!(message["text"].as_str().unwrap().trim(), "Hi Ada, thanks for joining.");
+    assert!(message["html"].as_str().unwrap().contains("<b>Ada</b>"));
+    assert!(message["message_id"].as_str().unwrap().starts_with("<1-hello-"), "the effect key is the Message-ID");
+    assert_eq!(message["list_unsubscribe_post"], "List-Unsubscribe=One-Click");
+    let link = message["list_unsubscribe"].as_str().unwrap().trim_matches(['<', '>']).to_owned();
+    assert!(link.starts_with(&format!("http://{}/u/ada/", server.address)), "{link}");
+
+    // A forged link does nothing; the real one shows a button, and its POST unsubscribes.
+    let forged = format!("{}0", &link[..link.len() - 1]);
+    assert_eq!(post_form(&forged, "List-Unsubscribe=One-Click").0, 404);
+    let (status, _, _) = server.get_text(&link.replacen(&format!("http://{}", server.address), "", 1));
+    assert_eq!(status, 200);
+    let (status, page) = post_form(&link, "List-Unsubscribe=One-Click");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("You are unsubscribed"));
+
+    let (_, _, contact) = server.api("GET", "/api/contacts/ada", b"");
+    assert_eq!(contact["traits"]["unsubscribed"], true, "the contact is suppressed");
+    let (_, _, runs) = server.api("GET", "/api/runs?subject=ada", b"");
+    assert_eq!(runs[0]["status"], "exited", "the Unsubscribed event ended the journey at once");
+    assert_eq!(sink.messages().len(), 1);
+    server.stop();
+}
