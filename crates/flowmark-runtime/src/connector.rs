@@ -45,11 +45,21 @@ pub struct Job<'a> {
     pub message: Option<&'a Message>,
     /// The contact or item the effect is about.
     pub subject_id: &'a str,
+    /// Which attempt this is (1 for the first).
+    pub attempt: u32,
+    /// The time the dispatcher works at (what a signature's timestamp says).
+    pub now: Timestamp,
 }
 
 pub trait Connector: Send + Sync {
     /// Performs one effect.
     fn perform(&self, job: &Job<'_>) -> Outcome;
+
+    /// Delays in ms after each failed attempt, when the peer's protocol prescribes its own
+    /// (Standard Webhooks does); `None` keeps `retry`'s schedule.
+    fn retry_delays_ms(&self) -> Option<&'static [u64]> {
+        None
+    }
 }
 
 /// How much of a peer one connector may use.

@@ -551,6 +551,7 @@ impl<S: Store> Engine<S> {
             owners.push(Some(run));
         }
         // Phase 2: each connector performs what its rate admits, `concurrency` at a time.
+        let mut schedules: Vec<Option<&'static [u64]>> = vec![None; ready.len()];
         for (route, route_jobs) in jobs.into_iter().enumerate() {
             if route_jobs.is_empty() {
                 continue;
@@ -562,7 +563,12 @@ impl<S: Store> Engine<S> {
             let going: Vec<&(usize, Option<flowmark_core::render::Message>, String)> =
                 admitted.now.iter().map(|&job| &route_jobs[job]).collect();
             let connector = connectors.connector(route).clone();
-            for (index, outcome) in perform_all(&*connector, connectors.concurrency(route), &ready, &going) {
+            if let Some(delays) = connector.retry_delays_ms() {
+                for (index, _, _) in &route_jobs {
+                    schedules[*index] = Some(delays);
+                }
+            }
+            for (index, outcome) in perform_all(&*connector, connectors.concurrency(route), now, &ready, &going) {
                 outcomes[index] = Some(Ok(outcome));
             }
             tracing::trace!(connector = connectors.name(route), performed = going.len(), "dispatched");
@@ -570,7 +576,7 @@ impl<S: Store> Engine<S> {
         // Phase 3, in outbox order: attempts recorded, final results fed back to the runs.
         let mut runs: HashMap<RunId, Run> = HashMap::new();
         let mut attempts: Vec<(String, Attempt, u32)> = Vec::new();
-        for ((entry, outcome), owner) in ready.iter().zip(outcomes).zip(owners) {
+        for (((entry, outcome), owner), schedule) in ready.iter().zip(outcomes).zip(owners).zip(schedules) {
             let attempt_number = entry.attempts + 1;
             let outcome = match outcome {
                 Some(Ok(outcome)) => outcome,
@@ -584,7 +590,11 @@ impl<S: Store> Engine<S> {
                 Outcome::Done { detail } => (Attempt::Done { detail: detail.clone() }, Some((true, detail))),
                 Outcome::Permanent { error } => (Attempt::Failed { error: error.clone() }, Some((false, Some(error)))),
                 Outcome::Retryable { error, retry_after } => {
-                    match retry::next_attempt_at(&entry.key, attempt_number, now, retry_after) {
+                    let next = match schedule {
+                        Some(delays) => retry::next_attempt_on(delays, &entry.key, attempt_number, now, retry_after),
+                        None => retry::next_attempt_at(&entry.key, attempt_number, now, retry_after),
+                    };
+                    match next {
                         Some(at) => (Attempt::Retry { at, error }, None),
                         None => {
                             let error = format!("gave up after {attempt_number} attempts: {error}");
@@ -1053,12 +1063,20 @@ fn kind_of_message(message: &flowmark_core::render::Message) -> &'static str {
 fn perform_all(
     connector: &dyn Connector,
     concurrency: usize,
+    now: Timestamp,
     ready: &[flowmark_store::OutboxEntry],
     jobs: &[&(usize, Option<flowmark_core::render::Message>, String)],
 ) -> Vec<(usize, Outcome)> {
     let perform = |(index, message, subject_id): &(usize, Option<flowmark_core::render::Message>, String)| {
         let entry = &ready[*index];
-        let job = Job { key: &entry.key, effect: &entry.effect, message: message.as_ref(), subject_id };
+        let job = Job {
+            key: &entry.key,
+            effect: &entry.effect,
+            message: message.as_ref(),
+            subject_id,
+            attempt: entry.attempts + 1,
+            now,
+        };
         (*index, connector.perform(&job))
     };
     let workers = concurrency.min(jobs.len());

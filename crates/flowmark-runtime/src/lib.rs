@@ -21,6 +21,7 @@ mod engine;
 pub mod retry;
 pub mod smtp;
 pub mod unsubscribe;
+pub mod webhook;
 
 pub use connector::{Connector, Connectors, Job, Limits, LogConnector, Outcome, RecordingConnector};
 pub use engine::{

@@ -34,6 +34,21 @@ pub fn next_attempt_at(key: &str, attempt: u32, now: Timestamp, retry_after: Opt
     Some(now.plus(delay))
 }
 
+/// `next_attempt_at` on a connector's own schedule: `delays_ms[n - 1]` after failed attempt
+/// n, with the same jitter; `None` once the delays are spent. A later `retry_after` wins.
+pub fn next_attempt_on(
+    delays_ms: &[u64],
+    key: &str,
+    attempt: u32,
+    now: Timestamp,
+    retry_after: Option<Duration>,
+) -> Option<Timestamp> {
+    assert!(attempt >= 1);
+    let base = *delays_ms.get(attempt as usize - 1)?;
+    let jitter = base / 10 * (fnv1a(key, attempt) % 1000) / 1000;
+    Some(now.plus(Duration(base + jitter).max(retry_after.unwrap_or_default())))
+}
+
 fn fnv1a(key: &str, attempt: u32) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in key.bytes().chain(attempt.to_le_bytes()) {

@@ -31,12 +31,15 @@ use crate::segment;
 
 /// Keys given on the command line, on top of the tokens stored: write keys may ingest, API
 /// tokens may do everything.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Config {
     pub write_keys: Vec<String>,
     pub admin_tokens: Vec<String>,
     /// The secret unsubscribe links are signed with; without it `/u/…` answers 404.
     pub unsubscribe_secret: Option<Vec<u8>>,
+    /// Secrets inbound webhooks (`/hooks/{source}`) are verified with; none means the
+    /// endpoint answers 404.
+    pub inbound_webhook_secrets: Vec<flowmark_runtime::webhook::Secret>,
 }
 
 #[derive(Clone)]
@@ -61,6 +64,7 @@ pub fn router(owner: Owner, config: Config) -> Router {
         .route("/api/events", get(events))
         .route("/api/openapi.json", get(openapi))
         .route("/u/{subject}/{signature}", get(unsubscribe_page).post(unsubscribe))
+        .route("/hooks/{source}", post(inbound_webhook))
         // Bodies past the largest limit are cut off by the framework (413); below it, each
         // endpoint checks its own limit and says which one was crossed (400).
         .layer(DefaultBodyLimit::max(REQUEST_SIZE_BYTES_MAX))
@@ -414,7 +418,7 @@ async fn openapi() -> Response {
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Every route `router` serves, as (method, path in OpenAPI's template syntax).
-pub const ROUTES: [(&str, &str); 16] = [
+pub const ROUTES: [(&str, &str); 17] = [
     ("get", "/healthz"),
     ("post", "/v1/{kind}"),
     ("post", "/api/workflows"),
@@ -431,6 +435,7 @@ pub const ROUTES: [(&str, &str); 16] = [
     ("get", "/api/openapi.json"),
     ("get", "/u/{subject}/{signature}"),
     ("post", "/u/{subject}/{signature}"),
+    ("post", "/hooks/{source}"),
 ];
 
 fn internal(error: impl std::fmt::Display) -> Response {
@@ -687,6 +692,64 @@ async fn unsubscribe(State(app): State<App>, Path((subject, signature)): Path<(S
     }
 }
 
+/// An inbound webhook, signed the Standard Webhooks way: verified against the configured
+/// secrets, then ingested as an event for the body's `userId` (or `anonymousId`), named by its
+/// `event` (default `Webhook Received`), with `webhook-id` as its `messageId`, so the
+/// sender's retries are applied once. The signature is the credential: no token is needed.
+async fn inbound_webhook(
+    State(app): State<App>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if app.config.inbound_webhook_secrets.is_empty() {
+        return problem(StatusCode::NOT_FOUND, "No inbound webhooks", "this server has no inbound webhook secret");
+    }
+    if body.len() > EVENT_SIZE_BYTES_MAX {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Webhook too large",
+            format!("the body is {} bytes; the limit is {EVENT_SIZE_BYTES_MAX} bytes", body.len()),
+        );
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let (id, timestamp, signature) = (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
+    if id.is_empty() {
+        return problem(StatusCode::BAD_REQUEST, "Unsigned webhook", "a `webhook-id` header is required");
+    }
+    let now_s = now().ms().div_euclid(1000);
+    let secrets = &app.config.inbound_webhook_secrets;
+    if let Err(error) = flowmark_runtime::webhook::verify(secrets, &id, &timestamp, &signature, &body, now_s) {
+        return problem(StatusCode::UNAUTHORIZED, "Bad signature", error.to_string());
+    }
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(value @ Value::Object(_)) => value,
+        Ok(_) => return problem(StatusCode::BAD_REQUEST, "Invalid webhook", "the body must be a JSON object"),
+        Err(error) => {
+            return problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}"));
+        }
+    };
+    let subject =
+        ["userId", "anonymousId"].iter().find_map(|k| value.get(*k).and_then(Value::as_str)).map(str::to_owned);
+    let Some(subject) = subject.filter(|s| !s.is_empty()) else {
+        return problem(StatusCode::BAD_REQUEST, "Invalid webhook", "the body needs a `userId` or an `anonymousId`");
+    };
+    let name = value.get("event").and_then(Value::as_str).unwrap_or("Webhook Received").to_owned();
+    let mut payload = value.clone();
+    if let Value::Object(fields) = &mut payload {
+        fields.insert("type".to_owned(), json!("track"));
+        fields.insert("source".to_owned(), json!(source));
+        fields.insert("event".to_owned(), json!(name));
+    }
+    let event = flowmark_core::engine::Event { id, name, at: now(), payload: payload.into() };
+    let incoming = flowmark_runtime::Incoming { subject_id: subject, event, traits: None };
+    match ask(&app.owner, |reply| Command::Ingest { messages: vec![incoming], reply }).await {
+        Ok(Ok(_)) => (StatusCode::NO_CONTENT, ()).into_response(),
+        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error),
+        Err(response) => response,
+    }
+}
+
 /// Starts a run by hand: `{"subject": "<contact or item id>"}`. The workflow must be active;
 /// its entry rule decides (`409` when it refuses).
 async fn start_run(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
@@ -753,7 +816,8 @@ mod tests {
             for (method, operation) in methods.as_object().unwrap() {
                 documented.push((method.clone(), path.clone()));
                 assert!(operation["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path}");
-                let public = ["/healthz", "/api/openapi.json", "/u/{subject}/{signature}"].contains(&path.as_str());
+                let public = ["/healthz", "/api/openapi.json", "/u/{subject}/{signature}", "/hooks/{source}"]
+                    .contains(&path.as_str());
                 assert_eq!(operation["security"].as_array().unwrap().is_empty(), public, "{method} {path}");
             }
         }

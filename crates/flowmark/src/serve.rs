@@ -11,6 +11,7 @@ use anyhow::Context;
 use std::sync::Arc;
 
 use flowmark_runtime::smtp::{SmtpConnector, SmtpSettings};
+use flowmark_runtime::webhook::{Secret, WebhookConnector, WebhookSettings};
 use flowmark_runtime::{Connectors, Engine, Limits, LogConnector};
 use flowmark_server::owner::Command;
 use flowmark_server::{Config, Owner, router};
@@ -60,6 +61,24 @@ pub struct Args {
     /// Emails started per second at most; unlimited when left out.
     #[arg(long, value_name = "RATE", value_parser = positive_rate)]
     smtp_per_second: Option<f64>,
+    /// Call webhooks for real, signed the Standard Webhooks way with this secret (`whsec_…`;
+    /// repeat or comma-separate to rotate: requests carry a signature per secret). Without
+    /// it, webhook effects go to the log like every other effect.
+    #[arg(long = "webhook-secret", env = "FLOWMARK_WEBHOOK_SECRET", value_delimiter = ',')]
+    webhook_secrets: Vec<String>,
+    /// Let webhooks reach private, loopback and link-local addresses (refused by default).
+    #[arg(long)]
+    webhook_allow_private: bool,
+    /// Webhook requests in flight at the same time.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    webhook_concurrency: u64,
+    /// Webhook requests started per second at most; unlimited when left out.
+    #[arg(long, value_name = "RATE", value_parser = positive_rate)]
+    webhook_per_second: Option<f64>,
+    /// Accept signed webhooks at `POST /hooks/{source}`, verified with this secret (`whsec_…`;
+    /// repeat or comma-separate for several).
+    #[arg(long = "inbound-webhook-secret", env = "FLOWMARK_INBOUND_WEBHOOK_SECRET", value_delimiter = ',')]
+    inbound_webhook_secrets: Vec<String>,
     /// The address contacts reach this server at, for the unsubscribe links in email
     /// (default: `http://` and the address it listens on).
     #[arg(long, env = "FLOWMARK_PUBLIC_URL", value_name = "URL")]
@@ -69,6 +88,13 @@ pub struct Args {
     /// `info,flowmark::effects=warn`; default `info`).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+fn parse_secrets(texts: &[String]) -> anyhow::Result<Vec<Secret>> {
+    texts
+        .iter()
+        .map(|text| Secret::parse(text).map_err(|e| anyhow::anyhow!("a webhook secret is not usable: {e}")))
+        .collect()
 }
 
 fn positive_rate(text: &str) -> Result<f64, String> {
@@ -144,6 +170,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         write_keys: args.write_keys.clone(),
         admin_tokens: args.api_tokens.clone(),
         unsubscribe_secret: Some(secret.clone()),
+        inbound_webhook_secrets: parse_secrets(&args.inbound_webhook_secrets)?,
     };
     if args.demo {
         let now = flowmark_core::Timestamp(
@@ -194,6 +221,18 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             &["send_email"],
             Arc::new(smtp),
             limits(args.smtp_concurrency, args.smtp_per_second),
+        );
+    }
+    if !args.webhook_secrets.is_empty() {
+        let settings = WebhookSettings {
+            secrets: parse_secrets(&args.webhook_secrets)?,
+            allow_private: args.webhook_allow_private,
+        };
+        connectors = connectors.route(
+            "webhooks",
+            &["call_webhook"],
+            Arc::new(WebhookConnector::new(settings)),
+            limits(args.webhook_concurrency, args.webhook_per_second),
         );
     }
     let (owner, owner_thread) = Owner::start(engine, connectors);

@@ -7,6 +7,7 @@ mod segment_client;
 mod serve;
 mod simulate;
 mod validate;
+mod webhooks;
 
 use std::path::PathBuf;
 

@@ -78,6 +78,17 @@ impl Server {
         self.request("POST", &format!("/v1/{kind}"), &headers, event.to_string().as_bytes())
     }
 
+    /// Any request, with the headers given.
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> (u16, String, Value) {
+        self.request(method, path, headers, body)
+    }
+
     /// A GET without credentials, answered as text.
     pub fn get_text(&self, path: &str) -> (u16, String, String) {
         self.request_text("GET", path, &[], b"")

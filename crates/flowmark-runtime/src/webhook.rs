@@ -1,0 +1,310 @@
+//! Webhooks the Standard Webhooks way (standardwebhooks.com), out and in.
+//!
+//! Out: `WebhookConnector` sends `call_webhook` effects with `webhook-id` (the effect's key,
+//! the same on every retry), `webhook-timestamp` (Unix seconds) and `webhook-signature`
+//! (`v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, one per active secret, so a secret can be
+//! rotated without a gap). Secrets are `whsec_<base64>`. It retries on the spec's schedule
+//! (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), honours `Retry-After` on 429 and 503, treats
+//! `410 Gone` as "this endpoint is gone" (disabled until the server restarts), times out, and
+//! refuses addresses in private, loopback and link-local ranges unless allowed (SSRF).
+//!
+//! In: `verify` checks a request signed the same way, within a 5-minute timestamp tolerance.
+//!
+//! Invariant: a request leaves only to a public address (unless allowed) and always signed.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, ToSocketAddrs};
+use std::sync::Mutex;
+use std::time::Duration as StdDuration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use flowmark_core::Duration;
+use flowmark_core::render::Message;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::connector::{Connector, Job, Outcome};
+
+/// Base64 that reads padded and unpadded text alike (secrets are often shared unpadded).
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// The retry delays Standard Webhooks recommends, after each failed attempt.
+pub const STANDARD_WEBHOOKS_DELAYS_MS: [u64; 7] =
+    [5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000];
+/// How far a signed timestamp may be from now, either way, for `verify`.
+pub const TIMESTAMP_TOLERANCE_S: i64 = 5 * 60;
+/// How long a request may take, connecting included.
+pub const REQUEST_TIMEOUT: StdDuration = StdDuration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("a webhook secret must look like `whsec_<base64>`")]
+    Format,
+}
+
+/// A `whsec_…` secret, decoded.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn parse(text: &str) -> Result<Secret, SecretError> {
+        let encoded = text.strip_prefix("whsec_").ok_or(SecretError::Format)?;
+        let bytes = LENIENT.decode(encoded).map_err(|_| SecretError::Format)?;
+        if bytes.is_empty() {
+            return Err(SecretError::Format);
+        }
+        Ok(Secret(bytes))
+    }
+
+    fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
+        mac.update(body);
+        mac
+    }
+}
+
+/// The `webhook-signature` header for a message: one `v1,<signature>` per secret.
+pub fn sign(secrets: &[Secret], id: &str, timestamp: i64, body: &[u8]) -> String {
+    secrets
+        .iter()
+        .map(|secret| format!("v1,{}", BASE64.encode(secret.mac(id, timestamp, body).finalize().into_bytes())))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the `webhook-timestamp` is not a number of seconds")]
+    BadTimestamp,
+    #[error("the `webhook-timestamp` is more than 5 minutes from now")]
+    Stale,
+    #[error("no `v1` signature matches any of the secrets")]
+    NoMatch,
+}
+
+/// Checks a signed request: some `v1` signature in `signatures` must match one of `secrets`
+/// (compared in constant time), and the timestamp must be within the tolerance of `now_s`.
+pub fn verify(
+    secrets: &[Secret],
+    id: &str,
+    timestamp: &str,
+    signatures: &str,
+    body: &[u8],
+    now_s: i64,
+) -> Result<(), VerifyError> {
+    let timestamp: i64 = timestamp.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
+    if (now_s - timestamp).abs() > TIMESTAMP_TOLERANCE_S {
+        return Err(VerifyError::Stale);
+    }
+    let matched = signatures.split_whitespace().filter_map(|s| s.strip_prefix("v1,")).any(|signature| {
+        let Ok(bytes) = LENIENT.decode(signature) else { return false };
+        secrets.iter().any(|secret| secret.mac(id, timestamp, body).verify_slice(&bytes).is_ok())
+    });
+    if matched { Ok(()) } else { Err(VerifyError::NoMatch) }
+}
+
+/// Is this an address a webhook must not reach by default?
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
+                || a == 0
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80 // link local
+                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
+        }
+    }
+}
+
+pub struct WebhookSettings {
+    /// The active secrets (`whsec_…`); each request is signed with all of them.
+    pub secrets: Vec<Secret>,
+    /// Let webhooks reach private, loopback and link-local addresses (a test or an intranet).
+    pub allow_private: bool,
+}
+
+pub struct WebhookConnector {
+    agent: ureq::Agent,
+    secrets: Vec<Secret>,
+    allow_private: bool,
+    /// Endpoints that answered `410 Gone`.
+    gone: Mutex<HashSet<String>>,
+}
+
+impl WebhookConnector {
+    pub fn new(settings: WebhookSettings) -> WebhookConnector {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .max_redirects(0)
+            .build()
+            .new_agent();
+        WebhookConnector {
+            agent,
+            secrets: settings.secrets,
+            allow_private: settings.allow_private,
+            gone: Mutex::default(),
+        }
+    }
+
+    /// Refuses a URL that is not http(s) or whose host resolves to a private address.
+    fn check(&self, url: &str) -> Result<(), String> {
+        let uri: ureq::http::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+        let secure = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("`{url}` is not an http or https URL")),
+        };
+        let host = uri.host().ok_or_else(|| format!("`{url}` has no host"))?;
+        if self.allow_private {
+            return Ok(());
+        }
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addresses: Vec<_> =
+            (host, port).to_socket_addrs().map_err(|e| format!("`{host}` does not resolve: {e}"))?.collect();
+        if let Some(private) = addresses.iter().find(|a| is_private(a.ip())) {
+            return Err(format!(
+                "`{host}` resolves to {}, a private address; webhooks may not reach those unless allowed",
+                private.ip()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Connector for WebhookConnector {
+    fn perform(&self, job: &Job<'_>) -> Outcome {
+        let Some(Message::Webhook { url, method, headers, body }) = job.message else {
+            return Outcome::Permanent { error: "the webhook connector sends webhook messages only".to_owned() };
+        };
+        if self.gone.lock().is_ok_and(|gone| gone.contains(url)) {
+            return Outcome::Permanent { error: format!("{url} answered 410 Gone earlier and is disabled") };
+        }
+        if let Err(error) = self.check(url) {
+            return Outcome::Permanent { error };
+        }
+        let body = serde_json::to_vec(body.as_ref().unwrap_or(&serde_json::Value::Null)).unwrap_or_default();
+        let timestamp = job.now.ms().div_euclid(1000);
+        let mut request = ureq::http::Request::builder()
+            .method(method.as_str())
+            .uri(url.as_str())
+            .header("content-type", "application/json")
+            .header("webhook-id", job.key)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", sign(&self.secrets, job.key, timestamp, &body));
+        for (name, value) in headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let request = match request.body(body) {
+            Ok(request) => request,
+            Err(error) => return Outcome::Permanent { error: format!("the request could not be built: {error}") },
+        };
+        let response = match self.agent.run(request) {
+            Ok(response) => response,
+            Err(error) => return Outcome::Retryable { error: format!("{url}: {error}"), retry_after: None },
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration(s.saturating_mul(1000)));
+        match status {
+            200..=299 => Outcome::Done { detail: Some(format!("HTTP {status}")) },
+            410 => {
+                if let Ok(mut gone) = self.gone.lock() {
+                    gone.insert(url.clone());
+                }
+                Outcome::Permanent { error: format!("{url} answered 410 Gone; the endpoint is disabled") }
+            }
+            429 | 503 => Outcome::Retryable { error: format!("{url} answered HTTP {status}"), retry_after },
+            408 | 500..=599 => Outcome::Retryable { error: format!("{url} answered HTTP {status}"), retry_after: None },
+            _ => Outcome::Permanent { error: format!("{url} answered HTTP {status}") },
+        }
+    }
+
+    fn retry_delays_ms(&self) -> Option<&'static [u64]> {
+        Some(&STANDARD_WEBHOOKS_DELAYS_MS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_verifies_with_any_active_secret_and_nothing_else() {
+        let old = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let new = Secret::parse("whsec_c2VjcmV0LXR3by1mb3Itcm90YXRpb24=").unwrap();
+        let body = br#"{"hello":"world"}"#;
+        let header = sign(&[old.clone(), new.clone()], "msg_1", 1_700_000_000, body);
+        assert_eq!(header.split(' ').count(), 2, "one signature per secret while rotating");
+        assert_eq!(verify(std::slice::from_ref(&new), "msg_1", "1700000000", &header, body, 1_700_000_100), Ok(()));
+        assert_eq!(verify(std::slice::from_ref(&old), "msg_1", "1700000000", &header, body, 1_700_000_100), Ok(()));
+        assert_eq!(
+            verify(std::slice::from_ref(&new), "msg_2", "1700000000", &header, body, 1_700_000_100),
+            Err(VerifyError::NoMatch)
+        );
+        assert_eq!(
+            verify(std::slice::from_ref(&new), "msg_1", "1700000000", &header, b"{}", 1_700_000_100),
+            Err(VerifyError::NoMatch)
+        );
+        assert_eq!(
+            verify(std::slice::from_ref(&new), "msg_1", "1700000000", &header, body, 1_700_001_000),
+            Err(VerifyError::Stale)
+        );
+        assert!(Secret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err(), "the whsec_ prefix is required");
+    }
+
+    #[test]
+    fn private_addresses_are_recognised() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "0.0.0.0",
+        ] {
+            assert!(is_private(private.parse().unwrap()), "{private}");
+        }
+        for public in ["93.184.216.34", "2606:2800:220:1::1", "8.8.8.8"] {
+            assert!(!is_private(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn the_connector_refuses_private_addresses_unless_allowed() {
+        let strict = WebhookConnector::new(WebhookSettings { secrets: Vec::new(), allow_private: false });
+        assert!(strict.check("http://127.0.0.1:9/x").unwrap_err().contains("private address"));
+        assert!(strict.check("ftp://example.com/").unwrap_err().contains("not an http or https URL"));
+        let open = WebhookConnector::new(WebhookSettings { secrets: Vec::new(), allow_private: true });
+        assert_eq!(open.check("http://127.0.0.1:9/x"), Ok(()));
+    }
+}

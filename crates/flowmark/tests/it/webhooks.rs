@@ -1,0 +1,194 @@
+//! Standard Webhooks, both ways, proven with the reference Python library (`standardwebhooks`
+//! from PyPI, installed by this test into the build directory):
+//! - the library signs an inbound webhook; Flowmark verifies it, stores it as an event once
+//!   (its `webhook-id` is the `messageId`), and refuses a tampered copy;
+//! - that event starts a workflow whose webhook step calls a receiver that verifies
+//!   Flowmark's signature with the library.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::serve::Server;
+
+const LIBRARY: &str = "standardwebhooks==1.1.0";
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const INBOUND_SECRET: &str = "whsec_aW5ib3VuZC1zZWNyZXQtZm9yLXRlc3Rz";
+
+fn install_library() -> PathBuf {
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("standardwebhooks-1.1.0");
+    if target.join("standardwebhooks").exists() {
+        return target;
+    }
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+        .arg(&target)
+        .arg(LIBRARY)
+        .status()
+        .expect("python3 runs (the test needs Python 3 with pip)");
+    assert!(status.success(), "pip could not install {LIBRARY}");
+    target
+}
+
+/// A receiver that verifies each request with the library and appends what it found.
+const RECEIVER: &str = r#"
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from standardwebhooks import Webhook
+
+webhook = Webhook(sys.argv[2])
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        try:
+            payload = webhook.verify(body, dict(self.headers))
+            found = {"verified": True, "id": self.headers["webhook-id"], "payload": payload}
+        except Exception as error:
+            found = {"verified": False, "error": str(error)}
+        with open(sys.argv[3], "a") as out:
+            out.write(json.dumps(found) + "\n")
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+server = HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+
+/// Signs a payload with the library and prints the headers as JSON.
+const SIGNER: &str = r#"
+import json, sys
+from datetime import datetime, timezone
+from standardwebhooks import Webhook
+body = sys.argv[3]
+signature = Webhook(sys.argv[1]).sign(sys.argv[2], datetime.now(tz=timezone.utc), body)
+print(json.dumps({"webhook-id": sys.argv[2], "webhook-timestamp": str(int(datetime.now(tz=timezone.utc).timestamp())), "webhook-signature": signature}))
+"#;
+
+struct Receiver {
+    child: Child,
+    port: u16,
+    received: PathBuf,
+}
+
+impl Receiver {
+    fn start(dir: &Path, library: &Path) -> Receiver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let received = dir.join("received.jsonl");
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(RECEIVER)
+            .arg(port.to_string())
+            .arg(SECRET)
+            .arg(&received)
+            .env("PYTHONPATH", library)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        Receiver { child, port, received }
+    }
+
+    fn received(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.received)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signed_headers(library: &Path, id: &str, body: &str) -> Vec<(&'static str, String)> {
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(SIGNER)
+        .args([INBOUND_SECRET, id, body])
+        .env("PYTHONPATH", library)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let headers: Value = serde_json::from_slice(&output.stdout).unwrap();
+    ["webhook-id", "webhook-timestamp", "webhook-signature"]
+        .into_iter()
+        .map(|name| (name, headers[name].as_str().unwrap().to_owned()))
+        .chain([("Content-Type", "application/json".to_owned())])
+        .collect()
+}
+
+#[test]
+fn webhooks_are_signed_and_verified_the_standard_webhooks_way() {
+    let library = install_library();
+    let dir = super::validate::tempdir().join("webhooks");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let receiver = Receiver::start(&dir, &library);
+    let server = Server::start_with(
+        &dir.join("flowmark.db"),
+        &[
+            "--write-key",
+            "wk",
+            "--api-token",
+            "tok",
+            "--webhook-secret",
+            SECRET,
+            "--webhook-allow-private",
+            "--inbound-webhook-secret",
+            INBOUND_SECRET,
+        ],
+    );
+    let workflow = format!(
+        r#"
+id: lead-to-crm
+subject: contact
+trigger: {{ event: Lead Created }}
+steps:
+  - id: crm
+    action:
+      webhook:
+        url: "http://127.0.0.1:{}/leads"
+        body: {{ lead: "{{{{ event.properties.email }}}}", source: flowmark }}
+"#,
+        receiver.port
+    );
+    assert_eq!(server.api("POST", "/api/workflows", workflow.as_bytes()).0, 201);
+
+    // In: the library signs; Flowmark verifies and stores the event once.
+    let body = r#"{"userId":"bo","event":"Lead Created","properties":{"email":"bo@example.com"}}"#;
+    let headers = signed_headers(&library, "msg_inbound_1", body);
+    assert_eq!(server.request_with("POST", "/hooks/crm", &headers, body.as_bytes()).0, 204);
+    assert_eq!(server.request_with("POST", "/hooks/crm", &headers, body.as_bytes()).0, 204, "a retry is fine");
+    let tampered = body.replace("bo@example.com", "eve@example.com");
+    let (status, _, problem) = server.request_with("POST", "/hooks/crm", &headers, tampered.as_bytes());
+    assert_eq!((status, problem["title"].as_str()), (401, Some("Bad signature")));
+    let (_, _, events) = server.api("GET", "/api/events?subject=bo", b"");
+    assert_eq!(events.as_array().unwrap().len(), 1, "stored once: {events}");
+    assert_eq!(events[0]["messageId"], "msg_inbound_1");
+
+    // Out: the event started the workflow; the receiver verifies Flowmark's signature.
+    let started = Instant::now();
+    while receiver.received().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "the webhook never arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let received = &receiver.received()[0];
+    assert_eq!(received["verified"], true, "the reference library verifies Flowmark's signature: {received}");
+    assert!(received["id"].as_str().unwrap().starts_with("1-crm-"), "webhook-id is the effect's key");
+    assert_eq!(received["payload"]["lead"], "bo@example.com");
+    server.stop();
+}
