@@ -22,6 +22,7 @@ pub mod retry;
 pub mod smtp;
 pub mod unsubscribe;
 pub mod webhook;
+pub mod why;
 
 pub use connector::{Connector, Connectors, Job, Limits, LogConnector, Outcome, RecordingConnector};
 pub use engine::{

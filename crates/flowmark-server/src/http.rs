@@ -59,6 +59,7 @@ pub fn router(owner: Owner, config: Config) -> Router {
         .route("/api/runs", get(runs))
         .route("/metrics", get(metrics))
         .route("/api/runs/{id}", get(run))
+        .route("/api/runs/{id}/why", get(why))
         .route("/api/workflows/{id}", get(workflow))
         .route("/api/contacts/{id}", get(contact).put(upsert_contact))
         .route("/api/events", get(events))
@@ -418,7 +419,7 @@ async fn openapi() -> Response {
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Every route `router` serves, as (method, path in OpenAPI's template syntax).
-pub const ROUTES: [(&str, &str); 17] = [
+pub const ROUTES: [(&str, &str); 18] = [
     ("get", "/healthz"),
     ("post", "/v1/{kind}"),
     ("post", "/api/workflows"),
@@ -428,6 +429,7 @@ pub const ROUTES: [(&str, &str); 17] = [
     ("post", "/api/workflows/{id}/runs"),
     ("get", "/api/runs"),
     ("get", "/api/runs/{id}"),
+    ("get", "/api/runs/{id}/why"),
     ("get", "/api/contacts/{id}"),
     ("put", "/api/contacts/{id}"),
     ("get", "/api/events"),
@@ -746,6 +748,36 @@ async fn inbound_webhook(
     match ask(&app.owner, |reply| Command::Ingest { messages: vec![incoming], reply }).await {
         Ok(Ok(_)) => (StatusCode::NO_CONTENT, ()).into_response(),
         Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error),
+        Err(response) => response,
+    }
+}
+
+/// A run explained step by step: `{"run": …, "lines": [{"at", "step", "text", "decision"}], "text": "…"}`.
+async fn why(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let Ok(number) = id.parse::<u64>() else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid run id",
+            format!("`{id}` is not a run id (a positive integer)"),
+        );
+    };
+    let answer = query_owner(&app, move |engine, _| {
+        let store = engine.store();
+        let Some(run) = store.run(RunId(number))? else { return Ok(None) };
+        let lines = flowmark_runtime::why::explain(&store.history(run.id)?, &store.decisions(run.id)?);
+        Ok(Some(json!({
+            "run": { "id": run.id, "workflow": run.workflow_id, "version": run.version, "subject": run.subject_id, "status": run.status },
+            "text": flowmark_runtime::why::render(&lines),
+            "lines": lines,
+        })))
+    })
+    .await;
+    match answer {
+        Ok(Some(body)) => axum::Json(body).into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, "No such run", format!("there is no run {number}")),
         Err(response) => response,
     }
 }

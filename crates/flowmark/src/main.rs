@@ -10,6 +10,7 @@ mod serve;
 mod simulate;
 mod token;
 mod validate;
+mod why;
 
 use std::process::ExitCode;
 
@@ -38,6 +39,8 @@ enum Command {
     Serve(serve::Args),
     /// Measure: ingestion over HTTP, durable journeys, timer storms, fsync (JSON lines out).
     Bench(bench::Args),
+    /// Explain a run step by step: conditions, the values they read, paths taken, holds and skips.
+    Why(why::Args),
     /// Manage API tokens.
     #[command(subcommand)]
     Token(token::Command),
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(&args),
         Command::Token(command) => token::run(&command),
         Command::Bench(args) => bench::run(&args),
+        Command::Why(args) => why::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -87,6 +87,17 @@ fn a_click_advances_the_run_and_effects_are_dispatched_rendered() {
     assert_eq!(contact.traits["scores"]["engagement"], 60);
     let history = engine.store().history(run).unwrap();
     assert!(history.iter().any(|h| h["what"] == "effect_result" && h["ok"] == true), "outcomes come back to the run");
+    // "Why?" tells the branch with the value it read.
+    let why = flowmark_runtime::why::render(&flowmark_runtime::why::explain(
+        &history,
+        &engine.store().decisions(run).unwrap(),
+    ));
+    assert!(
+        why.contains(
+            "[route] decided (branch): `contact.scores.engagement >= 50` with contact.scores.engagement = 30 gave false\n"
+        ) && why.contains("[route] decided (branch): `otherwise` gave true, so the run went to `case-study`"),
+        "{why}"
+    );
 }
 
 #[test]

@@ -144,6 +144,13 @@ fn events_in_runs_out_and_everything_acknowledged_survives_a_restart() {
     let step = list[0]["steps"][0].as_str().unwrap().to_owned();
     let (_, _, at_step) = server.api("GET", &format!("/api/runs?step={step}"), b"");
     assert_eq!(at_step[0]["id"], 1, "the step filter finds the run where it stands");
+    let (status, _, why) = server.api("GET", "/api/runs/1/why", b"");
+    assert_eq!(status, 200);
+    assert!(why["text"].as_str().unwrap().contains("started by the event `Whitepaper Downloaded`"), "{why}");
+    assert!(
+        why["lines"].as_array().unwrap().iter().any(|l| l["decision"]["kind"] == "trigger" || l["step"] == "thanks"),
+        "{why}"
+    );
     let (_, _, elsewhere) = server.api("GET", "/api/runs?step=handoff", b"");
     assert_eq!(elsewhere, json!([]));
     let (status, _, problem) = server.api("GET", "/api/runs?colour=red", b"");
@@ -180,6 +187,15 @@ fn events_in_runs_out_and_everything_acknowledged_survives_a_restart() {
     assert_eq!(status, 200, "the acknowledged run is still there after a restart");
     assert_eq!(run["run"]["status"], "active");
     server.stop();
+
+    // `flowmark why` tells the same story from the database.
+    let output = crate::flowmark().args(["why", "1", "--db"]).arg(&db).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.starts_with("Run 1 of `whitepaper-nurture` v1 for `ada`: active"), "{text}");
+    assert!(text.contains("started by the event `Whitepaper Downloaded`"), "{text}");
+    let missing = crate::flowmark().args(["why", "99", "--db"]).arg(&db).output().unwrap();
+    assert_eq!(missing.status.code(), Some(1));
 }
 
 fn create_token(db: &std::path::Path, scope: &str) -> String {
