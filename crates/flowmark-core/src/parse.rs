@@ -405,8 +405,22 @@ impl<'s> Decoder<'s> {
     }
 
     fn template(&mut self, node: &Node<'_>, what: &str) -> Option<Template> {
+        self.template_as(node, what, Template::compile)
+    }
+
+    /// An HTML body: outputs are escaped unless they end in `| raw` (`Template::compile_html`).
+    fn html_template(&mut self, node: &Node<'_>, what: &str) -> Option<Template> {
+        self.template_as(node, what, Template::compile_html)
+    }
+
+    fn template_as(
+        &mut self,
+        node: &Node<'_>,
+        what: &str,
+        compile: fn(&str) -> Result<Template, TemplateError>,
+    ) -> Option<Template> {
         let text = self.string(node, what)?;
-        match Template::compile(&text) {
+        match compile(&text) {
             Ok(template) => Some(template),
             Err(error) => {
                 let node_span = self.span(node);
@@ -1113,7 +1127,7 @@ impl<'s> Decoder<'s> {
                     self.fields(body, "an email", &["template", "subject", "html", "text", "from", "transactional"])?;
                 let template = f.get("template").and_then(|n| self.id(n, "template id"));
                 let subject = f.get("subject").and_then(|n| self.template(n, "the subject"));
-                let html = f.get("html").and_then(|n| self.template(n, "the HTML body"));
+                let html = f.get("html").and_then(|n| self.html_template(n, "the HTML body"));
                 let text = f.get("text").and_then(|n| self.template(n, "the text body"));
                 let from = f.get("from").and_then(|n| self.string(n, "a sender address"));
                 let transactional = f.get("transactional").and_then(|n| self.bool(n, "true or false")).unwrap_or(false);

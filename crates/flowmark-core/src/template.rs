@@ -78,6 +78,20 @@ impl Template {
         })
     }
 
+    /// Compiles an HTML template: every `{{ … }}` output is HTML-escaped (`| escape` is added
+    /// as its last filter), except one whose last filter is `raw`, which is written as it is.
+    /// So a contact named `<script>` cannot inject markup, and a trusted snippet can say
+    /// `{{ env.footer | raw }}`. Positions in syntax errors are those of the source.
+    pub fn compile_html(source: &str) -> Result<Template, TemplateError> {
+        let (checked, escaped) = html_outputs(source);
+        // The check keeps every position (a `raw` filter is blanked, nothing is added), so a
+        // syntax error points into the source as written.
+        Template::compile(&checked)?;
+        let mut template = Template::compile(&escaped)?;
+        template.source = source.into();
+        Ok(template)
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }
@@ -175,6 +189,68 @@ fn tag_names(source: &str) -> Vec<String> {
     names
 }
 
+/// Rewrites the outputs of an HTML template: the source with each trailing `| raw` blanked
+/// (same length), and the same with `| escape` added to every other output.
+fn html_outputs(source: &str) -> (String, String) {
+    let mut checked = String::with_capacity(source.len());
+    let mut escaped = String::with_capacity(source.len() + 16);
+    let mut rest = source;
+    while let Some(open) = rest.find("{{") {
+        // `{% raw %}…{% endraw %}` is literal text: copy it untouched.
+        if let Some(raw) = rest[..open].find("{% raw %}") {
+            let end = rest[raw..].find("{% endraw %}").map_or(rest.len(), |e| raw + e + "{% endraw %}".len());
+            checked.push_str(&rest[..end]);
+            escaped.push_str(&rest[..end]);
+            rest = &rest[end..];
+            continue;
+        }
+        let body_start = open + 2;
+        let Some(close) = closing_braces(&rest[body_start..]) else { break };
+        let close = body_start + close;
+        let mut inner_end = close;
+        if rest[..close].ends_with('-') {
+            inner_end -= 1; // `-}}`
+        }
+        let inner = &rest[body_start..inner_end];
+        let trimmed = inner.trim_end();
+        let raw = trimmed.rsplit_once('|').is_some_and(|(_, last)| last.trim() == "raw");
+        checked.push_str(&rest[..body_start]);
+        escaped.push_str(&rest[..body_start]);
+        if raw {
+            let bar = trimmed.rfind('|').expect("a raw filter follows a bar");
+            let blanked = format!("{}{}", &inner[..bar], " ".repeat(inner.len() - bar));
+            checked.push_str(&blanked);
+            escaped.push_str(&blanked);
+        } else {
+            checked.push_str(inner);
+            escaped.push_str(trimmed);
+            escaped.push_str(" | escape ");
+        }
+        checked.push_str(&rest[inner_end..close + 2]);
+        escaped.push_str(&rest[inner_end..close + 2]);
+        rest = &rest[close + 2..];
+    }
+    checked.push_str(rest);
+    escaped.push_str(rest);
+    (checked, escaped)
+}
+
+/// Where the `}}` that closes an output starts, skipping quoted strings.
+fn closing_braces(text: &str) -> Option<usize> {
+    let mut quote: Option<char> = None;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if c == '}' && chars.peek().is_some_and(|(_, n)| *n == '}') => return Some(i),
+            None => {}
+        }
+    }
+    None
+}
+
 /// The dotted paths that appear as `{{ path | default: … }}`.
 fn defaulted_paths(source: &str) -> Vec<String> {
     let mut paths = Vec::new();
@@ -219,6 +295,29 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn html_templates_escape_every_output_unless_it_says_raw() {
+        let data = serde_json::json!({
+            "contact": { "first_name": "<script>alert('x')</script>", "note": "Tom & Jerry" },
+            "env": { "footer": "<a href='https://example.com'>Us</a>" }
+        });
+        let template = Template::compile_html(
+            "<p>Hi {{ contact.first_name }}, {{ contact.note | upcase }}{{ contact.missing | default: '<b>you</b>' }}</p>{{- env.footer | raw -}}",
+        )
+        .unwrap();
+        assert_eq!(
+            template.render_json(&data).unwrap(),
+            "<p>Hi &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;, TOM &amp; JERRY&lt;b&gt;you&lt;/b&gt;</p><a href='https://example.com'>Us</a>"
+        );
+        assert!(template.source().contains("| raw"), "the source is kept as written");
+        let literal = Template::compile_html("{% raw %}{{ not a tag }}{% endraw %} {{ \"}}\" }}").unwrap();
+        assert_eq!(literal.render_json(&data).unwrap(), "{{ not a tag }} }}");
+        for bad in ["<p>\n  {{ contact.first_name | nope }}</p>", "<p>\n {% if %}</p>", "<p>\n  {{ a | }}"] {
+            let html = Template::compile_html(bad).unwrap_err();
+            assert_eq!(html, Template::compile(bad).unwrap_err(), "the same error, at the source's position");
+        }
+    }
 
     #[test]
     fn renders_with_data_and_defaults() {
