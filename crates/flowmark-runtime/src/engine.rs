@@ -55,11 +55,21 @@ pub struct Incoming {
     pub subject_id: String,
     pub event: Event,
     pub traits: Option<(Value, Option<String>)>,
+    /// The subject is only an anonymous id: it is resolved through merged identities first.
+    pub anonymous: bool,
+    /// An identity to merge into the subject first (`alias`'s `previousId`, or the
+    /// `anonymousId` of an `identify` that has both).
+    pub merge_from: Option<String>,
 }
 
 impl Incoming {
     pub fn event(subject_id: &str, event: Event) -> Incoming {
-        Incoming { subject_id: subject_id.to_owned(), event, traits: None }
+        Incoming { subject_id: subject_id.to_owned(), event, traits: None, anonymous: false, merge_from: None }
+    }
+
+    /// An event with traits to merge into its subject first.
+    pub fn with_traits(subject_id: &str, event: Event, traits: Value, timezone: Option<String>) -> Incoming {
+        Incoming { traits: Some((traits, timezone)), ..Incoming::event(subject_id, event) }
     }
 }
 
@@ -301,7 +311,25 @@ impl<S: Store> Engine<S> {
         let mut results = Vec::with_capacity(incoming.len());
         // Which workflows may start is read once per batch.
         let active = self.active_workflows()?;
-        for Incoming { subject_id, event, traits } in incoming {
+        // Identities merged in this batch, newer than the store's aliases.
+        let mut merged: HashMap<String, String> = HashMap::new();
+        let mut merges: Vec<(String, String)> = Vec::new();
+        for Incoming { subject_id, event, traits, anonymous, merge_from } in incoming {
+            let subject_id = if anonymous {
+                match merged.get(&subject_id) {
+                    Some(canonical) => canonical.clone(),
+                    None => self.store.canonical_id(&subject_id)?.unwrap_or(subject_id),
+                }
+            } else {
+                subject_id
+            };
+            if let Some(from) = merge_from.filter(|from| *from != subject_id) {
+                for canonical in merged.values_mut().filter(|c| **c == from) {
+                    canonical.clone_from(&subject_id);
+                }
+                merged.insert(from.clone(), subject_id.clone());
+                merges.push((from, subject_id.clone()));
+            }
             if let Some((traits, timezone)) = traits {
                 let (mut data, mut zone) = match subjects.remove(&subject_id) {
                     Some(known) => known,
@@ -402,6 +430,7 @@ impl<S: Store> Engine<S> {
                 .collect(),
             // Events were inserted above, in this same transaction.
             transitions: transitions.iter().collect(),
+            merges: merges.iter().map(|(from, into)| (from.as_str(), into.as_str())).collect(),
             ..Batch::default()
         };
         self.store.write(&batch, now)?;

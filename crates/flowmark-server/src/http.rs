@@ -684,7 +684,7 @@ async fn unsubscribe(State(app): State<App>, Path((subject, signature)): Path<(S
         .into(),
     };
     let traits = json!({ flowmark_runtime::UNSUBSCRIBED_TRAIT: true });
-    let incoming = flowmark_runtime::Incoming { subject_id: subject, event, traits: Some((traits, None)) };
+    let incoming = flowmark_runtime::Incoming::with_traits(&subject, event, traits, None);
     match ask(&app.owner, |reply| Command::Ingest { messages: vec![incoming], reply }).await {
         Ok(Ok(_)) => {
             page(StatusCode::OK, "You are unsubscribed", "<p>You will not receive marketing email from us again.</p>")
@@ -744,7 +744,7 @@ async fn inbound_webhook(
         fields.insert("event".to_owned(), json!(name));
     }
     let event = flowmark_core::engine::Event { id, name, at: now(), payload: payload.into() };
-    let incoming = flowmark_runtime::Incoming { subject_id: subject, event, traits: None };
+    let incoming = flowmark_runtime::Incoming::event(&subject, event);
     match ask(&app.owner, |reply| Command::Ingest { messages: vec![incoming], reply }).await {
         Ok(Ok(_)) => (StatusCode::NO_CONTENT, ()).into_response(),
         Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error),

@@ -30,14 +30,26 @@ pub fn read(
     if size > EVENT_SIZE_BYTES_MAX {
         return Err(format!("an event is {size} bytes; the limit is {EVENT_SIZE_BYTES_MAX} bytes (32 KB) per event"));
     }
-    let subject_id = ["userId", "anonymousId"]
-        .iter()
-        .find_map(|key| match fields.get(*key) {
-            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        })
-        .ok_or_else(|| format!("a {kind} call needs a `userId` or an `anonymousId`"))?;
+    let id_of = |key: &str| match fields.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let (user_id, anonymous_id) = (id_of("userId"), id_of("anonymousId"));
+    let anonymous = user_id.is_none();
+    let Some(subject_id) = user_id.clone().or_else(|| anonymous_id.clone()) else {
+        return Err(format!("a {kind} call needs a `userId` or an `anonymousId`"));
+    };
+    // `alias` merges `previousId` into `userId`; an `identify` with both ids merges the
+    // anonymous one into the known one.
+    let merge_from = match kind {
+        "alias" => match (id_of("previousId"), &user_id) {
+            (Some(previous), Some(_)) => Some(previous),
+            _ => return Err("an alias call needs a `previousId` and a `userId`".to_owned()),
+        },
+        "identify" if user_id.is_some() => anonymous_id,
+        _ => None,
+    };
     let name = match kind {
         "track" => match fields.get("event") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -72,7 +84,8 @@ pub fn read(
             .map(str::to_owned);
         (traits, timezone)
     });
-    Ok(Incoming { subject_id, event: Event { id, name, at, payload: Value::Object(payload).into() }, traits })
+    let event = Event { id, name, at, payload: Value::Object(payload).into() };
+    Ok(Incoming { subject_id, event, traits, anonymous, merge_from })
 }
 
 fn parse_time(fields: &Map<String, Value>, key: &str) -> Result<Option<Timestamp>, String> {

@@ -51,6 +51,7 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
     contacts_merge_traits(make()).expect("contacts_merge_traits");
     tokens_are_found_by_hash(make()).expect("tokens_are_found_by_hash");
     schedules_are_found_by_due_time(make()).expect("schedules_are_found_by_due_time");
+    merged_identities_keep_their_history(make()).expect("merged_identities_keep_their_history");
 }
 
 /// A committed transition reads back: state, history, decisions, timer, outbox effect.
@@ -154,7 +155,7 @@ pub fn attempts_contacts_and_results_commit_together(mut store: Box<dyn Store>) 
         events: Vec::new(),
         transitions: vec![&result, &bad],
         attempts: vec![(key.as_str(), &done)],
-        schedules: Vec::new(),
+        ..Batch::default()
     };
     assert!(store.write(&refused, T0).is_err(), "a refused transition refuses the whole batch");
     assert!(store.contact("c-1")?.is_none(), "the contact change was rolled back");
@@ -278,5 +279,36 @@ pub fn schedules_are_found_by_due_time(mut store: Box<dyn Store>) -> Result<(), 
     assert_eq!(store.setting("secret")?, None);
     assert_eq!(store.put_setting_once("secret", "first")?, "first");
     assert_eq!(store.put_setting_once("secret", "second")?, "first", "a setting is written once");
+    Ok(())
+}
+
+/// Merging an anonymous identity into a known one moves its events and runs, fills the known
+/// contact's gaps with its traits (the known values win), and leaves an alias that resolves,
+/// flattened through chains.
+pub fn merged_identities_keep_their_history(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let workflow = workflow();
+    store.upsert_contact("anon-1", &json!({ "plan": "free", "utm_source": "ads" }), Some("Europe/Paris"), T0)?;
+    store.upsert_contact("ada", &json!({ "plan": "pro", "email": "ada@example.com" }), None, T0)?;
+    let run = start(&workflow, 1, "anon-1");
+    let event = Event { id: "m-anon".into(), name: "Page Viewed".into(), at: T0, payload: json!({}).into() };
+    store.commit_with_events(&[&run], &[("anon-1", &event)], T0)?;
+    store.write(&Batch { merges: vec![("anon-1", "ada")], ..Batch::default() }, T0)?;
+    assert_eq!(store.canonical_id("anon-1")?.as_deref(), Some("ada"));
+    assert_eq!(store.canonical_id("ada")?, None);
+    let ada = store.contact("ada")?.expect("the known contact stays");
+    assert_eq!(
+        ada.traits,
+        json!({ "plan": "pro", "utm_source": "ads", "email": "ada@example.com" }),
+        "known values win"
+    );
+    assert_eq!(ada.timezone.as_deref(), Some("Europe/Paris"), "a gap is filled");
+    assert!(store.contact("anon-1")?.is_none(), "the anonymous contact is merged away");
+    assert_eq!(store.events_of_subject("ada", Timestamp(0), 10)?.len(), 1, "its events moved");
+    let moved = store.run(RunId(1))?.expect("its run stays");
+    assert_eq!(moved.subject_id, "ada", "its runs moved, state included");
+    assert_eq!(store.active_runs_of_subject("ada")?.len(), 1);
+    // A later merge of the known identity carries its aliases along.
+    store.write(&Batch { merges: vec![("ada", "ada-42")], ..Batch::default() }, T0)?;
+    assert_eq!(store.canonical_id("anon-1")?.as_deref(), Some("ada-42"), "chains stay flat");
     Ok(())
 }

@@ -174,8 +174,11 @@ pub struct Batch<'a> {
     pub transitions: Vec<&'a Transition>,
     /// Outcomes of effect attempts, by effect key; only a pending effect is updated.
     pub attempts: Vec<(&'a str, &'a Attempt)>,
-    /// Applied last, in order.
+    /// Applied after the attempts, in order.
     pub schedules: Vec<ScheduleChange<'a>>,
+    /// Identities merged, `(from, into)`, applied last: `from` becomes an alias of `into`,
+    /// its traits fill `into`'s gaps, and its events and runs move to `into`.
+    pub merges: Vec<(&'a str, &'a str)>,
 }
 
 impl Batch<'_> {
@@ -185,6 +188,7 @@ impl Batch<'_> {
             && self.transitions.is_empty()
             && self.attempts.is_empty()
             && self.schedules.is_empty()
+            && self.merges.is_empty()
     }
 }
 
@@ -322,6 +326,9 @@ pub trait Store {
 
     /// A workflow's schedules, by trigger.
     fn schedules(&self, workflow_id: &str) -> Result<Vec<Schedule>, Error>;
+
+    /// The identity `id` was merged into, if it was (`alias`).
+    fn canonical_id(&self, id: &str) -> Result<Option<String>, Error>;
 
     /// A deployment-wide setting (a secret, a generated id).
     fn setting(&self, key: &str) -> Result<Option<String>, Error>;

@@ -132,6 +132,15 @@ CREATE TABLE settings (
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // Identities merged by `alias` (and `identify` with both ids): an alias resolves to its
+    // canonical id; chains are kept flat.
+    r#"
+CREATE TABLE aliases (
+    alias TEXT PRIMARY KEY,
+    canonical TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX aliases_by_canonical ON aliases (canonical);
+"#,
 ];
 
 pub struct SqliteStore {
@@ -265,7 +274,7 @@ fn merge_contact(tx: &Connection, change: &ContactChange<'_>, now: Timestamp) ->
 
 /// The statements of `Store::write`, run inside the caller's transaction.
 fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(), Error> {
-    let Batch { contacts, events, transitions, attempts, schedules } = batch;
+    let Batch { contacts, events, transitions, attempts, schedules, merges } = batch;
     for change in contacts {
         merge_contact(tx, change, now)?;
     }
@@ -352,6 +361,9 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         )?
         .execute(params![key, status, next.ms(), result])?;
     }
+    for (from, into) in merges {
+        merge_identity(tx, from, into, now)?;
+    }
     for change in schedules {
         match change {
             ScheduleChange::Put(schedule) => {
@@ -421,6 +433,50 @@ fn spread_chunks(rows: impl Iterator<Item = rusqlite::Result<String>>) -> Result
         }
     }
     Ok(items)
+}
+
+/// Merges identity `from` into `into`: `from` becomes an alias of `into` (and so does every
+/// alias of `from`), its traits fill the gaps in `into`'s (the known identity's values win),
+/// and its events and runs move to `into`, history and all.
+fn merge_identity(tx: &Connection, from: &str, into: &str, now: Timestamp) -> Result<(), Error> {
+    if from == into {
+        return Ok(());
+    }
+    tx.prepare_cached(
+        "INSERT INTO aliases (alias, canonical) VALUES (?1, ?2) ON CONFLICT (alias) DO UPDATE SET canonical = excluded.canonical",
+    )?
+    .execute([from, into])?;
+    tx.prepare_cached("UPDATE aliases SET canonical = ?2 WHERE canonical = ?1")?.execute([from, into])?;
+    let old: Option<(String, Option<String>)> = tx
+        .prepare_cached("SELECT traits, timezone FROM contacts WHERE id = ?1")?
+        .query_row([from], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    if let Some((traits, timezone)) = old {
+        let mut merged: Value = from_json(&traits)?;
+        let known: Option<(String, Option<String>)> = tx
+            .prepare_cached("SELECT traits, timezone FROM contacts WHERE id = ?1")?
+            .query_row([into], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        let timezone = match known {
+            Some((known_traits, known_timezone)) => {
+                if let (Value::Object(into_map), Value::Object(from_map)) =
+                    (&mut merged, from_json::<Value>(&known_traits)?)
+                {
+                    into_map.extend(from_map);
+                }
+                known_timezone.or(timezone)
+            }
+            None => timezone,
+        };
+        merge_contact(tx, &ContactChange { id: into, traits: &merged, timezone: timezone.as_deref() }, now)?;
+        tx.prepare_cached("DELETE FROM contacts WHERE id = ?1")?.execute([from])?;
+    }
+    tx.prepare_cached("UPDATE events SET subject_id = ?2 WHERE subject_id = ?1")?.execute([from, into])?;
+    tx.prepare_cached(
+        "UPDATE runs SET subject_id = ?2, state = json_set(state, '$.subject_id', ?2) WHERE subject_id = ?1",
+    )?
+    .execute([from, into])?;
+    Ok(())
 }
 
 fn schedule_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Schedule> {
@@ -733,6 +789,14 @@ impl Store for SqliteStore {
         )?;
         let rows = statement.query_map([workflow_id], schedule_row)?;
         Ok(rows.collect::<Result<Vec<Schedule>, _>>()?)
+    }
+
+    fn canonical_id(&self, id: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT canonical FROM aliases WHERE alias = ?1")?
+            .query_row([id], |row| row.get(0))
+            .optional()?)
     }
 
     fn setting(&self, key: &str) -> Result<Option<String>, Error> {

@@ -272,7 +272,7 @@ fn seed_demo(owner: &Owner) {
             payload: payload.into(),
         };
         let (reply, _answer) = tokio::sync::oneshot::channel();
-        let message = flowmark_runtime::Incoming { subject_id: id, event, traits: Some((traits, None)) };
+        let message = flowmark_runtime::Incoming::with_traits(&id, event, traits, None);
         owner.send(Command::Ingest { messages: vec![message], reply });
     }
 }

@@ -65,7 +65,7 @@ fn download(index: usize, at: Timestamp) -> Incoming {
     };
     let traits = json!({ "first_name": format!("Contact {index}"), "email": format!("c{index}@example.com"),
                          "scores": { "engagement": (index % 5) * 10 } });
-    Incoming { subject_id: subject, event, traits: Some((traits, Some("UTC".to_owned()))) }
+    Incoming::with_traits(&subject, event, traits, Some("UTC".to_owned()))
 }
 
 /// Fires due timers and dispatches effects at `now` until neither has anything left.

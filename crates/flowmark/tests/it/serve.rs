@@ -306,3 +306,36 @@ fn contacts_events_and_workflow_versions_are_served() {
     assert_eq!(server.api("POST", &format!("/api/workflows/{id}/runs"), br#"{"who":"x"}"#).0, 400);
     server.stop();
 }
+
+#[test]
+fn alias_merges_an_anonymous_visitor_into_the_known_contact() {
+    let dir = super::validate::tempdir().join("alias");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = Server::start(&dir.join("flowmark.db"));
+    let blueprint = std::fs::read(crate::repo_path("blueprints/whitepaper-nurture.yaml")).unwrap();
+    assert_eq!(server.api("POST", "/api/workflows", &blueprint).0, 201);
+    // An anonymous visitor downloads the whitepaper: a run starts for the anonymous id.
+    let download = json!({ "anonymousId": "anon-7", "event": "Whitepaper Downloaded", "messageId": "a-1",
+                           "properties": { "topic": "automation" }, "context": { "campaign": { "source": "ads" } } });
+    assert_eq!(server.send("track", &download).0, 200);
+    let page = json!({ "anonymousId": "anon-7", "traits": { "utm_source": "ads" } });
+    assert_eq!(server.send("identify", &page).0, 200);
+    // They sign up: the site aliases the anonymous id to the user id.
+    let (status, _, problem) = server.send("alias", &json!({ "userId": "user-42" }));
+    assert_eq!(status, 400, "an alias needs its previousId: {problem}");
+    assert_eq!(server.send("alias", &json!({ "userId": "user-42", "previousId": "anon-7" })).0, 200);
+    let (_, _, runs) = server.api("GET", "/api/runs?subject=user-42", b"");
+    assert_eq!(runs.as_array().unwrap().len(), 1, "the run moved to the known contact: {runs}");
+    let (_, _, contact) = server.api("GET", "/api/contacts/user-42", b"");
+    assert_eq!(contact["traits"]["utm_source"], "ads", "the anonymous traits came along");
+    // Later calls that carry only the anonymous id land on the known contact.
+    let late = json!({ "anonymousId": "anon-7", "event": "Pricing Viewed", "messageId": "a-2" });
+    assert_eq!(server.send("track", &late).0, 200);
+    let (_, _, events) = server.api("GET", "/api/events?subject=user-42", b"");
+    let names: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(names.contains(&"Whitepaper Downloaded") && names.contains(&"Pricing Viewed"), "{names:?}");
+    assert_eq!(server.api("GET", "/api/events?subject=anon-7", b"").2, json!([]));
+    server.stop();
+}
