@@ -18,6 +18,7 @@
 
 mod connector;
 mod engine;
+pub mod import;
 pub mod retry;
 pub mod smtp;
 pub mod unsubscribe;

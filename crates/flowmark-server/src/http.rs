@@ -61,6 +61,7 @@ pub fn router(owner: Owner, config: Config) -> Router {
         .route("/api/runs/{id}", get(run))
         .route("/api/runs/{id}/why", get(why))
         .route("/api/workflows/{id}", get(workflow))
+        .route("/api/contacts/import", post(import_contacts))
         .route("/api/contacts/{id}", get(contact).put(upsert_contact))
         .route("/api/events", get(events))
         .route("/api/openapi.json", get(openapi))
@@ -419,7 +420,7 @@ async fn openapi() -> Response {
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Every route `router` serves, as (method, path in OpenAPI's template syntax).
-pub const ROUTES: [(&str, &str); 18] = [
+pub const ROUTES: [(&str, &str); 19] = [
     ("get", "/healthz"),
     ("post", "/v1/{kind}"),
     ("post", "/api/workflows"),
@@ -432,6 +433,7 @@ pub const ROUTES: [(&str, &str); 18] = [
     ("get", "/api/runs/{id}/why"),
     ("get", "/api/contacts/{id}"),
     ("put", "/api/contacts/{id}"),
+    ("post", "/api/contacts/import"),
     ("get", "/api/events"),
     ("get", "/metrics"),
     ("get", "/api/openapi.json"),
@@ -778,6 +780,41 @@ async fn why(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>)
     match answer {
         Ok(Some(body)) => axum::Json(body).into_response(),
         Ok(None) => problem(StatusCode::NOT_FOUND, "No such run", format!("there is no run {number}")),
+        Err(response) => response,
+    }
+}
+
+/// Contacts from a CSV body (the rules of `flowmark import contacts`): every row is checked
+/// first and a bad file is refused whole with each row's errors (422); a good one is written
+/// 1 000 rows per commit with a checkpoint, so sending the same file again after a failure
+/// resumes it, and after a success changes nothing.
+async fn import_contacts(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let rows = match flowmark_runtime::import::read(body.as_ref()) {
+        Ok(rows) => rows,
+        Err(rejected) => {
+            return problem_with(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid contacts",
+                format!("{} problem(s); nothing was imported", rejected.total),
+                json!({ "errors": rejected.errors, "total": rejected.total }),
+            );
+        }
+    };
+    let digest: String = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let checkpoint = format!("import:contacts:{digest}");
+    let count = rows.len();
+    match query_owner(&app, move |engine, now| {
+        flowmark_runtime::import::write_rows(engine.store_mut(), &rows, &checkpoint, now, |_| {})
+    })
+    .await
+    {
+        Ok(imported) => axum::Json(json!({ "rows": count, "outcome": imported })).into_response(),
         Err(response) => response,
     }
 }

@@ -279,6 +279,11 @@ pub fn schedules_are_found_by_due_time(mut store: Box<dyn Store>) -> Result<(), 
     assert_eq!(store.setting("secret")?, None);
     assert_eq!(store.put_setting_once("secret", "first")?, "first");
     assert_eq!(store.put_setting_once("secret", "second")?, "first", "a setting is written once");
+    store.write(&Batch { settings: vec![("secret", "third")], ..Batch::default() }, T0)?;
+    assert_eq!(store.setting("secret")?.as_deref(), Some("third"), "a batch replaces a setting");
+    store.upsert_contact("c-mail", &json!({ "email": "Ada@Example.com" }), None, T0)?;
+    assert_eq!(store.contact_id_by_email("ada@example.COM")?.as_deref(), Some("c-mail"), "found in any case");
+    assert_eq!(store.contact_id_by_email("nobody@example.com")?, None);
     Ok(())
 }
 

@@ -176,6 +176,8 @@ pub struct Batch<'a> {
     pub attempts: Vec<(&'a str, &'a Attempt)>,
     /// Applied after the attempts, in order.
     pub schedules: Vec<ScheduleChange<'a>>,
+    /// Settings written (created or replaced), after the attempts: an import's checkpoint.
+    pub settings: Vec<(&'a str, &'a str)>,
     /// Identities merged, `(from, into)`, applied last: `from` becomes an alias of `into`,
     /// its traits fill `into`'s gaps, and its events and runs move to `into`.
     pub merges: Vec<(&'a str, &'a str)>,
@@ -189,6 +191,7 @@ impl Batch<'_> {
             && self.attempts.is_empty()
             && self.schedules.is_empty()
             && self.merges.is_empty()
+            && self.settings.is_empty()
     }
 }
 
@@ -326,6 +329,10 @@ pub trait Store {
 
     /// A workflow's schedules, by trigger.
     fn schedules(&self, workflow_id: &str) -> Result<Vec<Schedule>, Error>;
+
+    /// The contact whose `email` trait is this address (compared in lower case), if any; the
+    /// lowest id when several share it.
+    fn contact_id_by_email(&self, email: &str) -> Result<Option<String>, Error>;
 
     /// The identity `id` was merged into, if it was (`alias`).
     fn canonical_id(&self, id: &str) -> Result<Option<String>, Error>;

@@ -141,6 +141,10 @@ CREATE TABLE aliases (
 ) WITHOUT ROWID;
 CREATE INDEX aliases_by_canonical ON aliases (canonical);
 "#,
+    // Imports find contacts by email address.
+    r#"
+CREATE INDEX contacts_by_email ON contacts (lower(json_extract(traits, '$.email')));
+"#,
 ];
 
 pub struct SqliteStore {
@@ -274,7 +278,7 @@ fn merge_contact(tx: &Connection, change: &ContactChange<'_>, now: Timestamp) ->
 
 /// The statements of `Store::write`, run inside the caller's transaction.
 fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(), Error> {
-    let Batch { contacts, events, transitions, attempts, schedules, merges } = batch;
+    let Batch { contacts, events, transitions, attempts, schedules, settings, merges } = batch;
     for change in contacts {
         merge_contact(tx, change, now)?;
     }
@@ -360,6 +364,12 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
              WHERE key = ?1 AND status = 'pending'",
         )?
         .execute(params![key, status, next.ms(), result])?;
+    }
+    for (key, value) in settings {
+        tx.prepare_cached(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )?
+        .execute([key, value])?;
     }
     for (from, into) in merges {
         merge_identity(tx, from, into, now)?;
@@ -789,6 +799,16 @@ impl Store for SqliteStore {
         )?;
         let rows = statement.query_map([workflow_id], schedule_row)?;
         Ok(rows.collect::<Result<Vec<Schedule>, _>>()?)
+    }
+
+    fn contact_id_by_email(&self, email: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM contacts WHERE lower(json_extract(traits, '$.email')) = lower(?1) ORDER BY id LIMIT 1",
+            )?
+            .query_row([email], |row| row.get(0))
+            .optional()?)
     }
 
     fn canonical_id(&self, id: &str) -> Result<Option<String>, Error> {

@@ -5,6 +5,7 @@
 //! operating error). All decisions live in the libraries.
 
 mod bench;
+mod contacts;
 mod graph;
 mod serve;
 mod simulate;
@@ -41,6 +42,12 @@ enum Command {
     Bench(bench::Args),
     /// Explain a run step by step: conditions, the values they read, paths taken, holds and skips.
     Why(why::Args),
+    /// Import data: `flowmark import contacts FILE.csv`.
+    #[command(subcommand)]
+    Import(contacts::ImportCommand),
+    /// Export data: `flowmark export contacts --format csv|json`.
+    #[command(subcommand)]
+    Export(contacts::ExportCommand),
     /// Manage API tokens.
     #[command(subcommand)]
     Token(token::Command),
@@ -56,6 +63,8 @@ fn main() -> ExitCode {
         Command::Token(command) => token::run(&command),
         Command::Bench(args) => bench::run(&args),
         Command::Why(args) => why::run(&args),
+        Command::Import(command) => contacts::import(&command),
+        Command::Export(command) => contacts::export(&command),
     };
     match result {
         Ok(code) => code,
