@@ -24,7 +24,11 @@ use flowmark_core::model::{RunOutcomeFilter, SubjectKind};
 use flowmark_core::render::render_step_message;
 use flowmark_core::schedule::next_occurrence;
 use flowmark_core::{Severity, Source, Timestamp, compile};
-use flowmark_store::{Attempt, Batch, ContactChange, RunFilter, Schedule, ScheduleChange, Store, WorkflowStatus};
+use flowmark_store::{
+    Attempt, Batch, ContactChange, RunFilter, Schedule, ScheduleChange, ScoreRecord, Store, WorkflowStatus,
+};
+
+use crate::scoring::{Change, Models, ModelsSource};
 use serde_json::Value;
 
 use crate::connector::{Connector, Connectors, Job, Outcome};
@@ -125,6 +129,8 @@ pub struct Engine<S: Store> {
     /// Workspace variables, readable as `env` in templates.
     env: Value,
     next_run_id: u64,
+    /// The workspace's score models (the `score_models` setting).
+    scoring: Models,
 }
 
 /// The facts about one subject, owned, for one input.
@@ -167,7 +173,39 @@ const CAP_WINDOW_MS_MAX: u64 = 90 * 24 * 60 * 60 * 1000;
 impl<S: Store> Engine<S> {
     pub fn new(store: S, env: Value) -> Result<Engine<S>, Error> {
         let next_run_id = store.next_run_id()?.0;
-        Ok(Engine { store, stats: Stats::default(), compiled: HashMap::new(), env, next_run_id })
+        let scoring = match store.setting(SCORE_MODELS_SETTING)? {
+            None => Models::default(),
+            Some(text) => serde_json::from_str::<ModelsSource>(&text)
+                .map_err(|e| vec![e.to_string()])
+                .and_then(Models::compile)
+                .map_err(|errors| {
+                    flowmark_store::Error::Corrupt(format!("the stored score models: {}", errors.join("; ")))
+                })?,
+        };
+        Ok(Engine { store, stats: Stats::default(), compiled: HashMap::new(), env, next_run_id, scoring })
+    }
+
+    /// Decays the scores in a subject's data to `now`, by the workspace's models.
+    pub fn decay_scores(&self, subject: &mut Value, now: Timestamp) {
+        self.scoring.decay_scores(subject, now);
+    }
+
+    /// The workspace's score models, as written.
+    pub fn score_models(&self) -> Option<&ModelsSource> {
+        self.scoring.source.as_ref()
+    }
+
+    /// Replaces the workspace's score models, after checking them (every problem is
+    /// returned). They apply to events ingested from now on.
+    pub fn set_score_models(&mut self, source: ModelsSource, now: Timestamp) -> Result<Result<(), Vec<String>>, Error> {
+        let text = serde_json::to_string(&source).map_err(|e| flowmark_store::Error::Corrupt(e.to_string()))?;
+        let models = match Models::compile(source) {
+            Ok(models) => models,
+            Err(errors) => return Ok(Err(errors)),
+        };
+        self.store.write(&Batch { settings: vec![(SCORE_MODELS_SETTING, text.as_str())], ..Batch::default() }, now)?;
+        self.scoring = models;
+        Ok(Ok(()))
     }
 
     pub fn stats(&self) -> &Stats {
@@ -241,7 +279,8 @@ impl<S: Store> Engine<S> {
     fn load_facts(&self, subject_id: &str, now: Timestamp, needs: Needs) -> Result<LoadedFacts, Error> {
         let contact = self.store.contact(subject_id)?;
         let timezone = contact.as_ref().and_then(|c| c.timezone.as_deref()).and_then(|tz| tz.parse().ok());
-        let subject = contact.map_or(Value::Object(Default::default()), |c| c.traits);
+        let mut subject = contact.map_or(Value::Object(Default::default()), |c| c.traits);
+        self.scoring.decay_scores(&mut subject, now);
         let recent = if needs.recent_events {
             self.store.events_of_subject(
                 subject_id,
@@ -314,7 +353,12 @@ impl<S: Store> Engine<S> {
         // Identities merged in this batch, newer than the store's aliases.
         let mut merged: HashMap<String, String> = HashMap::new();
         let mut merges: Vec<(String, String)> = Vec::new();
-        for Incoming { subject_id, event, traits, anonymous, merge_from } in incoming {
+        let mut score_records: Vec<ScoreRecord> = Vec::new();
+        let mut queue: std::collections::VecDeque<Incoming> = incoming.into();
+        // Events this batch made itself (threshold crossings): applied, but not answered for.
+        let mut generated: std::collections::HashSet<String> = std::collections::HashSet::new();
+        while let Some(Incoming { subject_id, event, traits, anonymous, merge_from }) = queue.pop_front() {
+            let own = generated.contains(&event.id);
             let subject_id = if anonymous {
                 match merged.get(&subject_id) {
                     Some(canonical) => canonical.clone(),
@@ -351,8 +395,37 @@ impl<S: Store> Engine<S> {
             // this unit of work, so it commits with the transitions or not at all.
             if accepted_ids.contains(&event.id) || !self.store.insert_event(&subject_id, &event, now)? {
                 self.stats.events_duplicate += 1;
-                results.push(Ingested { duplicate: true, ..Ingested::default() });
+                if !own {
+                    results.push(Ingested { duplicate: true, ..Ingested::default() });
+                }
                 continue;
+            }
+            // Score rules move the subject's scores before anything reads them; a threshold
+            // crossed records its event in this same batch, right after this one.
+            if self.scoring.has_rule_for(&event.name) {
+                let (mut data, zone) = match subjects.remove(&subject_id) {
+                    Some(known) => known,
+                    None => self
+                        .store
+                        .contact(&subject_id)?
+                        .map_or((Value::Object(Default::default()), None), |c| (c.traits, c.timezone)),
+                };
+                let changes = self.scoring.apply_event(&mut data, &event, now);
+                for change in &changes {
+                    for name in self.scoring.crossed(change) {
+                        if generated.len() < GENERATED_EVENTS_MAX {
+                            let threshold = Models::threshold_event(change, &name, &subject_id);
+                            generated.insert(threshold.id.clone());
+                            queue.push_front(Incoming::event(&subject_id, threshold));
+                        }
+                    }
+                    score_records.push(score_record(&subject_id, change));
+                }
+                if !changes.is_empty() {
+                    let scores = serde_json::json!({ "scores": data["scores"], "scores_at": data["scores_at"] });
+                    contact_changes.push((subject_id.clone(), scores, None));
+                }
+                subjects.insert(subject_id.clone(), (data, zone));
             }
             let mut runs: Vec<Run> = self
                 .store
@@ -377,6 +450,7 @@ impl<S: Store> Engine<S> {
                 let mut facts = self.load_facts(&subject_id, now, needs)?;
                 if let Some((data, zone)) = subjects.get(&subject_id) {
                     facts.subject = data.clone();
+                    self.scoring.decay_scores(&mut facts.subject, now);
                     facts.timezone = zone.as_deref().and_then(|tz| tz.parse().ok());
                 }
                 // The store's recent events include this batch's, this one too: they were
@@ -420,7 +494,9 @@ impl<S: Store> Engine<S> {
                 }
             }
             accepted_ids.insert(event.id);
-            results.push(result);
+            if !own {
+                results.push(result);
+            }
         }
         self.follow_ups(&mut transitions, now)?;
         let batch = Batch {
@@ -431,6 +507,7 @@ impl<S: Store> Engine<S> {
             // Events were inserted above, in this same transaction.
             transitions: transitions.iter().collect(),
             merges: merges.iter().map(|(from, into)| (from.as_str(), into.as_str())).collect(),
+            score_changes: score_records.iter().collect(),
             ..Batch::default()
         };
         self.store.write(&batch, now)?;
@@ -534,6 +611,8 @@ impl<S: Store> Engine<S> {
         let mut subjects: HashMap<String, Value> = HashMap::new();
         let mut contact_changes: Vec<(String, Value)> = Vec::new();
         let mut transitions: Vec<Transition> = Vec::new();
+        let mut score_records: Vec<ScoreRecord> = Vec::new();
+        let mut thresholds: Vec<Incoming> = Vec::new();
         // Phase 1, in outbox order: internal effects are applied, messages rendered; what
         // leaves Flowmark becomes a job for its connector.
         let mut outcomes: Vec<Option<Result<Outcome, Timestamp>>> = vec![None; ready.len()];
@@ -552,7 +631,19 @@ impl<S: Store> Engine<S> {
             };
             let kind = entry.effect.get("effect").and_then(Value::as_str).unwrap_or_default();
             match kind {
-                "adjust_score" | "update_subject" => {
+                "adjust_score" => {
+                    outcomes[index] = Some(Ok(match self.score_effect(&run, entry, &mut subject, now) {
+                        Ok((change, record, crossings)) => {
+                            contact_changes.push((run.subject_id.clone(), change));
+                            subjects.insert(run.subject_id.clone(), subject);
+                            score_records.push(record);
+                            thresholds.extend(crossings);
+                            Outcome::Done { detail: None }
+                        }
+                        Err(error) => Outcome::Permanent { error },
+                    }));
+                }
+                "update_subject" => {
                     outcomes[index] = Some(Ok(match apply_internal(&mut subject, &entry.effect) {
                         Ok(change) => {
                             contact_changes.push((run.subject_id.clone(), change));
@@ -659,6 +750,7 @@ impl<S: Store> Engine<S> {
             contacts: contact_changes.iter().map(|(id, traits)| ContactChange { id, traits, timezone: None }).collect(),
             transitions: transitions.iter().collect(),
             attempts: attempts.iter().map(|(key, attempt, _)| (key.as_str(), attempt)).collect(),
+            score_changes: score_records.iter().collect(),
             ..Batch::default()
         };
         self.store.write(&batch, now)?;
@@ -683,7 +775,44 @@ impl<S: Store> Engine<S> {
                 }
             }
         }
+        // Thresholds a score step crossed are recorded as events now, in their own commit: a
+        // crash in between loses them (the score itself is committed above).
+        if !thresholds.is_empty() {
+            self.store.finish();
+            self.ingest_many(thresholds, now)?;
+        }
         Ok(ready.len())
+    }
+
+    /// A workflow's score step: the change applied with the model's decay; returns the traits
+    /// to merge, the history record and the threshold events it crossed.
+    fn score_effect(
+        &self,
+        run: &Run,
+        entry: &flowmark_store::OutboxEntry,
+        subject: &mut Value,
+        now: Timestamp,
+    ) -> Result<(Value, ScoreRecord, Vec<Incoming>), String> {
+        let model = entry.effect.get("model").and_then(Value::as_str).unwrap_or("score");
+        let change = serde_json::from_value::<ScoreChange>(entry.effect["change"].clone())
+            .map_err(|_| format!("unreadable score change {}", entry.effect["change"]))?;
+        let mut current = subject.clone();
+        self.scoring.decay_scores(&mut current, now);
+        let before = current.get("scores").and_then(|s| s.get(model)).and_then(Value::as_f64).unwrap_or(0.0);
+        let delta = match change {
+            ScoreChange::Add(delta) => delta,
+            ScoreChange::Set(value) => value - before,
+        };
+        let reason = format!("step:{}/{}", run.workflow_id, entry.step);
+        let applied = self.scoring.change(subject, model, delta, now, reason);
+        let crossings = self
+            .scoring
+            .crossed(&applied)
+            .iter()
+            .map(|name| Incoming::event(&run.subject_id, Models::threshold_event(&applied, name, &run.subject_id)))
+            .collect();
+        let traits = serde_json::json!({ "scores": subject["scores"], "scores_at": subject["scores_at"] });
+        Ok((traits, score_record(&run.subject_id, &applied), crossings))
     }
 
     /// Performs a `start_run` effect: a run of the named workflow (its latest version) for the
@@ -1066,6 +1195,25 @@ fn apply_internal(subject: &mut Value, effect: &Value) -> Result<Value, String> 
         }
     }
 }
+
+fn score_record(subject_id: &str, change: &Change) -> ScoreRecord {
+    ScoreRecord {
+        subject_id: subject_id.to_owned(),
+        model: change.model.clone(),
+        at: change.at,
+        before: change.before,
+        delta: change.delta,
+        after: change.after,
+        reason: change.reason.clone(),
+    }
+}
+
+/// The setting the workspace's score models are stored under (JSON).
+pub const SCORE_MODELS_SETTING: &str = "score_models";
+
+/// Events one ingestion batch may add by itself (threshold crossings), so rules that feed
+/// each other cannot grow a batch without bound.
+pub const GENERATED_EVENTS_MAX: usize = 10_000;
 
 /// The contact trait that records an unsubscribe: `true` means no marketing email, ever.
 pub const UNSUBSCRIBED_TRAIT: &str = "unsubscribed";

@@ -20,6 +20,7 @@ mod connector;
 mod engine;
 pub mod import;
 pub mod retry;
+pub mod scoring;
 pub mod smtp;
 pub mod unsubscribe;
 pub mod webhook;

@@ -62,6 +62,8 @@ pub fn router(owner: Owner, config: Config) -> Router {
         .route("/api/runs/{id}/why", get(why))
         .route("/api/workflows/{id}", get(workflow))
         .route("/api/contacts/import", post(import_contacts))
+        .route("/api/contacts/{id}/scores", get(contact_scores))
+        .route("/api/score-models", get(score_models).put(put_score_models))
         .route("/api/contacts/{id}", get(contact).put(upsert_contact))
         .route("/api/events", get(events))
         .route("/api/openapi.json", get(openapi))
@@ -420,7 +422,7 @@ async fn openapi() -> Response {
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Every route `router` serves, as (method, path in OpenAPI's template syntax).
-pub const ROUTES: [(&str, &str); 19] = [
+pub const ROUTES: [(&str, &str); 22] = [
     ("get", "/healthz"),
     ("post", "/v1/{kind}"),
     ("post", "/api/workflows"),
@@ -434,6 +436,9 @@ pub const ROUTES: [(&str, &str); 19] = [
     ("get", "/api/contacts/{id}"),
     ("put", "/api/contacts/{id}"),
     ("post", "/api/contacts/import"),
+    ("get", "/api/contacts/{id}/scores"),
+    ("get", "/api/score-models"),
+    ("put", "/api/score-models"),
     ("get", "/api/events"),
     ("get", "/metrics"),
     ("get", "/api/openapi.json"),
@@ -815,6 +820,68 @@ async fn import_contacts(State(app): State<App>, headers: HeaderMap, body: Bytes
     .await
     {
         Ok(imported) => axum::Json(json!({ "rows": count, "outcome": imported })).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn score_models(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    match query(&app.owner, |engine, _| engine.score_models().cloned()).await {
+        Ok(Some(models)) => axum::Json(models).into_response(),
+        Ok(None) => axum::Json(json!({ "models": [] })).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Replaces the workspace's score models: `{"models": [{"name", "half_life", "rules":
+/// [{"event", "where", "add"}], "thresholds": [{"at", "event"}]}]}`; refused whole (422, every
+/// problem listed) when any part is wrong.
+async fn put_score_models(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let source: flowmark_runtime::scoring::ModelsSource = match serde_json::from_slice(&body) {
+        Ok(source) => source,
+        Err(error) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Invalid score models",
+                format!("the body is not score models: {error}"),
+            );
+        }
+    };
+    match query(&app.owner, move |engine, now| engine.set_score_models(source, now).map_err(|e| e.to_string())).await {
+        Ok(Ok(Ok(()))) => (StatusCode::OK, axum::Json(json!({ "updated": true }))).into_response(),
+        Ok(Ok(Err(errors))) => problem_with(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid score models",
+            format!("{} problem(s)", errors.len()),
+            json!({ "errors": errors }),
+        ),
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}
+
+/// A contact's scores as they stand now (decayed) and its score history, newest first.
+async fn contact_scores(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let wanted = id.clone();
+    let answer = query_owner(&app, move |engine, now| {
+        let Some(contact) = engine.store().contact(&wanted)? else { return Ok(None) };
+        let mut traits = contact.traits;
+        engine.decay_scores(&mut traits, now);
+        let history = engine.store().score_history(&wanted, 1000)?;
+        Ok(Some(json!({ "scores": traits.get("scores").cloned().unwrap_or(json!({})), "history": history })))
+    })
+    .await;
+    match answer {
+        Ok(Some(body)) => axum::Json(body).into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, "No such contact", format!("there is no contact `{id}`")),
         Err(response) => response,
     }
 }

@@ -164,6 +164,18 @@ pub enum ScheduleChange<'a> {
     RemoveWorkflow(&'a str),
 }
 
+/// One change of a score, for the score history.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ScoreRecord {
+    pub subject_id: String,
+    pub model: String,
+    pub at: Timestamp,
+    pub before: f64,
+    pub delta: f64,
+    pub after: f64,
+    pub reason: String,
+}
+
 /// What one `Store::write` commits together.
 #[derive(Debug, Clone, Default)]
 pub struct Batch<'a> {
@@ -176,6 +188,8 @@ pub struct Batch<'a> {
     pub attempts: Vec<(&'a str, &'a Attempt)>,
     /// Applied after the attempts, in order.
     pub schedules: Vec<ScheduleChange<'a>>,
+    /// Score changes appended to the score history.
+    pub score_changes: Vec<&'a ScoreRecord>,
     /// Settings written (created or replaced), after the attempts: an import's checkpoint.
     pub settings: Vec<(&'a str, &'a str)>,
     /// Identities merged, `(from, into)`, applied last: `from` becomes an alias of `into`,
@@ -192,6 +206,7 @@ impl Batch<'_> {
             && self.schedules.is_empty()
             && self.merges.is_empty()
             && self.settings.is_empty()
+            && self.score_changes.is_empty()
     }
 }
 
@@ -333,6 +348,9 @@ pub trait Store {
     /// The contact whose `email` trait is this address (compared in lower case), if any; the
     /// lowest id when several share it.
     fn contact_id_by_email(&self, email: &str) -> Result<Option<String>, Error>;
+
+    /// A subject's score changes, newest first, at most `limit`.
+    fn score_history(&self, subject_id: &str, limit: usize) -> Result<Vec<ScoreRecord>, Error>;
 
     /// The identity `id` was merged into, if it was (`alias`).
     fn canonical_id(&self, id: &str) -> Result<Option<String>, Error>;

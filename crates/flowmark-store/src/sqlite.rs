@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::{
     Attempt, Batch, Contact, ContactChange, DueTimer, Error, OutboxEntry, RunFilter, Schedule, ScheduleChange, Scope,
-    Store, Token, WorkflowStatus, WorkflowSummary,
+    ScoreRecord, Store, Token, WorkflowStatus, WorkflowSummary,
 };
 
 /// The schema, one migration per release that changes it; never edit a shipped one.
@@ -144,6 +144,19 @@ CREATE INDEX aliases_by_canonical ON aliases (canonical);
     // Imports find contacts by email address.
     r#"
 CREATE INDEX contacts_by_email ON contacts (lower(json_extract(traits, '$.email')));
+"#,
+    r#"
+CREATE TABLE score_changes (
+    subject_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    before REAL NOT NULL,
+    delta REAL NOT NULL,
+    after REAL NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (subject_id, at, seq)
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -278,7 +291,7 @@ fn merge_contact(tx: &Connection, change: &ContactChange<'_>, now: Timestamp) ->
 
 /// The statements of `Store::write`, run inside the caller's transaction.
 fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(), Error> {
-    let Batch { contacts, events, transitions, attempts, schedules, settings, merges } = batch;
+    let Batch { contacts, events, transitions, attempts, schedules, score_changes, settings, merges } = batch;
     for change in contacts {
         merge_contact(tx, change, now)?;
     }
@@ -364,6 +377,22 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
              WHERE key = ?1 AND status = 'pending'",
         )?
         .execute(params![key, status, next.ms(), result])?;
+    }
+    for (seq, record) in score_changes.iter().enumerate() {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO score_changes (subject_id, at, seq, model, before, delta, after, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            record.subject_id,
+            record.at.ms(),
+            seq as i64,
+            record.model,
+            record.before,
+            record.delta,
+            record.after,
+            record.reason
+        ])?;
     }
     for (key, value) in settings {
         tx.prepare_cached(
@@ -809,6 +838,25 @@ impl Store for SqliteStore {
             )?
             .query_row([email], |row| row.get(0))
             .optional()?)
+    }
+
+    fn score_history(&self, subject_id: &str, limit: usize) -> Result<Vec<ScoreRecord>, Error> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT model, at, before, delta, after, reason FROM score_changes WHERE subject_id = ?1
+             ORDER BY at DESC, seq DESC",
+        )?;
+        let rows = statement.query_map([subject_id], |row| {
+            Ok(ScoreRecord {
+                subject_id: subject_id.to_owned(),
+                model: row.get(0)?,
+                at: Timestamp(row.get(1)?),
+                before: row.get(2)?,
+                delta: row.get(3)?,
+                after: row.get(4)?,
+                reason: row.get(5)?,
+            })
+        })?;
+        Ok(rows.take(limit).collect::<Result<Vec<_>, _>>()?)
     }
 
     fn canonical_id(&self, id: &str) -> Result<Option<String>, Error> {

@@ -339,3 +339,66 @@ fn alias_merges_an_anonymous_visitor_into_the_known_contact() {
     assert_eq!(server.api("GET", "/api/events?subject=anon-7", b"").2, json!([]));
     server.stop();
 }
+
+const HANDOFF: &str = r#"
+id: sales-handoff
+subject: contact
+trigger: { event: Lead Qualified }
+steps:
+  - id: tell-sales
+    action: { notify: { to: sales, message: "{{ contact.email | default: 'A lead' }} scored {{ event.properties.score }}" } }
+roles:
+  sales: { team: sales }
+"#;
+
+#[test]
+fn a_score_crossing_its_threshold_hands_the_lead_to_sales() {
+    let dir = super::validate::tempdir().join("scoring");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = Server::start(&dir.join("flowmark.db"));
+    assert_eq!(server.api("POST", "/api/workflows", HANDOFF.as_bytes()).0, 201);
+    let bad = json!({ "models": [{ "name": "engagement", "half_life": "soon", "rules": [{ "event": "X", "add": 1, "where": "nope > 1" }] }] });
+    let (status, _, problem) = server.api("PUT", "/api/score-models", bad.to_string().as_bytes());
+    assert_eq!(status, 422);
+    assert_eq!(problem["errors"].as_array().unwrap().len(), 2, "{problem}");
+    let models = json!({ "models": [{
+        "name": "engagement", "half_life": "30d",
+        "rules": [
+            { "event": "Email Link Clicked", "add": 30 },
+            { "event": "Webinar Attended", "where": "event.properties.minutes > 20", "add": 25 }
+        ],
+        "thresholds": [{ "at": 50, "event": "Lead Qualified" }]
+    }]});
+    assert_eq!(server.api("PUT", "/api/score-models", models.to_string().as_bytes()).0, 200);
+    let (_, _, stored) = server.api("GET", "/api/score-models", b"");
+    assert_eq!(stored["models"][0]["rules"][1]["where"], "event.properties.minutes > 20");
+    assert_eq!(stored["models"][0]["thresholds"][0]["at"].as_f64(), Some(50.0));
+
+    let identify = json!({ "userId": "ada", "traits": { "email": "ada@example.com" } });
+    assert_eq!(server.send("identify", &identify).0, 200);
+    let click = json!({ "userId": "ada", "event": "Email Link Clicked", "messageId": "c-1" });
+    assert_eq!(server.send("track", &click).0, 200);
+    assert_eq!(server.api("GET", "/api/runs?workflow=sales-handoff", b"").2, json!([]), "30 is below 50");
+    let short =
+        json!({ "userId": "ada", "event": "Webinar Attended", "messageId": "w-1", "properties": { "minutes": 5 } });
+    assert_eq!(server.send("track", &short).0, 200);
+    let long =
+        json!({ "userId": "ada", "event": "Webinar Attended", "messageId": "w-2", "properties": { "minutes": 45 } });
+    assert_eq!(server.send("track", &long).0, 200);
+
+    let (_, _, runs) = server.api("GET", "/api/runs?workflow=sales-handoff", b"");
+    assert_eq!(runs.as_array().unwrap().len(), 1, "crossing 50 handed the lead to sales: {runs}");
+    let (_, _, scores) = server.api("GET", "/api/contacts/ada/scores", b"");
+    let now = scores["scores"]["engagement"].as_f64().unwrap();
+    assert!((54.9..=55.0).contains(&now), "30 + 25, barely decayed: {scores}");
+    let history = scores["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "the short webinar did not count: {scores}");
+    assert_eq!(history[0]["reason"], "event:Webinar Attended");
+    assert_eq!(history[1]["after"], 30.0);
+    let (_, _, events) = server.api("GET", "/api/events?subject=ada", b"");
+    let qualified =
+        events.as_array().unwrap().iter().find(|e| e["event"] == "Lead Qualified").expect("the event is stored");
+    assert_eq!(qualified["payload"]["properties"]["model"], "engagement");
+    server.stop();
+}
