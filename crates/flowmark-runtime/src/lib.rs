@@ -22,6 +22,7 @@ pub mod import;
 pub mod retry;
 pub mod scoring;
 pub mod smtp;
+pub mod tracking;
 pub mod unsubscribe;
 pub mod webhook;
 pub mod why;

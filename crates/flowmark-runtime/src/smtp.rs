@@ -15,7 +15,7 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::{Message as Email, SmtpTransport, Transport};
 
 use crate::connector::{Connector, Job, Outcome};
-use crate::unsubscribe;
+use crate::{tracking, unsubscribe};
 use flowmark_core::render::Message;
 
 /// How email leaves.
@@ -29,8 +29,12 @@ pub struct SmtpSettings {
     pub from: String,
     /// The base URL contacts reach this server at (for unsubscribe links).
     pub public_url: String,
-    /// The deployment's secret for signing unsubscribe links.
+    /// The deployment's secret for signing unsubscribe and tracking links.
     pub secret: Vec<u8>,
+    /// Send marketing email's links through the click tracker (`Email Link Clicked`).
+    pub track_links: bool,
+    /// Add an open pixel to marketing email (`Email Opened`).
+    pub open_pixel: bool,
 }
 
 pub struct SmtpConnector {
@@ -38,6 +42,8 @@ pub struct SmtpConnector {
     from: Mailbox,
     public_url: String,
     secret: Vec<u8>,
+    track_links: bool,
+    open_pixel: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +61,14 @@ impl SmtpConnector {
             .timeout(Some(std::time::Duration::from_secs(30)))
             .build();
         let from = settings.from.parse().map_err(|_| SmtpError::From(settings.from.clone()))?;
-        Ok(SmtpConnector { transport, from, public_url: settings.public_url, secret: settings.secret })
+        Ok(SmtpConnector {
+            transport,
+            from,
+            public_url: settings.public_url,
+            secret: settings.secret,
+            track_links: settings.track_links,
+            open_pixel: settings.open_pixel,
+        })
     }
 
     fn build(&self, job: &Job<'_>) -> Result<Email, Outcome> {
@@ -83,6 +96,25 @@ impl SmtpConnector {
                 .raw_header(header("List-Unsubscribe", format!("<{link}>")))
                 .raw_header(header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".to_owned()));
         }
+        // Marketing email's links go through the tracker; transactional email (a password
+        // reset, a receipt) is left as written.
+        let tracked;
+        let html = match html {
+            Some(html) if !transactional && (self.track_links || self.open_pixel) => {
+                let body = tracking::rewrite(
+                    html,
+                    &self.public_url,
+                    &self.secret,
+                    job.key,
+                    job.subject_id,
+                    self.track_links,
+                    self.open_pixel,
+                );
+                tracked = body;
+                Some(&tracked)
+            }
+            other => other.as_ref(),
+        };
         let built = match (text, html) {
             (Some(text), Some(html)) => {
                 builder.multipart(MultiPart::alternative_plain_html(text.clone(), html.clone()))

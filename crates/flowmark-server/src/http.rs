@@ -69,6 +69,8 @@ pub fn router(owner: Owner, config: Config) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/u/{subject}/{signature}", get(unsubscribe_page).post(unsubscribe))
         .route("/hooks/{source}", post(inbound_webhook))
+        .route("/t/c/{token}", get(track_click))
+        .route("/t/o/{token}", get(track_open))
         // Bodies past the largest limit are cut off by the framework (413); below it, each
         // endpoint checks its own limit and says which one was crossed (400).
         .layer(DefaultBodyLimit::max(REQUEST_SIZE_BYTES_MAX))
@@ -422,7 +424,7 @@ async fn openapi() -> Response {
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Every route `router` serves, as (method, path in OpenAPI's template syntax).
-pub const ROUTES: [(&str, &str); 22] = [
+pub const ROUTES: [(&str, &str); 24] = [
     ("get", "/healthz"),
     ("post", "/v1/{kind}"),
     ("post", "/api/workflows"),
@@ -445,6 +447,8 @@ pub const ROUTES: [(&str, &str); 22] = [
     ("get", "/u/{subject}/{signature}"),
     ("post", "/u/{subject}/{signature}"),
     ("post", "/hooks/{source}"),
+    ("get", "/t/c/{token}"),
+    ("get", "/t/o/{token}"),
 ];
 
 fn internal(error: impl std::fmt::Display) -> Response {
@@ -886,6 +890,69 @@ async fn contact_scores(State(app): State<App>, headers: HeaderMap, Path(id): Pa
     }
 }
 
+/// Records an engagement event for a tracking token's contact, in the Segment shape journeys
+/// wait for (`properties.email_id` is the sending effect's key).
+async fn record_engagement(
+    app: &App,
+    tracked: &flowmark_runtime::tracking::Tracked,
+    name: &str,
+    id: String,
+) -> Result<(), Response> {
+    let mut properties = json!({ "email_id": tracked.key });
+    if !tracked.url.is_empty() {
+        properties["url"] = json!(tracked.url);
+    }
+    let event = flowmark_core::engine::Event {
+        id,
+        name: name.to_owned(),
+        at: now(),
+        payload: json!({ "type": "track", "event": name, "userId": tracked.subject, "properties": properties }).into(),
+    };
+    let incoming = flowmark_runtime::Incoming::event(&tracked.subject, event);
+    match ask(&app.owner, |reply| Command::Ingest { messages: vec![incoming], reply }).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error)),
+        Err(response) => Err(response),
+    }
+}
+
+fn tracked(app: &App, token: &str) -> Option<flowmark_runtime::tracking::Tracked> {
+    let secret = app.config.unsubscribe_secret.as_deref()?;
+    flowmark_runtime::tracking::read(secret, token)
+}
+
+/// A tracked link: records `Email Link Clicked`, then redirects to where the link pointed.
+async fn track_click(State(app): State<App>, Path(token): Path<String>) -> Response {
+    let Some(tracked) = tracked(&app, &token).filter(|t| !t.url.is_empty()) else {
+        return page(StatusCode::NOT_FOUND, "Link not recognised", "<p>This link is not valid.</p>");
+    };
+    // Every click counts: the id is the effect, the link and the moment.
+    let id = format!("click:{}:{}:{}", tracked.key, token.len(), now().ms());
+    if let Err(response) = record_engagement(&app, &tracked, flowmark_runtime::tracking::CLICKED_EVENT, id).await {
+        tracing::warn!("a click could not be recorded; redirecting anyway");
+        drop(response);
+    }
+    let mut response = StatusCode::FOUND.into_response();
+    if let Ok(location) = HeaderValue::from_str(&tracked.url) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// The open pixel: records `Email Opened` once per email, answers a transparent GIF.
+async fn track_open(State(app): State<App>, Path(token): Path<String>) -> Response {
+    const GIF: &[u8] = &[
+        0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff,
+        0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00,
+        0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+    ];
+    if let Some(tracked) = tracked(&app, &token) {
+        let id = format!("open:{}", tracked.key);
+        let _ = record_engagement(&app, &tracked, flowmark_runtime::tracking::OPENED_EVENT, id).await;
+    }
+    ([(header::CONTENT_TYPE, "image/gif"), (header::CACHE_CONTROL, "no-store")], GIF).into_response()
+}
+
 /// Starts a run by hand: `{"subject": "<contact or item id>"}`. The workflow must be active;
 /// its entry rule decides (`409` when it refuses).
 async fn start_run(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
@@ -952,8 +1019,15 @@ mod tests {
             for (method, operation) in methods.as_object().unwrap() {
                 documented.push((method.clone(), path.clone()));
                 assert!(operation["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path}");
-                let public = ["/healthz", "/api/openapi.json", "/u/{subject}/{signature}", "/hooks/{source}"]
-                    .contains(&path.as_str());
+                let public = [
+                    "/healthz",
+                    "/api/openapi.json",
+                    "/u/{subject}/{signature}",
+                    "/hooks/{source}",
+                    "/t/c/{token}",
+                    "/t/o/{token}",
+                ]
+                .contains(&path.as_str());
                 assert_eq!(operation["security"].as_array().unwrap().is_empty(), public, "{method} {path}");
             }
         }

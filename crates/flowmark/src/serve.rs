@@ -55,6 +55,14 @@ pub struct Args {
     /// The sender of email whose step names none.
     #[arg(long, default_value = "Flowmark <flowmark@localhost>")]
     email_from: String,
+    /// Leave marketing email's links as written (by default they go through the click
+    /// tracker, which records `Email Link Clicked`).
+    #[arg(long)]
+    no_link_tracking: bool,
+    /// Add an open pixel to marketing email (records `Email Opened`; off by default, since
+    /// mail clients that load images for privacy make opens unreliable).
+    #[arg(long)]
+    open_pixel: bool,
     /// Emails sent at the same time (SMTP connections in the pool).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     smtp_concurrency: u64,
@@ -214,6 +222,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             from: args.email_from.clone(),
             public_url: args.public_url.clone().unwrap_or_else(|| format!("http://{address}")),
             secret,
+            track_links: !args.no_link_tracking,
+            open_pixel: args.open_pixel,
         };
         let smtp = SmtpConnector::new(settings).context("cannot set up email")?;
         connectors = connectors.route(

@@ -118,12 +118,27 @@ steps:
       email:
         subject: "Welcome, {{ contact.first_name }}"
         text: "Hi {{ contact.first_name }}, thanks for joining."
-        html: "<p>Hi <b>{{ contact.first_name }}</b>, thanks for joining.</p>"
+        html: "<p>Hi <b>{{ contact.first_name }}</b>, thanks for joining. <a href='https://example.com/guide?from=mail'>Your guide</a></p>"
+  - id: clicked
+    wait: { event: Email Link Clicked, where: 'event.properties.email_id == steps.hello.effect_id', timeout: 1h }
+    on_timeout: later
+  - id: enjoy
+    action: { email: { subject: "Enjoy the guide, {{ contact.first_name }}", text: "Glad you opened it." } }
   - id: later
     wait: { duration: 1h }
   - id: again
     action: { email: { subject: "Still there?", text: "Hello again" } }
 "#;
+
+fn raw_get(url: &str) -> String {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut stream = TcpStream::connect(host).unwrap();
+    write!(stream, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
 
 fn post_form(url: &str, body: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").unwrap();
@@ -166,11 +181,33 @@ fn email_goes_out_over_smtp_personalised_and_one_click_unsubscribe_stops_the_jou
     assert_eq!(message["from"], "News <news@example.com>");
     assert_eq!(message["subject"], "Welcome, Ada", "the subject is personalised");
     assert_eq!(message["text"].as_str().unwrap().trim(), "Hi Ada, thanks for joining.");
-    assert!(message["html"].as_str().unwrap().contains("<b>Ada</b>"));
+    let html = message["html"].as_str().unwrap();
+    assert!(html.contains("<b>Ada</b>"));
+    assert!(!html.contains("https://example.com/guide"), "the link goes through the tracker: {html}");
     assert!(message["message_id"].as_str().unwrap().starts_with("<1-hello-"), "the effect key is the Message-ID");
     assert_eq!(message["list_unsubscribe_post"], "List-Unsubscribe=One-Click");
     let link = message["list_unsubscribe"].as_str().unwrap().trim_matches(['<', '>']).to_owned();
     assert!(link.starts_with(&format!("http://{}/u/ada/", server.address)), "{link}");
+
+    // The contact clicks: the tracker records the click and redirects to the guide; the
+    // journey's wait takes the click and the next email goes out.
+    let tracked = html.split("href='").nth(1).unwrap().split('\'').next().unwrap().to_owned();
+    assert!(tracked.starts_with(&format!("http://{}/t/c/", server.address)), "{tracked}");
+    let (status, _, _) = server.get_text(&tracked.replacen(&format!("http://{}", server.address), "", 1));
+    assert_eq!(status, 302);
+    let redirect = raw_get(&tracked);
+    assert!(redirect.contains("location: https://example.com/guide?from=mail"), "{redirect}");
+    let started = Instant::now();
+    while sink.messages().len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the click did not advance the journey");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sink.messages()[1]["subject"], "Enjoy the guide, Ada");
+    let (_, _, events) = server.api("GET", "/api/events?subject=ada", b"");
+    let click = events.as_array().unwrap().iter().find(|e| e["event"] == "Email Link Clicked").unwrap();
+    assert!(click["payload"]["properties"]["email_id"].as_str().unwrap().starts_with("1-hello-"));
+    let forged_click = format!("{}x", tracked);
+    assert_eq!(server.get_text(&forged_click.replacen(&format!("http://{}", server.address), "", 1)).0, 404);
 
     // A forged link does nothing; the real one shows a button, and its POST unsubscribes.
     let forged = format!("{}0", &link[..link.len() - 1]);
@@ -185,6 +222,6 @@ fn email_goes_out_over_smtp_personalised_and_one_click_unsubscribe_stops_the_jou
     assert_eq!(contact["traits"]["unsubscribed"], true, "the contact is suppressed");
     let (_, _, runs) = server.api("GET", "/api/runs?subject=ada", b"");
     assert_eq!(runs[0]["status"], "exited", "the Unsubscribed event ended the journey at once");
-    assert_eq!(sink.messages().len(), 1);
+    assert_eq!(sink.messages().len(), 2, "nothing after the unsubscribe");
     server.stop();
 }
