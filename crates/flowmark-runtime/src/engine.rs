@@ -374,6 +374,19 @@ impl<S: Store> Engine<S> {
                 merged.insert(from.clone(), subject_id.clone());
                 merges.push((from, subject_id.clone()));
             }
+            // A hard bounce, a spam complaint or an unsubscribe from any source suppresses the
+            // contact in the same commit as the event.
+            let traits = match suppression_of(&event) {
+                Some(reason) => {
+                    let (mut traits, timezone) = traits.unwrap_or((Value::Object(Default::default()), None));
+                    if let Value::Object(map) = &mut traits {
+                        map.insert(UNSUBSCRIBED_TRAIT.to_owned(), Value::Bool(true));
+                        map.insert(SUPPRESSED_REASON_TRAIT.to_owned(), Value::String(reason.to_owned()));
+                    }
+                    Some((traits, timezone))
+                }
+                None => traits,
+            };
             if let Some((traits, timezone)) = traits {
                 let (mut data, mut zone) = match subjects.remove(&subject_id) {
                     Some(known) => known,
@@ -1214,6 +1227,32 @@ pub const SCORE_MODELS_SETTING: &str = "score_models";
 /// Events one ingestion batch may add by itself (threshold crossings), so rules that feed
 /// each other cannot grow a batch without bound.
 pub const GENERATED_EVENTS_MAX: usize = 10_000;
+
+/// The contact trait that says why a contact is suppressed: `unsubscribed`, `bounced`,
+/// `complained`.
+pub const SUPPRESSED_REASON_TRAIT: &str = "suppressed_reason";
+
+/// Does this event suppress its contact, and why? `Unsubscribed`, `Email Marked as Spam`, and
+/// `Email Bounced` unless it says the bounce was soft (`properties.bounce_type` or `type` of
+/// `soft`, `transient` or `temporary`), as ESPs' webhooks and Segment's email spec name them.
+fn suppression_of(event: &Event) -> Option<&'static str> {
+    match event.name.as_str() {
+        "Unsubscribed" => Some("unsubscribed"),
+        "Email Marked as Spam" => Some("complained"),
+        "Email Bounced" => {
+            let properties = event.payload.get("properties");
+            let kind = properties
+                .and_then(|p| p.get("bounce_type").or_else(|| p.get("type")))
+                .and_then(Value::as_str)
+                .map(str::to_ascii_lowercase);
+            match kind.as_deref() {
+                Some("soft" | "transient" | "temporary") => None,
+                _ => Some("bounced"),
+            }
+        }
+        _ => None,
+    }
+}
 
 /// The contact trait that records an unsubscribe: `true` means no marketing email, ever.
 pub const UNSUBSCRIBED_TRAIT: &str = "unsubscribed";

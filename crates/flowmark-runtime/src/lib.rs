@@ -30,5 +30,5 @@ pub mod why;
 pub use connector::{Connector, Connectors, Job, Limits, LogConnector, Outcome, RecordingConnector};
 pub use engine::{
     CASCADE_DEPTH_MAX, DeployError, Engine, Error, Incoming, Ingested, LATENESS_BUCKETS_MS, SCHEDULE_PAGE_COUNT,
-    SCHEDULED_EVENT, Stats, UNSUBSCRIBED_TRAIT,
+    SCHEDULED_EVENT, SUPPRESSED_REASON_TRAIT, Stats, UNSUBSCRIBED_TRAIT,
 };

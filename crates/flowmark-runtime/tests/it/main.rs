@@ -475,3 +475,20 @@ fn a_marketing_email_queued_before_an_unsubscribe_is_never_sent() {
     assert_eq!(result["ok"], false);
     assert!(result["detail"].as_str().unwrap().starts_with("suppressed"), "{result}");
 }
+
+#[test]
+fn hard_bounces_complaints_and_unsubscribes_suppress_soft_bounces_do_not() {
+    let mut engine = engine();
+    for (subject, name, properties, suppressed) in [
+        ("a", "Email Bounced", json!({ "bounce_type": "hard" }), Some("bounced")),
+        ("b", "Email Bounced", json!({ "bounce_type": "soft" }), None),
+        ("c", "Email Marked as Spam", json!({}), Some("complained")),
+        ("d", "Unsubscribed", json!({}), Some("unsubscribed")),
+        ("e", "Email Opened", json!({}), None),
+    ] {
+        engine.ingest(subject, track(&format!("m-{subject}"), name, NOON, properties), NOON).unwrap();
+        let traits = engine.store().contact(subject).unwrap().map(|c| c.traits).unwrap_or_default();
+        assert_eq!(traits.get("suppressed_reason").and_then(|v| v.as_str()), suppressed, "{subject}: {name}");
+        assert_eq!(traits.get("unsubscribed").and_then(|v| v.as_bool()), suppressed.map(|_| true), "{subject}");
+    }
+}
