@@ -23,6 +23,10 @@ use crate::template::Template;
 pub(super) struct Machine<'a> {
     workflow: &'a Workflow,
     facts: &'a Facts<'a>,
+    /// The subject's data as this transition sees it: the facts', plus the score changes and
+    /// updates this transition's own steps made (their effects persist them), so a branch
+    /// after a `score` step reads the new score.
+    subject: std::borrow::Cow<'a, Value>,
     now: Timestamp,
     out: Transition,
     steps_executed: u32,
@@ -42,6 +46,7 @@ impl<'a> Machine<'a> {
         Machine {
             workflow,
             facts,
+            subject: std::borrow::Cow::Borrowed(facts.subject),
             now,
             out: Transition {
                 run,
@@ -550,12 +555,16 @@ impl<'a> Machine<'a> {
                 let channel = action.channel().expect("messages have a channel");
                 EffectKind::SendMessage { channel, transactional, context }
             }
-            Action::Score(score) => EffectKind::AdjustScore { model: score.model.clone(), change: score.change },
+            Action::Score(score) => {
+                super::apply_score(self.subject.to_mut(), &score.model, score.change);
+                EffectKind::AdjustScore { model: score.model.clone(), change: score.change }
+            }
             Action::Update(update) => {
                 let mut set = serde_json::Map::new();
                 for (field, value) in &update.set {
                     set.insert(field.clone(), self.render_value(at, value)?);
                 }
+                super::apply_update(self.subject.to_mut(), &set);
                 EffectKind::UpdateSubject { set }
             }
         };
@@ -880,7 +889,7 @@ impl<'a> Machine<'a> {
     fn scope<'s>(&'s self, run: &'s Value, event: Option<&'s Event>) -> Scope<'s> {
         let event = event.or(self.out.run.event.as_ref()).map_or(&Value::Null, |e| e.payload.as_ref());
         Scope::new()
-            .with(self.workflow.subject.as_str(), self.facts.subject)
+            .with(self.workflow.subject.as_str(), &self.subject)
             .with("event", event)
             .with("steps", &self.out.run.outputs)
             .with("run", run)

@@ -50,12 +50,24 @@ fn nurture_sends_waits_and_routes_by_score() {
     let click = event("Email Link Clicked", NOON + 1000, json!({ "email_id": t.effects[0].key }));
     let t = handle(&wf, t.run, &Input::Event { event: click }, &facts, Timestamp(NOON + 1000));
     assert_eq!(t.timers_cancelled.len(), 1, "the timeout is cancelled");
-    // Score goes +30 as an effect; the branch reads the stored score (40): below 50 → case study.
+    // Score goes +30 as an effect (which persists it), and the branch right after already
+    // reads the new score (40 + 30 = 70): hot enough for sales.
     assert!(matches!(t.effects[0].kind, EffectKind::AdjustScore { .. }));
     let evaluated = t.decisions.iter().find(|d| d.kind == "branch").unwrap();
     assert_eq!(evaluated.expression.as_deref(), Some("contact.scores.engagement >= 50"));
-    assert_eq!(evaluated.inputs["contact.scores.engagement"], json!(40));
-    assert_eq!(evaluated.result, json!(false));
+    assert_eq!(evaluated.inputs["contact.scores.engagement"], json!(70));
+    assert_eq!(evaluated.result, json!(true));
+    assert_eq!(evaluated.path.as_deref(), Some("handoff"));
+    assert_eq!(t.run.status, RunStatus::Completed, "hand-off, CRM, end");
+
+    // A colder contact (10 + 30 = 40) gets the case study instead.
+    let cold = json!({ "first_name": "Bo", "scores": { "engagement": 10 } });
+    let facts = Facts { subject: &cold, ..Facts::empty() };
+    let run = Run::new(RunId(8), &wf, 1, "c-2", Timestamp(NOON));
+    let start = Input::Start { event: Some(event("Whitepaper Downloaded", NOON, json!({"topic": "automation"}))) };
+    let t = handle(&wf, run, &start, &facts, Timestamp(NOON));
+    let click = event("Email Link Clicked", NOON + 1000, json!({ "email_id": t.effects[0].key }));
+    let t = handle(&wf, t.run, &Input::Event { event: click }, &facts, Timestamp(NOON + 1000));
     let taken = t.decisions.iter().rev().find(|d| d.kind == "branch").unwrap();
     assert_eq!(taken.path.as_deref(), Some("case-study"));
     assert_eq!(t.run.status, RunStatus::Active);

@@ -80,8 +80,8 @@ fn a_click_advances_the_run_and_effects_are_dispatched_rendered() {
     let click =
         engine.ingest("ada", track("m-2", "Email Link Clicked", later, json!({ "email_id": key })), later).unwrap();
     assert_eq!(click.runs_advanced, vec![run]);
-    // The click scores +30 (an internal effect, applied by dispatch): 30 + 30 = 60 ≥ 50, but the
-    // branch already ran on the stored 30, so the run waits for the case study.
+    // The click scores +30: the branch right after reads 60 ≥ 50 and hands the lead to sales;
+    // the dispatcher persists the score.
     engine.dispatch(later, 10, &mut connector).unwrap();
     let contact = engine.store().contact("ada").unwrap().unwrap();
     assert_eq!(contact.traits["scores"]["engagement"], 60);
@@ -94,8 +94,8 @@ fn a_click_advances_the_run_and_effects_are_dispatched_rendered() {
     ));
     assert!(
         why.contains(
-            "[route] decided (branch): `contact.scores.engagement >= 50` with contact.scores.engagement = 30 gave false\n"
-        ) && why.contains("[route] decided (branch): `otherwise` gave true, so the run went to `case-study`"),
+            "[route] decided (branch): `contact.scores.engagement >= 50` with contact.scores.engagement = 60 gave true, so the run went to `handoff`"
+        ),
         "{why}"
     );
 }

@@ -4,6 +4,7 @@ mod contacts;
 mod crash;
 mod email;
 mod graph;
+mod nurture;
 mod segment_client;
 mod serve;
 mod simulate;

@@ -15,10 +15,10 @@ use serde_json::Value;
 use super::serve::Server;
 
 const LIBRARY: &str = "standardwebhooks==1.1.0";
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const INBOUND_SECRET: &str = "whsec_aW5ib3VuZC1zZWNyZXQtZm9yLXRlc3Rz";
 
-fn install_library() -> PathBuf {
+pub fn install_library() -> PathBuf {
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("standardwebhooks-1.1.0");
     if target.join("standardwebhooks").exists() {
         return target;
@@ -72,16 +72,16 @@ signature = Webhook(sys.argv[1]).sign(sys.argv[2], datetime.now(tz=timezone.utc)
 print(json.dumps({"webhook-id": sys.argv[2], "webhook-timestamp": str(int(datetime.now(tz=timezone.utc).timestamp())), "webhook-signature": signature}))
 "#;
 
-struct Receiver {
+pub struct Receiver {
     child: Child,
-    port: u16,
+    pub port: u16,
     received: PathBuf,
 }
 
 impl Receiver {
-    fn start(dir: &Path, library: &Path) -> Receiver {
+    pub fn start(dir: &Path, library: &Path) -> Receiver {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let received = dir.join("received.jsonl");
+        let received = dir.join("webhooks-received.jsonl");
         let mut child = Command::new("python3")
             .arg("-c")
             .arg(RECEIVER)
@@ -98,7 +98,7 @@ impl Receiver {
         Receiver { child, port, received }
     }
 
-    fn received(&self) -> Vec<Value> {
+    pub fn received(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.received)
             .unwrap_or_default()
             .lines()
