@@ -8,6 +8,7 @@
 //! - `journey`: contacts through the nurture blueprint on the durable SQLite store, with a
 //!   raw batched SQLite insert of rows of the same size measured in the same run.
 //! - `timers`: a storm of timers due at the same instant: time to fire them all, lateness.
+//! - `render`: personalised email rendered as the dispatcher does it, on one thread.
 //!
 //! Figures and the commands that produced them are recorded in `docs/BENCHMARKS.md`.
 //! Invariant: a benchmark never touches a database it did not create (`--dir` gets fresh
@@ -15,6 +16,7 @@
 
 mod http;
 mod journey;
+mod render;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,8 @@ enum Scenario {
     Journey(journey::JourneyArgs),
     /// Timers all due at the same instant.
     Timers(journey::TimerArgs),
+    /// Rendering personalised email (Liquid, HTML escaped) on one core.
+    Render(render::RenderArgs),
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
@@ -54,6 +58,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         Scenario::Ingest(ingest) => http::run(ingest, &args.dir, &fsync)?,
         Scenario::Journey(journey) => journey::run_journey(journey, &args.dir, &fsync)?,
         Scenario::Timers(timers) => journey::run_timers(timers, &args.dir, &fsync)?,
+        Scenario::Render(render) => render::run(render)?,
     }
     Ok(ExitCode::SUCCESS)
 }
