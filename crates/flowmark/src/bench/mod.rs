@@ -9,6 +9,7 @@
 //!   raw batched SQLite insert of rows of the same size measured in the same run.
 //! - `timers`: a storm of timers due at the same instant: time to fire them all, lateness.
 //! - `render`: personalised email rendered as the dispatcher does it, on one thread.
+//! - `smtp`: the SMTP connector's pool pushing messages into a local SMTP sink.
 //!
 //! Figures and the commands that produced them are recorded in `docs/BENCHMARKS.md`.
 //! Invariant: a benchmark never touches a database it did not create (`--dir` gets fresh
@@ -17,6 +18,7 @@
 mod http;
 mod journey;
 mod render;
+mod smtp;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -47,6 +49,8 @@ enum Scenario {
     Timers(journey::TimerArgs),
     /// Rendering personalised email (Liquid, HTML escaped) on one core.
     Render(render::RenderArgs),
+    /// The SMTP connector sending to a local SMTP sink.
+    Smtp(smtp::SmtpArgs),
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
@@ -59,6 +63,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         Scenario::Journey(journey) => journey::run_journey(journey, &args.dir, &fsync)?,
         Scenario::Timers(timers) => journey::run_timers(timers, &args.dir, &fsync)?,
         Scenario::Render(render) => render::run(render)?,
+        Scenario::Smtp(smtp) => smtp::run(smtp)?,
     }
     Ok(ExitCode::SUCCESS)
 }
