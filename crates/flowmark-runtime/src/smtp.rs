@@ -1,5 +1,5 @@
 //! The SMTP connector: email effects sent through any SMTP server (an ESP's relay, Postfix,
-//! a local sink), with lettre's pooled blocking transport over rustls.
+//! a local sink), over rustls.
 //!
 //! Each message carries the effect's key as its `Message-ID` (`<key@flowmark>`, the same on
 //! every retry, so receivers and ESPs can drop duplicates), the contact's address from its
@@ -8,11 +8,25 @@
 //! (RFC 8058). SMTP's 4xx answers and connection failures are retried; 5xx answers and bad
 //! addresses are permanent.
 //!
+//! Connections are lettre's (`SmtpConnection`: EHLO, STARTTLS, AUTH, responses), kept in a
+//! pool here, and each message's data goes out in one write with its terminating dot.
+//! lettre's own transport writes the data and the dot in two writes on a socket without
+//! `TCP_NODELAY`, so Nagle's algorithm holds the dot until the server's delayed ACK: 40 ms
+//! per message (`docs/BENCHMARKS.md`, `bench smtp`).
+//!
 //! Invariant: no marketing message leaves without its unsubscribe headers.
 
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration as StdDuration;
+
+use lettre::Message as Email;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use lettre::{Message as Email, SmtpTransport, Transport};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{SmtpConnection, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::ClientId;
 
 use crate::connector::{Connector, Job, Outcome};
 use crate::{tracking, unsubscribe};
@@ -37,8 +51,34 @@ pub struct SmtpSettings {
     pub open_pixel: bool,
 }
 
+/// How to reach the SMTP server, read from the URL.
+#[derive(Debug, Clone)]
+struct Server {
+    host: String,
+    port: u16,
+    /// TLS from the first byte (`smtps://`).
+    wrapper: bool,
+    starttls: Starttls,
+    credentials: Option<Credentials>,
+}
+
+/// STARTTLS: required (`?tls=required`), used when offered (the default), or never
+/// (`?tls=none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Starttls {
+    Required,
+    Opportunistic,
+    Never,
+}
+
+/// How long connecting, and each command, may take.
+const SMTP_TIMEOUT: StdDuration = StdDuration::from_secs(30);
+/// Idle connections kept for reuse.
+const POOL_IDLE_MAX: usize = 64;
+
 pub struct SmtpConnector {
-    transport: SmtpTransport,
+    server: Server,
+    pool: Mutex<Vec<SmtpConnection>>,
     from: Mailbox,
     public_url: String,
     secret: Vec<u8>,
@@ -49,20 +89,18 @@ pub struct SmtpConnector {
 #[derive(Debug, thiserror::Error)]
 pub enum SmtpError {
     #[error("the SMTP URL is not usable: {0}")]
-    Url(lettre::transport::smtp::Error),
+    Url(String),
     #[error("`{0}` is not a sender address such as `Flowmark <news@example.com>`")]
     From(String),
 }
 
 impl SmtpConnector {
     pub fn new(settings: SmtpSettings) -> Result<SmtpConnector, SmtpError> {
-        let transport = SmtpTransport::from_url(&settings.url)
-            .map_err(SmtpError::Url)?
-            .timeout(Some(std::time::Duration::from_secs(30)))
-            .build();
+        let server = parse_url(&settings.url).map_err(SmtpError::Url)?;
         let from = settings.from.parse().map_err(|_| SmtpError::From(settings.from.clone()))?;
         Ok(SmtpConnector {
-            transport,
+            server,
+            pool: Mutex::default(),
             from,
             public_url: settings.public_url,
             secret: settings.secret,
@@ -136,7 +174,20 @@ impl Connector for SmtpConnector {
             Ok(email) => email,
             Err(outcome) => return outcome,
         };
-        match self.transport.send(&email) {
+        let mut connection = match self.pool.lock().ok().and_then(|mut pool| pool.pop()) {
+            Some(connection) => connection,
+            None => match self.connect() {
+                Ok(connection) => connection,
+                Err(error) => return Outcome::Retryable { error: format!("SMTP: {error}"), retry_after: None },
+            },
+        };
+        let sent = send(&mut connection, &email);
+        let reusable = !connection.has_broken() && sent.is_ok();
+        match self.pool.lock() {
+            Ok(mut pool) if reusable && pool.len() < POOL_IDLE_MAX => pool.push(connection),
+            _ => connection.abort(),
+        }
+        match sent {
             Ok(response) => Outcome::Done {
                 detail: Some(format!("{} {}", response.code(), response.message().collect::<Vec<_>>().join(" "))),
             },
@@ -145,5 +196,141 @@ impl Connector for SmtpConnector {
             }
             Err(error) => Outcome::Retryable { error: format!("SMTP: {error}"), retry_after: None },
         }
+    }
+}
+
+impl SmtpConnector {
+    /// A new connection: TLS or STARTTLS as the URL says, then AUTH when it has credentials.
+    fn connect(&self) -> Result<SmtpConnection, lettre::transport::smtp::Error> {
+        let server = &self.server;
+        let hello = ClientId::default();
+        let tls = TlsParameters::new(server.host.clone())?;
+        let wrapper = server.wrapper.then_some(&tls);
+        let mut connection =
+            SmtpConnection::connect((server.host.as_str(), server.port), Some(SMTP_TIMEOUT), &hello, wrapper, None)?;
+        if !server.wrapper {
+            match server.starttls {
+                Starttls::Required => connection.starttls(&tls, &hello)?,
+                Starttls::Opportunistic if connection.can_starttls() => connection.starttls(&tls, &hello)?,
+                _ => {}
+            }
+        }
+        if let Some(credentials) = &server.credentials {
+            connection.auth(&[Mechanism::Plain, Mechanism::Login], credentials)?;
+        }
+        Ok(connection)
+    }
+}
+
+/// Sends one message on an open connection: MAIL, RCPT for each recipient, DATA, then the
+/// data and its terminating dot in one write.
+fn send(
+    connection: &mut SmtpConnection,
+    email: &Email,
+) -> Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error> {
+    let envelope = email.envelope();
+    connection.command(Mail::new(envelope.from().cloned(), Vec::new()))?;
+    for to in envelope.to() {
+        connection.command(Rcpt::new(to.clone(), Vec::new()))?;
+    }
+    connection.command(Data)?;
+    connection.command(Body(email.formatted()))
+}
+
+/// A message's data as sent after DATA: a line that starts with a dot gets another (RFC 5321
+/// 4.5.2), and the data ends with `CRLF . CRLF`.
+struct Body(Vec<u8>);
+
+impl fmt::Display for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = String::from_utf8_lossy(&self.0);
+        let mut at_line_start = true;
+        for line in text.split_inclusive('\n') {
+            if at_line_start && line.starts_with('.') {
+                f.write_str(".")?;
+            }
+            f.write_str(line)?;
+            at_line_start = line.ends_with('\n');
+        }
+        if !text.ends_with("\r\n") {
+            f.write_str("\r\n")?;
+        }
+        f.write_str(".\r\n")
+    }
+}
+
+/// Reads `smtp://[user:password@]host[:port][?tls=required|opportunistic|none]` and
+/// `smtps://…` (TLS from the start).
+fn parse_url(text: &str) -> Result<Server, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("`{text}`: {e}"))?;
+    let wrapper = match url.scheme() {
+        "smtp" => false,
+        "smtps" => true,
+        other => return Err(format!("`{other}` is not smtp or smtps")),
+    };
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| format!("`{text}` has no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = url.port().unwrap_or(if wrapper { 465 } else { 25 });
+    let mut starttls = Starttls::Opportunistic;
+    for (key, value) in url.query_pairs() {
+        match (key.as_ref(), value.as_ref()) {
+            ("tls", "required") => starttls = Starttls::Required,
+            ("tls", "opportunistic") => starttls = Starttls::Opportunistic,
+            ("tls", "none") => starttls = Starttls::Never,
+            ("tls", other) => return Err(format!("`tls={other}`: use required, opportunistic or none")),
+            (other, _) => return Err(format!("`{other}` is not a setting of the SMTP URL; use tls")),
+        }
+    }
+    let credentials = (!url.username().is_empty())
+        .then(|| Credentials::new(percent_decode(url.username()), percent_decode(url.password().unwrap_or_default())));
+    Ok(Server { host, port, wrapper, starttls, credentials })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%' && i + 2 < bytes.len() + 1)
+            .then(|| text.get(i + 1..i + 3).and_then(|hex| u8::from_str_radix(hex, 16).ok()))
+            .flatten();
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_say_where_and_how() {
+        let plain = parse_url("smtp://127.0.0.1:2525").unwrap();
+        assert_eq!(
+            (plain.host.as_str(), plain.port, plain.wrapper, plain.starttls),
+            ("127.0.0.1", 2525, false, Starttls::Opportunistic)
+        );
+        let secure = parse_url("smtps://user%40example.com:p%40ss@mail.example.com").unwrap();
+        assert_eq!((secure.port, secure.wrapper), (465, true));
+        assert!(secure.credentials.is_some());
+        assert_eq!(parse_url("smtp://relay:587?tls=required").unwrap().starttls, Starttls::Required);
+        assert!(parse_url("http://x").unwrap_err().contains("not smtp"));
+        assert!(parse_url("smtp://x?tls=maybe").unwrap_err().contains("required, opportunistic or none"));
+        assert_eq!(percent_decode("p%40ss%4"), "p@ss%4");
+    }
+
+    #[test]
+    fn data_is_dot_stuffed_and_terminated_in_one_piece() {
+        let body = Body(b"Subject: x\r\n\r\n.hidden\r\nline\r\n..two".to_vec()).to_string();
+        assert_eq!(body, "Subject: x\r\n\r\n..hidden\r\nline\r\n...two\r\n.\r\n");
     }
 }

@@ -1,4 +1,4 @@
-//! `flowmark bench smtp`: the SMTP connector (lettre's pooled transport) sending to a local
+//! `flowmark bench smtp`: the SMTP connector sending to a local
 //! SMTP sink in this process, at several concurrencies: how many messages per second one
 //! Flowmark pushes into an MTA that answers at once.
 //!
@@ -93,7 +93,7 @@ pub fn run(args: &SmtpArgs) -> anyhow::Result<()> {
     let effect = json!({ "effect": "send_message", "channel": "email", "transactional": false });
     for &concurrency in &args.concurrency {
         let connector = SmtpConnector::new(SmtpSettings {
-            url: format!("smtp://127.0.0.1:{port}?pool_max_size={}", concurrency.max(1)),
+            url: format!("smtp://127.0.0.1:{port}"),
             from: "Flowmark <news@example.com>".to_owned(),
             public_url: "https://flowmark.example.com".to_owned(),
             secret: b"bench".to_vec(),
