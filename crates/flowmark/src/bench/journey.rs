@@ -32,6 +32,10 @@ pub struct JourneyArgs {
     /// Keep the journey's database afterwards (to inspect it), and say where it is.
     #[arg(long)]
     keep: bool,
+    /// Send the emails for real, through the SMTP connector (8 connections) to an SMTP sink
+    /// in this process, instead of taking every effect as done.
+    #[arg(long)]
+    smtp_sink: bool,
 }
 
 #[derive(clap::Args)]
@@ -96,6 +100,23 @@ pub fn run_journey(args: &JourneyArgs, dir: &Path, fsync: &Fsync) -> anyhow::Res
     let blueprint = include_str!("../../../../blueprints/whitepaper-nurture.yaml");
     engine.deploy("whitepaper-nurture.yaml", blueprint, T0).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut connector = Connectors::new(std::sync::Arc::new(NullConnector));
+    let delivered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    if args.smtp_sink {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let counter = delivered.clone();
+        std::thread::spawn(move || super::smtp::sink(listener, counter));
+        let smtp = flowmark_runtime::smtp::SmtpConnector::new(flowmark_runtime::smtp::SmtpSettings {
+            url: format!("smtp://127.0.0.1:{port}"),
+            from: "Flowmark <news@example.com>".to_owned(),
+            public_url: "https://flowmark.example.com".to_owned(),
+            secret: b"bench".to_vec(),
+            track_links: true,
+            open_pixel: false,
+        })?;
+        let limits = flowmark_runtime::Limits { concurrency: 8, per_second: None, burst: 1 };
+        connector = connector.route("smtp", &["send_email"], std::sync::Arc::new(smtp), limits);
+    }
     let started = Instant::now();
     // Everyone downloads; each run sends its email and waits for a click.
     let mut runs = Vec::with_capacity(args.contacts);
@@ -164,6 +185,7 @@ pub fn run_journey(args: &JourneyArgs, dir: &Path, fsync: &Fsync) -> anyhow::Res
         "raw_insert_rows_per_s": raw_per_s.round(),
         "ratio_to_raw_insert": round2(per_s / raw_per_s),
         "rss_bytes_with_all_runs_waiting": rss_waiting,
+        "emails_delivered_to_sink": args.smtp_sink.then(|| delivered.load(std::sync::atomic::Ordering::Relaxed)),
         "fsync": fsync.json(),
     }));
     Ok(())

@@ -18,7 +18,7 @@
 mod http;
 mod journey;
 mod render;
-mod smtp;
+pub(crate) mod smtp;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

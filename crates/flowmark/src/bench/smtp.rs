@@ -30,7 +30,7 @@ pub struct SmtpArgs {
 }
 
 /// Accepts SMTP sessions on `listener` forever, counting the messages it takes.
-fn sink(listener: TcpListener, received: Arc<AtomicUsize>) {
+pub fn sink(listener: TcpListener, received: Arc<AtomicUsize>) {
     for stream in listener.incoming().flatten() {
         let received = received.clone();
         std::thread::spawn(move || {
