@@ -402,3 +402,30 @@ fn a_score_crossing_its_threshold_hands_the_lead_to_sales() {
     assert_eq!(qualified["payload"]["properties"]["model"], "engagement");
     server.stop();
 }
+
+#[test]
+fn oversized_batches_unknown_calls_and_forged_pixels_change_nothing() {
+    let dir = super::validate::tempdir().join("bad-input");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = Server::start(&dir.join("flowmark.db"));
+    // 20 events of 30 KB: each under the per-event limit, the batch over 500 KB.
+    let item = json!({ "type": "track", "userId": "ada", "event": "Big", "properties": { "x": "y".repeat(30_000) } });
+    let batch = json!({ "batch": vec![item; 20] });
+    let (status, _, problem) = server.send("batch", &batch);
+    assert_eq!((status, problem["title"].as_str()), (400, Some("Batch too large")));
+    assert!(problem["detail"].as_str().unwrap().contains("the limit is 512000 bytes (500 KB) per batch"), "{problem}");
+    let (status, _, problem) = server.send("purchase", &json!({ "userId": "ada" }));
+    assert_eq!((status, problem["title"].as_str()), (404, Some("Unknown call")));
+    let mut stream = TcpStream::connect(&server.address).unwrap();
+    write!(stream, "GET /t/o/not-a-token HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let head = String::from_utf8_lossy(&response[..response.len().min(200)]).to_string();
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.contains("content-type: image/gif"),
+        "the pixel answers either way: {head}"
+    );
+    assert_eq!(server.api("GET", "/api/events?subject=ada", b"").2, json!([]), "nothing was stored");
+    server.stop();
+}
