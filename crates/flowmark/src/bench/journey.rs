@@ -106,14 +106,7 @@ pub fn run_journey(args: &JourneyArgs, dir: &Path, fsync: &Fsync) -> anyhow::Res
         let port = listener.local_addr()?.port();
         let counter = delivered.clone();
         std::thread::spawn(move || super::smtp::sink(listener, counter));
-        let smtp = flowmark_runtime::smtp::SmtpConnector::new(flowmark_runtime::smtp::SmtpSettings {
-            url: format!("smtp://127.0.0.1:{port}"),
-            from: "Flowmark <news@example.com>".to_owned(),
-            public_url: "https://flowmark.example.com".to_owned(),
-            secret: b"bench".to_vec(),
-            track_links: true,
-            open_pixel: false,
-        })?;
+        let smtp = super::smtp::connector(port)?;
         let limits = flowmark_runtime::Limits { concurrency: 8, per_second: None, burst: 1 };
         connector = connector.route("smtp", &["send_email"], std::sync::Arc::new(smtp), limits);
     }

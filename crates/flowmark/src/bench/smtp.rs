@@ -75,6 +75,18 @@ fn session(stream: TcpStream, received: &AtomicUsize) -> std::io::Result<()> {
     }
 }
 
+/// The SMTP connector the benchmarks use: to the sink at `port`, links tracked, no pixel.
+pub fn connector(port: u16) -> anyhow::Result<SmtpConnector> {
+    Ok(SmtpConnector::new(SmtpSettings {
+        url: format!("smtp://127.0.0.1:{port}"),
+        from: "Flowmark <news@example.com>".to_owned(),
+        public_url: "https://flowmark.example.com".to_owned(),
+        secret: b"bench".to_vec(),
+        track_links: true,
+        open_pixel: false,
+    })?)
+}
+
 pub fn run(args: &SmtpArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
@@ -92,14 +104,7 @@ pub fn run(args: &SmtpArgs) -> anyhow::Result<()> {
     };
     let effect = json!({ "effect": "send_message", "channel": "email", "transactional": false });
     for &concurrency in &args.concurrency {
-        let connector = SmtpConnector::new(SmtpSettings {
-            url: format!("smtp://127.0.0.1:{port}"),
-            from: "Flowmark <news@example.com>".to_owned(),
-            public_url: "https://flowmark.example.com".to_owned(),
-            secret: b"bench".to_vec(),
-            track_links: true,
-            open_pixel: false,
-        })?;
+        let connector = connector(port)?;
         let before = received.load(Ordering::Relaxed);
         let next = AtomicUsize::new(0);
         let failures = AtomicUsize::new(0);

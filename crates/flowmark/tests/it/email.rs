@@ -16,18 +16,7 @@ use super::serve::Server;
 const AIOSMTPD: &str = "aiosmtpd==1.4.6";
 
 fn install_aiosmtpd() -> PathBuf {
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("aiosmtpd-1.4.6");
-    if target.join("aiosmtpd").exists() {
-        return target;
-    }
-    let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
-        .arg(&target)
-        .arg(AIOSMTPD)
-        .status()
-        .expect("python3 runs (the test needs Python 3 with pip)");
-    assert!(status.success(), "pip could not install {AIOSMTPD}");
-    target
+    crate::pip_install(AIOSMTPD, "aiosmtpd")
 }
 
 /// An SMTP sink that parses every message with Python's `email` package and appends what it

@@ -12,18 +12,7 @@ use super::serve::Server;
 const LIBRARY: &str = "segment-analytics-python==2.4.0";
 
 fn install_library() -> PathBuf {
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("segment-analytics-python-2.4.0");
-    if target.join("segment").join("analytics").exists() {
-        return target;
-    }
-    let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
-        .arg(&target)
-        .arg(LIBRARY)
-        .status()
-        .expect("python3 runs (the test needs Python 3 with pip)");
-    assert!(status.success(), "pip could not install {LIBRARY}");
-    target
+    crate::pip_install(LIBRARY, "segment/analytics")
 }
 
 const SCRIPT: &str = r#"

@@ -19,18 +19,7 @@ pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const INBOUND_SECRET: &str = "whsec_aW5ib3VuZC1zZWNyZXQtZm9yLXRlc3Rz";
 
 pub fn install_library() -> PathBuf {
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("standardwebhooks-1.1.0");
-    if target.join("standardwebhooks").exists() {
-        return target;
-    }
-    let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
-        .arg(&target)
-        .arg(LIBRARY)
-        .status()
-        .expect("python3 runs (the test needs Python 3 with pip)");
-    assert!(status.success(), "pip could not install {LIBRARY}");
-    target
+    crate::pip_install(LIBRARY, "standardwebhooks")
 }
 
 /// A receiver that verifies each request with the library and appends what it found.
