@@ -60,6 +60,9 @@ pub fn router(owner: Owner, config: Config) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/runs/{id}", get(run))
         .route("/api/runs/{id}/why", get(why))
+        .route("/api/runs/{id}/tasks/{step}", post(complete_task))
+        .route("/api/runs/{id}/approvals/{step}", post(decide_approval))
+        .route("/api/runs/{id}/cancel", post(cancel_run))
         .route("/api/workflows/{id}", get(workflow))
         .route("/api/contacts/import", post(import_contacts))
         .route("/api/contacts/{id}/scores", get(contact_scores))
@@ -424,7 +427,7 @@ async fn openapi() -> Response {
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Every route `router` serves, as (method, path in OpenAPI's template syntax).
-pub const ROUTES: [(&str, &str); 24] = [
+pub const ROUTES: [(&str, &str); 27] = [
     ("get", "/healthz"),
     ("post", "/v1/{kind}"),
     ("post", "/api/workflows"),
@@ -435,6 +438,9 @@ pub const ROUTES: [(&str, &str); 24] = [
     ("get", "/api/runs"),
     ("get", "/api/runs/{id}"),
     ("get", "/api/runs/{id}/why"),
+    ("post", "/api/runs/{id}/tasks/{step}"),
+    ("post", "/api/runs/{id}/approvals/{step}"),
+    ("post", "/api/runs/{id}/cancel"),
     ("get", "/api/contacts/{id}"),
     ("put", "/api/contacts/{id}"),
     ("post", "/api/contacts/import"),
@@ -951,6 +957,122 @@ async fn track_open(State(app): State<App>, Path(token): Path<String>) -> Respon
         let _ = record_engagement(&app, &tracked, flowmark_runtime::tracking::OPENED_EVENT, id).await;
     }
     ([(header::CONTENT_TYPE, "image/gif"), (header::CACHE_CONTROL, "no-store")], GIF).into_response()
+}
+
+/// Delivers a person's input to a run and answers with the run as it stands, or `409` with
+/// the reason the run gave for ignoring it (not waiting at that step, not that person's role,
+/// already decided, the run has ended).
+async fn deliver(app: &App, id: &str, input: flowmark_core::engine::Input) -> Response {
+    let Ok(number) = id.parse::<u64>() else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid run id",
+            format!("`{id}` is not a run id (a positive integer)"),
+        );
+    };
+    let answer = query(&app.owner, move |engine, now| -> Result<Option<(Option<String>, Value)>, String> {
+        let transition = engine.deliver(RunId(number), &input, now).map_err(|e| e.to_string())?;
+        let Some(t) = transition else { return Ok(None) };
+        let ignored = t.history.iter().find_map(|h| match &h.kind {
+            flowmark_core::engine::HistoryKind::InputIgnored { reason, .. } => Some(reason.clone()),
+            _ => None,
+        });
+        let workflow = engine.workflow(&t.run.workflow_id, Some(t.run.version)).map_err(|e| e.to_string())?;
+        let steps: Vec<String> = t.run.current_steps().map(|at| workflow.step(at).id.to_string()).collect();
+        Ok(Some((ignored, json!({ "id": t.run.id, "status": t.run.status, "steps": steps }))))
+    })
+    .await;
+    match answer {
+        Ok(Ok(Some((None, run)))) => axum::Json(run).into_response(),
+        Ok(Ok(Some((Some(reason), _)))) => problem(StatusCode::CONFLICT, "Input ignored", reason),
+        Ok(Ok(None)) => problem(StatusCode::NOT_FOUND, "No such run", format!("there is no run {number}")),
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}
+
+fn json_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Response> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(_) => Err(problem(StatusCode::BAD_REQUEST, "Invalid input", "the body must be a JSON object")),
+        Err(error) => Err(problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}"))),
+    }
+}
+
+/// Completes a task: `{"by": "sam@example.com", "fields": {"keywords": "…"}}`.
+async fn complete_task(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((id, step)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let fields = match json_object(&body) {
+        Ok(fields) => fields,
+        Err(response) => return response,
+    };
+    let Some(by) = fields.get("by").and_then(Value::as_str).filter(|b| !b.is_empty()).map(str::to_owned) else {
+        return problem(StatusCode::BAD_REQUEST, "Invalid input", "say who completed the task: `by`");
+    };
+    let values = match fields.get("fields") {
+        None => serde_json::Map::new(),
+        Some(Value::Object(values)) => values.clone(),
+        Some(_) => return problem(StatusCode::BAD_REQUEST, "Invalid input", "`fields` must be an object"),
+    };
+    let input = flowmark_core::engine::Input::TaskCompleted { step, by, fields: values };
+    deliver(&app, &id, input).await
+}
+
+/// Decides an approval: `{"role": "editor", "by": "dana@example.com", "decision": "approve" |
+/// "approve_with_changes" | "request_changes" | "reject", "comment": "…"}`.
+async fn decide_approval(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((id, step)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let fields = match json_object(&body) {
+        Ok(fields) => fields,
+        Err(response) => return response,
+    };
+    let text = |key: &str| fields.get(key).and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_owned);
+    let (Some(role), Some(by)) = (text("role"), text("by")) else {
+        return problem(StatusCode::BAD_REQUEST, "Invalid input", "say who decides and in which role: `by`, `role`");
+    };
+    let decision = match fields.get("decision").cloned().map(serde_json::from_value::<flowmark_core::engine::Decision>)
+    {
+        Some(Ok(decision)) => decision,
+        _ => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Invalid input",
+                "`decision` is approve, approve_with_changes, request_changes or reject",
+            );
+        }
+    };
+    let input = flowmark_core::engine::Input::ApprovalDecided { step, role, by, decision, comment: text("comment") };
+    deliver(&app, &id, input).await
+}
+
+/// Cancels a run: `{"reason": "…"}` (optional). The run ends as exited.
+async fn cancel_run(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let reason = if body.is_empty() {
+        "cancelled over the API".to_owned()
+    } else {
+        match json_object(&body) {
+            Ok(fields) => fields.get("reason").and_then(Value::as_str).unwrap_or("cancelled over the API").to_owned(),
+            Err(response) => return response,
+        }
+    };
+    deliver(&app, &id, flowmark_core::engine::Input::Cancel { reason }).await
 }
 
 /// Starts a run by hand: `{"subject": "<contact or item id>"}`. The workflow must be active;
