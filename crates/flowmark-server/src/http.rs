@@ -991,11 +991,12 @@ async fn deliver(app: &App, id: &str, input: flowmark_core::engine::Input) -> Re
     }
 }
 
-fn json_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Response> {
+/// The body as a JSON object, or the title and detail of the `400` that says why not.
+fn json_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, (&'static str, String)> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(fields)) => Ok(fields),
-        Ok(_) => Err(problem(StatusCode::BAD_REQUEST, "Invalid input", "the body must be a JSON object")),
-        Err(error) => Err(problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}"))),
+        Ok(_) => Err(("Invalid input", "the body must be a JSON object".to_owned())),
+        Err(error) => Err(("Invalid JSON", format!("the body is not JSON: {error}"))),
     }
 }
 
@@ -1011,7 +1012,7 @@ async fn complete_task(
     }
     let fields = match json_object(&body) {
         Ok(fields) => fields,
-        Err(response) => return response,
+        Err((title, detail)) => return problem(StatusCode::BAD_REQUEST, title, detail),
     };
     let Some(by) = fields.get("by").and_then(Value::as_str).filter(|b| !b.is_empty()).map(str::to_owned) else {
         return problem(StatusCode::BAD_REQUEST, "Invalid input", "say who completed the task: `by`");
@@ -1038,7 +1039,7 @@ async fn decide_approval(
     }
     let fields = match json_object(&body) {
         Ok(fields) => fields,
-        Err(response) => return response,
+        Err((title, detail)) => return problem(StatusCode::BAD_REQUEST, title, detail),
     };
     let text = |key: &str| fields.get(key).and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_owned);
     let (Some(role), Some(by)) = (text("role"), text("by")) else {
@@ -1069,7 +1070,7 @@ async fn cancel_run(State(app): State<App>, headers: HeaderMap, Path(id): Path<S
     } else {
         match json_object(&body) {
             Ok(fields) => fields.get("reason").and_then(Value::as_str).unwrap_or("cancelled over the API").to_owned(),
-            Err(response) => return response,
+            Err((title, detail)) => return problem(StatusCode::BAD_REQUEST, title, detail),
         }
     };
     deliver(&app, &id, flowmark_core::engine::Input::Cancel { reason }).await
