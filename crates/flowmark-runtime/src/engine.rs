@@ -398,11 +398,17 @@ impl<S: Store> Engine<S> {
                 if let (Value::Object(into), Value::Object(from)) = (&mut data, &traits) {
                     into.extend(from.iter().map(|(k, v)| (k.clone(), v.clone())));
                 }
+                // Only a time zone, and the one the contact has: nothing to write (most calls
+                // from a browser carry its time zone).
+                let unchanged = traits.as_object().is_some_and(serde_json::Map::is_empty)
+                    && (timezone.is_none() || timezone == zone);
                 if timezone.is_some() {
                     zone.clone_from(&timezone);
                 }
                 subjects.insert(subject_id.clone(), (data, zone));
-                contact_changes.push((subject_id.clone(), traits, timezone));
+                if !unchanged {
+                    contact_changes.push((subject_id.clone(), traits, timezone));
+                }
             }
             // Inserting is the duplicate check: one index probe, and the insert is part of
             // this unit of work, so it commits with the transitions or not at all.

@@ -73,17 +73,27 @@ pub fn read(
         _ => format!("flowmark-{:016x}", fnv1a(&serde_json::to_string(item).unwrap_or_default())),
     };
     payload.insert("receivedAt".to_owned(), Value::String(received_at.rfc3339()));
-    let traits = (kind == "identify").then(|| {
+    // A call's `context.timezone` (analytics.js sends the browser's) gives the contact its time
+    // zone; an identify's traits and time zone are merged into the contact.
+    let context_timezone = payload
+        .get("context")
+        .and_then(|c| c.get("timezone"))
+        .and_then(Value::as_str)
+        .filter(|tz| tz.parse::<chrono_tz::Tz>().is_ok())
+        .map(str::to_owned);
+    let traits = if kind == "identify" {
         let traits = fields.get("traits").cloned().unwrap_or(Value::Object(Map::new()));
-        let timezone = payload
-            .get("context")
-            .and_then(|c| c.get("timezone"))
-            .or_else(|| traits.get("timezone"))
-            .and_then(Value::as_str)
-            .filter(|tz| tz.parse::<chrono_tz::Tz>().is_ok())
-            .map(str::to_owned);
-        (traits, timezone)
-    });
+        let timezone = context_timezone.or_else(|| {
+            traits
+                .get("timezone")
+                .and_then(Value::as_str)
+                .filter(|tz| tz.parse::<chrono_tz::Tz>().is_ok())
+                .map(str::to_owned)
+        });
+        Some((traits, timezone))
+    } else {
+        context_timezone.map(|tz| (Value::Object(Map::new()), Some(tz)))
+    };
     let event = Event { id, name, at, payload: Value::Object(payload).into() };
     Ok(Incoming { subject_id, event, traits, anonymous, merge_from })
 }

@@ -476,3 +476,24 @@ fn the_blog_post_blueprint_is_driven_through_tasks_and_approvals_over_the_api() 
     assert_eq!(post("cancel", json!({})).0, 409, "an ended run takes no more input");
     server.stop();
 }
+
+#[test]
+fn a_calls_context_time_zone_becomes_the_contacts() {
+    let dir = super::validate::tempdir().join("context-timezone");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = Server::start(&dir.join("flowmark.db"));
+    let page = |id: &str, tz: &str| json!({ "userId": "ada", "event": "Page Viewed", "messageId": id, "context": { "timezone": tz } });
+    assert_eq!(server.send("track", &page("p-1", "Europe/Paris")).0, 200);
+    let (_, _, first) = server.api("GET", "/api/contacts/ada", b"");
+    assert_eq!(first["timezone"], "Europe/Paris", "the browser's time zone is the contact's");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(server.send("track", &page("p-2", "Europe/Paris")).0, 200);
+    let (_, _, same) = server.api("GET", "/api/contacts/ada", b"");
+    assert_eq!(same["updated_at"], first["updated_at"], "the same time zone again writes nothing");
+    assert_eq!(server.send("track", &page("p-3", "Not/AZone")).0, 200, "an unknown zone is ignored, not refused");
+    assert_eq!(server.send("track", &page("p-4", "America/New_York")).0, 200);
+    let (_, _, moved) = server.api("GET", "/api/contacts/ada", b"");
+    assert_eq!(moved["timezone"], "America/New_York", "a new one replaces it");
+    server.stop();
+}
