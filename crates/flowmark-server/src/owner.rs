@@ -21,9 +21,13 @@ use tokio::sync::oneshot;
 pub const QUEUE_COUNT_MAX: usize = 1024;
 /// How often timers and the outbox are looked at when no command arrives.
 pub const TICK: StdDuration = StdDuration::from_millis(200);
-/// Timers fired and effects attempted per round; when a round is full, the next one starts
-/// at once instead of after `TICK`.
-const WORK_PER_TICK_MAX: usize = 2000;
+/// Timers fired per round; when a round is full, the next one starts at once instead of
+/// after `TICK`.
+const TIMERS_PER_ROUND_MAX: usize = 2000;
+/// Effects attempted per round, and so per commit. Effects are performed before the commit
+/// that records them, so a crash repeats at most one round (under the same keys): kept small,
+/// because a repeated email is a visible mistake.
+const EFFECTS_PER_ROUND_MAX: usize = 256;
 /// Schedules worked on per round (each starts up to `SCHEDULE_PAGE_COUNT` runs).
 const SCHEDULES_PER_TICK_MAX: usize = 4;
 /// Events one group commit takes from the queue: ingestion commands waiting together are
@@ -114,15 +118,16 @@ impl Owner {
                     if let Err(error) = engine.fire_due_schedules(now, SCHEDULES_PER_TICK_MAX) {
                         tracing::error!(%error, "firing schedules failed");
                     }
-                    let fired = engine.fire_due_timers(now, WORK_PER_TICK_MAX).unwrap_or_else(|error| {
+                    let fired = engine.fire_due_timers(now, TIMERS_PER_ROUND_MAX).unwrap_or_else(|error| {
                         tracing::error!(%error, "firing timers failed");
                         0
                     });
-                    let dispatched = engine.dispatch(now, WORK_PER_TICK_MAX, &mut connectors).unwrap_or_else(|error| {
-                        tracing::error!(%error, "dispatching effects failed");
-                        0
-                    });
-                    busy = fired == WORK_PER_TICK_MAX || dispatched == WORK_PER_TICK_MAX;
+                    let dispatched =
+                        engine.dispatch(now, EFFECTS_PER_ROUND_MAX, &mut connectors).unwrap_or_else(|error| {
+                            tracing::error!(%error, "dispatching effects failed");
+                            0
+                        });
+                    busy = fired == TIMERS_PER_ROUND_MAX || dispatched == EFFECTS_PER_ROUND_MAX;
                 }
             })
             .expect("the owner thread starts");
