@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use flowmark_core::diagnostic::DiagnosticJson;
 use flowmark_core::engine::{
-    Event, Facts, HistoryKind, Input, ParentRun, RenderContext, Run, RunId, RunStatus, Sent, Transition, apply_score,
-    apply_update, handle,
+    Event, Facts, HistoryKind, Input, ParentRun, RenderContext, Run, RunId, RunStatus, Sent, Transition, apply_update,
+    handle,
 };
 use flowmark_core::expr::Scope;
 use flowmark_core::limits::{RECENT_EVENTS_COUNT_MAX, WAIT_LOOKBACK_MS};
@@ -28,7 +28,7 @@ use flowmark_store::{
     Attempt, Batch, ContactChange, RunFilter, Schedule, ScheduleChange, ScoreRecord, Store, WorkflowStatus,
 };
 
-use crate::scoring::{Change, Models, ModelsSource};
+use crate::scoring::{Models, ModelsSource};
 use serde_json::Value;
 
 use crate::connector::{Connector, Connectors, Job, Outcome};
@@ -429,17 +429,17 @@ impl<S: Store> Engine<S> {
                         .contact(&subject_id)?
                         .map_or((Value::Object(Default::default()), None), |c| (c.traits, c.timezone)),
                 };
-                let changes = self.scoring.apply_event(&mut data, &event, now);
+                let changes = self.scoring.apply_event(&subject_id, &mut data, &event, now);
                 for change in &changes {
                     for name in self.scoring.crossed(change) {
                         if generated.len() < GENERATED_EVENTS_MAX {
-                            let threshold = Models::threshold_event(change, &name, &subject_id);
+                            let threshold = Models::threshold_event(change, &name);
                             generated.insert(threshold.id.clone());
                             queue.push_front(Incoming::event(&subject_id, threshold));
                         }
                     }
-                    score_records.push(score_record(&subject_id, change));
                 }
+                score_records.extend(changes.iter().cloned());
                 if !changes.is_empty() {
                     let scores = serde_json::json!({ "scores": data["scores"], "scores_at": data["scores_at"] });
                     contact_changes.push((subject_id.clone(), scores, None));
@@ -663,14 +663,10 @@ impl<S: Store> Engine<S> {
                     }));
                 }
                 "update_subject" => {
-                    outcomes[index] = Some(Ok(match apply_internal(&mut subject, &entry.effect) {
-                        Ok(change) => {
-                            contact_changes.push((run.subject_id.clone(), change));
-                            subjects.insert(run.subject_id.clone(), subject);
-                            Outcome::Done { detail: None }
-                        }
-                        Err(error) => Outcome::Permanent { error },
-                    }));
+                    let change = apply_update_effect(&mut subject, &entry.effect);
+                    contact_changes.push((run.subject_id.clone(), change));
+                    subjects.insert(run.subject_id.clone(), subject);
+                    outcomes[index] = Some(Ok(Outcome::Done { detail: None }));
                 }
                 "start_run" => outcomes[index] = Some(Ok(self.start_subflow(&run, entry, now, &mut transitions)?)),
                 "send_message" if is_suppressed(&subject, &entry.effect) => {
@@ -797,7 +793,6 @@ impl<S: Store> Engine<S> {
         // Thresholds a score step crossed are recorded as events now, in their own commit: a
         // crash in between loses them (the score itself is committed above).
         if !thresholds.is_empty() {
-            self.store.finish();
             self.ingest_many(thresholds, now)?;
         }
         Ok(ready.len())
@@ -823,15 +818,15 @@ impl<S: Store> Engine<S> {
             ScoreChange::Set(value) => value - before,
         };
         let reason = format!("step:{}/{}", run.workflow_id, entry.step);
-        let applied = self.scoring.change(subject, model, delta, now, reason);
+        let applied = self.scoring.change(&run.subject_id, subject, model, delta, now, reason);
         let crossings = self
             .scoring
             .crossed(&applied)
             .iter()
-            .map(|name| Incoming::event(&run.subject_id, Models::threshold_event(&applied, name, &run.subject_id)))
+            .map(|name| Incoming::event(&run.subject_id, Models::threshold_event(&applied, name)))
             .collect();
         let traits = serde_json::json!({ "scores": subject["scores"], "scores_at": subject["scores_at"] });
-        Ok((traits, score_record(&run.subject_id, &applied), crossings))
+        Ok((traits, applied, crossings))
     }
 
     /// Performs a `start_run` effect: a run of the named workflow (its latest version) for the
@@ -1195,36 +1190,13 @@ impl<S: Store> Engine<S> {
     }
 }
 
-/// Applies a score change or a subject update to `subject`; returns the traits to merge into
-/// the stored contact (only the top-level keys that can have changed).
-fn apply_internal(subject: &mut Value, effect: &Value) -> Result<Value, String> {
-    match effect.get("effect").and_then(Value::as_str) {
-        Some("adjust_score") => {
-            let model = effect.get("model").and_then(Value::as_str).unwrap_or("score");
-            let change = serde_json::from_value::<ScoreChange>(effect["change"].clone())
-                .map_err(|_| format!("unreadable score change {}", effect["change"]))?;
-            apply_score(subject, model, change);
-            Ok(serde_json::json!({ "scores": subject["scores"] }))
-        }
-        _ => {
-            let empty = serde_json::Map::new();
-            let set = effect.get("set").and_then(Value::as_object).unwrap_or(&empty);
-            apply_update(subject, set);
-            Ok(Value::Object(set.clone()))
-        }
-    }
-}
-
-fn score_record(subject_id: &str, change: &Change) -> ScoreRecord {
-    ScoreRecord {
-        subject_id: subject_id.to_owned(),
-        model: change.model.clone(),
-        at: change.at,
-        before: change.before,
-        delta: change.delta,
-        after: change.after,
-        reason: change.reason.clone(),
-    }
+/// Applies a subject update to `subject`; returns the traits to merge into the stored contact
+/// (the fields it set).
+fn apply_update_effect(subject: &mut Value, effect: &Value) -> Value {
+    let empty = serde_json::Map::new();
+    let set = effect.get("set").and_then(Value::as_object).unwrap_or(&empty);
+    apply_update(subject, set);
+    Value::Object(set.clone())
 }
 
 /// The setting the workspace's score models are stored under (JSON).

@@ -12,6 +12,7 @@ use flowmark_core::Timestamp;
 use flowmark_core::engine::Event;
 use flowmark_core::expr::{Condition, Scope};
 use flowmark_core::time::Duration;
+use flowmark_store::ScoreRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -74,19 +75,6 @@ struct Model {
     half_life: Option<Duration>,
     rules: Vec<(String, Option<Condition>, f64)>,
     thresholds: Vec<ThresholdSource>,
-}
-
-/// A change of one score, as the history keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Change {
-    pub model: String,
-    pub at: Timestamp,
-    /// The value before, decayed to `at`.
-    pub before: f64,
-    pub delta: f64,
-    pub after: f64,
-    /// `event:<name>` or `step:<workflow>/<step>`.
-    pub reason: String,
 }
 
 impl Models {
@@ -166,8 +154,17 @@ impl Models {
     }
 
     /// Applies `delta` to a model's score at `now`, decaying first; writes value and time into
-    /// `subject` and says what changed, or `None` for a model it does not know.
-    pub fn change(&self, subject: &mut Value, model: &str, delta: f64, now: Timestamp, reason: String) -> Change {
+    /// the data of `subject_id` and says what changed, as the score history keeps it.
+    /// `reason` is `event:<name>` or `step:<workflow>/<step>`.
+    pub fn change(
+        &self,
+        subject_id: &str,
+        subject: &mut Value,
+        model: &str,
+        delta: f64,
+        now: Timestamp,
+        reason: String,
+    ) -> ScoreRecord {
         let half_life = self.models.iter().find(|m| m.name == model).and_then(|m| m.half_life);
         let (value, at) = stored(subject, model);
         let before = match (value, at) {
@@ -178,12 +175,26 @@ impl Models {
         let after = before + delta;
         set(subject, "scores", model, json_number(after));
         set(subject, "scores_at", model, json!(now.ms()));
-        Change { model: model.to_owned(), at: now, before, delta, after, reason }
+        ScoreRecord {
+            subject_id: subject_id.to_owned(),
+            model: model.to_owned(),
+            at: now,
+            before,
+            delta,
+            after,
+            reason,
+        }
     }
 
     /// The score changes an event causes, by every model's matching rules, applied to
     /// `subject` (whose scores are decayed to `now` as they are read).
-    pub fn apply_event(&self, subject: &mut Value, event: &Event, now: Timestamp) -> Vec<Change> {
+    pub fn apply_event(
+        &self,
+        subject_id: &str,
+        subject: &mut Value,
+        event: &Event,
+        now: Timestamp,
+    ) -> Vec<ScoreRecord> {
         let mut changes = Vec::new();
         for model in &self.models {
             let mut delta = 0.0;
@@ -200,14 +211,15 @@ impl Models {
                 }
             }
             if delta != 0.0 {
-                changes.push(self.change(subject, &model.name, delta, now, format!("event:{}", event.name)));
+                let reason = format!("event:{}", event.name);
+                changes.push(self.change(subject_id, subject, &model.name, delta, now, reason));
             }
         }
         changes
     }
 
     /// The threshold events a change crossed upwards, lowest first.
-    pub fn crossed(&self, change: &Change) -> Vec<String> {
+    pub fn crossed(&self, change: &ScoreRecord) -> Vec<String> {
         let Some(model) = self.models.iter().find(|m| m.name == change.model) else { return Vec::new() };
         model
             .thresholds
@@ -217,8 +229,10 @@ impl Models {
             .collect()
     }
 
-    /// The event recorded when `change` crosses the threshold that names `name`.
-    pub fn threshold_event(change: &Change, name: &str, subject_id: &str) -> Event {
+    /// The event recorded for the change's subject when `change` crosses the threshold that
+    /// names `name`.
+    pub fn threshold_event(change: &ScoreRecord, name: &str) -> Event {
+        let subject_id = &change.subject_id;
         Event {
             id: format!("threshold:{}:{}:{}:{}", change.model, name, subject_id, change.at.ms()),
             name: name.to_owned(),
@@ -303,17 +317,26 @@ mod tests {
         let models = models();
         let mut subject = json!({ "first_name": "Ada" });
         let day = Duration::parse("1d").unwrap().ms() as i64;
-        let first = models.apply_event(&mut subject, &event("Email Link Clicked", json!({})), Timestamp(0));
+        let first = models.apply_event("ada", &mut subject, &event("Email Link Clicked", json!({})), Timestamp(0));
         assert_eq!((first[0].before, first[0].after), (0.0, 30.0));
         assert!(models.crossed(&first[0]).is_empty());
-        let short =
-            models.apply_event(&mut subject, &event("Webinar Attended", json!({ "minutes": 5 })), Timestamp(day));
+        let short = models.apply_event(
+            "ada",
+            &mut subject,
+            &event("Webinar Attended", json!({ "minutes": 5 })),
+            Timestamp(day),
+        );
         assert!(short.is_empty(), "the rule's condition decides");
         // Ten days later the 30 counts 15; a 25-minute webinar brings it to 40: no threshold.
-        let later =
-            models.apply_event(&mut subject, &event("Webinar Attended", json!({ "minutes": 25 })), Timestamp(10 * day));
+        let later = models.apply_event(
+            "ada",
+            &mut subject,
+            &event("Webinar Attended", json!({ "minutes": 25 })),
+            Timestamp(10 * day),
+        );
         assert_eq!((later[0].before, later[0].after), (15.0, 40.0));
-        let crossing = models.apply_event(&mut subject, &event("Email Link Clicked", json!({})), Timestamp(10 * day));
+        let crossing =
+            models.apply_event("ada", &mut subject, &event("Email Link Clicked", json!({})), Timestamp(10 * day));
         assert_eq!(crossing[0].after, 70.0);
         assert_eq!(models.crossed(&crossing[0]), ["Lead Qualified"]);
         let mut read = subject.clone();
