@@ -386,13 +386,7 @@ async fn run(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>)
     if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
         return response;
     }
-    let Ok(id) = id.parse::<u64>() else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "Invalid run id",
-            format!("`{id}` is not a run id (a positive integer)"),
-        );
-    };
+    let Some(id) = id.parse::<u64>().ok() else { return invalid_run_id(&id) };
     match ask(&app.owner, |reply| Command::Run { id: RunId(id), reply }).await {
         Ok(Ok(Some(run))) => axum::Json(run).into_response(),
         Ok(Ok(None)) => problem(StatusCode::NOT_FOUND, "No such run", format!("there is no run {id}")),
@@ -456,6 +450,10 @@ pub const ROUTES: [(&str, &str); 27] = [
     ("get", "/t/c/{token}"),
     ("get", "/t/o/{token}"),
 ];
+
+fn invalid_run_id(id: &str) -> Response {
+    problem(StatusCode::BAD_REQUEST, "Invalid run id", format!("`{id}` is not a run id (a positive integer)"))
+}
 
 fn internal(error: impl std::fmt::Display) -> Response {
     problem(StatusCode::INTERNAL_SERVER_ERROR, "Store failed", error.to_string())
@@ -702,11 +700,10 @@ async fn unsubscribe(State(app): State<App>, Path((subject, signature)): Path<(S
     };
     let traits = json!({ flowmark_runtime::UNSUBSCRIBED_TRAIT: true });
     let incoming = flowmark_runtime::Incoming::with_traits(&subject, event, traits, None);
-    match ask(&app.owner, |reply| Command::Ingest { messages: vec![incoming], reply }).await {
-        Ok(Ok(_)) => {
+    match ingest_one(&app, incoming).await {
+        Ok(()) => {
             page(StatusCode::OK, "You are unsubscribed", "<p>You will not receive marketing email from us again.</p>")
         }
-        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error),
         Err(response) => response,
     }
 }
@@ -762,9 +759,8 @@ async fn inbound_webhook(
     }
     let event = flowmark_core::engine::Event { id, name, at: now(), payload: payload.into() };
     let incoming = flowmark_runtime::Incoming::event(&subject, event);
-    match ask(&app.owner, |reply| Command::Ingest { messages: vec![incoming], reply }).await {
-        Ok(Ok(_)) => (StatusCode::NO_CONTENT, ()).into_response(),
-        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error),
+    match ingest_one(&app, incoming).await {
+        Ok(()) => (StatusCode::NO_CONTENT, ()).into_response(),
         Err(response) => response,
     }
 }
@@ -774,13 +770,7 @@ async fn why(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>)
     if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
         return response;
     }
-    let Ok(number) = id.parse::<u64>() else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "Invalid run id",
-            format!("`{id}` is not a run id (a positive integer)"),
-        );
-    };
+    let Some(number) = id.parse::<u64>().ok() else { return invalid_run_id(&id) };
     let answer = query_owner(&app, move |engine, _| {
         let store = engine.store();
         let Some(run) = store.run(RunId(number))? else { return Ok(None) };
@@ -914,7 +904,12 @@ async fn record_engagement(
         at: now(),
         payload: json!({ "type": "track", "event": name, "userId": tracked.subject, "properties": properties }).into(),
     };
-    let incoming = flowmark_runtime::Incoming::event(&tracked.subject, event);
+    ingest_one(app, flowmark_runtime::Incoming::event(&tracked.subject, event)).await
+}
+
+/// Ingests one event the server made itself (an unsubscribe, a click, an inbound webhook),
+/// committed before the answer.
+async fn ingest_one(app: &App, incoming: flowmark_runtime::Incoming) -> Result<(), Response> {
     match ask(&app.owner, |reply| Command::Ingest { messages: vec![incoming], reply }).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => Err(problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error)),
@@ -932,11 +927,10 @@ async fn track_click(State(app): State<App>, Path(token): Path<String>) -> Respo
     let Some(tracked) = tracked(&app, &token).filter(|t| !t.url.is_empty()) else {
         return page(StatusCode::NOT_FOUND, "Link not recognised", "<p>This link is not valid.</p>");
     };
-    // Every click counts: the id is the effect, the link and the moment.
-    let id = format!("click:{}:{}:{}", tracked.key, token.len(), now().ms());
-    if let Err(response) = record_engagement(&app, &tracked, flowmark_runtime::tracking::CLICKED_EVENT, id).await {
-        tracing::warn!("a click could not be recorded; redirecting anyway");
-        drop(response);
+    // Every click counts: the id is the effect, the moment and the link.
+    let id = format!("click:{}:{}:{}", tracked.key, now().ms(), tracked.url);
+    if record_engagement(&app, &tracked, flowmark_runtime::tracking::CLICKED_EVENT, id).await.is_err() {
+        tracing::warn!(effect = %tracked.key, "a click could not be recorded; redirecting anyway");
     }
     let mut response = StatusCode::FOUND.into_response();
     if let Ok(location) = HeaderValue::from_str(&tracked.url) {
@@ -963,13 +957,7 @@ async fn track_open(State(app): State<App>, Path(token): Path<String>) -> Respon
 /// the reason the run gave for ignoring it (not waiting at that step, not that person's role,
 /// already decided, the run has ended).
 async fn deliver(app: &App, id: &str, input: flowmark_core::engine::Input) -> Response {
-    let Ok(number) = id.parse::<u64>() else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "Invalid run id",
-            format!("`{id}` is not a run id (a positive integer)"),
-        );
-    };
+    let Some(number) = id.parse::<u64>().ok() else { return invalid_run_id(id) };
     let answer = query(&app.owner, move |engine, now| -> Result<Option<(Option<String>, Value)>, String> {
         let transition = engine.deliver(RunId(number), &input, now).map_err(|e| e.to_string())?;
         let Some(t) = transition else { return Ok(None) };

@@ -213,7 +213,7 @@ fn apply(engine: &mut Engine<SqliteStore>, command: Command) {
                             json!({
                                 "id": w.id,
                                 "version": w.latest_version,
-                                "status": match w.status { flowmark_store::WorkflowStatus::Active => "active", flowmark_store::WorkflowStatus::Paused => "paused" },
+                                "status": crate::http::status_name(w.status),
                                 "updated_at": w.updated_at,
                             })
                         })
