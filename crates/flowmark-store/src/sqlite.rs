@@ -264,29 +264,45 @@ fn purpose_name(purpose: TimerPurpose) -> Result<String, Error> {
     }
 }
 
-/// Merges a contact change into the stored contact, inside a transaction.
-fn merge_contact(tx: &Connection, change: &ContactChange<'_>, now: Timestamp) -> Result<(), Error> {
-    let existing: Option<(String, Option<String>)> = tx
+/// A contact's traits and time zone as stored, inside a transaction.
+fn contact_row(tx: &Connection, id: &str) -> Result<Option<(Value, Option<String>)>, Error> {
+    let row: Option<(String, Option<String>)> = tx
         .prepare_cached("SELECT traits, timezone FROM contacts WHERE id = ?1")?
-        .query_row([change.id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
-    let (mut merged, old_timezone) = match existing {
-        Some((text, tz)) => (from_json::<Value>(&text)?, tz),
-        None => (Value::Object(serde_json::Map::new()), None),
-    };
-    if let (Value::Object(into), Value::Object(from)) = (&mut merged, change.traits) {
-        for (key, value) in from {
-            into.insert(key.clone(), value.clone());
-        }
-    }
-    let timezone = change.timezone.map(str::to_owned).or(old_timezone);
+    row.map(|(traits, timezone)| Ok((from_json(&traits)?, timezone))).transpose()
+}
+
+/// Writes a contact whole (created or replaced), inside a transaction.
+fn put_contact_row(
+    tx: &Connection,
+    id: &str,
+    traits: &Value,
+    timezone: Option<&str>,
+    now: Timestamp,
+) -> Result<(), Error> {
     tx.prepare_cached(
         "INSERT INTO contacts (id, traits, timezone, updated_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (id) DO UPDATE SET traits = excluded.traits, timezone = excluded.timezone,
              updated_at = excluded.updated_at",
     )?
-    .execute(params![change.id, to_json(&merged)?, timezone, now.ms()])?;
+    .execute(params![id, to_json(traits)?, timezone, now.ms()])?;
     Ok(())
+}
+
+/// `over`'s top-level keys laid over `under`'s.
+fn overlay(mut under: Value, over: &Value) -> Value {
+    if let (Value::Object(into), Value::Object(from)) = (&mut under, over) {
+        into.extend(from.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    under
+}
+
+/// Merges a contact change into the stored contact, inside a transaction.
+fn merge_contact(tx: &Connection, change: &ContactChange<'_>, now: Timestamp) -> Result<(), Error> {
+    let (stored, old_timezone) = contact_row(tx, change.id)?.unwrap_or((Value::Object(serde_json::Map::new()), None));
+    let timezone = change.timezone.map(str::to_owned).or(old_timezone);
+    put_contact_row(tx, change.id, &overlay(stored, change.traits), timezone.as_deref(), now)
 }
 
 /// The statements of `Store::write`, run inside the caller's transaction.
@@ -486,28 +502,13 @@ fn merge_identity(tx: &Connection, from: &str, into: &str, now: Timestamp) -> Re
     )?
     .execute([from, into])?;
     tx.prepare_cached("UPDATE aliases SET canonical = ?2 WHERE canonical = ?1")?.execute([from, into])?;
-    let old: Option<(String, Option<String>)> = tx
-        .prepare_cached("SELECT traits, timezone FROM contacts WHERE id = ?1")?
-        .query_row([from], |row| Ok((row.get(0)?, row.get(1)?)))
-        .optional()?;
-    if let Some((traits, timezone)) = old {
-        let mut merged: Value = from_json(&traits)?;
-        let known: Option<(String, Option<String>)> = tx
-            .prepare_cached("SELECT traits, timezone FROM contacts WHERE id = ?1")?
-            .query_row([into], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()?;
-        let timezone = match known {
-            Some((known_traits, known_timezone)) => {
-                if let (Value::Object(into_map), Value::Object(from_map)) =
-                    (&mut merged, from_json::<Value>(&known_traits)?)
-                {
-                    into_map.extend(from_map);
-                }
-                known_timezone.or(timezone)
-            }
-            None => timezone,
+    if let Some((old_traits, old_timezone)) = contact_row(tx, from)? {
+        // The anonymous identity fills the known one's gaps; the known values win.
+        let (traits, timezone) = match contact_row(tx, into)? {
+            Some((known, known_timezone)) => (overlay(old_traits, &known), known_timezone.or(old_timezone)),
+            None => (old_traits, old_timezone),
         };
-        merge_contact(tx, &ContactChange { id: into, traits: &merged, timezone: timezone.as_deref() }, now)?;
+        put_contact_row(tx, into, &traits, timezone.as_deref(), now)?;
         tx.prepare_cached("DELETE FROM contacts WHERE id = ?1")?.execute([from])?;
     }
     tx.prepare_cached("UPDATE events SET subject_id = ?2 WHERE subject_id = ?1")?.execute([from, into])?;
