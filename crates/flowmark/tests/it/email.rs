@@ -3,15 +3,15 @@
 //! `email` package parses each message. Then the one-click unsubscribe link from the
 //! message's own `List-Unsubscribe` header suppresses the contact and ends its journey.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::serve::Server;
+use crate::PythonPeer;
 
 const AIOSMTPD: &str = "aiosmtpd==1.4.6";
 
@@ -52,48 +52,9 @@ sys.stdin.read()
 controller.stop()
 "#;
 
-pub struct Sink {
-    child: Child,
-    pub port: u16,
-    received: PathBuf,
-}
-
-impl Sink {
-    pub fn start(dir: &Path) -> Sink {
-        let library = install_aiosmtpd();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let received = dir.join("received.jsonl");
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(SINK)
-            .arg(port.to_string())
-            .arg(&received)
-            .env("PYTHONPATH", &library)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "the SMTP sink started");
-        Sink { child, port, received }
-    }
-
-    pub fn messages(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.received)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A real SMTP server for a test: a `PythonPeer` running `SINK`.
+pub fn smtp_sink(dir: &Path) -> PythonPeer {
+    PythonPeer::start(SINK, &install_aiosmtpd(), dir.join("received.jsonl"), &[])
 }
 
 const WELCOME: &str = r#"
@@ -149,7 +110,7 @@ fn email_goes_out_over_smtp_personalised_and_one_click_unsubscribe_stops_the_jou
     let dir = super::validate::tempdir().join("email");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let sink = Sink::start(&dir);
+    let sink = smtp_sink(&dir);
     let smtp = format!("smtp://127.0.0.1:{}", sink.port);
     let server = Server::start_with(
         &dir.join("flowmark.db"),
@@ -161,11 +122,11 @@ fn email_goes_out_over_smtp_personalised_and_one_click_unsubscribe_stops_the_jou
     assert_eq!(server.send("track", &json!({ "userId": "ada", "event": "Signed Up" })).0, 200);
 
     let started = Instant::now();
-    while sink.messages().is_empty() {
+    while sink.received().is_empty() {
         assert!(started.elapsed() < Duration::from_secs(20), "no email arrived");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let message = &sink.messages()[0];
+    let message = &sink.received()[0];
     assert_eq!(message["envelope_to"], json!(["ada@example.com"]));
     assert_eq!(message["from"], "News <news@example.com>");
     assert_eq!(message["subject"], "Welcome, Ada", "the subject is personalised");
@@ -187,11 +148,11 @@ fn email_goes_out_over_smtp_personalised_and_one_click_unsubscribe_stops_the_jou
     let redirect = raw_get(&tracked);
     assert!(redirect.contains("location: https://example.com/guide?from=mail"), "{redirect}");
     let started = Instant::now();
-    while sink.messages().len() < 2 {
+    while sink.received().len() < 2 {
         assert!(started.elapsed() < Duration::from_secs(20), "the click did not advance the journey");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(sink.messages()[1]["subject"], "Enjoy the guide, Ada");
+    assert_eq!(sink.received()[1]["subject"], "Enjoy the guide, Ada");
     let (_, _, events) = server.api("GET", "/api/events?subject=ada", b"");
     let click = events.as_array().unwrap().iter().find(|e| e["event"] == "Email Link Clicked").unwrap();
     assert!(click["payload"]["properties"]["email_id"].as_str().unwrap().starts_with("1-hello-"));
@@ -212,6 +173,6 @@ fn email_goes_out_over_smtp_personalised_and_one_click_unsubscribe_stops_the_jou
     assert_eq!(contact["traits"]["unsubscribed"], true, "the contact is suppressed");
     let (_, _, runs) = server.api("GET", "/api/runs?subject=ada", b"");
     assert_eq!(runs[0]["status"], "exited", "the Unsubscribed event ended the journey at once");
-    assert_eq!(sink.messages().len(), 2, "nothing after the unsubscribe");
+    assert_eq!(sink.received().len(), 2, "nothing after the unsubscribe");
     server.stop();
 }

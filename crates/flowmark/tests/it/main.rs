@@ -45,3 +45,51 @@ pub fn pip_install(package: &str, probe: &str) -> PathBuf {
     assert!(status.success(), "pip could not install {package}");
     target
 }
+
+/// A Python peer a test talks to (an SMTP server, a webhook receiver): `script` runs as
+/// `python3 -c script <port> <received.jsonl> [extra…]`, prints `ready` once it listens, and
+/// appends one JSON line per thing it receives. Killed when dropped.
+pub struct PythonPeer {
+    child: std::process::Child,
+    pub port: u16,
+    received: PathBuf,
+}
+
+impl PythonPeer {
+    pub fn start(script: &str, library: &std::path::Path, received: PathBuf, extra: &[&str]) -> PythonPeer {
+        use std::io::BufRead as _;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(&received)
+            .args(extra)
+            .env("PYTHONPATH", library)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "the Python peer started");
+        PythonPeer { child, port, received }
+    }
+
+    /// What it received so far, one JSON value per line.
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.received)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for PythonPeer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

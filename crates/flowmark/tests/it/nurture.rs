@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::email::{Sink, raw_get};
+use super::email::{raw_get, smtp_sink};
 use super::serve::Server;
-use super::webhooks::{Receiver, SECRET, install_library};
+use super::webhooks::{SECRET, install_library, webhook_receiver};
 
 /// A time zone where it is now between 09:00 and 20:00, so the blueprint's quiet hours
 /// (21:00–08:00 in the contact's zone) hold nothing back, whenever the test runs.
@@ -48,8 +48,8 @@ fn the_nurture_blueprint_runs_from_download_to_sales_hand_off() {
     let dir = super::validate::tempdir().join("nurture");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let sink = Sink::start(&dir);
-    let receiver = Receiver::start(&dir, &library);
+    let sink = smtp_sink(&dir);
+    let receiver = webhook_receiver(&dir, &library);
     let smtp = format!("smtp://127.0.0.1:{}", sink.port);
     let server = Server::start_with(
         &dir.join("flowmark.db"),
@@ -79,8 +79,8 @@ fn the_nurture_blueprint_runs_from_download_to_sales_hand_off() {
     assert_eq!(server.send("track", &download).0, 200);
 
     // The guide arrives, personalised, with its link tracked.
-    wait_for("the guide email", || !sink.messages().is_empty());
-    let guide = &sink.messages()[0];
+    wait_for("the guide email", || !sink.received().is_empty());
+    let guide = &sink.received()[0];
     assert_eq!(guide["subject"], "Your guide, Ada");
     let html = guide["html"].as_str().unwrap();
     let link = html.split("href='").nth(1).unwrap().split('\'').next().unwrap();

@@ -5,14 +5,14 @@
 //! - that event starts a workflow whose webhook step calls a receiver that verifies
 //!   Flowmark's signature with the library.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::serve::Server;
+use crate::PythonPeer;
 
 const LIBRARY: &str = "standardwebhooks==1.1.0";
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -28,7 +28,7 @@ import json, sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from standardwebhooks import Webhook
 
-webhook = Webhook(sys.argv[2])
+webhook = Webhook(sys.argv[3])
 
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
@@ -38,7 +38,7 @@ class Handler(BaseHTTPRequestHandler):
             found = {"verified": True, "id": self.headers["webhook-id"], "payload": payload}
         except Exception as error:
             found = {"verified": False, "error": str(error)}
-        with open(sys.argv[3], "a") as out:
+        with open(sys.argv[2], "a") as out:
             out.write(json.dumps(found) + "\n")
         self.send_response(200)
         self.end_headers()
@@ -61,46 +61,9 @@ signature = Webhook(sys.argv[1]).sign(sys.argv[2], datetime.now(tz=timezone.utc)
 print(json.dumps({"webhook-id": sys.argv[2], "webhook-timestamp": str(int(datetime.now(tz=timezone.utc).timestamp())), "webhook-signature": signature}))
 "#;
 
-pub struct Receiver {
-    child: Child,
-    pub port: u16,
-    received: PathBuf,
-}
-
-impl Receiver {
-    pub fn start(dir: &Path, library: &Path) -> Receiver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let received = dir.join("webhooks-received.jsonl");
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(RECEIVER)
-            .arg(port.to_string())
-            .arg(SECRET)
-            .arg(&received)
-            .env("PYTHONPATH", library)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready");
-        Receiver { child, port, received }
-    }
-
-    pub fn received(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.received)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A webhook receiver for a test: a `PythonPeer` running `RECEIVER` with the outbound secret.
+pub fn webhook_receiver(dir: &Path, library: &Path) -> PythonPeer {
+    PythonPeer::start(RECEIVER, library, dir.join("webhooks-received.jsonl"), &[SECRET])
 }
 
 fn signed_headers(library: &Path, id: &str, body: &str) -> Vec<(&'static str, String)> {
@@ -126,7 +89,7 @@ fn webhooks_are_signed_and_verified_the_standard_webhooks_way() {
     let dir = super::validate::tempdir().join("webhooks");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let receiver = Receiver::start(&dir, &library);
+    let receiver = webhook_receiver(&dir, &library);
     let server = Server::start_with(
         &dir.join("flowmark.db"),
         &[
