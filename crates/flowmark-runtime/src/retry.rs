@@ -29,9 +29,7 @@ pub fn next_attempt_at(key: &str, attempt: u32, now: Timestamp, retry_after: Opt
         return None;
     }
     let base = RETRY_DELAY_MS_MIN.saturating_mul(1u64 << (attempt - 1).min(32)).min(RETRY_DELAY_MS_MAX);
-    let jitter = base / 5 * (fnv1a(key, attempt) % 1000) / 1000;
-    let delay = Duration(base + jitter).max(retry_after.unwrap_or_default());
-    Some(now.plus(delay))
+    Some(jittered(base, key, attempt, now, retry_after))
 }
 
 /// `next_attempt_at` on a connector's own schedule: `delays_ms[n - 1]` after failed attempt
@@ -45,8 +43,14 @@ pub fn next_attempt_on(
 ) -> Option<Timestamp> {
     assert!(attempt >= 1);
     let base = *delays_ms.get(attempt as usize - 1)?;
-    let jitter = base / 10 * (fnv1a(key, attempt) % 1000) / 1000;
-    Some(now.plus(Duration(base + jitter).max(retry_after.unwrap_or_default())))
+    Some(jittered(base, key, attempt, now, retry_after))
+}
+
+/// `now` plus `base` and up to 20 % of it, hashed from the key and the attempt, or plus
+/// `retry_after` when that is later.
+fn jittered(base: u64, key: &str, attempt: u32, now: Timestamp, retry_after: Option<Duration>) -> Timestamp {
+    let jitter = base / 5 * (fnv1a(key, attempt) % 1000) / 1000;
+    now.plus(Duration(base + jitter).max(retry_after.unwrap_or_default()))
 }
 
 fn fnv1a(key: &str, attempt: u32) -> u64 {
@@ -74,6 +78,18 @@ mod tests {
             previous = at;
         }
         assert_eq!(next_attempt_at("k", ATTEMPTS_MAX, now, None), None);
+    }
+
+    #[test]
+    fn a_connectors_own_schedule_is_followed_with_the_same_jitter_then_ends() {
+        let delays = [5_000, 300_000];
+        for (attempt, base) in [(1, 5_000), (2, 300_000)] {
+            let at = next_attempt_on(&delays, "k", attempt, Timestamp(0), None).unwrap().ms() as u64;
+            assert!(at >= base && at <= base + base / 5, "attempt {attempt}: {at}");
+        }
+        assert_eq!(next_attempt_on(&delays, "k", 3, Timestamp(0), None), None, "the delays are spent");
+        let later = next_attempt_on(&delays, "k", 1, Timestamp(0), Some(Duration(60_000))).unwrap();
+        assert_eq!(later, Timestamp(60_000), "a later Retry-After wins");
     }
 
     #[test]
