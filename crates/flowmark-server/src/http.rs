@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use crate::auth::{constant_time_eq, token_hash};
-use crate::owner::{Command, Owner};
+use crate::owner::{Command, Owner, now};
 use crate::segment;
 
 /// Keys given on the command line, on top of the tokens stored: write keys may ingest, API
@@ -115,11 +115,6 @@ fn problem_with(status: StatusCode, title: &str, detail: impl Into<String>, extr
     let mut response = (status, axum::Json(body)).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     response
-}
-
-fn now() -> Timestamp {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    Timestamp(ms)
 }
 
 /// The write key from HTTP Basic (user part) or from the body's `writeKey`.

@@ -88,7 +88,8 @@ pub struct Owner {
     commands: mpsc::SyncSender<Command>,
 }
 
-fn now() -> Timestamp {
+/// The system clock: the one place the server reads it.
+pub(crate) fn now() -> Timestamp {
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     Timestamp(ms)
 }

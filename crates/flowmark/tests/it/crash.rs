@@ -60,8 +60,8 @@ impl Rng {
     }
 }
 
-/// One HTTP/1.1 request that may fail (the server may die mid-request).
-fn try_request(address: &str, method: &str, path: &str, auth: &str, body: &[u8]) -> Option<(u16, Value)> {
+/// One HTTP/1.1 request that may fail (the server may die mid-request), answered as text.
+fn try_request_text(address: &str, method: &str, path: &str, auth: &str, body: &[u8]) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(address).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let head = format!(
@@ -74,7 +74,13 @@ fn try_request(address: &str, method: &str, path: &str, auth: &str, body: &[u8])
     stream.read_to_string(&mut response).ok()?;
     let status = response.get(9..12)?.parse().ok()?;
     let (_, body) = response.split_once("\r\n\r\n")?;
-    Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+    Some((status, body.to_owned()))
+}
+
+/// `try_request_text`, with the body read as JSON.
+fn try_request(address: &str, method: &str, path: &str, auth: &str, body: &[u8]) -> Option<(u16, Value)> {
+    let (status, text) = try_request_text(address, method, path, auth, body)?;
+    Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
 const WRITE_KEY_AUTH: &str = "Basic d2s6"; // "wk:"
@@ -174,7 +180,8 @@ fn acknowledged_work_survives_sigkill_at_random_moments() {
         api(&address, "/api/runs?status=active&limit=1") == json!([])
     });
     wait_until("the outbox is empty", Duration::from_secs(30), || {
-        raw_metrics(&address).contains("flowmark_outbox_depth 0\n")
+        let (_, metrics) = try_request_text(&address, "GET", "/metrics", TOKEN_AUTH, b"").expect("the server answers");
+        metrics.contains("flowmark_outbox_depth 0\n")
     });
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert_eq!(acknowledged.len(), expected.len(), "every event was acknowledged in the end");
@@ -266,16 +273,4 @@ fn acknowledged_work_survives_sigkill_at_random_moments() {
     assert_eq!(api(&address, "/api/events?subject=probe"), json!([]), "refused bodies stored nothing");
     assert_eq!(api(&address, "/api/runs?subject=probe"), json!([]), "refused bodies started nothing");
     server.stop();
-}
-
-fn raw_metrics(address: &str) -> String {
-    let mut stream = TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nAuthorization: {TOKEN_AUTH}\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
