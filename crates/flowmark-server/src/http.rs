@@ -155,19 +155,18 @@ async fn authorize(app: &App, presented: Option<String>, scope: Scope) -> Result
         return Ok(());
     }
     let hash = token_hash(&presented);
-    match ask(&app.owner, |reply| Command::Token { hash, reply }).await? {
-        Ok(Some(token)) if token.scopes.contains(&scope) => Ok(()),
-        Ok(Some(_)) => Err(problem(
+    match query_owner(app, move |engine, _| engine.store().token(&hash)).await? {
+        Some(token) if token.scopes.contains(&scope) => Ok(()),
+        Some(_) => Err(problem(
             StatusCode::FORBIDDEN,
             "Missing scope",
             format!("this token does not have the `{}` scope", scope.as_str()),
         )),
-        Ok(None) => Err(problem(
+        None => Err(problem(
             StatusCode::UNAUTHORIZED,
             "Unknown credentials",
             "the key or token is not one of this server's",
         )),
-        Err(error) => Err(problem(StatusCode::INTERNAL_SERVER_ERROR, "Not read", error)),
     }
 }
 
@@ -245,7 +244,7 @@ async fn deploy(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Resp
         return problem(StatusCode::BAD_REQUEST, "Not text", "the workflow must be UTF-8 YAML");
     };
     let name = headers.get("x-flowmark-filename").and_then(|v| v.to_str().ok()).unwrap_or("workflow.yaml").to_owned();
-    match ask(&app.owner, |reply| Command::Deploy { name, source, reply }).await {
+    match query(&app.owner, move |engine, now| engine.deploy(&name, &source, now)).await {
         Ok(Ok((id, version))) => {
             (StatusCode::CREATED, axum::Json(json!({ "id": id, "version": version }))).into_response()
         }
@@ -264,9 +263,15 @@ async fn workflows(State(app): State<App>, headers: HeaderMap) -> Response {
     if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
         return response;
     }
-    match ask(&app.owner, |reply| Command::Workflows { reply }).await {
-        Ok(Ok(list)) => axum::Json(list).into_response(),
-        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not read", error),
+    match query_owner(&app, |engine, _| engine.store().workflows()).await {
+        Ok(list) => axum::Json(
+            list.into_iter()
+                .map(|w| {
+                    json!({ "id": w.id, "version": w.latest_version, "status": status_name(w.status), "updated_at": w.updated_at })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
         Err(response) => response,
     }
 }
@@ -275,12 +280,12 @@ async fn workflows(State(app): State<App>, headers: HeaderMap) -> Response {
 pub const RUNS_PAGE_COUNT_MAX: usize = 1000;
 const RUNS_PAGE_COUNT_DEFAULT: usize = 100;
 
-async fn runs(State(app): State<App>, headers: HeaderMap, Query(query): Query<HashMap<String, String>>) -> Response {
+async fn runs(State(app): State<App>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Response {
     if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
         return response;
     }
     const KNOWN: [&str; 6] = ["workflow", "version", "status", "subject", "step", "limit"];
-    if let Some(unknown) = query.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+    if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return problem(
             StatusCode::BAD_REQUEST,
             "Unknown filter",
@@ -288,7 +293,7 @@ async fn runs(State(app): State<App>, headers: HeaderMap, Query(query): Query<Ha
         );
     }
     let number = |key: &str| {
-        query.get(key).map(|v| v.parse::<u64>().map_err(|_| format!("`{key}` must be a whole number, not `{v}`")))
+        params.get(key).map(|v| v.parse::<u64>().map_err(|_| format!("`{key}` must be a whole number, not `{v}`")))
     };
     let version = match number("version").transpose() {
         Ok(v) => v.map(|v| v as u32),
@@ -306,7 +311,7 @@ async fn runs(State(app): State<App>, headers: HeaderMap, Query(query): Query<Ha
         Ok(None) => RUNS_PAGE_COUNT_DEFAULT,
         Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid filter", detail),
     };
-    let status = match query.get("status").map(String::as_str) {
+    let status = match params.get("status").map(String::as_str) {
         None => None,
         Some("active") => Some(RunStatus::Active),
         Some("completed") => Some(RunStatus::Completed),
@@ -322,15 +327,33 @@ async fn runs(State(app): State<App>, headers: HeaderMap, Query(query): Query<Ha
         }
     };
     let filter = RunFilter {
-        workflow_id: query.get("workflow").cloned(),
+        workflow_id: params.get("workflow").cloned(),
         version,
         status,
-        subject_id: query.get("subject").cloned(),
+        subject_id: params.get("subject").cloned(),
     };
-    let step = query.get("step").cloned();
-    match ask(&app.owner, |reply| Command::Runs { filter, step, limit, reply }).await {
+    let step = params.get("step").cloned();
+    let listing = query(&app.owner, move |engine, _| -> Result<Vec<Value>, flowmark_runtime::Error> {
+        let mut list = Vec::new();
+        for run in engine.runs(&filter, step.as_deref(), limit)? {
+            let workflow = engine.workflow(&run.workflow_id, Some(run.version))?;
+            let steps: Vec<&str> = run.current_steps().map(|at| &*workflow.step(at).id).collect();
+            list.push(json!({
+                "id": run.id,
+                "workflow": run.workflow_id,
+                "version": run.version,
+                "subject": run.subject_id,
+                "status": run.status,
+                "steps": steps,
+                "started_at": run.started_at,
+                "ended_at": run.ended_at,
+            }));
+        }
+        Ok(list)
+    });
+    match listing.await {
         Ok(Ok(list)) => axum::Json(list).into_response(),
-        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not read", error),
+        Ok(Err(error)) => internal(error),
         Err(response) => response,
     }
 }
@@ -354,10 +377,11 @@ async fn set_status(
             );
         }
     };
-    match ask(&app.owner, |reply| Command::SetStatus { id: id.clone(), status, reply }).await {
+    let wanted = id.clone();
+    match query(&app.owner, move |engine, now| engine.set_status(&wanted, status, now)).await {
         Ok(Ok(true)) => axum::Json(json!({ "id": id, "status": action })).into_response(),
         Ok(Ok(false)) => problem(StatusCode::NOT_FOUND, "No such workflow", format!("there is no workflow `{id}`")),
-        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error),
+        Ok(Err(error)) => internal(error),
         Err(response) => response,
     }
 }
@@ -366,13 +390,15 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
         return response;
     }
-    match ask(&app.owner, |reply| Command::Metrics { reply }).await {
-        Ok(Ok(text)) => {
+    let page = query_owner(&app, |engine, _| {
+        engine.store().outbox_depth().map(|depth| crate::metrics::render(engine.stats(), depth))
+    });
+    match page.await {
+        Ok(text) => {
             let mut response = text.into_response();
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             response
         }
-        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not read", error),
         Err(response) => response,
     }
 }
@@ -382,10 +408,14 @@ async fn run(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>)
         return response;
     }
     let Some(id) = id.parse::<u64>().ok() else { return invalid_run_id(&id) };
-    match ask(&app.owner, |reply| Command::Run { id: RunId(id), reply }).await {
-        Ok(Ok(Some(run))) => axum::Json(run).into_response(),
-        Ok(Ok(None)) => problem(StatusCode::NOT_FOUND, "No such run", format!("there is no run {id}")),
-        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not read", error),
+    let detail = query_owner(&app, move |engine, _| {
+        let store = engine.store();
+        let Some(run) = store.run(RunId(id))? else { return Ok(None) };
+        Ok(Some(json!({ "run": run, "history": store.history(run.id)?, "decisions": store.decisions(run.id)? })))
+    });
+    match detail.await {
+        Ok(Some(run)) => axum::Json(run).into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, "No such run", format!("there is no run {id}")),
         Err(response) => response,
     }
 }

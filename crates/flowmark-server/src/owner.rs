@@ -11,10 +11,8 @@ use std::thread;
 use std::time::Duration as StdDuration;
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::RunId;
-use flowmark_runtime::{Connectors, DeployError, Engine, Incoming, Ingested};
-use flowmark_store::{RunFilter, SqliteStore, Store, WorkflowStatus};
-use serde_json::{Value, json};
+use flowmark_runtime::{Connectors, Engine, Incoming, Ingested};
+use flowmark_store::SqliteStore;
 use tokio::sync::oneshot;
 
 /// Commands waiting for the owner; more is back-pressure.
@@ -42,42 +40,7 @@ pub type Work = Box<dyn FnOnce(&mut Engine<SqliteStore>, Timestamp) + Send>;
 pub enum Command {
     /// Events in order, each with its subject and the traits to merge first (`identify`);
     /// all of them are committed together.
-    Ingest {
-        messages: Vec<Incoming>,
-        reply: oneshot::Sender<Result<Vec<Ingested>, String>>,
-    },
-    Deploy {
-        name: String,
-        source: String,
-        reply: oneshot::Sender<Result<(String, u32), DeployError>>,
-    },
-    Workflows {
-        reply: oneshot::Sender<Result<Value, String>>,
-    },
-    Runs {
-        filter: RunFilter,
-        step: Option<String>,
-        limit: usize,
-        reply: oneshot::Sender<Result<Value, String>>,
-    },
-    SetStatus {
-        id: String,
-        status: WorkflowStatus,
-        reply: oneshot::Sender<Result<bool, String>>,
-    },
-    /// The stored token with this hash.
-    Token {
-        hash: String,
-        reply: oneshot::Sender<Result<Option<flowmark_store::Token>, String>>,
-    },
-    /// The metrics page, in Prometheus' text format.
-    Metrics {
-        reply: oneshot::Sender<Result<String, String>>,
-    },
-    Run {
-        id: RunId,
-        reply: oneshot::Sender<Result<Option<Value>, String>>,
-    },
+    Ingest { messages: Vec<Incoming>, reply: oneshot::Sender<Result<Vec<Ingested>, String>> },
     /// Any other work, as a closure run on the owner thread with the engine and the time; it
     /// answers through a channel it captured. For reads and small writes the API needs.
     Query(Work),
@@ -203,71 +166,6 @@ fn apply(engine: &mut Engine<SqliteStore>, command: Command) {
         Command::Ingest { messages, reply } => {
             let _ = reply.send(engine.ingest_many(messages, now).map_err(|e| e.to_string()));
         }
-        Command::Deploy { name, source, reply } => {
-            let _ = reply.send(engine.deploy(&name, &source, now));
-        }
-        Command::Workflows { reply } => {
-            let result = engine.store().workflows().map_err(|e| e.to_string()).map(|list| {
-                Value::Array(
-                    list.into_iter()
-                        .map(|w| {
-                            json!({
-                                "id": w.id,
-                                "version": w.latest_version,
-                                "status": crate::http::status_name(w.status),
-                                "updated_at": w.updated_at,
-                            })
-                        })
-                        .collect(),
-                )
-            });
-            let _ = reply.send(result);
-        }
-        Command::Runs { filter, step, limit, reply } => {
-            let result = engine.runs(&filter, step.as_deref(), limit).map_err(|e| e.to_string()).and_then(|runs| {
-                let mut list = Vec::with_capacity(runs.len());
-                for run in runs {
-                    let workflow = engine.workflow(&run.workflow_id, Some(run.version)).map_err(|e| e.to_string())?;
-                    let steps: Vec<&str> = run.current_steps().map(|at| &*workflow.step(at).id).collect();
-                    list.push(json!({
-                        "id": run.id,
-                        "workflow": run.workflow_id,
-                        "version": run.version,
-                        "subject": run.subject_id,
-                        "status": run.status,
-                        "steps": steps,
-                        "started_at": run.started_at,
-                        "ended_at": run.ended_at,
-                    }));
-                }
-                Ok(Value::Array(list))
-            });
-            let _ = reply.send(result);
-        }
-        Command::SetStatus { id, status, reply } => {
-            let _ = reply.send(engine.set_status(&id, status, now).map_err(|e| e.to_string()));
-        }
-        Command::Token { hash, reply } => {
-            let _ = reply.send(engine.store().token(&hash).map_err(|e| e.to_string()));
-        }
-        Command::Metrics { reply } => {
-            let result = engine
-                .store()
-                .outbox_depth()
-                .map_err(|e| e.to_string())
-                .map(|depth| crate::metrics::render(engine.stats(), depth));
-            let _ = reply.send(result);
-        }
         Command::Query(work) => work(engine, now),
-        Command::Run { id, reply } => {
-            let result = (|| {
-                let store = engine.store();
-                let Some(run) = store.run(id).map_err(|e| e.to_string())? else { return Ok(None) };
-                let history = store.history(id).map_err(|e| e.to_string())?;
-                let decisions = store.decisions(id).map_err(|e| e.to_string())?;
-                Ok(Some(json!({ "run": run, "history": history, "decisions": decisions })))
-            })();
-            let _ = reply.send(result);
-        }
     }
 }
