@@ -118,6 +118,17 @@ impl Condition {
         self.roots.iter().any(|r| r == root)
     }
 
+    /// The event aggregates the expression reads, as `(event name, window)` from its
+    /// `events.count("Email Link Clicked", "30d")` calls, deduplicated. The counts are looked
+    /// up before evaluation and bound as `events` (see [`event_count_key`]), so both arguments
+    /// must be string literals and `events` may be read no other way: anything else is an
+    /// error naming what was found.
+    pub fn event_counts(&self) -> Result<Vec<(String, String)>, String> {
+        let mut counts = Vec::new();
+        visit_event_counts(self.program.expression(), &mut counts)?;
+        Ok(counts)
+    }
+
     /// Evaluates against `scope` (root name → JSON value).
     ///
     /// Only the paths the expression reads are converted to CEL: the activation holds each
@@ -145,7 +156,85 @@ impl Condition {
 thread_local! {
     /// Building a CEL context registers every built-in function; doing it once per thread and
     /// giving each evaluation an inner scope is what makes evaluation cheap.
-    static ROOT_CONTEXT: Context<'static, 'static> = Context::default();
+    static ROOT_CONTEXT: Context<'static, 'static> = root_context();
+}
+
+/// The root a segment's condition reads event aggregates from.
+pub const EVENTS_ROOT: &str = "events";
+
+/// Where `events.count(name, window)` finds its answer in the `events` value bound for an
+/// evaluation: the key of a map from key to count.
+pub fn event_count_key(name: &str, window: &str) -> String {
+    format!("{name}@{window}")
+}
+
+fn root_context() -> Context<'static, 'static> {
+    let mut context = Context::default();
+    // `count` is not a CEL built-in, so declaring it cannot fail; should a later `cel`
+    // declare one, conditions using it fail to evaluate (visibly) rather than panic here.
+    let _ = context.add_function("count", event_count);
+    context
+}
+
+/// `events.count("Name", "30d")`: the count bound for that key, 0 when none was.
+fn event_count(
+    cel::extractors::This(this): cel::extractors::This<CelValue>,
+    name: Arc<String>,
+    window: Arc<String>,
+) -> Result<CelValue, cel::ExecutionError> {
+    let CelValue::Map(map) = this else {
+        return Err(cel::ExecutionError::function_error("count", "only `events` can be counted"));
+    };
+    let key = cel::objects::Key::String(Arc::new(event_count_key(&name, &window)));
+    Ok(map.map.get(&key).cloned().unwrap_or(CelValue::Int(0)))
+}
+
+/// Collects `events.count(lit, lit)` calls; any other read of `events` is an error.
+fn visit_event_counts(expr: &IdedExpr, out: &mut Vec<(String, String)>) -> Result<(), String> {
+    let literal = |arg: &IdedExpr| match &arg.expr {
+        Expr::Literal(cel::common::ast::LiteralValue::String(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    match &expr.expr {
+        Expr::Ident(name) if name == EVENTS_ROOT => {
+            Err("`events` is read only as `events.count(\"Event Name\", \"30d\")`".to_owned())
+        }
+        Expr::Call(call)
+            if call.func_name == "count"
+                && call.target.as_ref().is_some_and(|t| matches!(&t.expr, Expr::Ident(n) if n == EVENTS_ROOT)) =>
+        {
+            match (call.args.as_slice(), call.args.first().and_then(literal), call.args.get(1).and_then(literal)) {
+                ([_, _], Some(name), Some(window)) => {
+                    if !out.iter().any(|(n, w)| *n == name && *w == window) {
+                        out.push((name, window));
+                    }
+                    Ok(())
+                }
+                _ => Err("`events.count` takes two string literals: the event name and a window such as `\"30d\"`"
+                    .to_owned()),
+            }
+        }
+        Expr::Unspecified | Expr::Literal(_) | Expr::Ident(_) => Ok(()),
+        Expr::Call(call) => {
+            if let Some(target) = &call.target {
+                visit_event_counts(target, out)?;
+            }
+            call.args.iter().try_for_each(|arg| visit_event_counts(arg, out))
+        }
+        Expr::Comprehension(c) => [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]
+            .into_iter()
+            .try_for_each(|part| visit_event_counts(part, out)),
+        Expr::List(list) => list.elements.iter().try_for_each(|e| visit_event_counts(e, out)),
+        Expr::Map(map) => map.entries.iter().try_for_each(|entry| match &entry.expr {
+            EntryExpr::MapEntry(e) => visit_event_counts(&e.key, out).and_then(|()| visit_event_counts(&e.value, out)),
+            EntryExpr::StructField(f) => visit_event_counts(&f.value, out),
+        }),
+        Expr::Select(select) => visit_event_counts(&select.operand, out),
+        Expr::Struct(s) => s.entries.iter().try_for_each(|entry| match &entry.expr {
+            EntryExpr::StructField(f) => visit_event_counts(&f.value, out),
+            EntryExpr::MapEntry(e) => visit_event_counts(&e.key, out).and_then(|()| visit_event_counts(&e.value, out)),
+        }),
+    }
 }
 
 /// The value of `root` reduced to the paths read under it: `{scores: {engagement: 40}}` for
@@ -346,6 +435,31 @@ mod tests {
         let evaluation = c.eval(&scope);
         assert_eq!(evaluation.result, Ok(true), "a presence test reads the whole root");
         assert_eq!(project("contact", &evaluation.inputs), contact);
+    }
+
+    #[test]
+    fn event_counts_are_literal_calls_on_events() {
+        let c = Condition::compile(
+            "events.count('Email Link Clicked', '30d') >= 2 || events.count('Purchase', '7d') == 0 \
+             || events.count('Email Link Clicked', '30d') > 9",
+            &["contact", "events"],
+        )
+        .unwrap();
+        assert_eq!(
+            c.event_counts().unwrap(),
+            [("Email Link Clicked".to_owned(), "30d".to_owned()), ("Purchase".to_owned(), "7d".to_owned())]
+        );
+        let events = json!({ event_count_key("Email Link Clicked", "30d"): 3 });
+        let evaluation = c.eval(&Scope::new().with("events", &events));
+        assert_eq!(evaluation.result, Ok(true));
+        assert_eq!(evaluation.inputs["events"], events, "the counts read are the decision's inputs");
+        let none = json!({});
+        let c = Condition::compile("events.count('Purchase', '7d') == 0", &["events"]).unwrap();
+        assert_eq!(c.eval(&Scope::new().with("events", &none)).result, Ok(true), "an unbound count is 0");
+        for bad in ["events.count(contact.name, '7d') > 1", "size(events) > 1", "events.count('A') > 1"] {
+            let c = Condition::compile(bad, &["contact", "events"]).unwrap();
+            assert!(c.event_counts().is_err(), "{bad}");
+        }
     }
 
     #[test]

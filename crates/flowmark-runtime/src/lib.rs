@@ -21,6 +21,7 @@ mod engine;
 pub mod import;
 pub mod retry;
 pub mod scoring;
+pub mod segments;
 pub mod smtp;
 pub mod tracking;
 pub mod unsubscribe;
@@ -30,5 +31,6 @@ pub mod why;
 pub use connector::{Connector, Connectors, Job, Limits, LogConnector, Outcome, RecordingConnector};
 pub use engine::{
     CASCADE_DEPTH_MAX, DeployError, Engine, Error, Incoming, Ingested, LATENESS_BUCKETS_MS, SCHEDULE_PAGE_COUNT,
-    SCHEDULED_EVENT, SUPPRESSED_REASON_TRAIT, Stats, UNSUBSCRIBED_TRAIT,
+    SCHEDULED_EVENT, SEGMENT_SWEEP_EVERY_MS, SEGMENT_SWEEP_PAGE_COUNT, SEGMENTS_SETTING, SUPPRESSED_REASON_TRAIT,
+    Stats, UNSUBSCRIBED_TRAIT,
 };

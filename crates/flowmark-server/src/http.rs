@@ -67,6 +67,8 @@ pub fn router(owner: Owner, config: Config) -> Router {
         .route("/api/contacts/import", post(import_contacts))
         .route("/api/contacts/{id}/scores", get(contact_scores))
         .route("/api/score-models", get(score_models).put(put_score_models))
+        .route("/api/segments", get(segments).put(put_segments))
+        .route("/api/contacts/{id}/segments", get(contact_segments))
         .route("/api/contacts/{id}", get(contact).put(upsert_contact))
         .route("/api/events", get(events))
         .route("/api/openapi.json", get(openapi))
@@ -446,7 +448,7 @@ async fn openapi() -> Response {
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Every route `router` serves, as (method, path in OpenAPI's template syntax).
-pub const ROUTES: [(&str, &str); 27] = [
+pub const ROUTES: [(&str, &str); 30] = [
     ("get", "/healthz"),
     ("post", "/v1/{kind}"),
     ("post", "/api/workflows"),
@@ -466,6 +468,9 @@ pub const ROUTES: [(&str, &str); 27] = [
     ("get", "/api/contacts/{id}/scores"),
     ("get", "/api/score-models"),
     ("put", "/api/score-models"),
+    ("get", "/api/segments"),
+    ("put", "/api/segments"),
+    ("get", "/api/contacts/{id}/segments"),
     ("get", "/api/events"),
     ("get", "/metrics"),
     ("get", "/api/openapi.json"),
@@ -612,12 +617,9 @@ async fn upsert_contact(State(app): State<App>, headers: HeaderMap, Path(id): Pa
             );
         }
     };
-    match query_owner(&app, move |engine, now| {
-        engine.store_mut().upsert_contact(&id, &traits, timezone.as_deref(), now)
-    })
-    .await
-    {
-        Ok(contact) => axum::Json(contact_json(&contact)).into_response(),
+    match query(&app.owner, move |engine, now| engine.put_contact(&id, &traits, timezone.as_deref(), now)).await {
+        Ok(Ok(contact)) => axum::Json(contact_json(&contact)).into_response(),
+        Ok(Err(error)) => internal(error),
         Err(response) => response,
     }
 }
@@ -886,6 +888,56 @@ async fn put_score_models(State(app): State<App>, headers: HeaderMap, body: Byte
             json!({ "errors": errors }),
         ),
         Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}
+
+async fn segments(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    match query(&app.owner, |engine, _| engine.segments().cloned()).await {
+        Ok(Some(segments)) => axum::Json(segments).into_response(),
+        Ok(None) => axum::Json(json!({ "segments": [] })).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Replaces the workspace's segments: `{"segments": [{"name", "description", "where"}]}`;
+/// refused whole (422, every problem listed) when any part is wrong.
+async fn put_segments(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let source: flowmark_runtime::segments::SegmentsSource = match serde_json::from_slice(&body) {
+        Ok(source) => source,
+        Err(error) => {
+            return problem(StatusCode::BAD_REQUEST, "Invalid segments", format!("the body is not segments: {error}"));
+        }
+    };
+    match query(&app.owner, move |engine, now| engine.set_segments(source, now).map_err(|e| e.to_string())).await {
+        Ok(Ok(Ok(()))) => (StatusCode::OK, axum::Json(json!({ "updated": true }))).into_response(),
+        Ok(Ok(Err(errors))) => problem_with(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid segments",
+            format!("{} problem(s)", errors.len()),
+            json!({ "errors": errors }),
+        ),
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}
+
+/// A contact's segments: whether it is a member of each, and what each condition says now
+/// with the values it read.
+async fn contact_segments(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let wanted = id.clone();
+    match query_owner(&app, move |engine, now| engine.explain_segments(&wanted, now)).await {
+        Ok(Some(body)) => axum::Json(body).into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, "No such contact", format!("there is no contact `{id}`")),
         Err(response) => response,
     }
 }

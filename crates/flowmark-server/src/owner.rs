@@ -1,8 +1,9 @@
 //! The owner thread: the one place that holds the `Engine` and writes the store.
 //!
 //! It takes commands from a bounded channel (a full channel is back-pressure: ingestion
-//! answers `429`), and between commands, at most every `TICK`, fires due timers and
-//! dispatches ready effects. Stopping drains the commands already queued, then returns.
+//! answers `429`), and between commands, at most every `TICK`, fires due schedules and
+//! timers, re-evaluates a page of segment membership when a sweep is due, and dispatches
+//! ready effects. Stopping drains the commands already queued, then returns.
 //!
 //! Invariant: commands are applied one at a time, in arrival order.
 
@@ -11,7 +12,7 @@ use std::thread;
 use std::time::Duration as StdDuration;
 
 use flowmark_core::Timestamp;
-use flowmark_runtime::{Connectors, Engine, Incoming, Ingested};
+use flowmark_runtime::{Connectors, Engine, Incoming, Ingested, SEGMENT_SWEEP_PAGE_COUNT};
 use flowmark_store::SqliteStore;
 use tokio::sync::oneshot;
 
@@ -82,6 +83,10 @@ impl Owner {
                     if let Err(error) = engine.fire_due_schedules(now, SCHEDULES_PER_TICK_MAX) {
                         tracing::error!(%error, "firing schedules failed");
                     }
+                    let swept = engine.sweep_segments(now, SEGMENT_SWEEP_PAGE_COUNT).unwrap_or_else(|error| {
+                        tracing::error!(%error, "re-evaluating segments failed");
+                        0
+                    });
                     let fired = engine.fire_due_timers(now, TIMERS_PER_ROUND_MAX).unwrap_or_else(|error| {
                         tracing::error!(%error, "firing timers failed");
                         0
@@ -91,7 +96,9 @@ impl Owner {
                             tracing::error!(%error, "dispatching effects failed");
                             0
                         });
-                    busy = fired == TIMERS_PER_ROUND_MAX || dispatched == EFFECTS_PER_ROUND_MAX;
+                    busy = fired == TIMERS_PER_ROUND_MAX
+                        || dispatched == EFFECTS_PER_ROUND_MAX
+                        || swept == SEGMENT_SWEEP_PAGE_COUNT;
                 }
             })
             .expect("the owner thread starts");

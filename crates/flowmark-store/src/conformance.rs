@@ -190,6 +190,10 @@ pub fn events_are_deduplicated_by_message_id(mut store: Box<dyn Store>) -> Resul
     assert_eq!(events[0].payload["messageId"], "m-2");
     let newest = store.events_of_subject("c-1", Timestamp(0), 1)?;
     assert_eq!(newest[0].id, "m-3", "the limit keeps the newest");
+    assert_eq!(store.count_events("c-1", "Email Opened", Timestamp(20))?, 2, "counted at or after `since`");
+    assert_eq!(store.count_events("c-1", "Email Opened", Timestamp(31))?, 0);
+    assert_eq!(store.count_events("c-1", "Email Clicked", Timestamp(0))?, 0, "counted by name");
+    assert_eq!(store.count_events("c-2", "Email Opened", Timestamp(0))?, 1, "counted by subject");
     Ok(())
 }
 

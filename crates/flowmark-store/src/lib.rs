@@ -307,6 +307,9 @@ pub trait Store {
     /// A subject's events at or after `since`, oldest first, at most `limit` (the newest ones).
     fn events_of_subject(&self, subject_id: &str, since: Timestamp, limit: usize) -> Result<Vec<Event>, Error>;
 
+    /// How many events named `name` a subject has at or after `since` (segments' counts).
+    fn count_events(&self, subject_id: &str, name: &str, since: Timestamp) -> Result<u64, Error>;
+
     /// Stores a new version of a workflow's source and returns its number (1, 2, …).
     /// Versions are immutable; a new workflow starts active.
     fn put_workflow(&mut self, id: &str, source: &str, now: Timestamp) -> Result<u32, Error>;

@@ -740,6 +740,14 @@ impl Store for SqliteStore {
         Ok(events)
     }
 
+    fn count_events(&self, subject_id: &str, name: &str, since: Timestamp) -> Result<u64, Error> {
+        let count: i64 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM events WHERE subject_id = ?1 AND at >= ?2 AND name = ?3")?
+            .query_row(params![subject_id, since.ms(), name], |row| row.get(0))?;
+        Ok(count.max(0) as u64)
+    }
+
     fn put_workflow(&mut self, id: &str, source: &str, now: Timestamp) -> Result<u32, Error> {
         let tx = self.conn.transaction()?;
         let latest: Option<u32> =

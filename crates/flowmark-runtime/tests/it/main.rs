@@ -10,6 +10,8 @@ use flowmark_runtime::{Connectors, Engine, Incoming, Outcome, RecordingConnector
 use flowmark_store::{RunFilter, SqliteStore, Store, WorkflowStatus};
 use serde_json::json;
 
+mod segments;
+
 const NOON: Timestamp = Timestamp(1_767_614_400_000); // 2026-01-05T12:00:00Z
 
 fn engine() -> Engine<SqliteStore> {

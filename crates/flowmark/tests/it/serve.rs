@@ -412,6 +412,61 @@ fn a_score_crossing_its_threshold_hands_the_lead_to_sales() {
     server.stop();
 }
 
+const VIP_WELCOME: &str = r#"
+id: vip-welcome
+subject: contact
+trigger: { segment: vip }
+steps:
+  - id: tell-sales
+    action: { notify: { to: sales, message: "{{ contact.email | default: 'A contact' }} is now a VIP" } }
+roles:
+  sales: { team: sales }
+"#;
+
+#[test]
+fn segments_over_the_api_move_with_events_and_start_workflows() {
+    let dir = super::validate::tempdir().join("segments");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = Server::start(&dir.join("flowmark.db"));
+    assert_eq!(server.api("POST", "/api/workflows", VIP_WELCOME.as_bytes()).0, 201);
+    let bad = json!({ "segments": [
+        { "name": "vip", "where": "events.count('Order Completed', 'a while') >= 3" },
+        { "name": "vip", "where": "contact.plan = 'pro'" },
+    ]});
+    let (status, _, problem) = server.api("PUT", "/api/segments", bad.to_string().as_bytes());
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"].as_array().unwrap().len(), 3, "{problem}");
+    let (status, _, problem) = server.api("PUT", "/api/segments", br#"{"segmints": []}"#);
+    assert_eq!((status, problem["title"].as_str()), (400, Some("Invalid segments")));
+    assert_eq!(server.api("GET", "/api/segments", b"").2, json!({ "segments": [] }), "nothing was stored");
+    let good = json!({ "segments": [
+        { "name": "vip", "description": "Three orders in a month", "where": "events.count('Order Completed', '30d') >= 3" },
+    ]});
+    assert_eq!(server.api("PUT", "/api/segments", good.to_string().as_bytes()).0, 200);
+    assert_eq!(server.api("GET", "/api/segments", b"").2, good);
+    for n in 1..=3 {
+        let order = json!({ "userId": "ada", "event": "Order Completed", "messageId": format!("o-{n}") });
+        assert_eq!(server.send("track", &order).0, 200);
+    }
+    let (_, _, contact) = server.api("GET", "/api/contacts/ada", b"");
+    assert_eq!(contact["traits"]["segments"], json!(["vip"]), "{contact}");
+    let (_, _, runs) = server.api("GET", "/api/runs?workflow=vip-welcome", b"");
+    assert_eq!(runs.as_array().unwrap().len(), 1, "entering `vip` started the welcome: {runs}");
+    let (status, _, explained) = server.api("GET", "/api/contacts/ada/segments", b"");
+    assert_eq!(status, 200);
+    assert_eq!(explained[0]["member"], true);
+    assert_eq!(explained[0]["inputs"]["events"]["Order Completed@30d"], 3, "{explained}");
+    assert_eq!(server.api("GET", "/api/contacts/nobody/segments", b"").0, 404);
+    // A contact written through the API moves membership at once.
+    let segments = json!({ "segments": [{ "name": "pro", "where": "contact.plan == 'pro'" }] });
+    assert_eq!(server.api("PUT", "/api/segments", segments.to_string().as_bytes()).0, 200);
+    let (status, _, contact) = server.api("PUT", "/api/contacts/grace", br#"{"traits": {"plan": "pro"}}"#);
+    assert_eq!(status, 200);
+    assert_eq!(contact["traits"]["segments"], json!(["pro"]), "{contact}");
+    server.stop();
+}
+
 #[test]
 fn oversized_batches_unknown_calls_and_forged_pixels_change_nothing() {
     let dir = super::validate::tempdir().join("bad-input");

@@ -16,7 +16,6 @@ use flowmark_core::engine::{
     Event, Facts, HistoryKind, Input, ParentRun, RenderContext, Run, RunId, RunStatus, Sent, Transition, apply_update,
     handle,
 };
-use flowmark_core::expr::Scope;
 use flowmark_core::limits::{RECENT_EVENTS_COUNT_MAX, WAIT_LOOKBACK_MS};
 use flowmark_core::model::ScoreChange;
 use flowmark_core::model::{Entry, Trigger, Workflow};
@@ -24,15 +23,19 @@ use flowmark_core::model::{RunOutcomeFilter, SubjectKind};
 use flowmark_core::render::render_step_message;
 use flowmark_core::schedule::next_occurrence;
 use flowmark_core::{Severity, Source, Timestamp, compile};
-use flowmark_store::{
-    Attempt, Batch, ContactChange, RunFilter, Schedule, ScheduleChange, ScoreRecord, Store, WorkflowStatus,
-};
+use flowmark_store::{Attempt, Batch, RunFilter, Schedule, ScheduleChange, ScoreRecord, Store, WorkflowStatus};
 
 use crate::scoring::{Models, ModelsSource};
 use serde_json::Value;
 
 use crate::connector::{Connector, Connectors, Job, Outcome};
 use crate::retry;
+use crate::segments::{Change, Segments, SegmentsSource};
+
+mod ingest;
+
+pub use ingest::{SEGMENT_SWEEP_EVERY_MS, SEGMENT_SWEEP_PAGE_COUNT, SEGMENTS_SETTING};
+use ingest::{Sweep, Unit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -131,6 +134,9 @@ pub struct Engine<S: Store> {
     next_run_id: u64,
     /// The workspace's score models (the `score_models` setting).
     scoring: Models,
+    /// The workspace's segments (the `segments` setting).
+    segments: Segments,
+    sweep: Sweep,
 }
 
 /// The facts about one subject, owned, for one input.
@@ -182,7 +188,25 @@ impl<S: Store> Engine<S> {
                     flowmark_store::Error::Corrupt(format!("the stored score models: {}", errors.join("; ")))
                 })?,
         };
-        Ok(Engine { store, stats: Stats::default(), compiled: HashMap::new(), env, next_run_id, scoring })
+        let segments = match store.setting(SEGMENTS_SETTING)? {
+            None => Segments::default(),
+            Some(text) => serde_json::from_str::<SegmentsSource>(&text)
+                .map_err(|e| vec![e.to_string()])
+                .and_then(Segments::compile)
+                .map_err(|errors| {
+                    flowmark_store::Error::Corrupt(format!("the stored segments: {}", errors.join("; ")))
+                })?,
+        };
+        Ok(Engine {
+            store,
+            stats: Stats::default(),
+            compiled: HashMap::new(),
+            env,
+            next_run_id,
+            scoring,
+            segments,
+            sweep: Sweep::default(),
+        })
     }
 
     /// Decays the scores in a subject's data to `now`, by the workspace's models.
@@ -321,221 +345,6 @@ impl<S: Store> Engine<S> {
         })
     }
 
-    /// Applies one event about `subject_id`; see `ingest_many`.
-    pub fn ingest(&mut self, subject_id: &str, event: Event, now: Timestamp) -> Result<Ingested, Error> {
-        let mut results = self.ingest_many(vec![Incoming::event(subject_id, event)], now)?;
-        Ok(results.pop().expect("one result per event"))
-    }
-
-    /// Applies events in order: each one's traits are merged into its subject first
-    /// (`identify`), then the event is deduplicated by `messageId`, advances its subject's
-    /// active runs and starts the workflows it triggers (entry rules applied). The contact
-    /// changes, the events and every resulting transition are committed together, in one
-    /// transaction.
-    pub fn ingest_many(&mut self, incoming: Vec<Incoming>, now: Timestamp) -> Result<Vec<Ingested>, Error> {
-        self.store.begin()?;
-        let result = self.ingest_unit(incoming, now);
-        self.store.finish();
-        result
-    }
-
-    fn ingest_unit(&mut self, incoming: Vec<Incoming>, now: Timestamp) -> Result<Vec<Ingested>, Error> {
-        let mut transitions: Vec<Transition> = Vec::new();
-        let mut accepted_ids: std::collections::HashSet<String> = std::collections::HashSet::new();
-        // The latest state of every run this batch touched, newer than the store's.
-        let mut batch_runs: HashMap<RunId, Run> = HashMap::new();
-        // Subjects' data as this batch changed it (traits merged), newer than the store's.
-        let mut subjects: HashMap<String, (Value, Option<String>)> = HashMap::new();
-        let mut contact_changes: Vec<(String, Value, Option<String>)> = Vec::new();
-        let mut results = Vec::with_capacity(incoming.len());
-        // Which workflows may start is read once per batch.
-        let active = self.active_workflows()?;
-        // Identities merged in this batch, newer than the store's aliases.
-        let mut merged: HashMap<String, String> = HashMap::new();
-        let mut merges: Vec<(String, String)> = Vec::new();
-        let mut score_records: Vec<ScoreRecord> = Vec::new();
-        let mut queue: std::collections::VecDeque<Incoming> = incoming.into();
-        // Events this batch made itself (threshold crossings): applied, but not answered for.
-        let mut generated: std::collections::HashSet<String> = std::collections::HashSet::new();
-        while let Some(Incoming { subject_id, event, traits, anonymous, merge_from }) = queue.pop_front() {
-            let own = generated.contains(&event.id);
-            let subject_id = if anonymous {
-                match merged.get(&subject_id) {
-                    Some(canonical) => canonical.clone(),
-                    None => self.store.canonical_id(&subject_id)?.unwrap_or(subject_id),
-                }
-            } else {
-                subject_id
-            };
-            if let Some(from) = merge_from.filter(|from| *from != subject_id) {
-                for canonical in merged.values_mut().filter(|c| **c == from) {
-                    canonical.clone_from(&subject_id);
-                }
-                merged.insert(from.clone(), subject_id.clone());
-                merges.push((from, subject_id.clone()));
-            }
-            // A hard bounce, a spam complaint or an unsubscribe from any source suppresses the
-            // contact in the same commit as the event.
-            let traits = match suppression_of(&event) {
-                Some(reason) => {
-                    let (mut traits, timezone) = traits.unwrap_or((Value::Object(Default::default()), None));
-                    if let Value::Object(map) = &mut traits {
-                        map.insert(UNSUBSCRIBED_TRAIT.to_owned(), Value::Bool(true));
-                        map.insert(SUPPRESSED_REASON_TRAIT.to_owned(), Value::String(reason.to_owned()));
-                    }
-                    Some((traits, timezone))
-                }
-                None => traits,
-            };
-            if let Some((traits, timezone)) = traits {
-                let (mut data, mut zone) = match subjects.remove(&subject_id) {
-                    Some(known) => known,
-                    None => self
-                        .store
-                        .contact(&subject_id)?
-                        .map_or((Value::Object(Default::default()), None), |c| (c.traits, c.timezone)),
-                };
-                if let (Value::Object(into), Value::Object(from)) = (&mut data, &traits) {
-                    into.extend(from.iter().map(|(k, v)| (k.clone(), v.clone())));
-                }
-                // Only a time zone, and the one the contact has: nothing to write (most calls
-                // from a browser carry its time zone).
-                let unchanged = traits.as_object().is_some_and(serde_json::Map::is_empty)
-                    && (timezone.is_none() || timezone == zone);
-                if timezone.is_some() {
-                    zone.clone_from(&timezone);
-                }
-                subjects.insert(subject_id.clone(), (data, zone));
-                if !unchanged {
-                    contact_changes.push((subject_id.clone(), traits, timezone));
-                }
-            }
-            // Inserting is the duplicate check: one index probe, and the insert is part of
-            // this unit of work, so it commits with the transitions or not at all.
-            if accepted_ids.contains(&event.id) || !self.store.insert_event(&subject_id, &event, now)? {
-                self.stats.events_duplicate += 1;
-                if !own {
-                    results.push(Ingested { duplicate: true, ..Ingested::default() });
-                }
-                continue;
-            }
-            // Score rules move the subject's scores before anything reads them; a threshold
-            // crossed records its event in this same batch, right after this one.
-            if self.scoring.has_rule_for(&event.name) {
-                let (mut data, zone) = match subjects.remove(&subject_id) {
-                    Some(known) => known,
-                    None => self
-                        .store
-                        .contact(&subject_id)?
-                        .map_or((Value::Object(Default::default()), None), |c| (c.traits, c.timezone)),
-                };
-                let changes = self.scoring.apply_event(&subject_id, &mut data, &event, now);
-                for change in &changes {
-                    for name in self.scoring.crossed(change) {
-                        if generated.len() < GENERATED_EVENTS_MAX {
-                            let threshold = Models::threshold_event(change, &name);
-                            generated.insert(threshold.id.clone());
-                            queue.push_front(Incoming::event(&subject_id, threshold));
-                        }
-                    }
-                }
-                score_records.extend(changes.iter().cloned());
-                if !changes.is_empty() {
-                    let scores = serde_json::json!({ "scores": data["scores"], "scores_at": data["scores_at"] });
-                    contact_changes.push((subject_id.clone(), scores, None));
-                }
-                subjects.insert(subject_id.clone(), (data, zone));
-            }
-            let mut runs: Vec<Run> = self
-                .store
-                .active_runs_of_subject(&subject_id)?
-                .into_iter()
-                .filter(|r| !batch_runs.contains_key(&r.id))
-                .collect();
-            runs.extend(batch_runs.values().filter(|r| r.subject_id == subject_id && r.is_active()).cloned());
-            runs.sort_by_key(|r| r.id);
-            let candidates: Vec<&Arc<Workflow>> = active
-                .iter()
-                .filter(|w| w.triggers.iter().any(|t| matches!(t, Trigger::Event { name, .. } if *name == event.name)))
-                .collect();
-            let mut result = Ingested::default();
-            // An event no run waits for and no workflow starts on is only stored: most of a
-            // busy stream, so its facts are not even loaded.
-            if !runs.is_empty() || !candidates.is_empty() {
-                let mut needs = candidates.iter().fold(Needs::default(), |n, w| n.or(Needs::of(w)));
-                for run in &runs {
-                    needs = needs.or(Needs::of(&*self.workflow(&run.workflow_id, Some(run.version))?));
-                }
-                let mut facts = self.load_facts(&subject_id, now, needs)?;
-                if let Some((data, zone)) = subjects.get(&subject_id) {
-                    facts.subject = data.clone();
-                    self.scoring.decay_scores(&mut facts.subject, now);
-                    facts.timezone = zone.as_deref().and_then(|tz| tz.parse().ok());
-                }
-                // The store's recent events include this batch's, this one too: they were
-                // inserted in this unit of work.
-                for run in runs {
-                    let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-                    let id = run.id;
-                    let input = Input::Event { event: event.clone() };
-                    let t = handle(&workflow, run, &input, &facts.facts(&self.env), now);
-                    if changed(&t) {
-                        result.runs_advanced.push(id);
-                        batch_runs.insert(id, t.run.clone());
-                        transitions.push(t);
-                    }
-                }
-                for workflow in candidates {
-                    let triggered = workflow.triggers.iter().any(|trigger| match trigger {
-                        Trigger::Event { name, filter } => {
-                            *name == event.name
-                                && filter.as_ref().is_none_or(|f| {
-                                    let scope = Scope::new()
-                                        .with(workflow.subject.as_str(), &facts.subject)
-                                        .with("event", event.payload.as_ref());
-                                    f.eval(&scope).result == Ok(true)
-                                })
-                        }
-                        _ => false,
-                    });
-                    let in_batch: Vec<&Run> = batch_runs.values().collect();
-                    if !triggered || !self.may_enter(workflow, &subject_id, now, &in_batch)? {
-                        continue;
-                    }
-                    let id = self.allocate_run_id();
-                    let version = version_of(&self.compiled, workflow);
-                    let run = Run::new(id, workflow, version, subject_id.as_str(), now);
-                    let input = Input::Start { event: Some(event.clone()) };
-                    let t = handle(workflow, run, &input, &facts.facts(&self.env), now);
-                    result.runs_started.push(id);
-                    batch_runs.insert(id, t.run.clone());
-                    transitions.push(t);
-                }
-            }
-            accepted_ids.insert(event.id);
-            if !own {
-                results.push(result);
-            }
-        }
-        self.follow_ups(&mut transitions, now)?;
-        let batch = Batch {
-            contacts: contact_changes
-                .iter()
-                .map(|(id, traits, timezone)| ContactChange { id, traits, timezone: timezone.as_deref() })
-                .collect(),
-            // Events were inserted above, in this same transaction.
-            transitions: transitions.iter().collect(),
-            merges: merges.iter().map(|(from, into)| (from.as_str(), into.as_str())).collect(),
-            score_changes: score_records.iter().collect(),
-            ..Batch::default()
-        };
-        self.store.write(&batch, now)?;
-        self.stats.events_ingested += accepted_ids.len() as u64;
-        self.stats.runs_started += results.iter().map(|r| r.runs_started.len() as u64).sum::<u64>();
-        self.stats.transitions_committed += transitions.len() as u64;
-        Ok(results)
-    }
-
     /// Starts a run of a workflow for a subject by hand (API, UI, another workflow), subject
     /// to the entry rule. `None` when the entry rule refuses.
     pub fn start(&mut self, workflow_id: &str, subject_id: &str, now: Timestamp) -> Result<Option<RunId>, Error> {
@@ -626,12 +435,11 @@ impl<S: Store> Engine<S> {
         if ready.is_empty() {
             return Ok(0);
         }
-        // Subjects' data and runs as this batch changed them, newer than the store's.
-        let mut subjects: HashMap<String, Value> = HashMap::new();
-        let mut contact_changes: Vec<(String, Value)> = Vec::new();
-        let mut transitions: Vec<Transition> = Vec::new();
-        let mut score_records: Vec<ScoreRecord> = Vec::new();
+        // Everything this dispatch changes — contacts, scores, runs, the events it causes.
+        let mut unit = Unit::default();
         let mut thresholds: Vec<Incoming> = Vec::new();
+        // Subjects an internal effect changed, with the effect: segments are re-evaluated.
+        let mut touched: Vec<(String, String)> = Vec::new();
         // Phase 1, in outbox order: internal effects are applied, messages rendered; what
         // leaves Flowmark becomes a job for its connector.
         let mut outcomes: Vec<Option<Result<Outcome, Timestamp>>> = vec![None; ready.len()];
@@ -644,18 +452,16 @@ impl<S: Store> Engine<S> {
                 owners.push(None);
                 continue;
             };
-            let mut subject = match subjects.get(&run.subject_id) {
-                Some(subject) => subject.clone(),
-                None => self.store.contact(&run.subject_id)?.map_or(Value::Object(Default::default()), |c| c.traits),
-            };
+            let mut subject = self.subject_in(&mut unit, &run.subject_id)?.0.clone();
             let kind = entry.effect.get("effect").and_then(Value::as_str).unwrap_or_default();
             match kind {
                 "adjust_score" => {
                     outcomes[index] = Some(Ok(match self.score_effect(&run, entry, &mut subject, now) {
                         Ok((change, record, crossings)) => {
-                            contact_changes.push((run.subject_id.clone(), change));
-                            subjects.insert(run.subject_id.clone(), subject);
-                            score_records.push(record);
+                            unit.contact_changes.push((run.subject_id.clone(), change, None));
+                            self.subject_in(&mut unit, &run.subject_id)?.0 = subject;
+                            touched.push((run.subject_id.clone(), entry.key.clone()));
+                            unit.score_records.push(record);
                             thresholds.extend(crossings);
                             Outcome::Done { detail: None }
                         }
@@ -664,11 +470,14 @@ impl<S: Store> Engine<S> {
                 }
                 "update_subject" => {
                     let change = apply_update_effect(&mut subject, &entry.effect);
-                    contact_changes.push((run.subject_id.clone(), change));
-                    subjects.insert(run.subject_id.clone(), subject);
+                    unit.contact_changes.push((run.subject_id.clone(), change, None));
+                    self.subject_in(&mut unit, &run.subject_id)?.0 = subject;
+                    touched.push((run.subject_id.clone(), entry.key.clone()));
                     outcomes[index] = Some(Ok(Outcome::Done { detail: None }));
                 }
-                "start_run" => outcomes[index] = Some(Ok(self.start_subflow(&run, entry, now, &mut transitions)?)),
+                "start_run" => {
+                    outcomes[index] = Some(Ok(self.start_subflow(&run, entry, now, &mut unit.transitions)?));
+                }
                 "send_message" if is_suppressed(&subject, &entry.effect) => {
                     let error = "suppressed: the contact unsubscribed from marketing email".to_owned();
                     outcomes[index] = Some(Ok(Outcome::Permanent { error }));
@@ -744,7 +553,7 @@ impl<S: Store> Engine<S> {
             // The result goes back to the run as an input, committed with the attempt.
             let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
             let mut facts = self.load_facts(&run.subject_id, now, Needs::of(&workflow))?;
-            if let Some(subject) = subjects.get(&run.subject_id) {
+            if let Some((subject, _)) = unit.subjects.get(&run.subject_id) {
                 facts.subject = subject.clone();
             }
             let input = Input::EffectCompleted { key: entry.key.clone(), ok, detail };
@@ -754,22 +563,41 @@ impl<S: Store> Engine<S> {
             let kind = entry.effect.get("effect").and_then(Value::as_str);
             if kind == Some("start_run") && !ok && entry.effect.get("wait").and_then(Value::as_bool) == Some(true) {
                 let input = Input::SubflowEnded { step: entry.step.clone(), status: RunStatus::Failed };
-                transitions.push(t.clone());
+                unit.transitions.push(t.clone());
                 t = handle(&workflow, t.run, &input, &facts.facts(&self.env), now);
             }
             runs.insert(id, t.run.clone());
-            transitions.push(t);
+            unit.transitions.push(t);
         }
-        self.follow_ups(&mut transitions, now)?;
+        // What the internal effects caused — thresholds crossed, segments entered or left —
+        // is applied in this same unit, so it commits with the scores and traits that caused
+        // it, or not at all.
+        for t in &unit.transitions {
+            unit.runs.insert(t.run.id, t.run.clone());
+        }
+        let mut caused = Vec::new();
+        for threshold in thresholds {
+            if unit.generate(&threshold.event) {
+                caused.push(threshold);
+            }
+        }
+        if !self.segments.is_empty() {
+            for (subject_id, key) in touched {
+                caused.extend(self.segment_edges(&mut unit, &subject_id, Change::Contact, &key, now)?);
+            }
+        }
+        if !caused.is_empty() {
+            let active = self.active_workflows()?;
+            self.apply_incoming(&mut unit, caused, &active, now)?;
+        }
+        self.follow_ups(&mut unit.transitions, now)?;
         let batch = Batch {
-            contacts: contact_changes.iter().map(|(id, traits)| ContactChange { id, traits, timezone: None }).collect(),
-            transitions: transitions.iter().collect(),
             attempts: attempts.iter().map(|(key, attempt, _)| (key.as_str(), attempt)).collect(),
-            score_changes: score_records.iter().collect(),
-            ..Batch::default()
+            ..unit.batch()
         };
         self.store.write(&batch, now)?;
-        self.stats.transitions_committed += transitions.len() as u64;
+        self.stats.events_ingested += unit.accepted.len() as u64;
+        self.stats.transitions_committed += unit.transitions.len() as u64;
         for (key, attempt, number) in &attempts {
             match attempt {
                 Attempt::Done { .. } => {
@@ -789,11 +617,6 @@ impl<S: Store> Engine<S> {
                     tracing::debug!(effect = %key, until = %at, "effect held back by its connector's rate");
                 }
             }
-        }
-        // Thresholds a score step crossed are recorded as events now, in their own commit: a
-        // crash in between loses them (the score itself is committed above).
-        if !thresholds.is_empty() {
-            self.ingest_many(thresholds, now)?;
         }
         Ok(ready.len())
     }
