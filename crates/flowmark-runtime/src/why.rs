@@ -105,6 +105,7 @@ fn describe(entry: &Value) -> Line {
             text(field("sent_count")),
             text(field("max"))
         ),
+        "not_permitted" => format!("not sent on {}: {}", text(field("channel")), text(field("reason"))),
         "task_completed" => format!("task completed by {}", text(field("by"))),
         "task_overdue" => "task overdue".to_owned(),
         "approval_decision" => format!(

@@ -503,6 +503,13 @@ impl<'a> Machine<'a> {
         let workflow = self.workflow;
         let is_message = matches!(action, Action::Email(e) if !e.transactional);
         if is_message
+            && let Some(channel) = action.channel()
+            && let Some(reason) = super::refusal(&self.subject, channel)
+        {
+            self.history(Some(at), HistoryKind::NotPermitted { channel, reason });
+            return None;
+        }
+        if is_message
             && !quiet_released
             && let Some(quiet) = &workflow.quiet_hours
         {

@@ -301,6 +301,28 @@ impl Facts<'_> {
     }
 }
 
+/// The trait that records an unsubscribe (or a hard bounce, a complaint): `true` means no
+/// marketing email, ever; `suppressed_reason` says why.
+pub const UNSUBSCRIBED_TRAIT: &str = "unsubscribed";
+pub const SUPPRESSED_REASON_TRAIT: &str = "suppressed_reason";
+/// The trait that holds consent per channel: `{"email": false}` withdraws it for email.
+pub const CONSENT_TRAIT: &str = "consent";
+
+/// Why a marketing message on `channel` may not go to a subject with this data, if it may
+/// not: an email to a suppressed contact, or any channel whose consent is `false`. Checked
+/// when the step runs (the run's history says so) and again when the message is about to
+/// go (it may have been queued before).
+pub fn refusal(subject: &Value, channel: Channel) -> Option<String> {
+    if channel == Channel::Email && subject.get(UNSUBSCRIBED_TRAIT) == Some(&Value::Bool(true)) {
+        let reason = subject.get(SUPPRESSED_REASON_TRAIT).and_then(Value::as_str).unwrap_or("unsubscribed");
+        return Some(format!("suppressed: the contact is {reason}"));
+    }
+    if subject.get(CONSENT_TRAIT).and_then(|c| c.get(channel.as_str())) == Some(&Value::Bool(false)) {
+        return Some(format!("no consent: `contact.consent.{}` is false", channel.as_str()));
+    }
+    None
+}
+
 /// What `handle` decided.
 #[must_use]
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -426,25 +448,76 @@ pub struct HistoryEntry {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "what", rename_all = "snake_case")]
 pub enum HistoryKind {
-    RunStarted { trigger: Option<String> },
-    StepEntered { kind: &'static str },
-    EffectEmitted { key: String, effect: &'static str },
-    EffectResult { key: String, ok: bool, detail: Option<String> },
-    Waiting { until: Option<Timestamp>, reason: &'static str },
-    WaitResolved { by: &'static str },
-    QuietHoursHeld { until: Timestamp },
+    RunStarted {
+        trigger: Option<String>,
+    },
+    StepEntered {
+        kind: &'static str,
+    },
+    EffectEmitted {
+        key: String,
+        effect: &'static str,
+    },
+    EffectResult {
+        key: String,
+        ok: bool,
+        detail: Option<String>,
+    },
+    Waiting {
+        until: Option<Timestamp>,
+        reason: &'static str,
+    },
+    WaitResolved {
+        by: &'static str,
+    },
+    QuietHoursHeld {
+        until: Timestamp,
+    },
     QuietHoursDropped,
-    Capped { channel: Channel, sent_count: u32, max: u32 },
-    TaskCompleted { by: String },
+    Capped {
+        channel: Channel,
+        sent_count: u32,
+        max: u32,
+    },
+    /// A marketing message not sent because the contact may not get it (see [`refusal`]).
+    NotPermitted {
+        channel: Channel,
+        reason: String,
+    },
+    TaskCompleted {
+        by: String,
+    },
     TaskOverdue,
-    ApprovalDecision { role: String, by: String, decision: Decision, comment: Option<String> },
-    ApprovalResolved { outcome: &'static str, round: u32 },
+    ApprovalDecision {
+        role: String,
+        by: String,
+        decision: Decision,
+        comment: Option<String>,
+    },
+    ApprovalResolved {
+        outcome: &'static str,
+        round: u32,
+    },
     ApprovalReminded,
-    ApprovalEscalated { to: String, action: &'static str },
-    StepFailed { error: String },
-    GoalReached { goal: String, value: Option<f64> },
-    InputIgnored { input: &'static str, reason: String },
-    RunEnded { status: RunStatus, reason: Option<String> },
+    ApprovalEscalated {
+        to: String,
+        action: &'static str,
+    },
+    StepFailed {
+        error: String,
+    },
+    GoalReached {
+        goal: String,
+        value: Option<f64>,
+    },
+    InputIgnored {
+        input: &'static str,
+        reason: String,
+    },
+    RunEnded {
+        status: RunStatus,
+        reason: Option<String>,
+    },
 }
 
 /// Why a branch, split, wait or goal went the way it did.

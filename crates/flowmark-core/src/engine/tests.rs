@@ -153,6 +153,40 @@ fn quiet_hours_hold_a_message_until_the_window_opens() {
 }
 
 #[test]
+fn no_consent_or_a_suppression_skips_the_message_and_says_why() {
+    let wf = nurture();
+    for (subject, reason) in [
+        (json!({ "consent": { "email": false } }), "no consent: `contact.consent.email` is false"),
+        (json!({ "unsubscribed": true, "suppressed_reason": "bounced" }), "suppressed: the contact is bounced"),
+    ] {
+        let facts = Facts { subject: &subject, ..Facts::empty() };
+        let t = handle(
+            &wf,
+            Run::new(RunId(1), &wf, 1, "c", Timestamp(NOON)),
+            &Input::Start { event: None },
+            &facts,
+            Timestamp(NOON),
+        );
+        assert!(t.effects.is_empty(), "{subject}");
+        let refused = t.history.iter().find_map(|h| match &h.kind {
+            HistoryKind::NotPermitted { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        });
+        assert_eq!(refused, Some(reason));
+    }
+    let consenting = json!({ "consent": { "email": true, "sms": false } });
+    let facts = Facts { subject: &consenting, ..Facts::empty() };
+    let t = handle(
+        &wf,
+        Run::new(RunId(1), &wf, 1, "c", Timestamp(NOON)),
+        &Input::Start { event: None },
+        &facts,
+        Timestamp(NOON),
+    );
+    assert_eq!(t.effects.len(), 1, "consent for email; sms does not matter here");
+}
+
+#[test]
 fn a_frequency_cap_skips_the_message_and_says_so() {
     let wf = nurture();
     let sent = [Sent { channel: crate::model::Channel::Email, at: Timestamp(NOON - 1000) }; 3];

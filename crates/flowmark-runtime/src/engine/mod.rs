@@ -16,6 +16,7 @@ use flowmark_core::engine::{
     Event, Facts, HistoryKind, Input, ParentRun, RenderContext, Run, RunId, RunStatus, Sent, Transition, apply_update,
     handle,
 };
+pub use flowmark_core::engine::{SUPPRESSED_REASON_TRAIT, UNSUBSCRIBED_TRAIT};
 use flowmark_core::limits::{RECENT_EVENTS_COUNT_MAX, WAIT_LOOKBACK_MS};
 use flowmark_core::model::ScoreChange;
 use flowmark_core::model::{Entry, Trigger, Workflow};
@@ -478,8 +479,7 @@ impl<S: Store> Engine<S> {
                 "start_run" => {
                     outcomes[index] = Some(Ok(self.start_subflow(&run, entry, now, &mut unit.transitions)?));
                 }
-                "send_message" if is_suppressed(&subject, &entry.effect) => {
-                    let error = "suppressed: the contact unsubscribed from marketing email".to_owned();
+                "send_message" if let Some(error) = refused(&subject, &entry.effect) => {
                     outcomes[index] = Some(Ok(Outcome::Permanent { error }));
                 }
                 "send_message" => match self.render(&run, &entry.key, &entry.step, &entry.effect, &subject)? {
@@ -1029,10 +1029,6 @@ pub const SCORE_MODELS_SETTING: &str = "score_models";
 /// each other cannot grow a batch without bound.
 pub const GENERATED_EVENTS_MAX: usize = 10_000;
 
-/// The contact trait that says why a contact is suppressed: `unsubscribed`, `bounced`,
-/// `complained`.
-pub const SUPPRESSED_REASON_TRAIT: &str = "suppressed_reason";
-
 /// Does this event suppress its contact, and why? `Unsubscribed`, `Email Marked as Spam`, and
 /// `Email Bounced` unless it says the bounce was soft (`properties.bounce_type` or `type` of
 /// `soft`, `transient` or `temporary`), as ESPs' webhooks and Segment's email spec name them.
@@ -1055,15 +1051,14 @@ fn suppression_of(event: &Event) -> Option<&'static str> {
     }
 }
 
-/// The contact trait that records an unsubscribe: `true` means no marketing email, ever.
-pub const UNSUBSCRIBED_TRAIT: &str = "unsubscribed";
-
-/// Is this a marketing email to a contact who unsubscribed? Checked when the message is about
-/// to go, so it holds for messages queued before the unsubscribe too.
-fn is_suppressed(subject: &Value, effect: &Value) -> bool {
-    effect.get("channel").and_then(Value::as_str) == Some("email")
-        && effect.get("transactional").and_then(Value::as_bool) != Some(true)
-        && subject.get(UNSUBSCRIBED_TRAIT).and_then(Value::as_bool) == Some(true)
+/// Why a marketing message may not go now, if it may not: checked when it is about to go, so
+/// it holds for messages queued before an unsubscribe or a withdrawn consent too.
+fn refused(subject: &Value, effect: &Value) -> Option<String> {
+    if effect.get("transactional").and_then(Value::as_bool) == Some(true) {
+        return None;
+    }
+    let channel: flowmark_core::model::Channel = serde_json::from_value(effect.get("channel")?.clone()).ok()?;
+    flowmark_core::engine::refusal(subject, channel)
 }
 
 /// The effect kind a rendered message is routed by.

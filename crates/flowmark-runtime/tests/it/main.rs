@@ -479,6 +479,37 @@ fn a_marketing_email_queued_before_an_unsubscribe_is_never_sent() {
 }
 
 #[test]
+fn consent_withdrawn_stops_queued_email_and_later_steps_say_why() {
+    let mut engine = engine();
+    let contact = json!({ "first_name": "Ada", "email": "ada@example.com", "consent": { "email": true } });
+    engine.store_mut().upsert_contact("ada", &contact, None, NOON).unwrap();
+    let started = engine
+        .ingest("ada", track("m-1", "Whitepaper Downloaded", NOON, json!({ "topic": "automation" })), NOON)
+        .unwrap();
+    let run = started.runs_started[0];
+    assert_eq!(engine.store().outbox_depth().unwrap(), 1, "the guide is queued: consent was given");
+    engine.store_mut().upsert_contact("ada", &json!({ "consent": { "email": false } }), None, NOON).unwrap();
+    let (recorder, mut connectors) = recording();
+    engine.dispatch(NOON, 10, &mut connectors).unwrap();
+    assert!(recorder.performed().is_empty(), "the queued email did not go");
+    let history = engine.store().history(run).unwrap();
+    let result = history.iter().find(|h| h["what"] == "effect_result").expect("the effect's result is recorded");
+    assert_eq!(result["detail"], "no consent: `contact.consent.email` is false");
+    // Three days on, the reminder step skips the email itself, and `why` says so.
+    let later = Timestamp(NOON.ms() + 3 * 24 * 3_600_000 + 1);
+    engine.fire_due_timers(later, 10).unwrap();
+    assert_eq!(engine.store().outbox_depth().unwrap(), 0, "no reminder queued");
+    let history = engine.store().history(run).unwrap();
+    let refused = history.iter().find(|h| h["what"] == "not_permitted").expect("the skip is in the history");
+    assert_eq!(refused["step"], "reminder");
+    let why = flowmark_runtime::why::render(&flowmark_runtime::why::explain(
+        &history,
+        &engine.store().decisions(run).unwrap(),
+    ));
+    assert!(why.contains("not sent on email: no consent: `contact.consent.email` is false"), "{why}");
+}
+
+#[test]
 fn hard_bounces_complaints_and_unsubscribes_suppress_soft_bounces_do_not() {
     let mut engine = engine();
     for (subject, name, properties, suppressed) in [
