@@ -390,7 +390,7 @@ impl<'s> Decoder<'s> {
         let raw = &self.source.text[node_span.offset..node_span.offset + node_span.len];
         let quoted = raw.starts_with('"') || raw.starts_with('\'');
         if line != 1 || raw.contains('\n') {
-            return first_line(self.source, node_span);
+            return self.block_span(node_span, raw, text, line, column).unwrap_or(first_line(self.source, node_span));
         }
         let byte_column: usize = text.chars().take(column.saturating_sub(1)).map(char::len_utf8).sum();
         let offset = node_span.offset + usize::from(quoted) + byte_column;
@@ -402,6 +402,28 @@ impl<'s> Decoder<'s> {
         }
         let len = self.source.text[offset..end].chars().next().map_or(0, char::len_utf8);
         Span::new(offset, len)
+    }
+
+    /// A position inside a block scalar whose lines are the text's lines, indented (`|`): the
+    /// scalar starts on a line of its own, at its indentation. `None` where the text's line is
+    /// not the source's (folded or quoted scalars): the caller points at the first line.
+    fn block_span(&self, node_span: Span, raw: &str, text: &str, line: usize, column: usize) -> Option<Span> {
+        let line_start = self.source.text[..node_span.offset].rfind('\n').map_or(0, |i| i + 1);
+        let indent = node_span.offset - line_start;
+        if !self.source.text[line_start..node_span.offset].bytes().all(|b| b == b' ') {
+            return None;
+        }
+        let raw_line = raw.split('\n').nth(line.checked_sub(1)?)?;
+        let content = if line == 1 { raw_line } else { raw_line.get(indent..)? };
+        if content.trim_end_matches('\r') != text.split('\n').nth(line - 1)? {
+            return None;
+        }
+        let line_offset = node_span.offset
+            + raw.split('\n').take(line - 1).map(|l| l.len() + 1).sum::<usize>()
+            + if line == 1 { 0 } else { indent };
+        let at = line_offset + content.chars().take(column.saturating_sub(1)).map(char::len_utf8).sum::<usize>();
+        let len = self.source.text.get(at..)?.chars().next().map_or(0, char::len_utf8);
+        Some(Span::new(at, len))
     }
 
     fn template(&mut self, node: &Node<'_>, what: &str) -> Option<Template> {
@@ -421,7 +443,10 @@ impl<'s> Decoder<'s> {
     ) -> Option<Template> {
         let text = self.string(node, what)?;
         match compile(&text) {
-            Ok(template) => Some(template),
+            Ok(template) => {
+                self.check_template_variables(node, &text);
+                Some(template)
+            }
             Err(error) => {
                 let node_span = self.span(node);
                 let span = match &error {
@@ -440,6 +465,70 @@ impl<'s> Decoder<'s> {
                     ),
                 );
                 None
+            }
+        }
+    }
+
+    /// What can be known before sending about the variables a template prints: each is one
+    /// the message can read (error), a `steps.<id>` names a step of this workflow (error), and
+    /// a contact or event field without `| default: …` is flagged, since a contact or an event
+    /// without it makes the message fail at send time (warning; an item's fields are the
+    /// workflow's own, so they are not).
+    fn check_template_variables(&mut self, node: &Node<'_>, text: &str) {
+        let (variables, locals) = crate::template::output_variables(text);
+        let node_span = self.span(node);
+        let mut roots: Vec<&str> = self.roots().to_vec();
+        roots.push("env");
+        for variable in variables {
+            let root = variable.path[0].as_str();
+            if locals.iter().any(|l| l == root) {
+                continue;
+            }
+            let before = &text[..variable.offset];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+            let at = self.inner_span(node_span, text, line, column);
+            let dotted = variable.path.join(".");
+            // Underline the path itself where the position is exact.
+            let exact = self.source.text.get(at.offset..).is_some_and(|t| t.starts_with(&dotted));
+            let at = if exact { Span::new(at.offset, dotted.len()) } else { at };
+            if !roots.contains(&root) {
+                let span = if exact { Span::new(at.offset, root.len()) } else { at };
+                let mut diagnostic = Diagnostic::error(
+                    "flowmark::template-unknown-variable",
+                    span,
+                    format!("the template prints `{dotted}`, but `{root}` is not a variable here"),
+                )
+                .label("unknown variable")
+                .expected(format!("one of: {}", roots.join(", ")));
+                if let Some(close) = did_you_mean(root, roots.iter().copied()) {
+                    diagnostic = diagnostic.help(format!("did you mean `{close}`?"));
+                }
+                self.error(diagnostic);
+            } else if root == "steps"
+                && let Some(step) = variable.path.get(1)
+                && !self.step_ids.contains_key(step.as_str())
+            {
+                let mut diagnostic = Diagnostic::error(
+                    "flowmark::template-unknown-step",
+                    at,
+                    format!("the template prints `{dotted}`, but there is no step `{step}`"),
+                )
+                .label("unknown step");
+                if let Some(close) = did_you_mean(step, self.step_ids.keys().map(String::as_str)) {
+                    diagnostic = diagnostic.help(format!("did you mean `{close}`?"));
+                }
+                self.error(diagnostic);
+            } else if (root == "contact" || root == "event") && variable.path.len() > 1 && !variable.defaulted {
+                self.error(
+                    Diagnostic::warning(
+                        "flowmark::template-no-default",
+                        at,
+                        format!("`{dotted}` has no default: where it is missing, the message fails to send"),
+                    )
+                    .label("no `| default: …`")
+                    .help(format!("write `{{{{ {dotted} | default: '…' }}}}`, or make sure every {root} has it")),
+                );
             }
         }
     }

@@ -162,6 +162,88 @@ fn insert_nil(globals: &mut liquid::Object, path: &str) {
     }
 }
 
+/// A variable an output (`{{ … }}`) prints, as validation checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputVariable {
+    /// The dotted path, up to the first `[…]` index.
+    pub path: Vec<String>,
+    /// Byte offset of the path in the source.
+    pub offset: usize,
+    /// Is there a `default` filter in the output's chain?
+    pub defaulted: bool,
+}
+
+/// The variables a template's outputs print, and the names its tags bind (`assign`,
+/// `capture`, `for`, `tablerow`, and `forloop`). Outputs whose value is a literal are left
+/// out; variables read only inside `{% … %}` tags are not reported (they are checked when the
+/// template renders).
+pub fn output_variables(source: &str) -> (Vec<OutputVariable>, Vec<String>) {
+    let mut locals = vec!["forloop".to_owned(), "tablerowloop".to_owned()];
+    for part in source.split("{%").skip(1) {
+        let inner = part.split_once("%}").map_or(part, |(inner, _)| inner);
+        let mut words = inner.trim_start_matches('-').split_whitespace();
+        if let (Some("assign" | "capture" | "for" | "tablerow"), Some(name)) = (words.next(), words.next()) {
+            let name: String =
+                name.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect();
+            if !name.is_empty() {
+                locals.push(name);
+            }
+        }
+    }
+    let mut variables = Vec::new();
+    let mut from = 0;
+    while let Some(open) = source[from..].find("{{") {
+        let body = from + open + 2;
+        let Some(close) = closing_braces(&source[body..]) else { break };
+        let inner = &source[body..body + close];
+        from = body + close + 2;
+        let leading = inner.len() - inner.trim_start_matches(['-', ' ', '\t', '\n', '\r']).len();
+        let expression = &inner[leading..];
+        let entry_len = split_unquoted(expression, '|').next().map_or(0, str::len);
+        let entry = expression[..entry_len].trim_end();
+        let defaulted = split_unquoted(expression, '|')
+            .skip(1)
+            .any(|filter| filter.trim().split([':', ' ']).next() == Some("default"));
+        let mut path = Vec::new();
+        for segment in entry.split('[').next().unwrap_or_default().split('.') {
+            let valid = segment.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && segment.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '?');
+            if !valid {
+                path.clear();
+                break;
+            }
+            path.push(segment.to_owned());
+        }
+        let literal =
+            matches!(path.first().map(String::as_str), Some("true" | "false" | "nil" | "null" | "empty" | "blank"));
+        if !path.is_empty() && !literal {
+            variables.push(OutputVariable { path, offset: body + leading, defaulted });
+        }
+    }
+    (variables, locals)
+}
+
+/// Splits at `separator` outside quoted strings.
+fn split_unquoted(text: &str, separator: char) -> impl Iterator<Item = &str> {
+    let mut parts = Vec::new();
+    let mut quote: Option<char> = None;
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if c == separator => {
+                parts.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            None => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts.into_iter()
+}
+
 /// Every identifier inside `{{ … }}` and `{% … %}`, outside quotes.
 fn tag_names(source: &str) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
@@ -324,6 +406,27 @@ mod tests {
         let t = Template::compile("Hi {{ contact.first_name | default: 'there' }}").unwrap();
         assert_eq!(t.render_json(&json!({"contact": {"first_name": "Ada"}})).unwrap(), "Hi Ada");
         assert_eq!(t.render_json(&json!({"contact": {}})).unwrap(), "Hi there");
+    }
+
+    #[test]
+    fn output_variables_are_found_with_their_defaults_and_locals() {
+        let source = "Hi {{ contact.first_name | default: 'there' }}, {{- steps.thanks.effect_id }} \
+                      {% for p in contact.products %}{{ p.name | upcase }}{% endfor %}{{ 'lit' | upcase }}\
+                      {% assign n = 3 %}{{ n }}{{ event.items[0].sku }}{{ \"a|b\" }}";
+        let (variables, locals) = output_variables(source);
+        let paths: Vec<(String, bool)> = variables.iter().map(|v| (v.path.join("."), v.defaulted)).collect();
+        assert_eq!(
+            paths,
+            [
+                ("contact.first_name".to_owned(), true),
+                ("steps.thanks.effect_id".to_owned(), false),
+                ("p.name".to_owned(), false),
+                ("n".to_owned(), false),
+                ("event.items".to_owned(), false),
+            ]
+        );
+        assert_eq!(&source[variables[1].offset..variables[1].offset + 5], "steps");
+        assert!(locals.contains(&"p".to_owned()) && locals.contains(&"n".to_owned()));
     }
 
     #[test]

@@ -38,6 +38,7 @@ golden! {
     raci_and_caps => "raci.yaml",
     keys_that_would_be_ignored => "ignored-keys.yaml",
     many_problems_in_one_file => "many-problems.yaml",
+    template_variables => "template-variables.yaml",
 }
 
 #[test]
