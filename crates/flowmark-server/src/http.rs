@@ -772,10 +772,35 @@ async fn inbound_webhook(
             return problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}"));
         }
     };
-    let subject =
-        ["userId", "anonymousId"].iter().find_map(|k| value.get(*k).and_then(Value::as_str)).map(str::to_owned);
-    let Some(subject) = subject.filter(|s| !s.is_empty()) else {
-        return problem(StatusCode::BAD_REQUEST, "Invalid webhook", "the body needs a `userId` or an `anonymousId`");
+    let subject = ["userId", "anonymousId"]
+        .iter()
+        .find_map(|k| value.get(*k).and_then(Value::as_str))
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    // An ESP's bounce or complaint knows the address, not the contact: look it up.
+    let subject = match (subject, value.get("email").and_then(Value::as_str)) {
+        (Some(subject), _) => subject,
+        (None, Some(email)) => {
+            let wanted = email.to_owned();
+            match query_owner(&app, move |engine, _| engine.store().contact_id_by_email(&wanted)).await {
+                Ok(Some(id)) => id,
+                Ok(None) => {
+                    return problem(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Unknown contact",
+                        format!("no contact has the email `{email}`"),
+                    );
+                }
+                Err(response) => return response,
+            }
+        }
+        (None, None) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Invalid webhook",
+                "the body needs a `userId`, an `anonymousId` or the contact's `email`",
+            );
+        }
     };
     let name = value.get("event").and_then(Value::as_str).unwrap_or("Webhook Received").to_owned();
     let mut payload = value.clone();

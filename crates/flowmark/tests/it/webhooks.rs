@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::serve::Server;
 use crate::PythonPeer;
@@ -131,6 +131,20 @@ steps:
     let (_, _, events) = server.api("GET", "/api/events?subject=bo", b"");
     assert_eq!(events.as_array().unwrap().len(), 1, "stored once: {events}");
     assert_eq!(events[0]["messageId"], "msg_inbound_1");
+
+    // A bounce relayed from an ESP names the address: the contact is found and suppressed.
+    let identify = json!({ "userId": "cy", "traits": { "email": "Cy@Example.com" } });
+    assert_eq!(server.send("identify", &identify).0, 200);
+    let bounce = r#"{"event":"Email Bounced","email":"cy@example.com","properties":{"bounce_type":"hard"}}"#;
+    let headers = signed_headers(&library, "msg_bounce_1", bounce);
+    assert_eq!(server.request_with("POST", "/hooks/esp", &headers, bounce.as_bytes()).0, 204);
+    let (_, _, contact) = server.api("GET", "/api/contacts/cy", b"");
+    assert_eq!(contact["traits"]["unsubscribed"], true, "{contact}");
+    assert_eq!(contact["traits"]["suppressed_reason"], "bounced");
+    let stranger = r#"{"event":"Email Bounced","email":"nobody@example.com"}"#;
+    let headers = signed_headers(&library, "msg_bounce_2", stranger);
+    let (status, _, problem) = server.request_with("POST", "/hooks/esp", &headers, stranger.as_bytes());
+    assert_eq!((status, problem["title"].as_str()), (422, Some("Unknown contact")));
 
     // Out: the event started the workflow; the receiver verifies Flowmark's signature.
     let started = Instant::now();
