@@ -210,6 +210,16 @@ pub struct Cap {
     pub channel: Channel,
     pub max: u32,
     pub per: Duration,
+    pub action: CapAction,
+}
+
+/// What happens to a message over its cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapAction {
+    /// Skip it and go on (the default).
+    Skip,
+    /// Hold the run at the step until the window has room, then try again.
+    Hold,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1034,11 +1034,15 @@ impl<'s> Decoder<'s> {
         let Some(fields) = self.fields(node, "frequency caps", &names) else { return caps };
         for (name, _, value) in &fields.entries {
             let channel = Channel::ALL.into_iter().find(|c| c.as_str() == name).expect("keys were checked");
-            let Some(cap) = self.fields(value, "a frequency cap", &["max", "per"]) else { continue };
+            let Some(cap) = self.fields(value, "a frequency cap", &["max", "per", "action"]) else { continue };
             let max = self.require(&cap, "max", "a frequency cap").and_then(|n| self.integer(n, "max", 1, 1000));
             let per = self.require(&cap, "per", "a frequency cap").and_then(|n| self.duration(n));
-            if let (Some(max), Some(per)) = (max, per) {
-                caps.push(Cap { channel, max: max as u32, per });
+            let action = match cap.get("action") {
+                None => Some(CapAction::Skip),
+                Some(n) => self.enum_value(n, "cap action", &[("skip", CapAction::Skip), ("hold", CapAction::Hold)]),
+            };
+            if let (Some(max), Some(per), Some(action)) = (max, per, action) {
+                caps.push(Cap { channel, max: max as u32, per, action });
             }
         }
         caps

@@ -20,13 +20,16 @@ pub const WORKFLOWS: [(&str, &str); 5] = [
     ("dst-vip.yaml", VIP),
 ];
 
-/// Parallel branches and a join, a split, a subflow that waits, a score step, a goal.
+/// Parallel branches and a join, a split, a subflow that waits, a score step, a goal, a cap
+/// that holds.
 const ORDERS: &str = r#"
 id: dst-orders
 subject: contact
 trigger: { event: Order Completed }
 entry: { reentry: always }
 goal: { name: upgraded, event: Plan Upgraded }
+caps:
+  email: { max: 2, per: 1d, action: hold }
 steps:
   - id: thanks
     action:

@@ -106,6 +106,13 @@ fn describe(entry: &Value) -> Line {
             text(field("max"))
         ),
         "not_permitted" => format!("not sent on {}: {}", text(field("channel")), text(field("reason"))),
+        "cap_held" => format!(
+            "held by the {} frequency cap ({} sent of {} allowed in the window) until {}",
+            text(field("channel")),
+            text(field("sent_count")),
+            text(field("max")),
+            time(field("until"))
+        ),
         "task_completed" => format!("task completed by {}", text(field("by"))),
         "task_overdue" => "task overdue".to_owned(),
         "approval_decision" => format!(

@@ -15,8 +15,8 @@ use super::*;
 use crate::expr::{Condition, Scope};
 use crate::limits::{STEPS_PER_TRANSITION_MAX, TOKENS_COUNT_MAX, WAIT_LOOKBACK_MS};
 use crate::model::{
-    Action, Approval, ApprovalMode, EscalationAction, JoinMode, QuietAction, StepKind, Target, TemplateValue,
-    TimezoneSource, Wait,
+    Action, Approval, ApprovalMode, CapAction, EscalationAction, JoinMode, QuietAction, StepKind, Target,
+    TemplateValue, TimezoneSource, Wait,
 };
 use crate::template::Template;
 
@@ -182,10 +182,13 @@ impl<'a> Machine<'a> {
         let step = self.workflow.step(token.at);
         match armed.purpose {
             TimerPurpose::Wake => {
-                let TokenState::Sleeping { quiet_hold, .. } = token.state else { return };
+                let TokenState::Sleeping { quiet_hold, cap_hold, .. } = token.state else { return };
                 if quiet_hold {
                     // Quiet hours are over: perform the held action now.
                     self.run_step_from(token.id, token.at, true);
+                } else if cap_hold {
+                    // The cap's window has room: the step runs again, every check anew.
+                    self.run_step_from(token.id, token.at, false);
                 } else {
                     self.history(Some(token.at), HistoryKind::WaitResolved { by: "time" });
                     self.run_token(token.id, step.next.unwrap_or(Target::End));
@@ -520,7 +523,7 @@ impl<'a> Machine<'a> {
                         QuietAction::Delay => {
                             self.history(Some(at), HistoryKind::QuietHoursHeld { until });
                             let timer = self.arm(token, TimerPurpose::Wake, until);
-                            self.set_state(token, TokenState::Sleeping { timer, quiet_hold: true });
+                            self.set_state(token, TokenState::Sleeping { timer, quiet_hold: true, cap_hold: false });
                             return Some(Flow::Block);
                         }
                         QuietAction::Drop => {
@@ -543,6 +546,25 @@ impl<'a> Machine<'a> {
                     .count();
                 let sent_count = (stored + this_transition) as u32;
                 if sent_count >= cap.max {
+                    if cap.action == CapAction::Hold {
+                        // Room comes when enough of the sends in the window have left it: the
+                        // (count − max + 1)-th oldest, `per` after it was sent.
+                        let mut times: Vec<Timestamp> = self
+                            .facts
+                            .sent
+                            .iter()
+                            .filter(|s| s.channel == channel && s.at > window_start)
+                            .map(|s| s.at)
+                            .chain(std::iter::repeat_n(self.now, this_transition))
+                            .collect();
+                        times.sort();
+                        let oldest = times[(sent_count - cap.max) as usize];
+                        let until = Timestamp(oldest.ms() + duration_ms_i64(cap.per));
+                        self.history(Some(at), HistoryKind::CapHeld { channel, sent_count, max: cap.max, until });
+                        let timer = self.arm(token, TimerPurpose::Wake, until);
+                        self.set_state(token, TokenState::Sleeping { timer, quiet_hold: false, cap_hold: true });
+                        return Some(Flow::Block);
+                    }
                     self.history(Some(at), HistoryKind::Capped { channel, sent_count, max: cap.max });
                     return None;
                 }
@@ -597,7 +619,7 @@ impl<'a> Machine<'a> {
             }
             self.history(Some(at), HistoryKind::Waiting { until: Some(due_at), reason: "time" });
             let timer = self.arm(token, TimerPurpose::Wake, due_at);
-            self.set_state(token, TokenState::Sleeping { timer, quiet_hold: false });
+            self.set_state(token, TokenState::Sleeping { timer, quiet_hold: false, cap_hold: false });
             return Flow::Block;
         }
         let Wait::Event { name, filter, timeout, .. } = wait else { unreachable!("only event waits have no due time") };

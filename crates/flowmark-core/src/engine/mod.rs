@@ -137,8 +137,15 @@ pub struct Token {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum TokenState {
-    /// Waiting on a timer: a `wait` for time, or a message held by quiet hours.
-    Sleeping { timer: TimerId, quiet_hold: bool },
+    /// Waiting on a timer: a `wait` for time, a message held by quiet hours (`quiet_hold`:
+    /// it is sent when the timer fires), or held by a frequency cap (`cap_hold`: the step runs
+    /// again when the timer fires, quiet hours and caps checked anew).
+    Sleeping {
+        timer: TimerId,
+        quiet_hold: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cap_hold: bool,
+    },
     /// Waiting for an event, with an optional timeout timer.
     AwaitingEvent { timeout: Option<TimerId> },
     /// Waiting for a person to complete a task.
@@ -478,6 +485,13 @@ pub enum HistoryKind {
         channel: Channel,
         sent_count: u32,
         max: u32,
+    },
+    /// A message over its cap, held until the window has room.
+    CapHeld {
+        channel: Channel,
+        sent_count: u32,
+        max: u32,
+        until: Timestamp,
     },
     /// A marketing message not sent because the contact may not get it (see [`refusal`]).
     NotPermitted {

@@ -187,6 +187,38 @@ fn no_consent_or_a_suppression_skips_the_message_and_says_why() {
 }
 
 #[test]
+fn a_cap_set_to_hold_keeps_the_message_until_the_window_has_room() {
+    let wf = workflow(
+        r#"
+id: held
+subject: contact
+caps:
+  email: { max: 2, per: 7d, action: hold }
+steps:
+  - id: news
+    action: { email: { subject: "News", text: "Hello" } }
+"#,
+    );
+    const DAY: i64 = 24 * 3_600_000;
+    let email = crate::model::Channel::Email;
+    let sent =
+        [Sent { channel: email, at: Timestamp(NOON - 3 * DAY) }, Sent { channel: email, at: Timestamp(NOON - DAY) }];
+    let facts = Facts { sent: &sent, ..Facts::empty() };
+    let run = Run::new(RunId(1), &wf, 1, "c", Timestamp(NOON));
+    let t = handle(&wf, run, &Input::Start { event: None }, &facts, Timestamp(NOON));
+    assert!(t.effects.is_empty(), "held, not sent");
+    let until = Timestamp(NOON + 4 * DAY);
+    assert!(t.history.iter().any(|h| h.kind == HistoryKind::CapHeld { channel: email, sent_count: 2, max: 2, until }));
+    assert_eq!(t.timers.len(), 1);
+    assert_eq!(t.timers[0].due_at, until, "when the older send leaves the 7-day window");
+    let timer = t.timers[0].timer;
+    // When it fires, the older send has left the window: the email goes.
+    let t = handle(&wf, t.run, &Input::TimerFired { timer }, &facts, until);
+    assert_eq!(t.effects.len(), 1, "{:#?}", t.history);
+    assert_eq!(t.run.status, RunStatus::Completed);
+}
+
+#[test]
 fn a_frequency_cap_skips_the_message_and_says_so() {
     let wf = nurture();
     let sent = [Sent { channel: crate::model::Channel::Email, at: Timestamp(NOON - 1000) }; 3];

@@ -140,6 +140,7 @@ fn check_defined(workflow: &Workflow, transition: &Transition) {
         let fits = match (&token.state, kind) {
             (TokenState::Sleeping { quiet_hold: false, .. }, StepKind::Wait(w)) => !matches!(w, Wait::Event { .. }),
             (TokenState::Sleeping { quiet_hold: true, .. }, StepKind::Action(_)) => true,
+            (TokenState::Sleeping { cap_hold: true, .. }, StepKind::Action(_)) => true,
             (TokenState::AwaitingEvent { .. }, StepKind::Wait(Wait::Event { .. })) => true,
             (TokenState::AwaitingTask { .. }, StepKind::Task(_)) => true,
             (TokenState::AwaitingApproval(_), StepKind::Approval(_)) => true,
