@@ -65,6 +65,15 @@ impl Template {
             return Err(TemplateError::TooLong { length: source.len() });
         }
         let compiled = if source.contains("{{") || source.contains("{%") {
+            // Liquid's parser panics on an integer literal past 64 bits (found by fuzzing):
+            // refuse it first, with where it is.
+            if let Some(offset) = oversized_number(source) {
+                let before = &source[..offset];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+                let message = "this number does not fit in 64 bits".to_owned();
+                return Err(TemplateError::Syntax { message, line, column });
+            }
             let template = parser().parse(source).map_err(|e| syntax_error(&e.to_string()))?;
             Some(Arc::new(template))
         } else {
@@ -221,6 +230,49 @@ pub fn output_variables(source: &str) -> (Vec<OutputVariable>, Vec<String>) {
         }
     }
     (variables, locals)
+}
+
+/// Where a run of digits inside `{{ … }}` or `{% … %}` (outside quotes, not part of a name)
+/// is a number too large for a 64-bit integer.
+fn oversized_number(source: &str) -> Option<usize> {
+    for (open, close) in [("{{", "}}"), ("{%", "%}")] {
+        let mut from = 0;
+        while let Some(start) = source[from..].find(open) {
+            let body = from + start + 2;
+            let end = source[body..].find(close).map_or(source.len(), |e| body + e);
+            let inner = &source[body..end];
+            let mut quote: Option<char> = None;
+            let mut run_start: Option<usize> = None;
+            // Inside a name (`contact2`, `v999`): its digits are not a number.
+            let mut in_name = false;
+            for (i, c) in inner.char_indices().chain(std::iter::once((inner.len(), ' '))) {
+                if let Some(q) = quote {
+                    if c == q {
+                        quote = None;
+                    }
+                    continue;
+                }
+                if c.is_ascii_digit() && !in_name {
+                    run_start.get_or_insert(i);
+                    continue;
+                }
+                if let Some(s) = run_start.take()
+                    && inner[s..i].trim_start_matches('0').len() > 18
+                    && inner[s..i].parse::<i64>().is_err()
+                {
+                    return Some(body + s);
+                }
+                if c == '"' || c == '\'' {
+                    quote = Some(c);
+                    in_name = false;
+                    continue;
+                }
+                in_name = c.is_ascii_alphabetic() || c == '_' || (in_name && (c.is_ascii_digit() || c == '-'));
+            }
+            from = end;
+        }
+    }
+    None
 }
 
 /// Splits at `separator` outside quoted strings.
@@ -433,6 +485,24 @@ mod tests {
     fn a_missing_variable_is_an_error_not_a_blank() {
         let t = Template::compile("Hi {{ contact.first_name }}").unwrap();
         assert!(matches!(t.render_json(&json!({"contact": {}})), Err(TemplateError::Render(_))));
+    }
+
+    #[test]
+    fn numbers_past_64_bits_are_refused_not_a_panic() {
+        // Found by the `template` fuzz target: Liquid's parser panics on these.
+        let crash = include_str!("../../../fuzz/regressions/template-integer-overflow.liquid");
+        assert!(matches!(Template::compile(crash), Err(TemplateError::Syntax { .. })));
+        let error = Template::compile("ok\n{% if 77777777777777777777777777contact.vip %}x{% endif %}").unwrap_err();
+        assert_eq!(
+            error,
+            TemplateError::Syntax { message: "this number does not fit in 64 bits".into(), line: 2, column: 7 }
+        );
+        assert!(Template::compile("{{ 9223372036854775807 | plus: 1 }}").is_ok(), "i64::MAX fits");
+        assert!(Template::compile("{{ 99999999999999999999 }}").is_err());
+        assert!(
+            Template::compile("{{ 'x99999999999999999999' }}{{ v99999999999999999999 }}").is_ok(),
+            "quoted or a name"
+        );
     }
 
     #[test]
