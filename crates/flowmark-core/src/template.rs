@@ -74,7 +74,13 @@ impl Template {
                 let message = "this number does not fit in 64 bits".to_owned();
                 return Err(TemplateError::Syntax { message, line, column });
             }
-            let template = parser().parse(source).map_err(|e| syntax_error(&e.to_string()))?;
+            let template = guarded(|| parser().parse(source))
+                .ok_or_else(|| TemplateError::Syntax {
+                    message: "the Liquid parser cannot read this template".to_owned(),
+                    line: 1,
+                    column: 1,
+                })?
+                .map_err(|e| syntax_error(&e.to_string()))?;
             Some(Arc::new(template))
         } else {
             None
@@ -124,7 +130,9 @@ impl Template {
         for path in self.defaulted.iter() {
             insert_nil(&mut globals, path);
         }
-        compiled.render(&globals).map_err(|e| TemplateError::Render(clean(&e.to_string())))
+        guarded(|| compiled.render(&globals))
+            .ok_or_else(|| TemplateError::Render("the Liquid renderer failed on this template".to_owned()))?
+            .map_err(|e| TemplateError::Render(clean(&e.to_string())))
     }
 
     /// Renders with the top-level keys of a JSON object as the variables.
@@ -230,6 +238,31 @@ pub fn output_variables(source: &str) -> (Vec<OutputVariable>, Vec<String>) {
         }
     }
     (variables, locals)
+}
+
+thread_local! {
+    /// Set while Liquid runs on this thread: a panic then is Liquid's, caught and reported as
+    /// an error, and not printed.
+    static IN_LIQUID: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs Liquid, turning a panic inside it into `None`. The liquid crates assert internal
+/// invariants that some inputs break (fuzzing found two); a bad template must be an error,
+/// never a crash of `validate` or of the server's owner thread.
+fn guarded<T>(work: impl FnOnce() -> T) -> Option<T> {
+    static HOOK: OnceLock<()> = OnceLock::new();
+    HOOK.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_LIQUID.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    IN_LIQUID.with(|flag| flag.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    IN_LIQUID.with(|flag| flag.set(false));
+    result.ok()
 }
 
 /// Where a run of digits inside `{{ … }}` or `{% … %}` (outside quotes, not part of a name)
@@ -503,6 +536,17 @@ mod tests {
             Template::compile("{{ 'x99999999999999999999' }}{{ v99999999999999999999 }}").is_ok(),
             "quoted or a name"
         );
+    }
+
+    #[test]
+    fn a_panic_inside_liquid_is_an_error() {
+        // Found by the `template` fuzz target: liquid-core asserts "`LiquidParser::parse`
+        // should fail in InvalidLiquidTokens" on this input.
+        let crash = include_bytes!("../../../fuzz/regressions/template-invalid-tokens.liquid");
+        let crash = String::from_utf8_lossy(crash);
+        assert!(guarded(|| parser().parse(&crash)).is_none(), "the input does make Liquid panic");
+        assert!(matches!(Template::compile(&crash), Err(TemplateError::Syntax { .. })));
+        assert!(Template::compile("still {{ 'works' }}").is_ok(), "the next template is unaffected");
     }
 
     #[test]
