@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::Event;
-use flowmark_core::expr::{Condition, EVENTS_ROOT, Scope, event_count_key};
+use flowmark_core::expr::{Condition, EVENTS_ROOT, Evaluation, Scope, event_count_key};
 use flowmark_core::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -64,6 +64,25 @@ struct Segment {
     condition: Condition,
     /// `(event name, window as written, window)`.
     counts: Vec<(String, String, Duration)>,
+}
+
+impl Segment {
+    /// Evaluates the condition for a contact, with the event counts it reads looked up by
+    /// `count(event, since)`.
+    fn eval<E>(
+        &self,
+        subject: &Value,
+        now: Timestamp,
+        count: &mut impl FnMut(&str, Timestamp) -> Result<u64, E>,
+    ) -> Result<Evaluation, E> {
+        let mut counts = serde_json::Map::new();
+        for (event, window, duration) in &self.counts {
+            let since = Timestamp(now.ms().saturating_sub(duration.ms() as i64));
+            counts.insert(event_count_key(event, window), json!(count(event, since)?));
+        }
+        let counts = Value::Object(counts);
+        Ok(self.condition.eval(&Scope::new().with("contact", subject).with(EVENTS_ROOT, &counts)))
+    }
 }
 
 /// Which segments a change concerns.
@@ -182,14 +201,7 @@ impl Segments {
             if !concerned {
                 continue;
             }
-            let mut counts = serde_json::Map::new();
-            for (event, window, duration) in &segment.counts {
-                let since = Timestamp(now.ms().saturating_sub(duration.ms() as i64));
-                counts.insert(event_count_key(event, window), json!(count(event, since)?));
-            }
-            let counts = Value::Object(counts);
-            let scope = Scope::new().with("contact", subject).with(EVENTS_ROOT, &counts);
-            let Ok(is_member) = segment.condition.eval(&scope).result else { continue };
+            let Ok(is_member) = segment.eval(subject, now, &mut count)?.result else { continue };
             let was_member = after.contains(&segment.name);
             if is_member && !was_member {
                 after.push(segment.name.clone());
@@ -218,13 +230,7 @@ impl Segments {
     ) -> Result<Vec<Value>, E> {
         let mut out = Vec::new();
         for segment in &self.segments {
-            let mut counts = serde_json::Map::new();
-            for (event, window, duration) in &segment.counts {
-                let since = Timestamp(now.ms().saturating_sub(duration.ms() as i64));
-                counts.insert(event_count_key(event, window), json!(count(event, since)?));
-            }
-            let counts = Value::Object(counts);
-            let evaluation = segment.condition.eval(&Scope::new().with("contact", subject).with(EVENTS_ROOT, &counts));
+            let evaluation = segment.eval(subject, now, &mut count)?;
             let inputs: BTreeMap<String, Value> = evaluation.inputs;
             out.push(json!({
                 "segment": segment.name,

@@ -876,81 +876,74 @@ async fn import_contacts(State(app): State<App>, headers: HeaderMap, body: Bytes
     }
 }
 
-async fn score_models(State(app): State<App>, headers: HeaderMap) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+type Eng = flowmark_runtime::Engine<flowmark_store::SqliteStore>;
+/// How a workspace document (score models, segments) is replaced: checked whole, then stored.
+type SetDocument<T> = fn(&mut Eng, T, Timestamp) -> Result<Result<(), Vec<String>>, flowmark_runtime::Error>;
+
+/// A workspace document as written, or `empty` when none was ever set.
+async fn get_document<T: serde::Serialize + Send + 'static>(
+    app: &App,
+    headers: &HeaderMap,
+    read: fn(&Eng) -> Option<T>,
+    empty: Value,
+) -> Response {
+    if let Err(response) = authorize(app, bearer(headers), Scope::Admin).await {
         return response;
     }
-    match query(&app.owner, |engine, _| engine.score_models().cloned()).await {
-        Ok(Some(models)) => axum::Json(models).into_response(),
-        Ok(None) => axum::Json(json!({ "models": [] })).into_response(),
+    match query(&app.owner, move |engine, _| read(engine)).await {
+        Ok(Some(document)) => axum::Json(document).into_response(),
+        Ok(None) => axum::Json(empty).into_response(),
         Err(response) => response,
     }
+}
+
+/// Replaces a workspace document: `400` when the body is not one (`what`), `422` listing every
+/// problem when any part is wrong — nothing changes then.
+async fn put_document<T: serde::de::DeserializeOwned + Send + 'static>(
+    app: &App,
+    headers: &HeaderMap,
+    body: &[u8],
+    what: &'static str,
+    set: SetDocument<T>,
+) -> Response {
+    if let Err(response) = authorize(app, bearer(headers), Scope::Admin).await {
+        return response;
+    }
+    let title = format!("Invalid {what}");
+    let source: T = match serde_json::from_slice(body) {
+        Ok(source) => source,
+        Err(error) => return problem(StatusCode::BAD_REQUEST, &title, format!("the body is not {what}: {error}")),
+    };
+    match query(&app.owner, move |engine, now| set(engine, source, now).map_err(|e| e.to_string())).await {
+        Ok(Ok(Ok(()))) => (StatusCode::OK, axum::Json(json!({ "updated": true }))).into_response(),
+        Ok(Ok(Err(errors))) => problem_with(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &title,
+            format!("{} problem(s)", errors.len()),
+            json!({ "errors": errors }),
+        ),
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}
+
+async fn score_models(State(app): State<App>, headers: HeaderMap) -> Response {
+    get_document(&app, &headers, |engine| engine.score_models().cloned(), json!({ "models": [] })).await
 }
 
 /// Replaces the workspace's score models: `{"models": [{"name", "half_life", "rules":
-/// [{"event", "where", "add"}], "thresholds": [{"at", "event"}]}]}`; refused whole (422, every
-/// problem listed) when any part is wrong.
+/// [{"event", "where", "add"}], "thresholds": [{"at", "event"}]}]}`.
 async fn put_score_models(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
-    let source: flowmark_runtime::scoring::ModelsSource = match serde_json::from_slice(&body) {
-        Ok(source) => source,
-        Err(error) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "Invalid score models",
-                format!("the body is not score models: {error}"),
-            );
-        }
-    };
-    match query(&app.owner, move |engine, now| engine.set_score_models(source, now).map_err(|e| e.to_string())).await {
-        Ok(Ok(Ok(()))) => (StatusCode::OK, axum::Json(json!({ "updated": true }))).into_response(),
-        Ok(Ok(Err(errors))) => problem_with(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid score models",
-            format!("{} problem(s)", errors.len()),
-            json!({ "errors": errors }),
-        ),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
-    }
+    put_document(&app, &headers, &body, "score models", Eng::set_score_models).await
 }
 
 async fn segments(State(app): State<App>, headers: HeaderMap) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
-    match query(&app.owner, |engine, _| engine.segments().cloned()).await {
-        Ok(Some(segments)) => axum::Json(segments).into_response(),
-        Ok(None) => axum::Json(json!({ "segments": [] })).into_response(),
-        Err(response) => response,
-    }
+    get_document(&app, &headers, |engine| engine.segments().cloned(), json!({ "segments": [] })).await
 }
 
-/// Replaces the workspace's segments: `{"segments": [{"name", "description", "where"}]}`;
-/// refused whole (422, every problem listed) when any part is wrong.
+/// Replaces the workspace's segments: `{"segments": [{"name", "description", "where"}]}`.
 async fn put_segments(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
-    let source: flowmark_runtime::segments::SegmentsSource = match serde_json::from_slice(&body) {
-        Ok(source) => source,
-        Err(error) => {
-            return problem(StatusCode::BAD_REQUEST, "Invalid segments", format!("the body is not segments: {error}"));
-        }
-    };
-    match query(&app.owner, move |engine, now| engine.set_segments(source, now).map_err(|e| e.to_string())).await {
-        Ok(Ok(Ok(()))) => (StatusCode::OK, axum::Json(json!({ "updated": true }))).into_response(),
-        Ok(Ok(Err(errors))) => problem_with(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid segments",
-            format!("{} problem(s)", errors.len()),
-            json!({ "errors": errors }),
-        ),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
-    }
+    put_document(&app, &headers, &body, "segments", Eng::set_segments).await
 }
 
 /// A contact's segments: whether it is a member of each, and what each condition says now

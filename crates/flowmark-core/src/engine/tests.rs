@@ -28,6 +28,11 @@ fn event(name: &str, at: i64, properties: Value) -> Event {
 /// 2026-11-24T12:00:00Z: midday, outside quiet hours in UTC.
 const NOON: i64 = 1_795_953_600_000;
 
+/// A new run of `wf` for subject `c`, started at `NOON` with `facts`.
+fn start_at_noon(wf: &Workflow, facts: &Facts<'_>) -> Transition {
+    handle(wf, Run::new(RunId(1), wf, 1, "c", Timestamp(NOON)), &Input::Start { event: None }, facts, Timestamp(NOON))
+}
+
 #[test]
 fn nurture_sends_waits_and_routes_by_score() {
     let wf = nurture();
@@ -103,13 +108,7 @@ fn a_wait_times_out_onto_its_timeout_path() {
 fn a_goal_event_ends_the_run_from_any_step() {
     let wf = nurture();
     let facts = Facts::empty();
-    let t = handle(
-        &wf,
-        Run::new(RunId(1), &wf, 1, "c", Timestamp(NOON)),
-        &Input::Start { event: None },
-        &facts,
-        Timestamp(NOON),
-    );
+    let t = start_at_noon(&wf, &facts);
     let t = handle(
         &wf,
         t.run,
@@ -160,13 +159,7 @@ fn no_consent_or_a_suppression_skips_the_message_and_says_why() {
         (json!({ "unsubscribed": true, "suppressed_reason": "bounced" }), "suppressed: the contact is bounced"),
     ] {
         let facts = Facts { subject: &subject, ..Facts::empty() };
-        let t = handle(
-            &wf,
-            Run::new(RunId(1), &wf, 1, "c", Timestamp(NOON)),
-            &Input::Start { event: None },
-            &facts,
-            Timestamp(NOON),
-        );
+        let t = start_at_noon(&wf, &facts);
         assert!(t.effects.is_empty(), "{subject}");
         let refused = t.history.iter().find_map(|h| match &h.kind {
             HistoryKind::NotPermitted { reason, .. } => Some(reason.as_str()),
@@ -176,13 +169,7 @@ fn no_consent_or_a_suppression_skips_the_message_and_says_why() {
     }
     let consenting = json!({ "consent": { "email": true, "sms": false } });
     let facts = Facts { subject: &consenting, ..Facts::empty() };
-    let t = handle(
-        &wf,
-        Run::new(RunId(1), &wf, 1, "c", Timestamp(NOON)),
-        &Input::Start { event: None },
-        &facts,
-        Timestamp(NOON),
-    );
+    let t = start_at_noon(&wf, &facts);
     assert_eq!(t.effects.len(), 1, "consent for email; sms does not matter here");
 }
 
@@ -204,8 +191,7 @@ steps:
     let sent =
         [Sent { channel: email, at: Timestamp(NOON - 3 * DAY) }, Sent { channel: email, at: Timestamp(NOON - DAY) }];
     let facts = Facts { sent: &sent, ..Facts::empty() };
-    let run = Run::new(RunId(1), &wf, 1, "c", Timestamp(NOON));
-    let t = handle(&wf, run, &Input::Start { event: None }, &facts, Timestamp(NOON));
+    let t = start_at_noon(&wf, &facts);
     assert!(t.effects.is_empty(), "held, not sent");
     let until = Timestamp(NOON + 4 * DAY);
     assert!(t.history.iter().any(|h| h.kind == HistoryKind::CapHeld { channel: email, sent_count: 2, max: 2, until }));
@@ -223,13 +209,7 @@ fn a_frequency_cap_skips_the_message_and_says_so() {
     let wf = nurture();
     let sent = [Sent { channel: crate::model::Channel::Email, at: Timestamp(NOON - 1000) }; 3];
     let facts = Facts { sent: &sent, ..Facts::empty() };
-    let t = handle(
-        &wf,
-        Run::new(RunId(1), &wf, 1, "c", Timestamp(NOON)),
-        &Input::Start { event: None },
-        &facts,
-        Timestamp(NOON),
-    );
+    let t = start_at_noon(&wf, &facts);
     assert!(t.effects.is_empty());
     assert!(t.history.iter().any(|h| matches!(h.kind, HistoryKind::Capped { sent_count: 3, max: 3, .. })));
 }
@@ -241,13 +221,7 @@ fn an_event_just_before_the_wait_still_satisfies_it() {
     );
     let recent = [event("Opened", NOON - 1000, json!({}))];
     let facts = Facts { recent_events: &recent, ..Facts::empty() };
-    let t = handle(
-        &wf,
-        Run::new(RunId(1), &wf, 1, "c", Timestamp(NOON)),
-        &Input::Start { event: None },
-        &facts,
-        Timestamp(NOON),
-    );
+    let t = start_at_noon(&wf, &facts);
     assert_eq!(t.run.status, RunStatus::Exited);
     assert!(t.history.iter().any(|h| matches!(&h.kind, HistoryKind::RunEnded { reason: Some(r), .. } if r == "won")));
 }

@@ -135,12 +135,30 @@ impl<S: Store> Engine<S> {
         // Which workflows may start is read once per batch.
         let active = self.active_workflows()?;
         let results = self.apply_incoming(&mut unit, incoming, &active, now)?;
-        self.follow_ups(&mut unit.transitions, now)?;
-        self.store.write(&unit.batch(), now)?;
-        self.stats.events_ingested += unit.accepted.len() as u64;
+        self.commit_unit(&mut unit, Vec::new(), &[], now)?;
         self.stats.runs_started += results.iter().map(|r| r.runs_started.len() as u64).sum::<u64>();
-        self.stats.transitions_committed += unit.transitions.len() as u64;
         Ok(results)
+    }
+
+    /// Ends a unit of work: applies the events it caused itself (`caused`: thresholds, segment
+    /// edges, already marked as its own), the follow-ups of the runs that ended, and writes
+    /// everything, with `attempts`, in one commit.
+    pub(super) fn commit_unit(
+        &mut self,
+        unit: &mut Unit,
+        caused: Vec<Incoming>,
+        attempts: &[(&str, &flowmark_store::Attempt)],
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        if !caused.is_empty() {
+            let active = self.active_workflows()?;
+            self.apply_incoming(unit, caused, &active, now)?;
+        }
+        self.follow_ups(&mut unit.transitions, now)?;
+        self.store.write(&Batch { attempts: attempts.to_vec(), ..unit.batch() }, now)?;
+        self.stats.events_ingested += unit.accepted.len() as u64;
+        self.stats.transitions_committed += unit.transitions.len() as u64;
+        Ok(())
     }
 
     /// A subject's data as this unit has it, loaded from the store the first time.
@@ -338,6 +356,12 @@ impl<S: Store> Engine<S> {
         cause: &str,
         now: Timestamp,
     ) -> Result<Vec<Incoming>, Error> {
+        // Most events concern no segment: nothing to load or evaluate.
+        if let Change::Event(name) = change
+            && !self.segments.counts_event(name)
+        {
+            return Ok(Vec::new());
+        }
         let (data, _) = self.subject_in(unit, subject_id)?;
         let mut current = data.clone();
         self.scoring.decay_scores(&mut current, now);
@@ -402,18 +426,12 @@ impl<S: Store> Engine<S> {
             *zone = Some(timezone.to_owned());
         }
         unit.contact_changes.push((id.to_owned(), traits.clone(), timezone.map(str::to_owned)));
-        if !self.segments.is_empty() {
-            let edges = self.segment_edges(&mut unit, id, Change::Contact, &format!("contact-{}", now.ms()), now)?;
-            if !edges.is_empty() {
-                let active = self.active_workflows()?;
-                self.apply_incoming(&mut unit, edges, &active, now)?;
-                self.follow_ups(&mut unit.transitions, now)?;
-            }
-        }
-        self.store.write(&unit.batch(), now)?;
-        self.stats.events_ingested += unit.accepted.len() as u64;
-        self.stats.transitions_committed += unit.transitions.len() as u64;
-        Ok(())
+        let edges = if self.segments.is_empty() {
+            Vec::new()
+        } else {
+            self.segment_edges(&mut unit, id, Change::Contact, &format!("contact-{}", now.ms()), now)?
+        };
+        self.commit_unit(&mut unit, edges, &[], now)
     }
 
     /// The workspace's segments, as written.
@@ -424,15 +442,10 @@ impl<S: Store> Engine<S> {
     /// Replaces the workspace's segments, after checking them (every problem is returned).
     /// Events from now on move membership; a sweep over every contact starts at once.
     pub fn set_segments(&mut self, source: SegmentsSource, now: Timestamp) -> Result<Result<(), Vec<String>>, Error> {
-        let text = serde_json::to_string(&source).map_err(|e| flowmark_store::Error::Corrupt(e.to_string()))?;
-        let compiled = match segments::Segments::compile(source) {
-            Ok(compiled) => compiled,
-            Err(errors) => return Ok(Err(errors)),
-        };
-        self.store.write(&Batch { settings: vec![(SEGMENTS_SETTING, text.as_str())], ..Batch::default() }, now)?;
-        self.segments = compiled;
-        self.sweep = Sweep { cursor: None, next_at: now };
-        Ok(Ok(()))
+        Ok(self.store_document(SEGMENTS_SETTING, source, segments::Segments::compile, now)?.map(|compiled| {
+            self.segments = compiled;
+            self.sweep = Sweep { cursor: None, next_at: now };
+        }))
     }
 
     /// Re-evaluates every segment for the next `limit` contacts of the current pass, when a
@@ -456,14 +469,7 @@ impl<S: Store> Engine<S> {
         for id in &ids {
             edges.extend(self.segment_edges(&mut unit, id, Change::Contact, &cause, now)?);
         }
-        if !edges.is_empty() {
-            let active = self.active_workflows()?;
-            self.apply_incoming(&mut unit, edges, &active, now)?;
-            self.follow_ups(&mut unit.transitions, now)?;
-        }
-        self.store.write(&unit.batch(), now)?;
-        self.stats.events_ingested += unit.accepted.len() as u64;
-        self.stats.transitions_committed += unit.transitions.len() as u64;
+        self.commit_unit(&mut unit, edges, &[], now)?;
         self.sweep = if ids.len() < limit {
             Sweep { cursor: None, next_at: Timestamp(now.ms() + SEGMENT_SWEEP_EVERY_MS) }
         } else {

@@ -31,7 +31,7 @@ use serde_json::Value;
 
 use crate::connector::{Connector, Connectors, Job, Outcome};
 use crate::retry;
-use crate::segments::{Change, Segments, SegmentsSource};
+use crate::segments::{Change, Segments};
 
 mod ingest;
 
@@ -180,24 +180,8 @@ const CAP_WINDOW_MS_MAX: u64 = 90 * 24 * 60 * 60 * 1000;
 impl<S: Store> Engine<S> {
     pub fn new(store: S, env: Value) -> Result<Engine<S>, Error> {
         let next_run_id = store.next_run_id()?.0;
-        let scoring = match store.setting(SCORE_MODELS_SETTING)? {
-            None => Models::default(),
-            Some(text) => serde_json::from_str::<ModelsSource>(&text)
-                .map_err(|e| vec![e.to_string()])
-                .and_then(Models::compile)
-                .map_err(|errors| {
-                    flowmark_store::Error::Corrupt(format!("the stored score models: {}", errors.join("; ")))
-                })?,
-        };
-        let segments = match store.setting(SEGMENTS_SETTING)? {
-            None => Segments::default(),
-            Some(text) => serde_json::from_str::<SegmentsSource>(&text)
-                .map_err(|e| vec![e.to_string()])
-                .and_then(Segments::compile)
-                .map_err(|errors| {
-                    flowmark_store::Error::Corrupt(format!("the stored segments: {}", errors.join("; ")))
-                })?,
-        };
+        let scoring = load_document(&store, SCORE_MODELS_SETTING, Models::compile)?;
+        let segments = load_document(&store, SEGMENTS_SETTING, Segments::compile)?;
         Ok(Engine {
             store,
             stats: Stats::default(),
@@ -223,14 +207,25 @@ impl<S: Store> Engine<S> {
     /// Replaces the workspace's score models, after checking them (every problem is
     /// returned). They apply to events ingested from now on.
     pub fn set_score_models(&mut self, source: ModelsSource, now: Timestamp) -> Result<Result<(), Vec<String>>, Error> {
+        Ok(self.store_document(SCORE_MODELS_SETTING, source, Models::compile, now)?.map(|models| self.scoring = models))
+    }
+
+    /// Checks a workspace document with `compile` and, when it has no problem, stores it as
+    /// setting `key`; returns it compiled, or every problem (then nothing is stored).
+    fn store_document<Src: serde::Serialize, T>(
+        &mut self,
+        key: &str,
+        source: Src,
+        compile: fn(Src) -> Result<T, Vec<String>>,
+        now: Timestamp,
+    ) -> Result<Result<T, Vec<String>>, Error> {
         let text = serde_json::to_string(&source).map_err(|e| flowmark_store::Error::Corrupt(e.to_string()))?;
-        let models = match Models::compile(source) {
-            Ok(models) => models,
+        let compiled = match compile(source) {
+            Ok(compiled) => compiled,
             Err(errors) => return Ok(Err(errors)),
         };
-        self.store.write(&Batch { settings: vec![(SCORE_MODELS_SETTING, text.as_str())], ..Batch::default() }, now)?;
-        self.scoring = models;
-        Ok(Ok(()))
+        self.store.write(&Batch { settings: vec![(key, text.as_str())], ..Batch::default() }, now)?;
+        Ok(Ok(compiled))
     }
 
     pub fn stats(&self) -> &Stats {
@@ -586,18 +581,9 @@ impl<S: Store> Engine<S> {
                 caused.extend(self.segment_edges(&mut unit, &subject_id, Change::Contact, &key, now)?);
             }
         }
-        if !caused.is_empty() {
-            let active = self.active_workflows()?;
-            self.apply_incoming(&mut unit, caused, &active, now)?;
-        }
-        self.follow_ups(&mut unit.transitions, now)?;
-        let batch = Batch {
-            attempts: attempts.iter().map(|(key, attempt, _)| (key.as_str(), attempt)).collect(),
-            ..unit.batch()
-        };
-        self.store.write(&batch, now)?;
-        self.stats.events_ingested += unit.accepted.len() as u64;
-        self.stats.transitions_committed += unit.transitions.len() as u64;
+        let recorded: Vec<(&str, &Attempt)> =
+            attempts.iter().map(|(key, attempt, _)| (key.as_str(), attempt)).collect();
+        self.commit_unit(&mut unit, caused, &recorded, now)?;
         for (key, attempt, number) in &attempts {
             match attempt {
                 Attempt::Done { .. } => {
@@ -1015,6 +1001,18 @@ impl<S: Store> Engine<S> {
 
 /// Applies a subject update to `subject`; returns the traits to merge into the stored contact
 /// (the fields it set).
+/// A workspace document stored as setting `key` (JSON), compiled; the default when none was
+/// ever stored. One that no longer compiles is a corrupt store: it was checked when written.
+fn load_document<S: Store, Src: serde::de::DeserializeOwned, T: Default>(
+    store: &S,
+    key: &str,
+    compile: fn(Src) -> Result<T, Vec<String>>,
+) -> Result<T, Error> {
+    let Some(text) = store.setting(key)? else { return Ok(T::default()) };
+    let compiled = serde_json::from_str::<Src>(&text).map_err(|e| vec![e.to_string()]).and_then(compile);
+    Ok(compiled.map_err(|errors| flowmark_store::Error::Corrupt(format!("the stored {key}: {}", errors.join("; "))))?)
+}
+
 fn apply_update_effect(subject: &mut Value, effect: &Value) -> Value {
     let empty = serde_json::Map::new();
     let set = effect.get("set").and_then(Value::as_object).unwrap_or(&empty);
