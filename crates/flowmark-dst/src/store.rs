@@ -13,8 +13,8 @@ use std::rc::Rc;
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{Event, Run, RunId, Sent};
 use flowmark_store::{
-    Attempt, Batch, Contact, DueTimer, Error, OutboxEntry, RunFilter, Schedule, ScoreRecord, Store, Token,
-    WorkflowStatus, WorkflowSummary,
+    Attempt, Batch, Comment, Contact, DueTimer, Error, Notification, OutboxEntry, RunFilter, Schedule, ScoreRecord,
+    Session, Store, Token, WorkItem, WorkKind, WorkflowStatus, WorkflowSummary,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::Rng;
@@ -178,6 +178,58 @@ impl<S: Store> Store for FaultyStore<S> {
 
     fn contact(&self, id: &str) -> Result<Option<Contact>, Error> {
         self.inner.contact(id)
+    }
+
+    fn work_item(&self, id: &str) -> Result<Option<WorkItem>, Error> {
+        self.inner.work_item(id)
+    }
+
+    fn work_of_person(&self, person: &str, kind: Option<WorkKind>, limit: usize) -> Result<Vec<WorkItem>, Error> {
+        self.inner.work_of_person(person, kind, limit)
+    }
+
+    fn work_of_subject(&self, subject_id: &str, limit: usize) -> Result<Vec<WorkItem>, Error> {
+        self.inner.work_of_subject(subject_id, limit)
+    }
+
+    fn open_work_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<WorkItem>, Error> {
+        self.inner.open_work_after(after, limit)
+    }
+
+    fn comments(&self, subject_id: &str, limit: usize) -> Result<Vec<Comment>, Error> {
+        self.inner.comments(subject_id, limit)
+    }
+
+    fn notifications(&self, person: &str, limit: usize) -> Result<Vec<Notification>, Error> {
+        self.inner.notifications(person, limit)
+    }
+
+    fn undigested(&self, limit: usize) -> Result<Vec<Notification>, Error> {
+        self.inner.undigested(limit)
+    }
+
+    fn scheduled_items(&self, from: &str, limit: usize) -> Result<Vec<(String, Value)>, Error> {
+        self.inner.scheduled_items(from, limit)
+    }
+
+    fn put_account(&mut self, email: &str, password_hash: &str, now: Timestamp) -> Result<(), Error> {
+        self.inner.put_account(email, password_hash, now)
+    }
+
+    fn account(&self, email: &str) -> Result<Option<String>, Error> {
+        self.inner.account(email)
+    }
+
+    fn put_session(&mut self, hash: &str, session: &Session, now: Timestamp) -> Result<(), Error> {
+        self.inner.put_session(hash, session, now)
+    }
+
+    fn session(&self, hash: &str, now: Timestamp) -> Result<Option<Session>, Error> {
+        self.inner.session(hash, now)
+    }
+
+    fn end_session(&mut self, hash: &str) -> Result<(), Error> {
+        self.inner.end_session(hash)
     }
 
     fn contact_ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {

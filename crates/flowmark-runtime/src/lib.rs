@@ -7,7 +7,10 @@
 //!   resulting transition in one batch;
 //! - **fires timers** that are due, read from the store's index by due time;
 //! - **dispatches** effects from the outbox through [`Connector`]s, with retries on a
-//!   documented schedule ([`retry`]), and feeds each outcome back to its run.
+//!   documented schedule ([`retry`]), and feeds each outcome back to its run;
+//! - keeps **people's work**: inboxes projected from run states ([`work`]), the
+//!   [`directory`] of people, teams and roles, actions on work items, comments, and
+//!   notifications with per-person channels and digests.
 //!
 //! Time comes from the caller (`now`): a system clock in the server, a virtual one in tests
 //! and simulations. The engine is the single writer of its store; partitioning subjects
@@ -17,7 +20,9 @@
 //! history, timers and effects in one store transaction, before anything is dispatched.
 
 mod connector;
+pub mod directory;
 mod engine;
+pub mod ical;
 pub mod import;
 pub mod retry;
 pub mod scoring;
@@ -27,6 +32,7 @@ pub mod tracking;
 pub mod unsubscribe;
 pub mod webhook;
 pub mod why;
+pub mod work;
 
 pub use connector::{Connector, Connectors, Job, Limits, LogConnector, Outcome, RecordingConnector};
 pub use engine::{
@@ -34,3 +40,4 @@ pub use engine::{
     SCHEDULED_EVENT, SEGMENT_SWEEP_EVERY_MS, SEGMENT_SWEEP_PAGE_COUNT, SEGMENTS_SETTING, SUPPRESSED_REASON_TRAIT,
     Stats, UNSUBSCRIBED_TRAIT,
 };
+pub use engine::{CHAT_EFFECT, DELIVERY_EFFECT, WorkAction, WorkRefusal, mentions, url_part};

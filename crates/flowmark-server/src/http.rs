@@ -43,9 +43,9 @@ pub struct Config {
 }
 
 #[derive(Clone)]
-struct App {
-    owner: Owner,
-    config: Arc<Config>,
+pub(crate) struct App {
+    pub(crate) owner: Owner,
+    pub(crate) config: Arc<Config>,
 }
 
 pub fn router(owner: Owner, config: Config) -> Router {
@@ -76,6 +76,7 @@ pub fn router(owner: Owner, config: Config) -> Router {
         .route("/hooks/{source}", post(inbound_webhook))
         .route("/t/c/{token}", get(track_click))
         .route("/t/o/{token}", get(track_open))
+        .merge(crate::people::routes())
         // Bodies past the largest limit are cut off by the framework (413); below it, each
         // endpoint checks its own limit and says which one was crossed (400).
         .layer(DefaultBodyLimit::max(REQUEST_SIZE_BYTES_MAX))
@@ -100,11 +101,11 @@ async fn log_request(request: axum::extract::Request, next: axum::middleware::Ne
     response
 }
 
-fn problem(status: StatusCode, title: &str, detail: impl Into<String>) -> Response {
+pub(crate) fn problem(status: StatusCode, title: &str, detail: impl Into<String>) -> Response {
     problem_with(status, title, detail, Value::Null)
 }
 
-fn problem_with(status: StatusCode, title: &str, detail: impl Into<String>, extra: Value) -> Response {
+pub(crate) fn problem_with(status: StatusCode, title: &str, detail: impl Into<String>, extra: Value) -> Response {
     let mut body = json!({
         "type": format!("https://flowmark.dev/problems/{}", title.to_lowercase().replace(' ', "-")),
         "title": title,
@@ -131,7 +132,7 @@ fn write_key(headers: &HeaderMap, body: &Value) -> Option<String> {
     from_header.or_else(|| body.get("writeKey").and_then(Value::as_str).map(str::to_owned))
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -141,7 +142,7 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 
 /// Checks a presented key or token for a scope: the keys given on the command line first,
 /// then the tokens stored (by hash). `401` when unknown, `403` when it lacks the scope.
-async fn authorize(app: &App, presented: Option<String>, scope: Scope) -> Result<(), Response> {
+pub(crate) async fn authorize(app: &App, presented: Option<String>, scope: Scope) -> Result<(), Response> {
     let Some(presented) = presented else {
         let how = match scope {
             Scope::Ingest => "send the write key as the HTTP Basic user (empty password) or as `writeKey` in the body",
@@ -423,7 +424,7 @@ async fn run(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>)
 }
 
 /// Runs `work` on the owner thread with the engine and the time, and awaits its answer.
-async fn query<T: Send + 'static>(
+pub(crate) async fn query<T: Send + 'static>(
     owner: &Owner,
     work: impl FnOnce(&mut flowmark_runtime::Engine<flowmark_store::SqliteStore>, Timestamp) -> T + Send + 'static,
 ) -> Result<T, Response> {
@@ -448,7 +449,7 @@ async fn openapi() -> Response {
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Every route `router` serves, as (method, path in OpenAPI's template syntax).
-pub const ROUTES: [(&str, &str); 30] = [
+pub const ROUTES: [(&str, &str); 42] = [
     ("get", "/healthz"),
     ("post", "/v1/{kind}"),
     ("post", "/api/workflows"),
@@ -479,13 +480,25 @@ pub const ROUTES: [(&str, &str); 30] = [
     ("post", "/hooks/{source}"),
     ("get", "/t/c/{token}"),
     ("get", "/t/o/{token}"),
+    ("get", "/api/directory"),
+    ("put", "/api/directory"),
+    ("get", "/api/people/{email}/work"),
+    ("get", "/api/people/{email}/notifications"),
+    ("get", "/api/people/{email}/calendar"),
+    ("get", "/api/work/{id}"),
+    ("post", "/api/work/{id}/{action}"),
+    ("get", "/api/items/{id}/work"),
+    ("get", "/api/items/{id}/comments"),
+    ("post", "/api/items/{id}/comments"),
+    ("get", "/cal/people/{email}/{token}"),
+    ("get", "/cal/workspace/{token}"),
 ];
 
 fn invalid_run_id(id: &str) -> Response {
     problem(StatusCode::BAD_REQUEST, "Invalid run id", format!("`{id}` is not a run id (a positive integer)"))
 }
 
-fn internal(error: impl std::fmt::Display) -> Response {
+pub(crate) fn internal(error: impl std::fmt::Display) -> Response {
     problem(StatusCode::INTERNAL_SERVER_ERROR, "Store failed", error.to_string())
 }
 
@@ -536,7 +549,7 @@ pub(crate) fn status_name(status: WorkflowStatus) -> &'static str {
 }
 
 /// `query`, for work that reads or writes the store: a store error becomes a 500.
-async fn query_owner<T: Send + 'static>(
+pub(crate) async fn query_owner<T: Send + 'static>(
     app: &App,
     work: impl FnOnce(
         &mut flowmark_runtime::Engine<flowmark_store::SqliteStore>,
@@ -876,12 +889,12 @@ async fn import_contacts(State(app): State<App>, headers: HeaderMap, body: Bytes
     }
 }
 
-type Eng = flowmark_runtime::Engine<flowmark_store::SqliteStore>;
+pub(crate) type Eng = flowmark_runtime::Engine<flowmark_store::SqliteStore>;
 /// How a workspace document (score models, segments) is replaced: checked whole, then stored.
-type SetDocument<T> = fn(&mut Eng, T, Timestamp) -> Result<Result<(), Vec<String>>, flowmark_runtime::Error>;
+pub(crate) type SetDocument<T> = fn(&mut Eng, T, Timestamp) -> Result<Result<(), Vec<String>>, flowmark_runtime::Error>;
 
 /// A workspace document as written, or `empty` when none was ever set.
-async fn get_document<T: serde::Serialize + Send + 'static>(
+pub(crate) async fn get_document<T: serde::Serialize + Send + 'static>(
     app: &App,
     headers: &HeaderMap,
     read: fn(&Eng) -> Option<T>,
@@ -899,7 +912,7 @@ async fn get_document<T: serde::Serialize + Send + 'static>(
 
 /// Replaces a workspace document: `400` when the body is not one (`what`), `422` listing every
 /// problem when any part is wrong — nothing changes then.
-async fn put_document<T: serde::de::DeserializeOwned + Send + 'static>(
+pub(crate) async fn put_document<T: serde::de::DeserializeOwned + Send + 'static>(
     app: &App,
     headers: &HeaderMap,
     body: &[u8],
@@ -1075,7 +1088,7 @@ async fn deliver(app: &App, id: &str, input: flowmark_core::engine::Input) -> Re
 }
 
 /// The body as a JSON object, or the title and detail of the `400` that says why not.
-fn json_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, (&'static str, String)> {
+pub(crate) fn json_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, (&'static str, String)> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(fields)) => Ok(fields),
         Ok(_) => Err(("Invalid input", "the body must be a JSON object".to_owned())),
@@ -1232,6 +1245,8 @@ mod tests {
                     "/hooks/{source}",
                     "/t/c/{token}",
                     "/t/o/{token}",
+                    "/cal/people/{email}/{token}",
+                    "/cal/workspace/{token}",
                 ]
                 .contains(&path.as_str());
                 assert_eq!(operation["security"].as_array().unwrap().is_empty(), public, "{method} {path}");

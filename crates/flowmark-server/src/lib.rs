@@ -12,6 +12,7 @@ pub mod auth;
 mod http;
 mod metrics;
 pub mod owner;
+mod people;
 pub mod segment;
 
 pub use http::{Config, OPENAPI, ROUTES, router};

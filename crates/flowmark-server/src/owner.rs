@@ -34,6 +34,8 @@ const SCHEDULES_PER_TICK_MAX: usize = 4;
 pub const GROUP_EVENTS_MAX: usize = 10_000;
 /// Timers and the outbox are looked at no more often than this while commands keep coming.
 const HOUSEKEEPING_EVERY: StdDuration = StdDuration::from_millis(20);
+/// How often held notifications are checked for digests whose hour has come.
+const DIGESTS_EVERY: StdDuration = StdDuration::from_secs(60);
 
 /// Work run on the owner thread with the engine and the time.
 pub type Work = Box<dyn FnOnce(&mut Engine<SqliteStore>, Timestamp) + Send>;
@@ -66,6 +68,7 @@ impl Owner {
             .name("flowmark-owner".to_owned())
             .spawn(move || {
                 let mut last_housekeeping = std::time::Instant::now();
+                let mut last_digests: Option<std::time::Instant> = None;
                 let mut busy = false;
                 loop {
                     let wait = if busy { StdDuration::ZERO } else { TICK };
@@ -82,6 +85,12 @@ impl Owner {
                     let now = now();
                     if let Err(error) = engine.fire_due_schedules(now, SCHEDULES_PER_TICK_MAX) {
                         tracing::error!(%error, "firing schedules failed");
+                    }
+                    if last_digests.is_none_or(|at| at.elapsed() >= DIGESTS_EVERY) {
+                        last_digests = Some(std::time::Instant::now());
+                        if let Err(error) = engine.send_digests(now) {
+                            tracing::error!(%error, "sending digests failed");
+                        }
                     }
                     let swept = engine.sweep_segments(now, SEGMENT_SWEEP_PAGE_COUNT).unwrap_or_else(|error| {
                         tracing::error!(%error, "re-evaluating segments failed");

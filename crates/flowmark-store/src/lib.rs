@@ -14,12 +14,14 @@
 
 pub mod conformance;
 mod sqlite;
+mod work;
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{Event, Run, RunId, RunStatus, Sent, TimerId, TimerPurpose, Transition};
 use serde_json::Value;
 
 pub use sqlite::SqliteStore;
+pub use work::{Comment, Notification, Session, WorkChange, WorkItem, WorkKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -195,6 +197,16 @@ pub struct Batch<'a> {
     /// Identities merged, `(from, into)`, applied last: `from` becomes an alias of `into`,
     /// its traits fill `into`'s gaps, and its events and runs move to `into`.
     pub merges: Vec<(&'a str, &'a str)>,
+    /// The work projection's changes, applied after the transitions that caused them.
+    pub work: Vec<&'a WorkChange>,
+    pub comments: Vec<&'a Comment>,
+    /// Notifications recorded; one whose key is stored already is skipped.
+    pub notifications: Vec<&'a Notification>,
+    /// Keys of notifications a digest has just sent.
+    pub digested: Vec<&'a str>,
+    /// Effects added to the outbox that no transition emitted (a notification's deliveries),
+    /// pending from `next_attempt_at`; one whose key is there already is skipped.
+    pub outbox: Vec<&'a OutboxEntry>,
 }
 
 impl Batch<'_> {
@@ -207,6 +219,11 @@ impl Batch<'_> {
             && self.merges.is_empty()
             && self.settings.is_empty()
             && self.score_changes.is_empty()
+            && self.work.is_empty()
+            && self.comments.is_empty()
+            && self.notifications.is_empty()
+            && self.digested.is_empty()
+            && self.outbox.is_empty()
     }
 }
 
@@ -371,4 +388,43 @@ pub trait Store {
 
     /// The token with this hash, if any.
     fn token(&self, hash: &str) -> Result<Option<Token>, Error>;
+
+    /// A work item by id, with the people who may act on it.
+    fn work_item(&self, id: &str) -> Result<Option<WorkItem>, Error>;
+
+    /// A person's open work (by lower-cased email), soonest due first, at most `limit`.
+    fn work_of_person(&self, person: &str, kind: Option<WorkKind>, limit: usize) -> Result<Vec<WorkItem>, Error>;
+
+    /// A subject's work, open and closed, oldest first, at most `limit`.
+    fn work_of_subject(&self, subject_id: &str, limit: usize) -> Result<Vec<WorkItem>, Error>;
+
+    /// Open work with an id after `after`, in id order, at most `limit`.
+    fn open_work_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<WorkItem>, Error>;
+
+    /// A subject's comments, oldest first: the latest `limit`.
+    fn comments(&self, subject_id: &str, limit: usize) -> Result<Vec<Comment>, Error>;
+
+    /// A person's notifications, newest first, at most `limit`.
+    fn notifications(&self, person: &str, limit: usize) -> Result<Vec<Notification>, Error>;
+
+    /// Notifications held for a digest and not sent yet, by person, at most `limit`.
+    fn undigested(&self, limit: usize) -> Result<Vec<Notification>, Error>;
+
+    /// Items with a `publish_at` (RFC 3339) at or after `from`, soonest first: `(id, data)`.
+    fn scheduled_items(&self, from: &str, limit: usize) -> Result<Vec<(String, Value)>, Error>;
+
+    /// Creates or replaces a web UI account's password hash; ends the account's sessions.
+    fn put_account(&mut self, email: &str, password_hash: &str, now: Timestamp) -> Result<(), Error>;
+
+    /// The password hash of an account, if it exists.
+    fn account(&self, email: &str) -> Result<Option<String>, Error>;
+
+    /// Stores a session under the hash of its cookie; expired sessions are removed.
+    fn put_session(&mut self, hash: &str, session: &Session, now: Timestamp) -> Result<(), Error>;
+
+    /// The live session with this hash.
+    fn session(&self, hash: &str, now: Timestamp) -> Result<Option<Session>, Error>;
+
+    /// Ends a session (sign-out).
+    fn end_session(&mut self, hash: &str) -> Result<(), Error>;
 }

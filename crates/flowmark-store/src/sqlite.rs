@@ -20,6 +20,7 @@ use crate::{
     Attempt, Batch, Contact, ContactChange, DueTimer, Error, OutboxEntry, RunFilter, Schedule, ScheduleChange, Scope,
     ScoreRecord, Store, Token, WorkflowStatus, WorkflowSummary,
 };
+use crate::{Comment, Notification, Session, WorkItem, WorkKind};
 
 /// The schema, one migration per release that changes it; never edit a shipped one.
 const MIGRATIONS: &[&str] = &[
@@ -158,6 +159,7 @@ CREATE TABLE score_changes (
     PRIMARY KEY (subject_id, at, seq)
 ) WITHOUT ROWID;
 "#,
+    crate::work::MIGRATION,
 ];
 
 pub struct SqliteStore {
@@ -245,15 +247,15 @@ impl SqliteStore {
     }
 }
 
-fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, Error> {
+pub(crate) fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, Error> {
     serde_json::to_string(value).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Error> {
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Error> {
     serde_json::from_str(text).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
-fn run_id(id: RunId) -> i64 {
+pub(crate) fn run_id(id: RunId) -> i64 {
     i64::try_from(id.0).unwrap_or(i64::MAX)
 }
 
@@ -307,7 +309,21 @@ fn merge_contact(tx: &Connection, change: &ContactChange<'_>, now: Timestamp) ->
 
 /// The statements of `Store::write`, run inside the caller's transaction.
 fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(), Error> {
-    let Batch { contacts, events, transitions, attempts, schedules, score_changes, settings, merges } = batch;
+    let Batch {
+        contacts,
+        events,
+        transitions,
+        attempts,
+        schedules,
+        score_changes,
+        settings,
+        merges,
+        work,
+        comments,
+        notifications,
+        digested,
+        outbox,
+    } = batch;
     for change in contacts {
         merge_contact(tx, change, now)?;
     }
@@ -418,6 +434,24 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
     }
     for (from, into) in merges {
         merge_identity(tx, from, into, now)?;
+    }
+    crate::work::apply(tx, work, now)?;
+    crate::work::add_comments(tx, comments)?;
+    crate::work::add_notifications(tx, notifications)?;
+    crate::work::mark_digested(tx, digested, now)?;
+    for entry in outbox {
+        tx.prepare_cached(
+            "INSERT INTO outbox (key, run_id, step, effect, created_at, attempts, next_attempt_at, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, 'pending') ON CONFLICT (key) DO NOTHING",
+        )?
+        .execute(params![
+            entry.key,
+            run_id(entry.run),
+            entry.step,
+            to_json(&entry.effect)?,
+            now.ms(),
+            entry.next_attempt_at.ms()
+        ])?;
     }
     for change in schedules {
         match change {
@@ -927,5 +961,57 @@ impl Store for SqliteStore {
             Ok(Contact { id: id.to_owned(), traits: from_json(&traits)?, timezone, updated_at: Timestamp(updated_at) })
         })
         .transpose()
+    }
+
+    fn work_item(&self, id: &str) -> Result<Option<WorkItem>, Error> {
+        crate::work::item(&self.conn, id)
+    }
+
+    fn work_of_person(&self, person: &str, kind: Option<WorkKind>, limit: usize) -> Result<Vec<WorkItem>, Error> {
+        crate::work::of_person(&self.conn, person, kind, limit)
+    }
+
+    fn work_of_subject(&self, subject_id: &str, limit: usize) -> Result<Vec<WorkItem>, Error> {
+        crate::work::of_subject(&self.conn, subject_id, limit)
+    }
+
+    fn open_work_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<WorkItem>, Error> {
+        crate::work::open_after(&self.conn, after, limit)
+    }
+
+    fn comments(&self, subject_id: &str, limit: usize) -> Result<Vec<Comment>, Error> {
+        crate::work::comments(&self.conn, subject_id, limit)
+    }
+
+    fn notifications(&self, person: &str, limit: usize) -> Result<Vec<Notification>, Error> {
+        crate::work::notifications(&self.conn, person, limit)
+    }
+
+    fn undigested(&self, limit: usize) -> Result<Vec<Notification>, Error> {
+        crate::work::undigested(&self.conn, limit)
+    }
+
+    fn scheduled_items(&self, from: &str, limit: usize) -> Result<Vec<(String, Value)>, Error> {
+        crate::work::scheduled(&self.conn, from, limit)
+    }
+
+    fn put_account(&mut self, email: &str, password_hash: &str, now: Timestamp) -> Result<(), Error> {
+        crate::work::put_account(&self.conn, email, password_hash, now)
+    }
+
+    fn account(&self, email: &str) -> Result<Option<String>, Error> {
+        crate::work::account(&self.conn, email)
+    }
+
+    fn put_session(&mut self, hash: &str, session: &Session, now: Timestamp) -> Result<(), Error> {
+        crate::work::put_session(&self.conn, hash, session, now)
+    }
+
+    fn session(&self, hash: &str, now: Timestamp) -> Result<Option<Session>, Error> {
+        crate::work::session(&self.conn, hash, now)
+    }
+
+    fn end_session(&mut self, hash: &str) -> Result<(), Error> {
+        crate::work::end_session(&self.conn, hash)
     }
 }

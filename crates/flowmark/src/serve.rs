@@ -214,13 +214,15 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .block_on(tokio::net::TcpListener::bind(&args.bind))
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     let address = listener.local_addr()?;
+    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{address}"));
+    engine.set_public_url(&public_url);
     let mut connectors =
         Connectors::with_limits(Arc::new(connector), limits(args.effects_concurrency, args.effects_per_second));
     if let Some(url) = &args.smtp_url {
         let settings = SmtpSettings {
             url: url.clone(),
             from: args.email_from.clone(),
-            public_url: args.public_url.clone().unwrap_or_else(|| format!("http://{address}")),
+            public_url: public_url.clone(),
             secret,
             track_links: !args.no_link_tracking,
             open_pixel: args.open_pixel,
@@ -233,6 +235,16 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             limits(args.smtp_concurrency, args.smtp_per_second),
         );
     }
+    // People's chat notifications: posts to Slack-compatible incoming webhooks, signed like
+    // every outbound webhook when secrets are set.
+    let chat =
+        WebhookSettings { secrets: parse_secrets(&args.webhook_secrets)?, allow_private: args.webhook_allow_private };
+    connectors = connectors.route(
+        "chat",
+        &[flowmark_runtime::CHAT_EFFECT],
+        Arc::new(WebhookConnector::new(chat)),
+        limits(args.webhook_concurrency, args.webhook_per_second),
+    );
     if !args.webhook_secrets.is_empty() {
         let settings = WebhookSettings {
             secrets: parse_secrets(&args.webhook_secrets)?,

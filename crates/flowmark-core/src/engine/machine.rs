@@ -82,6 +82,7 @@ impl<'a> Machine<'a> {
                 self.history(step, HistoryKind::EffectResult { key: key.clone(), ok: *ok, detail: detail.clone() });
             }
             Input::TaskCompleted { step, by, fields } => self.task_completed(step, by, fields),
+            Input::WorkAssigned { step, to, by } => self.work_assigned(step, to.as_ref(), by),
             Input::ApprovalDecided { step, role, by, decision, comment } => {
                 self.approval_decided(step, role, by, *decision, comment.as_ref())
             }
@@ -259,6 +260,16 @@ impl<'a> Machine<'a> {
             self.emit(at, EffectKind::Notify { to: informed, message, reason: NotifyReason::TaskCompleted });
         }
         self.run_token(token.id, self.workflow.step(at).next.unwrap_or(Target::End));
+    }
+
+    fn work_assigned(&mut self, step: &str, to: Option<&String>, by: &str) {
+        let open = |s: &TokenState| matches!(s, TokenState::AwaitingTask { .. } | TokenState::AwaitingApproval(_));
+        let Some(token) = self.token_at(step, open) else {
+            let input = Input::WorkAssigned { step: step.to_owned(), to: to.cloned(), by: by.to_owned() };
+            self.ignore(&input, format!("no task or approval is open at step `{step}`"));
+            return;
+        };
+        self.history(Some(token.at), HistoryKind::WorkAssigned { to: to.cloned(), by: by.to_owned() });
     }
 
     fn approval_decided(&mut self, step: &str, role: &str, by: &str, decision: Decision, comment: Option<&String>) {

@@ -258,6 +258,13 @@ pub enum Input {
         step: String,
         status: RunStatus,
     },
+    /// Work at a task or approval step was claimed, released (`to: None`) or reassigned.
+    /// It changes who may act, not the run's state; it is recorded in the history.
+    WorkAssigned {
+        step: String,
+        to: Option<String>,
+        by: String,
+    },
     Cancel {
         reason: String,
     },
@@ -273,6 +280,7 @@ impl Input {
             Input::TaskCompleted { .. } => "task_completed",
             Input::ApprovalDecided { .. } => "approval_decided",
             Input::SubflowEnded { .. } => "subflow_ended",
+            Input::WorkAssigned { .. } => "work_assigned",
             Input::Cancel { .. } => "cancel",
         }
     }
@@ -499,6 +507,11 @@ pub enum HistoryKind {
         reason: String,
     },
     TaskCompleted {
+        by: String,
+    },
+    /// Work at the step was claimed, released (`to: None`) or reassigned, by `by`.
+    WorkAssigned {
+        to: Option<String>,
         by: String,
     },
     TaskOverdue,

@@ -57,6 +57,9 @@ pub(super) struct Unit {
     pub merged: HashMap<String, String>,
     pub merges: Vec<(String, String)>,
     pub score_records: Vec<ScoreRecord>,
+    /// Notifications recorded, and the deliveries they add to the outbox.
+    pub notifications: Vec<flowmark_store::Notification>,
+    pub outbox: Vec<flowmark_store::OutboxEntry>,
     /// Events applied in this unit.
     pub accepted: HashSet<String>,
     /// Events this unit made itself (thresholds, segment edges): applied, not answered for.
@@ -79,6 +82,8 @@ impl Unit {
             transitions: self.transitions.iter().collect(),
             merges: self.merges.iter().map(|(from, into)| (from.as_str(), into.as_str())).collect(),
             score_changes: self.score_records.iter().collect(),
+            notifications: self.notifications.iter().collect(),
+            outbox: self.outbox.iter().collect(),
             ..Batch::default()
         }
     }
@@ -155,7 +160,9 @@ impl<S: Store> Engine<S> {
             self.apply_incoming(unit, caused, &active, now)?;
         }
         self.follow_ups(&mut unit.transitions, now)?;
-        self.store.write(&Batch { attempts: attempts.to_vec(), ..unit.batch() }, now)?;
+        let refs: Vec<&Transition> = unit.transitions.iter().collect();
+        let work = self.work_changes(&refs, Some(&unit.subjects), now)?;
+        self.store.write(&Batch { attempts: attempts.to_vec(), work: work.iter().collect(), ..unit.batch() }, now)?;
         self.stats.events_ingested += unit.accepted.len() as u64;
         self.stats.transitions_committed += unit.transitions.len() as u64;
         Ok(())

@@ -24,19 +24,24 @@ use flowmark_core::model::{RunOutcomeFilter, SubjectKind};
 use flowmark_core::render::render_step_message;
 use flowmark_core::schedule::next_occurrence;
 use flowmark_core::{Severity, Source, Timestamp, compile};
-use flowmark_store::{Attempt, Batch, RunFilter, Schedule, ScheduleChange, ScoreRecord, Store, WorkflowStatus};
+use flowmark_store::{
+    Attempt, Batch, RunFilter, Schedule, ScheduleChange, ScoreRecord, Store, WorkChange, WorkflowStatus,
+};
 
 use crate::scoring::{Models, ModelsSource};
 use serde_json::Value;
 
 use crate::connector::{Connector, Connectors, Job, Outcome};
+use crate::directory::{DIRECTORY_SETTING, Directory};
 use crate::retry;
 use crate::segments::{Change, Segments};
 
 mod ingest;
+mod people;
 
 pub use ingest::{SEGMENT_SWEEP_EVERY_MS, SEGMENT_SWEEP_PAGE_COUNT, SEGMENTS_SETTING};
 use ingest::{Sweep, Unit};
+pub use people::{CHAT_EFFECT, DELIVERY_EFFECT, WorkAction, WorkRefusal, mentions, url_part};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -138,6 +143,10 @@ pub struct Engine<S: Store> {
     /// The workspace's segments (the `segments` setting).
     segments: Segments,
     sweep: Sweep,
+    /// The workspace's people, teams and role bindings (the `directory` setting).
+    directory: Directory,
+    /// Where links in notifications point (no trailing slash); empty for relative links.
+    public_url: String,
 }
 
 /// The facts about one subject, owned, for one input.
@@ -182,6 +191,7 @@ impl<S: Store> Engine<S> {
         let next_run_id = store.next_run_id()?.0;
         let scoring = load_document(&store, SCORE_MODELS_SETTING, Models::compile)?;
         let segments = load_document(&store, SEGMENTS_SETTING, Segments::compile)?;
+        let directory = load_document(&store, DIRECTORY_SETTING, Directory::compile)?;
         Ok(Engine {
             store,
             stats: Stats::default(),
@@ -191,6 +201,8 @@ impl<S: Store> Engine<S> {
             scoring,
             segments,
             sweep: Sweep::default(),
+            directory,
+            public_url: String::new(),
         })
     }
 
@@ -443,13 +455,37 @@ impl<S: Store> Engine<S> {
             vec![Vec::new(); connectors.count()];
         let mut owners: Vec<Option<Run>> = Vec::with_capacity(ready.len());
         for (index, entry) in ready.iter().enumerate() {
+            let kind = entry.effect.get("effect").and_then(Value::as_str).unwrap_or_default();
+            if kind == DELIVERY_EFFECT {
+                // A notification's delivery: to its person, whatever became of the run.
+                match people::delivery_message(&entry.effect) {
+                    Ok((route, message)) => {
+                        let to = entry.effect["to"].as_str().unwrap_or_default().to_owned();
+                        jobs[connectors.route_of(route)].push((index, Some(message), to));
+                    }
+                    Err(error) => outcomes[index] = Some(Ok(Outcome::Permanent { error })),
+                }
+                owners.push(None);
+                continue;
+            }
             let Some(run) = self.store.run(entry.run)? else {
                 outcomes[index] = Some(Ok(Outcome::Permanent { error: format!("run {} is gone", entry.run.0) }));
                 owners.push(None);
                 continue;
             };
             let mut subject = self.subject_in(&mut unit, &run.subject_id)?.0.clone();
-            let kind = entry.effect.get("effect").and_then(Value::as_str).unwrap_or_default();
+            if matches!(kind, "create_task" | "request_approval" | "notify")
+                && let Some(ask) = self.recipients(&run, &entry.key, &entry.step, &entry.effect, &subject, now)?
+                && !ask.people.is_empty()
+            {
+                for person in &ask.people {
+                    self.notify_person(&mut unit, (&entry.key, run.id, &entry.step), person, &ask, now);
+                }
+                let detail = format!("notified {}", ask.people.join(", "));
+                outcomes[index] = Some(Ok(Outcome::Done { detail: Some(detail) }));
+                owners.push(Some(run));
+                continue;
+            }
             match kind {
                 "adjust_score" => {
                     outcomes[index] = Some(Ok(match self.score_effect(&run, entry, &mut subject, now) {
@@ -820,7 +856,8 @@ impl<S: Store> Engine<S> {
             return Ok(());
         }
         let refs: Vec<&Transition> = transitions.iter().collect();
-        self.store.commit(&refs, now)?;
+        let work = self.work_changes(&refs, None, now)?;
+        self.store.write(&Batch { transitions: refs.clone(), work: work.iter().collect(), ..Batch::default() }, now)?;
         self.stats.transitions_committed += refs.len() as u64;
         Ok(())
     }
@@ -975,9 +1012,12 @@ impl<S: Store> Engine<S> {
         }
         let started = transitions.len() as u64;
         self.follow_ups(&mut transitions, now)?;
+        let refs: Vec<&Transition> = transitions.iter().collect();
+        let work = self.work_changes(&refs, None, now)?;
         let batch = Batch {
-            transitions: transitions.iter().collect(),
+            transitions: refs,
             schedules: updated.iter().map(ScheduleChange::Put).collect(),
+            work: work.iter().collect(),
             ..Batch::default()
         };
         self.store.write(&batch, now)?;
@@ -987,6 +1027,41 @@ impl<S: Store> Engine<S> {
             self.sync_schedules(&workflow_id, now)?;
         }
         Ok(due.len())
+    }
+
+    /// What `transitions` change in people's inboxes (see `crate::work`); `subjects` has the
+    /// unit's newer subject data, where there is a unit.
+    pub(super) fn work_changes(
+        &mut self,
+        transitions: &[&Transition],
+        subjects: Option<&HashMap<String, (Value, Option<String>)>>,
+        now: Timestamp,
+    ) -> Result<Vec<WorkChange>, Error> {
+        let mut changes = Vec::new();
+        let mut last: Option<(u32, Arc<Workflow>)> = None;
+        for t in transitions {
+            let workflow = match &last {
+                Some((version, w)) if w.id == t.run.workflow_id && *version == t.run.version => w.clone(),
+                _ => {
+                    let w = self.workflow(&t.run.workflow_id, Some(t.run.version))?;
+                    last = Some((t.run.version, w.clone()));
+                    w
+                }
+            };
+            if !crate::work::gives_work(&workflow) {
+                continue;
+            }
+            let stored;
+            let subject = match subjects.and_then(|s| s.get(&t.run.subject_id)) {
+                Some((subject, _)) => subject,
+                None => {
+                    stored = self.store.contact(&t.run.subject_id)?.map(|c| c.traits).unwrap_or(Value::Null);
+                    &stored
+                }
+            };
+            changes.extend(crate::work::changes(&workflow, t, subject, &self.directory, now));
+        }
+        Ok(changes)
     }
 
     /// Runs of a status, for tests and status pages.

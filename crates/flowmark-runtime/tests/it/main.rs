@@ -11,6 +11,7 @@ use flowmark_store::{RunFilter, SqliteStore, Store, WorkflowStatus};
 use serde_json::json;
 
 mod segments;
+mod work;
 
 const NOON: Timestamp = Timestamp(1_767_614_400_000); // 2026-01-05T12:00:00Z
 

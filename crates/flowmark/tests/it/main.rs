@@ -5,6 +5,7 @@ mod crash;
 mod email;
 mod graph;
 mod nurture;
+mod people;
 mod segment_client;
 mod serve;
 mod simulate;

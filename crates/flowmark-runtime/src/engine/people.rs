@@ -1,0 +1,575 @@
+//! The team's side of the engine: the directory, acting on work items (claim, release,
+//! reassign, complete, decide), comments with mentions, and notifications — who hears that
+//! their input is needed, on which channel, once.
+//!
+//! Notifications: a `create_task`, `request_approval` or `notify` effect is resolved to the
+//! people holding its roles. Each person gets one notification row (key `<effect>/<person>`,
+//! stored once) and, unless they take a daily digest, one delivery per channel they chose —
+//! an outbox effect of its own (`deliver_notification`, key `<effect>/<person>/<channel>`), so
+//! a failing channel is retried alone and a delivered one is never sent again.
+//!
+//! Invariant: every change here commits in one batch with the run input that records it
+//! (an assignment's history entry with the new people; a completion with the inbox closing).
+
+use flowmark_core::Timestamp;
+use flowmark_core::engine::{Decision, HistoryKind, Input, RunId, handle};
+use flowmark_core::render::Message;
+use flowmark_store::{Batch, Comment, Notification, OutboxEntry, Store, WorkChange, WorkItem, WorkKind};
+use serde_json::{Value, json};
+
+use super::{Engine, Error, Needs, Unit};
+use crate::directory::{Directory, DirectorySource};
+use crate::work::subject_title;
+
+/// The longest comment, in bytes.
+pub const COMMENT_BYTES_MAX: usize = 10_000;
+/// Undigested notifications one digest round reads.
+pub const DIGEST_ROUND_MAX: usize = 10_000;
+/// The effect kind of one notification's delivery on one channel.
+pub const DELIVERY_EFFECT: &str = "deliver_notification";
+/// The effect kind chat deliveries are routed by (a Slack-compatible incoming webhook).
+pub const CHAT_EFFECT: &str = "post_chat";
+
+/// Whom an effect asks for input, why, and what to tell them.
+pub(super) struct Ask {
+    pub people: Vec<String>,
+    /// `task_assigned`, `approval_requested`, `reminder`, `escalation`, `mention`, …
+    pub reason: String,
+    pub text: String,
+    /// A path under the public URL (`/ui/work/<id>`).
+    pub link: String,
+}
+
+/// What a person does to a work item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkAction {
+    /// Take it: only they may act on it now.
+    Claim,
+    /// Give it back to everyone holding its role.
+    Release,
+    /// Hand it to another person.
+    Reassign { to: String },
+    /// Complete a task, with its form's values.
+    Complete { fields: serde_json::Map<String, Value> },
+    /// Decide an approval.
+    Decide { decision: Decision, comment: Option<String> },
+}
+
+/// Why an action on a work item was refused; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkRefusal {
+    #[error("there is no work item `{0}`")]
+    NotFound(String),
+    #[error("work item `{0}` is closed ({1})")]
+    Closed(String, String),
+    #[error("{0}")]
+    NotYours(String),
+    #[error("{0}")]
+    Invalid(String),
+    /// The run did not take the input (a required field missing, …).
+    #[error("{0}")]
+    Ignored(String),
+}
+
+impl<S: Store> Engine<S> {
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// The public address links point to ("" when unknown: links are relative).
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    /// Sets the public address links in notifications point to (`https://flowmark.example.com`).
+    pub fn set_public_url(&mut self, url: &str) {
+        self.public_url = url.trim_end_matches('/').to_owned();
+    }
+
+    /// Checks and stores the directory; open work is handed to the people its roles now name
+    /// (assigned work stays with its assignee). Every problem, or nothing stored.
+    pub fn set_directory(&mut self, source: DirectorySource, now: Timestamp) -> Result<Result<(), Vec<String>>, Error> {
+        let directory =
+            match self.store_document(crate::directory::DIRECTORY_SETTING, source, Directory::compile, now)? {
+                Ok(directory) => directory,
+                Err(errors) => return Ok(Err(errors)),
+            };
+        self.directory = directory;
+        self.reresolve_open_work(now)?;
+        Ok(Ok(()))
+    }
+
+    /// Re-resolves the people of every open, unassigned work item, a page per commit.
+    fn reresolve_open_work(&mut self, now: Timestamp) -> Result<(), Error> {
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.open_work_after(after.as_deref(), 500)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            let mut changes = Vec::new();
+            for item in &page {
+                if item.assignee.is_some() {
+                    continue;
+                }
+                let people = self.people_of(item, now)?;
+                if people != item.people {
+                    changes.push(WorkChange::People { id: item.id.clone(), assignee: None, people });
+                }
+            }
+            self.store.write(&Batch { work: changes.iter().collect(), ..Batch::default() }, now)?;
+        }
+        Ok(())
+    }
+
+    /// The people an unassigned item's roles name now.
+    fn people_of(&mut self, item: &WorkItem, now: Timestamp) -> Result<Vec<String>, Error> {
+        let roles: Vec<String> = match item.kind {
+            WorkKind::Task => item.detail["raci"]["responsible"]
+                .as_array()
+                .map(|r| r.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .unwrap_or_else(|| vec![item.role.clone()]),
+            WorkKind::Approval => vec![item.role.clone()],
+        };
+        self.resolve_roles(&item.run, &roles, now)
+    }
+
+    /// The people holding `roles` for a run's subject, under its workflow, at `now`.
+    fn resolve_roles(&mut self, run: &RunId, roles: &[String], now: Timestamp) -> Result<Vec<String>, Error> {
+        let Some(run) = self.store.run(*run)? else { return Ok(Vec::new()) };
+        let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+        let subject = self.store.contact(&run.subject_id)?.map(|c| c.traits).unwrap_or(Value::Null);
+        let mut people: Vec<String> =
+            roles.iter().flat_map(|role| self.directory.resolve(role, &workflow.roles, &subject, now).people).collect();
+        people.sort();
+        people.dedup();
+        Ok(people)
+    }
+
+    /// A person acts on a work item; returns the item as it is afterwards.
+    pub fn act_on_work(
+        &mut self,
+        id: &str,
+        person: &str,
+        action: WorkAction,
+        now: Timestamp,
+    ) -> Result<Result<WorkItem, WorkRefusal>, Error> {
+        let person = person.trim().to_lowercase();
+        let Some(item) = self.store.work_item(id)? else { return Ok(Err(WorkRefusal::NotFound(id.to_owned()))) };
+        if item.status != "open" {
+            let outcome = item.outcome.clone().unwrap_or_default();
+            return Ok(Err(WorkRefusal::Closed(id.to_owned(), outcome)));
+        }
+        let may_act = item.people.contains(&person);
+        let accountable = item.detail["raci"]["accountable"].as_str().or(item.detail["accountable"].as_str());
+        let manages = match accountable {
+            Some(role) => self.resolve_roles(&item.run, &[role.to_owned()], now)?.contains(&person),
+            None => false,
+        };
+        let not_yours = || {
+            let who = match &item.assignee {
+                Some(assignee) => format!("it is assigned to {assignee}"),
+                None => format!("it is for the `{}` role: {}", item.role, item.people.join(", ")),
+            };
+            Ok(Err(WorkRefusal::NotYours(format!("{person} may not act on `{id}`: {who}"))))
+        };
+        let (input, change) = match action {
+            WorkAction::Claim => {
+                if !may_act {
+                    return not_yours();
+                }
+                let change = WorkChange::People {
+                    id: id.to_owned(),
+                    assignee: Some(person.clone()),
+                    people: vec![person.clone()],
+                };
+                (
+                    Input::WorkAssigned { step: item.step.clone(), to: Some(person.clone()), by: person.clone() },
+                    Some(change),
+                )
+            }
+            WorkAction::Release => {
+                if !(may_act || manages) {
+                    return not_yours();
+                }
+                let people = self.people_of(&item, now)?;
+                let change = WorkChange::People { id: id.to_owned(), assignee: None, people };
+                (Input::WorkAssigned { step: item.step.clone(), to: None, by: person.clone() }, Some(change))
+            }
+            WorkAction::Reassign { to } => {
+                if !(may_act || manages) {
+                    return not_yours();
+                }
+                let to = to.trim().to_lowercase();
+                if !crate::directory::looks_like_email(&to) || !self.directory.knows(&to) {
+                    return Ok(Err(WorkRefusal::Invalid(format!("`{to}` is not a person in the directory"))));
+                }
+                let change =
+                    WorkChange::People { id: id.to_owned(), assignee: Some(to.clone()), people: vec![to.clone()] };
+                (Input::WorkAssigned { step: item.step.clone(), to: Some(to), by: person.clone() }, Some(change))
+            }
+            WorkAction::Complete { fields } => {
+                if item.kind != WorkKind::Task {
+                    return Ok(Err(WorkRefusal::Invalid(format!("`{id}` is an approval: decide it"))));
+                }
+                if !may_act {
+                    return not_yours();
+                }
+                (Input::TaskCompleted { step: item.step.clone(), by: person.clone(), fields }, None)
+            }
+            WorkAction::Decide { decision, comment } => {
+                if item.kind != WorkKind::Approval {
+                    return Ok(Err(WorkRefusal::Invalid(format!("`{id}` is a task: complete it"))));
+                }
+                if !may_act {
+                    return not_yours();
+                }
+                let input = Input::ApprovalDecided {
+                    step: item.step.clone(),
+                    role: item.role.clone(),
+                    by: person.clone(),
+                    decision,
+                    comment,
+                };
+                (input, None)
+            }
+        };
+        let Some(run) = self.store.run(item.run)? else {
+            return Ok(Err(WorkRefusal::NotFound(format!("the run of `{id}`"))));
+        };
+        let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+        let facts = self.load_facts(&run.subject_id, now, Needs::of(&workflow))?;
+        let t = handle(&workflow, run, &input, &facts.facts(&self.env), now);
+        if let Some(reason) = t.history.iter().find_map(|h| match &h.kind {
+            HistoryKind::InputIgnored { reason, .. } => Some(reason.clone()),
+            _ => None,
+        }) {
+            return Ok(Err(WorkRefusal::Ignored(reason)));
+        }
+        let mut transitions = vec![t];
+        self.follow_ups(&mut transitions, now)?;
+        let refs: Vec<_> = transitions.iter().collect();
+        let mut work = self.work_changes(&refs, None, now)?;
+        work.extend(change);
+        self.store.write(&Batch { transitions: refs, work: work.iter().collect(), ..Batch::default() }, now)?;
+        self.stats.transitions_committed += transitions.len() as u64;
+        Ok(self.store.work_item(id)?.ok_or_else(|| WorkRefusal::NotFound(id.to_owned())))
+    }
+
+    /// Adds a comment on an item (a subject), optionally about one work item; every
+    /// `@person@example.com` it mentions is notified.
+    pub fn add_comment(
+        &mut self,
+        subject_id: &str,
+        work_id: Option<&str>,
+        by: &str,
+        body: &str,
+        now: Timestamp,
+    ) -> Result<Result<Comment, WorkRefusal>, Error> {
+        let body = body.trim();
+        if body.is_empty() || body.len() > COMMENT_BYTES_MAX {
+            return Ok(Err(WorkRefusal::Invalid(format!("a comment has 1 to {COMMENT_BYTES_MAX} bytes"))));
+        }
+        let run = match work_id {
+            Some(id) => match self.store.work_item(id)? {
+                Some(item) if item.subject_id == subject_id => Some(item.run),
+                _ => return Ok(Err(WorkRefusal::NotFound(id.to_owned()))),
+            },
+            None => None,
+        };
+        let comment = Comment {
+            subject_id: subject_id.to_owned(),
+            work_id: work_id.map(str::to_owned),
+            by: by.trim().to_lowercase(),
+            body: body.to_owned(),
+            at: now,
+        };
+        let mut unit = Unit::default();
+        let subject = self.store.contact(subject_id)?.map(|c| c.traits).unwrap_or(Value::Null);
+        let title = subject_title(&subject, subject_id);
+        let key = format!("comment-{subject_id}-{}-{:016x}", now.ms(), fnv(body.as_bytes()));
+        for mentioned in mentions(body) {
+            if mentioned == comment.by {
+                continue;
+            }
+            let text = format!("{} mentioned you on “{title}”: {}", comment.by, excerpt(body, 200));
+            let ask = Ask {
+                people: vec![mentioned.clone()],
+                reason: "mention".to_owned(),
+                text,
+                link: format!("/ui/items/{}", url_part(subject_id)),
+            };
+            self.notify_person(&mut unit, (&key, run.unwrap_or(RunId(0)), "comment"), &mentioned, &ask, now);
+        }
+        let batch = Batch { comments: vec![&comment], ..unit.batch() };
+        self.store.write(&batch, now)?;
+        Ok(Ok(comment))
+    }
+
+    /// Records `person`'s notification and queues its deliveries (or holds it for their digest).
+    pub(super) fn notify_person(
+        &self,
+        unit: &mut Unit,
+        (key, run, step): (&str, RunId, &str),
+        person: &str,
+        ask: &Ask,
+        now: Timestamp,
+    ) {
+        let (reason, text) = (ask.reason.as_str(), ask.text.as_str());
+        let prefs = self.directory.person(person).map(|p| p.notify.clone()).unwrap_or_default();
+        let key = format!("{key}/{person}");
+        let link = format!("{}{}", self.public_url, ask.link);
+        unit.notifications.push(Notification {
+            key: key.clone(),
+            person: person.to_owned(),
+            reason: reason.to_owned(),
+            text: text.to_owned(),
+            link: Some(link.clone()),
+            at: now,
+            digest: prefs.digest,
+        });
+        if prefs.digest {
+            return;
+        }
+        let mut deliver = |channel: &str, effect: Value| {
+            unit.outbox.push(OutboxEntry {
+                key: format!("{key}/{channel}"),
+                run,
+                step: step.to_owned(),
+                effect,
+                attempts: 0,
+                next_attempt_at: now,
+            });
+        };
+        if prefs.email {
+            let subject = excerpt(text, 120);
+            deliver(
+                "email",
+                json!({ "effect": DELIVERY_EFFECT, "channel": "email", "to": person, "subject": subject, "text": text, "link": link }),
+            );
+        }
+        if let Some(url) = &prefs.chat {
+            deliver(
+                "chat",
+                json!({ "effect": DELIVERY_EFFECT, "channel": "chat", "url": url, "text": text, "link": link }),
+            );
+        }
+    }
+
+    /// The people an effect of a run asks for input, with why and what to tell them; `None`
+    /// for effects that ask no one.
+    pub(super) fn recipients(
+        &mut self,
+        run: &flowmark_core::engine::Run,
+        key: &str,
+        step: &str,
+        effect: &Value,
+        subject: &Value,
+        now: Timestamp,
+    ) -> Result<Option<Ask>, Error> {
+        let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+        let kind = effect.get("effect").and_then(Value::as_str).unwrap_or_default();
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array().map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect()).unwrap_or_default()
+        };
+        let title = subject_title(subject, &run.subject_id);
+        let (roles, reason, text, link) = match kind {
+            "create_task" => {
+                let task = effect["title"].as_str().unwrap_or(step);
+                let due = effect["due_at"].as_i64().map(|ms| format!(" (due {})", Timestamp(ms))).unwrap_or_default();
+                (
+                    strings(&effect["raci"]["responsible"]),
+                    "task_assigned",
+                    format!("New task: {task}{due}"),
+                    key.to_owned(),
+                )
+            }
+            "request_approval" => {
+                let approvers = strings(&effect["approvers"]);
+                let text = format!("Your approval is needed on “{title}” ({step})");
+                // One work item per approver role; the link goes to the first of the person's.
+                let link = approvers.first().map(|r| format!("{key}:{r}")).unwrap_or_else(|| key.to_owned());
+                (approvers, "approval_requested", text, link)
+            }
+            "notify" => {
+                let to = effect["to"].as_str().unwrap_or_default().to_owned();
+                let reason = match effect["reason"].as_str().unwrap_or("message") {
+                    "approval_reminder" => "reminder",
+                    "escalation" => "escalation",
+                    "task_overdue" => "overdue",
+                    "task_completed" => "completed",
+                    _ => "message",
+                };
+                let text = format!("{} — “{title}”", effect["message"].as_str().unwrap_or_default());
+                (vec![to], reason, text, String::new())
+            }
+            _ => return Ok(None),
+        };
+        let mut people: Vec<String> =
+            roles.iter().flat_map(|role| self.directory.resolve(role, &workflow.roles, subject, now).people).collect();
+        people.sort();
+        people.dedup();
+        let link = if link.is_empty() {
+            format!("/ui/items/{}", url_part(&run.subject_id))
+        } else {
+            format!("/ui/work/{}", url_part(&link))
+        };
+        Ok(Some(Ask { people, reason: reason.to_owned(), text, link }))
+    }
+
+    /// Sends each person whose digest hour has come (in their time zone) one email with what
+    /// was held for them since their last digest. Returns how many digests were queued.
+    pub fn send_digests(&mut self, now: Timestamp) -> Result<usize, Error> {
+        let held = self.store.undigested(DIGEST_ROUND_MAX)?;
+        let mut sent = 0;
+        let mut i = 0;
+        while i < held.len() {
+            let person = held[i].person.clone();
+            let end = held[i..].iter().position(|n| n.person != person).map_or(held.len(), |p| i + p);
+            let group = &held[i..end];
+            i = end;
+            let prefs = self.directory.person(&person).map(|p| p.notify.clone()).unwrap_or_default();
+            let tz: chrono_tz::Tz = self
+                .directory
+                .person(&person)
+                .and_then(|p| p.timezone.as_deref())
+                .and_then(|tz| tz.parse().ok())
+                .unwrap_or(chrono_tz::UTC);
+            let local = now.to_chrono().with_timezone(&tz);
+            if chrono::Timelike::hour(&local) < u32::from(prefs.digest_hour) {
+                continue;
+            }
+            let date = local.date_naive().to_string();
+            let setting = format!("digest.{person}");
+            if self.store.setting(&setting)?.as_deref() == Some(date.as_str()) {
+                continue;
+            }
+            let mut text = format!("Your Flowmark digest for {date}: {} update(s)\n\n", group.len());
+            for n in group {
+                text.push_str(&format!("- {}\n  {}\n", n.text, n.link.as_deref().unwrap_or_default()));
+            }
+            let key = format!("digest/{person}/{date}");
+            let run = group.iter().find_map(|n| n.key.split('-').next()?.parse::<u64>().ok()).map_or(RunId(0), RunId);
+            let entry = OutboxEntry {
+                key: key.clone(),
+                run,
+                step: "digest".to_owned(),
+                effect: json!({ "effect": DELIVERY_EFFECT, "channel": "email", "to": person,
+                    "subject": format!("Flowmark digest: {} update(s)", group.len()), "text": text, "link": self.public_url }),
+                attempts: 0,
+                next_attempt_at: now,
+            };
+            let keys: Vec<&str> = group.iter().map(|n| n.key.as_str()).collect();
+            let settings = [(setting.as_str(), date.as_str())];
+            self.store.write(
+                &Batch { outbox: vec![&entry], digested: keys, settings: settings.to_vec(), ..Batch::default() },
+                now,
+            )?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+}
+
+/// The message and the effect kind it is routed by, for one `deliver_notification` effect.
+pub(super) fn delivery_message(effect: &Value) -> Result<(&'static str, Message), String> {
+    let text = effect["text"].as_str().unwrap_or_default();
+    let link = effect["link"].as_str().unwrap_or_default();
+    match effect["channel"].as_str() {
+        Some("email") => {
+            let to = effect["to"].as_str().ok_or("a notification email without `to`")?;
+            let body = if link.is_empty() { text.to_owned() } else { format!("{text}\n\n{link}\n") };
+            Ok((
+                "send_email",
+                Message::Email {
+                    to: Some(to.to_owned()),
+                    template: None,
+                    subject: effect["subject"].as_str().map(str::to_owned),
+                    html: None,
+                    text: Some(body),
+                    from: None,
+                    transactional: true,
+                },
+            ))
+        }
+        Some("chat") => {
+            let url = effect["url"].as_str().ok_or("a chat notification without `url`")?;
+            let text = if link.is_empty() { text.to_owned() } else { format!("{text} <{link}|Open in Flowmark>") };
+            Ok((
+                CHAT_EFFECT,
+                Message::Webhook {
+                    url: url.to_owned(),
+                    method: "POST".to_owned(),
+                    headers: Vec::new(),
+                    body: Some(json!({ "text": text })),
+                },
+            ))
+        }
+        other => Err(format!("unknown notification channel {other:?}")),
+    }
+}
+
+/// Emails mentioned as `@name@example.com` in a text, lower-cased, without repeats.
+pub fn mentions(text: &str) -> Vec<String> {
+    let mut found: Vec<String> = text
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '(' | ')' | '<' | '>'))
+        .filter_map(|word| word.strip_prefix('@'))
+        .map(|email| email.trim_end_matches(['.', ':', '!', '?']).to_lowercase())
+        .filter(|email| crate::directory::looks_like_email(email))
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+fn excerpt(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// A path segment with the characters URLs reserve escaped.
+pub fn url_part(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' | b'@' => out.push(byte as char),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+/// FNV-1a: a stable, dependency-free 64-bit hash for keys (not for security).
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mentions_are_emails_after_an_at_sign() {
+        assert_eq!(
+            mentions("Thanks @Dana@Example.com, and @lee@example.com: see (@dana@example.com). @notme"),
+            ["dana@example.com", "lee@example.com"]
+        );
+    }
+
+    #[test]
+    fn a_delivery_becomes_an_email_or_a_chat_post() {
+        let email =
+            json!({ "channel": "email", "to": "a@example.com", "subject": "S", "text": "T", "link": "http://x/ui" });
+        let (kind, message) = delivery_message(&email).expect("an email delivery");
+        assert_eq!(kind, "send_email");
+        assert!(
+            matches!(message, Message::Email { transactional: true, text: Some(t), .. } if t == "T\n\nhttp://x/ui\n")
+        );
+        let chat = json!({ "channel": "chat", "url": "https://hooks.example.com/x", "text": "T", "link": "" });
+        let (kind, message) = delivery_message(&chat).expect("a chat delivery");
+        assert_eq!(kind, CHAT_EFFECT);
+        assert!(matches!(message, Message::Webhook { body: Some(b), .. } if b == json!({ "text": "T" })));
+        assert!(delivery_message(&json!({ "channel": "pigeon" })).is_err());
+    }
+}

@@ -1,0 +1,215 @@
+//! People's work end to end on the engine: the blog-post blueprint's tasks and approvals
+//! land in the right inboxes, move as people act, loop back on a change request, escalate
+//! to the accountable person, and notify people on their channels once.
+
+use flowmark_core::engine::{Decision, RunStatus};
+use flowmark_core::{Duration, Timestamp};
+use flowmark_runtime::directory::DirectorySource;
+use flowmark_runtime::{Connectors, Engine, RecordingConnector, WorkAction, WorkRefusal};
+use flowmark_store::{SqliteStore, Store, WorkKind};
+use serde_json::json;
+use std::sync::Arc;
+
+const MONDAY: Timestamp = Timestamp(1_767_600_000_000); // 2026-01-05T08:00:00Z
+
+fn directory() -> DirectorySource {
+    serde_json::from_value(json!({
+        "people": [
+            { "email": "sam@example.com", "name": "Sam" },
+            { "email": "sia@example.com", "name": "Sia", "notify": { "chat": "https://chat.example.com/hook" } },
+            { "email": "dana@example.com", "name": "Dana" },
+            { "email": "bo@example.com", "name": "Bo", "notify": { "digest": true } },
+            { "email": "lee@example.com", "name": "Lee" }
+        ],
+        "teams": { "content": ["sam@example.com"], "seo": ["sia@example.com"], "brand": ["bo@example.com"] }
+    }))
+    .expect("a directory")
+}
+
+fn setup() -> (Engine<SqliteStore>, flowmark_core::engine::RunId) {
+    let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
+    let source =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../blueprints/blog-post.yaml")).unwrap();
+    engine.deploy("blog-post.yaml", &source, MONDAY).unwrap();
+    engine.set_directory(directory(), MONDAY).unwrap().expect("the directory is valid");
+    engine.set_public_url("https://flowmark.example.com/");
+    engine.store_mut().upsert_contact("post-1", &json!({ "title": "Ten tips" }), None, MONDAY).unwrap();
+    let run = engine.start("blog-post", "post-1", MONDAY).unwrap().expect("the run starts");
+    (engine, run)
+}
+
+fn ids(items: &[flowmark_store::WorkItem]) -> Vec<String> {
+    items.iter().map(|i| format!("{}:{}", i.step, i.role)).collect()
+}
+
+fn inbox(engine: &Engine<SqliteStore>, person: &str) -> Vec<flowmark_store::WorkItem> {
+    engine.store().work_of_person(person, None, 100).unwrap()
+}
+
+#[test]
+fn the_blog_post_moves_through_peoples_inboxes_and_loops_back_on_a_change_request() {
+    let (mut engine, run) = setup();
+    let research = inbox(&engine, "sia@example.com");
+    assert_eq!(ids(&research), ["research:seo"]);
+    assert_eq!(research[0].title, "Keyword research for Ten tips");
+    assert_eq!(research[0].due_at, Some(MONDAY.plus(Duration(2 * Duration::DAY.ms()))));
+    assert!(inbox(&engine, "sam@example.com").is_empty(), "the writer has nothing yet");
+
+    // Only the person holding the role may act; a missing required field is refused.
+    let id = research[0].id.clone();
+    let refused = engine.act_on_work(&id, "sam@example.com", WorkAction::Claim, MONDAY).unwrap();
+    assert!(matches!(refused, Err(WorkRefusal::NotYours(_))), "{refused:?}");
+    let empty = WorkAction::Complete { fields: serde_json::Map::new() };
+    let missing = engine.act_on_work(&id, "sia@example.com", empty, MONDAY).unwrap();
+    assert!(matches!(&missing, Err(WorkRefusal::Ignored(r)) if r.contains("keywords")), "{missing:?}");
+    let claimed = engine.act_on_work(&id, "SIA@example.com", WorkAction::Claim, MONDAY).unwrap().unwrap();
+    assert_eq!(claimed.assignee.as_deref(), Some("sia@example.com"));
+    let fields = json!({ "keywords": "workflow, approvals" }).as_object().unwrap().clone();
+    let done = engine.act_on_work(&id, "sia@example.com", WorkAction::Complete { fields }, MONDAY).unwrap().unwrap();
+    assert_eq!((done.status.as_str(), done.outcome.as_deref()), ("closed", Some("completed")));
+    assert_eq!(done.closed_by.as_deref(), Some("sia@example.com"));
+    assert!(inbox(&engine, "sia@example.com").is_empty());
+
+    // The draft is the writer's, with the research's keywords in its description.
+    let draft = inbox(&engine, "sam@example.com");
+    assert_eq!(ids(&draft), ["draft:writer"]);
+    assert_eq!(draft[0].description.as_deref(), Some("Target keywords: workflow, approvals"));
+    let fields = json!({ "draft_url": "https://docs.example.com/d/1" }).as_object().unwrap().clone();
+    engine.act_on_work(&draft[0].id, "sam@example.com", WorkAction::Complete { fields }, MONDAY).unwrap().unwrap();
+
+    // Editor and SEO review in parallel: one approves, the other asks for changes.
+    let dana = inbox(&engine, "dana@example.com");
+    let sia = inbox(&engine, "sia@example.com");
+    assert_eq!((ids(&dana), ids(&sia)), (vec!["review:editor".to_owned()], vec!["review:seo".to_owned()]));
+    assert_eq!(dana[0].kind, WorkKind::Approval);
+    assert_eq!(dana[0].title, "Approve “Ten tips” (review)");
+    let approve = WorkAction::Decide { decision: Decision::Approve, comment: Some("Great".to_owned()) };
+    let decided = engine.act_on_work(&dana[0].id, "dana@example.com", approve, MONDAY).unwrap().unwrap();
+    assert_eq!(decided.outcome.as_deref(), Some("approve"));
+    assert_eq!(ids(&inbox(&engine, "sia@example.com")), ["review:seo"], "the other decision is still pending");
+    let changes = WorkAction::Decide { decision: Decision::RequestChanges, comment: Some("More examples".to_owned()) };
+    engine.act_on_work(&sia[0].id, "sia@example.com", changes, MONDAY).unwrap().unwrap();
+    assert!(inbox(&engine, "sia@example.com").is_empty());
+
+    // Back to the draft: a fresh task for the writer, the old one closed.
+    let again = inbox(&engine, "sam@example.com");
+    assert_eq!(ids(&again), ["draft:writer"]);
+    assert_ne!(again[0].id, draft[0].id, "a new round is a new work item");
+    let all = engine.store().work_of_subject("post-1", 100).unwrap();
+    let outcomes: Vec<(String, Option<String>)> =
+        all.iter().map(|i| (format!("{}:{}", i.step, i.role), i.outcome.clone())).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("research:seo".to_owned(), Some("completed".to_owned())),
+            ("draft:writer".to_owned(), Some("completed".to_owned())),
+            ("review:editor".to_owned(), Some("approve".to_owned())),
+            ("review:seo".to_owned(), Some("request_changes".to_owned())),
+            ("draft:writer".to_owned(), None),
+        ]
+    );
+    // The claim is in the run's history.
+    let history = engine.store().history(run).unwrap();
+    assert!(history.iter().any(|h| h["what"] == "work_assigned" && h["to"] == "sia@example.com"), "{history:?}");
+}
+
+#[test]
+fn a_review_nobody_decides_escalates_to_the_accountable_person_and_reassignment_reaches_them() {
+    let (mut engine, _run) = setup();
+    let complete = |engine: &mut Engine<SqliteStore>, person: &str, fields: serde_json::Value, now| {
+        let item = inbox(engine, person).remove(0);
+        let fields = fields.as_object().unwrap().clone();
+        engine.act_on_work(&item.id, person, WorkAction::Complete { fields }, now).unwrap().unwrap();
+    };
+    complete(&mut engine, "sia@example.com", json!({ "keywords": "k" }), MONDAY);
+    complete(&mut engine, "sam@example.com", json!({ "draft_url": "https://d.example.com" }), MONDAY);
+    let (recorder, mut connectors) = {
+        let recorder = Arc::new(RecordingConnector::default());
+        (recorder.clone(), Connectors::new(recorder))
+    };
+    engine.dispatch(MONDAY, 100, &mut connectors).unwrap();
+    // The deadline passes: the accountable person (lee, the workflow's `lead`) is told.
+    let later = MONDAY.plus(Duration(Duration::DAY.ms() + Duration::MINUTE.ms()));
+    engine.fire_due_timers(later, 100).unwrap();
+    // The escalation is resolved to people, then their deliveries go out.
+    engine.dispatch(later, 100, &mut connectors).unwrap();
+    engine.dispatch(later, 100, &mut connectors).unwrap();
+    let lee = engine.store().notifications("lee@example.com", 10).unwrap();
+    assert!(lee.iter().any(|n| n.reason == "escalation"), "{lee:?}");
+    let sent = recorder.performed();
+    let to_lee: Vec<_> = sent
+        .iter()
+        .filter(|(_, _, message)| message.as_ref().is_some_and(|m| format!("{m:?}").contains("lee@example.com")))
+        .collect();
+    assert_eq!(to_lee.len(), 1, "one email to the accountable person, nothing twice: {to_lee:#?}");
+    // Reassigning a review to the accountable person puts it in their inbox.
+    let review = inbox(&engine, "dana@example.com").remove(0);
+    let moved = engine
+        .act_on_work(&review.id, "lee@example.com", WorkAction::Reassign { to: "lee@example.com".to_owned() }, later)
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved.people, ["lee@example.com"]);
+    assert!(inbox(&engine, "dana@example.com").is_empty());
+    assert_eq!(ids(&inbox(&engine, "lee@example.com")), ["review:editor"]);
+}
+
+#[test]
+fn notifications_go_once_per_person_and_channel_or_wait_for_the_digest() {
+    let (mut engine, run) = setup();
+    let recorder = Arc::new(RecordingConnector::default());
+    let mut connectors = Connectors::new(recorder.clone());
+    engine.dispatch(MONDAY, 100, &mut connectors).unwrap();
+    engine.dispatch(MONDAY, 100, &mut connectors).unwrap();
+    let sia = engine.store().notifications("sia@example.com", 10).unwrap();
+    assert_eq!(sia.len(), 1, "{sia:?}");
+    assert_eq!(sia[0].reason, "task_assigned");
+    assert!(sia[0].text.starts_with("New task: Keyword research for Ten tips"), "{}", sia[0].text);
+    let link = sia[0].link.clone().unwrap();
+    assert!(link.starts_with("https://flowmark.example.com/ui/work/"), "{link}");
+    // Sia gets an email and a chat post, each once, though the dispatcher ran twice.
+    let performed = recorder.performed();
+    let mut kinds: Vec<String> =
+        performed.iter().map(|(_, effect, _)| effect["channel"].as_str().unwrap_or("?").to_owned()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["chat", "email"], "{performed:#?}");
+
+    // Bo takes a digest: held, then one email at 08:00 in his time zone, once.
+    engine.store_mut().upsert_contact("post-2", &json!({ "title": "Brand book" }), None, MONDAY).unwrap();
+    let _ = run;
+    let mut source = directory();
+    source.roles.insert("seo".to_owned(), flowmark_runtime::directory::Binding::Person("bo@example.com".to_owned()));
+    engine.set_directory(source, MONDAY).unwrap().unwrap();
+    engine.start("blog-post", "post-2", MONDAY).unwrap().unwrap();
+    engine.dispatch(MONDAY, 100, &mut connectors).unwrap();
+    let before = recorder.performed().len();
+    assert_eq!(engine.store().undigested(10).unwrap().len(), 1);
+    let at_seven = Timestamp(MONDAY.ms() + 23 * 3_600_000); // 07:00 UTC the next day
+    assert_eq!(engine.send_digests(at_seven).unwrap(), 0, "before the digest hour");
+    let at_nine = Timestamp(MONDAY.ms() + 25 * 3_600_000);
+    assert_eq!(engine.send_digests(at_nine).unwrap(), 1, "after 08:00 in Bo's time zone");
+    assert_eq!(engine.send_digests(at_nine).unwrap(), 0, "once a day");
+    engine.dispatch(at_nine, 100, &mut connectors).unwrap();
+    let performed = recorder.performed();
+    assert_eq!(performed.len(), before + 1);
+    let digest = format!("{:?}", performed.last().unwrap().2);
+    assert!(digest.contains("Flowmark digest") && digest.contains("Keyword research for Brand book"), "{digest}");
+    assert!(engine.store().undigested(10).unwrap().is_empty());
+    let _ = RunStatus::Active;
+}
+
+#[test]
+fn a_comment_notifies_the_people_it_mentions() {
+    let (mut engine, _run) = setup();
+    let comment = engine
+        .add_comment("post-1", None, "sam@example.com", "@dana@example.com can you look? cc @sam@example.com", MONDAY)
+        .unwrap()
+        .unwrap();
+    assert_eq!(comment.by, "sam@example.com");
+    assert_eq!(engine.store().comments("post-1", 10).unwrap(), [comment]);
+    let dana = engine.store().notifications("dana@example.com", 10).unwrap();
+    assert_eq!(dana.len(), 1);
+    assert_eq!(dana[0].reason, "mention");
+    assert!(engine.store().notifications("sam@example.com", 10).unwrap().is_empty(), "not oneself");
+    let empty = engine.add_comment("post-1", None, "sam@example.com", "  ", MONDAY).unwrap();
+    assert!(matches!(empty, Err(WorkRefusal::Invalid(_))));
+}

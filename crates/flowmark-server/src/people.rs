@@ -1,0 +1,314 @@
+//! The HTTP API of the team's work: the directory, people's inboxes, acting on work items,
+//! items' work and comments, notifications, and iCalendar feeds.
+//!
+//! Every route but the feeds takes an API token (`Authorization: Bearer`); an action names
+//! the person acting (`by`), who must be one the work item is for — the web UI acts as the
+//! signed-in person instead. Feeds are opened by an unguessable token in their URL, since
+//! calendar apps cannot send headers.
+//!
+//! Invariant: a refused action changes nothing and says why (`403` not theirs, `404` no such
+//! item, `409` closed or not taken by the run, `422` invalid).
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use flowmark_core::Timestamp;
+use flowmark_core::engine::Decision;
+use flowmark_runtime::{WorkAction, WorkRefusal, ical};
+use flowmark_store::{Scope, Store, WorkKind};
+use serde_json::{Value, json};
+
+use crate::http::{
+    App, Eng, authorize, bearer, get_document, internal, json_object, problem, put_document, query, query_owner,
+};
+
+/// Most work items or notifications one list answers.
+pub const LIST_MAX: usize = 500;
+
+pub(crate) fn routes() -> Router<App> {
+    Router::new()
+        .route("/api/directory", get(directory).put(put_directory))
+        .route("/api/people/{email}/work", get(person_work))
+        .route("/api/people/{email}/notifications", get(person_notifications))
+        .route("/api/people/{email}/calendar", get(person_calendar_url))
+        .route("/api/work/{id}", get(work_item))
+        .route("/api/work/{id}/{action}", post(act))
+        .route("/api/items/{id}/work", get(item_work))
+        .route("/api/items/{id}/comments", get(item_comments).post(comment))
+        .route("/cal/people/{email}/{token}", get(person_feed))
+        .route("/cal/workspace/{token}", get(workspace_feed))
+}
+
+async fn directory(State(app): State<App>, headers: HeaderMap) -> Response {
+    get_document(&app, &headers, |engine| engine.directory().source.clone(), json!({ "people": [] })).await
+}
+
+/// Replaces the directory: `{"people": [...], "teams": {...}, "roles": {...}}`.
+async fn put_directory(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    put_document(&app, &headers, &body, "directory", Eng::set_directory).await
+}
+
+#[derive(serde::Deserialize)]
+struct WorkQuery {
+    kind: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A person's open work, soonest due first: "My tasks" (`?kind=task`) and "Waiting for my
+/// approval" (`?kind=approval`).
+async fn person_work(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(email): Path<String>,
+    Query(q): Query<WorkQuery>,
+) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let kind = match q.kind.as_deref() {
+        None => None,
+        Some(text) => match WorkKind::parse(text) {
+            Some(kind) => Some(kind),
+            None => return problem(StatusCode::BAD_REQUEST, "Invalid input", "`kind` is task or approval"),
+        },
+    };
+    let limit = q.limit.unwrap_or(100).min(LIST_MAX);
+    match query_owner(&app, move |engine, _| engine.store().work_of_person(&email, kind, limit)).await {
+        Ok(items) => axum::Json(json!({ "work": items })).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn person_notifications(State(app): State<App>, headers: HeaderMap, Path(email): Path<String>) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    match query_owner(&app, move |engine, _| engine.store().notifications(&email, LIST_MAX)).await {
+        Ok(items) => axum::Json(json!({ "notifications": items })).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// The URL of a person's calendar feed (an admin hands it to them).
+async fn person_calendar_url(State(app): State<App>, headers: HeaderMap, Path(email): Path<String>) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let Some(secret) = app.config.unsubscribe_secret.as_deref() else {
+        return problem(StatusCode::NOT_FOUND, "No feeds", "this server has no secret to sign feed links with");
+    };
+    let email = email.trim().to_lowercase();
+    let path = format!("/cal/people/{}/{}", flowmark_runtime::url_part(&email), ical::token(secret, &email));
+    let workspace = format!("/cal/workspace/{}", ical::token(secret, "workspace"));
+    axum::Json(json!({ "person": path, "workspace": workspace })).into_response()
+}
+
+async fn work_item(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let wanted = id.clone();
+    match query_owner(&app, move |engine, _| engine.store().work_item(&wanted)).await {
+        Ok(Some(item)) => axum::Json(item).into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, "No such work", format!("there is no work item `{id}`")),
+        Err(response) => response,
+    }
+}
+
+/// The action an API body or a UI form asks for, or what is wrong with it.
+pub(crate) fn parse_action(action: &str, fields: &serde_json::Map<String, Value>) -> Result<WorkAction, String> {
+    let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::trim).filter(|v| !v.is_empty());
+    match action {
+        "claim" => Ok(WorkAction::Claim),
+        "release" => Ok(WorkAction::Release),
+        "reassign" => match text("to") {
+            Some(to) => Ok(WorkAction::Reassign { to: to.to_owned() }),
+            None => Err("say whom to reassign it to: `to`".to_owned()),
+        },
+        "complete" => match fields.get("fields") {
+            None => Ok(WorkAction::Complete { fields: serde_json::Map::new() }),
+            Some(Value::Object(values)) => Ok(WorkAction::Complete { fields: values.clone() }),
+            Some(_) => Err("`fields` must be an object".to_owned()),
+        },
+        "decide" => {
+            let decision = fields.get("decision").cloned().map(serde_json::from_value::<Decision>);
+            match decision {
+                Some(Ok(decision)) => Ok(WorkAction::Decide { decision, comment: text("comment").map(str::to_owned) }),
+                _ => Err("`decision` is approve, approve_with_changes, request_changes or reject".to_owned()),
+            }
+        }
+        other => Err(format!("unknown action `{other}`: claim, release, reassign, complete or decide")),
+    }
+}
+
+/// A refusal as its problem response.
+pub(crate) fn refusal(refusal: &WorkRefusal) -> Response {
+    let (status, title) = match refusal {
+        WorkRefusal::NotFound(_) => (StatusCode::NOT_FOUND, "No such work"),
+        WorkRefusal::Closed(..) => (StatusCode::CONFLICT, "Work closed"),
+        WorkRefusal::NotYours(_) => (StatusCode::FORBIDDEN, "Not yours"),
+        WorkRefusal::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid input"),
+        WorkRefusal::Ignored(_) => (StatusCode::CONFLICT, "Input ignored"),
+    };
+    problem(status, title, refusal.to_string())
+}
+
+/// Acts on a work item: `claim`, `release`, `reassign` (`to`), `complete` (`fields`),
+/// `decide` (`decision`, `comment`); the body names who acts: `by`.
+async fn act(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let fields = match json_object(&body) {
+        Ok(fields) => fields,
+        Err((title, detail)) => return problem(StatusCode::BAD_REQUEST, title, detail),
+    };
+    let Some(by) = fields.get("by").and_then(Value::as_str).map(str::to_owned).filter(|b| !b.trim().is_empty()) else {
+        return problem(StatusCode::BAD_REQUEST, "Invalid input", "say who acts: `by`");
+    };
+    let action = match parse_action(&action, &fields) {
+        Ok(action) => action,
+        Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid input", detail),
+    };
+    act_as(&app, id, by, action).await
+}
+
+/// Runs an action as `by` and answers with the item afterwards, or the refusal.
+pub(crate) async fn act_as(app: &App, id: String, by: String, action: WorkAction) -> Response {
+    match query(&app.owner, move |engine, now| engine.act_on_work(&id, &by, action, now)).await {
+        Ok(Ok(Ok(item))) => axum::Json(item).into_response(),
+        Ok(Ok(Err(refused))) => refusal(&refused),
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}
+
+/// An item's work, open and closed, oldest first.
+async fn item_work(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    match query_owner(&app, move |engine, _| engine.store().work_of_subject(&id, LIST_MAX)).await {
+        Ok(items) => axum::Json(json!({ "work": items })).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn item_comments(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    match query_owner(&app, move |engine, _| engine.store().comments(&id, LIST_MAX)).await {
+        Ok(comments) => axum::Json(json!({ "comments": comments })).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Comments on an item: `{"by": email, "body": text, "work": work id (optional)}`; people
+/// mentioned as `@email` are notified.
+async fn comment(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let fields = match json_object(&body) {
+        Ok(fields) => fields,
+        Err((title, detail)) => return problem(StatusCode::BAD_REQUEST, title, detail),
+    };
+    let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_owned);
+    let (Some(by), Some(body)) = (text("by"), text("body")) else {
+        return problem(StatusCode::BAD_REQUEST, "Invalid input", "say who comments and what: `by`, `body`");
+    };
+    let work = text("work");
+    comment_as(&app, id, work, by, body).await
+}
+
+pub(crate) async fn comment_as(app: &App, id: String, work: Option<String>, by: String, body: String) -> Response {
+    let answer = query(&app.owner, move |engine, now| engine.add_comment(&id, work.as_deref(), &by, &body, now)).await;
+    match answer {
+        Ok(Ok(Ok(comment))) => (StatusCode::CREATED, axum::Json(comment)).into_response(),
+        Ok(Ok(Err(refused))) => refusal(&refused),
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}
+
+fn calendar(body: String) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/calendar; charset=utf-8"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=300"));
+    response
+}
+
+fn feed_refused() -> Response {
+    problem(StatusCode::NOT_FOUND, "No such feed", "the feed link is wrong or was revoked")
+}
+
+/// The publications of items at or after a week ago, as the feed shows them.
+fn publications(engine: &Eng, now: Timestamp, only: Option<&[String]>) -> Result<Vec<ical::Publication>, String> {
+    let from = Timestamp(now.ms() - 7 * 24 * 3_600_000).to_chrono().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let items = engine.store().scheduled_items(&from, ical::FEED_ENTRIES_MAX).map_err(|e| e.to_string())?;
+    Ok(items
+        .into_iter()
+        .filter(|(id, _)| only.is_none_or(|ids| ids.contains(id)))
+        .filter_map(|(id, data)| {
+            let at = data.get(ical::PUBLISH_AT_FIELD)?.as_str()?;
+            let at = chrono::DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&chrono::Utc);
+            Some(ical::Publication {
+                title: flowmark_runtime::work::subject_title(&data, &id),
+                item_id: id,
+                at: Timestamp::from_chrono(&at),
+                url: None,
+            })
+        })
+        .collect())
+}
+
+/// A person's feed: their open work as to-dos, and the publications of the items it is on.
+async fn person_feed(State(app): State<App>, Path((email, token)): Path<(String, String)>) -> Response {
+    let token = token.trim_end_matches(".ics").to_owned();
+    let Some(secret) = app.config.unsubscribe_secret.as_deref() else { return feed_refused() };
+    if !ical::verify_token(secret, &email, &token) {
+        return feed_refused();
+    }
+    let answer = query(&app.owner, move |engine, now| -> Result<String, String> {
+        let work = engine.store().work_of_person(&email, None, ical::FEED_ENTRIES_MAX).map_err(|e| e.to_string())?;
+        let items: Vec<String> = work.iter().map(|w| w.subject_id.clone()).collect();
+        let publications = publications(engine, now, Some(&items))?;
+        Ok(ical::feed(&format!("Flowmark — {email}"), &work, &publications, engine.public_url(), now))
+    })
+    .await;
+    match answer {
+        Ok(Ok(body)) => calendar(body),
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}
+
+/// The workspace's feed: all open work and every scheduled publication.
+async fn workspace_feed(State(app): State<App>, Path(token): Path<String>) -> Response {
+    let token = token.trim_end_matches(".ics").to_owned();
+    let Some(secret) = app.config.unsubscribe_secret.as_deref() else { return feed_refused() };
+    if !ical::verify_token(secret, "workspace", &token) {
+        return feed_refused();
+    }
+    let answer = query(&app.owner, move |engine, now| -> Result<String, String> {
+        let work = engine.store().open_work_after(None, ical::FEED_ENTRIES_MAX).map_err(|e| e.to_string())?;
+        let publications = publications(engine, now, None)?;
+        Ok(ical::feed("Flowmark — workspace", &work, &publications, engine.public_url(), now))
+    })
+    .await;
+    match answer {
+        Ok(Ok(body)) => calendar(body),
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}

@@ -1,0 +1,508 @@
+//! The people's side of the store: work items (tasks and approval requests) with the people
+//! who may act on them, comments, notifications, and the accounts and sessions of the web UI.
+//!
+//! Work items are a projection of run states, written by the runtime in the same batch as the
+//! transition that opens or closes them: an open item exists exactly while its run waits at
+//! the step for that role. `work_people` holds only open items' candidates, so an inbox is one
+//! indexed range scan (`person`, then the items), never a scan of closed work.
+
+use flowmark_core::Timestamp;
+use flowmark_core::engine::RunId;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+use crate::Error;
+
+/// The schema of this module, one migration (appended to the store's list).
+pub(crate) const MIGRATION: &str = r#"
+CREATE TABLE work (
+    id TEXT PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    workflow_id TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    role TEXT NOT NULL,
+    title TEXT NOT NULL,
+    description TEXT,
+    due_at INTEGER,
+    created_at INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    assignee TEXT,
+    outcome TEXT,
+    closed_by TEXT,
+    closed_at INTEGER,
+    detail TEXT NOT NULL
+);
+CREATE INDEX work_by_run ON work (run_id, status);
+CREATE INDEX work_by_subject ON work (subject_id, created_at);
+CREATE INDEX work_open_by_due ON work (status, due_at);
+CREATE TABLE work_people (
+    person TEXT NOT NULL,
+    work_id TEXT NOT NULL,
+    PRIMARY KEY (person, work_id)
+) WITHOUT ROWID;
+CREATE INDEX work_people_by_work ON work_people (work_id);
+CREATE TABLE comments (
+    subject_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    work_id TEXT,
+    by TEXT NOT NULL,
+    body TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (subject_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE notifications (
+    key TEXT PRIMARY KEY,
+    person TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    text TEXT NOT NULL,
+    link TEXT,
+    at INTEGER NOT NULL,
+    digest INTEGER NOT NULL,
+    digested_at INTEGER
+) WITHOUT ROWID;
+CREATE INDEX notifications_by_person ON notifications (person, at);
+CREATE INDEX notifications_digest ON notifications (digest, digested_at, person);
+CREATE TABLE accounts (
+    email TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX contacts_by_publish_at ON contacts (json_extract(traits, '$.publish_at'))
+    WHERE json_extract(traits, '$.publish_at') IS NOT NULL;
+CREATE TABLE sessions (
+    hash TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkKind {
+    /// A `task` step's work, for its responsible role.
+    Task,
+    /// One approver role's decision on an `approval` step.
+    Approval,
+}
+
+impl WorkKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkKind::Task => "task",
+            WorkKind::Approval => "approval",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<WorkKind> {
+        match text {
+            "task" => Some(WorkKind::Task),
+            "approval" => Some(WorkKind::Approval),
+            _ => None,
+        }
+    }
+}
+
+/// Work for people: a task, or one approver role's decision on an approval, of one run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WorkItem {
+    /// The effect key that asked for it (a task), with `:role` for an approval.
+    pub id: String,
+    pub run: RunId,
+    pub workflow_id: String,
+    pub subject_id: String,
+    pub step: String,
+    pub kind: WorkKind,
+    /// The responsible role (a task) or the approver role (an approval).
+    pub role: String,
+    pub title: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    /// `open` or `closed`.
+    pub status: String,
+    /// The person who claimed it or it was reassigned to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assignee: Option<String>,
+    /// How it closed: `completed`, a decision (`approve`, …), `cancelled`, `withdrawn`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<Timestamp>,
+    /// RACI, form fields, the approval's round: what a page shows beside the title.
+    pub detail: Value,
+    /// Who may act on it now (empty once closed).
+    pub people: Vec<String>,
+}
+
+/// A change to the work projection, applied in a batch after its transitions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkChange {
+    /// A new open item; ignored when the id exists (a retried commit).
+    Open(Box<WorkItem>),
+    /// After a transition of `run`: its open items whose `(step, role)` is not in `keep`
+    /// close, with the outcome `outcomes` names for them, else `otherwise`.
+    Settle {
+        run: RunId,
+        keep: Vec<(String, String)>,
+        /// `(step, role, outcome, by)`; a role of `*` matches every role at the step.
+        outcomes: Vec<(String, String, String, Option<String>)>,
+        otherwise: String,
+    },
+    /// Who may act on an open item now, and whom it is assigned to.
+    People { id: String, assignee: Option<String>, people: Vec<String> },
+    /// `people` may act too on every open item of `run` at `step` (an escalation reassigned it).
+    Join { run: RunId, step: String, people: Vec<String> },
+}
+
+/// A comment on an item (a subject), optionally about one work item.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Comment {
+    pub subject_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work_id: Option<String>,
+    pub by: String,
+    pub body: String,
+    pub at: Timestamp,
+}
+
+/// One notification for one person; its key makes it once-only.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Notification {
+    /// The effect that caused it and the person: `<effect key>/<person>`.
+    pub key: String,
+    pub person: String,
+    /// `task_assigned`, `approval_requested`, `reminder`, `escalation`, `mention`, …
+    pub reason: String,
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    pub at: Timestamp,
+    /// Held for the person's daily digest instead of sent at once.
+    pub digest: bool,
+}
+
+/// A web UI session, stored by the SHA-256 of its cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub email: String,
+    /// The token every form of this session must carry.
+    pub csrf: String,
+    pub expires_at: Timestamp,
+}
+
+/// Applies work changes inside the caller's transaction.
+pub(crate) fn apply(tx: &Connection, changes: &[&WorkChange], now: Timestamp) -> Result<(), Error> {
+    for change in changes {
+        match change {
+            WorkChange::Open(item) => {
+                let inserted = tx
+                    .prepare_cached(
+                        "INSERT INTO work (id, run_id, workflow_id, subject_id, step, kind, role, title, description,
+                             due_at, created_at, status, assignee, detail)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'open', ?12, ?13)
+                         ON CONFLICT (id) DO NOTHING",
+                    )?
+                    .execute(params![
+                        item.id,
+                        crate::sqlite::run_id(item.run),
+                        item.workflow_id,
+                        item.subject_id,
+                        item.step,
+                        item.kind.as_str(),
+                        item.role,
+                        item.title,
+                        item.description,
+                        item.due_at.map(Timestamp::ms),
+                        item.created_at.ms(),
+                        item.assignee,
+                        crate::sqlite::to_json(&item.detail)?,
+                    ])?;
+                if inserted > 0 {
+                    set_people(tx, &item.id, &item.people)?;
+                }
+            }
+            WorkChange::Settle { run, keep, outcomes, otherwise } => {
+                let open: Vec<(String, String, String)> = tx
+                    .prepare_cached("SELECT id, step, role FROM work WHERE run_id = ?1 AND status = 'open'")?
+                    .query_map([crate::sqlite::run_id(*run)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for (id, step, role) in open {
+                    if keep.iter().any(|(s, r)| *s == step && *r == role) {
+                        continue;
+                    }
+                    let (outcome, by) = outcomes
+                        .iter()
+                        .find(|(s, r, _, _)| *s == step && (*r == role || r == "*"))
+                        .map_or((otherwise.as_str(), None), |(_, _, outcome, by)| (outcome.as_str(), by.as_deref()));
+                    tx.prepare_cached(
+                        "UPDATE work SET status = 'closed', outcome = ?2, closed_by = ?3, closed_at = ?4 WHERE id = ?1",
+                    )?
+                    .execute(params![id, outcome, by, now.ms()])?;
+                    set_people(tx, &id, &[])?;
+                }
+            }
+            WorkChange::Join { run, step, people } => {
+                let ids: Vec<String> = tx
+                    .prepare_cached("SELECT id FROM work WHERE run_id = ?1 AND step = ?2 AND status = 'open'")?
+                    .query_map(params![crate::sqlite::run_id(*run), step], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut insert =
+                    tx.prepare_cached("INSERT OR IGNORE INTO work_people (person, work_id) VALUES (?1, ?2)")?;
+                for id in &ids {
+                    for person in people {
+                        insert.execute([person.to_lowercase().as_str(), id])?;
+                    }
+                }
+            }
+            WorkChange::People { id, assignee, people } => {
+                let updated = tx
+                    .prepare_cached("UPDATE work SET assignee = ?2 WHERE id = ?1 AND status = 'open'")?
+                    .execute(params![id, assignee])?;
+                if updated > 0 {
+                    set_people(tx, id, people)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_people(tx: &Connection, id: &str, people: &[String]) -> Result<(), Error> {
+    tx.prepare_cached("DELETE FROM work_people WHERE work_id = ?1")?.execute([id])?;
+    let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO work_people (person, work_id) VALUES (?1, ?2)")?;
+    for person in people {
+        insert.execute([person.to_lowercase().as_str(), id])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn add_comments(tx: &Connection, comments: &[&Comment]) -> Result<(), Error> {
+    for comment in comments {
+        let seq: i64 = tx
+            .prepare_cached("SELECT COALESCE(MAX(seq) + 1, 0) FROM comments WHERE subject_id = ?1")?
+            .query_row([&comment.subject_id], |r| r.get(0))?;
+        tx.prepare_cached(
+            "INSERT INTO comments (subject_id, seq, work_id, by, body, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            comment.subject_id,
+            seq,
+            comment.work_id,
+            comment.by,
+            comment.body,
+            comment.at.ms()
+        ])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn add_notifications(tx: &Connection, notifications: &[&Notification]) -> Result<(), Error> {
+    for n in notifications {
+        tx.prepare_cached(
+            "INSERT INTO notifications (key, person, reason, text, link, at, digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (key) DO NOTHING",
+        )?
+        .execute(params![n.key, n.person.to_lowercase(), n.reason, n.text, n.link, n.at.ms(), n.digest])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn mark_digested(tx: &Connection, keys: &[&str], now: Timestamp) -> Result<(), Error> {
+    for key in keys {
+        tx.prepare_cached("UPDATE notifications SET digested_at = ?2 WHERE key = ?1")?
+            .execute(params![key, now.ms()])?;
+    }
+    Ok(())
+}
+
+const WORK_COLUMNS: &str = "id, run_id, workflow_id, subject_id, step, kind, role, title, description, due_at,
+    created_at, status, assignee, outcome, closed_by, closed_at, detail";
+
+fn work_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(WorkItem, String)> {
+    let kind: String = row.get(5)?;
+    Ok((
+        WorkItem {
+            id: row.get(0)?,
+            run: RunId(row.get::<_, i64>(1)? as u64),
+            workflow_id: row.get(2)?,
+            subject_id: row.get(3)?,
+            step: row.get(4)?,
+            kind: WorkKind::parse(&kind).unwrap_or(WorkKind::Task),
+            role: row.get(6)?,
+            title: row.get(7)?,
+            description: row.get(8)?,
+            due_at: row.get::<_, Option<i64>>(9)?.map(Timestamp),
+            created_at: Timestamp(row.get(10)?),
+            status: row.get(11)?,
+            assignee: row.get(12)?,
+            outcome: row.get(13)?,
+            closed_by: row.get(14)?,
+            closed_at: row.get::<_, Option<i64>>(15)?.map(Timestamp),
+            detail: Value::Null,
+            people: Vec::new(),
+        },
+        row.get(16)?,
+    ))
+}
+
+fn finish_item(tx: &Connection, (mut item, detail): (WorkItem, String)) -> Result<WorkItem, Error> {
+    item.detail = crate::sqlite::from_json(&detail)?;
+    item.people = tx
+        .prepare_cached("SELECT person FROM work_people WHERE work_id = ?1 ORDER BY person")?
+        .query_map([&item.id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(item)
+}
+
+pub(crate) fn item(conn: &Connection, id: &str) -> Result<Option<WorkItem>, Error> {
+    let row = conn
+        .prepare_cached(&format!("SELECT {WORK_COLUMNS} FROM work WHERE id = ?1"))?
+        .query_row([id], work_row)
+        .optional()?;
+    row.map(|row| finish_item(conn, row)).transpose()
+}
+
+/// A person's open work, soonest due first (no due date last), at most `limit`.
+pub(crate) fn of_person(
+    conn: &Connection,
+    person: &str,
+    kind: Option<WorkKind>,
+    limit: usize,
+) -> Result<Vec<WorkItem>, Error> {
+    let columns: Vec<String> = WORK_COLUMNS.split(',').map(|c| format!("w.{}", c.trim())).collect();
+    let columns = columns.join(", ");
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {columns} FROM work_people p JOIN work w ON w.id = p.work_id
+         WHERE p.person = ?1 AND (?2 IS NULL OR w.kind = ?2)
+         ORDER BY w.due_at IS NULL, w.due_at, w.created_at, w.id"
+    ))?;
+    let rows = statement.query_map(params![person.to_lowercase(), kind.map(WorkKind::as_str)], work_row)?;
+    rows.take(limit).map(|row| finish_item(conn, row?)).collect()
+}
+
+/// A subject's work, open and closed, oldest first, at most `limit`.
+pub(crate) fn of_subject(conn: &Connection, subject_id: &str, limit: usize) -> Result<Vec<WorkItem>, Error> {
+    let mut statement = conn
+        .prepare_cached(&format!("SELECT {WORK_COLUMNS} FROM work WHERE subject_id = ?1 ORDER BY created_at, rowid"))?;
+    let rows = statement.query_map([subject_id], work_row)?;
+    rows.take(limit).map(|row| finish_item(conn, row?)).collect()
+}
+
+/// Open work after `after` (by id), at most `limit`: for re-resolving people and feeds.
+pub(crate) fn open_after(conn: &Connection, after: Option<&str>, limit: usize) -> Result<Vec<WorkItem>, Error> {
+    let mut statement =
+        conn.prepare_cached(&format!("SELECT {WORK_COLUMNS} FROM work WHERE status = 'open' AND id > ?1 ORDER BY id"))?;
+    let rows = statement.query_map([after.unwrap_or("")], work_row)?;
+    rows.take(limit).map(|row| finish_item(conn, row?)).collect()
+}
+
+pub(crate) fn comments(conn: &Connection, subject_id: &str, limit: usize) -> Result<Vec<Comment>, Error> {
+    let mut statement =
+        conn.prepare_cached("SELECT work_id, by, body, at FROM comments WHERE subject_id = ?1 ORDER BY seq DESC")?;
+    let rows = statement.query_map([subject_id], |r| {
+        Ok(Comment {
+            subject_id: subject_id.to_owned(),
+            work_id: r.get(0)?,
+            by: r.get(1)?,
+            body: r.get(2)?,
+            at: Timestamp(r.get(3)?),
+        })
+    })?;
+    let mut comments: Vec<Comment> = rows.take(limit).collect::<rusqlite::Result<_>>()?;
+    comments.reverse();
+    Ok(comments)
+}
+
+fn notification_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Notification> {
+    Ok(Notification {
+        key: r.get(0)?,
+        person: r.get(1)?,
+        reason: r.get(2)?,
+        text: r.get(3)?,
+        link: r.get(4)?,
+        at: Timestamp(r.get(5)?),
+        digest: r.get(6)?,
+    })
+}
+
+/// A person's notifications, newest first, at most `limit`.
+pub(crate) fn notifications(conn: &Connection, person: &str, limit: usize) -> Result<Vec<Notification>, Error> {
+    let mut statement = conn.prepare_cached(
+        "SELECT key, person, reason, text, link, at, digest FROM notifications WHERE person = ?1 ORDER BY at DESC, key",
+    )?;
+    let rows = statement.query_map([person.to_lowercase()], notification_row)?;
+    Ok(rows.take(limit).collect::<rusqlite::Result<_>>()?)
+}
+
+/// Notifications held for digests and not yet sent, by person then time, at most `limit`.
+pub(crate) fn undigested(conn: &Connection, limit: usize) -> Result<Vec<Notification>, Error> {
+    let mut statement = conn.prepare_cached(
+        "SELECT key, person, reason, text, link, at, digest FROM notifications
+         WHERE digest = 1 AND digested_at IS NULL ORDER BY person, at, key",
+    )?;
+    let rows = statement.query_map([], notification_row)?;
+    Ok(rows.take(limit).collect::<rusqlite::Result<_>>()?)
+}
+
+/// Items with a `publish_at` at or after `from`, soonest first, at most `limit`:
+/// `(id, data)`.
+pub(crate) fn scheduled(conn: &Connection, from: &str, limit: usize) -> Result<Vec<(String, Value)>, Error> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, traits FROM contacts
+         WHERE json_extract(traits, '$.publish_at') IS NOT NULL AND json_extract(traits, '$.publish_at') >= ?1
+         ORDER BY json_extract(traits, '$.publish_at'), id",
+    )?;
+    let rows = statement.query_map([from], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    rows.take(limit)
+        .map(|row| {
+            let (id, traits) = row?;
+            Ok((id, crate::sqlite::from_json(&traits)?))
+        })
+        .collect()
+}
+
+pub(crate) fn put_account(conn: &Connection, email: &str, password_hash: &str, now: Timestamp) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT INTO accounts (email, password_hash, created_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (email) DO UPDATE SET password_hash = excluded.password_hash",
+    )?
+    .execute(params![email.to_lowercase(), password_hash, now.ms()])?;
+    // A new password ends every session of the account.
+    conn.prepare_cached("DELETE FROM sessions WHERE email = ?1")?.execute([email.to_lowercase()])?;
+    Ok(())
+}
+
+pub(crate) fn account(conn: &Connection, email: &str) -> Result<Option<String>, Error> {
+    Ok(conn
+        .prepare_cached("SELECT password_hash FROM accounts WHERE email = ?1")?
+        .query_row([email.to_lowercase()], |r| r.get(0))
+        .optional()?)
+}
+
+pub(crate) fn put_session(conn: &Connection, hash: &str, session: &Session, now: Timestamp) -> Result<(), Error> {
+    conn.prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?.execute([now.ms()])?;
+    conn.prepare_cached("INSERT INTO sessions (hash, email, csrf, expires_at) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![hash, session.email, session.csrf, session.expires_at.ms()])?;
+    Ok(())
+}
+
+pub(crate) fn session(conn: &Connection, hash: &str, now: Timestamp) -> Result<Option<Session>, Error> {
+    Ok(conn
+        .prepare_cached("SELECT email, csrf, expires_at FROM sessions WHERE hash = ?1 AND expires_at > ?2")?
+        .query_row(params![hash, now.ms()], |r| {
+            Ok(Session { email: r.get(0)?, csrf: r.get(1)?, expires_at: Timestamp(r.get(2)?) })
+        })
+        .optional()?)
+}
+
+pub(crate) fn end_session(conn: &Connection, hash: &str) -> Result<(), Error> {
+    conn.prepare_cached("DELETE FROM sessions WHERE hash = ?1")?.execute([hash])?;
+    Ok(())
+}
