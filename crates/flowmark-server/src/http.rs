@@ -40,6 +40,8 @@ pub struct Config {
     /// Secrets inbound webhooks (`/hooks/{source}`) are verified with; none means the
     /// endpoint answers 404.
     pub inbound_webhook_secrets: Vec<flowmark_runtime::webhook::Secret>,
+    /// Mark the web UI's session cookie `Secure` (the server is reached over https).
+    pub secure_cookies: bool,
 }
 
 #[derive(Clone)]
@@ -77,6 +79,7 @@ pub fn router(owner: Owner, config: Config) -> Router {
         .route("/t/c/{token}", get(track_click))
         .route("/t/o/{token}", get(track_open))
         .merge(crate::people::routes())
+        .merge(crate::ui::routes())
         // Bodies past the largest limit are cut off by the framework (413); below it, each
         // endpoint checks its own limit and says which one was crossed (400).
         .layer(DefaultBodyLimit::max(REQUEST_SIZE_BYTES_MAX))

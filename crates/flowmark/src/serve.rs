@@ -179,6 +179,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         admin_tokens: args.api_tokens.clone(),
         unsubscribe_secret: Some(secret.clone()),
         inbound_webhook_secrets: parse_secrets(&args.inbound_webhook_secrets)?,
+        secure_cookies: args.public_url.as_deref().is_some_and(|url| url.starts_with("https://")),
     };
     if args.demo {
         let now = flowmark_core::Timestamp(
@@ -189,6 +190,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 .deploy(name, source, now)
                 .map_err(|e| anyhow::anyhow!("the blueprint {name} does not deploy: {e}"))?;
         }
+        seed_team(&mut engine, now)?;
         config.write_keys.push(DEMO_WRITE_KEY.to_owned());
         config.admin_tokens.push(DEMO_API_TOKEN.to_owned());
     }
@@ -265,6 +267,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         println!("flowmark: listening on http://{address}");
         if args.demo {
             println!("flowmark: demo write key `{DEMO_WRITE_KEY}`, API token `{DEMO_API_TOKEN}`");
+            println!(
+                "flowmark: web UI at http://{address}/ui — sign in as sam@example.com (writer), dana@example.com \
+                 (editor), sia@example.com (SEO) or lee@example.com (lead), password `{DEMO_PASSWORD}`"
+            );
         }
         axum::serve(listener, router(owner, config))
             .with_graceful_shutdown(async {
@@ -278,6 +284,42 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     owner_thread.join().map_err(|_| anyhow::anyhow!("the owner thread panicked"))?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo team's password (every demo account has it).
+const DEMO_PASSWORD: &str = "flowmark-demo";
+
+/// The demo team: a directory, an account per person, and a blog post on its way through the
+/// blog-post workflow (started once; a restart keeps the run it has).
+fn seed_team(engine: &mut Engine<SqliteStore>, now: flowmark_core::Timestamp) -> anyhow::Result<()> {
+    let people = [
+        ("sam@example.com", "Sam (writer)"),
+        ("sia@example.com", "Sia (SEO)"),
+        ("dana@example.com", "Dana (editor)"),
+        ("bea@example.com", "Bea (brand)"),
+        ("lee@example.com", "Lee (lead)"),
+    ];
+    let directory = serde_json::json!({
+        "people": people.iter().map(|(email, name)| serde_json::json!({ "email": email, "name": name })).collect::<Vec<_>>(),
+        "teams": { "content": ["sam@example.com"], "seo": ["sia@example.com"], "brand": ["bea@example.com"] },
+    });
+    let source = serde_json::from_value(directory).context("the demo directory")?;
+    engine
+        .set_directory(source, now)
+        .context("cannot store the demo directory")?
+        .map_err(|errors| anyhow::anyhow!("the demo directory is invalid: {}", errors.join("; ")))?;
+    let hash = flowmark_server::auth::hash_password(DEMO_PASSWORD).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (email, _) in people {
+        engine.store_mut().put_account(email, &hash, now).context("cannot store a demo account")?;
+    }
+    let publish_at =
+        (chrono::Utc::now() + chrono::Duration::days(7)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let post = serde_json::json!({ "title": "Spring launch: ten workflow tips", "publish_at": publish_at });
+    if engine.store().latest_run("blog-post", "demo-post-1").context("cannot read the demo run")?.is_none() {
+        engine.store_mut().upsert_contact("demo-post-1", &post, None, now).context("cannot store the demo post")?;
+        engine.start("blog-post", "demo-post-1", now).context("cannot start the demo post's workflow")?;
+    }
+    Ok(())
 }
 
 /// A few contacts download the whitepaper, so runs, emails and timers exist at once.

@@ -9,6 +9,7 @@ mod people;
 mod segment_client;
 mod serve;
 mod simulate;
+mod ui;
 mod validate;
 mod webhooks;
 

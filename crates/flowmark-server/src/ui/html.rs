@@ -1,0 +1,129 @@
+//! HTML for the web UI: escaping, the page frame, and the pieces pages share.
+//!
+//! Pages are rendered on the server as plain HTML with native forms: nothing to build, fast
+//! on any device, usable by keyboard and screen reader (labels on every control, landmarks,
+//! visible focus, contrast above WCAG AA).
+//!
+//! Invariant: every value that did not come from this module is escaped with [`esc`].
+
+use std::fmt::Write as _;
+
+use flowmark_core::Timestamp;
+
+/// Escapes text for HTML content and quoted attribute values.
+pub fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A path segment, escaped for a URL.
+pub fn seg(text: &str) -> String {
+    flowmark_runtime::url_part(text)
+}
+
+/// The stylesheet, served at `/ui/app.css`.
+pub const CSS: &str = r#"
+:root { --ink:#1b1f24; --muted:#57606a; --line:#d0d7de; --bg:#f6f8fa; --card:#fff; --accent:#0a58ca;
+  --ok:#116329; --warn:#9a6700; --bad:#b42318; font-family: system-ui, -apple-system, "Segoe UI", sans-serif; }
+* { box-sizing: border-box; }
+body { margin:0; color:var(--ink); background:var(--bg); line-height:1.5; }
+a { color:var(--accent); }
+:focus-visible { outline:3px solid #fb8c00; outline-offset:2px; }
+header.top { display:flex; gap:1.5rem; align-items:center; padding:.6rem 1.5rem; background:#24292f; color:#fff; }
+header.top a { color:#fff; text-decoration:none; font-weight:600; }
+header.top .brand { font-size:1.1rem; }
+header.top .who { margin-left:auto; display:flex; gap:1rem; align-items:center; }
+header.top button { background:none; border:1px solid #8c959f; color:#fff; border-radius:6px; padding:.2rem .7rem; cursor:pointer; }
+main { max-width:1080px; margin:1.5rem auto; padding:0 1rem; }
+h1 { font-size:1.5rem; margin:.2rem 0 1rem; } h2 { font-size:1.15rem; margin:1.5rem 0 .6rem; }
+.card { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:1rem 1.2rem; margin-bottom:1rem; }
+table { width:100%; border-collapse:collapse; background:var(--card); border:1px solid var(--line); border-radius:8px; }
+th, td { text-align:left; padding:.55rem .8rem; border-bottom:1px solid var(--line); vertical-align:top; }
+th { font-size:.85rem; color:var(--muted); font-weight:600; }
+.muted { color:var(--muted); } .overdue { color:var(--bad); font-weight:600; } .ok { color:var(--ok); }
+.pill { display:inline-block; padding:0 .5rem; border-radius:999px; font-size:.8rem; border:1px solid var(--line); background:var(--bg); }
+.pill.approval { border-color:#b6c8f0; background:#eef4ff; } .pill.closed { background:#eaeef2; }
+form.stack { display:grid; gap:.7rem; max-width:34rem; }
+label { font-weight:600; display:block; margin-bottom:.2rem; }
+input[type=text], input[type=email], input[type=password], input[type=url], input[type=number], input[type=date], textarea {
+  width:100%; padding:.45rem .6rem; border:1px solid #8c959f; border-radius:6px; font:inherit; background:#fff; }
+textarea { min-height:5rem; }
+button, .button { font:inherit; font-weight:600; padding:.45rem 1rem; border-radius:6px; border:1px solid #1f6feb;
+  background:#1f6feb; color:#fff; cursor:pointer; }
+button.secondary { background:#fff; color:var(--ink); border-color:#8c959f; }
+button.danger { background:var(--bad); border-color:var(--bad); }
+.actions { display:flex; flex-wrap:wrap; gap:.5rem; align-items:center; }
+.actions.spaced { margin-top:1rem; } .actions label, label.inline { display:inline; margin:0; }
+.actions input[type=email] { width:16rem; }
+.error { border:1px solid var(--bad); background:#fff1f0; color:var(--bad); padding:.6rem .9rem; border-radius:6px; margin-bottom:1rem; }
+.notice { border:1px solid #b6c8f0; background:#eef4ff; padding:.6rem .9rem; border-radius:6px; margin-bottom:1rem; }
+dl.facts { display:grid; grid-template-columns:max-content 1fr; gap:.3rem 1rem; margin:0; }
+dl.facts dt { color:var(--muted); } dl.facts dd { margin:0; }
+ul.plain { list-style:none; padding:0; margin:0; } ul.plain li { padding:.4rem 0; border-bottom:1px solid var(--line); }
+.login { max-width:24rem; margin:4rem auto; }
+@media (max-width: 640px) { header.top { flex-wrap:wrap; } th:nth-child(3), td:nth-child(3) { display:none; } }
+"#;
+
+/// A whole page: the frame, the navigation for a signed-in person, and `body`.
+pub fn page(title: &str, person: Option<(&str, &str)>, body: &str) -> String {
+    let mut out = String::with_capacity(body.len() + 1024);
+    let _ = write!(
+        out,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{} · Flowmark</title><link rel=\"stylesheet\" href=\"/ui/app.css\"></head><body>",
+        esc(title)
+    );
+    out.push_str("<header class=\"top\"><a class=\"brand\" href=\"/ui\">Flowmark</a>");
+    if let Some((email, csrf)) = person {
+        let _ = write!(
+            out,
+            "<nav aria-label=\"Main\"><a href=\"/ui\">My work</a></nav>\
+             <div class=\"who\"><span>{}</span><form method=\"post\" action=\"/ui/logout\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Sign out</button></form></div>",
+            esc(email),
+            esc(csrf)
+        );
+    }
+    out.push_str("</header><main id=\"main\">");
+    out.push_str(body);
+    out.push_str("</main></body></html>");
+    out
+}
+
+/// A time as people read it, in UTC, with the `datetime` machine value.
+pub fn time(at: Timestamp) -> String {
+    let utc = at.to_chrono();
+    format!("<time datetime=\"{}\">{}</time>", utc.to_rfc3339(), utc.format("%a %d %b %Y, %H:%M UTC"))
+}
+
+/// A due time, marked when it has passed.
+pub fn due(due_at: Option<Timestamp>, now: Timestamp) -> String {
+    match due_at {
+        None => "<span class=\"muted\">no due date</span>".to_owned(),
+        Some(at) if at <= now => format!("<span class=\"overdue\">overdue · {}</span>", time(at)),
+        Some(at) => time(at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_in_values_is_escaped() {
+        assert_eq!(esc("<b a=\"1\">&'"), "&lt;b a=&quot;1&quot;&gt;&amp;&#39;");
+        let html = page("<x>", Some(("a@example.com", "t\"")), "");
+        assert!(html.contains("<title>&lt;x&gt; · Flowmark</title>") && html.contains("value=\"t&quot;\""));
+    }
+}

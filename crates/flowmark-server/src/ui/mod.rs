@@ -1,0 +1,694 @@
+//! The web UI, served by `flowmark serve` under `/ui` and embedded in the binary: sign-in,
+//! **My work** (tasks and approvals waiting for the signed-in person, their notifications),
+//! a work item's page with its actions, and an item's page (its work, outcomes, comments).
+//!
+//! Sign-in is a local account (`PUT /api/accounts/{email}`, Argon2id password) that opens a
+//! session: a random cookie (`HttpOnly`, `SameSite=Lax`, `Secure` behind https), stored by its
+//! SHA-256, 12 hours long. Every form carries the session's CSRF token, checked on POST; the
+//! sign-in form is checked by `Origin`. The person acts as themselves: the same rules as the
+//! API (`crate::people`) decide what they may do.
+//!
+//! Invariant: no page is served to a request without a live session, and no POST changes
+//! anything without the session's CSRF token.
+
+mod html;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use flowmark_core::Timestamp;
+use flowmark_runtime::WorkRefusal;
+use flowmark_store::{Session, Store, WorkItem, WorkKind};
+use serde_json::Value;
+use std::fmt::Write as _;
+
+use crate::auth::{constant_time_eq, hash_password, new_token, token_hash, verify_password};
+use crate::http::{App, authorize, bearer, internal, json_object, problem, query};
+use html::{due, esc, page, seg, time};
+
+/// How long a session lasts.
+pub const SESSION_MS: i64 = 12 * 3_600_000;
+const COOKIE: &str = "fm_session";
+
+pub(crate) fn routes() -> Router<App> {
+    Router::new()
+        .route("/ui", get(home))
+        .route("/ui/", get(home))
+        .route("/ui/app.css", get(css))
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/logout", post(logout))
+        .route("/ui/work/{id}", get(work_page))
+        .route("/ui/work/{id}/{action}", post(work_action))
+        .route("/ui/items/{id}", get(item_page))
+        .route("/ui/items/{id}/comments", post(item_comment))
+        .route("/api/accounts/{email}", axum::routing::put(put_account))
+}
+
+async fn css() -> Response {
+    let mut response = html::CSS.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/css; charset=utf-8"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    response
+}
+
+/// Creates or replaces a web UI account: `{"password": "…"}` (an API token is needed).
+async fn put_account(State(app): State<App>, headers: HeaderMap, Path(email): Path<String>, body: Bytes) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), flowmark_store::Scope::Admin).await {
+        return response;
+    }
+    let fields = match json_object(&body) {
+        Ok(fields) => fields,
+        Err((title, detail)) => return problem(StatusCode::BAD_REQUEST, title, detail),
+    };
+    let email = email.trim().to_lowercase();
+    if !flowmark_runtime::directory::looks_like_email(&email) {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid input",
+            format!("`{email}` is not an email address"),
+        );
+    }
+    let Some(password) = fields.get("password").and_then(Value::as_str) else {
+        return problem(StatusCode::BAD_REQUEST, "Invalid input", "send the password as `password`");
+    };
+    let hash = match hash_password(password) {
+        Ok(hash) => hash,
+        Err(crate::auth::PasswordError::Length) => {
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid input",
+                crate::auth::PasswordError::Length.to_string(),
+            );
+        }
+        Err(error) => return internal(error),
+    };
+    match query(&app.owner, move |engine, now| engine.store_mut().put_account(&email, &hash, now)).await {
+        Ok(Ok(())) => axum::Json(serde_json::json!({ "updated": true })).into_response(),
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}
+
+/// The signed-in person, from the session cookie.
+async fn session(app: &App, headers: &HeaderMap) -> Option<(String, Session)> {
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_owned))?;
+    let hash = token_hash(&cookie);
+    let found = query(&app.owner, move |engine, now| engine.store().session(&hash, now)).await.ok()?.ok()??;
+    Some((found.email.clone(), found))
+}
+
+fn to_login(path: &str) -> Response {
+    Redirect::to(&format!("/ui/login?next={}", seg(path))).into_response()
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    let mut response = (status, Html(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; form-action 'self'; frame-ancestors 'none'"),
+    );
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn login_form(next: &str, error: Option<&str>) -> String {
+    let mut body = String::from("<div class=\"login card\"><h1>Sign in to Flowmark</h1>");
+    if let Some(error) = error {
+        let _ = write!(body, "<p class=\"error\" role=\"alert\">{}</p>", esc(error));
+    }
+    let _ = write!(
+        body,
+        "<form class=\"stack\" method=\"post\" action=\"/ui/login\">\
+         <input type=\"hidden\" name=\"next\" value=\"{}\">\
+         <div><label for=\"email\">Email</label><input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required autofocus></div>\
+         <div><label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required></div>\
+         <div><button type=\"submit\">Sign in</button></div></form></div>",
+        esc(next)
+    );
+    page("Sign in", None, &body)
+}
+
+async fn login_page(axum::extract::Query(q): axum::extract::Query<Vec<(String, String)>>) -> Response {
+    let next = q.iter().find(|(k, _)| k == "next").map_or("/ui", |(_, v)| v.as_str());
+    html(StatusCode::OK, login_form(next, None))
+}
+
+/// A redirect target inside the UI only (no open redirects).
+fn safe_next(next: &str) -> String {
+    if next.starts_with("/ui") && !next.starts_with("//") && !next.contains('\\') {
+        next.to_owned()
+    } else {
+        "/ui".to_owned()
+    }
+}
+
+fn form_value<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Is the request from a page of this server (or a client that sends no `Origin`)?
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    origin.split_once("://").is_some_and(|(_, rest)| rest == host)
+}
+
+async fn login(
+    State(app): State<App>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    if !same_origin(&headers) {
+        return html(StatusCode::FORBIDDEN, login_form("/ui", Some("This form was sent from another site.")));
+    }
+    let email = form_value(&form, "email").unwrap_or_default().trim().to_lowercase();
+    let password = form_value(&form, "password").unwrap_or_default().to_owned();
+    let next = safe_next(form_value(&form, "next").unwrap_or("/ui"));
+    let wanted = email.clone();
+    let stored = match query(&app.owner, move |engine, _| engine.store().account(&wanted)).await {
+        Ok(Ok(stored)) => stored,
+        Ok(Err(error)) => return internal(error),
+        Err(response) => return response,
+    };
+    // Verify against a dummy hash when there is no account, so timing does not tell.
+    let valid = match &stored {
+        Some(hash) => verify_password(&password, hash),
+        None => {
+            let _ = verify_password(&password, &DUMMY_HASH);
+            false
+        }
+    };
+    if !valid {
+        return html(StatusCode::UNAUTHORIZED, login_form(&next, Some("Wrong email or password.")));
+    }
+    let (Ok(cookie), Ok(csrf)) = (new_token(), new_token()) else { return internal("no randomness for a session") };
+    let hash = token_hash(&cookie);
+    let secure = app.config.secure_cookies;
+    let answer = query(&app.owner, move |engine, now| {
+        let session = Session { email, csrf, expires_at: Timestamp(now.ms() + SESSION_MS) };
+        engine.store_mut().put_session(&hash, &session, now)
+    })
+    .await;
+    match answer {
+        Ok(Ok(())) => {
+            let mut response = Redirect::to(&next).into_response();
+            let cookie = format!(
+                "{COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+                SESSION_MS / 1000,
+                if secure { "; Secure" } else { "" }
+            );
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
+            response
+        }
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}
+
+/// A real Argon2id hash, verified when an account does not exist (same cost either way).
+static DUMMY_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| hash_password("no account has this password").unwrap_or_default());
+
+fn csrf_ok(form: &[(String, String)], session: &Session) -> bool {
+    form_value(form, "csrf").is_some_and(|token| constant_time_eq(token.as_bytes(), session.csrf.as_bytes()))
+}
+
+async fn logout(
+    State(app): State<App>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    if let Some((_, session)) = session(&app, &headers).await
+        && csrf_ok(&form, &session)
+    {
+        let cookie = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| pair.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_owned))
+            .unwrap_or_default();
+        let hash = token_hash(&cookie);
+        let _ = query(&app.owner, move |engine, _| engine.store_mut().end_session(&hash)).await;
+    }
+    let mut response = Redirect::to("/ui/login").into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, HeaderValue::from_static("fm_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"));
+    response
+}
+
+fn work_rows(items: &[WorkItem], now: Timestamp, empty: &str) -> String {
+    if items.is_empty() {
+        return format!("<p class=\"muted\">{}</p>", esc(empty));
+    }
+    let mut out = String::from(
+        "<table><thead><tr><th scope=\"col\">What</th><th scope=\"col\">Due</th><th scope=\"col\">Item</th><th scope=\"col\">Role</th></tr></thead><tbody>",
+    );
+    for item in items {
+        let _ = write!(
+            out,
+            "<tr><td><a href=\"/ui/work/{}\">{}</a>{}</td><td>{}</td><td><a href=\"/ui/items/{}\">{}</a></td><td>{}</td></tr>",
+            seg(&item.id),
+            esc(&item.title),
+            item.assignee
+                .as_ref()
+                .map(|a| format!(" <span class=\"pill\">claimed by {}</span>", esc(a)))
+                .unwrap_or_default(),
+            due(item.due_at, now),
+            seg(&item.subject_id),
+            esc(&item.subject_id),
+            esc(&item.role),
+        );
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+/// My work: what waits for the signed-in person, and what they were told.
+async fn home(State(app): State<App>, headers: HeaderMap) -> Response {
+    let Some((email, session)) = session(&app, &headers).await else { return to_login("/ui") };
+    let who = email.clone();
+    let answer = query(&app.owner, move |engine, now| -> Result<String, flowmark_store::Error> {
+        let tasks = engine.store().work_of_person(&who, Some(WorkKind::Task), 200)?;
+        let approvals = engine.store().work_of_person(&who, Some(WorkKind::Approval), 200)?;
+        let notes = engine.store().notifications(&who, 15)?;
+        let mut body = String::from("<h1>My work</h1>");
+        let _ = write!(body, "<section aria-labelledby=\"tasks\"><h2 id=\"tasks\">My tasks ({})</h2>", tasks.len());
+        body.push_str(&work_rows(&tasks, now, "No tasks wait for you."));
+        let _ = write!(
+            body,
+            "</section><section aria-labelledby=\"approvals\"><h2 id=\"approvals\">Waiting for my approval ({})</h2>",
+            approvals.len()
+        );
+        body.push_str(&work_rows(&approvals, now, "No approvals wait for you."));
+        body.push_str("</section><section aria-labelledby=\"notes\"><h2 id=\"notes\">Notifications</h2>");
+        if notes.is_empty() {
+            body.push_str("<p class=\"muted\">Nothing yet.</p>");
+        } else {
+            body.push_str("<ul class=\"plain notifications\">");
+            for n in &notes {
+                let link = n.link.as_deref().and_then(|l| l.find("/ui/").map(|at| &l[at..])).unwrap_or("/ui");
+                let _ = write!(
+                    body,
+                    "<li><span class=\"pill\">{}</span> <a href=\"{}\">{}</a> <span class=\"muted\">{}</span></li>",
+                    esc(&n.reason.replace('_', " ")),
+                    esc(link),
+                    esc(&n.text),
+                    time(n.at)
+                );
+            }
+            body.push_str("</ul>");
+        }
+        body.push_str("</section>");
+        Ok(body)
+    })
+    .await;
+    match answer {
+        Ok(Ok(body)) => html(StatusCode::OK, page("My work", Some((&email, &session.csrf)), &body)),
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}
+
+fn comments_html(comments: &[flowmark_store::Comment], subject: &str, work: Option<&str>, csrf: &str) -> String {
+    let mut out = String::from(
+        "<section aria-labelledby=\"comments\"><h2 id=\"comments\">Comments</h2><ul class=\"plain comments\">",
+    );
+    for c in comments {
+        let _ = write!(
+            out,
+            "<li><strong>{}</strong> <span class=\"muted\">{}</span><br>{}</li>",
+            esc(&c.by),
+            time(c.at),
+            esc(&c.body)
+        );
+    }
+    if comments.is_empty() {
+        out.push_str("<li class=\"muted\">No comments yet.</li>");
+    }
+    let _ = write!(
+        out,
+        "</ul><form class=\"stack\" method=\"post\" action=\"/ui/items/{}/comments\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">{}\
+         <div><label for=\"comment-body\">Add a comment</label><textarea id=\"comment-body\" name=\"body\" required \
+         aria-describedby=\"comment-help\"></textarea><small id=\"comment-help\" class=\"muted\">Mention someone with @email to notify them.</small></div>\
+         <div><button type=\"submit\" class=\"secondary\">Comment</button></div></form></section>",
+        seg(subject),
+        esc(csrf),
+        work.map(|w| format!("<input type=\"hidden\" name=\"work\" value=\"{}\">", esc(w))).unwrap_or_default()
+    );
+    out
+}
+
+/// The form controls of a task's fields.
+fn field_controls(detail: &Value) -> String {
+    let mut out = String::new();
+    for field in detail["fields"].as_array().into_iter().flatten() {
+        let name = field["name"].as_str().unwrap_or_default();
+        let required = field["required"].as_bool().unwrap_or(false);
+        let kind = match field["kind"].as_str().unwrap_or("text") {
+            "url" => "url",
+            "number" => "number",
+            "date" => "date",
+            "bool" | "checkbox" => "checkbox",
+            _ => "text",
+        };
+        let id = format!("field-{}", esc(name));
+        let label = format!("{}{}", esc(&name.replace('_', " ")), if required { " (required)" } else { "" });
+        if kind == "checkbox" {
+            let _ = write!(
+                out,
+                "<div><input id=\"{id}\" type=\"checkbox\" name=\"field.{}\"> <label for=\"{id}\" class=\"inline\">{label}</label></div>",
+                esc(name)
+            );
+        } else {
+            let _ = write!(
+                out,
+                "<div><label for=\"{id}\">{label}</label><input id=\"{id}\" type=\"{kind}\" name=\"field.{}\"{}></div>",
+                esc(name),
+                if required { " required" } else { "" }
+            );
+        }
+    }
+    out
+}
+
+fn work_html(item: &WorkItem, email: &str, csrf: &str, now: Timestamp, error: Option<&str>) -> String {
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<p><a href=\"/ui\">← My work</a></p><h1>{} <span class=\"pill {}\">{}</span></h1>",
+        esc(&item.title),
+        item.kind.as_str(),
+        item.kind.as_str()
+    );
+    if let Some(error) = error {
+        let _ = write!(body, "<p class=\"error\" role=\"alert\">{}</p>", esc(error));
+    }
+    body.push_str("<div class=\"card\"><dl class=\"facts\">");
+    let _ = write!(
+        body,
+        "<dt>Item</dt><dd><a href=\"/ui/items/{}\">{}</a></dd>",
+        seg(&item.subject_id),
+        esc(&item.subject_id)
+    );
+    let _ = write!(
+        body,
+        "<dt>Workflow</dt><dd>{} · step <code>{}</code> · run {}</dd>",
+        esc(&item.workflow_id),
+        esc(&item.step),
+        item.run.0
+    );
+    let _ = write!(body, "<dt>Role</dt><dd>{}</dd>", esc(&item.role));
+    if let Some(a) = item.detail["raci"]["accountable"].as_str().or(item.detail["accountable"].as_str()) {
+        let _ = write!(body, "<dt>Accountable</dt><dd>{}</dd>", esc(a));
+    }
+    let _ = write!(body, "<dt>Due</dt><dd>{}</dd>", due(item.due_at, now));
+    if item.status == "open" {
+        let _ = write!(body, "<dt>For</dt><dd>{}</dd>", esc(&item.people.join(", ")));
+    } else {
+        let _ = write!(
+            body,
+            "<dt>Outcome</dt><dd class=\"ok\">{}{}</dd>",
+            esc(&item.outcome.clone().unwrap_or_default().replace('_', " ")),
+            item.closed_by.as_ref().map(|b| format!(" by {}", esc(b))).unwrap_or_default()
+        );
+    }
+    body.push_str("</dl>");
+    if let Some(description) = &item.description {
+        let _ = write!(body, "<p>{}</p>", esc(description));
+    }
+    body.push_str("</div>");
+    let mine = item.status == "open" && item.people.iter().any(|p| p == email);
+    let id = seg(&item.id);
+    let hidden = format!("<input type=\"hidden\" name=\"csrf\" value=\"{}\">", esc(csrf));
+    if item.status == "open" && !mine {
+        body.push_str("<p class=\"notice\">This is not waiting for you.</p>");
+    }
+    if mine {
+        body.push_str("<section aria-labelledby=\"act\" class=\"card\"><h2 id=\"act\">Your part</h2>");
+        match item.kind {
+            WorkKind::Task => {
+                let _ = write!(
+                    body,
+                    "<form class=\"stack\" method=\"post\" action=\"/ui/work/{id}/complete\">{hidden}{}\
+                     <div><button type=\"submit\">Complete task</button></div></form>",
+                    field_controls(&item.detail)
+                );
+            }
+            WorkKind::Approval => {
+                let _ = write!(
+                    body,
+                    "<form class=\"stack\" method=\"post\" action=\"/ui/work/{id}/decide\">{hidden}\
+                     <div><label for=\"decision-comment\">Decision comment</label><textarea id=\"decision-comment\" name=\"comment\"></textarea></div>\
+                     <div class=\"actions\"><button type=\"submit\" name=\"decision\" value=\"approve\">Approve</button>\
+                     <button type=\"submit\" class=\"secondary\" name=\"decision\" value=\"approve_with_changes\">Approve with changes</button>\
+                     <button type=\"submit\" class=\"secondary\" name=\"decision\" value=\"request_changes\">Request changes</button>\
+                     <button type=\"submit\" class=\"danger\" name=\"decision\" value=\"reject\">Reject</button></div></form>"
+                );
+            }
+        }
+        body.push_str("<div class=\"actions spaced\">");
+        if item.assignee.as_deref() == Some(email) {
+            let _ = write!(
+                body,
+                "<form method=\"post\" action=\"/ui/work/{id}/release\">{hidden}<button type=\"submit\" class=\"secondary\">Release</button></form>"
+            );
+        } else {
+            let _ = write!(
+                body,
+                "<form method=\"post\" action=\"/ui/work/{id}/claim\">{hidden}<button type=\"submit\" class=\"secondary\">Claim</button></form>"
+            );
+        }
+        let _ = write!(
+            body,
+            "<form class=\"actions\" method=\"post\" action=\"/ui/work/{id}/reassign\">{hidden}\
+             <label for=\"reassign-to\">Reassign to</label><input id=\"reassign-to\" name=\"to\" type=\"email\" required>\
+             <button type=\"submit\" class=\"secondary\">Reassign</button></form></div></section>"
+        );
+    }
+    body
+}
+
+async fn work_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let Some((email, session)) = session(&app, &headers).await else {
+        return to_login(&format!("/ui/work/{}", seg(&id)));
+    };
+    render_work(&app, id, email, session, None, StatusCode::OK).await
+}
+
+async fn render_work(
+    app: &App,
+    id: String,
+    email: String,
+    session: Session,
+    error: Option<String>,
+    status: StatusCode,
+) -> Response {
+    let csrf = session.csrf.clone();
+    let who = email.clone();
+    let answer = query(&app.owner, move |engine, now| -> Result<Option<(String, String)>, flowmark_store::Error> {
+        let Some(item) = engine.store().work_item(&id)? else { return Ok(None) };
+        let comments = engine.store().comments(&item.subject_id, 100)?;
+        let mut body = work_html(&item, &who, &csrf, now, error.as_deref());
+        body.push_str(&comments_html(&comments, &item.subject_id, Some(&item.id), &csrf));
+        Ok(Some((item.title, body)))
+    })
+    .await;
+    match answer {
+        Ok(Ok(Some((title, body)))) => html(status, page(&title, Some((&email, &session.csrf)), &body)),
+        Ok(Ok(None)) => {
+            html(StatusCode::NOT_FOUND, page("Not found", Some((&email, &session.csrf)), "<h1>No such work item</h1>"))
+        }
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}
+
+/// A form's task fields (`field.<name>`) as values of their declared kinds.
+fn form_fields(form: &[(String, String)], detail: &Value) -> serde_json::Map<String, Value> {
+    let mut fields = serde_json::Map::new();
+    for field in detail["fields"].as_array().into_iter().flatten() {
+        let Some(name) = field["name"].as_str() else { continue };
+        let kind = field["kind"].as_str().unwrap_or("text");
+        let value = form_value(form, &format!("field.{name}")).map(str::trim);
+        let value = match (kind, value) {
+            ("bool" | "checkbox", v) => Value::Bool(v.is_some()),
+            (_, None | Some("")) => continue,
+            ("number", Some(v)) => match v.parse::<f64>() {
+                Ok(n) => serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number),
+                Err(_) => Value::String(v.to_owned()),
+            },
+            (_, Some(v)) => Value::String(v.to_owned()),
+        };
+        fields.insert(name.to_owned(), value);
+    }
+    fields
+}
+
+async fn work_action(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    axum::Form(form): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    let Some((email, session)) = session(&app, &headers).await else {
+        return to_login(&format!("/ui/work/{}", seg(&id)));
+    };
+    if !csrf_ok(&form, &session) {
+        return html(
+            StatusCode::FORBIDDEN,
+            page(
+                "Refused",
+                Some((&email, &session.csrf)),
+                "<h1>This form has expired</h1><p>Go back, reload the page and try again.</p>",
+            ),
+        );
+    }
+    let wanted = id.clone();
+    let item = match query(&app.owner, move |engine, _| engine.store().work_item(&wanted)).await {
+        Ok(Ok(Some(item))) => item,
+        Ok(Ok(None)) => return render_work(&app, id, email, session, None, StatusCode::NOT_FOUND).await,
+        Ok(Err(error)) => return internal(error),
+        Err(response) => return response,
+    };
+    let mut values = serde_json::Map::new();
+    for key in ["to", "decision", "comment"] {
+        if let Some(v) = form_value(&form, key) {
+            values.insert(key.to_owned(), Value::String(v.to_owned()));
+        }
+    }
+    if action == "complete" {
+        values.insert("fields".to_owned(), Value::Object(form_fields(&form, &item.detail)));
+    }
+    let action = match crate::people::parse_action(&action, &values) {
+        Ok(action) => action,
+        Err(error) => return render_work(&app, id, email, session, Some(error), StatusCode::BAD_REQUEST).await,
+    };
+    let (who, target) = (email.clone(), id.clone());
+    let answer = query(&app.owner, move |engine, now| engine.act_on_work(&target, &who, action, now)).await;
+    match answer {
+        Ok(Ok(Ok(_))) => Redirect::to(&format!("/ui/work/{}", seg(&id))).into_response(),
+        Ok(Ok(Err(refused))) => {
+            let status = match refused {
+                WorkRefusal::NotFound(_) => StatusCode::NOT_FOUND,
+                WorkRefusal::NotYours(_) => StatusCode::FORBIDDEN,
+                WorkRefusal::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                WorkRefusal::Closed(..) | WorkRefusal::Ignored(_) => StatusCode::CONFLICT,
+            };
+            render_work(&app, id, email, session, Some(refused.to_string()), status).await
+        }
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}
+
+/// An item's page: its fields, its work (open and closed, with outcomes) and comments.
+async fn item_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let Some((email, session)) = session(&app, &headers).await else {
+        return to_login(&format!("/ui/items/{}", seg(&id)));
+    };
+    let csrf = session.csrf.clone();
+    let answer = query(&app.owner, move |engine, now| -> Result<Option<String>, flowmark_store::Error> {
+        let Some(contact) = engine.store().contact(&id)? else { return Ok(None) };
+        let work = engine.store().work_of_subject(&id, 500)?;
+        let comments = engine.store().comments(&id, 100)?;
+        let title = flowmark_runtime::work::subject_title(&contact.traits, &id);
+        let mut body = format!("<h1>{}</h1><div class=\"card\"><dl class=\"facts\">", esc(&title));
+        for (key, value) in contact.traits.as_object().into_iter().flatten() {
+            let shown = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let _ = write!(body, "<dt>{}</dt><dd>{}</dd>", esc(key), esc(&shown));
+        }
+        body.push_str("</dl></div><section aria-labelledby=\"work\"><h2 id=\"work\">Work</h2><table><thead><tr>\
+            <th scope=\"col\">What</th><th scope=\"col\">Role</th><th scope=\"col\">Status</th><th scope=\"col\">Due</th></tr></thead><tbody>");
+        for w in &work {
+            let status = if w.status == "open" {
+                format!("<span class=\"pill\">open</span> {}", esc(&w.people.join(", ")))
+            } else {
+                format!(
+                    "<span class=\"pill closed\">{}</span>{}",
+                    esc(&w.outcome.clone().unwrap_or_default().replace('_', " ")),
+                    w.closed_by.as_ref().map(|b| format!(" by {}", esc(b))).unwrap_or_default()
+                )
+            };
+            let _ = write!(
+                body,
+                "<tr><td><a href=\"/ui/work/{}\">{}</a></td><td>{}</td><td>{status}</td><td>{}</td></tr>",
+                seg(&w.id),
+                esc(&w.title),
+                esc(&w.role),
+                due(w.due_at.filter(|_| w.status == "open"), now)
+            );
+        }
+        body.push_str("</tbody></table></section>");
+        body.push_str(&comments_html(&comments, &id, None, &csrf));
+        Ok(Some(body))
+    })
+    .await;
+    match answer {
+        Ok(Ok(Some(body))) => html(StatusCode::OK, page("Item", Some((&email, &session.csrf)), &body)),
+        Ok(Ok(None)) => {
+            html(StatusCode::NOT_FOUND, page("Not found", Some((&email, &session.csrf)), "<h1>No such item</h1>"))
+        }
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}
+
+async fn item_comment(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::Form(form): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    let Some((email, session)) = session(&app, &headers).await else {
+        return to_login(&format!("/ui/items/{}", seg(&id)));
+    };
+    if !csrf_ok(&form, &session) {
+        return html(
+            StatusCode::FORBIDDEN,
+            page("Refused", Some((&email, &session.csrf)), "<h1>This form has expired</h1>"),
+        );
+    }
+    let work = form_value(&form, "work").map(str::to_owned);
+    let body = form_value(&form, "body").unwrap_or_default().to_owned();
+    let back = match &work {
+        Some(w) => format!("/ui/work/{}", seg(w)),
+        None => format!("/ui/items/{}", seg(&id)),
+    };
+    let who = email.clone();
+    let answer = query(&app.owner, move |engine, now| engine.add_comment(&id, work.as_deref(), &who, &body, now)).await;
+    match answer {
+        Ok(Ok(Ok(_))) => Redirect::to(&back).into_response(),
+        Ok(Ok(Err(refused))) => html(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            page(
+                "Refused",
+                Some((&email, &session.csrf)),
+                &format!(
+                    "<p class=\"error\" role=\"alert\">{}</p><p><a href=\"{}\">Back</a></p>",
+                    esc(&refused.to_string()),
+                    esc(&back)
+                ),
+            ),
+        ),
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}
