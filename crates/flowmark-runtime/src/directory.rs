@@ -291,6 +291,19 @@ impl Directory {
         resolved
     }
 
+    /// The people holding any of `roles`, sorted, without repeats (see [`Directory::resolve`]).
+    pub fn resolve_all(
+        &self,
+        roles: &[String],
+        workflow_roles: &BTreeMap<String, RoleBinding>,
+        subject: &Value,
+        now: Timestamp,
+    ) -> Vec<String> {
+        let people: BTreeSet<String> =
+            roles.iter().flat_map(|role| self.resolve(role, workflow_roles, subject, now).people).collect();
+        people.into_iter().collect()
+    }
+
     /// The person who acts for `email` at `now`: their delegate's stand-in while they are away.
     fn stand_in(&self, email: &str, now: Timestamp, delegated: &mut Vec<(String, String)>) -> String {
         let mut at = email.to_owned();

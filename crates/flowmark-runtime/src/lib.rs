@@ -40,4 +40,5 @@ pub use engine::{
     SCHEDULED_EVENT, SEGMENT_SWEEP_EVERY_MS, SEGMENT_SWEEP_PAGE_COUNT, SEGMENTS_SETTING, SUPPRESSED_REASON_TRAIT,
     Stats, UNSUBSCRIBED_TRAIT,
 };
-pub use engine::{CHAT_EFFECT, DELIVERY_EFFECT, WorkAction, WorkRefusal, mentions, url_part};
+pub use engine::{CHAT_EFFECT, DELIVERY_EFFECT, WorkAction, WorkRefusal};
+pub use work::url_part;

@@ -13,9 +13,20 @@ use flowmark_core::Timestamp;
 use flowmark_core::engine::{EffectKind, HistoryKind, TokenState, Transition};
 use flowmark_core::model::{ApprovalMode, StepKind, Workflow};
 use flowmark_store::{WorkChange, WorkItem, WorkKind};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
 
 use crate::directory::Directory;
+
+/// What a path segment keeps unescaped: RFC 3986's unreserved characters, and `:` and `@`
+/// (work ids and emails stay readable in links).
+const PATH_SEGMENT: &AsciiSet =
+    &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b':').remove(b'@');
+
+/// A path segment with the characters URLs reserve escaped.
+pub fn url_part(text: &str) -> String {
+    utf8_percent_encode(text, PATH_SEGMENT).to_string()
+}
 
 /// Does this workflow have steps that give people work?
 pub fn gives_work(workflow: &Workflow) -> bool {
@@ -40,13 +51,7 @@ pub fn changes(
     now: Timestamp,
 ) -> Vec<WorkChange> {
     let run = &t.run;
-    let resolve = |roles: &[String]| -> Vec<String> {
-        let mut people: Vec<String> =
-            roles.iter().flat_map(|role| directory.resolve(role, &workflow.roles, subject, now).people).collect();
-        people.sort();
-        people.dedup();
-        people
-    };
+    let resolve = |roles: &[String]| directory.resolve_all(roles, &workflow.roles, subject, now);
     let mut opened: Vec<WorkItem> = Vec::new();
     for effect in &t.effects {
         let Some(at) = workflow.step_index(&effect.step) else { continue };

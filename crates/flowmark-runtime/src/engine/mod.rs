@@ -41,7 +41,7 @@ mod people;
 
 pub use ingest::{SEGMENT_SWEEP_EVERY_MS, SEGMENT_SWEEP_PAGE_COUNT, SEGMENTS_SETTING};
 use ingest::{Sweep, Unit};
-pub use people::{CHAT_EFFECT, DELIVERY_EFFECT, WorkAction, WorkRefusal, mentions, url_part};
+pub use people::{CHAT_EFFECT, DELIVERY_EFFECT, WorkAction, WorkRefusal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -372,14 +372,24 @@ impl<S: Store> Engine<S> {
 
     /// Delivers an input to one run (a task completed, an approval decided, a cancel).
     pub fn deliver(&mut self, run_id: RunId, input: &Input, now: Timestamp) -> Result<Option<Transition>, Error> {
+        let Some(t) = self.decide(run_id, input, now)? else { return Ok(None) };
+        self.commit_with_follow_ups(t.clone(), Vec::new(), now)?;
+        Ok(Some(t))
+    }
+
+    /// What `input` does to a run, decided but not committed.
+    fn decide(&mut self, run_id: RunId, input: &Input, now: Timestamp) -> Result<Option<Transition>, Error> {
         let Some(run) = self.store.run(run_id)? else { return Ok(None) };
         let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
         let facts = self.load_facts(&run.subject_id, now, Needs::of(&workflow))?;
-        let t = handle(&workflow, run, input, &facts.facts(&self.env), now);
-        let mut transitions = vec![t.clone()];
+        Ok(Some(handle(&workflow, run, input, &facts.facts(&self.env), now)))
+    }
+
+    /// Commits a transition with what its end causes, and `work` besides its own inbox changes.
+    fn commit_with_follow_ups(&mut self, t: Transition, work: Vec<WorkChange>, now: Timestamp) -> Result<(), Error> {
+        let mut transitions = vec![t];
         self.follow_ups(&mut transitions, now)?;
-        self.commit(&transitions, now)?;
-        Ok(Some(t))
+        self.commit_with_work(&transitions, work, now)
     }
 
     /// Fires up to `limit` timers due at `now`, earliest first; returns how many fired.
@@ -474,14 +484,21 @@ impl<S: Store> Engine<S> {
                 continue;
             };
             let mut subject = self.subject_in(&mut unit, &run.subject_id)?.0.clone();
-            if matches!(kind, "create_task" | "request_approval" | "notify")
-                && let Some(ask) = self.recipients(&run, &entry.key, &entry.step, &entry.effect, &subject, now)?
-                && !ask.people.is_empty()
-            {
-                for person in &ask.people {
-                    self.notify_person(&mut unit, (&entry.key, run.id, &entry.step), person, &ask, now);
+            let asks = match kind {
+                "create_task" | "request_approval" | "notify" => {
+                    self.recipients(&run, &entry.key, &entry.step, &entry.effect, &subject, now)?
                 }
-                let detail = format!("notified {}", ask.people.join(", "));
+                _ => Vec::new(),
+            };
+            if !asks.is_empty() {
+                let mut notified = Vec::new();
+                for ask in &asks {
+                    for person in &ask.people {
+                        self.notify_person(&mut unit, (&entry.key, run.id, &entry.step), person, ask, now);
+                        notified.push(person.as_str());
+                    }
+                }
+                let detail = format!("notified {}", notified.join(", "));
                 outcomes[index] = Some(Ok(Outcome::Done { detail: Some(detail) }));
                 owners.push(Some(run));
                 continue;
@@ -852,11 +869,22 @@ impl<S: Store> Engine<S> {
     }
 
     fn commit(&mut self, transitions: &[Transition], now: Timestamp) -> Result<(), Error> {
+        self.commit_with_work(transitions, Vec::new(), now)
+    }
+
+    /// Commits transitions with their inbox changes, then `extra` work changes.
+    fn commit_with_work(
+        &mut self,
+        transitions: &[Transition],
+        extra: Vec<WorkChange>,
+        now: Timestamp,
+    ) -> Result<(), Error> {
         if transitions.is_empty() {
             return Ok(());
         }
         let refs: Vec<&Transition> = transitions.iter().collect();
-        let work = self.work_changes(&refs, None, now)?;
+        let mut work = self.work_changes(&refs, None, now)?;
+        work.extend(extra);
         self.store.write(&Batch { transitions: refs.clone(), work: work.iter().collect(), ..Batch::default() }, now)?;
         self.stats.transitions_committed += refs.len() as u64;
         Ok(())

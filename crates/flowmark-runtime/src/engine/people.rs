@@ -12,14 +12,15 @@
 //! (an assignment's history entry with the new people; a completion with the inbox closing).
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{Decision, HistoryKind, Input, RunId, handle};
+use flowmark_core::engine::{Decision, HistoryKind, Input, RunId};
 use flowmark_core::render::Message;
 use flowmark_store::{Batch, Comment, Notification, OutboxEntry, Store, WorkChange, WorkItem, WorkKind};
 use serde_json::{Value, json};
+use sha2::Digest as _;
 
-use super::{Engine, Error, Needs, Unit};
+use super::{Engine, Error, Unit};
 use crate::directory::{Directory, DirectorySource};
-use crate::work::subject_title;
+use crate::work::{subject_title, url_part};
 
 /// The longest comment, in bytes.
 pub const COMMENT_BYTES_MAX: usize = 10_000;
@@ -27,6 +28,9 @@ pub const COMMENT_BYTES_MAX: usize = 10_000;
 pub const DIGEST_ROUND_MAX: usize = 10_000;
 /// The effect kind of one notification's delivery on one channel.
 pub const DELIVERY_EFFECT: &str = "deliver_notification";
+/// The run a delivery names when no single run caused it (a digest, a mention outside work);
+/// deliveries are dispatched without their run.
+const NO_RUN: RunId = RunId(0);
 /// The effect kind chat deliveries are routed by (a Slack-compatible incoming webhook).
 pub const CHAT_EFFECT: &str = "post_chat";
 
@@ -138,11 +142,7 @@ impl<S: Store> Engine<S> {
         let Some(run) = self.store.run(*run)? else { return Ok(Vec::new()) };
         let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
         let subject = self.store.contact(&run.subject_id)?.map(|c| c.traits).unwrap_or(Value::Null);
-        let mut people: Vec<String> =
-            roles.iter().flat_map(|role| self.directory.resolve(role, &workflow.roles, &subject, now).people).collect();
-        people.sort();
-        people.dedup();
-        Ok(people)
+        Ok(self.directory.resolve_all(roles, &workflow.roles, &subject, now))
     }
 
     /// A person acts on a work item; returns the item as it is afterwards.
@@ -233,25 +233,16 @@ impl<S: Store> Engine<S> {
                 (input, None)
             }
         };
-        let Some(run) = self.store.run(item.run)? else {
+        let Some(t) = self.decide(item.run, &input, now)? else {
             return Ok(Err(WorkRefusal::NotFound(format!("the run of `{id}`"))));
         };
-        let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-        let facts = self.load_facts(&run.subject_id, now, Needs::of(&workflow))?;
-        let t = handle(&workflow, run, &input, &facts.facts(&self.env), now);
         if let Some(reason) = t.history.iter().find_map(|h| match &h.kind {
             HistoryKind::InputIgnored { reason, .. } => Some(reason.clone()),
             _ => None,
         }) {
             return Ok(Err(WorkRefusal::Ignored(reason)));
         }
-        let mut transitions = vec![t];
-        self.follow_ups(&mut transitions, now)?;
-        let refs: Vec<_> = transitions.iter().collect();
-        let mut work = self.work_changes(&refs, None, now)?;
-        work.extend(change);
-        self.store.write(&Batch { transitions: refs, work: work.iter().collect(), ..Batch::default() }, now)?;
-        self.stats.transitions_committed += transitions.len() as u64;
+        self.commit_with_follow_ups(t, change.into_iter().collect(), now)?;
         Ok(self.store.work_item(id)?.ok_or_else(|| WorkRefusal::NotFound(id.to_owned())))
     }
 
@@ -286,7 +277,8 @@ impl<S: Store> Engine<S> {
         let mut unit = Unit::default();
         let subject = self.store.contact(subject_id)?.map(|c| c.traits).unwrap_or(Value::Null);
         let title = subject_title(&subject, subject_id);
-        let key = format!("comment-{subject_id}-{}-{:016x}", now.ms(), fnv(body.as_bytes()));
+        let digest = sha2::Sha256::digest(format!("{subject_id}\n{}\n{}\n{body}", comment.by, now.ms()));
+        let key = format!("comment-{}", digest.iter().take(12).map(|b| format!("{b:02x}")).collect::<String>());
         for mentioned in mentions(body) {
             if mentioned == comment.by {
                 continue;
@@ -298,7 +290,7 @@ impl<S: Store> Engine<S> {
                 text,
                 link: format!("/ui/items/{}", url_part(subject_id)),
             };
-            self.notify_person(&mut unit, (&key, run.unwrap_or(RunId(0)), "comment"), &mentioned, &ask, now);
+            self.notify_person(&mut unit, (&key, run.unwrap_or(NO_RUN), "comment"), &mentioned, &ask, now);
         }
         let batch = Batch { comments: vec![&comment], ..unit.batch() };
         self.store.write(&batch, now)?;
@@ -355,8 +347,9 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    /// The people an effect of a run asks for input, with why and what to tell them; `None`
-    /// for effects that ask no one.
+    /// Whom an effect of a run asks for input, why, and what to tell them: one `Ask` per role
+    /// for an approval (each approver is sent to their own work item); empty for effects that
+    /// ask no one.
     pub(super) fn recipients(
         &mut self,
         run: &flowmark_core::engine::Run,
@@ -365,33 +358,34 @@ impl<S: Store> Engine<S> {
         effect: &Value,
         subject: &Value,
         now: Timestamp,
-    ) -> Result<Option<Ask>, Error> {
+    ) -> Result<Vec<Ask>, Error> {
         let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-        let kind = effect.get("effect").and_then(Value::as_str).unwrap_or_default();
         let strings = |v: &Value| -> Vec<String> {
             v.as_array().map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect()).unwrap_or_default()
         };
         let title = subject_title(subject, &run.subject_id);
-        let (roles, reason, text, link) = match kind {
+        let item_link = format!("/ui/items/{}", url_part(&run.subject_id));
+        // (roles, reason, text, link) per ask.
+        let asks: Vec<(Vec<String>, &str, String, String)> = match effect
+            .get("effect")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+        {
             "create_task" => {
                 let task = effect["title"].as_str().unwrap_or(step);
                 let due = effect["due_at"].as_i64().map(|ms| format!(" (due {})", Timestamp(ms))).unwrap_or_default();
-                (
-                    strings(&effect["raci"]["responsible"]),
-                    "task_assigned",
-                    format!("New task: {task}{due}"),
-                    key.to_owned(),
-                )
+                let link = format!("/ui/work/{}", url_part(key));
+                vec![(strings(&effect["raci"]["responsible"]), "task_assigned", format!("New task: {task}{due}"), link)]
             }
-            "request_approval" => {
-                let approvers = strings(&effect["approvers"]);
-                let text = format!("Your approval is needed on “{title}” ({step})");
-                // One work item per approver role; the link goes to the first of the person's.
-                let link = approvers.first().map(|r| format!("{key}:{r}")).unwrap_or_else(|| key.to_owned());
-                (approvers, "approval_requested", text, link)
-            }
+            "request_approval" => strings(&effect["approvers"])
+                .into_iter()
+                .map(|role| {
+                    let text = format!("Your approval is needed on “{title}” ({step})");
+                    let link = format!("/ui/work/{}", url_part(&format!("{key}:{role}")));
+                    (vec![role], "approval_requested", text, link)
+                })
+                .collect(),
             "notify" => {
-                let to = effect["to"].as_str().unwrap_or_default().to_owned();
                 let reason = match effect["reason"].as_str().unwrap_or("message") {
                     "approval_reminder" => "reminder",
                     "escalation" => "escalation",
@@ -400,20 +394,20 @@ impl<S: Store> Engine<S> {
                     _ => "message",
                 };
                 let text = format!("{} — “{title}”", effect["message"].as_str().unwrap_or_default());
-                (vec![to], reason, text, String::new())
+                vec![(strings(&json!([effect["to"]])), reason, text, item_link)]
             }
-            _ => return Ok(None),
+            _ => Vec::new(),
         };
-        let mut people: Vec<String> =
-            roles.iter().flat_map(|role| self.directory.resolve(role, &workflow.roles, subject, now).people).collect();
-        people.sort();
-        people.dedup();
-        let link = if link.is_empty() {
-            format!("/ui/items/{}", url_part(&run.subject_id))
-        } else {
-            format!("/ui/work/{}", url_part(&link))
-        };
-        Ok(Some(Ask { people, reason: reason.to_owned(), text, link }))
+        Ok(asks
+            .into_iter()
+            .map(|(roles, reason, text, link)| Ask {
+                people: self.directory.resolve_all(&roles, &workflow.roles, subject, now),
+                reason: reason.to_owned(),
+                text,
+                link,
+            })
+            .filter(|ask| !ask.people.is_empty())
+            .collect())
     }
 
     /// Sends each person whose digest hour has come (in their time zone) one email with what
@@ -448,10 +442,9 @@ impl<S: Store> Engine<S> {
                 text.push_str(&format!("- {}\n  {}\n", n.text, n.link.as_deref().unwrap_or_default()));
             }
             let key = format!("digest/{person}/{date}");
-            let run = group.iter().find_map(|n| n.key.split('-').next()?.parse::<u64>().ok()).map_or(RunId(0), RunId);
             let entry = OutboxEntry {
                 key: key.clone(),
-                run,
+                run: NO_RUN,
                 step: "digest".to_owned(),
                 effect: json!({ "effect": DELIVERY_EFFECT, "channel": "email", "to": person,
                     "subject": format!("Flowmark digest: {} update(s)", group.len()), "text": text, "link": self.public_url }),
@@ -526,23 +519,6 @@ fn excerpt(text: &str, max: usize) -> String {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_owned(),
     }
-}
-
-/// A path segment with the characters URLs reserve escaped.
-pub fn url_part(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' | b'@' => out.push(byte as char),
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
-}
-
-/// FNV-1a: a stable, dependency-free 64-bit hash for keys (not for security).
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]
