@@ -1099,6 +1099,16 @@ pub(crate) fn json_object(body: &Bytes) -> Result<serde_json::Map<String, Value>
     }
 }
 
+/// An admin request's JSON object body, or the `401`/`403`/`400` that refuses it.
+pub(crate) async fn admin_object(
+    app: &App,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<serde_json::Map<String, Value>, Response> {
+    authorize(app, bearer(headers), Scope::Admin).await?;
+    json_object(body).map_err(|(title, detail)| problem(StatusCode::BAD_REQUEST, title, detail))
+}
+
 /// Completes a task: `{"by": "sam@example.com", "fields": {"keywords": "…"}}`.
 async fn complete_task(
     State(app): State<App>,
@@ -1106,23 +1116,20 @@ async fn complete_task(
     Path((id, step)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
-    let fields = match json_object(&body) {
+    let fields = match admin_object(&app, &headers, &body).await {
         Ok(fields) => fields,
-        Err((title, detail)) => return problem(StatusCode::BAD_REQUEST, title, detail),
+        Err(response) => return response,
     };
     let Some(by) = fields.get("by").and_then(Value::as_str).filter(|b| !b.is_empty()).map(str::to_owned) else {
         return problem(StatusCode::BAD_REQUEST, "Invalid input", "say who completed the task: `by`");
     };
-    let values = match fields.get("fields") {
-        None => serde_json::Map::new(),
-        Some(Value::Object(values)) => values.clone(),
-        Some(_) => return problem(StatusCode::BAD_REQUEST, "Invalid input", "`fields` must be an object"),
-    };
-    let input = flowmark_core::engine::Input::TaskCompleted { step, by, fields: values };
-    deliver(&app, &id, input).await
+    match crate::people::parse_action("complete", &fields) {
+        Ok(flowmark_runtime::WorkAction::Complete { fields }) => {
+            deliver(&app, &id, flowmark_core::engine::Input::TaskCompleted { step, by, fields }).await
+        }
+        Ok(_) => internal("`complete` parsed as another action"),
+        Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid input", detail),
+    }
 }
 
 /// Decides an approval: `{"role": "editor", "by": "dana@example.com", "decision": "approve" |
@@ -1133,30 +1140,22 @@ async fn decide_approval(
     Path((id, step)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
-    let fields = match json_object(&body) {
+    let fields = match admin_object(&app, &headers, &body).await {
         Ok(fields) => fields,
-        Err((title, detail)) => return problem(StatusCode::BAD_REQUEST, title, detail),
+        Err(response) => return response,
     };
     let text = |key: &str| fields.get(key).and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_owned);
     let (Some(role), Some(by)) = (text("role"), text("by")) else {
         return problem(StatusCode::BAD_REQUEST, "Invalid input", "say who decides and in which role: `by`, `role`");
     };
-    let decision = match fields.get("decision").cloned().map(serde_json::from_value::<flowmark_core::engine::Decision>)
-    {
-        Some(Ok(decision)) => decision,
-        _ => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "Invalid input",
-                "`decision` is approve, approve_with_changes, request_changes or reject",
-            );
+    match crate::people::parse_action("decide", &fields) {
+        Ok(flowmark_runtime::WorkAction::Decide { decision, comment }) => {
+            let input = flowmark_core::engine::Input::ApprovalDecided { step, role, by, decision, comment };
+            deliver(&app, &id, input).await
         }
-    };
-    let input = flowmark_core::engine::Input::ApprovalDecided { step, role, by, decision, comment: text("comment") };
-    deliver(&app, &id, input).await
+        Ok(_) => internal("`decide` parsed as another action"),
+        Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid input", detail),
+    }
 }
 
 /// Cancels a run: `{"reason": "…"}` (optional). The run ends as exited.

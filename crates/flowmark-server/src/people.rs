@@ -22,7 +22,7 @@ use flowmark_store::{Scope, Store, WorkKind};
 use serde_json::{Value, json};
 
 use crate::http::{
-    App, Eng, authorize, bearer, get_document, internal, json_object, problem, put_document, query, query_owner,
+    App, Eng, admin_object, authorize, bearer, get_document, internal, problem, put_document, query, query_owner,
 };
 
 /// Most work items or notifications one list answers.
@@ -164,12 +164,9 @@ async fn act(
     Path((id, action)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
-    let fields = match json_object(&body) {
+    let fields = match admin_object(&app, &headers, &body).await {
         Ok(fields) => fields,
-        Err((title, detail)) => return problem(StatusCode::BAD_REQUEST, title, detail),
+        Err(response) => return response,
     };
     let Some(by) = fields.get("by").and_then(Value::as_str).map(str::to_owned).filter(|b| !b.trim().is_empty()) else {
         return problem(StatusCode::BAD_REQUEST, "Invalid input", "say who acts: `by`");
@@ -215,12 +212,9 @@ async fn item_comments(State(app): State<App>, headers: HeaderMap, Path(id): Pat
 /// Comments on an item: `{"by": email, "body": text, "work": work id (optional)}`; people
 /// mentioned as `@email` are notified.
 async fn comment(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
-    let fields = match json_object(&body) {
+    let fields = match admin_object(&app, &headers, &body).await {
         Ok(fields) => fields,
-        Err((title, detail)) => return problem(StatusCode::BAD_REQUEST, title, detail),
+        Err(response) => return response,
     };
     let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_owned);
     let (Some(by), Some(body)) = (text("by"), text("body")) else {

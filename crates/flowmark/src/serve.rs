@@ -239,8 +239,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
     // People's chat notifications: posts to Slack-compatible incoming webhooks, signed like
     // every outbound webhook when secrets are set.
-    let chat =
-        WebhookSettings { secrets: parse_secrets(&args.webhook_secrets)?, allow_private: args.webhook_allow_private };
+    let webhook_secrets = parse_secrets(&args.webhook_secrets)?;
+    let chat = WebhookSettings { secrets: webhook_secrets.clone(), allow_private: args.webhook_allow_private };
     connectors = connectors.route(
         "chat",
         &[flowmark_runtime::CHAT_EFFECT],
@@ -248,10 +248,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         limits(args.webhook_concurrency, args.webhook_per_second),
     );
     if !args.webhook_secrets.is_empty() {
-        let settings = WebhookSettings {
-            secrets: parse_secrets(&args.webhook_secrets)?,
-            allow_private: args.webhook_allow_private,
-        };
+        let settings = WebhookSettings { secrets: webhook_secrets, allow_private: args.webhook_allow_private };
         connectors = connectors.route(
             "webhooks",
             &["call_webhook"],

@@ -26,7 +26,7 @@ use serde_json::Value;
 use std::fmt::Write as _;
 
 use crate::auth::{constant_time_eq, hash_password, new_token, token_hash, verify_password};
-use crate::http::{App, authorize, bearer, internal, json_object, problem, query};
+use crate::http::{App, admin_object, internal, problem, query};
 use html::{due, esc, page, seg, time};
 
 /// How long a session lasts.
@@ -56,12 +56,9 @@ async fn css() -> Response {
 
 /// Creates or replaces a web UI account: `{"password": "…"}` (an API token is needed).
 async fn put_account(State(app): State<App>, headers: HeaderMap, Path(email): Path<String>, body: Bytes) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), flowmark_store::Scope::Admin).await {
-        return response;
-    }
-    let fields = match json_object(&body) {
+    let fields = match admin_object(&app, &headers, &body).await {
         Ok(fields) => fields,
-        Err((title, detail)) => return problem(StatusCode::BAD_REQUEST, title, detail),
+        Err(response) => return response,
     };
     let email = email.trim().to_lowercase();
     if !flowmark_runtime::directory::looks_like_email(&email) {
@@ -92,15 +89,19 @@ async fn put_account(State(app): State<App>, headers: HeaderMap, Path(email): Pa
     }
 }
 
-/// The signed-in person, from the session cookie.
-async fn session(app: &App, headers: &HeaderMap) -> Option<(String, Session)> {
-    let cookie = headers
+/// The session cookie's value, if the request has one.
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_owned))?;
-    let hash = token_hash(&cookie);
+        .find_map(|pair| pair.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_owned))
+}
+
+/// The signed-in person, from the session cookie.
+async fn session(app: &App, headers: &HeaderMap) -> Option<(String, Session)> {
+    let hash = token_hash(&session_cookie(headers)?);
     let found = query(&app.owner, move |engine, now| engine.store().session(&hash, now)).await.ok()?.ok()??;
     Some((found.email.clone(), found))
 }
@@ -233,14 +234,7 @@ async fn logout(
     if let Some((_, session)) = session(&app, &headers).await
         && csrf_ok(&form, &session)
     {
-        let cookie = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| pair.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_owned))
-            .unwrap_or_default();
-        let hash = token_hash(&cookie);
+        let hash = token_hash(&session_cookie(&headers).unwrap_or_default());
         let _ = query(&app.owner, move |engine, _| engine.store_mut().end_session(&hash)).await;
     }
     let mut response = Redirect::to("/ui/login").into_response();
