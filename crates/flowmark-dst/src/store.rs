@@ -13,8 +13,8 @@ use std::rc::Rc;
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{Event, Run, RunId, Sent};
 use flowmark_store::{
-    Attempt, Batch, Comment, Contact, DueTimer, Error, Notification, OutboxEntry, RunFilter, Schedule, ScoreRecord,
-    Session, Store, Token, WorkItem, WorkKind, WorkflowStatus, WorkflowSummary,
+    Attempt, Batch, Comment, Contact, DueTimer, Error, Notification, OutboxEntry, Position, RunFilter, Schedule,
+    ScoreRecord, Session, Store, Token, WorkItem, WorkKind, WorkflowStatus, WorkflowSummary,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::Rng;
@@ -208,8 +208,16 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.undigested(limit)
     }
 
-    fn scheduled_items(&self, from: &str, limit: usize) -> Result<Vec<(String, Value)>, Error> {
-        self.inner.scheduled_items(from, limit)
+    fn scheduled_items(&self, from: &str, until: Option<&str>, limit: usize) -> Result<Vec<(String, Value)>, Error> {
+        self.inner.scheduled_items(from, until, limit)
+    }
+
+    fn open_work_due(&self, from: Timestamp, until: Timestamp, limit: usize) -> Result<Vec<WorkItem>, Error> {
+        self.inner.open_work_due(from, until, limit)
+    }
+
+    fn positions(&self, workflow_id: &str) -> Result<Vec<Position>, Error> {
+        self.inner.positions(workflow_id)
     }
 
     fn put_account(&mut self, email: &str, password_hash: &str, now: Timestamp) -> Result<(), Error> {

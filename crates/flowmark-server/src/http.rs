@@ -337,6 +337,7 @@ async fn runs(State(app): State<App>, headers: HeaderMap, Query(params): Query<H
         version,
         status,
         subject_id: params.get("subject").cloned(),
+        at: None,
     };
     let step = params.get("step").cloned();
     let listing = query(&app.owner, move |engine, _| -> Result<Vec<Value>, flowmark_runtime::Error> {

@@ -100,10 +100,14 @@ async fn person_calendar_url(State(app): State<App>, headers: HeaderMap, Path(em
     let Some(secret) = app.config.unsubscribe_secret.as_deref() else {
         return problem(StatusCode::NOT_FOUND, "No feeds", "this server has no secret to sign feed links with");
     };
-    let email = email.trim().to_lowercase();
-    let path = format!("/cal/people/{}/{}", flowmark_runtime::url_part(&email), ical::token(secret, &email));
-    let workspace = format!("/cal/workspace/{}", ical::token(secret, "workspace"));
+    let (path, workspace) = feed_paths(secret, &email.trim().to_lowercase());
     axum::Json(json!({ "person": path, "workspace": workspace })).into_response()
+}
+
+/// The paths of a person's calendar feed and of the workspace's, signed with `secret`.
+pub(crate) fn feed_paths(secret: &[u8], email: &str) -> (String, String) {
+    let person = format!("/cal/people/{}/{}", flowmark_runtime::url_part(email), ical::token(secret, email));
+    (person, format!("/cal/workspace/{}", ical::token(secret, "workspace")))
 }
 
 async fn work_item(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -248,22 +252,43 @@ fn feed_refused() -> Response {
 
 /// The publications of items at or after a week ago, as the feed shows them.
 fn publications(engine: &Eng, now: Timestamp, only: Option<&[String]>) -> Result<Vec<ical::Publication>, String> {
-    let from = Timestamp(now.ms() - 7 * 24 * 3_600_000).to_chrono().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let items = engine.store().scheduled_items(&from, ical::FEED_ENTRIES_MAX).map_err(|e| e.to_string())?;
-    Ok(items
+    let from = Timestamp(now.ms() - 7 * 24 * 3_600_000);
+    let items = publications_between(engine, from, None, ical::FEED_ENTRIES_MAX).map_err(|e| e.to_string())?;
+    Ok(items.into_iter().filter(|p| only.is_none_or(|ids| ids.contains(&p.item_id))).collect())
+}
+
+/// Items' publications (`publish_at`) in `[from, until)`, soonest first, at most `limit`.
+///
+/// The store compares `publish_at` as text, which orders RFC 3339 times exactly only when
+/// they share an offset; the text window is widened by a day each side and each time is then
+/// parsed and checked.
+pub(crate) fn publications_between(
+    engine: &Eng,
+    from: Timestamp,
+    until: Option<Timestamp>,
+    limit: usize,
+) -> Result<Vec<ical::Publication>, flowmark_store::Error> {
+    const DAY_MS: i64 = 24 * 3_600_000;
+    let text = |at: Timestamp| at.to_chrono().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let wide_from = text(Timestamp(from.ms() - DAY_MS));
+    let wide_until = until.map(|u| text(Timestamp(u.ms() + DAY_MS)));
+    let items = engine.store().scheduled_items(&wide_from, wide_until.as_deref(), limit)?;
+    let mut found: Vec<ical::Publication> = items
         .into_iter()
-        .filter(|(id, _)| only.is_none_or(|ids| ids.contains(id)))
         .filter_map(|(id, data)| {
             let at = data.get(ical::PUBLISH_AT_FIELD)?.as_str()?;
             let at = chrono::DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&chrono::Utc);
-            Some(ical::Publication {
+            let at = Timestamp::from_chrono(&at);
+            (at >= from && until.is_none_or(|u| at < u)).then(|| ical::Publication {
                 title: flowmark_runtime::work::subject_title(&data, &id),
                 item_id: id,
-                at: Timestamp::from_chrono(&at),
+                at,
                 url: None,
             })
         })
-        .collect())
+        .collect();
+    found.sort_by(|a, b| (a.at, &a.item_id).cmp(&(b.at, &b.item_id)));
+    Ok(found)
 }
 
 /// A person's feed: their open work as to-dos, and the publications of the items it is on.

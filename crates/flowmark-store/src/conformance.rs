@@ -10,7 +10,10 @@ use flowmark_core::engine::{Event, Facts, Input, Run, RunId, RunStatus, Transiti
 use flowmark_core::{Source, Timestamp, Workflow, compile};
 use serde_json::json;
 
-use crate::{Attempt, Batch, ContactChange, Error, Schedule, ScheduleChange, Store, WorkflowStatus};
+use crate::{
+    Attempt, Batch, ContactChange, Error, Position, RunFilter, Schedule, ScheduleChange, Store, WorkChange, WorkItem,
+    WorkKind, WorkflowStatus,
+};
 
 const WORKFLOW: &str = r#"
 id: conformance
@@ -52,6 +55,8 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
     tokens_are_found_by_hash(make()).expect("tokens_are_found_by_hash");
     schedules_are_found_by_due_time(make()).expect("schedules_are_found_by_due_time");
     merged_identities_keep_their_history(make()).expect("merged_identities_keep_their_history");
+    runs_are_found_by_position(make()).expect("runs_are_found_by_position");
+    inboxes_read_in_due_order(make()).expect("inboxes_read_in_due_order");
 }
 
 /// A committed transition reads back: state, history, decisions, timer, outbox effect.
@@ -319,5 +324,95 @@ pub fn merged_identities_keep_their_history(mut store: Box<dyn Store>) -> Result
     // A later merge of the known identity carries its aliases along.
     store.write(&Batch { merges: vec![("ada", "ada-42")], ..Batch::default() }, T0)?;
     assert_eq!(store.canonical_id("anon-1")?.as_deref(), Some("ada-42"), "chains stay flat");
+    Ok(())
+}
+
+/// Where active runs stand is counted per version and step, and the run list filters by it.
+pub fn runs_are_found_by_position(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let workflow = workflow();
+    let (a, b) = (start(&workflow, 1, "c-1"), start(&workflow, 2, "c-2"));
+    store.commit(&[&a, &b], T0)?;
+    let at: Vec<u16> = a.run.current_steps().map(|s| s.0).collect();
+    assert_eq!(at.len(), 1, "the run waits at one step");
+    assert_eq!(store.positions("conformance")?, [Position { version: 1, steps: at.clone(), runs: 2 }]);
+    assert!(store.positions("other")?.is_empty());
+    let filter =
+        |at: Vec<(u32, u16)>| RunFilter { workflow_id: Some("conformance".into()), at: Some(at), ..Default::default() };
+    let found: Vec<RunId> = store.runs(&filter(vec![(1, at[0])]), 10)?.into_iter().map(|r| r.id).collect();
+    assert_eq!(found, [RunId(2), RunId(1)], "newest first");
+    assert_eq!(store.runs(&filter(vec![(1, at[0])]), 1)?.len(), 1, "the limit holds");
+    assert!(store.runs(&filter(vec![(1, at[0] + 1)]), 10)?.is_empty(), "another step");
+    assert!(store.runs(&filter(vec![(2, at[0])]), 10)?.is_empty(), "another version");
+    assert!(store.runs(&filter(Vec::new()), 10)?.is_empty(), "no position matches nothing");
+    // A run that ends leaves the counts.
+    let timer = a.run.timers[0].id;
+    let ended = handle(&workflow, a.run.clone(), &Input::TimerFired { timer }, &Facts::empty(), Timestamp(T0.ms() + 1));
+    store.commit(&[&ended], T0)?;
+    let counted: u64 = store.positions("conformance")?.iter().filter(|p| p.steps == at).map(|p| p.runs).sum();
+    assert_eq!(counted, 1);
+    Ok(())
+}
+
+fn work_item(id: &str, kind: WorkKind, due_at: Option<i64>, people: &[&str]) -> WorkItem {
+    WorkItem {
+        id: id.to_owned(),
+        run: RunId(1),
+        workflow_id: "w".to_owned(),
+        subject_id: "post-1".to_owned(),
+        step: id.to_owned(),
+        kind,
+        role: "writer".to_owned(),
+        title: format!("Do {id}"),
+        description: None,
+        due_at: due_at.map(Timestamp),
+        created_at: T0,
+        status: "open".to_owned(),
+        assignee: None,
+        outcome: None,
+        closed_by: None,
+        closed_at: None,
+        detail: json!({}),
+        people: people.iter().map(|p| (*p).to_owned()).collect(),
+    }
+}
+
+/// A person's inbox comes back soonest due first, no due date last, kind by kind or merged;
+/// the calendar finds open work by due window; closed work leaves both.
+pub fn inboxes_read_in_due_order(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let changes = [
+        WorkChange::Open(Box::new(work_item("late", WorkKind::Task, Some(300), &["Ann@example.com"]))),
+        WorkChange::Open(Box::new(work_item("undated", WorkKind::Task, None, &["ann@example.com"]))),
+        WorkChange::Open(Box::new(work_item(
+            "soon",
+            WorkKind::Task,
+            Some(100),
+            &["ann@example.com", "bo@example.com"],
+        ))),
+        WorkChange::Open(Box::new(work_item("review", WorkKind::Approval, Some(200), &["ann@example.com"]))),
+    ];
+    store.write(&Batch { work: changes.iter().collect(), ..Batch::default() }, T0)?;
+    let ids = |items: Vec<WorkItem>| items.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.work_of_person("ann@example.com", Some(WorkKind::Task), 10)?), ["soon", "late", "undated"]);
+    assert_eq!(ids(store.work_of_person("ann@example.com", Some(WorkKind::Task), 2)?), ["soon", "late"]);
+    assert_eq!(ids(store.work_of_person("ANN@example.com", None, 10)?), ["soon", "review", "late", "undated"]);
+    assert_eq!(ids(store.work_of_person("ann@example.com", Some(WorkKind::Approval), 10)?), ["review"]);
+    assert_eq!(ids(store.open_work_due(Timestamp(100), Timestamp(300), 10)?), ["soon", "review"], "[from, until)");
+    // Reassigning keeps the item's place in the new person's inbox.
+    let moved = WorkChange::People {
+        id: "late".into(),
+        assignee: Some("bo@example.com".into()),
+        people: vec!["bo@example.com".into()],
+    };
+    store.write(&Batch { work: vec![&moved], ..Batch::default() }, T0)?;
+    assert_eq!(ids(store.work_of_person("bo@example.com", None, 10)?), ["soon", "late"]);
+    let settle = WorkChange::Settle {
+        run: RunId(1),
+        keep: vec![("late".into(), "writer".into())],
+        outcomes: Vec::new(),
+        otherwise: "cancelled".into(),
+    };
+    store.write(&Batch { work: vec![&settle], ..Batch::default() }, T0)?;
+    assert_eq!(ids(store.work_of_person("ann@example.com", None, 10)?), Vec::<String>::new());
+    assert_eq!(ids(store.open_work_due(Timestamp(0), Timestamp(1000), 10)?), ["late"]);
     Ok(())
 }

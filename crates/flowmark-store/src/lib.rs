@@ -234,6 +234,18 @@ pub struct RunFilter {
     pub version: Option<u32>,
     pub status: Option<RunStatus>,
     pub subject_id: Option<String>,
+    /// Runs standing at one of these `(version, step index)` positions (a step's index differs
+    /// between versions, so the caller resolves a step id per version).
+    pub at: Option<Vec<(u32, u16)>>,
+}
+
+/// How many active runs of a workflow stand at one combination of steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub version: u32,
+    /// The step indices the runs' tokens stand at (several inside a `parallel`).
+    pub steps: Vec<u16>,
+    pub runs: u64,
 }
 
 /// The durable state of a deployment. Methods take `&mut self` where they write: one owner
@@ -410,8 +422,15 @@ pub trait Store {
     /// Notifications held for a digest and not sent yet, by person, at most `limit`.
     fn undigested(&self, limit: usize) -> Result<Vec<Notification>, Error>;
 
-    /// Items with a `publish_at` (RFC 3339) at or after `from`, soonest first: `(id, data)`.
-    fn scheduled_items(&self, from: &str, limit: usize) -> Result<Vec<(String, Value)>, Error>;
+    /// Items with a `publish_at` (RFC 3339) at or after `from` and, with `until`, before it,
+    /// soonest first: `(id, data)`.
+    fn scheduled_items(&self, from: &str, until: Option<&str>, limit: usize) -> Result<Vec<(String, Value)>, Error>;
+
+    /// Open work due in `[from, until)`, soonest first, at most `limit` (the content calendar).
+    fn open_work_due(&self, from: Timestamp, until: Timestamp, limit: usize) -> Result<Vec<WorkItem>, Error>;
+
+    /// Where the active runs of a workflow stand: one row per version and set of steps.
+    fn positions(&self, workflow_id: &str) -> Result<Vec<Position>, Error>;
 
     /// Creates or replaces a web UI account's password hash; ends the account's sessions.
     fn put_account(&mut self, email: &str, password_hash: &str, now: Timestamp) -> Result<(), Error>;

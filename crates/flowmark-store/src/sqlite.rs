@@ -10,15 +10,15 @@
 use std::path::Path;
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{Event, Run, RunId, RunStatus, Sent, TimerId, TimerPurpose};
+use flowmark_core::engine::{Event, Run, RunId, Sent, TimerId, TimerPurpose};
 use flowmark_core::model::Channel;
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
 use crate::{
-    Attempt, Batch, Contact, ContactChange, DueTimer, Error, OutboxEntry, RunFilter, Schedule, ScheduleChange, Scope,
-    ScoreRecord, Store, Token, WorkflowStatus, WorkflowSummary,
+    Attempt, Batch, Contact, ContactChange, DueTimer, Error, OutboxEntry, Position, RunFilter, Schedule,
+    ScheduleChange, Scope, ScoreRecord, Store, Token, WorkflowStatus, WorkflowSummary,
 };
 use crate::{Comment, Notification, Session, WorkItem, WorkKind};
 
@@ -160,6 +160,15 @@ CREATE TABLE score_changes (
 ) WITHOUT ROWID;
 "#,
     crate::work::MIGRATION,
+    // Where each run stands (its tokens' step indices), so the run explorer counts and filters
+    // by step from an index instead of reading every run's state.
+    r#"
+ALTER TABLE runs ADD COLUMN at TEXT NOT NULL DEFAULT '';
+UPDATE runs SET at = COALESCE(
+    (SELECT group_concat(json_extract(value, '$.at'), ' ') FROM json_each(runs.state, '$.tokens')), '');
+CREATE INDEX runs_by_position ON runs (workflow_id, status, version, at);
+"#,
+    crate::work::MIGRATION_INBOX,
 ];
 
 pub struct SqliteStore {
@@ -346,10 +355,10 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         let run = &transition.run;
         let id = run_id(run.id);
         tx.prepare_cached(
-            "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, ended_at, state, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+            "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, ended_at, state, updated_at, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at,
-                 state = excluded.state, updated_at = excluded.updated_at",
+                 state = excluded.state, updated_at = excluded.updated_at, at = excluded.at",
         )?
         .execute(params![
             id,
@@ -361,6 +370,7 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
             run.ended_at.map(Timestamp::ms),
             to_json(run)?,
             now.ms(),
+            position(run),
         ])?;
         // A transition's history entries are one row (a JSON array), and so are its decision
         // records: one insert each per transition instead of one per entry. Rows written as
@@ -553,6 +563,15 @@ fn merge_identity(tx: &Connection, from: &str, into: &str, now: Timestamp) -> Re
     Ok(())
 }
 
+/// Where a run stands, as stored in `runs.at`: its tokens' step indices, ascending, once each.
+fn position(run: &Run) -> String {
+    let mut steps: Vec<u16> = run.current_steps().map(|at| at.0).collect();
+    steps.sort_unstable();
+    steps.dedup();
+    let steps: Vec<String> = steps.iter().map(u16::to_string).collect();
+    steps.join(" ")
+}
+
 fn schedule_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Schedule> {
     Ok(Schedule {
         workflow_id: row.get(0)?,
@@ -620,18 +639,60 @@ impl Store for SqliteStore {
     }
 
     fn runs(&self, filter: &RunFilter, limit: usize) -> Result<Vec<Run>, Error> {
+        // Only the filters given go into the SQL, so the planner can use an index for them
+        // (`?1 IS NULL OR column = ?1` would hide every index).
+        let mut conditions = Vec::new();
+        let mut values: Vec<rusqlite::types::Value> = Vec::new();
+        let mut bind = |condition: &str, value: rusqlite::types::Value| {
+            values.push(value);
+            conditions.push(condition.replace('?', &format!("?{}", values.len())));
+        };
+        if let Some(workflow) = &filter.workflow_id {
+            bind("workflow_id = ?", workflow.clone().into());
+        }
+        if let Some(version) = filter.version {
+            bind("version = ?", i64::from(version).into());
+        }
+        if let Some(status) = filter.status {
+            bind("status = ?", status.as_str().to_owned().into());
+        }
+        if let Some(subject) = &filter.subject_id {
+            bind("subject_id = ?", subject.clone().into());
+        }
+        if let Some(at) = &filter.at {
+            // A position is stored as step indices separated by single spaces.
+            let mut any = Vec::new();
+            for &(version, step) in at {
+                values.push(i64::from(version).into());
+                values.push(format!("% {step} %").into());
+                any.push(format!("(version = ?{} AND ' ' || at || ' ' LIKE ?{})", values.len() - 1, values.len()));
+            }
+            if any.is_empty() {
+                return Ok(Vec::new());
+            }
+            conditions.push(format!("({})", any.join(" OR ")));
+        }
+        let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+        let sql = format!("SELECT state FROM runs {filter} ORDER BY id DESC LIMIT {}", limit.min(i64::MAX as usize));
+        let mut statement = self.conn.prepare_cached(&sql)?;
+        let rows = statement.query_map(rusqlite::params_from_iter(values), |row| row.get::<_, String>(0))?;
+        rows.map(|state| from_json(&state?)).collect()
+    }
+
+    fn positions(&self, workflow_id: &str) -> Result<Vec<Position>, Error> {
         let mut statement = self.conn.prepare_cached(
-            "SELECT state FROM runs
-             WHERE (?1 IS NULL OR workflow_id = ?1) AND (?2 IS NULL OR version = ?2)
-               AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR subject_id = ?4)
-             ORDER BY id DESC",
+            "SELECT version, at, count(*) FROM runs WHERE workflow_id = ?1 AND status = 'active'
+             GROUP BY version, at ORDER BY version, at",
         )?;
-        let status = filter.status.map(RunStatus::as_str);
-        let rows = statement
-            .query_map(params![filter.workflow_id, filter.version, status, filter.subject_id], |row| {
-                row.get::<_, String>(0)
-            })?;
-        rows.take(limit).map(|state| from_json(&state?)).collect()
+        let rows = statement.query_map([workflow_id], |row| {
+            Ok((row.get::<_, u32>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+        })?;
+        rows.map(|row| {
+            let (version, at, runs) = row?;
+            let steps = at.split(' ').filter_map(|s| s.parse().ok()).collect();
+            Ok(Position { version, steps, runs: runs as u64 })
+        })
+        .collect()
     }
 
     fn latest_run(&self, workflow_id: &str, subject_id: &str) -> Result<Option<Run>, Error> {
@@ -991,8 +1052,12 @@ impl Store for SqliteStore {
         crate::work::undigested(&self.conn, limit)
     }
 
-    fn scheduled_items(&self, from: &str, limit: usize) -> Result<Vec<(String, Value)>, Error> {
-        crate::work::scheduled(&self.conn, from, limit)
+    fn scheduled_items(&self, from: &str, until: Option<&str>, limit: usize) -> Result<Vec<(String, Value)>, Error> {
+        crate::work::scheduled(&self.conn, from, until, limit)
+    }
+
+    fn open_work_due(&self, from: Timestamp, until: Timestamp, limit: usize) -> Result<Vec<WorkItem>, Error> {
+        crate::work::open_due(&self.conn, from, until, limit)
     }
 
     fn put_account(&mut self, email: &str, password_hash: &str, now: Timestamp) -> Result<(), Error> {

@@ -79,6 +79,20 @@ CREATE TABLE sessions (
 ) WITHOUT ROWID;
 "#;
 
+/// An inbox is read in its display order straight from an index: `work_people` carries each
+/// item's kind and due time (`NO_DUE` when it has none, so those sort last).
+pub(crate) const MIGRATION_INBOX: &str = r#"
+ALTER TABLE work_people ADD COLUMN kind TEXT NOT NULL DEFAULT 'task';
+ALTER TABLE work_people ADD COLUMN due INTEGER NOT NULL DEFAULT 9223372036854775807;
+UPDATE work_people SET
+    kind = (SELECT kind FROM work WHERE work.id = work_people.work_id),
+    due = COALESCE((SELECT due_at FROM work WHERE work.id = work_people.work_id), 9223372036854775807);
+CREATE INDEX work_people_inbox ON work_people (person, kind, due, work_id);
+"#;
+
+/// The due time an inbox row sorts by when its item has none.
+const NO_DUE: i64 = i64::MAX;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkKind {
@@ -253,12 +267,8 @@ pub(crate) fn apply(tx: &Connection, changes: &[&WorkChange], now: Timestamp) ->
                     .prepare_cached("SELECT id FROM work WHERE run_id = ?1 AND step = ?2 AND status = 'open'")?
                     .query_map(params![crate::sqlite::run_id(*run), step], |r| r.get(0))?
                     .collect::<rusqlite::Result<_>>()?;
-                let mut insert =
-                    tx.prepare_cached("INSERT OR IGNORE INTO work_people (person, work_id) VALUES (?1, ?2)")?;
                 for id in &ids {
-                    for person in people {
-                        insert.execute([person.to_lowercase().as_str(), id])?;
-                    }
+                    add_people(tx, id, people)?;
                 }
             }
             WorkChange::People { id, assignee, people } => {
@@ -276,9 +286,17 @@ pub(crate) fn apply(tx: &Connection, changes: &[&WorkChange], now: Timestamp) ->
 
 fn set_people(tx: &Connection, id: &str, people: &[String]) -> Result<(), Error> {
     tx.prepare_cached("DELETE FROM work_people WHERE work_id = ?1")?.execute([id])?;
-    let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO work_people (person, work_id) VALUES (?1, ?2)")?;
+    add_people(tx, id, people)
+}
+
+/// Adds inbox rows for `people` on item `id`, with the item's kind and due time.
+fn add_people(tx: &Connection, id: &str, people: &[String]) -> Result<(), Error> {
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO work_people (person, work_id, kind, due)
+         SELECT ?1, id, kind, COALESCE(due_at, ?3) FROM work WHERE id = ?2",
+    )?;
     for person in people {
-        insert.execute([person.to_lowercase().as_str(), id])?;
+        insert.execute(params![person.to_lowercase(), id, NO_DUE])?;
     }
     Ok(())
 }
@@ -369,22 +387,52 @@ pub(crate) fn item(conn: &Connection, id: &str) -> Result<Option<WorkItem>, Erro
     row.map(|row| finish_item(conn, row)).transpose()
 }
 
-/// A person's open work, soonest due first (no due date last), at most `limit`.
+/// A person's open work, soonest due first (no due date last), at most `limit`: a range of
+/// the `work_people_inbox` index read in order, so the cost grows with `limit`, not with the
+/// size of the inbox.
 pub(crate) fn of_person(
     conn: &Connection,
     person: &str,
     kind: Option<WorkKind>,
     limit: usize,
 ) -> Result<Vec<WorkItem>, Error> {
+    let Some(kind) = kind else {
+        // Both kinds: merge the two ordered ranges.
+        let mut all = of_person(conn, person, Some(WorkKind::Task), limit)?;
+        all.extend(of_person(conn, person, Some(WorkKind::Approval), limit)?);
+        all.sort_by(|a, b| (a.due_at.is_none(), a.due_at, &a.id).cmp(&(b.due_at.is_none(), b.due_at, &b.id)));
+        all.truncate(limit);
+        return Ok(all);
+    };
     let columns: Vec<String> = WORK_COLUMNS.split(',').map(|c| format!("w.{}", c.trim())).collect();
     let columns = columns.join(", ");
     let mut statement = conn.prepare_cached(&format!(
         "SELECT {columns} FROM work_people p JOIN work w ON w.id = p.work_id
-         WHERE p.person = ?1 AND (?2 IS NULL OR w.kind = ?2)
-         ORDER BY w.due_at IS NULL, w.due_at, w.created_at, w.id"
+         WHERE p.person = ?1 AND p.kind = ?2
+         ORDER BY p.due, p.work_id LIMIT ?3"
     ))?;
-    let rows = statement.query_map(params![person.to_lowercase(), kind.map(WorkKind::as_str)], work_row)?;
-    rows.take(limit).map(|row| finish_item(conn, row?)).collect()
+    let rows = statement.query_map(params![person.to_lowercase(), kind.as_str(), sql_limit(limit)], work_row)?;
+    rows.map(|row| finish_item(conn, row?)).collect()
+}
+
+/// Open work due in `[from, until)`, soonest first, at most `limit`.
+pub(crate) fn open_due(
+    conn: &Connection,
+    from: Timestamp,
+    until: Timestamp,
+    limit: usize,
+) -> Result<Vec<WorkItem>, Error> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {WORK_COLUMNS} FROM work WHERE status = 'open' AND due_at >= ?1 AND due_at < ?2
+         ORDER BY due_at, id LIMIT ?3"
+    ))?;
+    let rows = statement.query_map(params![from.ms(), until.ms(), sql_limit(limit)], work_row)?;
+    rows.map(|row| finish_item(conn, row?)).collect()
+}
+
+/// A `usize` limit as SQLite's `LIMIT` takes it.
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 /// A subject's work, open and closed, oldest first, at most `limit`.
@@ -453,19 +501,25 @@ pub(crate) fn undigested(conn: &Connection, limit: usize) -> Result<Vec<Notifica
 
 /// Items with a `publish_at` at or after `from`, soonest first, at most `limit`:
 /// `(id, data)`.
-pub(crate) fn scheduled(conn: &Connection, from: &str, limit: usize) -> Result<Vec<(String, Value)>, Error> {
+pub(crate) fn scheduled(
+    conn: &Connection,
+    from: &str,
+    until: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(String, Value)>, Error> {
     let mut statement = conn.prepare_cached(
         "SELECT id, traits FROM contacts
          WHERE json_extract(traits, '$.publish_at') IS NOT NULL AND json_extract(traits, '$.publish_at') >= ?1
-         ORDER BY json_extract(traits, '$.publish_at'), id",
+           AND (?2 IS NULL OR json_extract(traits, '$.publish_at') < ?2)
+         ORDER BY json_extract(traits, '$.publish_at'), id LIMIT ?3",
     )?;
-    let rows = statement.query_map([from], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-    rows.take(limit)
-        .map(|row| {
-            let (id, traits) = row?;
-            Ok((id, crate::sqlite::from_json(&traits)?))
-        })
-        .collect()
+    let rows = statement
+        .query_map(params![from, until, sql_limit(limit)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    rows.map(|row| {
+        let (id, traits) = row?;
+        Ok((id, crate::sqlite::from_json(&traits)?))
+    })
+    .collect()
 }
 
 pub(crate) fn put_account(conn: &Connection, email: &str, password_hash: &str, now: Timestamp) -> Result<(), Error> {

@@ -893,7 +893,23 @@ impl<S: Store> Engine<S> {
     /// Runs matching `filter`, newest first; `step` keeps those with a token at that step.
     pub fn runs(&mut self, filter: &RunFilter, step: Option<&str>, limit: usize) -> Result<Vec<Run>, Error> {
         let Some(step) = step else { return Ok(self.store.runs(filter, limit)?) };
-        // The position of a step depends on the version; check each run against its own.
+        // A step's index depends on the version: with the workflow known, resolve it in each
+        // version and let the store's position index find the runs.
+        if let Some(workflow_id) = filter.workflow_id.clone() {
+            let latest = self.store.workflow_source(&workflow_id, None)?.map_or(0, |(v, _)| v);
+            let mut at = Vec::new();
+            for version in 1..=latest {
+                if filter.version.is_some_and(|v| v != version) {
+                    continue;
+                }
+                let workflow = self.workflow(&workflow_id, Some(version))?;
+                if let Some(index) = workflow.steps.iter().position(|s| &*s.id == step) {
+                    at.push((version, index as u16));
+                }
+            }
+            return Ok(self.store.runs(&RunFilter { at: Some(at), ..filter.clone() }, limit)?);
+        }
+        // Without it, check each run against its own version.
         let mut found = Vec::new();
         for run in self.store.runs(filter, usize::MAX)? {
             let workflow = self.workflow(&run.workflow_id, Some(run.version))?;

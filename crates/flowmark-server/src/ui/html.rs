@@ -71,7 +71,94 @@ dl.facts { display:grid; grid-template-columns:max-content 1fr; gap:.3rem 1rem; 
 dl.facts dt { color:var(--muted); } dl.facts dd { margin:0; }
 ul.plain { list-style:none; padding:0; margin:0; } ul.plain li { padding:.4rem 0; border-bottom:1px solid var(--line); }
 .login { max-width:24rem; margin:4rem auto; }
+.skip { position:absolute; left:-999px; } .skip:focus { left:1rem; top:.5rem; background:#fff; padding:.3rem .6rem; z-index:10; }
+header.top nav { display:flex; gap:1.1rem; } header.top nav a[aria-current=page] { text-decoration:underline; text-underline-offset:.3rem; }
+.grid { display:grid; grid-template-columns:repeat(auto-fill, minmax(19rem, 1fr)); gap:1rem; }
+.card.workflow h2 { margin-top:0; }
+img.graph { display:block; max-width:100%; height:auto; margin:0 auto; } img.thumb { max-height:22rem; }
+figure.graph { margin:0 0 1rem; text-align:center; overflow:auto; }
+form.filters { display:flex; flex-wrap:wrap; gap:.8rem; align-items:end; }
+form.filters > div { min-width:10rem; } form.filters .actions { align-self:end; }
+select { padding:.45rem .6rem; border:1px solid #8c959f; border-radius:6px; font:inherit; background:#fff; min-width:10rem; }
+.pill.active { border-color:#b6c8f0; background:#eef4ff; } .pill.failed { border-color:var(--bad); color:var(--bad); }
+.pill.overdue { border-color:var(--bad); color:var(--bad); font-weight:600; }
+.pill.converted, .pill.completed { border-color:#9ad2a9; background:#eefbf1; } .pill.publish { border-color:#e4b6f0; background:#fbeeff; }
+.calendar-nav { margin-bottom:.5rem; } .calendar-nav .period { margin:0 1rem; font-size:1.15rem; }
+a.button { text-decoration:none; display:inline-block; } a.button.secondary { background:#fff; color:var(--ink); border-color:#8c959f; }
+table.calendar { table-layout:fixed; } table.calendar td { height:7rem; padding:.3rem .4rem; }
+table.calendar.week td { height:16rem; }
+td.day .date { font-size:.85rem; color:var(--muted); font-weight:600; }
+td.day.outside { background:#f6f8fa; } td.day.outside .date { color:#8c959f; }
+td.day.today { box-shadow: inset 0 0 0 2px var(--accent); } td.day.today .date { color:var(--accent); }
+ul.entries { list-style:none; margin:.2rem 0 0; padding:0; font-size:.82rem; } ul.entries li { margin-bottom:.3rem; overflow-wrap:anywhere; }
+ul.entries time { color:var(--muted); }
+dialog.keys { border:1px solid var(--line); border-radius:8px; padding:1rem 1.5rem; } dialog.keys kbd, kbd { font-family:ui-monospace, monospace;
+  border:1px solid var(--line); border-bottom-width:2px; border-radius:4px; padding:0 .3rem; background:var(--bg); }
+tr.focused { outline:2px solid #fb8c00; outline-offset:-2px; }
 @media (max-width: 640px) { header.top { flex-wrap:wrap; } th:nth-child(3), td:nth-child(3) { display:none; } }
+"#;
+
+/// The main navigation: where, what, and the key that goes there after `g`.
+const NAV: [(&str, &str, char); 4] = [
+    ("/ui", "My work", 'w'),
+    ("/ui/calendar", "Calendar", 'c'),
+    ("/ui/workflows", "Workflows", 'f'),
+    ("/ui/runs", "Runs", 'r'),
+];
+
+/// Keyboard shortcuts, served at `/ui/app.js`: `g` then a letter goes to a section, `/`
+/// focuses the page's first search or text field, `j`/`k` move through table rows and
+/// `Enter` opens the focused row, `?` lists them. Keys typed into a field are left alone.
+/// The pages work without it.
+pub const JS: &str = r#"(() => {
+  const typing = (el) => el && (el.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(el.tagName));
+  let pending = null;
+  let row = -1;
+  const rows = () => Array.from(document.querySelectorAll("main table tbody tr")).filter((r) => r.querySelector("a"));
+  const focusRow = (i) => {
+    const all = rows();
+    if (!all.length) return;
+    row = Math.max(0, Math.min(all.length - 1, i));
+    all.forEach((r) => r.classList.remove("focused"));
+    all[row].classList.add("focused");
+    all[row].querySelector("a").focus();
+  };
+  const help = () => {
+    let dialog = document.getElementById("keys");
+    if (!dialog) {
+      dialog = document.createElement("dialog");
+      dialog.id = "keys";
+      dialog.className = "keys";
+      dialog.setAttribute("aria-labelledby", "keys-title");
+      dialog.innerHTML = '<h2 id="keys-title">Keyboard shortcuts</h2><dl class="facts">' +
+        Array.from(document.querySelectorAll("header nav a[data-key]")).map((a) =>
+          "<dt><kbd>g</kbd> <kbd>" + a.dataset.key + "</kbd></dt><dd>" + a.textContent + "</dd>").join("") +
+        '<dt><kbd>/</kbd></dt><dd>Search or filter</dd><dt><kbd>j</kbd> <kbd>k</kbd></dt><dd>Next / previous row</dd>' +
+        '<dt><kbd>?</kbd></dt><dd>This list</dd></dl><form method="dialog"><button>Close</button></form>';
+      document.body.appendChild(dialog);
+    }
+    dialog.showModal();
+  };
+  document.addEventListener("click", (e) => { if (e.target.closest(".keys-help")) help(); });
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || typing(e.target)) return;
+    if (pending === "g") {
+      pending = null;
+      const link = document.querySelector('header nav a[data-key="' + e.key + '"]');
+      if (link) { e.preventDefault(); location.href = link.href; }
+      return;
+    }
+    if (e.key === "g") { pending = "g"; setTimeout(() => { pending = null; }, 1500); return; }
+    if (e.key === "?") { e.preventDefault(); help(); return; }
+    if (e.key === "/") {
+      const field = document.querySelector("main input[type=text], main input[type=search], main select, main textarea");
+      if (field) { e.preventDefault(); field.focus(); }
+      return;
+    }
+    if (e.key === "j") { e.preventDefault(); focusRow(row + 1); return; }
+    if (e.key === "k") { e.preventDefault(); focusRow(row - 1); }
+  });
+})();
 "#;
 
 /// A whole page: the frame, the navigation for a signed-in person, and `body`.
@@ -81,15 +168,21 @@ pub fn page(title: &str, person: Option<(&str, &str)>, body: &str) -> String {
         out,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} · Flowmark</title><link rel=\"stylesheet\" href=\"/ui/app.css\"></head><body>",
+         <title>{} · Flowmark</title><link rel=\"stylesheet\" href=\"/ui/app.css\">\
+         <script src=\"/ui/app.js\" defer></script></head><body>\
+         <a class=\"skip\" href=\"#main\">Skip to content</a>",
         esc(title)
     );
     out.push_str("<header class=\"top\"><a class=\"brand\" href=\"/ui\">Flowmark</a>");
     if let Some((email, csrf)) = person {
+        out.push_str("<nav aria-label=\"Main\">");
+        for (href, name, key) in NAV {
+            let _ = write!(out, "<a href=\"{href}\" data-key=\"{key}\">{name}</a>");
+        }
         let _ = write!(
             out,
-            "<nav aria-label=\"Main\"><a href=\"/ui\">My work</a></nav>\
-             <div class=\"who\"><span>{}</span><form method=\"post\" action=\"/ui/logout\">\
+            "</nav><div class=\"who\"><button type=\"button\" class=\"keys-help\" aria-haspopup=\"dialog\" \
+             title=\"Keyboard shortcuts (?)\">?</button><span>{}</span><form method=\"post\" action=\"/ui/logout\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Sign out</button></form></div>",
             esc(email),
             esc(csrf)

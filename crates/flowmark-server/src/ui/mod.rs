@@ -11,6 +11,8 @@
 //! Invariant: no page is served to a request without a live session, and no POST changes
 //! anything without the session's CSRF token.
 
+mod calendar;
+mod explore;
 mod html;
 
 use axum::Router;
@@ -44,7 +46,18 @@ pub(crate) fn routes() -> Router<App> {
         .route("/ui/work/{id}/{action}", post(work_action))
         .route("/ui/items/{id}", get(item_page))
         .route("/ui/items/{id}/comments", post(item_comment))
+        .route("/ui/app.js", get(js))
         .route("/api/accounts/{email}", axum::routing::put(put_account))
+        .merge(explore::routes())
+        .merge(calendar::routes())
+}
+
+async fn js() -> Response {
+    let mut response = html::JS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    response
 }
 
 async fn css() -> Response {
@@ -106,11 +119,16 @@ async fn session(app: &App, headers: &HeaderMap) -> Option<(String, Session)> {
     Some((found.email.clone(), found))
 }
 
+/// The signed-in person and their session, or the redirect to sign in (then back to `path`).
+pub(crate) async fn signed_in(app: &App, headers: &HeaderMap, path: &str) -> Result<(String, Session), Response> {
+    session(app, headers).await.ok_or_else(|| to_login(path))
+}
+
 fn to_login(path: &str) -> Response {
     Redirect::to(&format!("/ui/login?next={}", seg(path))).into_response()
 }
 
-fn html(status: StatusCode, body: String) -> Response {
+pub(crate) fn html(status: StatusCode, body: String) -> Response {
     let mut response = (status, Html(body)).into_response();
     let headers = response.headers_mut();
     headers.insert(

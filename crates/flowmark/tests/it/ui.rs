@@ -80,7 +80,11 @@ fn the_blog_post_runs_through_the_web_ui_with_approvals_a_loop_back_and_an_escal
     }
     let (status, _, short) = server.api("PUT", "/api/accounts/x@example.com", br#"{"password":"short"}"#);
     assert_eq!(status, 422, "{short}");
-    assert_eq!(server.api("PUT", "/api/contacts/post-1", br#"{"traits":{"title":"Spring launch"}}"#).0, 200);
+    // The post goes out in ten minutes: today, on the calendar.
+    let publish_at =
+        (chrono::Utc::now() + chrono::Duration::minutes(10)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let post = json!({ "traits": { "title": "Spring launch", "publish_at": publish_at } }).to_string();
+    assert_eq!(server.api("PUT", "/api/contacts/post-1", post.as_bytes()).0, 200);
     assert_eq!(server.api("POST", "/api/workflows/blog-post/runs", br#"{"subject":"post-1"}"#).0, 201);
     // The research is done over the API; the rest happens in the browser.
     let (_, _, work) = server.api("GET", "/api/people/sia@example.com/work", b"");
@@ -124,7 +128,15 @@ fn the_blog_post_runs_through_the_web_ui_with_approvals_a_loop_back_and_an_escal
     );
     let (_, _, lee) = server.api("GET", "/api/people/lee@example.com/notifications", b"");
     assert!(lee["notifications"].as_array().unwrap().iter().any(|n| n["reason"] == "escalation"), "{lee}");
-    for shot in ["01-writer-my-work", "03-editor-approval", "04-item-history", "05-accountable-escalation"] {
+    for shot in [
+        "01-writer-my-work",
+        "03-editor-approval",
+        "04-item-history",
+        "05-accountable-escalation",
+        "07-run-explorer",
+        "08-calendar-month",
+        "09-calendar-week",
+    ] {
         assert!(shots.join(format!("{shot}.png")).exists(), "{shot}.png was taken");
     }
     server.stop();

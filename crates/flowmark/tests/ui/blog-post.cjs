@@ -107,6 +107,55 @@ async function openWork(page, section, title) {
     check(escalated, 'the escalation reached the accountable person');
     await shot(lee, '05-accountable-escalation');
 
+    // Keyboard shortcuts: `g f` goes to the workflows, each shown with its graph.
+    await lee.keyboard.press('g');
+    await lee.keyboard.press('f');
+    await lee.getByRole('heading', { name: 'Workflows', exact: true }).waitFor();
+    const thumb = lee.getByRole('img', { name: /The steps of Blog post/ });
+    await thumb.waitFor();
+    check(await thumb.evaluate((img) => img.complete && img.naturalWidth > 200), 'the workflow graph is drawn');
+    // The workflow's page counts the run waiting at the review; the count opens the run explorer.
+    await lee.getByRole('link', { name: 'Blog post', exact: true }).click();
+    const review = lee.getByRole('row').filter({ has: lee.getByRole('cell', { name: /^review/ }) });
+    await review.getByRole('link', { name: '1' }).click();
+    await lee.getByRole('heading', { name: 'Runs' }).waitFor();
+    check(await lee.getByLabel('At step').inputValue() === 'review', 'the explorer is filtered by the step');
+    check((await lee.locator('table.runs tbody tr').count()) === 1, 'one run waits at the review');
+    // The filter form: `/` focuses it; another step finds nothing.
+    await lee.keyboard.press('/');
+    await lee.getByLabel('At step').fill('publish');
+    await lee.getByLabel('At step').press('Enter');
+    await lee.getByText('No runs match.').waitFor();
+    await lee.getByLabel('At step').fill('review');
+    await lee.getByRole('button', { name: 'Filter' }).click();
+    // `j` focuses the first row, Enter opens the run: where it stands, its history and decisions.
+    await lee.locator('table.runs').waitFor();
+    await lee.keyboard.press('j');
+    await lee.keyboard.press('Enter');
+    await lee.getByRole('heading', { name: /Run #\d+/ }).waitFor();
+    const graph = lee.getByRole('img', { name: /the run stands at review/ });
+    await graph.waitFor();
+    check(await graph.evaluate((img) => img.complete && img.naturalWidth > 200), 'the run graph is drawn');
+    await lee.locator('table.history').getByRole('cell', { name: 'approval decision', exact: true }).first().waitFor();
+    check((await lee.locator('table.decisions tbody tr').count()) > 0, 'the run shows its decision records');
+    await lee.locator('table.decisions').getByRole('cell', { name: 'changes_requested' }).first().waitFor();
+    await shot(lee, '07-run-explorer');
+
+    // The content calendar: the review's due date and the post's publication, month and week.
+    await lee.keyboard.press('g');
+    await lee.keyboard.press('c');
+    await lee.getByRole('heading', { name: 'Content calendar' }).waitFor();
+    await lee.locator('td.today').getByRole('link', { name: /Approve “Spring launch”/ }).first().waitFor();
+    await lee.locator('li.publication').getByRole('link', { name: 'Spring launch' }).waitFor();
+    await shot(lee, '08-calendar-month');
+    await lee.getByRole('link', { name: 'Week view' }).click();
+    await lee.locator('table.calendar.week').waitFor();
+    check((await lee.locator('table.calendar.week td').count()) === 7, 'a week has seven days');
+    await lee.locator('td.today li.due').first().waitFor();
+    await lee.getByRole('link', { name: 'Show only my work' }).click();
+    check((await lee.locator('li.due').count()) === 0, 'nothing in the review waits for the accountable person');
+    await shot(lee, '09-calendar-week');
+
     // Keyboard: the sign-out button is reachable and labelled.
     await dana.goto(`${base}/ui`);
     await dana.getByText(/mentioned you/).waitFor();
