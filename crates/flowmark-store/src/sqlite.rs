@@ -161,12 +161,14 @@ CREATE TABLE score_changes (
 "#,
     crate::work::MIGRATION,
     // Where each run stands (its tokens' step indices), so the run explorer counts and filters
-    // by step from an index instead of reading every run's state.
+    // by step from an index instead of reading every run's state. The index is ordered by id
+    // within a workflow and status and covers `version` and `at`: a filtered list reads it
+    // newest first and stops at its limit, reading only the matching runs' states.
     r#"
 ALTER TABLE runs ADD COLUMN at TEXT NOT NULL DEFAULT '';
 UPDATE runs SET at = COALESCE(
     (SELECT group_concat(json_extract(value, '$.at'), ' ') FROM json_each(runs.state, '$.tokens')), '');
-CREATE INDEX runs_by_position ON runs (workflow_id, status, version, at);
+CREATE INDEX runs_by_position ON runs (workflow_id, status, id, version, at);
 "#,
     crate::work::MIGRATION_INBOX,
 ];

@@ -27,6 +27,11 @@ use crate::http::{App, internal, query};
 
 /// The most work items, and the most publications, one calendar page reads.
 pub const ENTRIES_MAX: usize = 2_000;
+/// The most entries a day shows in the month view, and in the week view; the rest are a
+/// "+ N more" link to the week (from the month) or to the day (from the week).
+const DAY_ENTRIES_MONTH: usize = 4;
+const DAY_ENTRIES_WEEK: usize = 40;
+const DAY_ENTRIES_DAY: usize = ENTRIES_MAX;
 
 pub(crate) fn routes() -> Router<App> {
     Router::new().route("/ui/calendar", get(calendar_page))
@@ -36,6 +41,17 @@ pub(crate) fn routes() -> Router<App> {
 enum View {
     Month,
     Week,
+    Day,
+}
+
+impl View {
+    fn name(self) -> &'static str {
+        match self {
+            View::Month => "month",
+            View::Week => "week",
+            View::Day => "day",
+        }
+    }
 }
 
 /// One thing on a day: a due date or a publication.
@@ -52,6 +68,7 @@ fn period(view: View, date: NaiveDate) -> (NaiveDate, NaiveDate, NaiveDate, Naiv
             let first = monday(date);
             (first, first + Duration::days(7), first - Duration::days(7), first + Duration::days(7))
         }
+        View::Day => (date, date + Duration::days(1), date - Duration::days(1), date + Duration::days(1)),
         View::Month => {
             let first_of_month = date.with_day(1).unwrap_or(date);
             let next_month = if first_of_month.month() == 12 {
@@ -115,6 +132,21 @@ fn publication_entry(publication: &flowmark_runtime::ical::Publication, zone: Tz
     }
 }
 
+/// The page's end: links to subscribe to the same dates in a calendar app.
+fn with_feeds(mut body: String, secret: Option<&[u8]>, who: &str) -> String {
+    if let Some(secret) = secret {
+        let (person, workspace) = crate::people::feed_paths(secret, who);
+        let _ = write!(
+            body,
+            "<p class=\"muted\">Subscribe in your calendar app: <a href=\"{}\">my work</a> · \
+             <a href=\"{}\">the whole workspace</a> (keep these links private).</p>",
+            esc(&person),
+            esc(&workspace)
+        );
+    }
+    body
+}
+
 async fn calendar_page(
     State(app): State<App>,
     headers: HeaderMap,
@@ -124,7 +156,11 @@ async fn calendar_page(
         Ok(found) => found,
         Err(response) => return response,
     };
-    let view = if params.get("view").map(String::as_str) == Some("week") { View::Week } else { View::Month };
+    let view = match params.get("view").map(String::as_str) {
+        Some("week") => View::Week,
+        Some("day") => View::Day,
+        _ => View::Month,
+    };
     let date = params.get("date").and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
     let mine = params.get("mine").is_some_and(|v| v == "1");
     let feed_secret = app.config.unsubscribe_secret.clone();
@@ -159,13 +195,14 @@ async fn calendar_page(
             list.sort_by_key(|e| e.at);
         }
 
-        let view_name = if view == View::Week { "week" } else { "month" };
+        let view_name = view.name();
         let link = |view: &str, day: NaiveDate| {
             format!("/ui/calendar?view={view}&amp;date={}{}", day.format("%Y-%m-%d"), if mine { "&amp;mine=1" } else { "" })
         };
         let heading = match view {
             View::Month => date.format("%B %Y").to_string(),
             View::Week => format!("Week of {}", first.format("%-d %B %Y")),
+            View::Day => date.format("%A %-d %B %Y").to_string(),
         };
         let mut body = format!("<h1>Content calendar</h1><nav class=\"calendar-nav actions\" aria-label=\"Calendar\">\
              <a class=\"button secondary\" href=\"{}\" rel=\"prev\">← Previous</a>\
@@ -177,12 +214,14 @@ async fn calendar_page(
             link(view_name, next),
             esc(&heading)
         );
-        let other = if view == View::Week { "month" } else { "week" };
+        for (other, label) in [(View::Month, "Month view"), (View::Week, "Week view"), (View::Day, "Day view")] {
+            if other != view {
+                let _ = write!(body, "<a href=\"{}\">{label}</a> · ", link(other.name(), date));
+            }
+        }
         let _ = write!(
             body,
-            "<a href=\"{}\">{} view</a> · <a href=\"/ui/calendar?view={view_name}&amp;date={}{}\">{}</a></nav>",
-            link(other, date),
-            if view == View::Week { "Month" } else { "Week" },
+            "<a href=\"/ui/calendar?view={view_name}&amp;date={}{}\">{}</a></nav>",
             date.format("%Y-%m-%d"),
             if mine { "" } else { "&amp;mine=1" },
             if mine { "Show everyone's work" } else { "Show only my work" },
@@ -197,6 +236,21 @@ async fn calendar_page(
                 body,
                 "<p class=\"notice\">This period has more than {ENTRIES_MAX} entries of a kind; only the first are shown.</p>"
             );
+        }
+        if view == View::Day {
+            body.push_str("<section class=\"card\" aria-labelledby=\"period\">");
+            match days.get(&date) {
+                Some(entries) => {
+                    body.push_str("<ul class=\"entries day\">");
+                    for entry in entries.iter().take(DAY_ENTRIES_DAY) {
+                        body.push_str(&entry.html);
+                    }
+                    body.push_str("</ul>");
+                }
+                None => body.push_str("<p class=\"muted\">Nothing is due or published this day.</p>"),
+            }
+            body.push_str("</section>");
+            return Ok(with_feeds(body, feed_secret.as_deref(), &who));
         }
         body.push_str("<table class=\"calendar ");
         body.push_str(view_name);
@@ -221,11 +275,20 @@ async fn calendar_page(
                 if view == View::Week || day.day() == 1 { day.format("%-d %b").to_string() } else { day.day().to_string() }
             );
             if let Some(entries) = days.get(&day) {
+                let shown = if view == View::Month { DAY_ENTRIES_MONTH } else { DAY_ENTRIES_WEEK };
                 body.push_str("<ul class=\"entries\">");
-                for entry in entries {
+                for entry in entries.iter().take(shown) {
                     body.push_str(&entry.html);
                 }
                 body.push_str("</ul>");
+                if entries.len() > shown {
+                    let _ = write!(
+                        body,
+                        "<a class=\"more\" href=\"{}\">+ {} more</a>",
+                        link(if view == View::Month { "week" } else { "day" }, day),
+                        entries.len() - shown
+                    );
+                }
             }
             body.push_str("</td>");
             if day.weekday().num_days_from_monday() == 6 {
@@ -234,17 +297,7 @@ async fn calendar_page(
             day += Duration::days(1);
         }
         body.push_str("</tbody></table>");
-        if let Some(secret) = feed_secret.as_deref() {
-            let (person, workspace) = crate::people::feed_paths(secret, &who);
-            let _ = write!(
-                body,
-                "<p class=\"muted\">Subscribe in your calendar app: <a href=\"{}\">my work</a> · \
-                 <a href=\"{}\">the whole workspace</a> (keep these links private).</p>",
-                esc(&person),
-                esc(&workspace)
-            );
-        }
-        Ok(body)
+        Ok(with_feeds(body, feed_secret.as_deref(), &who))
     })
     .await;
     match answer {

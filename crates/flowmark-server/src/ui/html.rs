@@ -91,7 +91,7 @@ td.day .date { font-size:.85rem; color:var(--muted); font-weight:600; }
 td.day.outside { background:#f6f8fa; } td.day.outside .date { color:#8c959f; }
 td.day.today { box-shadow: inset 0 0 0 2px var(--accent); } td.day.today .date { color:var(--accent); }
 ul.entries { list-style:none; margin:.2rem 0 0; padding:0; font-size:.82rem; } ul.entries li { margin-bottom:.3rem; overflow-wrap:anywhere; }
-ul.entries time { color:var(--muted); }
+ul.entries time { color:var(--muted); } a.more { font-size:.8rem; font-weight:600; }
 dialog.keys { border:1px solid var(--line); border-radius:8px; padding:1rem 1.5rem; } dialog.keys kbd, kbd { font-family:ui-monospace, monospace;
   border:1px solid var(--line); border-bottom-width:2px; border-radius:4px; padding:0 .3rem; background:var(--bg); }
 tr.focused { outline:2px solid #fb8c00; outline-offset:-2px; }

@@ -43,12 +43,12 @@ enum Mode {
 }
 
 const WRITE_KEY: &str = "bench-write-key";
-const API_TOKEN: &str = "bench-api-token";
+pub(super) const API_TOKEN: &str = "bench-api-token";
 
 /// A `flowmark serve` child process, stopped (SIGKILL) when dropped.
-struct Server {
+pub(super) struct Server {
     child: Child,
-    address: String,
+    pub(super) address: String,
 }
 
 impl Drop for Server {
@@ -58,7 +58,7 @@ impl Drop for Server {
     }
 }
 
-fn start_server(db: &Path) -> anyhow::Result<Server> {
+pub(super) fn start_server(db: &Path) -> anyhow::Result<Server> {
     let exe = std::env::current_exe().context("cannot find the flowmark executable")?;
     let mut child = Command::new(exe)
         .args(["serve", "--bind", "127.0.0.1:0", "--write-key", WRITE_KEY, "--api-token", API_TOKEN, "--db"])
@@ -76,33 +76,57 @@ fn start_server(db: &Path) -> anyhow::Result<Server> {
     Ok(Server { address: address.to_owned(), child })
 }
 
+/// A response's headers, names lower-cased, in order.
+pub(super) type Headers = Vec<(String, String)>;
+
 /// A keep-alive HTTP/1.1 connection that sends one request at a time.
-struct Connection {
+pub(super) struct Connection {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     host: String,
 }
 
 impl Connection {
-    fn open(address: &str) -> anyhow::Result<Connection> {
+    pub(super) fn open(address: &str) -> anyhow::Result<Connection> {
         let stream = TcpStream::connect(address)?;
         stream.set_nodelay(true)?;
         Ok(Connection { reader: BufReader::new(stream.try_clone()?), writer: stream, host: address.to_owned() })
     }
 
-    /// Sends a request and returns the status and body.
-    fn request(&mut self, method: &str, path: &str, auth: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.host,
-            body.len()
-        );
+    /// Sends a JSON request and returns the status and body.
+    pub(super) fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        auth: &str,
+        body: &[u8],
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let (status, _, body) =
+            self.send(method, path, &[("Authorization", auth), ("Content-Type", "application/json")], body)?;
+        Ok((status, body))
+    }
+
+    /// Sends a request with these headers; returns the status, the response's headers
+    /// (names lower-cased) and its body.
+    pub(super) fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<(u16, Headers, Vec<u8>)> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
         self.writer.write_all(head.as_bytes())?;
         self.writer.write_all(body)?;
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
         let status: u16 = line.get(9..12).context("no status line")?.parse()?;
         let mut length = 0usize;
+        let mut answer = Vec::new();
         loop {
             line.clear();
             self.reader.read_line(&mut line)?;
@@ -110,15 +134,16 @@ impl Connection {
             if header.is_empty() {
                 break;
             }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse()?;
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse()?;
+                }
+                answer.push((name.to_ascii_lowercase(), value.trim().to_owned()));
             }
         }
         let mut body = vec![0; length];
         self.reader.read_exact(&mut body)?;
-        Ok((status, body))
+        Ok((status, answer, body))
     }
 }
 

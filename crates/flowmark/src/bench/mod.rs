@@ -10,6 +10,8 @@
 //! - `timers`: a storm of timers due at the same instant: time to fire them all, lateness.
 //! - `render`: personalised email rendered as the dispatcher does it, on one thread.
 //! - `smtp`: the SMTP connector's pool pushing messages into a local SMTP sink.
+//! - `pages`: the web UI's pages from a `flowmark serve` child over a store with 100 000
+//!   open tasks.
 //!
 //! Figures and the commands that produced them are recorded in `docs/BENCHMARKS.md`.
 //! Invariant: a benchmark never touches a database it did not create (`--dir` gets fresh
@@ -17,6 +19,7 @@
 
 mod http;
 mod journey;
+mod pages;
 mod render;
 pub(crate) mod smtp;
 
@@ -51,6 +54,8 @@ enum Scenario {
     Render(render::RenderArgs),
     /// The SMTP connector sending to a local SMTP sink.
     Smtp(smtp::SmtpArgs),
+    /// Web UI pages over a store with many open tasks.
+    Pages(pages::PagesArgs),
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
@@ -64,6 +69,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         Scenario::Timers(timers) => journey::run_timers(timers, &args.dir, &fsync)?,
         Scenario::Render(render) => render::run(render)?,
         Scenario::Smtp(smtp) => smtp::run(smtp)?,
+        Scenario::Pages(pages) => pages::run(pages, &args.dir)?,
     }
     Ok(ExitCode::SUCCESS)
 }
