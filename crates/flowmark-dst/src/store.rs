@@ -204,6 +204,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.notifications(person, limit)
     }
 
+    fn deliverable_version(&self, subject_id: &str) -> Result<u32, Error> {
+        self.inner.deliverable_version(subject_id)
+    }
+
     fn undigested(&self, limit: usize) -> Result<Vec<Notification>, Error> {
         self.inner.undigested(limit)
     }

@@ -138,6 +138,9 @@ pub fn changes(
                 let name = serde_json::to_value(decision).ok().and_then(|v| v.as_str().map(str::to_owned));
                 outcomes.push((step.to_owned(), role.clone(), name.unwrap_or_default(), Some(by.clone())));
             }
+            HistoryKind::ApprovalReset { by, .. } => {
+                outcomes.push((step.to_owned(), "*".to_owned(), "reset".to_owned(), Some(by.clone())));
+            }
             HistoryKind::ApprovalResolved { outcome, .. } => {
                 resolved.push((step.to_owned(), "*".to_owned(), (*outcome).to_owned(), None));
             }

@@ -453,7 +453,7 @@ async fn openapi() -> Response {
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Every route `router` serves, as (method, path in OpenAPI's template syntax).
-pub const ROUTES: [(&str, &str); 42] = [
+pub const ROUTES: [(&str, &str); 43] = [
     ("get", "/healthz"),
     ("post", "/v1/{kind}"),
     ("post", "/api/workflows"),
@@ -494,6 +494,7 @@ pub const ROUTES: [(&str, &str); 42] = [
     ("get", "/api/items/{id}/work"),
     ("get", "/api/items/{id}/comments"),
     ("post", "/api/items/{id}/comments"),
+    ("post", "/api/items/{id}/attachments"),
     ("get", "/cal/people/{email}/{token}"),
     ("get", "/cal/workspace/{token}"),
 ];

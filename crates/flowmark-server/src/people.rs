@@ -38,6 +38,7 @@ pub(crate) fn routes() -> Router<App> {
         .route("/api/work/{id}/{action}", post(act))
         .route("/api/items/{id}/work", get(item_work))
         .route("/api/items/{id}/comments", get(item_comments).post(comment))
+        .route("/api/items/{id}/attachments", post(attach))
         .route("/cal/people/{email}/{token}", get(person_feed))
         .route("/cal/workspace/{token}", get(workspace_feed))
 }
@@ -144,7 +145,8 @@ pub(crate) fn parse_action(action: &str, fields: &serde_json::Map<String, Value>
                 _ => Err("`decision` is approve, approve_with_changes, request_changes or reject".to_owned()),
             }
         }
-        other => Err(format!("unknown action `{other}`: claim, release, reassign, complete or decide")),
+        "reopen" => Ok(WorkAction::Reopen { reason: text("reason").map(str::to_owned) }),
+        other => Err(format!("unknown action `{other}`: claim, release, reassign, complete, decide or reopen")),
     }
 }
 
@@ -226,6 +228,47 @@ async fn comment(State(app): State<App>, headers: HeaderMap, Path(id): Path<Stri
     };
     let work = text("work");
     comment_as(&app, id, work, by, body).await
+}
+
+/// Attaches a link: `{"by", "title", "url", "work"?, "new_version"?}`.
+async fn attach(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+    let fields = match admin_object(&app, &headers, &body).await {
+        Ok(fields) => fields,
+        Err(response) => return response,
+    };
+    let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_owned);
+    let (Some(by), Some(title), Some(url)) = (text("by"), text("title"), text("url")) else {
+        return problem(StatusCode::BAD_REQUEST, "Invalid input", "say who attaches what: `by`, `title`, `url`");
+    };
+    let new_version = match fields.get("new_version") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return problem(StatusCode::BAD_REQUEST, "Invalid input", "`new_version` is true or false"),
+    };
+    attach_as(&app, Attachment { item: id, work: text("work"), by, title, url, new_version }).await
+}
+
+/// An attachment as a person asks for it (from the API or the UI).
+pub(crate) struct Attachment {
+    pub item: String,
+    pub work: Option<String>,
+    pub by: String,
+    pub title: String,
+    pub url: String,
+    pub new_version: bool,
+}
+
+pub(crate) async fn attach_as(app: &App, a: Attachment) -> Response {
+    let answer = query(&app.owner, move |engine, now| {
+        engine.attach(&a.item, a.work.as_deref(), &a.by, &a.title, &a.url, a.new_version, now)
+    })
+    .await;
+    match answer {
+        Ok(Ok(Ok(comment))) => (StatusCode::CREATED, axum::Json(comment)).into_response(),
+        Ok(Ok(Err(refused))) => refusal(&refused),
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
 }
 
 pub(crate) async fn comment_as(app: &App, id: String, work: Option<String>, by: String, body: String) -> Response {

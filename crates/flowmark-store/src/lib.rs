@@ -416,6 +416,9 @@ pub trait Store {
     /// A subject's comments, oldest first: the latest `limit`.
     fn comments(&self, subject_id: &str, limit: usize) -> Result<Vec<Comment>, Error>;
 
+    /// The latest deliverable version attached to an item (0 when none).
+    fn deliverable_version(&self, subject_id: &str) -> Result<u32, Error>;
+
     /// A person's notifications, newest first, at most `limit`.
     fn notifications(&self, person: &str, limit: usize) -> Result<Vec<Notification>, Error>;
 

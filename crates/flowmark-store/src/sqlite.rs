@@ -171,6 +171,7 @@ UPDATE runs SET at = COALESCE(
 CREATE INDEX runs_by_position ON runs (workflow_id, status, id, version, at);
 "#,
     crate::work::MIGRATION_INBOX,
+    crate::work::MIGRATION_ATTACHMENTS,
 ];
 
 pub struct SqliteStore {
@@ -1044,6 +1045,10 @@ impl Store for SqliteStore {
 
     fn comments(&self, subject_id: &str, limit: usize) -> Result<Vec<Comment>, Error> {
         crate::work::comments(&self.conn, subject_id, limit)
+    }
+
+    fn deliverable_version(&self, subject_id: &str) -> Result<u32, Error> {
+        crate::work::deliverable_version(&self.conn, subject_id)
     }
 
     fn notifications(&self, person: &str, limit: usize) -> Result<Vec<Notification>, Error> {

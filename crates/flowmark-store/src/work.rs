@@ -90,6 +90,13 @@ UPDATE work_people SET
 CREATE INDEX work_people_inbox ON work_people (person, kind, due, work_id);
 "#;
 
+/// Attachments are comments that carry a link; a link marked as a new version of the item's
+/// deliverable carries its version number.
+pub(crate) const MIGRATION_ATTACHMENTS: &str = r#"
+ALTER TABLE comments ADD COLUMN link TEXT;
+ALTER TABLE comments ADD COLUMN version INTEGER;
+"#;
+
 /// The due time an inbox row sorts by when its item has none.
 const NO_DUE: i64 = i64::MAX;
 
@@ -182,8 +189,15 @@ pub struct Comment {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub work_id: Option<String>,
     pub by: String,
+    /// The text; for an attachment, its title.
     pub body: String,
     pub at: Timestamp,
+    /// An attachment: the link (http or https).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// An attachment that is a new version of the item's deliverable: its number (1, 2, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
 }
 
 /// One notification for one person; its key makes it once-only.
@@ -307,7 +321,8 @@ pub(crate) fn add_comments(tx: &Connection, comments: &[&Comment]) -> Result<(),
             .prepare_cached("SELECT COALESCE(MAX(seq) + 1, 0) FROM comments WHERE subject_id = ?1")?
             .query_row([&comment.subject_id], |r| r.get(0))?;
         tx.prepare_cached(
-            "INSERT INTO comments (subject_id, seq, work_id, by, body, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO comments (subject_id, seq, work_id, by, body, at, link, version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?
         .execute(params![
             comment.subject_id,
@@ -315,7 +330,9 @@ pub(crate) fn add_comments(tx: &Connection, comments: &[&Comment]) -> Result<(),
             comment.work_id,
             comment.by,
             comment.body,
-            comment.at.ms()
+            comment.at.ms(),
+            comment.link,
+            comment.version,
         ])?;
     }
     Ok(())
@@ -451,9 +468,17 @@ pub(crate) fn open_after(conn: &Connection, after: Option<&str>, limit: usize) -
     rows.take(limit).map(|row| finish_item(conn, row?)).collect()
 }
 
+/// The latest deliverable version of an item (0 when none was attached).
+pub(crate) fn deliverable_version(conn: &Connection, subject_id: &str) -> Result<u32, Error> {
+    Ok(conn
+        .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM comments WHERE subject_id = ?1")?
+        .query_row([subject_id], |r| r.get(0))?)
+}
+
 pub(crate) fn comments(conn: &Connection, subject_id: &str, limit: usize) -> Result<Vec<Comment>, Error> {
-    let mut statement =
-        conn.prepare_cached("SELECT work_id, by, body, at FROM comments WHERE subject_id = ?1 ORDER BY seq DESC")?;
+    let mut statement = conn.prepare_cached(
+        "SELECT work_id, by, body, at, link, version FROM comments WHERE subject_id = ?1 ORDER BY seq DESC",
+    )?;
     let rows = statement.query_map([subject_id], |r| {
         Ok(Comment {
             subject_id: subject_id.to_owned(),
@@ -461,6 +486,8 @@ pub(crate) fn comments(conn: &Connection, subject_id: &str, limit: usize) -> Res
             by: r.get(1)?,
             body: r.get(2)?,
             at: Timestamp(r.get(3)?),
+            link: r.get(4)?,
+            version: r.get(5)?,
         })
     })?;
     let mut comments: Vec<Comment> = rows.take(limit).collect::<rusqlite::Result<_>>()?;

@@ -87,6 +87,8 @@ impl<'a> Machine<'a> {
                 self.approval_decided(step, role, by, *decision, comment.as_ref())
             }
             Input::SubflowEnded { step, status } => self.subflow_ended(step, *status),
+            Input::Reopen { step, by, reason } => self.reopen(step, by, reason.as_ref()),
+            Input::DeliverableUpdated { by, version } => self.deliverable_updated(by, version.as_ref()),
             Input::Cancel { reason } => self.end(RunStatus::Exited, Some(reason.clone())),
         }
         self.out
@@ -319,6 +321,70 @@ impl<'a> Machine<'a> {
                 self.set_state(token.id, TokenState::AwaitingApproval(state));
             }
             Some(outcome) => self.resolve_approval(token.id, at, *state, outcome),
+        }
+    }
+
+    fn reopen(&mut self, step: &str, by: &str, reason: Option<&String>) {
+        let input = || Input::Reopen { step: step.to_owned(), by: by.to_owned(), reason: reason.cloned() };
+        let Some(at) = self.workflow.step_index(step) else {
+            self.ignore(&input(), format!("there is no step `{step}`"));
+            return;
+        };
+        if !matches!(self.workflow.step(at).kind, StepKind::Task(_)) {
+            self.ignore(&input(), format!("`{step}` is not a task"));
+            return;
+        }
+        let [token] = self.out.run.tokens.as_slice() else {
+            self.ignore(&input(), "the run is in several places at once (a parallel section)");
+            return;
+        };
+        let token = token.clone();
+        match token.state {
+            TokenState::AwaitingTask { .. } if token.at == at => {
+                self.ignore(&input(), format!("`{step}` is open already"));
+                return;
+            }
+            TokenState::AwaitingSubflow | TokenState::Joined => {
+                self.ignore(&input(), "the run waits for a subflow or a join");
+                return;
+            }
+            _ => {}
+        }
+        let from = self.workflow.step(token.at).id.to_string();
+        let timers: Vec<TimerId> = self.out.run.timers.iter().filter(|t| t.token == token.id).map(|t| t.id).collect();
+        for timer in timers {
+            self.cancel_timer(timer);
+        }
+        self.history(Some(at), HistoryKind::TaskReopened { by: by.to_owned(), reason: reason.cloned(), from });
+        self.run_step_from(token.id, at, false);
+    }
+
+    fn deliverable_updated(&mut self, by: &str, version: Option<&String>) {
+        let awaiting: Vec<Token> = self
+            .out
+            .run
+            .tokens
+            .iter()
+            .filter(|t| matches!(t.state, TokenState::AwaitingApproval(_)))
+            .cloned()
+            .collect();
+        if awaiting.is_empty() {
+            let input = Input::DeliverableUpdated { by: by.to_owned(), version: version.cloned() };
+            self.ignore(&input, "no approval is open");
+            return;
+        }
+        for token in awaiting {
+            let TokenState::AwaitingApproval(state) = &token.state else { continue };
+            for timer in state.timers.clone() {
+                self.cancel_timer(timer);
+            }
+            let decisions = state.decisions.len();
+            self.history(
+                Some(token.at),
+                HistoryKind::ApprovalReset { by: by.to_owned(), version: version.cloned(), decisions },
+            );
+            // Entering the step again starts the next round: new requests, new clocks.
+            self.run_step_from(token.id, token.at, false);
         }
     }
 

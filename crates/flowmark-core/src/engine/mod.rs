@@ -265,6 +265,20 @@ pub enum Input {
         to: Option<String>,
         by: String,
     },
+    /// Someone sends a completed task back: the run leaves what it waits on (its timers
+    /// cancelled, its open work withdrawn) and enters the `task` step `step` again. Refused
+    /// inside a `parallel` (more than one token) and while a subflow is awaited.
+    Reopen {
+        step: String,
+        by: String,
+        reason: Option<String>,
+    },
+    /// A new version of the item's deliverable: every approval the run waits on starts a new
+    /// round, and the decisions already given on the old version no longer count.
+    DeliverableUpdated {
+        by: String,
+        version: Option<String>,
+    },
     Cancel {
         reason: String,
     },
@@ -281,6 +295,8 @@ impl Input {
             Input::ApprovalDecided { .. } => "approval_decided",
             Input::SubflowEnded { .. } => "subflow_ended",
             Input::WorkAssigned { .. } => "work_assigned",
+            Input::Reopen { .. } => "reopen",
+            Input::DeliverableUpdated { .. } => "deliverable_updated",
             Input::Cancel { .. } => "cancel",
         }
     }
@@ -515,6 +531,18 @@ pub enum HistoryKind {
         by: String,
     },
     TaskOverdue,
+    /// A completed task was sent back to; `from` is where the run stood.
+    TaskReopened {
+        by: String,
+        reason: Option<String>,
+        from: String,
+    },
+    /// A new version of the deliverable voided this approval's decisions; a new round starts.
+    ApprovalReset {
+        by: String,
+        version: Option<String>,
+        decisions: usize,
+    },
     ApprovalDecision {
         role: String,
         by: String,

@@ -316,3 +316,101 @@ fn approvals_escalate_to_the_accountable_role() {
         )
     );
 }
+
+/// The blog post up to its review, with the editor's approval given: `(workflow, run, now)`.
+fn blog_post_in_review() -> (Workflow, Run, Timestamp) {
+    let wf = workflow(include_str!("../../../../blueprints/blog-post.yaml"));
+    let item = json!({ "title": "Flows" });
+    let facts = Facts { subject: &item, ..Facts::empty() };
+    let now = Timestamp(NOON);
+    let t = handle(&wf, Run::new(RunId(4), &wf, 1, "post-1", now), &Input::Start { event: None }, &facts, now);
+    let complete = |run: Run, step: &str, field: &str| {
+        let fields = [(field.to_owned(), json!("x"))].into_iter().collect();
+        handle(&wf, run, &Input::TaskCompleted { step: step.into(), by: "sam".into(), fields }, &facts, now)
+    };
+    let t = complete(t.run, "research", "keywords");
+    let t = complete(t.run, "draft", "draft_url");
+    let approve = Input::ApprovalDecided {
+        step: "review".into(),
+        role: "editor".into(),
+        by: "dana".into(),
+        decision: Decision::Approve,
+        comment: None,
+    };
+    let t = handle(&wf, t.run, &approve, &facts, now);
+    assert!(matches!(&t.run.tokens[0].state, TokenState::AwaitingApproval(s) if s.decisions.len() == 1));
+    (wf, t.run, now)
+}
+
+#[test]
+fn a_reopened_task_takes_the_run_back_and_withdraws_what_it_waited_on() {
+    let (wf, run, now) = blog_post_in_review();
+    let item = json!({ "title": "Flows" });
+    let facts = Facts { subject: &item, ..Facts::empty() };
+    let later = now.plus(Duration::HOUR);
+    let reopen = Input::Reopen { step: "draft".into(), by: "dana".into(), reason: Some("wrong brief".into()) };
+    let t = handle(&wf, run.clone(), &reopen, &facts, later);
+    let draft = wf.step_index("draft").unwrap();
+    assert_eq!(t.run.tokens.len(), 1);
+    assert_eq!(t.run.tokens[0].at, draft);
+    assert!(matches!(t.run.tokens[0].state, TokenState::AwaitingTask { due: Some(_) }));
+    assert_eq!(t.run.timers.len(), 1, "the review's reminder and escalation are gone, the draft's due timer armed");
+    assert!(t.history.iter().any(|h| matches!(&h.kind,
+        HistoryKind::TaskReopened { by, reason: Some(r), from } if by == "dana" && r == "wrong brief" && from == "review")));
+    assert!(
+        matches!(&t.effects[..], [e] if matches!(&e.kind, EffectKind::CreateTask { title, .. } if title == "Draft Flows"))
+    );
+    // Completing the draft again starts a fresh review round.
+    let fields = [("draft_url".to_owned(), json!("y"))].into_iter().collect();
+    let t = handle(&wf, t.run, &Input::TaskCompleted { step: "draft".into(), by: "sam".into(), fields }, &facts, later);
+    assert!(
+        matches!(&t.effects[0].kind, EffectKind::RequestApproval { round: 2, approvers, .. } if approvers.len() == 2)
+    );
+
+    // Refusals change nothing but the history.
+    for (input, why) in [
+        (Input::Reopen { step: "review".into(), by: "dana".into(), reason: None }, "not a task"),
+        (Input::Reopen { step: "nowhere".into(), by: "dana".into(), reason: None }, "no step"),
+    ] {
+        let t = handle(&wf, run.clone(), &input, &facts, later);
+        assert_eq!(t.run.tokens, run.tokens, "{why}");
+        assert!(
+            matches!(&t.history[..], [h] if matches!(h.kind, HistoryKind::InputIgnored { input: "reopen", .. })),
+            "{why}"
+        );
+    }
+}
+
+#[test]
+fn a_new_deliverable_version_voids_the_decisions_given_and_starts_a_new_round() {
+    let (wf, run, now) = blog_post_in_review();
+    let item = json!({ "title": "Flows" });
+    let facts = Facts { subject: &item, ..Facts::empty() };
+    let later = now.plus(Duration::HOUR);
+    let update = Input::DeliverableUpdated { by: "sam".into(), version: Some("v2".into()) };
+    let t = handle(&wf, run.clone(), &update, &facts, later);
+    let TokenState::AwaitingApproval(state) = &t.run.tokens[0].state else { panic!("still in review") };
+    assert_eq!((state.round, state.decisions.len()), (2, 0), "the editor's approval no longer counts");
+    assert!(
+        t.history
+            .iter()
+            .any(|h| matches!(&h.kind, HistoryKind::ApprovalReset { decisions: 1, version: Some(v), .. } if v == "v2"))
+    );
+    assert!(
+        matches!(&t.effects[..], [e] if matches!(&e.kind, EffectKind::RequestApproval { round: 2, approvers, .. } if approvers.len() == 2))
+    );
+    let armed: Vec<Timestamp> = t.run.timers.iter().map(|t| t.due_at).collect();
+    assert!(armed.iter().all(|at| *at > later), "the clocks restart from the new version: {armed:?}");
+    assert_eq!(armed.len(), run.timers.len());
+    // Outside an approval, a new version changes nothing.
+    let (wf2, at_research) = {
+        let wf = workflow(include_str!("../../../../blueprints/blog-post.yaml"));
+        let t = handle(&wf, Run::new(RunId(5), &wf, 1, "p", now), &Input::Start { event: None }, &facts, now);
+        (wf, t.run)
+    };
+    let t = handle(&wf2, at_research.clone(), &update, &facts, later);
+    assert_eq!(t.run.tokens, at_research.tokens);
+    assert!(
+        matches!(&t.history[..], [h] if matches!(h.kind, HistoryKind::InputIgnored { input: "deliverable_updated", .. }))
+    );
+}

@@ -24,6 +24,9 @@ use crate::work::{subject_title, url_part};
 
 /// The longest comment, in bytes.
 pub const COMMENT_BYTES_MAX: usize = 10_000;
+/// The longest attachment title, and the longest attachment link.
+pub const ATTACHMENT_TITLE_BYTES_MAX: usize = 300;
+pub const ATTACHMENT_URL_BYTES_MAX: usize = 2_048;
 /// Undigested notifications one digest round reads.
 pub const DIGEST_ROUND_MAX: usize = 10_000;
 /// The effect kind of one notification's delivery on one channel.
@@ -57,6 +60,9 @@ pub enum WorkAction {
     Complete { fields: serde_json::Map<String, Value> },
     /// Decide an approval.
     Decide { decision: Decision, comment: Option<String> },
+    /// Send a completed task back: the run returns to its step (the person who completed it
+    /// or the task's Accountable may).
+    Reopen { reason: Option<String> },
 }
 
 /// Why an action on a work item was refused; nothing changed.
@@ -155,6 +161,9 @@ impl<S: Store> Engine<S> {
     ) -> Result<Result<WorkItem, WorkRefusal>, Error> {
         let person = person.trim().to_lowercase();
         let Some(item) = self.store.work_item(id)? else { return Ok(Err(WorkRefusal::NotFound(id.to_owned()))) };
+        if let WorkAction::Reopen { reason } = action {
+            return self.reopen(item, person, reason, now);
+        }
         if item.status != "open" {
             let outcome = item.outcome.clone().unwrap_or_default();
             return Ok(Err(WorkRefusal::Closed(id.to_owned(), outcome)));
@@ -232,6 +241,7 @@ impl<S: Store> Engine<S> {
                 };
                 (input, None)
             }
+            WorkAction::Reopen { .. } => unreachable!("handled above"),
         };
         let Some(t) = self.decide(item.run, &input, now)? else {
             return Ok(Err(WorkRefusal::NotFound(format!("the run of `{id}`"))));
@@ -244,6 +254,122 @@ impl<S: Store> Engine<S> {
         }
         self.commit_with_follow_ups(t, change.into_iter().collect(), now)?;
         Ok(self.store.work_item(id)?.ok_or_else(|| WorkRefusal::NotFound(id.to_owned())))
+    }
+
+    /// Reopens a completed task: its run goes back to the task's step, and a new work item
+    /// opens there (the closed one keeps its outcome).
+    fn reopen(
+        &mut self,
+        item: WorkItem,
+        person: String,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<Result<WorkItem, WorkRefusal>, Error> {
+        if item.kind != WorkKind::Task || item.outcome.as_deref() != Some("completed") {
+            return Ok(Err(WorkRefusal::Invalid(format!(
+                "only a completed task can be reopened; `{}` is not",
+                item.id
+            ))));
+        }
+        let accountable = item.detail["raci"]["accountable"].as_str().map(str::to_owned);
+        let manages = match accountable {
+            Some(role) => self.resolve_roles(&item.run, &[role], now)?.contains(&person),
+            None => false,
+        };
+        if !(manages || item.closed_by.as_deref() == Some(person.as_str())) {
+            return Ok(Err(WorkRefusal::NotYours(format!(
+                "{person} may not reopen `{}`: the person who completed it or its Accountable may",
+                item.id
+            ))));
+        }
+        let input = Input::Reopen { step: item.step.clone(), by: person, reason };
+        let Some(t) = self.decide(item.run, &input, now)? else {
+            return Ok(Err(WorkRefusal::NotFound(format!("the run of `{}`", item.id))));
+        };
+        if let Some(reason) = t.history.iter().find_map(|h| match &h.kind {
+            HistoryKind::InputIgnored { reason, .. } => Some(reason.clone()),
+            _ => None,
+        }) {
+            return Ok(Err(WorkRefusal::Ignored(reason)));
+        }
+        if !t.run.is_active() {
+            return Ok(Err(WorkRefusal::Ignored("the run has ended".to_owned())));
+        }
+        let run = t.run.id;
+        self.commit_with_follow_ups(t, Vec::new(), now)?;
+        let reopened = self
+            .store
+            .work_of_subject(&item.subject_id, usize::MAX)?
+            .into_iter()
+            .rev()
+            .find(|w| w.run == run && w.step == item.step && w.status == "open");
+        Ok(reopened.ok_or_else(|| WorkRefusal::NotFound(format!("the reopened `{}`", item.step))))
+    }
+
+    /// Attaches a link to an item (optionally about one of its work items). With
+    /// `new_version`, the link is the next version of the item's deliverable: every approval
+    /// its runs wait on starts a new round in the same commit, so decisions given on the old
+    /// version no longer count.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach(
+        &mut self,
+        subject_id: &str,
+        work_id: Option<&str>,
+        by: &str,
+        title: &str,
+        url: &str,
+        new_version: bool,
+        now: Timestamp,
+    ) -> Result<Result<Comment, WorkRefusal>, Error> {
+        let (title, url) = (title.trim(), url.trim());
+        if title.is_empty() || title.len() > ATTACHMENT_TITLE_BYTES_MAX {
+            return Ok(Err(WorkRefusal::Invalid(format!("a title has 1 to {ATTACHMENT_TITLE_BYTES_MAX} bytes"))));
+        }
+        let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+        if !scheme_ok || url.len() > ATTACHMENT_URL_BYTES_MAX || url.chars().any(char::is_whitespace) {
+            return Ok(Err(WorkRefusal::Invalid(format!(
+                "`{}` is not an http(s) link of at most {ATTACHMENT_URL_BYTES_MAX} bytes",
+                excerpt(url, 80)
+            ))));
+        }
+        if self.store.contact(subject_id)?.is_none() {
+            return Ok(Err(WorkRefusal::NotFound(subject_id.to_owned())));
+        }
+        if let Some(id) = work_id
+            && self.store.work_item(id)?.is_none_or(|w| w.subject_id != subject_id)
+        {
+            return Ok(Err(WorkRefusal::NotFound(id.to_owned())));
+        }
+        let by = by.trim().to_lowercase();
+        let version = if new_version { Some(self.store.deliverable_version(subject_id)? + 1) } else { None };
+        let comment = Comment {
+            subject_id: subject_id.to_owned(),
+            work_id: work_id.map(str::to_owned),
+            by: by.clone(),
+            body: title.to_owned(),
+            at: now,
+            link: Some(url.to_owned()),
+            version,
+        };
+        let mut transitions = Vec::new();
+        if let Some(version) = version {
+            let input = Input::DeliverableUpdated { by, version: Some(format!("v{version}")) };
+            for run in self.store.active_runs_of_subject(subject_id)? {
+                let Some(t) = self.decide(run.id, &input, now)? else { continue };
+                let ignored = t.history.iter().any(|h| matches!(h.kind, HistoryKind::InputIgnored { .. }));
+                if !ignored {
+                    transitions.push(t);
+                }
+            }
+            self.follow_ups(&mut transitions, now)?;
+        }
+        let refs: Vec<&flowmark_core::engine::Transition> = transitions.iter().collect();
+        let work = self.work_changes(&refs, None, now)?;
+        let batch =
+            Batch { transitions: refs, work: work.iter().collect(), comments: vec![&comment], ..Batch::default() };
+        self.store.write(&batch, now)?;
+        self.stats.transitions_committed += transitions.len() as u64;
+        Ok(Ok(comment))
     }
 
     /// Adds a comment on an item (a subject), optionally about one work item; every
@@ -273,6 +399,8 @@ impl<S: Store> Engine<S> {
             by: by.trim().to_lowercase(),
             body: body.to_owned(),
             at: now,
+            link: None,
+            version: None,
         };
         let mut unit = Unit::default();
         let subject = self.store.contact(subject_id)?.map(|c| c.traits).unwrap_or(Value::Null);

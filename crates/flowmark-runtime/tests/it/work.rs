@@ -217,3 +217,90 @@ fn a_comment_notifies_the_people_it_mentions() {
     let empty = engine.add_comment("post-1", None, "sam@example.com", "  ", MONDAY).unwrap();
     assert!(matches!(empty, Err(WorkRefusal::Invalid(_))));
 }
+
+/// Completes the research and the draft as their people: the run waits in review.
+fn to_review(engine: &mut Engine<SqliteStore>) {
+    let research = inbox(engine, "sia@example.com");
+    let fields = json!({ "keywords": "k" }).as_object().unwrap().clone();
+    engine.act_on_work(&research[0].id, "sia@example.com", WorkAction::Complete { fields }, MONDAY).unwrap().unwrap();
+    let draft = inbox(engine, "sam@example.com");
+    let fields = json!({ "draft_url": "https://docs.example.com/d/1" }).as_object().unwrap().clone();
+    engine.act_on_work(&draft[0].id, "sam@example.com", WorkAction::Complete { fields }, MONDAY).unwrap().unwrap();
+}
+
+#[test]
+fn a_completed_task_is_reopened_by_its_accountable_and_the_review_is_withdrawn() {
+    let (mut engine, run) = setup();
+    to_review(&mut engine);
+    let draft = engine.store().work_of_subject("post-1", 100).unwrap().into_iter().find(|w| w.step == "draft").unwrap();
+    assert_eq!(ids(&inbox(&engine, "dana@example.com")), ["review:editor"]);
+    // Someone who neither completed it nor is accountable for it may not.
+    let reopen = || WorkAction::Reopen { reason: Some("the brief changed".into()) };
+    let refused = engine.act_on_work(&draft.id, "sia@example.com", reopen(), MONDAY).unwrap();
+    assert!(matches!(refused, Err(WorkRefusal::NotYours(_))), "{refused:?}");
+    // An open item or an approval is not reopened.
+    let review = inbox(&engine, "dana@example.com").remove(0);
+    let refused = engine.act_on_work(&review.id, "dana@example.com", reopen(), MONDAY).unwrap();
+    assert!(matches!(refused, Err(WorkRefusal::Invalid(_))), "{refused:?}");
+    // The draft's Accountable (the editor, Dana) sends it back.
+    let later = MONDAY.plus(Duration::HOUR);
+    let reopened = engine.act_on_work(&draft.id, "dana@example.com", reopen(), later).unwrap().unwrap();
+    assert_ne!(reopened.id, draft.id, "a new work item, the completed one keeps its outcome");
+    assert_eq!((reopened.step.as_str(), reopened.status.as_str()), ("draft", "open"));
+    assert_eq!(ids(&inbox(&engine, "sam@example.com")), ["draft:writer"]);
+    assert!(inbox(&engine, "dana@example.com").is_empty(), "the review is withdrawn");
+    let all = engine.store().work_of_subject("post-1", 100).unwrap();
+    let outcome = |step: &str, role: &str| {
+        all.iter().filter(|w| w.step == step && w.role == role).map(|w| w.outcome.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(outcome("review", "editor"), [Some("withdrawn".to_owned())]);
+    assert_eq!(outcome("draft", "writer"), [Some("completed".to_owned()), None]);
+    let history = engine.store().history(run).unwrap();
+    assert!(
+        history.iter().any(|h| h["what"] == "task_reopened"
+            && h["by"] == "dana@example.com"
+            && h["reason"] == "the brief changed"
+            && h["from"] == "review"),
+        "{history:?}"
+    );
+}
+
+#[test]
+fn a_new_deliverable_version_restarts_the_review_and_plain_links_do_not() {
+    let (mut engine, run) = setup();
+    to_review(&mut engine);
+    let editor = inbox(&engine, "dana@example.com").remove(0);
+    let approve = WorkAction::Decide { decision: Decision::Approve, comment: None };
+    engine.act_on_work(&editor.id, "dana@example.com", approve, MONDAY).unwrap().unwrap();
+    assert!(inbox(&engine, "dana@example.com").is_empty(), "the editor has decided");
+    let attach = |engine: &mut Engine<SqliteStore>, url: &str, new_version: bool| {
+        engine.attach("post-1", None, "sam@example.com", "Draft", url, new_version, MONDAY).unwrap()
+    };
+    // Bad links are refused, nothing stored.
+    for bad in ["javascript:alert(1)", "ftp://x", "https://a b", ""] {
+        assert!(matches!(attach(&mut engine, bad, true), Err(WorkRefusal::Invalid(_))), "{bad}");
+    }
+    assert!(engine.store().comments("post-1", 10).unwrap().is_empty());
+    // A reference link changes nothing in the review.
+    let link = attach(&mut engine, "https://docs.example.com/brief", false).unwrap();
+    assert_eq!(link.version, None);
+    assert!(inbox(&engine, "dana@example.com").is_empty());
+    // A new version: the editor's approval no longer counts, both reviewers are asked again.
+    let v1 = attach(&mut engine, "https://docs.example.com/d/2", true).unwrap();
+    assert_eq!(v1.version, Some(1));
+    assert_eq!(ids(&inbox(&engine, "dana@example.com")), ["review:editor"]);
+    let seo = inbox(&engine, "sia@example.com");
+    assert_eq!(ids(&seo), ["review:seo"]);
+    assert_eq!(seo[0].detail["round"], 2);
+    let history = engine.store().history(run).unwrap();
+    assert!(history.iter().any(|h| h["what"] == "approval_reset" && h["version"] == "v1" && h["decisions"] == 1));
+    let closed: Vec<_> = engine
+        .store()
+        .work_of_subject("post-1", 100)
+        .unwrap()
+        .into_iter()
+        .filter(|w| w.step == "review" && w.outcome.as_deref() == Some("reset"))
+        .collect();
+    assert_eq!(closed.len(), 1, "SEO's undecided round-1 request closed as reset");
+    assert_eq!(attach(&mut engine, "https://docs.example.com/d/3", true).unwrap().version, Some(2));
+}

@@ -81,6 +81,7 @@ form.filters { display:flex; flex-wrap:wrap; gap:.8rem; align-items:end; }
 form.filters > div { min-width:10rem; } form.filters .actions { align-self:end; }
 select { padding:.45rem .6rem; border:1px solid #8c959f; border-radius:6px; font:inherit; background:#fff; min-width:10rem; }
 .pill.active { border-color:#b6c8f0; background:#eef4ff; } .pill.failed { border-color:var(--bad); color:var(--bad); }
+.pill.version { border-color:#9ad2a9; background:#eefbf1; font-weight:600; }
 .pill.overdue { border-color:var(--bad); color:var(--bad); font-weight:600; }
 .pill.converted, .pill.completed { border-color:#9ad2a9; background:#eefbf1; } .pill.publish { border-color:#e4b6f0; background:#fbeeff; }
 .calendar-nav { margin-bottom:.5rem; } .calendar-nav .period { margin:0 1rem; font-size:1.15rem; }

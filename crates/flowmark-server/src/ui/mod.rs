@@ -46,6 +46,7 @@ pub(crate) fn routes() -> Router<App> {
         .route("/ui/work/{id}/{action}", post(work_action))
         .route("/ui/items/{id}", get(item_page))
         .route("/ui/items/{id}/comments", post(item_comment))
+        .route("/ui/items/{id}/attachments", post(item_attachment))
         .route("/ui/app.js", get(js))
         .route("/api/accounts/{email}", axum::routing::put(put_account))
         .merge(explore::routes())
@@ -335,11 +336,51 @@ async fn home(State(app): State<App>, headers: HeaderMap) -> Response {
     }
 }
 
-fn comments_html(comments: &[flowmark_store::Comment], subject: &str, work: Option<&str>, csrf: &str) -> String {
+/// The item's attachments (links; deliverable versions marked) and the form to add one.
+fn attachments_html(comments: &[flowmark_store::Comment], subject: &str, work: Option<&str>, csrf: &str) -> String {
     let mut out = String::from(
+        "<section aria-labelledby=\"attachments\"><h2 id=\"attachments\">Deliverables and attachments</h2><ul class=\"plain attachments\">",
+    );
+    let mut any = false;
+    for c in comments.iter().rev() {
+        let Some(link) = &c.link else { continue };
+        any = true;
+        let _ = write!(
+            out,
+            "<li>{}<a href=\"{}\" rel=\"noopener noreferrer nofollow\">{}</a> <span class=\"muted\">by {} · {}</span></li>",
+            c.version.map(|v| format!("<span class=\"pill version\">v{v}</span> ")).unwrap_or_default(),
+            esc(link),
+            esc(&c.body),
+            esc(&c.by),
+            time(c.at)
+        );
+    }
+    if !any {
+        out.push_str("<li class=\"muted\">Nothing attached yet.</li>");
+    }
+    let _ = write!(
+        out,
+        "</ul><form class=\"stack\" method=\"post\" action=\"/ui/items/{}/attachments\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">{}\
+         <div><label for=\"attach-title\">Title</label><input id=\"attach-title\" name=\"title\" type=\"text\" required maxlength=\"300\"></div>\
+         <div><label for=\"attach-url\">Link</label><input id=\"attach-url\" name=\"url\" type=\"url\" required placeholder=\"https://\"></div>\
+         <div><input id=\"attach-version\" name=\"new_version\" type=\"checkbox\" aria-describedby=\"attach-help\"> \
+         <label for=\"attach-version\" class=\"inline\">A new version of the deliverable</label>\
+         <br><small id=\"attach-help\" class=\"muted\">Approvals waiting on this item start over: decisions on the old version no longer count.</small></div>\
+         <div><button type=\"submit\" class=\"secondary\">Attach</button></div></form></section>",
+        seg(subject),
+        esc(csrf),
+        work.map(|w| format!("<input type=\"hidden\" name=\"work\" value=\"{}\">", esc(w))).unwrap_or_default()
+    );
+    out
+}
+
+fn comments_html(comments: &[flowmark_store::Comment], subject: &str, work: Option<&str>, csrf: &str) -> String {
+    let mut out = attachments_html(comments, subject, work, csrf);
+    out.push_str(
         "<section aria-labelledby=\"comments\"><h2 id=\"comments\">Comments</h2><ul class=\"plain comments\">",
     );
-    for c in comments {
+    for c in comments.iter().filter(|c| c.link.is_none()) {
         let _ = write!(
             out,
             "<li><strong>{}</strong> <span class=\"muted\">{}</span><br>{}</li>",
@@ -348,7 +389,7 @@ fn comments_html(comments: &[flowmark_store::Comment], subject: &str, work: Opti
             esc(&c.body)
         );
     }
-    if comments.is_empty() {
+    if comments.iter().all(|c| c.link.is_some()) {
         out.push_str("<li class=\"muted\">No comments yet.</li>");
     }
     let _ = write!(
@@ -449,6 +490,17 @@ fn work_html(item: &WorkItem, email: &str, csrf: &str, now: Timestamp, error: Op
     let hidden = format!("<input type=\"hidden\" name=\"csrf\" value=\"{}\">", esc(csrf));
     if item.status == "open" && !mine {
         body.push_str("<p class=\"notice\">This is not waiting for you.</p>");
+    }
+    if item.kind == WorkKind::Task && item.outcome.as_deref() == Some("completed") {
+        let _ = write!(
+            body,
+            "<section aria-labelledby=\"reopen\" class=\"card\"><h2 id=\"reopen\">Send it back</h2>\
+             <form class=\"stack\" method=\"post\" action=\"/ui/work/{id}/reopen\">{hidden}\
+             <div><label for=\"reopen-reason\">Why it needs more work</label><textarea id=\"reopen-reason\" name=\"reason\"></textarea>\
+             <small class=\"muted\">The run goes back to this task; what it waits on now is withdrawn. The person who \
+             completed it or its Accountable may.</small></div>\
+             <div><button type=\"submit\" class=\"secondary\">Reopen task</button></div></form></section>"
+        );
     }
     if mine {
         body.push_str("<section aria-labelledby=\"act\" class=\"card\"><h2 id=\"act\">Your part</h2>");
@@ -578,7 +630,7 @@ async fn work_action(
         Err(response) => return response,
     };
     let mut values = serde_json::Map::new();
-    for key in ["to", "decision", "comment"] {
+    for key in ["to", "decision", "comment", "reason"] {
         if let Some(v) = form_value(&form, key) {
             values.insert(key.to_owned(), Value::String(v.to_owned()));
         }
@@ -593,7 +645,8 @@ async fn work_action(
     let (who, target) = (email.clone(), id.clone());
     let answer = query(&app.owner, move |engine, now| engine.act_on_work(&target, &who, action, now)).await;
     match answer {
-        Ok(Ok(Ok(_))) => Redirect::to(&format!("/ui/work/{}", seg(&id))).into_response(),
+        // A reopened task answers with its new work item.
+        Ok(Ok(Ok(item))) => Redirect::to(&format!("/ui/work/{}", seg(&item.id))).into_response(),
         Ok(Ok(Err(refused))) => {
             let status = match refused {
                 WorkRefusal::NotFound(_) => StatusCode::NOT_FOUND,
@@ -661,6 +714,60 @@ async fn item_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<St
         Ok(Err(error)) => internal(error),
         Err(response) => response,
     }
+}
+
+async fn item_attachment(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::Form(form): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    let Some((email, session)) = session(&app, &headers).await else {
+        return to_login(&format!("/ui/items/{}", seg(&id)));
+    };
+    if !csrf_ok(&form, &session) {
+        return html(
+            StatusCode::FORBIDDEN,
+            page("Refused", Some((&email, &session.csrf)), "<h1>This form has expired</h1>"),
+        );
+    }
+    let work = form_value(&form, "work").map(str::to_owned);
+    let back = match &work {
+        Some(w) => format!("/ui/work/{}", seg(w)),
+        None => format!("/ui/items/{}", seg(&id)),
+    };
+    let attachment = crate::people::Attachment {
+        item: id,
+        work,
+        by: email.clone(),
+        title: form_value(&form, "title").unwrap_or_default().to_owned(),
+        url: form_value(&form, "url").unwrap_or_default().to_owned(),
+        new_version: form_value(&form, "new_version").is_some(),
+    };
+    let response = crate::people::attach_as(&app, attachment).await;
+    if response.status() == StatusCode::CREATED {
+        return Redirect::to(&back).into_response();
+    }
+    let status = response.status();
+    let detail = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+        Ok(bytes) => serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v["detail"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "the link was not attached".to_owned()),
+        Err(_) => "the link was not attached".to_owned(),
+    };
+    html(
+        status,
+        page(
+            "Refused",
+            Some((&email, &session.csrf)),
+            &format!(
+                "<p class=\"error\" role=\"alert\">{}</p><p><a href=\"{}\">Back</a></p>",
+                esc(&detail),
+                esc(&back)
+            ),
+        ),
+    )
 }
 
 async fn item_comment(

@@ -91,6 +91,10 @@ async function openWork(page, section, title) {
     await sam.getByText('completed by sam@example.com').waitFor();
     await sam.getByRole('link', { name: 'post-1' }).first().click();
     await sam.getByRole('cell', { name: /request changes by sia@example.com/ }).waitFor();
+    await sam.getByLabel('Title').fill('Brand guidelines');
+    await sam.getByLabel('Link').fill('https://docs.example.com/brand');
+    await sam.getByRole('button', { name: 'Attach' }).click();
+    await sam.locator('ul.attachments').getByRole('link', { name: 'Brand guidelines' }).waitFor();
     await sam.getByLabel('Add a comment').fill('Second draft is up, @dana@example.com.');
     await sam.getByRole('button', { name: 'Comment' }).click();
     await sam.getByText('Second draft is up').waitFor();
