@@ -319,11 +319,7 @@ async fn runs(State(app): State<App>, headers: HeaderMap, Query(params): Query<H
     };
     let status = match params.get("status").map(String::as_str) {
         None => None,
-        Some("active") => Some(RunStatus::Active),
-        Some("completed") => Some(RunStatus::Completed),
-        Some("converted") => Some(RunStatus::Converted),
-        Some("exited") => Some(RunStatus::Exited),
-        Some("failed") => Some(RunStatus::Failed),
+        Some(name) if RunStatus::parse(name).is_some() => RunStatus::parse(name),
         Some(other) => {
             return problem(
                 StatusCode::BAD_REQUEST,

@@ -227,7 +227,19 @@ async fn comment(State(app): State<App>, headers: HeaderMap, Path(id): Path<Stri
         return problem(StatusCode::BAD_REQUEST, "Invalid input", "say who comments and what: `by`, `body`");
     };
     let work = text("work");
-    comment_as(&app, id, work, by, body).await
+    created(query(&app.owner, move |engine, now| engine.add_comment(&id, work.as_deref(), &by, &body, now)).await)
+}
+
+/// An engine answer that creates something: `201` with it, or the refusal as a problem.
+fn created<T: serde::Serialize>(
+    answer: Result<Result<Result<T, WorkRefusal>, flowmark_runtime::Error>, Response>,
+) -> Response {
+    match answer {
+        Ok(Ok(Ok(made))) => (StatusCode::CREATED, axum::Json(made)).into_response(),
+        Ok(Ok(Err(refused))) => refusal(&refused),
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
 }
 
 /// Attaches a link: `{"by", "title", "url", "work"?, "new_version"?}`.
@@ -245,40 +257,11 @@ async fn attach(State(app): State<App>, headers: HeaderMap, Path(id): Path<Strin
         Some(Value::Bool(b)) => *b,
         Some(_) => return problem(StatusCode::BAD_REQUEST, "Invalid input", "`new_version` is true or false"),
     };
-    attach_as(&app, Attachment { item: id, work: text("work"), by, title, url, new_version }).await
-}
-
-/// An attachment as a person asks for it (from the API or the UI).
-pub(crate) struct Attachment {
-    pub item: String,
-    pub work: Option<String>,
-    pub by: String,
-    pub title: String,
-    pub url: String,
-    pub new_version: bool,
-}
-
-pub(crate) async fn attach_as(app: &App, a: Attachment) -> Response {
-    let answer = query(&app.owner, move |engine, now| {
-        engine.attach(&a.item, a.work.as_deref(), &a.by, &a.title, &a.url, a.new_version, now)
-    })
-    .await;
-    match answer {
-        Ok(Ok(Ok(comment))) => (StatusCode::CREATED, axum::Json(comment)).into_response(),
-        Ok(Ok(Err(refused))) => refusal(&refused),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
-    }
-}
-
-pub(crate) async fn comment_as(app: &App, id: String, work: Option<String>, by: String, body: String) -> Response {
-    let answer = query(&app.owner, move |engine, now| engine.add_comment(&id, work.as_deref(), &by, &body, now)).await;
-    match answer {
-        Ok(Ok(Ok(comment))) => (StatusCode::CREATED, axum::Json(comment)).into_response(),
-        Ok(Ok(Err(refused))) => refusal(&refused),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
-    }
+    let work = text("work");
+    created(
+        query(&app.owner, move |engine, now| engine.attach(&id, work.as_deref(), &by, &title, &url, new_version, now))
+            .await,
+    )
 }
 
 fn calendar(body: String) -> Response {

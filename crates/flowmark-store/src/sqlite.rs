@@ -571,8 +571,14 @@ fn position(run: &Run) -> String {
     let mut steps: Vec<u16> = run.current_steps().map(|at| at.0).collect();
     steps.sort_unstable();
     steps.dedup();
-    let steps: Vec<String> = steps.iter().map(u16::to_string).collect();
-    steps.join(" ")
+    let mut at = String::with_capacity(steps.len() * 4);
+    for step in steps {
+        if !at.is_empty() {
+            at.push(' ');
+        }
+        at.push_str(&step.to_string());
+    }
+    at
 }
 
 fn schedule_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Schedule> {

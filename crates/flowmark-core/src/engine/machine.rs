@@ -351,10 +351,7 @@ impl<'a> Machine<'a> {
             _ => {}
         }
         let from = self.workflow.step(token.at).id.to_string();
-        let timers: Vec<TimerId> = self.out.run.timers.iter().filter(|t| t.token == token.id).map(|t| t.id).collect();
-        for timer in timers {
-            self.cancel_timer(timer);
-        }
+        self.cancel_token_timers(token.id);
         self.history(Some(at), HistoryKind::TaskReopened { by: by.to_owned(), reason: reason.cloned(), from });
         self.run_step_from(token.id, at, false);
     }
@@ -375,10 +372,8 @@ impl<'a> Machine<'a> {
         }
         for token in awaiting {
             let TokenState::AwaitingApproval(state) = &token.state else { continue };
-            for timer in state.timers.clone() {
-                self.cancel_timer(timer);
-            }
             let decisions = state.decisions.len();
+            self.cancel_token_timers(token.id);
             self.history(
                 Some(token.at),
                 HistoryKind::ApprovalReset { by: by.to_owned(), version: version.cloned(), decisions },
@@ -890,11 +885,15 @@ impl<'a> Machine<'a> {
     }
 
     fn remove_token(&mut self, token: u32) {
+        self.cancel_token_timers(token);
+        self.out.run.tokens.retain(|t| t.id != token);
+    }
+
+    fn cancel_token_timers(&mut self, token: u32) {
         let timers: Vec<TimerId> = self.out.run.timers.iter().filter(|t| t.token == token).map(|t| t.id).collect();
         for timer in timers {
             self.cancel_timer(timer);
         }
-        self.out.run.tokens.retain(|t| t.id != token);
     }
 
     fn arm(&mut self, token: u32, purpose: TimerPurpose, due_at: Timestamp) -> TimerId {

@@ -83,6 +83,15 @@ pub struct ParentRun {
 }
 
 impl RunStatus {
+    /// Every status, in the order people read them.
+    pub const ALL: [RunStatus; 5] =
+        [RunStatus::Active, RunStatus::Completed, RunStatus::Converted, RunStatus::Exited, RunStatus::Failed];
+
+    /// The status named `text` (as `as_str` writes it).
+    pub fn parse(text: &str) -> Option<RunStatus> {
+        RunStatus::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Active => "active",

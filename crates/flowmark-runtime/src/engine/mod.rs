@@ -903,8 +903,8 @@ impl<S: Store> Engine<S> {
                     continue;
                 }
                 let workflow = self.workflow(&workflow_id, Some(version))?;
-                if let Some(index) = workflow.steps.iter().position(|s| &*s.id == step) {
-                    at.push((version, index as u16));
+                if let Some(index) = workflow.step_index(step) {
+                    at.push((version, index.0));
                 }
             }
             return Ok(self.store.runs(&RunFilter { at: Some(at), ..filter.clone() }, limit)?);

@@ -12,7 +12,7 @@
 //! (an assignment's history entry with the new people; a completion with the inbox closing).
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{Decision, HistoryKind, Input, RunId};
+use flowmark_core::engine::{Decision, HistoryKind, Input, RunId, Transition};
 use flowmark_core::render::Message;
 use flowmark_store::{Batch, Comment, Notification, OutboxEntry, Store, WorkChange, WorkItem, WorkKind};
 use serde_json::{Value, json};
@@ -161,10 +161,8 @@ impl<S: Store> Engine<S> {
     ) -> Result<Result<WorkItem, WorkRefusal>, Error> {
         let person = person.trim().to_lowercase();
         let Some(item) = self.store.work_item(id)? else { return Ok(Err(WorkRefusal::NotFound(id.to_owned()))) };
-        if let WorkAction::Reopen { reason } = action {
-            return self.reopen(item, person, reason, now);
-        }
-        if item.status != "open" {
+        let reopening = matches!(action, WorkAction::Reopen { .. });
+        if item.status != "open" && !reopening {
             let outcome = item.outcome.clone().unwrap_or_default();
             return Ok(Err(WorkRefusal::Closed(id.to_owned(), outcome)));
         }
@@ -241,69 +239,38 @@ impl<S: Store> Engine<S> {
                 };
                 (input, None)
             }
-            WorkAction::Reopen { .. } => unreachable!("handled above"),
+            WorkAction::Reopen { reason } => {
+                if item.kind != WorkKind::Task || item.outcome.as_deref() != Some("completed") {
+                    return Ok(Err(WorkRefusal::Invalid(format!(
+                        "only a completed task can be reopened; `{id}` is not"
+                    ))));
+                }
+                if !(manages || item.closed_by.as_deref() == Some(person.as_str())) {
+                    return Ok(Err(WorkRefusal::NotYours(format!(
+                        "{person} may not reopen `{id}`: the person who completed it or its Accountable may"
+                    ))));
+                }
+                (Input::Reopen { step: item.step.clone(), by: person.clone(), reason }, None)
+            }
         };
         let Some(t) = self.decide(item.run, &input, now)? else {
             return Ok(Err(WorkRefusal::NotFound(format!("the run of `{id}`"))));
         };
-        if let Some(reason) = t.history.iter().find_map(|h| match &h.kind {
-            HistoryKind::InputIgnored { reason, .. } => Some(reason.clone()),
-            _ => None,
-        }) {
+        if let Some(reason) = ignored(&t) {
             return Ok(Err(WorkRefusal::Ignored(reason)));
         }
         self.commit_with_follow_ups(t, change.into_iter().collect(), now)?;
+        if reopening {
+            // The answer is the task's new work item; the completed one keeps its outcome.
+            let reopened = self
+                .store
+                .work_of_subject(&item.subject_id, usize::MAX)?
+                .into_iter()
+                .rev()
+                .find(|w| w.run == item.run && w.step == item.step && w.status == "open");
+            return Ok(reopened.ok_or_else(|| WorkRefusal::NotFound(format!("the reopened `{}`", item.step))));
+        }
         Ok(self.store.work_item(id)?.ok_or_else(|| WorkRefusal::NotFound(id.to_owned())))
-    }
-
-    /// Reopens a completed task: its run goes back to the task's step, and a new work item
-    /// opens there (the closed one keeps its outcome).
-    fn reopen(
-        &mut self,
-        item: WorkItem,
-        person: String,
-        reason: Option<String>,
-        now: Timestamp,
-    ) -> Result<Result<WorkItem, WorkRefusal>, Error> {
-        if item.kind != WorkKind::Task || item.outcome.as_deref() != Some("completed") {
-            return Ok(Err(WorkRefusal::Invalid(format!(
-                "only a completed task can be reopened; `{}` is not",
-                item.id
-            ))));
-        }
-        let accountable = item.detail["raci"]["accountable"].as_str().map(str::to_owned);
-        let manages = match accountable {
-            Some(role) => self.resolve_roles(&item.run, &[role], now)?.contains(&person),
-            None => false,
-        };
-        if !(manages || item.closed_by.as_deref() == Some(person.as_str())) {
-            return Ok(Err(WorkRefusal::NotYours(format!(
-                "{person} may not reopen `{}`: the person who completed it or its Accountable may",
-                item.id
-            ))));
-        }
-        let input = Input::Reopen { step: item.step.clone(), by: person, reason };
-        let Some(t) = self.decide(item.run, &input, now)? else {
-            return Ok(Err(WorkRefusal::NotFound(format!("the run of `{}`", item.id))));
-        };
-        if let Some(reason) = t.history.iter().find_map(|h| match &h.kind {
-            HistoryKind::InputIgnored { reason, .. } => Some(reason.clone()),
-            _ => None,
-        }) {
-            return Ok(Err(WorkRefusal::Ignored(reason)));
-        }
-        if !t.run.is_active() {
-            return Ok(Err(WorkRefusal::Ignored("the run has ended".to_owned())));
-        }
-        let run = t.run.id;
-        self.commit_with_follow_ups(t, Vec::new(), now)?;
-        let reopened = self
-            .store
-            .work_of_subject(&item.subject_id, usize::MAX)?
-            .into_iter()
-            .rev()
-            .find(|w| w.run == run && w.step == item.step && w.status == "open");
-        Ok(reopened.ok_or_else(|| WorkRefusal::NotFound(format!("the reopened `{}`", item.step))))
     }
 
     /// Attaches a link to an item (optionally about one of its work items). With
@@ -356,14 +323,13 @@ impl<S: Store> Engine<S> {
             let input = Input::DeliverableUpdated { by, version: Some(format!("v{version}")) };
             for run in self.store.active_runs_of_subject(subject_id)? {
                 let Some(t) = self.decide(run.id, &input, now)? else { continue };
-                let ignored = t.history.iter().any(|h| matches!(h.kind, HistoryKind::InputIgnored { .. }));
-                if !ignored {
+                if ignored(&t).is_none() {
                     transitions.push(t);
                 }
             }
             self.follow_ups(&mut transitions, now)?;
         }
-        let refs: Vec<&flowmark_core::engine::Transition> = transitions.iter().collect();
+        let refs: Vec<&Transition> = transitions.iter().collect();
         let work = self.work_changes(&refs, None, now)?;
         let batch =
             Batch { transitions: refs, work: work.iter().collect(), comments: vec![&comment], ..Batch::default() };
@@ -647,6 +613,14 @@ fn excerpt(text: &str, max: usize) -> String {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_owned(),
     }
+}
+
+/// Why the machine ignored the input of `t`, if it did: nothing of it is to be committed.
+fn ignored(t: &Transition) -> Option<String> {
+    t.history.iter().find_map(|h| match &h.kind {
+        HistoryKind::InputIgnored { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
 }
 
 #[cfg(test)]

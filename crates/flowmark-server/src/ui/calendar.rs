@@ -19,7 +19,7 @@ use axum::routing::get;
 use chrono::{Datelike, Duration, NaiveDate, TimeZone};
 use chrono_tz::Tz;
 use flowmark_core::Timestamp;
-use flowmark_store::{Store, WorkItem, WorkKind};
+use flowmark_store::{Store, WorkItem};
 
 use super::html::{esc, seg};
 use super::{html, signed_in};
@@ -99,10 +99,7 @@ fn day_start(zone: Tz, day: NaiveDate) -> Timestamp {
 fn work_entry(item: &WorkItem, zone: Tz, now: Timestamp) -> Entry {
     let at = item.due_at.unwrap_or_default();
     let due = if at <= now { "overdue" } else { "due" };
-    let kind = match item.kind {
-        WorkKind::Task => "task",
-        WorkKind::Approval => "approval",
-    };
+    let kind = item.kind.as_str();
     Entry {
         at,
         html: format!(

@@ -23,12 +23,12 @@ use flowmark_core::Workflow;
 use flowmark_core::engine::{RunId, RunStatus};
 use flowmark_core::model::SubjectKind;
 use flowmark_graph::Marks;
-use flowmark_store::{RunFilter, Store, WorkflowStatus};
+use flowmark_store::{RunFilter, Store};
 use serde_json::Value;
 
 use super::html::{esc, seg, time};
 use super::{html, signed_in};
-use crate::http::{App, internal, query};
+use crate::http::{App, internal, query, status_name};
 
 /// The most runs a list shows, and the most history entries or decision records a run page shows.
 pub const LIST_MAX: usize = 200;
@@ -41,13 +41,6 @@ pub(crate) fn routes() -> Router<App> {
         .route("/ui/runs", get(runs_page))
         .route("/ui/runs/{id}", get(run_page))
         .route("/ui/runs/{id}/graph.svg", get(run_graph))
-}
-
-fn status_name(status: WorkflowStatus) -> &'static str {
-    match status {
-        WorkflowStatus::Active => "active",
-        WorkflowStatus::Paused => "paused",
-    }
 }
 
 /// Active runs per step id of one version, summed over positions (a run inside a `parallel`
@@ -91,7 +84,7 @@ async fn workflows_page(State(app): State<App>, headers: HeaderMap) -> Response 
                 esc(&title),
                 esc(&summary.id),
                 summary.latest_version,
-                subject_kind(&workflow),
+                workflow.subject.as_str(),
                 if active == 1 { "" } else { "s" },
                 status = status_name(summary.status),
             );
@@ -154,7 +147,7 @@ async fn workflow_page(
             esc(&title),
             esc(&id),
             status_name(summary.status),
-            subject_kind(&workflow)
+            workflow.subject.as_str()
         );
         for v in 1..=summary.latest_version {
             if v == version {
@@ -274,14 +267,6 @@ async fn workflow_graph(
     }
 }
 
-const STATUSES: [(&str, RunStatus); 5] = [
-    ("active", RunStatus::Active),
-    ("completed", RunStatus::Completed),
-    ("converted", RunStatus::Converted),
-    ("exited", RunStatus::Exited),
-    ("failed", RunStatus::Failed),
-];
-
 /// The run explorer: a filter form (GET, so a filtered view is a link) and the newest runs.
 async fn runs_page(
     State(app): State<App>,
@@ -296,7 +281,7 @@ async fn runs_page(
     let filter = RunFilter {
         workflow_id: text("workflow"),
         version: text("version").and_then(|v| v.parse().ok()),
-        status: text("status").and_then(|s| STATUSES.iter().find(|(n, _)| *n == s).map(|(_, st)| *st)),
+        status: text("status").and_then(|s| RunStatus::parse(&s)),
         subject_id: text("subject"),
         at: None,
     };
@@ -315,9 +300,9 @@ async fn runs_page(
             let _ = write!(body, "<option value=\"{0}\"{selected}>{0}</option>", esc(&w.id));
         }
         body.push_str("</select></div><div><label for=\"f-status\">Status</label><select id=\"f-status\" name=\"status\"><option value=\"\">All</option>");
-        for (name, status) in STATUSES {
+        for status in RunStatus::ALL {
             let selected = if filter.status == Some(status) { " selected" } else { "" };
-            let _ = write!(body, "<option value=\"{name}\"{selected}>{name}</option>");
+            let _ = write!(body, "<option value=\"{0}\"{selected}>{0}</option>", status.as_str());
         }
         let _ = write!(
             body,
@@ -370,13 +355,6 @@ async fn runs_page(
         Ok(Ok(body)) => html(StatusCode::OK, super::html::page("Runs", Some((&email, &session.csrf)), &body)),
         Ok(Err(error)) => internal(error),
         Err(response) => response,
-    }
-}
-
-fn subject_kind(workflow: &Workflow) -> &'static str {
-    match workflow.subject {
-        SubjectKind::Contact => "contact",
-        SubjectKind::Item => "item",
     }
 }
 

@@ -716,13 +716,27 @@ async fn item_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<St
     }
 }
 
-async fn item_attachment(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    axum::Form(form): axum::Form<Vec<(String, String)>>,
+/// A form posted on an item's page or one of its work items' pages: the session and its CSRF
+/// token are checked, `act` runs on the engine as the signed-in person (with the item id and
+/// the work item the form is about, if any), and the person goes back to the page they came
+/// from, or sees the refusal.
+async fn item_form<T: Send + 'static>(
+    app: &App,
+    headers: &HeaderMap,
+    id: String,
+    form: Vec<(String, String)>,
+    act: impl FnOnce(
+        &mut crate::http::Eng,
+        &str,
+        &str,
+        Option<&str>,
+        &[(String, String)],
+        Timestamp,
+    ) -> Result<Result<T, WorkRefusal>, flowmark_runtime::Error>
+    + Send
+    + 'static,
 ) -> Response {
-    let Some((email, session)) = session(&app, &headers).await else {
+    let Some((email, session)) = session(app, headers).await else {
         return to_login(&format!("/ui/items/{}", seg(&id)));
     };
     if !csrf_ok(&form, &session) {
@@ -732,67 +746,12 @@ async fn item_attachment(
         );
     }
     let work = form_value(&form, "work").map(str::to_owned);
-    let back = match &work {
-        Some(w) => format!("/ui/work/{}", seg(w)),
-        None => format!("/ui/items/{}", seg(&id)),
-    };
-    let attachment = crate::people::Attachment {
-        item: id,
-        work,
-        by: email.clone(),
-        title: form_value(&form, "title").unwrap_or_default().to_owned(),
-        url: form_value(&form, "url").unwrap_or_default().to_owned(),
-        new_version: form_value(&form, "new_version").is_some(),
-    };
-    let response = crate::people::attach_as(&app, attachment).await;
-    if response.status() == StatusCode::CREATED {
-        return Redirect::to(&back).into_response();
-    }
-    let status = response.status();
-    let detail = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
-        Ok(bytes) => serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v["detail"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| "the link was not attached".to_owned()),
-        Err(_) => "the link was not attached".to_owned(),
-    };
-    html(
-        status,
-        page(
-            "Refused",
-            Some((&email, &session.csrf)),
-            &format!(
-                "<p class=\"error\" role=\"alert\">{}</p><p><a href=\"{}\">Back</a></p>",
-                esc(&detail),
-                esc(&back)
-            ),
-        ),
-    )
-}
-
-async fn item_comment(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    axum::Form(form): axum::Form<Vec<(String, String)>>,
-) -> Response {
-    let Some((email, session)) = session(&app, &headers).await else {
-        return to_login(&format!("/ui/items/{}", seg(&id)));
-    };
-    if !csrf_ok(&form, &session) {
-        return html(
-            StatusCode::FORBIDDEN,
-            page("Refused", Some((&email, &session.csrf)), "<h1>This form has expired</h1>"),
-        );
-    }
-    let work = form_value(&form, "work").map(str::to_owned);
-    let body = form_value(&form, "body").unwrap_or_default().to_owned();
     let back = match &work {
         Some(w) => format!("/ui/work/{}", seg(w)),
         None => format!("/ui/items/{}", seg(&id)),
     };
     let who = email.clone();
-    let answer = query(&app.owner, move |engine, now| engine.add_comment(&id, work.as_deref(), &who, &body, now)).await;
+    let answer = query(&app.owner, move |engine, now| act(engine, &who, &id, work.as_deref(), &form, now)).await;
     match answer {
         Ok(Ok(Ok(_))) => Redirect::to(&back).into_response(),
         Ok(Ok(Err(refused))) => html(
@@ -810,4 +769,31 @@ async fn item_comment(
         Ok(Err(error)) => internal(error),
         Err(response) => response,
     }
+}
+
+async fn item_attachment(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::Form(form): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    item_form(&app, &headers, id, form, |engine, who, id, work, form, now| {
+        let title = form_value(form, "title").unwrap_or_default();
+        let url = form_value(form, "url").unwrap_or_default();
+        let new_version = form_value(form, "new_version").is_some();
+        engine.attach(id, work, who, title, url, new_version, now)
+    })
+    .await
+}
+
+async fn item_comment(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::Form(form): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    item_form(&app, &headers, id, form, |engine, who, id, work, form, now| {
+        engine.add_comment(id, work, who, form_value(form, "body").unwrap_or_default(), now)
+    })
+    .await
 }
