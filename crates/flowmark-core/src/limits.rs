@@ -29,6 +29,9 @@ pub const APPROVERS_COUNT_MAX: usize = 32;
 /// Most reminders of one approval step.
 pub const REMINDERS_COUNT_MAX: usize = 8;
 
+/// Holidays in a workflow's `working_days`.
+pub const HOLIDAYS_COUNT_MAX: usize = 1_000;
+
 /// Longest duration a workflow may name (`wait`, `timeout`, `due`): ten years, in ms.
 /// Beyond that a timer is almost certainly a typo (`3650d` was meant as `365d`).
 pub const DURATION_MS_MAX: u64 = 10 * 366 * 24 * 60 * 60 * 1000;

@@ -63,8 +63,34 @@ pub struct Workflow {
     pub caps: Vec<Cap>,
     /// The workspace's time zone as this workflow sees it (IANA); `UTC` when not set.
     pub timezone: chrono_tz::Tz,
+    /// The days that count for `business_days` deadlines, in `timezone`.
+    pub working_days: WorkingDays,
     pub roles: BTreeMap<String, RoleBinding>,
     pub steps: Vec<Step>,
+}
+
+/// The working calendar business-day deadlines count in: which weekdays are worked and which
+/// dates are holidays. Weekdays are never empty (validation refuses it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkingDays {
+    pub weekdays: Vec<chrono::Weekday>,
+    /// Sorted, without duplicates.
+    pub holidays: Vec<chrono::NaiveDate>,
+}
+
+impl Default for WorkingDays {
+    /// Monday to Friday, no holidays.
+    fn default() -> Self {
+        use chrono::Weekday::{Fri, Mon, Thu, Tue, Wed};
+        WorkingDays { weekdays: vec![Mon, Tue, Wed, Thu, Fri], holidays: Vec::new() }
+    }
+}
+
+impl WorkingDays {
+    pub fn is_working(&self, date: chrono::NaiveDate) -> bool {
+        use chrono::Datelike;
+        self.weekdays.contains(&date.weekday()) && self.holidays.binary_search(&date).is_err()
+    }
 }
 
 impl Workflow {
@@ -418,6 +444,8 @@ pub struct Task {
     pub description: Option<Template>,
     pub raci: Raci,
     pub due: Option<Duration>,
+    /// `due` counts only working days (`Workflow::working_days`) in the workflow's zone.
+    pub business_days: bool,
     pub fields: Vec<FormField>,
 }
 
@@ -488,6 +516,8 @@ pub struct Approval {
     /// Reminders, each this long after the request while no decision has come.
     pub remind: Vec<Duration>,
     pub escalate: Option<Escalation>,
+    /// `due`, `remind` and `escalate.after` count only working days in the workflow's zone.
+    pub business_days: bool,
     /// Where a rejection goes; `None` ends the run as exited.
     pub on_reject: Option<Target>,
     /// Where a request for changes goes; defaults to `on_reject`.

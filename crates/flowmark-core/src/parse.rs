@@ -736,6 +736,7 @@ impl<'s> Decoder<'s> {
             "quiet_hours",
             "caps",
             "timezone",
+            "working_days",
             "roles",
             "steps",
         ];
@@ -748,6 +749,7 @@ impl<'s> Decoder<'s> {
         });
         self.subject = subject.unwrap_or(SubjectKind::Contact);
         let timezone = fields.get("timezone").and_then(|n| self.timezone(n)).unwrap_or(chrono_tz::UTC);
+        let working_days = fields.get("working_days").and_then(|n| self.working_days(n)).unwrap_or_default();
 
         if let Some(node) = fields.get("roles") {
             self.roles_span = self.span(node);
@@ -801,6 +803,7 @@ impl<'s> Decoder<'s> {
                 quiet_hours,
                 caps,
                 timezone,
+                working_days,
                 roles,
                 steps,
             },
@@ -995,6 +998,73 @@ impl<'s> Decoder<'s> {
         let roots = self.roots();
         let filter = fields.get("where").and_then(|n| self.condition(n, roots));
         Some(ExitRule { event: event?, filter })
+    }
+
+    fn weekdays(&mut self, node: &Node<'_>) -> Vec<chrono::Weekday> {
+        let mut weekdays = Vec::new();
+        for (day, span) in self.names(node, "a weekday") {
+            match day.parse::<chrono::Weekday>() {
+                Ok(d) if !weekdays.contains(&d) => weekdays.push(d),
+                Ok(_) => {}
+                Err(_) => self.error(
+                    Diagnostic::error("flowmark::bad-weekday", span, format!("`{day}` is not a weekday"))
+                        .expected("mon, tue, wed, thu, fri, sat or sun"),
+                ),
+            }
+        }
+        weekdays
+    }
+
+    fn working_days<'n>(&mut self, node: &'n Node<'n>) -> Option<WorkingDays> {
+        let f = self.fields(node, "working days", &["days", "holidays"])?;
+        let mut working = WorkingDays::default();
+        if let Some(n) = f.get("days") {
+            working.weekdays = self.weekdays(n);
+            if working.weekdays.is_empty() {
+                let span = self.span(n);
+                self.error(
+                    Diagnostic::error("flowmark::no-working-days", span, "a working week needs at least one day")
+                        .expected("a list of weekdays, e.g. `[mon, tue, wed, thu, fri]`"),
+                );
+            }
+        }
+        if let Some(n) = f.get("holidays") {
+            for (text, span) in self.names(n, "a date") {
+                match chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d") {
+                    Ok(date) => working.holidays.push(date),
+                    Err(_) => self.error(
+                        Diagnostic::error("flowmark::bad-date", span, format!("`{text}` is not a date"))
+                            .expected("a date like `2026-12-25`"),
+                    ),
+                }
+            }
+            working.holidays.sort_unstable();
+            working.holidays.dedup();
+            if working.holidays.len() > limits::HOLIDAYS_COUNT_MAX {
+                let span = self.span(n);
+                self.error(Diagnostic::error(
+                    "flowmark::too-many-holidays",
+                    span,
+                    format!("at most {} holidays", limits::HOLIDAYS_COUNT_MAX),
+                ));
+            }
+        }
+        (!working.weekdays.is_empty()).then_some(working)
+    }
+
+    /// `business_days: true` on a task or approval; an error when nothing on the step is a
+    /// deadline it could apply to.
+    fn business_days(&mut self, f: &Fields<'_>, has_deadline: bool) -> bool {
+        let Some(n) = f.get("business_days") else { return false };
+        let on = self.bool(n, "true or false").unwrap_or(false);
+        if on && !has_deadline {
+            self.misplaced(
+                f,
+                "business_days",
+                "this step has no `due`, `remind` or `escalate` to count in working days",
+            );
+        }
+        on
     }
 
     fn quiet_hours<'n>(&mut self, node: &'n Node<'n>) -> Option<QuietHours> {
@@ -1373,7 +1443,17 @@ impl<'s> Decoder<'s> {
         let f = self.fields(
             node,
             "a task",
-            &["title", "description", "responsible", "accountable", "consulted", "informed", "due", "fields"],
+            &[
+                "title",
+                "description",
+                "responsible",
+                "accountable",
+                "consulted",
+                "informed",
+                "due",
+                "business_days",
+                "fields",
+            ],
         )?;
         let title = self.require(&f, "title", "a task").and_then(|n| self.template(n, "the title"));
         let description = f.get("description").and_then(|n| self.template(n, "the description"));
@@ -1392,6 +1472,7 @@ impl<'s> Decoder<'s> {
         let consulted = self.raci_roles(&f, "consulted");
         let informed = self.raci_roles(&f, "informed");
         let due = f.get("due").and_then(|n| self.duration(n));
+        let business_days = self.business_days(&f, f.has("due"));
         let mut form = Vec::new();
         if let Some(list) = f.get("fields") {
             for item in self.list(list, "a list of form fields").into_iter().flatten() {
@@ -1423,6 +1504,7 @@ impl<'s> Decoder<'s> {
             description,
             raci: Raci { responsible, accountable: accountable?, consulted, informed },
             due,
+            business_days,
             fields: form,
         })
     }
@@ -1431,7 +1513,18 @@ impl<'s> Decoder<'s> {
         let f = self.fields(
             node,
             "an approval",
-            &["mode", "quorum", "approvers", "accountable", "due", "remind", "escalate", "on_reject", "on_changes"],
+            &[
+                "mode",
+                "quorum",
+                "approvers",
+                "accountable",
+                "due",
+                "remind",
+                "escalate",
+                "business_days",
+                "on_reject",
+                "on_changes",
+            ],
         )?;
         let mode = match f.get("mode") {
             Some(n) => self.enum_value(
@@ -1571,6 +1664,7 @@ impl<'s> Decoder<'s> {
             }
             None => None,
         };
+        let business_days = self.business_days(&f, f.has("due") || f.has("remind") || f.has("escalate"));
         let on_reject = match f.get("on_reject") {
             Some(n) => Some(self.target(n, targets)?),
             None => None,
@@ -1579,7 +1673,18 @@ impl<'s> Decoder<'s> {
             Some(n) => Some(self.target(n, targets)?),
             None => None,
         };
-        Some(Approval { mode, quorum, approvers, accountable, due, remind, escalate, on_reject, on_changes })
+        Some(Approval {
+            mode,
+            quorum,
+            approvers,
+            accountable,
+            due,
+            remind,
+            escalate,
+            business_days,
+            on_reject,
+            on_changes,
+        })
     }
 
     fn wait<'n>(
@@ -1646,22 +1751,7 @@ impl<'s> Decoder<'s> {
                         Some(n) => self.timezone_source(n)?,
                         None => TimezoneSource::Subject,
                     };
-                    let mut weekdays = Vec::new();
-                    if let Some(days) = f.get("days") {
-                        for (day, span) in self.names(days, "a weekday") {
-                            match day.parse::<chrono::Weekday>() {
-                                Ok(d) => weekdays.push(d),
-                                Err(_) => self.error(
-                                    Diagnostic::error(
-                                        "flowmark::bad-weekday",
-                                        span,
-                                        format!("`{day}` is not a weekday"),
-                                    )
-                                    .expected("mon, tue, wed, thu, fri, sat or sun"),
-                                ),
-                            }
-                        }
-                    }
+                    let weekdays = f.get("days").map(|n| self.weekdays(n)).unwrap_or_default();
                     Some(Wait::TimeOfDay { minute, timezone, weekdays })
                 } else {
                     match chrono::DateTime::parse_from_rfc3339(&text) {

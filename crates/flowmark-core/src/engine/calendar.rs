@@ -1,4 +1,5 @@
-//! Calendar time for the run state machine: the next time of day in a zone, quiet hours.
+//! Calendar time for the run state machine: the next time of day in a zone, quiet hours,
+//! deadlines counted in working days.
 //!
 //! Invariant: every answer is a pure function of its arguments, and times that do not exist
 //! in a zone (a daylight-saving gap) move forward to the first instant that does.
@@ -6,7 +7,8 @@
 use chrono::{Datelike, LocalResult, NaiveDate, NaiveTime, TimeZone, Timelike, Weekday};
 use chrono_tz::Tz;
 
-use crate::time::Timestamp;
+use crate::model::WorkingDays;
+use crate::time::{Duration, Timestamp};
 
 /// The first instant strictly after `now` that is `minute` past midnight in `tz`, on one of
 /// `weekdays` (any day when empty).
@@ -54,6 +56,37 @@ pub fn in_quiet_hours(now: Timestamp, from_minute: u16, to_minute: u16, tz: Tz) 
     inside.then(|| next_time_of_day(now, to_minute, tz, &[]))
 }
 
+/// `now` plus `duration`, where only time on working days (local dates in `tz`) counts:
+/// a deadline of `2d` set on a Friday afternoon falls on Tuesday afternoon, and one set on a
+/// Saturday counts from Monday 00:00. A zero duration is `now`, even on a day off.
+///
+/// Walks day by day, so the cost is one step per calendar day spanned (a few thousand at
+/// most: durations are capped by `limits::DURATION_MS_MAX`).
+pub fn add_working_time(now: Timestamp, duration: Duration, tz: Tz, days: &WorkingDays) -> Timestamp {
+    if duration.0 == 0 {
+        return now;
+    }
+    let mut left = i64::try_from(duration.0).unwrap_or(i64::MAX);
+    let mut at = now;
+    let mut date = now.to_chrono().with_timezone(&tz).date_naive();
+    // Enough for the longest duration with every holiday in its way; never reached in practice.
+    let bound = 7 * (left / (24 * 60 * 60 * 1000) + 1) + days.holidays.len() as i64 + 14;
+    for _ in 0..bound {
+        let Some(next) = date.succ_opt() else { break };
+        let day_end = resolve(tz, next, NaiveTime::MIN);
+        if days.is_working(date) {
+            let in_day = day_end.0 - at.0;
+            if left <= in_day {
+                return Timestamp(at.0 + left);
+            }
+            left -= in_day;
+        }
+        at = day_end;
+        date = next;
+    }
+    now.plus(duration)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +120,64 @@ mod tests {
         // 23:00 in New York (UTC-5) is inside 21:00–08:00; it ends at 08:00 local, 13:00Z.
         assert_eq!(in_quiet_hours(at("2026-11-25T04:00:00Z"), 21 * 60, 8 * 60, tz), Some(at("2026-11-25T13:00:00Z")));
         assert_eq!(in_quiet_hours(at("2026-11-25T15:00:00Z"), 21 * 60, 8 * 60, tz), None);
+    }
+
+    fn paris_week() -> (Tz, WorkingDays) {
+        ("Europe/Paris".parse().unwrap(), WorkingDays::default())
+    }
+
+    const HOUR: u64 = 60 * 60 * 1000;
+
+    #[test]
+    fn working_days_skip_the_weekend() {
+        let (tz, days) = paris_week();
+        // Friday 2026-11-27 15:00 Paris (14:00Z) + 2d → Tuesday 2026-12-01 15:00 Paris.
+        assert_eq!(
+            add_working_time(at("2026-11-27T14:00:00Z"), Duration(48 * HOUR), tz, &days),
+            at("2026-12-01T14:00:00Z")
+        );
+        // Within one working day, it is plain addition.
+        assert_eq!(
+            add_working_time(at("2026-11-24T08:00:00Z"), Duration(4 * HOUR), tz, &days),
+            at("2026-11-24T12:00:00Z")
+        );
+        // Set on a Saturday, the clock starts on Monday at midnight: 1d → Tuesday 00:00 Paris.
+        assert_eq!(
+            add_working_time(at("2026-11-28T10:00:00Z"), Duration(24 * HOUR), tz, &days),
+            at("2026-11-30T23:00:00Z")
+        );
+        // Zero is now, even on a Sunday.
+        assert_eq!(add_working_time(at("2026-11-29T10:00:00Z"), Duration(0), tz, &days), at("2026-11-29T10:00:00Z"));
+    }
+
+    #[test]
+    fn holidays_do_not_count() {
+        let (tz, mut days) = paris_week();
+        days.holidays = vec![NaiveDate::from_ymd_opt(2026, 12, 25).unwrap()];
+        // Thursday 2026-12-24 09:00 Paris + 1d: Friday the 25th is a holiday → Monday the 28th 09:00.
+        assert_eq!(
+            add_working_time(at("2026-12-24T08:00:00Z"), Duration(24 * HOUR), tz, &days),
+            at("2026-12-28T08:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_daylight_saving_change_on_a_working_day_is_elapsed_time() {
+        let tz: Tz = "Europe/Paris".parse().unwrap();
+        let every_day = WorkingDays {
+            weekdays: vec![
+                Weekday::Mon,
+                Weekday::Tue,
+                Weekday::Wed,
+                Weekday::Thu,
+                Weekday::Fri,
+                Weekday::Sat,
+                Weekday::Sun,
+            ],
+            holidays: Vec::new(),
+        };
+        // Every day worked: the same as adding elapsed time, across the 2027-03-28 change.
+        let from = at("2027-03-27T12:00:00Z");
+        assert_eq!(add_working_time(from, Duration(48 * HOUR), tz, &every_day), from.plus(Duration(48 * HOUR)));
     }
 }

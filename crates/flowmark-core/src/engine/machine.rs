@@ -315,7 +315,7 @@ impl<'a> Machine<'a> {
                 if approval.mode == ApprovalMode::Sequential {
                     state.stage += 1;
                     let approvers = vec![approval.approvers[usize::from(state.stage)].clone()];
-                    let due_at = approval.due.map(|d| self.now.plus(d));
+                    let due_at = approval.due.map(|d| self.deadline(d, approval.business_days));
                     self.emit(at, EffectKind::RequestApproval { round: state.round, approvers, due_at });
                 }
                 self.set_state(token.id, TokenState::AwaitingApproval(state));
@@ -453,7 +453,7 @@ impl<'a> Machine<'a> {
             StepKind::Task(task) => {
                 let title = self.render(at, &task.title);
                 let description = task.description.as_ref().and_then(|d| self.render(at, d));
-                let due_at = task.due.map(|d| self.now.plus(d));
+                let due_at = task.due.map(|d| self.deadline(d, task.business_days));
                 self.emit(
                     at,
                     EffectKind::CreateTask {
@@ -479,14 +479,16 @@ impl<'a> Machine<'a> {
                     ApprovalMode::Sequential => vec![approval.approvers[0].clone()],
                     _ => approval.approvers.clone(),
                 };
-                let due_at = approval.due.map(|d| self.now.plus(d));
+                let due_at = approval.due.map(|d| self.deadline(d, approval.business_days));
                 self.emit(at, EffectKind::RequestApproval { round, approvers, due_at });
                 let mut timers = Vec::new();
                 for remind in &approval.remind {
-                    timers.push(self.arm(token, TimerPurpose::ApprovalReminder, self.now.plus(*remind)));
+                    let at = self.deadline(*remind, approval.business_days);
+                    timers.push(self.arm(token, TimerPurpose::ApprovalReminder, at));
                 }
                 if let Some(escalation) = &approval.escalate {
-                    timers.push(self.arm(token, TimerPurpose::ApprovalEscalation, self.now.plus(escalation.after)));
+                    let at = self.deadline(escalation.after, approval.business_days);
+                    timers.push(self.arm(token, TimerPurpose::ApprovalEscalation, at));
                 }
                 self.history(Some(at), HistoryKind::Waiting { until: due_at, reason: "approval" });
                 let state = ApprovalState { round, stage: 0, decisions: Vec::new(), delegate: None, timers };
@@ -968,6 +970,16 @@ impl<'a> Machine<'a> {
         match target {
             Target::End => "end".to_owned(),
             Target::Step(at) => self.workflow.step(at).id.to_string(),
+        }
+    }
+
+    /// When a deadline `duration` from now falls: counted in working days when the step asks
+    /// for business days, in elapsed time otherwise.
+    fn deadline(&self, duration: Duration, business_days: bool) -> Timestamp {
+        if business_days {
+            add_working_time(self.now, duration, self.workflow.timezone, &self.workflow.working_days)
+        } else {
+            self.now.plus(duration)
         }
     }
 

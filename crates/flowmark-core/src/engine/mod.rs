@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::model::{Channel, Raci, ScoreChange, StepIndex, Workflow};
 use crate::time::{Duration, Timestamp};
 
-pub use calendar::{in_quiet_hours, next_time_of_day};
+pub use calendar::{add_working_time, in_quiet_hours, next_time_of_day};
 
 /// A run's id, unique within a deployment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

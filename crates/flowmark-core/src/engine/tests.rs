@@ -414,3 +414,70 @@ fn a_new_deliverable_version_voids_the_decisions_given_and_starts_a_new_round() 
         matches!(&t.history[..], [h] if matches!(h.kind, HistoryKind::InputIgnored { input: "deliverable_updated", .. }))
     );
 }
+
+#[test]
+fn business_day_deadlines_skip_weekends_and_holidays() {
+    let wf = workflow(
+        r#"
+id: press-release
+subject: item
+timezone: Europe/Paris
+working_days:
+  days: [mon, tue, wed, thu, fri]
+  holidays: ["2026-12-25"]
+roles:
+  writer: { person: sam@example.com }
+  legal: { person: lee@example.com }
+steps:
+  - id: draft
+    task:
+      title: Draft the release
+      responsible: writer
+      accountable: writer
+      due: 1d
+      business_days: true
+  - id: sign-off
+    approval:
+      approvers: [legal]
+      accountable: writer
+      due: 2d
+      remind: 4h
+      escalate: { after: 3d }
+      business_days: true
+  - id: done
+    exit: {}
+"#,
+    );
+    let item = json!({ "title": "Launch" });
+    let facts = Facts { subject: &item, ..Facts::empty() };
+    let at = |text: &str| Timestamp::from_chrono(&chrono::DateTime::parse_from_rfc3339(text).unwrap());
+    // Friday 2026-11-27, 15:00 in Paris: one working day later is Monday 15:00.
+    let now = at("2026-11-27T14:00:00Z");
+    let t = handle(&wf, Run::new(RunId(9), &wf, 1, "pr-1", now), &Input::Start { event: None }, &facts, now);
+    let EffectKind::CreateTask { due_at, .. } = &t.effects[0].kind else { panic!("{:?}", t.effects) };
+    assert_eq!(*due_at, Some(at("2026-11-30T14:00:00Z")));
+    assert_eq!(t.timers[0].due_at, at("2026-11-30T14:00:00Z"), "the due timer fires then too");
+
+    // Completed on Wednesday 2026-12-23 at 17:00: Thursday, the 25th off, Friday, then Monday.
+    let now = at("2026-12-23T16:00:00Z");
+    let done = Input::TaskCompleted { step: "draft".into(), by: "sam".into(), fields: Default::default() };
+    let t = handle(&wf, t.run, &done, &facts, now);
+    let EffectKind::RequestApproval { due_at, .. } = &t.effects[0].kind else { panic!("{:?}", t.effects) };
+    assert_eq!(*due_at, Some(at("2026-12-28T16:00:00Z")), "2d: Thu 24th + Fri 26th");
+    let armed = |purpose: TimerPurpose| t.timers.iter().find(|r| r.purpose == purpose).unwrap().due_at;
+    assert_eq!(armed(TimerPurpose::ApprovalReminder), at("2026-12-23T20:00:00Z"), "4h fits in Wednesday");
+    assert_eq!(armed(TimerPurpose::ApprovalEscalation), at("2026-12-29T16:00:00Z"), "3d: Thu, Fri, Mon");
+}
+
+#[test]
+fn without_business_days_a_deadline_counts_every_hour() {
+    let wf = workflow(include_str!("../../../../blueprints/blog-post.yaml"));
+    let item = json!({ "title": "Flows" });
+    let facts = Facts { subject: &item, ..Facts::empty() };
+    let t = start_at_noon(&wf, &facts);
+    let EffectKind::CreateTask { due_at: Some(due_at), .. } = &t.effects[0].kind else { panic!("{:?}", t.effects) };
+    let Some(crate::model::StepKind::Task(task)) = wf.steps.first().map(|s| &s.kind) else {
+        panic!("first step is a task")
+    };
+    assert_eq!(*due_at, Timestamp(NOON).plus(task.due.unwrap()));
+}

@@ -304,3 +304,42 @@ fn a_new_deliverable_version_restarts_the_review_and_plain_links_do_not() {
     assert_eq!(closed.len(), 1, "SEO's undecided round-1 request closed as reset");
     assert_eq!(attach(&mut engine, "https://docs.example.com/d/3", true).unwrap().version, Some(2));
 }
+
+#[test]
+fn business_day_deadlines_land_in_the_inbox_and_escalate_after_the_weekend() {
+    let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
+    let source = r#"
+id: weekly-brief
+subject: item
+timezone: UTC
+roles:
+  writer: { person: sam@example.com }
+  lead: { person: lee@example.com }
+steps:
+  - id: review
+    approval:
+      approvers: [writer]
+      accountable: lead
+      due: 1d
+      escalate: { after: 1d, to: accountable, action: notify }
+      business_days: true
+"#;
+    let friday = MONDAY.plus(Duration(4 * Duration::DAY.ms())); // 2026-01-09T08:00:00Z
+    let monday = friday.plus(Duration(3 * Duration::DAY.ms()));
+    engine.deploy("weekly-brief.yaml", source, friday).unwrap();
+    engine.set_directory(directory(), friday).unwrap().expect("the directory is valid");
+    engine.store_mut().upsert_contact("brief-1", &json!({ "title": "Week 2" }), None, friday).unwrap();
+    let run = engine.start("weekly-brief", "brief-1", friday).unwrap().expect("the run starts");
+    let asked = inbox(&engine, "sam@example.com");
+    assert_eq!(asked[0].due_at, Some(monday), "one working day after Friday 08:00 is Monday 08:00");
+
+    let escalated = |engine: &Engine<SqliteStore>| {
+        engine.store().history(run).unwrap().iter().any(|entry| entry["what"] == "approval_escalated")
+    };
+    // Nothing escalates over the weekend …
+    engine.fire_due_timers(Timestamp(monday.ms() - 1), 100).unwrap();
+    assert!(!escalated(&engine));
+    // … and the accountable lead hears of it on Monday morning.
+    engine.fire_due_timers(monday, 100).unwrap();
+    assert!(escalated(&engine));
+}

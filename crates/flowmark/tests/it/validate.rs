@@ -39,6 +39,7 @@ golden! {
     keys_that_would_be_ignored => "ignored-keys.yaml",
     many_problems_in_one_file => "many-problems.yaml",
     template_variables => "template-variables.yaml",
+    working_days => "working-days.yaml",
 }
 
 #[test]
