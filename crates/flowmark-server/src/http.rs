@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use flowmark_core::engine::{RunId, RunStatus};
 use flowmark_core::limits::{BATCH_SIZE_BYTES_MAX, EVENT_SIZE_BYTES_MAX, REQUEST_SIZE_BYTES_MAX};
-use flowmark_runtime::DeployError;
+use flowmark_runtime::{DeployError, StartRequest, Started};
 use flowmark_store::{RunFilter, Scope, Store, WorkflowStatus};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -185,6 +185,14 @@ async fn ask<T>(owner: &Owner, make: impl FnOnce(oneshot::Sender<T>) -> Command)
         return Err(response);
     }
     answer.await.map_err(|_| problem(StatusCode::SERVICE_UNAVAILABLE, "Shutting down", "the server is stopping"))
+}
+
+/// A 400 for a body over the size of one event (`EVENT_SIZE_BYTES_MAX`), titled `title`.
+fn over_event_size(title: &str, body: &[u8]) -> Option<Response> {
+    (body.len() > EVENT_SIZE_BYTES_MAX).then(|| {
+        let detail = format!("the body is {} bytes; the limit is {EVENT_SIZE_BYTES_MAX} bytes", body.len());
+        problem(StatusCode::BAD_REQUEST, title, detail)
+    })
 }
 
 async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
@@ -588,12 +596,8 @@ async fn upsert_contact(State(app): State<App>, headers: HeaderMap, Path(id): Pa
     if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
         return response;
     }
-    if body.len() > EVENT_SIZE_BYTES_MAX {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "Contact too large",
-            format!("the body is {} bytes; the limit is {EVENT_SIZE_BYTES_MAX} bytes", body.len()),
-        );
+    if let Some(response) = over_event_size("Contact too large", &body) {
+        return response;
     }
     let value: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
@@ -762,12 +766,8 @@ async fn inbound_webhook(
     if app.config.inbound_webhook_secrets.is_empty() {
         return problem(StatusCode::NOT_FOUND, "No inbound webhooks", "this server has no inbound webhook secret");
     }
-    if body.len() > EVENT_SIZE_BYTES_MAX {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "Webhook too large",
-            format!("the body is {} bytes; the limit is {EVENT_SIZE_BYTES_MAX} bytes", body.len()),
-        );
+    if let Some(response) = over_event_size("Webhook too large", &body) {
+        return response;
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let (id, timestamp, signature) = (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
@@ -1174,53 +1174,84 @@ async fn cancel_run(State(app): State<App>, headers: HeaderMap, Path(id): Path<S
 
 /// Starts a run by hand: `{"subject": "<contact or item id>"}`. The workflow must be active;
 /// its entry rule decides (`409` when it refuses).
+/// `POST /api/workflows/{id}/runs`: starts a run by hand with `{"subject": …}` and, optionally,
+/// the event it starts on, `"event": {"name": …, "properties": {…}}` (readable as `event` in
+/// the workflow). Answers once the run's first commit is durable, with where it stands then
+/// (`status`, and `steps`, what its steps produced): a workflow without waits has run to its
+/// end, so a caller gets its result in the response. Concurrent starts share a commit.
 async fn start_run(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
     if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
         return response;
     }
-    let subject = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(fields)) => match (fields.get("subject"), fields.len()) {
-            (Some(Value::String(subject)), 1) if !subject.is_empty() => subject.clone(),
-            _ => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "Invalid start",
-                    "the body must be {\"subject\": \"<contact or item id>\"} and nothing else",
-                );
-            }
+    if let Some(response) = over_event_size("Start too large", &body) {
+        return response;
+    }
+    let request = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(fields)) => match start_request(&id, fields) {
+            Ok(request) => request,
+            Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid start", detail),
         },
         Ok(_) => return problem(StatusCode::BAD_REQUEST, "Invalid start", "the body must be a JSON object"),
         Err(error) => {
             return problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}"));
         }
     };
-    let wanted = id.clone();
-    let answer = query(&app.owner, move |engine, now| {
-        let status = engine.store().workflows().map(|list| list.into_iter().find(|w| w.id == wanted).map(|w| w.status));
-        match status {
-            Err(error) => Err(error.to_string()),
-            Ok(None) => Ok(Err(StatusCode::NOT_FOUND)),
-            Ok(Some(WorkflowStatus::Paused)) => Ok(Err(StatusCode::CONFLICT)),
-            Ok(Some(WorkflowStatus::Active)) => engine.start(&wanted, &subject, now).map(Ok).map_err(|e| e.to_string()),
-        }
-    })
-    .await;
+    let answer = match ask(&app.owner, |reply| Command::Start { requests: vec![request], reply }).await {
+        Ok(Ok(mut answers)) => answers.pop(),
+        Ok(Err(error)) => return internal(error),
+        Err(response) => return response,
+    };
     match answer {
-        Ok(Ok(Ok(Some(run)))) => (StatusCode::CREATED, axum::Json(json!({ "run": run }))).into_response(),
-        Ok(Ok(Ok(None))) => problem(
+        Some(Started::Run { id: run, status, outputs }) => {
+            let body = json!({ "run": run, "status": status, "steps": outputs });
+            (StatusCode::CREATED, axum::Json(body)).into_response()
+        }
+        Some(Started::EntryRefused) => problem(
             StatusCode::CONFLICT,
             "Entry refused",
             format!("the entry rule of `{id}` does not let this subject start again now"),
         ),
-        Ok(Ok(Err(StatusCode::NOT_FOUND))) => {
+        Some(Started::UnknownWorkflow) => {
             problem(StatusCode::NOT_FOUND, "No such workflow", format!("there is no workflow `{id}`"))
         }
-        Ok(Ok(Err(_))) => {
+        Some(Started::Paused) => {
             problem(StatusCode::CONFLICT, "Workflow paused", format!("`{id}` is paused; activate it first"))
         }
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+        None => internal("the engine gave no answer for the start"),
     }
+}
+
+/// The start a body asks for, or what is wrong with it.
+fn start_request(workflow: &str, mut fields: serde_json::Map<String, Value>) -> Result<StartRequest, String> {
+    const SHAPE: &str = "the body must be {\"subject\": \"<contact or item id>\"}, with an optional \
+        \"event\": {\"name\": \"…\", \"properties\": {…}}";
+    if let Some(key) = fields.keys().find(|k| !matches!(k.as_str(), "subject" | "event")) {
+        return Err(format!("unknown field `{key}`: {SHAPE}"));
+    }
+    let subject = match fields.remove("subject") {
+        Some(Value::String(subject)) if !subject.is_empty() => subject,
+        _ => return Err(format!("`subject` must be a non-empty string: {SHAPE}")),
+    };
+    let event = match fields.remove("event") {
+        None => None,
+        Some(Value::Object(mut event)) => {
+            if let Some(key) = event.keys().find(|k| !matches!(k.as_str(), "name" | "properties")) {
+                return Err(format!("unknown field `event.{key}`: {SHAPE}"));
+            }
+            let name = match event.remove("name") {
+                Some(Value::String(name)) if !name.is_empty() => name,
+                _ => return Err(format!("`event.name` must be a non-empty string: {SHAPE}")),
+            };
+            let properties = match event.remove("properties") {
+                None => Value::Object(Default::default()),
+                Some(properties @ Value::Object(_)) => properties,
+                Some(_) => return Err(format!("`event.properties` must be an object: {SHAPE}")),
+            };
+            Some((name, properties))
+        }
+        Some(_) => return Err(format!("`event` must be an object: {SHAPE}")),
+    };
+    Ok(StartRequest { workflow_id: workflow.to_owned(), subject_id: subject, event })
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use std::thread;
 use std::time::Duration as StdDuration;
 
 use flowmark_core::Timestamp;
-use flowmark_runtime::{Connectors, Engine, Incoming, Ingested, SEGMENT_SWEEP_PAGE_COUNT};
+use flowmark_runtime::{
+    Connectors, Engine, Error, Incoming, Ingested, SEGMENT_SWEEP_PAGE_COUNT, StartRequest, Started,
+};
 use flowmark_store::SqliteStore;
 use tokio::sync::oneshot;
 
@@ -29,13 +31,17 @@ const TIMERS_PER_ROUND_MAX: usize = 2000;
 const EFFECTS_PER_ROUND_MAX: usize = 256;
 /// Schedules worked on per round (each starts up to `SCHEDULE_PAGE_COUNT` runs).
 const SCHEDULES_PER_TICK_MAX: usize = 4;
-/// Events one group commit takes from the queue: ingestion commands waiting together are
-/// applied and committed as one transaction, so concurrent clients share an fsync.
+/// Events (or runs to start) one group commit takes from the queue: ingestion commands
+/// waiting together are applied and committed as one transaction, so concurrent clients share
+/// an fsync; the same for starts.
 pub const GROUP_EVENTS_MAX: usize = 10_000;
 /// Timers and the outbox are looked at no more often than this while commands keep coming.
 const HOUSEKEEPING_EVERY: StdDuration = StdDuration::from_millis(20);
 /// How often held notifications are checked for digests whose hour has come.
 const DIGESTS_EVERY: StdDuration = StdDuration::from_secs(60);
+
+/// Where a grouped command's answers go, one per item it carried.
+pub type Reply<T> = oneshot::Sender<Result<Vec<T>, String>>;
 
 /// Work run on the owner thread with the engine and the time.
 pub type Work = Box<dyn FnOnce(&mut Engine<SqliteStore>, Timestamp) + Send>;
@@ -43,7 +49,9 @@ pub type Work = Box<dyn FnOnce(&mut Engine<SqliteStore>, Timestamp) + Send>;
 pub enum Command {
     /// Events in order, each with its subject and the traits to merge first (`identify`);
     /// all of them are committed together.
-    Ingest { messages: Vec<Incoming>, reply: oneshot::Sender<Result<Vec<Ingested>, String>> },
+    Ingest { messages: Vec<Incoming>, reply: Reply<Ingested> },
+    /// Runs to start by hand, answered in order; committed together, like `Ingest`.
+    Start { requests: Vec<StartRequest>, reply: Reply<Started> },
     /// Any other work, as a closure run on the owner thread with the engine and the time; it
     /// answers through a channel it captured. For reads and small writes the API needs.
     Query(Work),
@@ -73,7 +81,12 @@ impl Owner {
                 loop {
                     let wait = if busy { StdDuration::ZERO } else { TICK };
                     match inbox.recv_timeout(wait) {
-                        Ok(Command::Ingest { messages, reply }) => ingest_group(&mut engine, &inbox, messages, reply),
+                        Ok(Command::Ingest { messages, reply }) => {
+                            grouped(&mut engine, &inbox, (messages, reply), Group::<Incoming, Ingested>::INGEST);
+                        }
+                        Ok(Command::Start { requests, reply }) => {
+                            grouped(&mut engine, &inbox, (requests, reply), Group::<StartRequest, Started>::START);
+                        }
                         Ok(command) => apply(&mut engine, command),
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -120,28 +133,58 @@ impl Owner {
     }
 }
 
-type IngestReply = oneshot::Sender<Result<Vec<Ingested>, String>>;
+/// A kind of command that is committed in groups: how to take one from the queue, and how
+/// the engine applies many in one commit.
+struct Group<T, R> {
+    take: fn(Command) -> Result<Grouped<T, R>, Command>,
+    apply: fn(&mut Engine<SqliteStore>, Vec<T>, Timestamp) -> Applied<R>,
+}
 
-/// Applies an ingestion command together with the ones queued behind it (up to
-/// `GROUP_EVENTS_MAX` events) in one commit, then answers each. Should the group fail, each
+/// A grouped command's items and where their answers go.
+type Grouped<T, R> = (Vec<T>, Reply<R>);
+/// The engine's answers for a group's items, in order.
+type Applied<R> = Result<Vec<R>, Error>;
+
+impl Group<Incoming, Ingested> {
+    const INGEST: Self = Group {
+        take: |command| match command {
+            Command::Ingest { messages, reply } => Ok((messages, reply)),
+            other => Err(other),
+        },
+        apply: Engine::ingest_many,
+    };
+}
+
+impl Group<StartRequest, Started> {
+    const START: Self = Group {
+        take: |command| match command {
+            Command::Start { requests, reply } => Ok((requests, reply)),
+            other => Err(other),
+        },
+        apply: Engine::start_many,
+    };
+}
+
+/// Applies a command together with the ones of its kind queued behind it (up to
+/// `GROUP_EVENTS_MAX` items) in one commit, then answers each. Should the group fail, each
 /// command is tried alone, so one bad request cannot fail the others. A command of another
 /// kind ends the group and is applied right after it, keeping arrival order.
-fn ingest_group(
+fn grouped<T: Clone, R>(
     engine: &mut Engine<SqliteStore>,
     inbox: &mpsc::Receiver<Command>,
-    messages: Vec<Incoming>,
-    reply: IngestReply,
+    (items, reply): Grouped<T, R>,
+    kind: Group<T, R>,
 ) {
-    let mut group: Vec<(usize, IngestReply)> = vec![(messages.len(), reply)];
-    let mut all = messages;
+    let mut group: Vec<(usize, Reply<R>)> = vec![(items.len(), reply)];
+    let mut all = items;
     let mut after = None;
     while all.len() < GROUP_EVENTS_MAX {
-        match inbox.try_recv() {
-            Ok(Command::Ingest { messages, reply }) => {
-                group.push((messages.len(), reply));
-                all.extend(messages);
+        match inbox.try_recv().map(kind.take) {
+            Ok(Ok((items, reply))) => {
+                group.push((items.len(), reply));
+                all.extend(items);
             }
-            Ok(other) => {
+            Ok(Err(other)) => {
                 after = Some(other);
                 break;
             }
@@ -151,10 +194,10 @@ fn ingest_group(
     let now = now();
     if group.len() == 1 {
         let (_, reply) = group.pop().expect("one command");
-        let _ = reply.send(engine.ingest_many(all, now).map_err(|e| e.to_string()));
+        let _ = reply.send((kind.apply)(engine, all, now).map_err(|e| e.to_string()));
     } else {
         let retry_alone = all.clone();
-        match engine.ingest_many(all, now) {
+        match (kind.apply)(engine, all, now) {
             Ok(mut results) => {
                 for (count, reply) in group.into_iter().rev() {
                     let mine = results.split_off(results.len() - count);
@@ -165,8 +208,8 @@ fn ingest_group(
                 tracing::warn!(%error, commands = group.len(), "a group commit failed; applying its commands one by one");
                 let mut rest = retry_alone;
                 for (count, reply) in group {
-                    let mine: Vec<Incoming> = rest.drain(..count).collect();
-                    let _ = reply.send(engine.ingest_many(mine, now).map_err(|e| e.to_string()));
+                    let mine: Vec<T> = rest.drain(..count).collect();
+                    let _ = reply.send((kind.apply)(engine, mine, now).map_err(|e| e.to_string()));
                 }
             }
         }
@@ -181,6 +224,9 @@ fn apply(engine: &mut Engine<SqliteStore>, command: Command) {
     match command {
         Command::Ingest { messages, reply } => {
             let _ = reply.send(engine.ingest_many(messages, now).map_err(|e| e.to_string()));
+        }
+        Command::Start { requests, reply } => {
+            let _ = reply.send(engine.start_many(requests, now).map_err(|e| e.to_string()));
         }
         Command::Query(work) => work(engine, now),
     }

@@ -152,9 +152,10 @@ async fn stop_signal() {
 
 const DEMO_WRITE_KEY: &str = "demo-write-key";
 const DEMO_API_TOKEN: &str = "demo-api-token";
-const BLUEPRINTS: [(&str, &str); 2] = [
+const BLUEPRINTS: [(&str, &str); 3] = [
     ("whitepaper-nurture.yaml", include_str!("../../../blueprints/whitepaper-nurture.yaml")),
     ("blog-post.yaml", include_str!("../../../blueprints/blog-post.yaml")),
+    ("lead-routing.yaml", include_str!("../../../blueprints/lead-routing.yaml")),
 ];
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {

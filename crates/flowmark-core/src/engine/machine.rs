@@ -671,9 +671,18 @@ impl<'a> Machine<'a> {
                 EffectKind::UpdateSubject { set }
             }
         };
+        // An update's values are readable after it, as `steps.<id>.set`.
+        let set = match &kind {
+            EffectKind::UpdateSubject { set } => Some(Value::Object(set.clone())),
+            _ => None,
+        };
         let key = self.emit(at, kind);
         let step_id = workflow.step(at).id.clone();
-        self.set_output(&step_id, json!({ "effect_id": key }));
+        let output = match set {
+            Some(set) => json!({ "effect_id": key, "set": set }),
+            None => json!({ "effect_id": key }),
+        };
+        self.set_output(&step_id, output);
         None
     }
 

@@ -29,7 +29,7 @@ use flowmark_store::{
 };
 
 use crate::scoring::{Models, ModelsSource};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::connector::{Connector, Connectors, Job, Outcome};
 use crate::directory::{DIRECTORY_SETTING, Directory};
@@ -93,6 +93,32 @@ pub struct Ingested {
     pub duplicate: bool,
     pub runs_started: Vec<RunId>,
     pub runs_advanced: Vec<RunId>,
+}
+
+/// A run to start by hand (the API), with the data it starts on: `event` is readable as
+/// `event.name` / `event.properties` in the workflow, as if an event had triggered it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartRequest {
+    pub workflow_id: String,
+    pub subject_id: String,
+    /// The event's name and properties.
+    pub event: Option<(String, Value)>,
+}
+
+/// What asking for a run to start did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Started {
+    /// The run started; where it stands once the commit that started it is durable (it may
+    /// have ended already: a workflow without waits runs to its end in that commit).
+    Run {
+        id: RunId,
+        status: RunStatus,
+        outputs: Value,
+    },
+    UnknownWorkflow,
+    Paused,
+    /// The workflow's entry rule does not let this subject start again now.
+    EntryRefused,
 }
 
 /// Counters of what the engine did since it started, for `/metrics`.
@@ -354,20 +380,73 @@ impl<S: Store> Engine<S> {
     }
 
     /// Starts a run of a workflow for a subject by hand (API, UI, another workflow), subject
-    /// to the entry rule. `None` when the entry rule refuses.
+    /// to the entry rule. `None` when the entry rule refuses or the workflow is paused.
     pub fn start(&mut self, workflow_id: &str, subject_id: &str, now: Timestamp) -> Result<Option<RunId>, Error> {
-        let workflow = self.workflow(workflow_id, None)?;
-        if !self.may_enter(&workflow, subject_id, now, &[])? {
-            return Ok(None);
+        let request =
+            StartRequest { workflow_id: workflow_id.to_owned(), subject_id: subject_id.to_owned(), event: None };
+        match self.start_many(vec![request], now)?.pop() {
+            Some(Started::Run { id, .. }) => Ok(Some(id)),
+            Some(Started::UnknownWorkflow) => Err(Error::UnknownWorkflow(workflow_id.to_owned())),
+            _ => Ok(None),
         }
-        let facts = self.load_facts(subject_id, now, Needs::of(&workflow))?;
-        let id = self.allocate_run_id();
-        let run = Run::new(id, &workflow, version_of(&self.compiled, &workflow), subject_id, now);
-        let t = handle(&workflow, run, &Input::Start { event: None }, &facts.facts(&self.env), now);
-        let mut transitions = vec![t];
-        self.follow_ups(&mut transitions, now)?;
-        self.commit(&transitions, now)?;
-        Ok(Some(id))
+    }
+
+    /// Starts runs by hand, all in one commit (concurrent API calls share an fsync), and
+    /// answers for each in order. Each run goes as far as it can before the commit: to its
+    /// first wait, task or approval, or to its end.
+    pub fn start_many(&mut self, requests: Vec<StartRequest>, now: Timestamp) -> Result<Vec<Started>, Error> {
+        self.store.begin()?;
+        let result = self.start_unit(requests, now);
+        self.store.finish();
+        result
+    }
+
+    fn start_unit(&mut self, requests: Vec<StartRequest>, now: Timestamp) -> Result<Vec<Started>, Error> {
+        let mut unit = Unit::default();
+        let summaries = self.store.workflows()?;
+        let mut answers = Vec::with_capacity(requests.len());
+        for StartRequest { workflow_id, subject_id, event } in requests {
+            let Some(summary) = summaries.iter().find(|s| s.id == workflow_id) else {
+                answers.push(Started::UnknownWorkflow);
+                continue;
+            };
+            if summary.status != WorkflowStatus::Active {
+                answers.push(Started::Paused);
+                continue;
+            }
+            let workflow = self.workflow(&workflow_id, Some(summary.latest_version))?;
+            let in_unit: Vec<&Run> = unit.runs.values().collect();
+            if !self.may_enter(&workflow, &subject_id, now, &in_unit)? {
+                answers.push(Started::EntryRefused);
+                continue;
+            }
+            let mut facts = self.load_facts(&subject_id, now, Needs::of(&workflow))?;
+            if let Some((data, _)) = unit.subjects.get(&subject_id) {
+                facts.subject = data.clone();
+            }
+            let id = self.allocate_run_id();
+            let event = event.map(|(name, properties)| Event {
+                id: format!("start-{}", id.0),
+                payload: Arc::new(json!({ "type": "track", "event": name, "properties": properties })),
+                name,
+                at: now,
+            });
+            let run = Run::new(id, &workflow, version_of(&self.compiled, &workflow), &subject_id, now);
+            unit.push(handle(&workflow, run, &Input::Start { event }, &facts.facts(&self.env), now));
+            answers.push(Started::Run { id, status: RunStatus::Active, outputs: Value::Null });
+        }
+        self.commit_unit(&mut unit, Vec::new(), &[], now)?;
+        self.stats.runs_started += answers.iter().filter(|a| matches!(a, Started::Run { .. })).count() as u64;
+        // Where each run stands after everything the commit carried (its end's follow-ups too).
+        for answer in &mut answers {
+            if let Started::Run { id, status, outputs } = answer
+                && let Some(t) = unit.transitions.iter().rev().find(|t| t.run.id == *id)
+            {
+                *status = t.run.status;
+                outputs.clone_from(&t.run.outputs);
+            }
+        }
+        Ok(answers)
     }
 
     /// Delivers an input to one run (a task completed, an approval decided, a cancel).

@@ -126,6 +126,7 @@ impl Connection {
         self.reader.read_line(&mut line)?;
         let status: u16 = line.get(9..12).context("no status line")?.parse()?;
         let mut length = 0usize;
+        let mut chunked = false;
         let mut answer = Vec::new();
         loop {
             line.clear();
@@ -138,12 +139,33 @@ impl Connection {
                 if name.eq_ignore_ascii_case("content-length") {
                     length = value.trim().parse()?;
                 }
+                if name.eq_ignore_ascii_case("transfer-encoding") && value.trim().eq_ignore_ascii_case("chunked") {
+                    chunked = true;
+                }
                 answer.push((name.to_ascii_lowercase(), value.trim().to_owned()));
             }
         }
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body)?;
-        Ok((status, answer, body))
+        if !chunked {
+            let mut body = vec![0; length];
+            self.reader.read_exact(&mut body)?;
+            return Ok((status, answer, body));
+        }
+        // Other tools' servers (`bench respond --url`) may answer in chunks.
+        let mut body = Vec::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            let size = line.trim_end().split(';').next().unwrap_or_default();
+            let size = usize::from_str_radix(size, 16).with_context(|| format!("bad chunk size {line:?}"))?;
+            let start = body.len();
+            body.resize(start + size + 2, 0);
+            self.reader.read_exact(&mut body[start..])?;
+            body.truncate(start + size);
+            if size == 0 {
+                // Trailers, if any, end with an empty line; the 0-size chunk's CRLF was read.
+                return Ok((status, answer, body));
+            }
+        }
     }
 }
 

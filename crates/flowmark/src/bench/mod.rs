@@ -10,6 +10,8 @@
 //! - `timers`: a storm of timers due at the same instant: time to fire them all, lateness.
 //! - `render`: personalised email rendered as the dispatcher does it, on one thread.
 //! - `smtp`: the SMTP connector's pool pushing messages into a local SMTP sink.
+//! - `respond`: the n8n-equivalent workload: an HTTP call runs a workflow that branches on
+//!   the body, sets a value and answers with it; or the same requests to another tool's URL.
 //! - `pages`: the web UI's pages from a `flowmark serve` child over a store with 100 000
 //!   open tasks.
 //!
@@ -21,6 +23,7 @@ mod http;
 mod journey;
 mod pages;
 mod render;
+mod respond;
 pub(crate) mod smtp;
 
 use std::io::Write as _;
@@ -56,6 +59,8 @@ enum Scenario {
     Smtp(smtp::SmtpArgs),
     /// Web UI pages over a store with many open tasks.
     Pages(pages::PagesArgs),
+    /// An HTTP call that runs a workflow and answers with its result (n8n's workload).
+    Respond(respond::RespondArgs),
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
@@ -70,6 +75,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         Scenario::Render(render) => render::run(render)?,
         Scenario::Smtp(smtp) => smtp::run(smtp)?,
         Scenario::Pages(pages) => pages::run(pages, &args.dir)?,
+        Scenario::Respond(respond) => respond::run(respond, &args.dir, &fsync)?,
     }
     Ok(ExitCode::SUCCESS)
 }

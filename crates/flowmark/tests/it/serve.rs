@@ -561,3 +561,71 @@ fn a_calls_context_time_zone_becomes_the_contacts() {
     assert_eq!(moved["timezone"], "America/New_York", "a new one replaces it");
     server.stop();
 }
+
+#[test]
+fn an_api_call_runs_lead_routing_and_answers_with_its_result() {
+    let dir = super::validate::tempdir().join("respond");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = Server::start(&dir.join("flowmark.db"));
+    let blueprint = std::fs::read(crate::repo_path("blueprints/lead-routing.yaml")).unwrap();
+    assert_eq!(server.api("POST", "/api/workflows", &blueprint).0, 201);
+    let start = |subject: &str, score: i64| {
+        let body = json!({ "subject": subject, "event": { "name": "Lead Scored", "properties": { "score": score } } });
+        server.api("POST", "/api/workflows/lead-routing/runs", body.to_string().as_bytes())
+    };
+
+    // No waits in the workflow: the answer comes after its end, with what its steps did.
+    let (status, _, hot) = start("lead-1", 72);
+    assert_eq!(status, 201, "{hot}");
+    assert_eq!(hot["status"], "completed");
+    assert_eq!(hot["steps"]["hot"]["set"], json!({ "segment": "hot" }));
+    assert!(hot["steps"].get("cold").is_none(), "{hot}");
+    let (_, _, cold) = start("lead-2", 10);
+    assert_eq!(cold["steps"]["cold"]["set"]["segment"], "cold");
+    // The run's decision record says why.
+    let (_, _, run) = server.api("GET", &format!("/api/runs/{}", hot["run"]), b"");
+    let decision = &run["decisions"][0];
+    assert_eq!(
+        (decision["inputs"]["event.properties.score"].as_i64(), decision["path"].as_str()),
+        (Some(72), Some("hot"))
+    );
+
+    // Concurrent calls share commits and each gets its own answer.
+    std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..24).map(|i| scope.spawn(move || (i, start(&format!("lead-c{i}"), i * 5)))).collect();
+        for call in calls {
+            let (i, (status, _, answer)) = call.join().unwrap();
+            let segment = if i * 5 > 50 { "hot" } else { "cold" };
+            assert_eq!(status, 201, "{answer}");
+            assert_eq!(answer["steps"][segment]["set"]["segment"], segment, "{answer}");
+        }
+    });
+
+    // The update is an effect: the contact carries the segment once the dispatcher applied it.
+    let started = std::time::Instant::now();
+    while server.api("GET", "/api/contacts/lead-1", b"").2["traits"]["segment"] != "hot" {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the update was never applied");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // Bad starts are refused with the reason and start nothing.
+    let (_, _, before) = server.api("GET", "/api/runs?workflow=lead-routing", b"");
+    for (body, says) in [
+        (r#"{"subject":"x","event":"Lead Scored"}"#, "`event` must be an object"),
+        (r#"{"subject":"x","event":{"properties":{}}}"#, "`event.name` must be a non-empty string"),
+        (r#"{"subject":"x","event":{"name":"L","properties":[1]}}"#, "`event.properties` must be an object"),
+        (r#"{"subject":"x","event":{"name":"L","when":"now"}}"#, "unknown field `event.when`"),
+        (r#"{"subject":"x","score":1}"#, "unknown field `score`"),
+        (r#"{"subject":""}"#, "`subject` must be a non-empty string"),
+    ] {
+        let (status, _, problem) = server.api("POST", "/api/workflows/lead-routing/runs", body.as_bytes());
+        assert_eq!(status, 400, "{body}");
+        assert!(problem["detail"].as_str().unwrap().contains(says), "{body}: {problem}");
+    }
+    let oversized = json!({ "subject": "x", "event": { "name": "L", "properties": { "pad": "x".repeat(40_000) } } });
+    let (status, _, problem) = server.api("POST", "/api/workflows/lead-routing/runs", oversized.to_string().as_bytes());
+    assert_eq!((status, problem["title"].as_str()), (400, Some("Start too large")));
+    assert_eq!(server.api("GET", "/api/runs?workflow=lead-routing", b"").2, before, "nothing started");
+    server.stop();
+}
