@@ -14,15 +14,15 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{Event, Input, Run, RunId, Transition, handle};
+use flowmark_core::engine::{EffectKind, Event, Facts, Input, Run, RunId, Transition, apply_update, handle};
 use flowmark_core::expr::Scope;
 use flowmark_core::model::{SegmentEdge, Trigger, Workflow};
 use flowmark_store::{Batch, ContactChange, ScoreRecord, Store};
 use serde_json::Value;
 
 use super::{
-    Engine, Error, GENERATED_EVENTS_MAX, Incoming, Ingested, Needs, SUPPRESSED_REASON_TRAIT, UNSUBSCRIBED_TRAIT,
-    changed, suppression_of, version_of,
+    CASCADE_DEPTH_MAX, Engine, Error, GENERATED_EVENTS_MAX, Incoming, Ingested, Needs, SUPPRESSED_REASON_TRAIT,
+    UNSUBSCRIBED_TRAIT, changed, suppression_of, version_of,
 };
 use crate::scoring::Models;
 use crate::segments::{self, Change, MEMBERSHIP_TRAIT, SegmentsSource};
@@ -64,6 +64,8 @@ pub(super) struct Unit {
     pub accepted: HashSet<String>,
     /// Events this unit made itself (thresholds, segment edges): applied, not answered for.
     pub generated: HashSet<String>,
+    /// Inbox changes to write besides those the transitions make.
+    pub work: Vec<flowmark_store::WorkChange>,
 }
 
 impl Unit {
@@ -146,8 +148,9 @@ impl<S: Store> Engine<S> {
     }
 
     /// Ends a unit of work: applies the events it caused itself (`caused`: thresholds, segment
-    /// edges, already marked as its own), the follow-ups of the runs that ended, and writes
-    /// everything, with `attempts`, in one commit.
+    /// edges, already marked as its own), the follow-ups of the runs that ended, the `update`
+    /// effects its transitions emitted (and what those cause), and writes everything, with
+    /// `attempts`, in one commit.
     pub(super) fn commit_unit(
         &mut self,
         unit: &mut Unit,
@@ -155,17 +158,76 @@ impl<S: Store> Engine<S> {
         attempts: &[(&str, &flowmark_store::Attempt)],
         now: Timestamp,
     ) -> Result<(), Error> {
-        if !caused.is_empty() {
-            let active = self.active_workflows()?;
-            self.apply_incoming(unit, caused, &active, now)?;
+        let mut caused = caused;
+        let mut from = 0;
+        let mut applied = Vec::new();
+        for _ in 0..=CASCADE_DEPTH_MAX {
+            if !caused.is_empty() {
+                let active = self.active_workflows()?;
+                self.apply_incoming(unit, std::mem::take(&mut caused), &active, now)?;
+            }
+            self.follow_ups_from(&mut unit.transitions, from, now)?;
+            let to = unit.transitions.len();
+            for t in &unit.transitions[from..to] {
+                unit.runs.insert(t.run.id, t.run.clone());
+            }
+            caused = self.apply_updates(unit, from..to, &mut applied, now)?;
+            from = to;
+            if caused.is_empty() {
+                break;
+            }
         }
-        self.follow_ups(&mut unit.transitions, now)?;
         let refs: Vec<&Transition> = unit.transitions.iter().collect();
-        let work = self.work_changes(&refs, Some(&unit.subjects), now)?;
-        self.store.write(&Batch { attempts: attempts.to_vec(), work: work.iter().collect(), ..unit.batch() }, now)?;
+        let mut work = self.work_changes(&refs, Some(&unit.subjects), now)?;
+        work.append(&mut unit.work);
+        let mut attempts = attempts.to_vec();
+        attempts.extend(applied.iter().map(|(key, attempt)| (key.as_str(), attempt)));
+        self.store.write(&Batch { attempts, work: work.iter().collect(), ..unit.batch() }, now)?;
         self.stats.events_ingested += unit.accepted.len() as u64;
         self.stats.transitions_committed += unit.transitions.len() as u64;
         Ok(())
+    }
+
+    /// Applies the `update` effects of `unit.transitions[range]` to their subjects in this
+    /// unit: an update is internal, so it takes effect in the commit of the step that ran it
+    /// (exactly once), its outbox row is recorded done in that commit, and its result goes
+    /// back to its run there too. Returns the segment edges the changes cause.
+    fn apply_updates(
+        &mut self,
+        unit: &mut Unit,
+        range: std::ops::Range<usize>,
+        applied: &mut Vec<(String, flowmark_store::Attempt)>,
+        now: Timestamp,
+    ) -> Result<Vec<Incoming>, Error> {
+        let updates: Vec<(RunId, String, String, serde_json::Map<String, Value>)> = unit.transitions[range]
+            .iter()
+            .flat_map(|t| {
+                t.effects.iter().filter_map(|effect| match &effect.kind {
+                    EffectKind::UpdateSubject { set } => {
+                        Some((t.run.id, t.run.subject_id.clone(), effect.key.clone(), set.clone()))
+                    }
+                    _ => None,
+                })
+            })
+            .collect();
+        let mut caused = Vec::new();
+        for (run_id, subject_id, key, set) in updates {
+            let (data, _) = self.subject_in(unit, &subject_id)?;
+            apply_update(data, &set);
+            unit.contact_changes.push((subject_id.clone(), Value::Object(set), None));
+            let Some(run) = self.latest_state(&unit.transitions, run_id)? else { continue };
+            let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+            let subject = unit.subjects.get(&subject_id).map_or(Value::Null, |(data, _)| data.clone());
+            // The result only adds to the run's history: nothing else of the facts is read.
+            let facts = Facts { subject: &subject, env: &self.env, ..Facts::empty() };
+            let input = Input::EffectCompleted { key: key.clone(), ok: true, detail: None };
+            unit.push(handle(&workflow, run, &input, &facts, now));
+            applied.push((key.clone(), flowmark_store::Attempt::Done { detail: None }));
+            if !self.segments.is_empty() {
+                caused.extend(self.segment_edges(unit, &subject_id, Change::Contact, &key, now)?);
+            }
+        }
+        Ok(caused)
     }
 
     /// A subject's data as this unit has it, loaded from the store the first time.

@@ -464,11 +464,11 @@ impl<S: Store> Engine<S> {
         Ok(Some(handle(&workflow, run, input, &facts.facts(&self.env), now)))
     }
 
-    /// Commits a transition with what its end causes, and `work` besides its own inbox changes.
+    /// Commits a transition with what it causes, and `work` besides its own inbox changes.
     fn commit_with_follow_ups(&mut self, t: Transition, work: Vec<WorkChange>, now: Timestamp) -> Result<(), Error> {
-        let mut transitions = vec![t];
-        self.follow_ups(&mut transitions, now)?;
-        self.commit_with_work(&transitions, work, now)
+        let mut unit = Unit { work, ..Unit::default() };
+        unit.push(t);
+        self.commit_unit(&mut unit, Vec::new(), &[], now)
     }
 
     /// Fires up to `limit` timers due at `now`, earliest first; returns how many fired.
@@ -499,8 +499,11 @@ impl<S: Store> Engine<S> {
         }
         // Each transition is committed in order; a run's later transition carries its latest
         // state, so committing all of them leaves the last one in place.
-        self.follow_ups(&mut batches, now)?;
-        self.commit(&batches, now)?;
+        let mut unit = Unit::default();
+        for t in batches {
+            unit.push(t);
+        }
+        self.commit_unit(&mut unit, Vec::new(), &[], now)?;
         for timer in &due {
             let late_ms = now.since(timer.due_at).ms();
             self.stats.timers_fired += 1;
@@ -820,7 +823,12 @@ impl<S: Store> Engine<S> {
     /// the active workflows it triggers (`trigger: { workflow: … }`, entry rules applied).
     /// Those may end runs in turn, up to `CASCADE_DEPTH_MAX` rounds.
     fn follow_ups(&mut self, transitions: &mut Vec<Transition>, now: Timestamp) -> Result<(), Error> {
-        let mut from = 0;
+        self.follow_ups_from(transitions, 0, now)
+    }
+
+    /// `follow_ups` for the transitions from index `from` on (the earlier ones were seen).
+    fn follow_ups_from(&mut self, transitions: &mut Vec<Transition>, from: usize, now: Timestamp) -> Result<(), Error> {
+        let mut from = from;
         // The workflows a run's end can start, read once per unit of work.
         let mut listeners: Option<Vec<Arc<Workflow>>> = None;
         for _ in 0..CASCADE_DEPTH_MAX {
@@ -945,28 +953,6 @@ impl<S: Store> Engine<S> {
             Err(error) => return Ok(Err(format!("the stored context is unreadable: {error}"))),
         };
         Ok(render_step_message(&workflow, key, step, &context, subject, &self.env).map_err(|e| e.to_string()))
-    }
-
-    fn commit(&mut self, transitions: &[Transition], now: Timestamp) -> Result<(), Error> {
-        self.commit_with_work(transitions, Vec::new(), now)
-    }
-
-    /// Commits transitions with their inbox changes, then `extra` work changes.
-    fn commit_with_work(
-        &mut self,
-        transitions: &[Transition],
-        extra: Vec<WorkChange>,
-        now: Timestamp,
-    ) -> Result<(), Error> {
-        if transitions.is_empty() {
-            return Ok(());
-        }
-        let refs: Vec<&Transition> = transitions.iter().collect();
-        let mut work = self.work_changes(&refs, None, now)?;
-        work.extend(extra);
-        self.store.write(&Batch { transitions: refs.clone(), work: work.iter().collect(), ..Batch::default() }, now)?;
-        self.stats.transitions_committed += refs.len() as u64;
-        Ok(())
     }
 
     /// Runs matching `filter`, newest first; `step` keeps those with a token at that step.
