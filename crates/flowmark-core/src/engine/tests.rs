@@ -474,10 +474,10 @@ fn without_business_days_a_deadline_counts_every_hour() {
     let wf = workflow(include_str!("../../../../blueprints/blog-post.yaml"));
     let item = json!({ "title": "Flows" });
     let facts = Facts { subject: &item, ..Facts::empty() };
-    let t = start_at_noon(&wf, &facts);
+    // Friday 2026-11-27 at noon: two working days later would be Tuesday; without
+    // `business_days`, the research task (`due: 2d`) is due on Sunday.
+    let friday = Timestamp(NOON + 3 * 24 * 60 * 60 * 1000);
+    let t = handle(&wf, Run::new(RunId(1), &wf, 1, "c", friday), &Input::Start { event: None }, &facts, friday);
     let EffectKind::CreateTask { due_at: Some(due_at), .. } = &t.effects[0].kind else { panic!("{:?}", t.effects) };
-    let Some(crate::model::StepKind::Task(task)) = wf.steps.first().map(|s| &s.kind) else {
-        panic!("first step is a task")
-    };
-    assert_eq!(*due_at, Timestamp(NOON).plus(task.due.unwrap()));
+    assert_eq!(*due_at, Timestamp(friday.ms() + 2 * 24 * 60 * 60 * 1000));
 }

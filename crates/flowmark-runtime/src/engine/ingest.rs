@@ -177,6 +177,9 @@ impl<S: Store> Engine<S> {
                 break;
             }
         }
+        if !caused.is_empty() {
+            tracing::warn!(depth = CASCADE_DEPTH_MAX, "updates and the segment edges they cause were cut short");
+        }
         let refs: Vec<&Transition> = unit.transitions.iter().collect();
         let mut work = self.work_changes(&refs, Some(&unit.subjects), now)?;
         work.append(&mut unit.work);

@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use base64::Engine as _;
 use serde_json::json;
 
-use super::{Fsync, emit, fresh_db, percentile_ms, remove_db, round2};
+use super::{Fsync, emit, fresh_db, latency_json, remove_db, round2};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -275,12 +275,7 @@ pub fn run(args: &Args, dir: &Path, fsync: &Fsync) -> anyhow::Result<()> {
             "requests_per_s": requests_per_s.round(),
             "rejected_429": total.rejected,
             "errors": total.errors,
-            "latency_ms": {
-                "p50": round2(percentile_ms(&mut total.latencies, 50.0)),
-                "p90": round2(percentile_ms(&mut total.latencies, 90.0)),
-                "p99": round2(percentile_ms(&mut total.latencies, 99.0)),
-                "max": round2(percentile_ms(&mut total.latencies, 100.0)),
-            },
+            "latency_ms": latency_json(&mut total.latencies),
             "fsync": fsync.json(),
             "fsync_ceiling_requests_per_s": ceiling.round(),
             "ratio_to_ceiling": round2(requests_per_s / ceiling),

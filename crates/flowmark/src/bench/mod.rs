@@ -125,6 +125,16 @@ pub fn percentile_ms(samples: &mut [Duration], p: f64) -> f64 {
     samples[rank.clamp(1, samples.len()) - 1].as_secs_f64() * 1000.0
 }
 
+/// Latency percentiles (p50, p90, p99, max) of `samples` in ms, as benchmarks report them.
+pub fn latency_json(samples: &mut [Duration]) -> serde_json::Value {
+    serde_json::json!({
+        "p50": round2(percentile_ms(samples, 50.0)),
+        "p90": round2(percentile_ms(samples, 90.0)),
+        "p99": round2(percentile_ms(samples, 99.0)),
+        "max": round2(percentile_ms(samples, 100.0)),
+    })
+}
+
 pub fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }

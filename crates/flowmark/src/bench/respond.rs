@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use super::http::{API_TOKEN, Connection, start_server};
-use super::{Fsync, emit, fresh_db, percentile_ms, remove_db, round2};
+use super::{Fsync, emit, fresh_db, latency_json, remove_db, round2};
 
 #[derive(clap::Args)]
 pub struct RespondArgs {
@@ -173,12 +173,7 @@ pub fn run(args: &RespondArgs, dir: &Path, fsync: &Fsync) -> anyhow::Result<()> 
             "executions": total.executions,
             "executions_per_s": round2(total.executions as f64 / elapsed),
             "errors": total.errors,
-            "latency_ms": {
-                "p50": round2(percentile_ms(&mut total.latencies, 50.0)),
-                "p90": round2(percentile_ms(&mut total.latencies, 90.0)),
-                "p99": round2(percentile_ms(&mut total.latencies, 99.0)),
-                "max": round2(percentile_ms(&mut total.latencies, 100.0)),
-            },
+            "latency_ms": latency_json(&mut total.latencies),
             "fsync": fsync.json(),
         }));
     }
