@@ -95,6 +95,14 @@ pub enum SmtpError {
 }
 
 impl SmtpConnector {
+    /// Checks an SMTP URL and a sender address without setting anything up, so a server can
+    /// refuse bad settings before it opens anything.
+    pub fn check(url: &str, from: &str) -> Result<(), SmtpError> {
+        parse_url(url).map_err(SmtpError::Url)?;
+        from.parse::<Mailbox>().map_err(|_| SmtpError::From(from.to_owned()))?;
+        Ok(())
+    }
+
     pub fn new(settings: SmtpSettings) -> Result<SmtpConnector, SmtpError> {
         let server = parse_url(&settings.url).map_err(SmtpError::Url)?;
         let from = settings.from.parse().map_err(|_| SmtpError::From(settings.from.clone()))?;

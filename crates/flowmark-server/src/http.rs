@@ -83,8 +83,27 @@ pub fn router(owner: Owner, config: Config) -> Router {
         // Bodies past the largest limit are cut off by the framework (413); below it, each
         // endpoint checks its own limit and says which one was crossed (400).
         .layer(DefaultBodyLimit::max(REQUEST_SIZE_BYTES_MAX))
+        .layer(axum::middleware::from_fn(too_large_as_problem))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(app)
+}
+
+/// The framework refuses a body over `REQUEST_SIZE_BYTES_MAX` with a plain-text 413; this
+/// answers it as every other refusal is answered, a problem detail that names the limit.
+async fn too_large_as_problem(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/problem+json"));
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || is_problem {
+        return response;
+    }
+    problem(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "Request too large",
+        format!("the body is over {REQUEST_SIZE_BYTES_MAX} bytes (1 MiB), the limit for any request"),
+    )
 }
 
 /// Logs each request with its outcome: server errors as errors, refusals at `info`, the rest

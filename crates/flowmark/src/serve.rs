@@ -160,6 +160,12 @@ const BLUEPRINTS: [(&str, &str); 3] = [
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     init_logs(args.log_format);
+    // Settings are checked before anything is opened: a bad flag changes nothing on disk.
+    let inbound_webhook_secrets = parse_secrets(&args.inbound_webhook_secrets)?;
+    let webhook_secrets = parse_secrets(&args.webhook_secrets)?;
+    if let Some(url) = &args.smtp_url {
+        SmtpConnector::check(url, &args.email_from).context("cannot set up email")?;
+    }
     let store =
         SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?;
     let mut engine = Engine::new(store, serde_json::json!({})).context("cannot start the engine")?;
@@ -179,7 +185,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         write_keys: args.write_keys.clone(),
         admin_tokens: args.api_tokens.clone(),
         unsubscribe_secret: Some(secret.clone()),
-        inbound_webhook_secrets: parse_secrets(&args.inbound_webhook_secrets)?,
+        inbound_webhook_secrets,
         secure_cookies: args.public_url.as_deref().is_some_and(|url| url.starts_with("https://")),
     };
     if args.demo {
@@ -240,7 +246,6 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
     // People's chat notifications: posts to Slack-compatible incoming webhooks, signed like
     // every outbound webhook when secrets are set.
-    let webhook_secrets = parse_secrets(&args.webhook_secrets)?;
     let chat = WebhookSettings { secrets: webhook_secrets.clone(), allow_private: args.webhook_allow_private };
     connectors = connectors.route(
         "chat",

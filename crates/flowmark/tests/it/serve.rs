@@ -481,6 +481,40 @@ fn oversized_batches_unknown_calls_and_forged_pixels_change_nothing() {
     assert!(problem["detail"].as_str().unwrap().contains("the limit is 512000 bytes (500 KB) per batch"), "{problem}");
     let (status, _, problem) = server.send("purchase", &json!({ "userId": "ada" }));
     assert_eq!((status, problem["title"].as_str()), (404, Some("Unknown call")));
+    // Past the limit of any body: refused, as a problem detail that names the limit.
+    let mut stream = TcpStream::connect(&server.address).unwrap();
+    let basic = base64::engine::general_purpose::STANDARD.encode("wk:");
+    let oversized = 1024 * 1024 + 1;
+    write!(
+        stream,
+        "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {basic}\r\n\
+         Content-Type: application/json\r\nContent-Length: {oversized}\r\n\r\n"
+    )
+    .unwrap();
+    // The server may answer (and stop reading) before the whole body is sent.
+    let _ = stream.write_all(&vec![b' '; oversized]);
+    // The answer is read by its length: the connection may stay open.
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut response = String::new();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap();
+        }
+        response.push_str(&line);
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    response.push_str(&String::from_utf8_lossy(&body));
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("content-type: application/problem+json"), "{response}");
+    assert!(response.contains("the limit for any request"), "{response}");
     let mut stream = TcpStream::connect(&server.address).unwrap();
     write!(stream, "GET /t/o/not-a-token HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = Vec::new();
@@ -627,4 +661,33 @@ fn an_api_call_runs_lead_routing_and_answers_with_its_result() {
     assert_eq!((status, problem["title"].as_str()), (400, Some("Start too large")));
     assert_eq!(server.api("GET", "/api/runs?workflow=lead-routing", b"").2, before, "nothing started");
     server.stop();
+}
+
+#[test]
+fn bad_flags_stop_serve_before_it_opens_anything() {
+    let dir = super::validate::tempdir().join("bad-flags");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("flowmark.db");
+    let cases: [(&[&str], &str); 6] = [
+        (&["--effects-per-second", "0"], "is not a rate"),
+        (&["--smtp-per-second", "fast"], "is not a rate"),
+        (&["--effects-concurrency", "0"], "0 is not in 1..=256"),
+        (&["--webhook-secret", "not-a-secret"], "a webhook secret is not usable"),
+        (&["--inbound-webhook-secret", "whsec_!!"], "a webhook secret is not usable"),
+        (&["--smtp-url", "ftp://mail.example.com"], "`ftp` is not smtp or smtps"),
+    ];
+    for (flags, says) in cases {
+        let output = crate::flowmark()
+            .args(["serve", "--bind", "127.0.0.1:0", "--db"])
+            .arg(&db)
+            .args(flags)
+            .timeout(std::time::Duration::from_secs(30))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(says), "{flags:?} says {says:?}: {stderr}");
+        assert!(!db.exists(), "{flags:?} opened the database");
+    }
 }

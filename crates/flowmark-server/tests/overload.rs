@@ -1,0 +1,91 @@
+//! Back-pressure, over real HTTP: while the owner's queue is full, ingestion answers `429`
+//! with `Retry-After` and stores nothing; once the owner catches up, the same call goes in.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, mpsc};
+
+use base64::Engine as _;
+use flowmark_core::Timestamp;
+use flowmark_runtime::{Connectors, Engine, LogConnector};
+use flowmark_server::owner::{Command, Owner};
+use flowmark_server::{Config, router};
+use flowmark_store::{SqliteStore, Store};
+
+fn track(address: &str, message_id: &str) -> String {
+    let body = serde_json::json!({ "userId": "ada", "event": "Page Viewed", "messageId": message_id }).to_string();
+    let basic = base64::engine::general_purpose::STANDARD.encode("wk:");
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST /v1/track HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic {basic}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// Runs `work` on the owner thread and waits for its answer; while the queue is still full
+/// of what the owner is catching up on, tries again.
+fn on_owner<T: Send + 'static>(
+    owner: &Owner,
+    work: impl Fn(&mut Engine<SqliteStore>, Timestamp) -> T + Clone + Send + 'static,
+) -> T {
+    let (reply, answer) = mpsc::channel();
+    for _ in 0..1000 {
+        let (work, reply) = (work.clone(), reply.clone());
+        if owner.send(Command::Query(Box::new(move |engine, now| {
+            let _ = reply.send(work(engine, now));
+        }))) {
+            return answer.recv().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the owner never took the command");
+}
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after_and_stores_nothing() {
+    let engine = Engine::new(SqliteStore::open_in_memory().unwrap(), serde_json::json!({})).unwrap();
+    let (owner, owner_thread) = Owner::start(engine, Connectors::new(Arc::new(LogConnector::default())));
+    let config = Config { write_keys: vec!["wk".to_owned()], ..Config::default() };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let app = router(owner.clone(), config);
+    runtime.spawn(async move { axum::serve(listener, app).await });
+
+    // The owner takes a command that holds it until released; then the queue fills up.
+    let (entered, is_inside) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    assert!(owner.send(Command::Query(Box::new(move |_, _| {
+        entered.send(()).unwrap();
+        let _ = released.recv();
+    }))));
+    is_inside.recv().unwrap();
+    let mut queued = 0;
+    while owner.send(Command::Query(Box::new(|_, _| {}))) {
+        queued += 1;
+    }
+    assert_eq!(queued, flowmark_server::owner::QUEUE_COUNT_MAX);
+
+    let response = track(&address, "m-refused");
+    assert!(response.starts_with("HTTP/1.1 429"), "{response}");
+    assert!(response.contains("retry-after: 1\r\n"), "{response}");
+    assert!(response.contains("content-type: application/problem+json"), "{response}");
+    assert!(response.contains("\"title\":\"Overloaded\""), "{response}");
+
+    release.send(()).unwrap();
+    let stored = on_owner(&owner, |engine, _| engine.store().has_event("m-refused").unwrap());
+    assert!(!stored, "a refused event is not stored");
+    let response = track(&address, "m-later");
+    assert!(response.starts_with("HTTP/1.1 200"), "once the owner catches up the call goes in: {response}");
+    assert!(on_owner(&owner, |engine, _| engine.store().has_event("m-later").unwrap()));
+
+    drop(runtime);
+    drop(owner);
+    owner_thread.join().unwrap();
+}
