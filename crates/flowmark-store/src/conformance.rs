@@ -50,6 +50,8 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
     attempts_contacts_and_results_commit_together(make()).expect("attempts_contacts_and_results_commit_together");
     events_are_deduplicated_by_message_id(make()).expect("events_are_deduplicated_by_message_id");
     the_outbox_retries_and_completes(make()).expect("the_outbox_retries_and_completes");
+    a_runs_transitions_in_one_batch_read_back_in_order(make())
+        .expect("a_runs_transitions_in_one_batch_read_back_in_order");
     workflow_versions_are_immutable(make()).expect("workflow_versions_are_immutable");
     contacts_merge_traits(make()).expect("contacts_merge_traits");
     tokens_are_found_by_hash(make()).expect("tokens_are_found_by_hash");
@@ -174,6 +176,52 @@ pub fn attempts_contacts_and_results_commit_together(mut store: Box<dyn Store>) 
     assert_eq!(store.ready_effects(T0, 10)?.len(), 1, "only the other run's effect is left");
     let history = store.history(RunId(1))?;
     assert_eq!(history.last().unwrap()["what"], "effect_result", "the result is in the run's history");
+    Ok(())
+}
+
+/// A run that starts, has its effect completed and its timer fired in one batch reads back
+/// as if the three had been committed one by one: the latest state, every history entry in
+/// order, no timer left, and the effect finished (recorded in the batch that added it).
+pub fn a_runs_transitions_in_one_batch_read_back_in_order(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let workflow = workflow();
+    let started = start(&workflow, 1, "c-1");
+    let key = started.effects[0].key.clone();
+    let input = Input::EffectCompleted { key: key.clone(), ok: true, detail: Some("250 ok".into()) };
+    let completed = handle(&workflow, started.run.clone(), &input, &Facts::empty(), T0);
+    let timer = completed.run.timers[0].clone();
+    let fired =
+        handle(&workflow, completed.run.clone(), &Input::TimerFired { timer: timer.id }, &Facts::empty(), timer.due_at);
+    let done = Attempt::Done { detail: Some("250 ok".into()) };
+    let batch = Batch {
+        transitions: vec![&started, &completed, &fired],
+        attempts: vec![(key.as_str(), &done)],
+        ..Batch::default()
+    };
+    store.write(&batch, timer.due_at)?;
+    assert_eq!(store.run(RunId(1))?, Some(fired.run.clone()), "the latest state is stored");
+    let whats: Vec<_> = [&started, &completed, &fired]
+        .iter()
+        .flat_map(|t| t.history.iter())
+        .map(|h| serde_json::to_value(h).unwrap()["what"].clone())
+        .collect();
+    let stored: Vec<_> = store.history(RunId(1))?.iter().map(|h| h["what"].clone()).collect();
+    assert_eq!(stored, whats, "every transition's history, in order");
+    assert!(store.due_timers(Timestamp(i64::MAX), 10)?.is_empty(), "the fired timer is not stored");
+    let ready = store.ready_effects(Timestamp(i64::MAX), 10)?;
+    assert_eq!(ready.len(), 1, "only the goodbye email is pending: {ready:?}");
+    assert_ne!(ready[0].key, key);
+    assert_eq!(store.outbox_depth()?, 1);
+    // The same outcome recorded again changes nothing: the effect stays finished.
+    store.record_attempt(&key, &Attempt::Failed { error: "late".into() }, timer.due_at)?;
+    assert_eq!(store.outbox_depth()?, 1);
+    // A later batch appends after the gathered row.
+    let timer = fired.run.timers.first().cloned();
+    assert!(timer.is_none(), "the run waits for nothing more");
+    let goodbye = ready[0].key.clone();
+    let input = Input::EffectCompleted { key: goodbye, ok: true, detail: None };
+    let last = handle(&workflow, fired.run.clone(), &input, &Facts::empty(), T0);
+    store.commit(&[&last], T0)?;
+    assert_eq!(store.history(RunId(1))?.len(), stored.len() + last.history.len());
     Ok(())
 }
 

@@ -7,10 +7,13 @@
 //!
 //! Invariant: the schema is at the latest migration before any other statement runs.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{Event, Run, RunId, Sent, TimerId, TimerPurpose};
+use flowmark_core::engine::{
+    DecisionRecord, Effect, Event, HistoryEntry, HistoryKind, Run, RunId, Sent, TimerId, TimerPurpose, Transition,
+};
 use flowmark_core::model::Channel;
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
@@ -172,6 +175,12 @@ CREATE INDEX runs_by_position ON runs (workflow_id, status, id, version, at);
 "#,
     crate::work::MIGRATION_INBOX,
     crate::work::MIGRATION_ATTACHMENTS,
+    // The dispatcher reads pending effects only: done and failed ones (most of the outbox,
+    // and every effect applied in its own commit) stay out of the index it reads.
+    r#"
+DROP INDEX outbox_ready;
+CREATE INDEX outbox_pending ON outbox (next_attempt_at, created_at, key) WHERE status = 'pending';
+"#,
 ];
 
 pub struct SqliteStore {
@@ -354,9 +363,19 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         ])?;
     }
     drop(insert);
-    for transition in transitions {
-        let run = &transition.run;
-        let id = run_id(run.id);
+    // Outcomes recorded in this batch for effects it also adds: such a row is inserted with
+    // its outcome (one write instead of an insert and an update).
+    let mut outcomes: HashMap<&str, &Attempt> = attempts
+        .iter()
+        .filter(|(_, attempt)| matches!(attempt, Attempt::Done { .. } | Attempt::Failed { .. }))
+        .map(|(key, attempt)| (*key, *attempt))
+        .collect();
+    let mut recorded: HashSet<&str> = HashSet::new();
+    // A run with several transitions in the batch is written once, in its latest state, with
+    // its history entries and decision records gathered into one row each.
+    for run in per_run(transitions) {
+        let id = run_id(run.state.id);
+        let state = run.state;
         tx.prepare_cached(
             "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, ended_at, state, updated_at, at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
@@ -365,34 +384,56 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         )?
         .execute(params![
             id,
-            run.workflow_id,
-            run.version,
-            run.subject_id,
-            run.status.as_str(),
-            run.started_at.ms(),
-            run.ended_at.map(Timestamp::ms),
-            to_json(run)?,
+            state.workflow_id,
+            state.version,
+            state.subject_id,
+            state.status.as_str(),
+            state.started_at.ms(),
+            state.ended_at.map(Timestamp::ms),
+            to_json(state)?,
             now.ms(),
-            position(run),
+            position(state),
         ])?;
         // A transition's history entries are one row (a JSON array), and so are its decision
-        // records: one insert each per transition instead of one per entry. Rows written as
-        // single objects by earlier versions read back the same.
-        append_chunk(tx, Trail::History, id, &transition.history, |e| (e.at, e.step.as_deref()))?;
-        append_chunk(tx, Trail::Decisions, id, &transition.decisions, |d| (d.at, d.step.as_deref()))?;
-        // The timers table mirrors the run's armed timers: fired and cancelled ones go.
-        tx.prepare_cached("DELETE FROM timers WHERE run_id = ?1")?.execute([id])?;
+        // records: one insert each per run per batch instead of one per entry. Rows written
+        // as single objects by earlier versions read back the same.
+        append_chunk(tx, Trail::History, id, run.fresh, &run.history, |e| (e.at, e.step.as_deref()))?;
+        append_chunk(tx, Trail::Decisions, id, run.fresh, &run.decisions, |d| (d.at, d.step.as_deref()))?;
+        // The timers table mirrors the run's armed timers: fired and cancelled ones go (a run
+        // the batch starts has none stored).
+        if !run.fresh {
+            tx.prepare_cached("DELETE FROM timers WHERE run_id = ?1")?.execute([id])?;
+        }
         let mut insert =
             tx.prepare_cached("INSERT INTO timers (run_id, timer_id, due_at, purpose) VALUES (?1, ?2, ?3, ?4)")?;
-        for timer in &run.timers {
+        for timer in &state.timers {
             insert.execute(params![id, timer.id.0, timer.due_at.ms(), purpose_name(timer.purpose)?])?;
         }
         let mut insert = tx.prepare_cached(
-            "INSERT INTO outbox (key, run_id, step, effect, created_at, attempts, next_attempt_at, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?5, 'pending') ON CONFLICT (key) DO NOTHING",
+            "INSERT INTO outbox (key, run_id, step, effect, created_at, attempts, next_attempt_at, status, result)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5, ?7, ?8) ON CONFLICT (key) DO NOTHING",
         )?;
-        for effect in &transition.effects {
-            let inserted = insert.execute(params![effect.key, id, &*effect.step, to_json(&effect.kind)?, now.ms()])?;
+        for effect in run.effects {
+            let outcome = outcomes.get(effect.key.as_str()).copied();
+            let (tried, status, result) = match outcome {
+                Some(Attempt::Done { detail }) => (1, "done", detail.as_deref()),
+                Some(Attempt::Failed { error }) => (1, "failed", Some(error.as_str())),
+                _ => (0, "pending", None),
+            };
+            let inserted = insert.execute(params![
+                effect.key,
+                id,
+                &*effect.step,
+                to_json(&effect.kind)?,
+                now.ms(),
+                tried,
+                status,
+                result
+            ])?;
+            if inserted == 1 && outcome.is_some() {
+                outcomes.remove(effect.key.as_str());
+                recorded.insert(effect.key.as_str());
+            }
             if inserted == 0 {
                 // The same key again: a retried commit of the same run is harmless; another
                 // run's effect under this key is a bug, and the whole batch is refused.
@@ -406,6 +447,9 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         }
     }
     for (key, attempt) in attempts {
+        if recorded.contains(key) {
+            continue;
+        }
         if let Attempt::Deferred { at } = attempt {
             tx.prepare_cached("UPDATE outbox SET next_attempt_at = ?2 WHERE key = ?1 AND status = 'pending'")?
                 .execute(params![key, at.ms()])?;
@@ -490,6 +534,41 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
     Ok(())
 }
 
+/// What a batch writes for one run: its latest state, and what all its transitions in the
+/// batch added, in order.
+struct RunWrite<'a> {
+    state: &'a Run,
+    history: Vec<&'a HistoryEntry>,
+    decisions: Vec<&'a DecisionRecord>,
+    effects: Vec<&'a Effect>,
+    /// Whether the batch starts the run: nothing of it is stored yet.
+    fresh: bool,
+}
+
+/// Gathers a batch's transitions by run, in the order runs first appear.
+fn per_run<'a>(transitions: &[&'a Transition]) -> Vec<RunWrite<'a>> {
+    let mut index: HashMap<RunId, usize> = HashMap::with_capacity(transitions.len());
+    let mut runs: Vec<RunWrite<'a>> = Vec::with_capacity(transitions.len());
+    for transition in transitions {
+        let at = *index.entry(transition.run.id).or_insert_with(|| {
+            runs.push(RunWrite {
+                state: &transition.run,
+                history: Vec::new(),
+                decisions: Vec::new(),
+                effects: Vec::new(),
+                fresh: transition.history.iter().any(|h| matches!(h.kind, HistoryKind::RunStarted { .. })),
+            });
+            runs.len() - 1
+        });
+        let run = &mut runs[at];
+        run.state = &transition.run;
+        run.history.extend(&transition.history);
+        run.decisions.extend(&transition.decisions);
+        run.effects.extend(&transition.effects);
+    }
+    runs
+}
+
 /// The two append-only trails of a run.
 #[derive(Clone, Copy)]
 enum Trail {
@@ -503,7 +582,8 @@ fn append_chunk<T: serde::Serialize>(
     tx: &Connection,
     trail: Trail,
     run: i64,
-    items: &[T],
+    fresh: bool,
+    items: &[&T],
     key: impl Fn(&T) -> (Timestamp, Option<&str>),
 ) -> Result<(), Error> {
     let Some(first) = items.first() else { return Ok(()) };
@@ -517,7 +597,7 @@ fn append_chunk<T: serde::Serialize>(
             "INSERT INTO decisions (run_id, seq, at, step, record) VALUES (?1, ?2, ?3, ?4, ?5)",
         ),
     };
-    let seq: i64 = tx.prepare_cached(sql_next)?.query_row([run], |row| row.get(0))?;
+    let seq: i64 = if fresh { 0 } else { tx.prepare_cached(sql_next)?.query_row([run], |row| row.get(0))? };
     let (at, step) = key(first);
     let step = step.filter(|step| items.iter().all(|item| key(item).1 == Some(*step)));
     tx.prepare_cached(sql_insert)?.execute(params![run, seq, at.ms(), step, to_json(items)?])?;

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{EffectKind, Event, Facts, Input, Run, RunId, Transition, apply_update, handle};
+use flowmark_core::engine::{Effect, EffectKind, Event, Facts, Input, Run, RunId, Transition, apply_update, handle};
 use flowmark_core::expr::Scope;
 use flowmark_core::model::{SegmentEdge, Trigger, Workflow};
 use flowmark_store::{Batch, ContactChange, ScoreRecord, Store};
@@ -191,10 +191,11 @@ impl<S: Store> Engine<S> {
         Ok(())
     }
 
-    /// Applies the `update` effects of `unit.transitions[range]` to their subjects in this
-    /// unit: an update is internal, so it takes effect in the commit of the step that ran it
-    /// (exactly once), its outbox row is recorded done in that commit, and its result goes
-    /// back to its run there too. Returns the segment edges the changes cause.
+    /// Applies the internal effects of `unit.transitions[range]` — `update` and `score` — to
+    /// their subjects in this unit: they change nothing outside Flowmark, so they take effect
+    /// in the commit of the step that ran them (exactly once), their outbox rows are recorded
+    /// done in that commit, and their results go back to their runs there too. Returns what
+    /// the changes cause: thresholds crossed and segment edges.
     fn apply_updates(
         &mut self,
         unit: &mut Unit,
@@ -202,32 +203,50 @@ impl<S: Store> Engine<S> {
         applied: &mut Vec<(String, flowmark_store::Attempt)>,
         now: Timestamp,
     ) -> Result<Vec<Incoming>, Error> {
-        let updates: Vec<(RunId, String, String, serde_json::Map<String, Value>)> = unit.transitions[range]
+        let internal: Vec<(RunId, String, Effect)> = unit.transitions[range]
             .iter()
             .flat_map(|t| {
-                t.effects.iter().filter_map(|effect| match &effect.kind {
-                    EffectKind::UpdateSubject { set } => {
-                        Some((t.run.id, t.run.subject_id.clone(), effect.key.clone(), set.clone()))
-                    }
-                    _ => None,
-                })
+                t.effects
+                    .iter()
+                    .filter(|effect| {
+                        matches!(effect.kind, EffectKind::UpdateSubject { .. } | EffectKind::AdjustScore { .. })
+                    })
+                    .map(|effect| (t.run.id, t.run.subject_id.clone(), effect.clone()))
             })
             .collect();
         let mut caused = Vec::new();
-        for (run_id, subject_id, key, set) in updates {
-            let (data, _) = self.subject_in(unit, &subject_id)?;
-            apply_update(data, &set);
-            unit.contact_changes.push((subject_id.clone(), Value::Object(set), None));
+        for (run_id, subject_id, effect) in internal {
             let Some(run) = self.latest_state(&unit.transitions, run_id)? else { continue };
+            let (data, _) = self.subject_in(unit, &subject_id)?;
+            match effect.kind {
+                EffectKind::UpdateSubject { set } => {
+                    apply_update(data, &set);
+                    unit.contact_changes.push((subject_id.clone(), Value::Object(set), None));
+                }
+                EffectKind::AdjustScore { model, change } => {
+                    let mut subject = data.clone();
+                    let (traits, record, crossings) =
+                        self.apply_score(&run, &effect.step, &model, change, &mut subject, now);
+                    self.subject_in(unit, &subject_id)?.0 = subject;
+                    unit.contact_changes.push((subject_id.clone(), traits, None));
+                    unit.score_records.push(record);
+                    for crossing in crossings {
+                        if unit.generate(&crossing.event) {
+                            caused.push(crossing);
+                        }
+                    }
+                }
+                _ => continue,
+            }
             let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
             let subject = unit.subjects.get(&subject_id).map_or(Value::Null, |(data, _)| data.clone());
             // The result only adds to the run's history: nothing else of the facts is read.
             let facts = Facts { subject: &subject, env: &self.env, ..Facts::empty() };
-            let input = Input::EffectCompleted { key: key.clone(), ok: true, detail: None };
+            let input = Input::EffectCompleted { key: effect.key.clone(), ok: true, detail: None };
             unit.push(handle(&workflow, run, &input, &facts, now));
-            applied.push((key.clone(), flowmark_store::Attempt::Done { detail: None }));
+            applied.push((effect.key.clone(), flowmark_store::Attempt::Done { detail: None }));
             if !self.segments.is_empty() {
-                caused.extend(self.segment_edges(unit, &subject_id, Change::Contact, &key, now)?);
+                caused.extend(self.segment_edges(unit, &subject_id, Change::Contact, &effect.key, now)?);
             }
         }
         Ok(caused)

@@ -758,6 +758,20 @@ impl<S: Store> Engine<S> {
         let model = entry.effect.get("model").and_then(Value::as_str).unwrap_or("score");
         let change = serde_json::from_value::<ScoreChange>(entry.effect["change"].clone())
             .map_err(|_| format!("unreadable score change {}", entry.effect["change"]))?;
+        Ok(self.apply_score(run, &entry.step, model, change, subject, now))
+    }
+
+    /// Applies a score step's change to `subject` (the model's decay first); returns the
+    /// traits to merge, the history record and the threshold events it crossed.
+    pub(super) fn apply_score(
+        &self,
+        run: &Run,
+        step: &str,
+        model: &str,
+        change: ScoreChange,
+        subject: &mut Value,
+        now: Timestamp,
+    ) -> (Value, ScoreRecord, Vec<Incoming>) {
         let mut current = subject.clone();
         self.scoring.decay_scores(&mut current, now);
         let before = current.get("scores").and_then(|s| s.get(model)).and_then(Value::as_f64).unwrap_or(0.0);
@@ -765,7 +779,7 @@ impl<S: Store> Engine<S> {
             ScoreChange::Add(delta) => delta,
             ScoreChange::Set(value) => value - before,
         };
-        let reason = format!("step:{}/{}", run.workflow_id, entry.step);
+        let reason = format!("step:{}/{step}", run.workflow_id);
         let applied = self.scoring.change(&run.subject_id, subject, model, delta, now, reason);
         let crossings = self
             .scoring
@@ -774,7 +788,7 @@ impl<S: Store> Engine<S> {
             .map(|name| Incoming::event(&run.subject_id, Models::threshold_event(&applied, name)))
             .collect();
         let traits = serde_json::json!({ "scores": subject["scores"], "scores_at": subject["scores_at"] });
-        Ok((traits, applied, crossings))
+        (traits, applied, crossings)
     }
 
     /// Performs a `start_run` effect: a run of the named workflow (its latest version) for the

@@ -195,7 +195,7 @@ fn segments_survive_a_restart_and_bad_ones_are_refused_whole() {
 }
 
 #[test]
-fn a_score_step_moves_membership_in_the_dispatchers_commit() {
+fn a_score_step_moves_membership_in_the_commit_of_its_step() {
     let mut engine = engine();
     let (_, mut connectors) = recording();
     let hot: SegmentsSource =
@@ -220,13 +220,16 @@ steps:
     action: { update: { set: { hot: true } } }
 "#;
     engine.deploy("hot.yaml", hot_welcome, NOON).unwrap();
+    // A score is internal: the event, the score step, the score it moved, the membership,
+    // its edge, the run the edge starts and that run's update all commit together.
     engine.ingest("lin", track("d-1", "Demo Requested", at(0), json!({})), at(0)).unwrap();
-    assert_eq!(members(&engine, "lin"), json!(null));
-    // One dispatch round performs the score step; the membership, its edge and the run the
-    // edge starts are committed with it.
-    engine.dispatch(at(0), 1, &mut connectors).unwrap();
     assert_eq!(members(&engine, "lin"), json!(["hot"]));
+    let contact = engine.store().contact("lin").unwrap().unwrap();
+    assert_eq!((contact.traits["scores"]["engagement"].as_f64(), &contact.traits["hot"]), (Some(60.0), &json!(true)));
+    let scorer_runs = runs_of(&mut engine, "scorer");
+    assert_eq!(scorer_runs.len(), 1);
+    assert_eq!(scorer_runs[0].status, RunStatus::Completed, "the score's result went back to its run");
     assert_eq!(runs_of(&mut engine, "hot-welcome").len(), 1);
-    engine.dispatch(at(0), 100, &mut connectors).unwrap();
-    assert_eq!(engine.store().contact("lin").unwrap().unwrap().traits["hot"], true);
+    assert_eq!(engine.store().score_history("lin", 10).unwrap().len(), 1, "the change is in the score history");
+    assert_eq!(engine.dispatch(at(0), 100, &mut connectors).unwrap(), 0, "nothing is left for the dispatcher");
 }
