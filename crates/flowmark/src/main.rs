@@ -53,6 +53,13 @@ enum Command {
     Token(token::Command),
 }
 
+/// mimalloc instead of the C library's allocator: the engine makes and drops many small
+/// values per transition, often on another thread than the one that made them (a request
+/// parsed on an HTTP worker, freed by the owner), which glibc's malloc serves slowly
+/// (measured in docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

@@ -228,6 +228,9 @@ pub fn run_timers(args: &TimerArgs, dir: &Path, fsync: &Fsync) -> anyhow::Result
     let mut engine = Engine::new(SqliteStore::open(&db)?, json!({}))?;
     engine.deploy("storm.yaml", STORM, T0).map_err(|e| anyhow::anyhow!("{e}"))?;
     let setup = Instant::now();
+    // Resident memory each time the waiting runs grow tenfold (from 10 000): flat means the
+    // engine holds none of them.
+    let mut rss_by_waiting = serde_json::Map::new();
     for start in (0..args.timers).step_by(10_000) {
         let events = (start..(start + 10_000).min(args.timers))
             .map(|i| {
@@ -241,6 +244,10 @@ pub fn run_timers(args: &TimerArgs, dir: &Path, fsync: &Fsync) -> anyhow::Result
             })
             .collect();
         engine.ingest_many(events, T0)?;
+        let waiting = (start + 10_000).min(args.timers);
+        if waiting >= 10_000 && (waiting == args.timers || is_power_of_ten(waiting)) {
+            rss_by_waiting.insert(waiting.to_string(), json!(rss_bytes()));
+        }
         if start.is_multiple_of(100_000) {
             eprintln!("timers: {start} runs waiting …");
         }
@@ -283,7 +290,15 @@ pub fn run_timers(args: &TimerArgs, dir: &Path, fsync: &Fsync) -> anyhow::Result
         "timers_per_s": (fired as f64 / storm_s).round(),
         "lateness_ms": { "p50": percentile(50.0), "p99": percentile(99.0), "max": percentile(100.0) },
         "rss_bytes_with_all_runs_waiting": rss_waiting,
+        "rss_bytes_by_runs_waiting": rss_by_waiting,
         "fsync": fsync.json(),
     }));
     Ok(())
+}
+
+fn is_power_of_ten(mut n: usize) -> bool {
+    while n >= 10 && n.is_multiple_of(10) {
+        n /= 10;
+    }
+    n == 1
 }
