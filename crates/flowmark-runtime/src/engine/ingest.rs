@@ -415,8 +415,7 @@ impl<S: Store> Engine<S> {
                         }
                         other => starts_on(other, &event),
                     });
-                    let in_unit: Vec<&Run> = unit.runs.values().collect();
-                    if !triggered || !self.may_enter(workflow, &subject_id, now, &in_unit)? {
+                    if !triggered || !self.may_enter(workflow, &subject_id, now, unit.runs.values())? {
                         continue;
                     }
                     let id = self.allocate_run_id();

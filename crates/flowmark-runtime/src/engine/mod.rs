@@ -363,16 +363,25 @@ impl<S: Store> Engine<S> {
     }
 
     /// May `subject_id` start `workflow` now, by its entry rule? `batch` holds runs this same
-    /// batch already started or changed, newer than the store's.
-    fn may_enter(&self, workflow: &Workflow, subject_id: &str, now: Timestamp, batch: &[&Run]) -> Result<bool, Error> {
+    /// batch already started or changed, newer than the store's; it is only read when the
+    /// rule needs the subject's latest run.
+    fn may_enter<'r>(
+        &self,
+        workflow: &Workflow,
+        subject_id: &str,
+        now: Timestamp,
+        batch: impl IntoIterator<Item = &'r Run>,
+    ) -> Result<bool, Error> {
         if workflow.entry == Entry::Always {
             // Nothing to look up: every start is let in.
             return Ok(true);
         }
-        let in_batch =
-            batch.iter().filter(|r| r.workflow_id == workflow.id && r.subject_id == subject_id).max_by_key(|r| r.id);
+        let in_batch = batch
+            .into_iter()
+            .filter(|r| r.workflow_id == workflow.id && r.subject_id == subject_id)
+            .max_by_key(|r| r.id);
         let latest = match in_batch {
-            Some(run) => Some((*run).clone()),
+            Some(run) => Some(run.clone()),
             None => self.store.latest_run(&workflow.id, subject_id)?,
         };
         Ok(match (workflow.entry, latest) {
@@ -419,8 +428,7 @@ impl<S: Store> Engine<S> {
                 continue;
             }
             let workflow = self.workflow(&workflow_id, Some(summary.latest_version))?;
-            let in_unit: Vec<&Run> = unit.runs.values().collect();
-            if !self.may_enter(&workflow, &subject_id, now, &in_unit)? {
+            if !self.may_enter(&workflow, &subject_id, now, unit.runs.values())? {
                 answers.push(Started::EntryRefused);
                 continue;
             }
@@ -684,18 +692,23 @@ impl<S: Store> Engine<S> {
             attempts.push((entry.key.clone(), attempt, attempt_number));
             let (Some((ok, detail)), Some(owner)) = (final_result, owner) else { continue };
             let run = runs.remove(&owner.id).unwrap_or(owner);
-            // The result goes back to the run as an input, committed with the attempt.
+            // The result goes back to the run as an input, committed with the attempt. It only
+            // adds to the run's history, so no facts are loaded for it.
             let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-            let mut facts = self.load_facts(&run.subject_id, now, Needs::of(&workflow))?;
-            if let Some((subject, _)) = unit.subjects.get(&run.subject_id) {
-                facts.subject = subject.clone();
-            }
+            let subject = unit.subjects.get(&run.subject_id).map_or(Value::Null, |(data, _)| data.clone());
             let input = Input::EffectCompleted { key: entry.key.clone(), ok, detail };
             let id = run.id;
-            let mut t = handle(&workflow, run, &input, &facts.facts(&self.env), now);
-            // A subflow that could not start ends, for a parent waiting on it, as failed.
+            let subject_id = run.subject_id.clone();
+            let mut t =
+                handle(&workflow, run, &input, &Facts { subject: &subject, env: &self.env, ..Facts::empty() }, now);
+            // A subflow that could not start ends, for a parent waiting on it, as failed: the
+            // parent moves on, so it reads its facts.
             let kind = entry.effect.get("effect").and_then(Value::as_str);
             if kind == Some("start_run") && !ok && entry.effect.get("wait").and_then(Value::as_bool) == Some(true) {
+                let mut facts = self.load_facts(&subject_id, now, Needs::of(&workflow))?;
+                if let Some((subject, _)) = unit.subjects.get(&subject_id) {
+                    facts.subject = subject.clone();
+                }
                 let input = Input::SubflowEnded { step: entry.step.clone(), status: RunStatus::Failed };
                 unit.transitions.push(t.clone());
                 t = handle(&workflow, t.run, &input, &facts.facts(&self.env), now);
@@ -931,8 +944,7 @@ impl<S: Store> Engine<S> {
             if !triggered {
                 continue;
             }
-            let in_batch: Vec<&Run> = transitions.iter().map(|t| &t.run).collect();
-            if !self.may_enter(workflow, &ended.subject_id, now, &in_batch)? {
+            if !self.may_enter(workflow, &ended.subject_id, now, transitions.iter().map(|t| &t.run))? {
                 continue;
             }
             let event = Event {
@@ -1110,8 +1122,7 @@ impl<S: Store> Engine<S> {
             let needs = Needs::of(&workflow);
             let version = version_of(&self.compiled, &workflow);
             for subject in &subjects {
-                let in_batch: Vec<&Run> = batch_runs.values().collect();
-                if !self.may_enter(&workflow, subject, now, &in_batch)? {
+                if !self.may_enter(&workflow, subject, now, batch_runs.values())? {
                     continue;
                 }
                 let facts = self.load_facts(subject, now, needs)?;
