@@ -691,3 +691,46 @@ fn bad_flags_stop_serve_before_it_opens_anything() {
         assert!(!db.exists(), "{flags:?} opened the database");
     }
 }
+
+/// A raw request that answers with the whole head (status line and headers) and the body.
+fn raw(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+#[test]
+fn ui_filters_and_calendar_parameters_that_do_not_parse_are_ignored() {
+    let dir = super::validate::tempdir().join("ui-bad-params");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = Server::start_with(&dir.join("flowmark.db"), &["--demo"]);
+    let form = "email=sam%40example.com&password=flowmark-demo&next=%2Fui";
+    let (head, _) =
+        raw(&server.address, "POST", "/ui/login", &[("Content-Type", "application/x-www-form-urlencoded")], form);
+    let cookie = head
+        .lines()
+        .find_map(|line| line.strip_prefix("set-cookie: "))
+        .and_then(|value| value.split(';').next())
+        .unwrap_or_else(|| panic!("signing in sets a session cookie: {head}"))
+        .to_owned();
+    let page = |path: &str| {
+        let (head, body) = raw(&server.address, "GET", path, &[("Cookie", &cookie)], "");
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        body
+    };
+    let all_runs = page("/ui/runs");
+    assert!(all_runs.contains("blog-post"), "the demo's blog post run is listed");
+    assert_eq!(page("/ui/runs?status=bogus&version=x"), all_runs, "filters that do not parse are ignored");
+    let this_month = page("/ui/calendar");
+    assert_eq!(page("/ui/calendar?date=not-a-date&view=fortnight"), this_month, "the calendar falls back to today");
+    server.stop();
+}
