@@ -59,6 +59,9 @@ pub const BATCH_SIZE_BYTES_MAX: usize = 500 * 1024;
 /// Largest workflow definition accepted over HTTP (the same as from a file).
 pub const REQUEST_SIZE_BYTES_MAX: usize = DEFINITION_SIZE_BYTES_MAX;
 
+/// Characters in the `Idempotency-Key` of a hand start (`POST /api/workflows/{id}/runs`).
+pub const IDEMPOTENCY_KEY_LENGTH_MAX: usize = 255;
+
 const _: () = assert!(EVENT_SIZE_BYTES_MAX <= BATCH_SIZE_BYTES_MAX);
 const _: () = assert!(BATCH_SIZE_BYTES_MAX <= REQUEST_SIZE_BYTES_MAX);
 const _: () = assert!(TEMPLATE_LENGTH_MAX <= DEFINITION_SIZE_BYTES_MAX);

@@ -112,6 +112,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.latest_run(workflow_id, subject_id)
     }
 
+    fn start_key(&self, workflow_id: &str, key: &str) -> Result<Option<RunId>, Error> {
+        self.inner.start_key(workflow_id, key)
+    }
+
     fn history(&self, id: RunId) -> Result<Vec<Value>, Error> {
         self.inner.history(id)
     }

@@ -19,7 +19,9 @@ use flowmark_core::Timestamp;
 use std::collections::HashMap;
 
 use flowmark_core::engine::{RunId, RunStatus};
-use flowmark_core::limits::{BATCH_SIZE_BYTES_MAX, EVENT_SIZE_BYTES_MAX, REQUEST_SIZE_BYTES_MAX};
+use flowmark_core::limits::{
+    BATCH_SIZE_BYTES_MAX, EVENT_SIZE_BYTES_MAX, IDEMPOTENCY_KEY_LENGTH_MAX, REQUEST_SIZE_BYTES_MAX,
+};
 use flowmark_runtime::{DeployError, StartRequest, Started};
 use flowmark_store::{RunFilter, Scope, Store, WorkflowStatus};
 use serde_json::{Value, json};
@@ -1205,9 +1207,13 @@ async fn start_run(State(app): State<App>, headers: HeaderMap, Path(id): Path<St
     if let Some(response) = over_event_size("Start too large", &body) {
         return response;
     }
+    let idempotency_key = match idempotency_key(&headers) {
+        Ok(key) => key,
+        Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid idempotency key", detail),
+    };
     let request = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(fields)) => match start_request(&id, fields) {
-            Ok(request) => request,
+            Ok(request) => StartRequest { idempotency_key, ..request },
             Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid start", detail),
         },
         Ok(_) => return problem(StatusCode::BAD_REQUEST, "Invalid start", "the body must be a JSON object"),
@@ -1221,10 +1227,20 @@ async fn start_run(State(app): State<App>, headers: HeaderMap, Path(id): Path<St
         Err(response) => return response,
     };
     match answer {
-        Some(Started::Run { id: run, status, outputs }) => {
+        Some(Started::Run { id: run, status, outputs, replayed }) => {
             let body = json!({ "run": run, "status": status, "steps": outputs });
-            (StatusCode::CREATED, axum::Json(body)).into_response()
+            let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();
+            if replayed {
+                // The answer to a retry: the run an earlier call with this key started.
+                response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            }
+            response
         }
+        Some(Started::KeyReused { run }) => problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Idempotency key reused",
+            format!("this Idempotency-Key started run {} for another subject; use a new key for a new start", run.0),
+        ),
         Some(Started::EntryRefused) => problem(
             StatusCode::CONFLICT,
             "Entry refused",
@@ -1238,6 +1254,19 @@ async fn start_run(State(app): State<App>, headers: HeaderMap, Path(id): Path<St
         }
         None => internal("the engine gave no answer for the start"),
     }
+}
+
+/// The `Idempotency-Key` header of a start, if sent: 1 to `IDEMPOTENCY_KEY_LENGTH_MAX`
+/// visible ASCII characters (a UUID is the usual choice).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().map_err(|_| "the Idempotency-Key header must be visible ASCII".to_owned())?.trim();
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_LENGTH_MAX || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "the Idempotency-Key header must be 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} visible ASCII characters, such as a UUID"
+        ));
+    }
+    Ok(Some(key.to_owned()))
 }
 
 /// The start a body asks for, or what is wrong with it.
@@ -1270,7 +1299,7 @@ fn start_request(workflow: &str, mut fields: serde_json::Map<String, Value>) -> 
         }
         Some(_) => return Err(format!("`event` must be an object: {SHAPE}")),
     };
-    Ok(StartRequest { workflow_id: workflow.to_owned(), subject_id: subject, event })
+    Ok(StartRequest { workflow_id: workflow.to_owned(), subject_id: subject, event, idempotency_key: None })
 }
 
 #[cfg(test)]

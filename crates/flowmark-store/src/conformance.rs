@@ -50,6 +50,7 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
     attempts_contacts_and_results_commit_together(make()).expect("attempts_contacts_and_results_commit_together");
     events_are_deduplicated_by_message_id(make()).expect("events_are_deduplicated_by_message_id");
     the_outbox_retries_and_completes(make()).expect("the_outbox_retries_and_completes");
+    start_keys_find_the_run_they_started(make()).expect("start_keys_find_the_run_they_started");
     a_runs_transitions_in_one_batch_read_back_in_order(make())
         .expect("a_runs_transitions_in_one_batch_read_back_in_order");
     workflow_versions_are_immutable(make()).expect("workflow_versions_are_immutable");
@@ -222,6 +223,31 @@ pub fn a_runs_transitions_in_one_batch_read_back_in_order(mut store: Box<dyn Sto
     let last = handle(&workflow, fired.run.clone(), &input, &Facts::empty(), T0);
     store.commit(&[&last], T0)?;
     assert_eq!(store.history(RunId(1))?.len(), stored.len() + last.history.len());
+    Ok(())
+}
+
+/// A hand start's idempotency key is stored with the run it started, per workflow, in the
+/// commit of the start; a refused batch stores no key.
+pub fn start_keys_find_the_run_they_started(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let workflow = workflow();
+    let good = start(&workflow, 1, "c-1");
+    let mut bad = start(&workflow, 2, "c-2");
+    bad.effects[0].key = good.effects[0].key.clone(); // another run's key: refused
+    let refused = Batch {
+        transitions: vec![&good, &bad],
+        start_keys: vec![("conformance", "k-1", RunId(1))],
+        ..Batch::default()
+    };
+    assert!(store.write(&refused, T0).is_err());
+    assert_eq!(store.start_key("conformance", "k-1")?, None, "a refused batch stores no key");
+    let accepted =
+        Batch { transitions: vec![&good], start_keys: vec![("conformance", "k-1", RunId(1))], ..Batch::default() };
+    store.write(&accepted, T0)?;
+    assert_eq!(store.start_key("conformance", "k-1")?, Some(RunId(1)));
+    assert_eq!(store.start_key("conformance", "k-2")?, None, "another key");
+    assert_eq!(store.start_key("other", "k-1")?, None, "keys are per workflow");
+    let again = Batch { start_keys: vec![("conformance", "k-1", RunId(1))], ..Batch::default() };
+    assert!(store.write(&again, T0).is_err(), "a key is stored once");
     Ok(())
 }
 

@@ -207,6 +207,8 @@ pub struct Batch<'a> {
     /// Effects added to the outbox that no transition emitted (a notification's deliveries),
     /// pending from `next_attempt_at`; one whose key is there already is skipped.
     pub outbox: Vec<&'a OutboxEntry>,
+    /// Idempotency keys of hand starts, `(workflow, key, run)`: the run a key started.
+    pub start_keys: Vec<(&'a str, &'a str, RunId)>,
 }
 
 impl Batch<'_> {
@@ -224,6 +226,7 @@ impl Batch<'_> {
             && self.notifications.is_empty()
             && self.digested.is_empty()
             && self.outbox.is_empty()
+            && self.start_keys.is_empty()
     }
 }
 
@@ -298,6 +301,9 @@ pub trait Store {
 
     /// Runs matching a filter, newest first, at most `limit`.
     fn runs(&self, filter: &RunFilter, limit: usize) -> Result<Vec<Run>, Error>;
+
+    /// The run a hand start with this idempotency key started for this workflow, if one did.
+    fn start_key(&self, workflow_id: &str, key: &str) -> Result<Option<RunId>, Error>;
 
     /// The latest run of a workflow for a subject, active or not, for entry rules.
     fn latest_run(&self, workflow_id: &str, subject_id: &str) -> Result<Option<Run>, Error>;

@@ -181,6 +181,17 @@ CREATE INDEX runs_by_position ON runs (workflow_id, status, id, version, at);
 DROP INDEX outbox_ready;
 CREATE INDEX outbox_pending ON outbox (next_attempt_at, created_at, key) WHERE status = 'pending';
 "#,
+    // Hand starts sent with an `Idempotency-Key`: a retried call answers the run the first
+    // one started instead of starting another.
+    r#"
+CREATE TABLE start_keys (
+    workflow_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (workflow_id, key)
+) WITHOUT ROWID;
+"#,
 ];
 
 pub struct SqliteStore {
@@ -344,6 +355,7 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         notifications,
         digested,
         outbox,
+        start_keys,
     } = batch;
     for change in contacts {
         merge_contact(tx, change, now)?;
@@ -445,6 +457,10 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
                 }
             }
         }
+    }
+    for (workflow_id, key, run) in start_keys {
+        tx.prepare_cached("INSERT INTO start_keys (workflow_id, key, run_id, created_at) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![workflow_id, key, run_id(*run), now.ms()])?;
     }
     for (key, attempt) in attempts {
         if recorded.contains(key) {
@@ -782,6 +798,15 @@ impl Store for SqliteStore {
             Ok(Position { version, steps, runs: runs as u64 })
         })
         .collect()
+    }
+
+    fn start_key(&self, workflow_id: &str, key: &str) -> Result<Option<RunId>, Error> {
+        let run: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT run_id FROM start_keys WHERE workflow_id = ?1 AND key = ?2")?
+            .query_row([workflow_id, key], |row| row.get(0))
+            .optional()?;
+        Ok(run.map(|id| RunId(id as u64)))
     }
 
     fn latest_run(&self, workflow_id: &str, subject_id: &str) -> Result<Option<Run>, Error> {

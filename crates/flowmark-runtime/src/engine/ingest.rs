@@ -66,6 +66,8 @@ pub(super) struct Unit {
     pub generated: HashSet<String>,
     /// Inbox changes to write besides those the transitions make.
     pub work: Vec<flowmark_store::WorkChange>,
+    /// Idempotency keys of the hand starts in this unit: `(workflow, key, run)`.
+    pub start_keys: Vec<(String, String, RunId)>,
 }
 
 impl Unit {
@@ -86,6 +88,11 @@ impl Unit {
             score_changes: self.score_records.iter().collect(),
             notifications: self.notifications.iter().collect(),
             outbox: self.outbox.iter().collect(),
+            start_keys: self
+                .start_keys
+                .iter()
+                .map(|(workflow, key, run)| (workflow.as_str(), key.as_str(), *run))
+                .collect(),
             ..Batch::default()
         }
     }

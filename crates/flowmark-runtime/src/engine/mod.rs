@@ -103,6 +103,9 @@ pub struct StartRequest {
     pub subject_id: String,
     /// The event's name and properties.
     pub event: Option<(String, Value)>,
+    /// A key the caller sends with every retry of the same start (`Idempotency-Key`): the
+    /// first start with it starts the run, the others answer that run. Kept per workflow.
+    pub idempotency_key: Option<String>,
 }
 
 /// What asking for a run to start did.
@@ -114,11 +117,18 @@ pub enum Started {
         id: RunId,
         status: RunStatus,
         outputs: Value,
+        /// An earlier start with the same idempotency key started this run; this one started
+        /// nothing, and `status` and `outputs` are where that run stands now.
+        replayed: bool,
     },
     UnknownWorkflow,
     Paused,
     /// The workflow's entry rule does not let this subject start again now.
     EntryRefused,
+    /// The idempotency key started `run` for another subject: a key names one start.
+    KeyReused {
+        run: RunId,
+    },
 }
 
 /// Counters of what the engine did since it started, for `/metrics`.
@@ -395,8 +405,12 @@ impl<S: Store> Engine<S> {
     /// Starts a run of a workflow for a subject by hand (API, UI, another workflow), subject
     /// to the entry rule. `None` when the entry rule refuses or the workflow is paused.
     pub fn start(&mut self, workflow_id: &str, subject_id: &str, now: Timestamp) -> Result<Option<RunId>, Error> {
-        let request =
-            StartRequest { workflow_id: workflow_id.to_owned(), subject_id: subject_id.to_owned(), event: None };
+        let request = StartRequest {
+            workflow_id: workflow_id.to_owned(),
+            subject_id: subject_id.to_owned(),
+            event: None,
+            idempotency_key: None,
+        };
         match self.start_many(vec![request], now)?.pop() {
             Some(Started::Run { id, .. }) => Ok(Some(id)),
             Some(Started::UnknownWorkflow) => Err(Error::UnknownWorkflow(workflow_id.to_owned())),
@@ -418,11 +432,32 @@ impl<S: Store> Engine<S> {
         let mut unit = Unit::default();
         let summaries = self.store.workflows()?;
         let mut answers = Vec::with_capacity(requests.len());
-        for StartRequest { workflow_id, subject_id, event } in requests {
+        // Idempotency keys started in this unit, not yet in the store.
+        let mut keyed: HashMap<(String, String), RunId> = HashMap::new();
+        for StartRequest { workflow_id, subject_id, event, idempotency_key } in requests {
             let Some(summary) = summaries.iter().find(|s| s.id == workflow_id) else {
                 answers.push(Started::UnknownWorkflow);
                 continue;
             };
+            if let Some(key) = &idempotency_key {
+                let earlier = match keyed.get(&(workflow_id.clone(), key.clone())) {
+                    Some(id) => Some(*id),
+                    None => self.store.start_key(&workflow_id, key)?,
+                };
+                if let Some(id) = earlier {
+                    let subject_of = match unit.runs.get(&id) {
+                        Some(run) => Some(run.subject_id.clone()),
+                        None => self.store.run(id)?.map(|run| run.subject_id),
+                    };
+                    answers.push(if subject_of.as_deref() == Some(subject_id.as_str()) {
+                        // Answered below, from the run's latest state.
+                        Started::Run { id, status: RunStatus::Active, outputs: Value::Null, replayed: true }
+                    } else {
+                        Started::KeyReused { run: id }
+                    });
+                    continue;
+                }
+            }
             if summary.status != WorkflowStatus::Active {
                 answers.push(Started::Paused);
                 continue;
@@ -445,17 +480,25 @@ impl<S: Store> Engine<S> {
             });
             let run = Run::new(id, &workflow, version_of(&self.compiled, &workflow), &subject_id, now);
             unit.push(handle(&workflow, run, &Input::Start { event }, &facts.facts(&self.env), now));
-            answers.push(Started::Run { id, status: RunStatus::Active, outputs: Value::Null });
+            if let Some(key) = idempotency_key {
+                keyed.insert((workflow_id.clone(), key.clone()), id);
+                unit.start_keys.push((workflow_id, key, id));
+            }
+            answers.push(Started::Run { id, status: RunStatus::Active, outputs: Value::Null, replayed: false });
         }
         self.commit_unit(&mut unit, Vec::new(), &[], now)?;
-        self.stats.runs_started += answers.iter().filter(|a| matches!(a, Started::Run { .. })).count() as u64;
+        self.stats.runs_started +=
+            answers.iter().filter(|a| matches!(a, Started::Run { replayed: false, .. })).count() as u64;
         // Where each run stands after everything the commit carried (its end's follow-ups too).
         for answer in &mut answers {
-            if let Started::Run { id, status, outputs } = answer
-                && let Some(t) = unit.transitions.iter().rev().find(|t| t.run.id == *id)
-            {
-                *status = t.run.status;
-                outputs.clone_from(&t.run.outputs);
+            let Started::Run { id, status, outputs, .. } = answer else { continue };
+            let latest = match unit.transitions.iter().rev().find(|t| t.run.id == *id) {
+                Some(t) => Some(std::borrow::Cow::Borrowed(&t.run)),
+                None => self.store.run(*id)?.map(std::borrow::Cow::Owned),
+            };
+            if let Some(run) = latest {
+                *status = run.status;
+                outputs.clone_from(&run.outputs);
             }
         }
         Ok(answers)

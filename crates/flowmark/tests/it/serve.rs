@@ -734,3 +734,52 @@ fn ui_filters_and_calendar_parameters_that_do_not_parse_are_ignored() {
     assert_eq!(page("/ui/calendar?date=not-a-date&view=fortnight"), this_month, "the calendar falls back to today");
     server.stop();
 }
+
+#[test]
+fn a_retried_start_with_the_same_idempotency_key_answers_the_run_it_started() {
+    let dir = super::validate::tempdir().join("idempotent-start");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("flowmark.db");
+    let server = Server::start(&db);
+    let blueprint = std::fs::read(crate::repo_path("blueprints/lead-routing.yaml")).unwrap();
+    assert_eq!(server.api("POST", "/api/workflows", &blueprint).0, 201);
+    let start = |address: &str, key: &str, subject: &str| {
+        let body = json!({ "subject": subject, "event": { "name": "Lead Scored", "properties": { "score": 72 } } });
+        let headers = [("Authorization", "Bearer tok"), ("Idempotency-Key", key), ("Content-Type", "application/json")];
+        let (head, body) = raw(address, "POST", "/api/workflows/lead-routing/runs", &headers, &body.to_string());
+        let status: u16 = head[9..12].parse().unwrap();
+        (status, head.contains("idempotent-replayed: true"), serde_json::from_str::<Value>(&body).unwrap())
+    };
+
+    let (status, replayed, first) = start(&server.address, "order-17", "lead-1");
+    assert_eq!((status, replayed, first["status"].as_str()), (201, false, Some("completed")), "{first}");
+    let (status, replayed, again) = start(&server.address, "order-17", "lead-1");
+    assert_eq!((status, replayed), (201, true), "a retry is answered as a replay");
+    assert_eq!(again, first, "with the run the first call started, where it stands");
+
+    // Concurrent retries of one start (they may share a commit): one run between them.
+    let answers: Vec<(u16, bool, Value)> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..8).map(|_| scope.spawn(|| start(&server.address, "order-18", "lead-2"))).collect();
+        calls.into_iter().map(|call| call.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|(status, _, answer)| *status == 201 && answer["run"] == answers[0].2["run"]));
+    assert_eq!(answers.iter().filter(|(_, replayed, _)| !replayed).count(), 1, "exactly one call started the run");
+
+    // The same key for another subject is a mistake, not a retry; a bad key is refused.
+    let (status, _, problem) = start(&server.address, "order-17", "lead-9");
+    assert_eq!((status, problem["title"].as_str()), (422, Some("Idempotency key reused")), "{problem}");
+    for bad in ["x".repeat(256), "two words".to_owned()] {
+        let (status, _, problem) = start(&server.address, &bad, "lead-3");
+        assert_eq!((status, problem["title"].as_str()), (400, Some("Invalid idempotency key")), "{problem}");
+    }
+    let runs = server.api("GET", "/api/runs?workflow=lead-routing", b"").2;
+    assert_eq!(runs.as_array().map(Vec::len), Some(2), "two starts, two runs: {runs}");
+
+    // Keys are durable: after a restart a retry still finds its run.
+    server.stop();
+    let server = Server::start(&db);
+    let (status, replayed, after) = start(&server.address, "order-17", "lead-1");
+    assert_eq!((status, replayed, &after["run"]), (201, true, &first["run"]));
+    server.stop();
+}
