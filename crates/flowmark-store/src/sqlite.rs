@@ -377,11 +377,14 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
     drop(insert);
     // Outcomes recorded in this batch for effects it also adds: such a row is inserted with
     // its outcome (one write instead of an insert and an update).
-    let mut outcomes: HashMap<&str, &Attempt> = attempts
-        .iter()
-        .filter(|(_, attempt)| matches!(attempt, Attempt::Done { .. } | Attempt::Failed { .. }))
-        .map(|(key, attempt)| (*key, *attempt))
-        .collect();
+    // The first outcome for a key counts, as with the updates below (which touch only a
+    // pending row).
+    let mut outcomes: HashMap<&str, &Attempt> = HashMap::new();
+    for (key, attempt) in attempts {
+        if matches!(attempt, Attempt::Done { .. } | Attempt::Failed { .. }) {
+            outcomes.entry(*key).or_insert(*attempt);
+        }
+    }
     let mut recorded: HashSet<&str> = HashSet::new();
     // A run with several transitions in the batch is written once, in its latest state, with
     // its history entries and decision records gathered into one row each.

@@ -155,9 +155,9 @@ impl<S: Store> Engine<S> {
     }
 
     /// Ends a unit of work: applies the events it caused itself (`caused`: thresholds, segment
-    /// edges, already marked as its own), the follow-ups of the runs that ended, the `update`
-    /// effects its transitions emitted (and what those cause), and writes everything, with
-    /// `attempts`, in one commit.
+    /// edges, already marked as its own), the follow-ups of the runs that ended, the internal
+    /// effects (`update`, `score`) its transitions emitted and what those cause, for up to
+    /// `CASCADE_DEPTH_MAX` rounds, and writes everything, with `attempts`, in one commit.
     pub(super) fn commit_unit(
         &mut self,
         unit: &mut Unit,
@@ -168,7 +168,7 @@ impl<S: Store> Engine<S> {
         let mut caused = caused;
         let mut from = 0;
         let mut applied = Vec::new();
-        for _ in 0..=CASCADE_DEPTH_MAX {
+        for round in 0..=CASCADE_DEPTH_MAX {
             if !caused.is_empty() {
                 let active = self.active_workflows()?;
                 self.apply_incoming(unit, std::mem::take(&mut caused), &active, now)?;
@@ -178,14 +178,21 @@ impl<S: Store> Engine<S> {
             for t in &unit.transitions[from..to] {
                 unit.runs.insert(t.run.id, t.run.clone());
             }
+            if round == CASCADE_DEPTH_MAX {
+                // What this round's internal effects would cause could not be applied in this
+                // unit, so they are not applied here either: they stay pending, and the
+                // dispatcher applies them in a unit of their own, with what they cause.
+                tracing::warn!(
+                    depth = CASCADE_DEPTH_MAX,
+                    "internal effects and what they cause went deeper than a unit applies; the rest is dispatched"
+                );
+                break;
+            }
             caused = self.apply_updates(unit, from..to, &mut applied, now)?;
             from = to;
             if caused.is_empty() {
                 break;
             }
-        }
-        if !caused.is_empty() {
-            tracing::warn!(depth = CASCADE_DEPTH_MAX, "updates and the segment edges they cause were cut short");
         }
         let refs: Vec<&Transition> = unit.transitions.iter().collect();
         let mut work = self.work_changes(&refs, Some(&unit.subjects), now)?;

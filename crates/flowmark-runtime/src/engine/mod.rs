@@ -449,7 +449,10 @@ impl<S: Store> Engine<S> {
                         Some(run) => Some(run.subject_id.clone()),
                         None => self.store.run(id)?.map(|run| run.subject_id),
                     };
-                    answers.push(if subject_of.as_deref() == Some(subject_id.as_str()) {
+                    // The run's subject may have been merged into another id since (`alias`).
+                    let canonical = self.store.canonical_id(&subject_id)?;
+                    let same = |of: &str| of == subject_id || canonical.as_deref() == Some(of);
+                    answers.push(if subject_of.as_deref().is_some_and(same) {
                         // Answered below, from the run's latest state.
                         Started::Run { id, status: RunStatus::Active, outputs: Value::Null, replayed: true }
                     } else {

@@ -233,3 +233,38 @@ steps:
     assert_eq!(engine.store().score_history("lin", 10).unwrap().len(), 1, "the change is in the score history");
     assert_eq!(engine.dispatch(at(0), 100, &mut connectors).unwrap(), 0, "nothing is left for the dispatcher");
 }
+
+/// A chain of internal effects deeper than one unit applies (each workflow's update moves the
+/// contact into the next segment, whose workflow updates it again) is not lost at the cascade
+/// depth: the last round's effects stay pending and the dispatcher carries the chain on.
+#[test]
+fn a_chain_of_updates_deeper_than_a_unit_goes_on_in_the_dispatcher() {
+    const LEVELS: u32 = 12;
+    let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
+    let segments: Vec<_> = (1..=LEVELS)
+        .map(|level| json!({ "name": format!("level-{level}"), "where": format!("contact.level >= {level}") }))
+        .collect();
+    let segments: SegmentsSource = serde_json::from_value(json!({ "segments": segments })).unwrap();
+    engine.set_segments(segments, NOON).unwrap().unwrap();
+    for level in 1..=LEVELS {
+        let climb = format!(
+            "id: climb-{level}\nsubject: contact\ntrigger: {{ segment: level-{level} }}\nsteps:\n  - id: up\n    \
+             action: {{ update: {{ set: {{ level: {} }} }} }}\n",
+            level + 1
+        );
+        engine.deploy(&format!("climb-{level}.yaml"), &climb, NOON).unwrap();
+    }
+    let (_, mut connectors) = recording();
+    let event = track("go", "Signed Up", NOON, json!({}));
+    let incoming = flowmark_runtime::Incoming::with_traits("kim", event, json!({ "level": 1 }), None);
+    engine.ingest_many(vec![incoming], NOON).unwrap();
+    let level = |engine: &Engine<SqliteStore>| engine.store().contact("kim").unwrap().unwrap().traits["level"].clone();
+    assert!(level(&engine).as_u64().unwrap() < u64::from(LEVELS) + 1, "one unit stops at its depth");
+    for _ in 0..LEVELS {
+        engine.dispatch(NOON, 100, &mut connectors).unwrap();
+    }
+    assert_eq!(level(&engine), json!(LEVELS + 1), "every step of the chain ran");
+    for level in 1..=LEVELS {
+        assert_eq!(runs_of(&mut engine, &format!("climb-{level}")).len(), 1, "climb-{level} ran once");
+    }
+}

@@ -481,7 +481,9 @@ fn oversized_batches_unknown_calls_and_forged_pixels_change_nothing() {
     assert!(problem["detail"].as_str().unwrap().contains("the limit is 512000 bytes (500 KB) per batch"), "{problem}");
     let (status, _, problem) = server.send("purchase", &json!({ "userId": "ada" }));
     assert_eq!((status, problem["title"].as_str()), (404, Some("Unknown call")));
-    // Past the limit of any body: refused, as a problem detail that names the limit.
+    // Past the limit of any body: refused, as a problem detail that names the limit. One byte
+    // over: the limit is crossed by the body's last byte, so the server has read the whole
+    // request when it answers, and the connection is not reset under the answer.
     let mut stream = TcpStream::connect(&server.address).unwrap();
     let basic = base64::engine::general_purpose::STANDARD.encode("wk:");
     let oversized = 1024 * 1024 + 1;
@@ -493,25 +495,9 @@ fn oversized_batches_unknown_calls_and_forged_pixels_change_nothing() {
     .unwrap();
     // The server may answer (and stop reading) before the whole body is sent.
     let _ = stream.write_all(&vec![b' '; oversized]);
-    // The answer is read by its length: the connection may stay open.
     stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut response = String::new();
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = value.trim().parse().unwrap();
-        }
-        response.push_str(&line);
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    response.push_str(&String::from_utf8_lossy(&body));
+    let (head, body) = read_answer(&mut BufReader::new(stream));
+    let response = format!("{head}\r\n\r\n{body}");
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
     assert!(response.contains("content-type: application/problem+json"), "{response}");
     assert!(response.contains("the limit for any request"), "{response}");
@@ -693,18 +679,57 @@ fn bad_flags_stop_serve_before_it_opens_anything() {
 }
 
 /// A raw request that answers with the whole head (status line and headers) and the body.
+/// The connection is kept alive and the answer read by its length (or its chunks), and the
+/// client closes first: a server closing a connection under an answer can reset it before
+/// the answer is read.
 fn raw(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (String, String) {
     let mut stream = TcpStream::connect(address).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     stream.write_all(head.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.to_owned(), body.to_owned())
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    read_answer(&mut BufReader::new(stream))
+}
+
+/// Reads one HTTP/1.1 answer: its head, then a body of `content-length` bytes or in chunks.
+fn read_answer(reader: &mut impl BufRead) -> (String, String) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let header = |name: &str| {
+        head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim().to_ascii_lowercase())
+        })
+    };
+    let mut body = Vec::new();
+    if header("transfer-encoding").as_deref() == Some("chunked") {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).unwrap();
+            let size = usize::from_str_radix(size.trim(), 16).unwrap();
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        let length = header("content-length").map_or(0, |value| value.parse().unwrap());
+        body.resize(length, 0);
+        reader.read_exact(&mut body).unwrap();
+    }
+    (head.trim_end().to_owned(), String::from_utf8(body).unwrap())
 }
 
 #[test]
@@ -727,11 +752,19 @@ fn ui_filters_and_calendar_parameters_that_do_not_parse_are_ignored() {
         assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
         body
     };
-    let all_runs = page("/ui/runs");
+    // The page without the parameters is fetched before and after: a day or a due time that
+    // turns between two requests changes the page, and the bad parameters' page must match
+    // one of the two.
+    let same_as_plain = |plain: &str, bad: &str| {
+        let before = page(plain);
+        let with_bad = page(bad);
+        let after = page(plain);
+        assert!(with_bad == before || with_bad == after, "{bad} gives the page of {plain}");
+        before
+    };
+    let all_runs = same_as_plain("/ui/runs", "/ui/runs?status=bogus&version=x");
     assert!(all_runs.contains("blog-post"), "the demo's blog post run is listed");
-    assert_eq!(page("/ui/runs?status=bogus&version=x"), all_runs, "filters that do not parse are ignored");
-    let this_month = page("/ui/calendar");
-    assert_eq!(page("/ui/calendar?date=not-a-date&view=fortnight"), this_month, "the calendar falls back to today");
+    same_as_plain("/ui/calendar", "/ui/calendar?date=not-a-date&view=fortnight");
     server.stop();
 }
 
