@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use std::io::Write as _;
 use std::sync::Arc;
 
 use flowmark_runtime::smtp::{SmtpConnector, SmtpSettings};
@@ -267,14 +268,19 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         seed_demo(&owner);
     }
     runtime.block_on(async {
-        println!("flowmark: listening on http://{address}");
+        // What a person starting the server reads. Whoever started it may have stopped reading
+        // standard output (a supervisor, a test that read the first line): the server goes on.
+        let mut banner = format!("flowmark: listening on http://{address}\n");
         if args.demo {
-            println!("flowmark: demo write key `{DEMO_WRITE_KEY}`, API token `{DEMO_API_TOKEN}`");
-            println!(
-                "flowmark: web UI at http://{address}/ui — sign in as sam@example.com (writer), dana@example.com \
-                 (editor), sia@example.com (SEO) or lee@example.com (lead), password `{DEMO_PASSWORD}`"
-            );
+            banner.push_str(&format!(
+                "flowmark: demo write key `{DEMO_WRITE_KEY}`, API token `{DEMO_API_TOKEN}`\n\
+                 flowmark: web UI at http://{address}/ui — sign in as sam@example.com (writer), dana@example.com \
+                 (editor), sia@example.com (SEO) or lee@example.com (lead), password `{DEMO_PASSWORD}`\n"
+            ));
         }
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
+        drop(stdout);
         axum::serve(listener, router(owner, config))
             .with_graceful_shutdown(async {
                 stop_signal().await;

@@ -816,3 +816,37 @@ fn a_retried_start_with_the_same_idempotency_key_answers_the_run_it_started() {
     assert_eq!((status, replayed, &after["run"]), (201, true, &first["run"]));
     server.stop();
 }
+
+#[test]
+fn the_server_goes_on_when_nobody_reads_its_output() {
+    let dir = super::validate::tempdir().join("closed-stdout");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("flowmark"))
+        .args(["serve", "--demo", "--bind", &address, "--db"])
+        .arg(dir.join("flowmark.db"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Whoever started it stops reading before the server says where it listens.
+    drop(child.stdout.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let health = loop {
+        if let Ok(stream) = TcpStream::connect(&address) {
+            let mut stream = stream;
+            write!(stream, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+            break read_answer(&mut BufReader::new(stream));
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the server exited");
+        assert!(std::time::Instant::now() < deadline, "the server never listened");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(health.0.starts_with("HTTP/1.1 200"), "{health:?}");
+    assert!(child.try_wait().unwrap().is_none(), "the server is still running");
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    assert!(child.wait().unwrap().success(), "and stops cleanly");
+}
