@@ -116,6 +116,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.start_key(workflow_id, key)
     }
 
+    fn forget_start_keys(&mut self, before: Timestamp, limit: usize) -> Result<usize, Error> {
+        self.inner.forget_start_keys(before, limit)
+    }
+
     fn history(&self, id: RunId) -> Result<Vec<Value>, Error> {
         self.inner.history(id)
     }

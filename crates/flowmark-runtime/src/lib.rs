@@ -37,8 +37,8 @@ pub mod work;
 pub use connector::{Connector, Connectors, Job, Limits, LogConnector, Outcome, RecordingConnector};
 pub use engine::{
     CASCADE_DEPTH_MAX, DeployError, Engine, Error, Incoming, Ingested, LATENESS_BUCKETS_MS, SCHEDULE_PAGE_COUNT,
-    SCHEDULED_EVENT, SEGMENT_SWEEP_EVERY_MS, SEGMENT_SWEEP_PAGE_COUNT, SEGMENTS_SETTING, SUPPRESSED_REASON_TRAIT,
-    StartRequest, Started, Stats, UNSUBSCRIBED_TRAIT,
+    SCHEDULED_EVENT, SEGMENT_SWEEP_EVERY_MS, SEGMENT_SWEEP_PAGE_COUNT, SEGMENTS_SETTING, START_KEY_RETENTION_MS,
+    SUPPRESSED_REASON_TRAIT, StartRequest, Started, Stats, UNSUBSCRIBED_TRAIT,
 };
 pub use engine::{CHAT_EFFECT, DELIVERY_EFFECT, WorkAction, WorkRefusal};
 pub use work::url_part;

@@ -37,6 +37,8 @@ const SCHEDULES_PER_TICK_MAX: usize = 4;
 pub const GROUP_EVENTS_MAX: usize = 10_000;
 /// Timers and the outbox are looked at no more often than this while commands keep coming.
 const HOUSEKEEPING_EVERY: StdDuration = StdDuration::from_millis(20);
+/// Idempotency keys past their retention forgotten per minute (one statement each time).
+const START_KEYS_FORGOTTEN_PER_MINUTE_MAX: usize = 10_000;
 /// How often held notifications are checked for digests whose hour has come.
 const DIGESTS_EVERY: StdDuration = StdDuration::from_secs(60);
 
@@ -103,6 +105,9 @@ impl Owner {
                         last_digests = Some(std::time::Instant::now());
                         if let Err(error) = engine.send_digests(now) {
                             tracing::error!(%error, "sending digests failed");
+                        }
+                        if let Err(error) = engine.forget_old_start_keys(now, START_KEYS_FORGOTTEN_PER_MINUTE_MAX) {
+                            tracing::error!(%error, "forgetting old idempotency keys failed");
                         }
                     }
                     let swept = engine.sweep_segments(now, SEGMENT_SWEEP_PAGE_COUNT).unwrap_or_else(|error| {

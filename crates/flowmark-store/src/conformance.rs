@@ -248,6 +248,13 @@ pub fn start_keys_find_the_run_they_started(mut store: Box<dyn Store>) -> Result
     assert_eq!(store.start_key("other", "k-1")?, None, "keys are per workflow");
     let again = Batch { start_keys: vec![("conformance", "k-1", RunId(1))], ..Batch::default() };
     assert!(store.write(&again, T0).is_err(), "a key is stored once");
+    let later = Timestamp(T0.ms() + 1000);
+    let newer = Batch { start_keys: vec![("conformance", "k-2", RunId(1))], ..Batch::default() };
+    store.write(&newer, later)?;
+    assert_eq!(store.forget_start_keys(T0, 10)?, 0, "nothing stored before T0");
+    assert_eq!(store.forget_start_keys(later, 10)?, 1, "the key stored at T0 goes");
+    assert_eq!(store.start_key("conformance", "k-1")?, None);
+    assert_eq!(store.start_key("conformance", "k-2")?, Some(RunId(1)), "the newer key stays");
     Ok(())
 }
 

@@ -305,6 +305,10 @@ pub trait Store {
     /// The run a hand start with this idempotency key started for this workflow, if one did.
     fn start_key(&self, workflow_id: &str, key: &str) -> Result<Option<RunId>, Error>;
 
+    /// Forgets up to `limit` idempotency keys stored before `before`, oldest first; returns
+    /// how many went. A retry with a forgotten key starts a new run.
+    fn forget_start_keys(&mut self, before: Timestamp, limit: usize) -> Result<usize, Error>;
+
     /// The latest run of a workflow for a subject, active or not, for entry rules.
     fn latest_run(&self, workflow_id: &str, subject_id: &str) -> Result<Option<Run>, Error>;
 

@@ -192,6 +192,10 @@ CREATE TABLE start_keys (
     PRIMARY KEY (workflow_id, key)
 ) WITHOUT ROWID;
 "#,
+    // Idempotency keys are forgotten after a retention window, oldest first.
+    r#"
+CREATE INDEX start_keys_by_age ON start_keys (created_at);
+"#,
 ];
 
 pub struct SqliteStore {
@@ -810,6 +814,16 @@ impl Store for SqliteStore {
             .query_row([workflow_id, key], |row| row.get(0))
             .optional()?;
         Ok(run.map(|id| RunId(id as u64)))
+    }
+
+    fn forget_start_keys(&mut self, before: Timestamp, limit: usize) -> Result<usize, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // `LIMIT` is in the text, not bound: a bound `LIMIT` re-prepares the statement.
+        let sql = format!(
+            "DELETE FROM start_keys WHERE (workflow_id, key) IN
+             (SELECT workflow_id, key FROM start_keys WHERE created_at < ?1 ORDER BY created_at LIMIT {limit})"
+        );
+        Ok(self.conn.execute(&sql, [before.ms()])?)
     }
 
     fn latest_run(&self, workflow_id: &str, subject_id: &str) -> Result<Option<Run>, Error> {

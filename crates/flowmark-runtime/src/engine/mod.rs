@@ -219,6 +219,10 @@ impl Needs {
     }
 }
 
+/// How long a hand start's idempotency key is kept: a retry within it answers the run the key
+/// started; after it, the same key starts a new run.
+pub const START_KEY_RETENTION_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
 /// How far back sent messages are loaded for frequency caps: the longest cap window allowed.
 const CAP_WINDOW_MS_MAX: u64 = 90 * 24 * 60 * 60 * 1000;
 
@@ -505,6 +509,13 @@ impl<S: Store> Engine<S> {
             }
         }
         Ok(answers)
+    }
+
+    /// Forgets the idempotency keys of hand starts older than `START_KEY_RETENTION_MS`, up to
+    /// `limit` of them; returns how many went.
+    pub fn forget_old_start_keys(&mut self, now: Timestamp, limit: usize) -> Result<usize, Error> {
+        let before = Timestamp(now.ms() - START_KEY_RETENTION_MS as i64);
+        Ok(self.store.forget_start_keys(before, limit)?)
     }
 
     /// Delivers an input to one run (a task completed, an approval decided, a cancel).

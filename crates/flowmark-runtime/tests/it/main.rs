@@ -526,3 +526,41 @@ fn hard_bounces_complaints_and_unsubscribes_suppress_soft_bounces_do_not() {
         assert_eq!(traits.get("unsubscribed").and_then(|v| v.as_bool()), suppressed.map(|_| true), "{subject}");
     }
 }
+
+#[test]
+fn a_start_with_an_idempotency_key_starts_once_until_the_key_is_forgotten() {
+    use flowmark_runtime::{START_KEY_RETENTION_MS, StartRequest, Started};
+    let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
+    let onboarding = "id: onboarding\nsubject: contact\nentry: { reentry: always }\nsteps:\n  - id: settle\n    wait: { duration: 60d }\n";
+    engine.deploy("onboarding.yaml", onboarding, NOON).unwrap();
+    let request = |subject: &str, key: &str| StartRequest {
+        workflow_id: "onboarding".to_owned(),
+        subject_id: subject.to_owned(),
+        event: None,
+        idempotency_key: Some(key.to_owned()),
+    };
+    let run_of = |started: &Started| match started {
+        Started::Run { id, replayed, .. } => (*id, *replayed),
+        other => panic!("not a run: {other:?}"),
+    };
+    // Twice in one commit, then again later: one run.
+    let first = engine.start_many(vec![request("ana", "k-1"), request("ana", "k-1")], NOON).unwrap();
+    let (id, replayed) = run_of(&first[0]);
+    assert!(!replayed);
+    assert_eq!(run_of(&first[1]), (id, true), "the same key in the same commit");
+    let day = Timestamp(NOON.ms() + 24 * 60 * 60 * 1000);
+    assert_eq!(run_of(&engine.start_many(vec![request("ana", "k-1")], day).unwrap()[0]), (id, true));
+    // Ana's anonymous id is merged into her known one: a retry under either id is the same start.
+    let alias = track("m-alias", "Signed Up", day, json!({}));
+    let merge = Incoming { merge_from: Some("ana".to_owned()), ..Incoming::event("ana-known", alias) };
+    engine.ingest_many(vec![merge], day).unwrap();
+    assert_eq!(run_of(&engine.start_many(vec![request("ana", "k-1")], day).unwrap()[0]), (id, true));
+    assert_eq!(engine.start_many(vec![request("bo", "k-1")], day).unwrap()[0], Started::KeyReused { run: id });
+    let runs = engine.runs(&RunFilter { workflow_id: Some("onboarding".to_owned()), ..RunFilter::default() }, None, 10);
+    assert_eq!(runs.unwrap().len(), 1, "one run for every call with the key");
+    // Past the retention window the key is forgotten, and the same key starts a new run.
+    let month = Timestamp(NOON.ms() + START_KEY_RETENTION_MS as i64 + 1);
+    assert_eq!(engine.forget_old_start_keys(month, 100).unwrap(), 1);
+    let (again, replayed) = run_of(&engine.start_many(vec![request("ana-known", "k-1")], month).unwrap()[0]);
+    assert!(again != id && !replayed);
+}
