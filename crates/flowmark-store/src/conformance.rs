@@ -177,6 +177,10 @@ pub fn attempts_contacts_and_results_commit_together(mut store: Box<dyn Store>) 
     assert_eq!(store.ready_effects(T0, 10)?.len(), 1, "only the other run's effect is left");
     let history = store.history(RunId(1))?;
     assert_eq!(history.last().unwrap()["what"], "effect_result", "the result is in the run's history");
+    assert!(!result.run_changed, "a result only adds to the history");
+    assert_eq!(store.run(RunId(1))?, Some(first.run.clone()), "the run stays as it was");
+    let due = store.due_timers(Timestamp(i64::MAX), 10)?;
+    assert!(due.iter().any(|d| d.run == RunId(1)), "and so does its timer: {due:?}");
     Ok(())
 }
 

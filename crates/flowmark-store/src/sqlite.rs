@@ -395,7 +395,11 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
     for run in per_run(transitions) {
         let id = run_id(run.state.id);
         let state = run.state;
-        tx.prepare_cached(
+        // A run whose transitions in the batch only added to its history (effect results) is
+        // stored as it is: its row and its timers stay, its history grows.
+        let rewrite = run.changed || run.fresh;
+        if rewrite {
+            tx.prepare_cached(
             "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, ended_at, state, updated_at, at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at,
@@ -413,6 +417,7 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
             now.ms(),
             position(state),
         ])?;
+        }
         // A transition's history entries are one row (a JSON array), and so are its decision
         // records: one insert each per run per batch instead of one per entry. Rows written
         // as single objects by earlier versions read back the same.
@@ -420,13 +425,15 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         append_chunk(tx, Trail::Decisions, id, run.fresh, &run.decisions, |d| (d.at, d.step.as_deref()))?;
         // The timers table mirrors the run's armed timers: fired and cancelled ones go (a run
         // the batch starts has none stored).
-        if !run.fresh {
-            tx.prepare_cached("DELETE FROM timers WHERE run_id = ?1")?.execute([id])?;
-        }
-        let mut insert =
-            tx.prepare_cached("INSERT INTO timers (run_id, timer_id, due_at, purpose) VALUES (?1, ?2, ?3, ?4)")?;
-        for timer in &state.timers {
-            insert.execute(params![id, timer.id.0, timer.due_at.ms(), purpose_name(timer.purpose)?])?;
+        if rewrite {
+            if !run.fresh {
+                tx.prepare_cached("DELETE FROM timers WHERE run_id = ?1")?.execute([id])?;
+            }
+            let mut insert =
+                tx.prepare_cached("INSERT INTO timers (run_id, timer_id, due_at, purpose) VALUES (?1, ?2, ?3, ?4)")?;
+            for timer in &state.timers {
+                insert.execute(params![id, timer.id.0, timer.due_at.ms(), purpose_name(timer.purpose)?])?;
+            }
         }
         let mut insert = tx.prepare_cached(
             "INSERT INTO outbox (key, run_id, step, effect, created_at, attempts, next_attempt_at, status, result)
@@ -566,6 +573,8 @@ struct RunWrite<'a> {
     effects: Vec<&'a Effect>,
     /// Whether the batch starts the run: nothing of it is stored yet.
     fresh: bool,
+    /// Whether any of its transitions in the batch changed its state.
+    changed: bool,
 }
 
 /// Gathers a batch's transitions by run, in the order runs first appear.
@@ -580,11 +589,13 @@ fn per_run<'a>(transitions: &[&'a Transition]) -> Vec<RunWrite<'a>> {
                 decisions: Vec::new(),
                 effects: Vec::new(),
                 fresh: transition.history.iter().any(|h| matches!(h.kind, HistoryKind::RunStarted { .. })),
+                changed: false,
             });
             runs.len() - 1
         });
         let run = &mut runs[at];
         run.state = &transition.run;
+        run.changed |= transition.run_changed;
         run.history.extend(&transition.history);
         run.decisions.extend(&transition.decisions);
         run.effects.extend(&transition.effects);

@@ -55,6 +55,7 @@ impl<'a> Machine<'a> {
                 timers: Vec::new(),
                 timers_cancelled: Vec::new(),
                 decisions: Vec::new(),
+                run_changed: true,
             },
             steps_executed: 0,
         }
@@ -71,6 +72,8 @@ impl<'a> Machine<'a> {
                 }
                 _ => self.ignore(input, "the run has ended"),
             }
+            // Only the trail grows: an ended run's state stays as it was.
+            self.out.run_changed = false;
             return self.out;
         }
         match input {
@@ -78,8 +81,10 @@ impl<'a> Machine<'a> {
             Input::Event { event } => self.event(event),
             Input::TimerFired { timer } => self.timer(*timer),
             Input::EffectCompleted { key, ok, detail } => {
+                // A result is recorded; the run does not wait for it, so nothing else moves.
                 let step = self.step_of_effect(key);
                 self.history(step, HistoryKind::EffectResult { key: key.clone(), ok: *ok, detail: detail.clone() });
+                self.out.run_changed = false;
             }
             Input::TaskCompleted { step, by, fields } => self.task_completed(step, by, fields),
             Input::WorkAssigned { step, to, by } => self.work_assigned(step, to.as_ref(), by),

@@ -373,6 +373,11 @@ pub struct Transition {
     pub timers: Vec<TimerRequest>,
     pub timers_cancelled: Vec<TimerId>,
     pub decisions: Vec<DecisionRecord>,
+    /// Whether `run` may differ from the state `handle` was given. `false` when the input only
+    /// added to the history (an effect's result, an input an ended run ignores): a store then
+    /// has no need to write the run again.
+    #[serde(skip)]
+    pub run_changed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -27,6 +27,8 @@ enum Action {
     CompleteTask(u8),
     Decide(u8, u8),
     Wait(u32),
+    /// The result of one of the effects emitted so far.
+    EffectResult(u8, bool),
 }
 
 fn actions() -> impl Strategy<Value = Vec<Action>> {
@@ -36,6 +38,7 @@ fn actions() -> impl Strategy<Value = Vec<Action>> {
         1 => any::<u8>().prop_map(Action::CompleteTask),
         1 => (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Action::Decide(a, b)),
         1 => (1u32..200_000).prop_map(Action::Wait),
+        1 => (any::<u8>(), any::<bool>()).prop_map(|(i, ok)| Action::EffectResult(i, ok)),
     ];
     proptest::collection::vec(action, 0..40)
 }
@@ -68,8 +71,12 @@ struct Driver<'w> {
 impl Driver<'_> {
     fn apply(&mut self, run: Run, input: &Input) -> Transition {
         let facts = Facts { subject: &self.subject, timezone: Some(chrono_tz::Europe::Berlin), ..Facts::empty() };
+        let before = run.clone();
         let transition = handle(self.workflow, run, input, &facts, self.now);
         check_defined(self.workflow, &transition);
+        if !transition.run_changed {
+            assert_eq!(transition.run, before, "a transition that says the run is unchanged leaves it as it was");
+        }
         for effect in &transition.effects {
             assert!(self.effect_keys.insert(effect.key.clone()), "effect key {} used twice", effect.key);
         }
@@ -118,6 +125,15 @@ impl Driver<'_> {
             Action::Wait(seconds) => {
                 self.now = self.now.plus(Duration(u64::from(*seconds) * 1000));
                 return None;
+            }
+            Action::EffectResult(i, ok) => {
+                if self.effect_keys.is_empty() {
+                    return None;
+                }
+                let mut keys: Vec<&String> = self.effect_keys.iter().collect();
+                keys.sort();
+                let key = keys[usize::from(*i) % keys.len()].clone();
+                Input::EffectCompleted { key, ok: *ok, detail: None }
             }
         })
     }
