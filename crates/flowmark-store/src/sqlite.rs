@@ -12,7 +12,8 @@ use std::path::Path;
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{
-    DecisionRecord, Effect, Event, HistoryEntry, HistoryKind, Run, RunId, Sent, TimerId, TimerPurpose, Transition,
+    DecisionRecord, Effect, EffectKind, Event, HistoryEntry, HistoryKind, Run, RunId, Sent, TimerId, TimerPurpose,
+    Transition,
 };
 use flowmark_core::model::Channel;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -195,6 +196,16 @@ CREATE TABLE start_keys (
     // Idempotency keys are forgotten after a retention window, oldest first.
     r#"
 CREATE INDEX start_keys_by_age ON start_keys (created_at);
+"#,
+    // Frequency caps count a subject's marketing messages by channel: a column, and an index
+    // of those messages only that answers the count by itself (it replaces the index of every
+    // effect by run, which only the count read).
+    r#"
+ALTER TABLE outbox ADD COLUMN sent_channel TEXT;
+UPDATE outbox SET sent_channel = json_extract(effect, '$.channel')
+ WHERE json_extract(effect, '$.effect') = 'send_message' AND json_extract(effect, '$.transactional') = 0;
+DROP INDEX outbox_by_run;
+CREATE INDEX outbox_sent ON outbox (run_id, sent_channel, created_at) WHERE sent_channel IS NOT NULL;
 "#,
 ];
 
@@ -436,8 +447,9 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
             }
         }
         let mut insert = tx.prepare_cached(
-            "INSERT INTO outbox (key, run_id, step, effect, created_at, attempts, next_attempt_at, status, result)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5, ?7, ?8) ON CONFLICT (key) DO NOTHING",
+            "INSERT INTO outbox (key, run_id, step, effect, created_at, attempts, next_attempt_at, status, result,
+                 sent_channel)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5, ?7, ?8, ?9) ON CONFLICT (key) DO NOTHING",
         )?;
         for effect in run.effects {
             let outcome = outcomes.get(effect.key.as_str()).copied();
@@ -454,7 +466,8 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
                 now.ms(),
                 tried,
                 status,
-                result
+                result,
+                sent_channel(&effect.kind),
             ])?;
             if inserted == 1 && outcome.is_some() {
                 outcomes.remove(effect.key.as_str());
@@ -562,6 +575,15 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// The channel of a marketing message, which frequency caps count (`sent_messages`); none for
+/// transactional messages and every other effect.
+fn sent_channel(kind: &EffectKind) -> Option<&'static str> {
+    match kind {
+        EffectKind::SendMessage { channel, transactional: false, .. } => Some(channel.as_str()),
+        _ => None,
+    }
 }
 
 /// What a batch writes for one run: its latest state, and what all its transitions in the
@@ -921,10 +943,7 @@ impl Store for SqliteStore {
     fn sent_messages(&self, subject_id: &str, since: Timestamp) -> Result<Vec<Sent>, Error> {
         let mut statement = self.conn.prepare_cached(
             "SELECT o.created_at FROM outbox o JOIN runs r ON r.id = o.run_id
-             WHERE r.subject_id = ?1 AND o.created_at >= ?2
-               AND json_extract(o.effect, '$.effect') = 'send_message'
-               AND json_extract(o.effect, '$.channel') = 'email'
-               AND json_extract(o.effect, '$.transactional') = 0
+             WHERE r.subject_id = ?1 AND o.created_at >= ?2 AND o.sent_channel = 'email'
              ORDER BY o.created_at",
         )?;
         let rows = statement.query_map(params![subject_id, since.ms()], |row| row.get::<_, i64>(0))?;
@@ -1224,5 +1243,44 @@ impl Store for SqliteStore {
 
     fn end_session(&mut self, hash: &str) -> Result<(), Error> {
         crate::work::end_session(&self.conn, hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Store;
+
+    /// Marketing email written to the outbox before `sent_channel` existed still counts for
+    /// frequency caps after the migration; transactional email and other effects do not.
+    #[test]
+    fn the_sent_channel_migration_counts_what_was_sent_before_it() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
+        migrations.to_version(&mut conn, MIGRATIONS.len() - 1).unwrap();
+        conn.execute(
+            "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, state, updated_at, at)
+             VALUES (1, 'w', 1, 'c-1', 'active', 10, '{}', 10, '')",
+            [],
+        )
+        .unwrap();
+        let effects = [
+            ("1-a-1", r#"{"effect":"send_message","channel":"email","transactional":false,"context":{}}"#, 20),
+            ("1-b-2", r#"{"effect":"send_message","channel":"email","transactional":true,"context":{}}"#, 30),
+            ("1-c-3", r#"{"effect":"adjust_score","model":"m","change":{"add":1}}"#, 40),
+            ("1-d-4", r#"{"effect":"send_message","channel":"email","transactional":false,"context":{}}"#, 50),
+        ];
+        for (key, effect, at) in effects {
+            conn.execute(
+                "INSERT INTO outbox (key, run_id, step, effect, created_at, attempts, next_attempt_at, status)
+                 VALUES (?1, 1, 's', ?2, ?3, 1, ?3, 'done')",
+                params![key, effect, at],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::setup(conn).unwrap();
+        let sent: Vec<i64> = store.sent_messages("c-1", Timestamp(0)).unwrap().iter().map(|s| s.at.ms()).collect();
+        assert_eq!(sent, [20, 50]);
+        assert_eq!(store.sent_messages("c-1", Timestamp(21)).unwrap().len(), 1, "since a time");
     }
 }
