@@ -698,7 +698,7 @@ fn write_svg(diagram: &Diagram, canvas: &Canvas, marks: &Marks) -> String {
         w = num(width),
         h = num(height)
     );
-    let _ = writeln!(out, "<title>{}</title>", xml(&diagram.title));
+    let _ = writeln!(out, "<title>{}</title>", escape_markup(&diagram.title));
     out.push_str("<style>\n");
     let _ = writeln!(out, ".id {{ font-size: {}px; font-weight: bold; }}", num(ID_FONT_PX));
     let _ = writeln!(out, ".detail {{ font-size: {}px; }}", num(DETAIL_FONT_PX));
@@ -721,10 +721,10 @@ fn write_svg(diagram: &Diagram, canvas: &Canvas, marks: &Marks) -> String {
         "<text x=\"{}\" y=\"{}\" fill=\"{TEXT_COLOR}\"><tspan font-size=\"16px\" font-weight=\"bold\">{}</tspan>",
         num(MARGIN_PX),
         num(MARGIN_PX + 10.0),
-        xml(&diagram.title)
+        escape_markup(&diagram.title)
     );
     if let Some(subtitle) = &diagram.subtitle {
-        let _ = write!(out, "<tspan dx=\"8\" font-size=\"12px\" fill=\"#64748b\">{}</tspan>", xml(subtitle));
+        let _ = write!(out, "<tspan dx=\"8\" font-size=\"12px\" fill=\"#64748b\">{}</tspan>", escape_markup(subtitle));
     }
     out.push_str("</text>\n");
 
@@ -778,7 +778,7 @@ fn write_svg(diagram: &Diagram, canvas: &Canvas, marks: &Marks) -> String {
             num(center.x),
             num(center.y + 4.0),
             line.color(),
-            xml(text)
+            escape_markup(text)
         );
     }
     out.push_str("</g>\n<g class=\"nodes\">\n");
@@ -914,10 +914,10 @@ fn write_node(out: &mut String, node: &Node, place: Placed) {
             "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\"{fill}><tspan class=\"id\">{}</tspan>",
             num(c.x),
             num(baseline),
-            xml(&node.id)
+            escape_markup(&node.id)
         );
         for line in &node.detail {
-            let _ = write!(out, "<tspan class=\"detail\" dx=\"{}\">{}</tspan>", num(BAR_GAP_PX), xml(line));
+            let _ = write!(out, "<tspan class=\"detail\" dx=\"{}\">{}</tspan>", num(BAR_GAP_PX), escape_markup(line));
         }
         out.push_str("</text>\n");
     } else {
@@ -929,7 +929,7 @@ fn write_node(out: &mut String, node: &Node, place: Placed) {
             "<tspan class=\"id\" x=\"{}\" y=\"{}\">{}</tspan>",
             num(c.x),
             num(first_center + ID_FONT_PX * 0.36),
-            xml(&node.id)
+            escape_markup(&node.id)
         );
         for (index, line) in node.detail.iter().enumerate() {
             let center = first_center + LINE_HEIGHT_PX * (index + 1) as f64;
@@ -938,7 +938,7 @@ fn write_node(out: &mut String, node: &Node, place: Placed) {
                 "<tspan class=\"detail\" x=\"{}\" y=\"{}\">{}</tspan>",
                 num(c.x),
                 num(center + DETAIL_FONT_PX * 0.36),
-                xml(line)
+                escape_markup(line)
             );
         }
         out.push_str("</text>\n");
@@ -1018,8 +1018,9 @@ fn clip_point(diagram: &Diagram, placed: &[Option<Placed>], point: Point) -> Poi
     point
 }
 
-/// Text for XML character data and attribute values.
-fn xml(text: &str) -> String {
+/// Text for XML or HTML character data and quoted attribute values (the web UI's pages use
+/// it too). The apostrophe is a numeric reference, which both languages read.
+pub fn escape_markup(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -1027,7 +1028,7 @@ fn xml(text: &str) -> String {
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
+            '\'' => out.push_str("&#39;"),
             _ => out.push(c),
         }
     }

@@ -391,9 +391,8 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
     }
     drop(insert);
     // Outcomes recorded in this batch for effects it also adds: such a row is inserted with
-    // its outcome (one write instead of an insert and an update).
-    // The first outcome for a key counts, as with the updates below (which touch only a
-    // pending row).
+    // its outcome (one write instead of an insert and an update). The first outcome for a key
+    // counts, as with the updates below (which touch only a pending row).
     let mut outcomes: HashMap<&str, &Attempt> = HashMap::new();
     for (key, attempt) in attempts {
         if matches!(attempt, Attempt::Done { .. } | Attempt::Failed { .. }) {
@@ -405,47 +404,24 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
     // its history entries and decision records gathered into one row each.
     for run in per_run(transitions) {
         let id = run_id(run.state.id);
-        let state = run.state;
         // A run whose transitions in the batch only added to its history (effect results) is
         // stored as it is: its row and its timers stay, its history grows.
-        let rewrite = run.changed || run.fresh;
-        if rewrite {
-            tx.prepare_cached(
-            "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, ended_at, state, updated_at, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at,
-                 state = excluded.state, updated_at = excluded.updated_at, at = excluded.at",
-        )?
-        .execute(params![
-            id,
-            state.workflow_id,
-            state.version,
-            state.subject_id,
-            state.status.as_str(),
-            state.started_at.ms(),
-            state.ended_at.map(Timestamp::ms),
-            to_json(state)?,
-            now.ms(),
-            position(state),
-        ])?;
-        }
-        // A transition's history entries are one row (a JSON array), and so are its decision
-        // records: one insert each per run per batch instead of one per entry. Rows written
-        // as single objects by earlier versions read back the same.
-        append_chunk(tx, Trail::History, id, run.fresh, &run.history, |e| (e.at, e.step.as_deref()))?;
-        append_chunk(tx, Trail::Decisions, id, run.fresh, &run.decisions, |d| (d.at, d.step.as_deref()))?;
-        // The timers table mirrors the run's armed timers: fired and cancelled ones go (a run
-        // the batch starts has none stored).
-        if rewrite {
+        if run.changed {
+            upsert_run(tx, run.state, now)?;
+            // The timers table mirrors the run's armed timers: fired and cancelled ones go (a
+            // run the batch starts has none stored).
             if !run.fresh {
                 tx.prepare_cached("DELETE FROM timers WHERE run_id = ?1")?.execute([id])?;
             }
             let mut insert =
                 tx.prepare_cached("INSERT INTO timers (run_id, timer_id, due_at, purpose) VALUES (?1, ?2, ?3, ?4)")?;
-            for timer in &state.timers {
+            for timer in &run.state.timers {
                 insert.execute(params![id, timer.id.0, timer.due_at.ms(), purpose_name(timer.purpose)?])?;
             }
         }
+        // Rows written as single objects by earlier versions read back the same.
+        append_chunk(tx, Trail::History, id, run.fresh, &run.history, |e| (e.at, e.step.as_deref()))?;
+        append_chunk(tx, Trail::Decisions, id, run.fresh, &run.decisions, |d| (d.at, d.step.as_deref()))?;
         let mut insert = tx.prepare_cached(
             "INSERT INTO outbox (key, run_id, step, effect, created_at, attempts, next_attempt_at, status, result,
                  sent_channel)
@@ -577,6 +553,29 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
     Ok(())
 }
 
+/// Writes a run's state and the columns lists filter on, inserted or replaced.
+fn upsert_run(tx: &Connection, state: &Run, now: Timestamp) -> Result<(), Error> {
+    tx.prepare_cached(
+        "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, ended_at, state, updated_at, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at,
+             state = excluded.state, updated_at = excluded.updated_at, at = excluded.at",
+    )?
+    .execute(params![
+        run_id(state.id),
+        state.workflow_id,
+        state.version,
+        state.subject_id,
+        state.status.as_str(),
+        state.started_at.ms(),
+        state.ended_at.map(Timestamp::ms),
+        to_json(state)?,
+        now.ms(),
+        position(state),
+    ])?;
+    Ok(())
+}
+
 /// The channel of a marketing message, which frequency caps count (`sent_messages`); none for
 /// transactional messages and every other effect.
 fn sent_channel(kind: &EffectKind) -> Option<&'static str> {
@@ -595,7 +594,7 @@ struct RunWrite<'a> {
     effects: Vec<&'a Effect>,
     /// Whether the batch starts the run: nothing of it is stored yet.
     fresh: bool,
-    /// Whether any of its transitions in the batch changed its state.
+    /// Whether any of its transitions in the batch changed its state (a start does).
     changed: bool,
 }
 

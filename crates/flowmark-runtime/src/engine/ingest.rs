@@ -188,7 +188,7 @@ impl<S: Store> Engine<S> {
                 );
                 break;
             }
-            caused = self.apply_updates(unit, from..to, &mut applied, now)?;
+            caused = self.apply_internal_effects(unit, from..to, &mut applied, now)?;
             from = to;
             if caused.is_empty() {
                 break;
@@ -210,7 +210,7 @@ impl<S: Store> Engine<S> {
     /// in the commit of the step that ran them (exactly once), their outbox rows are recorded
     /// done in that commit, and their results go back to their runs there too. Returns what
     /// the changes cause: thresholds crossed and segment edges.
-    fn apply_updates(
+    fn apply_internal_effects(
         &mut self,
         unit: &mut Unit,
         range: std::ops::Range<usize>,
@@ -238,10 +238,7 @@ impl<S: Store> Engine<S> {
                     unit.contact_changes.push((subject_id.clone(), Value::Object(set), None));
                 }
                 EffectKind::AdjustScore { model, change } => {
-                    let mut subject = data.clone();
-                    let (traits, record, crossings) =
-                        self.apply_score(&run, &effect.step, &model, change, &mut subject, now);
-                    self.subject_in(unit, &subject_id)?.0 = subject;
+                    let (traits, record, crossings) = self.apply_score(&run, &effect.step, &model, change, data, now);
                     unit.contact_changes.push((subject_id.clone(), traits, None));
                     unit.score_records.push(record);
                     for crossing in crossings {
@@ -253,11 +250,9 @@ impl<S: Store> Engine<S> {
                 _ => continue,
             }
             let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-            let subject = unit.subjects.get(&subject_id).map_or(Value::Null, |(data, _)| data.clone());
-            // The result only adds to the run's history: nothing else of the facts is read.
-            let facts = Facts { subject: &subject, env: &self.env, ..Facts::empty() };
+            // A result only adds to the run's history (`Transition::run_changed`): it reads no facts.
             let input = Input::EffectCompleted { key: effect.key.clone(), ok: true, detail: None };
-            unit.push(handle(&workflow, run, &input, &facts, now));
+            unit.push(handle(&workflow, run, &input, &Facts::empty(), now));
             applied.push((effect.key.clone(), flowmark_store::Attempt::Done { detail: None }));
             if !self.segments.is_empty() {
                 caused.extend(self.segment_edges(unit, &subject_id, Change::Contact, &effect.key, now)?);

@@ -750,14 +750,12 @@ impl<S: Store> Engine<S> {
             let (Some((ok, detail)), Some(owner)) = (final_result, owner) else { continue };
             let run = runs.remove(&owner.id).unwrap_or(owner);
             // The result goes back to the run as an input, committed with the attempt. It only
-            // adds to the run's history, so no facts are loaded for it.
+            // adds to the run's history (`Transition::run_changed`), so it reads no facts.
             let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-            let subject = unit.subjects.get(&run.subject_id).map_or(Value::Null, |(data, _)| data.clone());
             let input = Input::EffectCompleted { key: entry.key.clone(), ok, detail };
             let id = run.id;
             let subject_id = run.subject_id.clone();
-            let mut t =
-                handle(&workflow, run, &input, &Facts { subject: &subject, env: &self.env, ..Facts::empty() }, now);
+            let mut t = handle(&workflow, run, &input, &Facts::empty(), now);
             // A subflow that could not start ends, for a parent waiting on it, as failed: the
             // parent moves on, so it reads its facts.
             let kind = entry.effect.get("effect").and_then(Value::as_str);

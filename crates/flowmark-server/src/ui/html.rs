@@ -11,20 +11,7 @@ use std::fmt::Write as _;
 use flowmark_core::Timestamp;
 
 /// Escapes text for HTML content and quoted attribute values.
-pub fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use flowmark_graph::escape_markup as esc;
 
 /// A path segment, escaped for a URL.
 pub fn seg(text: &str) -> String {

@@ -10,15 +10,14 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use serde_json::json;
 
-use super::{Fsync, emit, fresh_db, latency_json, remove_db, round2};
+use super::{Fsync, emit, fresh_db, latency_json, remove_db, round2, run_clients};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -182,6 +181,7 @@ fn event(thread: usize, n: u64) -> serde_json::Value {
     }
 }
 
+#[derive(Default)]
 struct Tally {
     requests: u64,
     events: u64,
@@ -206,59 +206,48 @@ pub fn run(args: &Args, dir: &Path, fsync: &Fsync) -> anyhow::Result<()> {
     let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:")));
     for (round, &connections) in args.connections.iter().enumerate() {
         eprintln!("ingest: {connections} connections for {} s …", args.seconds);
-        let stop = Arc::new(AtomicBool::new(false));
-        let started = Instant::now();
-        let threads: Vec<_> = (0..connections)
-            .map(|index| {
-                let (address, auth, stop) = (server.address.clone(), auth.clone(), stop.clone());
-                let (mode, batch_size) = (args.mode, args.batch_size);
-                let thread = round * 100_000 + index;
-                std::thread::spawn(move || -> anyhow::Result<Tally> {
-                    let mut connection = Connection::open(&address)?;
-                    let mut tally = Tally { requests: 0, events: 0, rejected: 0, errors: 0, latencies: Vec::new() };
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let (path, body, count) = match mode {
-                            Mode::Track => {
-                                n += 1;
-                                ("/v1/track", event(thread, n).to_string(), 1)
-                            }
-                            Mode::Batch => {
-                                let batch: Vec<_> = (0..batch_size)
-                                    .map(|_| {
-                                        n += 1;
-                                        event(thread, n)
-                                    })
-                                    .collect();
-                                ("/v1/batch", json!({ "batch": batch }).to_string(), batch_size as u64)
-                            }
-                        };
-                        let sent = Instant::now();
-                        let (status, _) = connection.request("POST", path, &auth, body.as_bytes())?;
-                        tally.latencies.push(sent.elapsed());
-                        tally.requests += 1;
-                        match status {
-                            200 => tally.events += count,
-                            429 => tally.rejected += 1,
-                            _ => tally.errors += 1,
-                        }
+        let (address, auth) = (server.address.clone(), auth.clone());
+        let (mode, batch_size) = (args.mode, args.batch_size);
+        let (tallies, elapsed) = run_clients(connections, round, args.seconds, move |thread, stop| {
+            let mut connection = Connection::open(&address)?;
+            let mut tally = Tally::default();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (path, body, count) = match mode {
+                    Mode::Track => {
+                        n += 1;
+                        ("/v1/track", event(thread, n).to_string(), 1)
                     }
-                    Ok(tally)
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs(args.seconds));
-        stop.store(true, Ordering::Relaxed);
-        let mut total = Tally { requests: 0, events: 0, rejected: 0, errors: 0, latencies: Vec::new() };
-        for thread in threads {
-            let tally = thread.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+                    Mode::Batch => {
+                        let batch: Vec<_> = (0..batch_size)
+                            .map(|_| {
+                                n += 1;
+                                event(thread, n)
+                            })
+                            .collect();
+                        ("/v1/batch", json!({ "batch": batch }).to_string(), batch_size as u64)
+                    }
+                };
+                let sent = Instant::now();
+                let (status, _) = connection.request("POST", path, &auth, body.as_bytes())?;
+                tally.latencies.push(sent.elapsed());
+                tally.requests += 1;
+                match status {
+                    200 => tally.events += count,
+                    429 => tally.rejected += 1,
+                    _ => tally.errors += 1,
+                }
+            }
+            Ok(tally)
+        })?;
+        let mut total = Tally::default();
+        for tally in tallies {
             total.requests += tally.requests;
             total.events += tally.events;
             total.rejected += tally.rejected;
             total.errors += tally.errors;
             total.latencies.extend(tally.latencies);
         }
-        let elapsed = started.elapsed().as_secs_f64();
         let requests_per_s = total.requests as f64 / elapsed;
         // One request per connection per fsync is the most a server that syncs each request
         // alone could do; group commit is how Flowmark gets near or past it.

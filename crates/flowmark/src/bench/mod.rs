@@ -115,6 +115,35 @@ fn measure_fsync(dir: &Path) -> anyhow::Result<Fsync> {
     Ok(Fsync { p50_ms: percentile_ms(&mut samples, 50.0), p99_ms: percentile_ms(&mut samples, 99.0) })
 }
 
+/// Runs `connections` client threads for `seconds`: each calls `client(thread)` with its own
+/// number (unique across `round`s) and a flag that says when to stop, and gives back what it
+/// measured. Returns every thread's result and the seconds they ran.
+pub fn run_clients<T: Send + 'static>(
+    connections: usize,
+    round: usize,
+    seconds: u64,
+    client: impl Fn(usize, &std::sync::atomic::AtomicBool) -> anyhow::Result<T> + Send + Sync + 'static,
+) -> anyhow::Result<(Vec<T>, f64)> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = Arc::new(client);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..connections)
+        .map(|index| {
+            let (client, stop) = (client.clone(), stop.clone());
+            std::thread::spawn(move || client(round * 100_000 + index, &stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, Ordering::Relaxed);
+    let results = threads
+        .into_iter()
+        .map(|thread| thread.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))?)
+        .collect::<anyhow::Result<Vec<T>>>()?;
+    Ok((results, started.elapsed().as_secs_f64()))
+}
+
 /// The `p`th percentile of `samples` in ms (nearest rank); sorts them.
 pub fn percentile_ms(samples: &mut [Duration], p: f64) -> f64 {
     if samples.is_empty() {

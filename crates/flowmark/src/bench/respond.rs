@@ -10,14 +10,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use super::http::{API_TOKEN, Connection, start_server};
-use super::{Fsync, emit, fresh_db, latency_json, remove_db, round2};
+use super::{Fsync, emit, fresh_db, latency_json, remove_db, round2, run_clients};
 
 #[derive(clap::Args)]
 pub struct RespondArgs {
@@ -118,42 +118,31 @@ pub fn run(args: &RespondArgs, dir: &Path, fsync: &Fsync) -> anyhow::Result<()> 
     let target = Arc::new(target);
     for (round, &connections) in args.connections.iter().enumerate() {
         eprintln!("respond: {connections} connections for {} s …", args.seconds);
-        let stop = Arc::new(AtomicBool::new(false));
-        let started = Instant::now();
-        let threads: Vec<_> = (0..connections)
-            .map(|index| {
-                let (target, stop) = (target.clone(), stop.clone());
-                let thread = round * 100_000 + index;
-                std::thread::spawn(move || -> anyhow::Result<Tally> {
-                    let mut connection = Connection::open(&target.address)?;
-                    let headers: Vec<(&str, &str)> =
-                        target.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-                    let mut tally = Tally::default();
-                    let mut rng = 0x9E37_79B9_7F4A_7C15 ^ (thread as u64 + 1);
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        n += 1;
-                        let (body, expected) = request(thread, n, &mut rng);
-                        let sent = Instant::now();
-                        let (status, _, answer) = connection.send("POST", &target.path, &headers, &body)?;
-                        tally.latencies.push(sent.elapsed());
-                        let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
-                        if (200..300).contains(&status) && segment(&answer) == Some(expected) {
-                            tally.executions += 1;
-                        } else {
-                            tally.errors += 1;
-                            tally.first_error.get_or_insert_with(|| format!("{status}: {answer}"));
-                        }
-                    }
-                    Ok(tally)
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs(args.seconds));
-        stop.store(true, Ordering::Relaxed);
+        let target = target.clone();
+        let (tallies, elapsed) = run_clients(connections, round, args.seconds, move |thread, stop| {
+            let mut connection = Connection::open(&target.address)?;
+            let headers: Vec<(&str, &str)> = target.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let mut tally = Tally::default();
+            let mut rng = 0x9E37_79B9_7F4A_7C15 ^ (thread as u64 + 1);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let (body, expected) = request(thread, n, &mut rng);
+                let sent = Instant::now();
+                let (status, _, answer) = connection.send("POST", &target.path, &headers, &body)?;
+                tally.latencies.push(sent.elapsed());
+                let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+                if (200..300).contains(&status) && segment(&answer) == Some(expected) {
+                    tally.executions += 1;
+                } else {
+                    tally.errors += 1;
+                    tally.first_error.get_or_insert_with(|| format!("{status}: {answer}"));
+                }
+            }
+            Ok(tally)
+        })?;
         let mut total = Tally::default();
-        for thread in threads {
-            let tally = thread.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        for tally in tallies {
             total.executions += tally.executions;
             total.errors += tally.errors;
             total.latencies.extend(tally.latencies);
@@ -161,7 +150,6 @@ pub fn run(args: &RespondArgs, dir: &Path, fsync: &Fsync) -> anyhow::Result<()> 
                 total.first_error = tally.first_error;
             }
         }
-        let elapsed = started.elapsed().as_secs_f64();
         if let Some(error) = &total.first_error {
             eprintln!("respond: {} wrong answers, the first: {error}", total.errors);
         }

@@ -45,24 +45,11 @@ impl Server {
     }
 
     fn request_text(&self, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String, String) {
-        let mut stream = TcpStream::connect(&self.address).unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.address,
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(body).unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let status: u16 = response[9..12].parse().unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        let (head, body) = raw(&self.address, method, path, &headers, body);
+        let status: u16 = head[9..12].parse().unwrap();
         let content_type = head.lines().find_map(|l| l.strip_prefix("content-type: ")).unwrap_or_default().to_owned();
-        (status, content_type, body.to_owned())
+        (status, content_type, body)
     }
 
     fn track(&self, write_key: &str, event: &Value) -> (u16, String, Value) {
@@ -682,14 +669,15 @@ fn bad_flags_stop_serve_before_it_opens_anything() {
 /// The connection is kept alive and the answer read by its length (or its chunks), and the
 /// client closes first: a server closing a connection under an answer can reset it before
 /// the answer is read.
-fn raw(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (String, String) {
+fn raw(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (String, String) {
     let mut stream = TcpStream::connect(address).unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    head.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
     stream.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
     read_answer(&mut BufReader::new(stream))
 }
@@ -739,8 +727,13 @@ fn ui_filters_and_calendar_parameters_that_do_not_parse_are_ignored() {
     std::fs::create_dir_all(&dir).unwrap();
     let server = Server::start_with(&dir.join("flowmark.db"), &["--demo"]);
     let form = "email=sam%40example.com&password=flowmark-demo&next=%2Fui";
-    let (head, _) =
-        raw(&server.address, "POST", "/ui/login", &[("Content-Type", "application/x-www-form-urlencoded")], form);
+    let (head, _) = raw(
+        &server.address,
+        "POST",
+        "/ui/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form.as_bytes(),
+    );
     let cookie = head
         .lines()
         .find_map(|line| line.strip_prefix("set-cookie: "))
@@ -748,7 +741,7 @@ fn ui_filters_and_calendar_parameters_that_do_not_parse_are_ignored() {
         .unwrap_or_else(|| panic!("signing in sets a session cookie: {head}"))
         .to_owned();
     let page = |path: &str| {
-        let (head, body) = raw(&server.address, "GET", path, &[("Cookie", &cookie)], "");
+        let (head, body) = raw(&server.address, "GET", path, &[("Cookie", &cookie)], b"");
         assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
         body
     };
@@ -780,7 +773,8 @@ fn a_retried_start_with_the_same_idempotency_key_answers_the_run_it_started() {
     let start = |address: &str, key: &str, subject: &str| {
         let body = json!({ "subject": subject, "event": { "name": "Lead Scored", "properties": { "score": 72 } } });
         let headers = [("Authorization", "Bearer tok"), ("Idempotency-Key", key), ("Content-Type", "application/json")];
-        let (head, body) = raw(address, "POST", "/api/workflows/lead-routing/runs", &headers, &body.to_string());
+        let (head, body) =
+            raw(address, "POST", "/api/workflows/lead-routing/runs", &headers, body.to_string().as_bytes());
         let status: u16 = head[9..12].parse().unwrap();
         (status, head.contains("idempotent-replayed: true"), serde_json::from_str::<Value>(&body).unwrap())
     };
