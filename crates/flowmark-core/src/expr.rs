@@ -4,8 +4,16 @@
 //! evaluation can record the values it looked at in a decision record — the answer to
 //! "why did this contact go down that branch?".
 //!
+//! Most workflow conditions are comparisons of what they read with literals
+//! (`contact.scores.engagement >= 50`, `event.properties.email_id == steps.thanks.effect_id`),
+//! joined by `&&`, `||` and `!`. Those are also compiled to a [`Fast`] form evaluated on the
+//! JSON values directly; it answers only where both operands of every comparison are of the
+//! same kind, and leaves everything else (mixed types, nulls, errors) to CEL.
+//!
 //! Invariant: a `Condition` only exists for source that parsed and whose variables are all
 //! among the roots the step may read; evaluation never panics, it returns an `EvalError`.
+//! Where the fast form answers, CEL would answer the same (a differential property test
+//! checks it).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,6 +34,8 @@ pub struct Condition {
     paths: Arc<[String]>,
     /// The roots among `paths`, so evaluation converts only what the expression reads.
     roots: Arc<[String]>,
+    /// The expression as plain comparisons, when it is one (see the module docs).
+    fast: Option<Arc<Fast>>,
 }
 
 impl fmt::Debug for Condition {
@@ -97,11 +107,13 @@ impl Condition {
                 path_roots.push(root.to_owned());
             }
         }
+        let fast = Fast::compile(program.expression()).map(Arc::new);
         Ok(Condition {
             source: source.into(),
             program: Arc::new(program),
             paths: paths.into(),
             roots: path_roots.into(),
+            fast,
         })
     }
 
@@ -138,18 +150,198 @@ impl Condition {
     pub fn eval(&self, scope: &Scope<'_>) -> Evaluation {
         let inputs: BTreeMap<String, Value> =
             self.paths.iter().map(|path| (path.clone(), scope.lookup(path))).collect();
-        let result = ROOT_CONTEXT.with(|root| {
+        if let Some(fast) = &self.fast
+            && let Some(result) = fast.eval(&inputs)
+        {
+            return Evaluation { result: Ok(result), inputs };
+        }
+        let result = self.eval_cel(&inputs);
+        Evaluation { result, inputs }
+    }
+
+    /// Evaluates with CEL on the values read (`inputs`, by path).
+    fn eval_cel(&self, inputs: &BTreeMap<String, Value>) -> Result<bool, EvalError> {
+        ROOT_CONTEXT.with(|root| {
             let mut context = root.new_inner_scope();
             for name in self.roots.iter() {
-                context.add_variable_from_value(name.clone(), json_to_cel(&project(name, &inputs)));
+                context.add_variable_from_value(name.clone(), json_to_cel(&project(name, inputs)));
             }
             match self.program.execute(&context) {
                 Ok(CelValue::Bool(b)) => Ok(b),
                 Ok(other) => Err(EvalError::NotBool(format!("{other:?}"))),
                 Err(error) => Err(EvalError::Execution(error.to_string())),
             }
-        });
-        Evaluation { result, inputs }
+        })
+    }
+}
+
+/// A condition made of comparisons between read paths and literals, joined by `&&`, `||`
+/// and `!`, evaluated without CEL.
+#[derive(Debug, Clone, PartialEq)]
+enum Fast {
+    Compare { op: Comparison, left: Operand, right: Operand },
+    And(Box<Fast>, Box<Fast>),
+    Or(Box<Fast>, Box<Fast>),
+    Not(Box<Fast>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Comparison {
+    Equal,
+    NotEqual,
+    Less,
+    LessOrEqual,
+    Greater,
+    GreaterOrEqual,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Operand {
+    /// A dotted path among the condition's `paths`.
+    Path(String),
+    Literal(Scalar),
+}
+
+/// A literal of the expression, by its CEL type.
+#[derive(Debug, Clone, PartialEq)]
+enum Scalar {
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    String(String),
+    Bool(bool),
+    Null,
+}
+
+impl Fast {
+    /// The fast form of `expr`, if it has that shape.
+    fn compile(expr: &IdedExpr) -> Option<Fast> {
+        use cel::common::ast::operators;
+        let Expr::Call(call) = &expr.expr else { return None };
+        if call.target.is_some() {
+            return None;
+        }
+        let op = match call.func_name.as_str() {
+            operators::LOGICAL_AND | operators::LOGICAL_OR => {
+                let [left, right] = call.args.as_slice() else { return None };
+                let (left, right) = (Box::new(Fast::compile(left)?), Box::new(Fast::compile(right)?));
+                return Some(if call.func_name == operators::LOGICAL_AND {
+                    Fast::And(left, right)
+                } else {
+                    Fast::Or(left, right)
+                });
+            }
+            operators::LOGICAL_NOT => {
+                let [operand] = call.args.as_slice() else { return None };
+                return Some(Fast::Not(Box::new(Fast::compile(operand)?)));
+            }
+            operators::EQUALS => Comparison::Equal,
+            operators::NOT_EQUALS => Comparison::NotEqual,
+            operators::LESS => Comparison::Less,
+            operators::LESS_EQUALS => Comparison::LessOrEqual,
+            operators::GREATER => Comparison::Greater,
+            operators::GREATER_EQUALS => Comparison::GreaterOrEqual,
+            _ => return None,
+        };
+        let [left, right] = call.args.as_slice() else { return None };
+        Some(Fast::Compare { op, left: Operand::compile(left)?, right: Operand::compile(right)? })
+    }
+
+    /// The result, or `None` where CEL's own rules are needed.
+    fn eval(&self, inputs: &BTreeMap<String, Value>) -> Option<bool> {
+        match self {
+            Fast::Compare { op, left, right } => compare(*op, left.view(inputs)?, right.view(inputs)?),
+            // Both sides always: a side CEL must decide (an error, say) decides the whole.
+            Fast::And(left, right) => Some(left.eval(inputs)? & right.eval(inputs)?),
+            Fast::Or(left, right) => Some(left.eval(inputs)? | right.eval(inputs)?),
+            Fast::Not(operand) => Some(!operand.eval(inputs)?),
+        }
+    }
+}
+
+impl Operand {
+    fn compile(expr: &IdedExpr) -> Option<Operand> {
+        use cel::common::ast::LiteralValue;
+        if let Some(segments) = dotted(&expr.expr) {
+            return Some(Operand::Path(segments.join(".")));
+        }
+        let Expr::Literal(literal) = &expr.expr else { return None };
+        Some(Operand::Literal(match literal {
+            LiteralValue::Int(i) => Scalar::Int(*i.inner()),
+            LiteralValue::UInt(u) => Scalar::UInt(*u.inner()),
+            LiteralValue::Double(f) => Scalar::Float(*f.inner()),
+            LiteralValue::String(s) => Scalar::String(s.inner().to_owned()),
+            LiteralValue::Boolean(b) => Scalar::Bool(*b.inner()),
+            LiteralValue::Null => Scalar::Null,
+            LiteralValue::Bytes(_) => return None,
+        }))
+    }
+
+    fn view<'v>(&'v self, inputs: &'v BTreeMap<String, Value>) -> Option<View<'v>> {
+        match self {
+            Operand::Literal(scalar) => Some(match scalar {
+                Scalar::Int(i) => View::Int(*i),
+                Scalar::UInt(u) => View::UInt(*u),
+                Scalar::Float(f) => View::Float(*f),
+                Scalar::String(s) => View::String(s),
+                Scalar::Bool(b) => View::Bool(*b),
+                Scalar::Null => View::Null,
+            }),
+            Operand::Path(path) => Some(match inputs.get(path)? {
+                Value::Null => View::Null,
+                Value::Bool(b) => View::Bool(*b),
+                Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                    (Some(i), _, _) => View::Int(i),
+                    (None, Some(u), _) => View::UInt(u),
+                    (_, _, Some(f)) => View::Float(f),
+                    _ => return None,
+                },
+                Value::String(s) => View::String(s),
+                Value::Array(_) | Value::Object(_) => return None,
+            }),
+        }
+    }
+}
+
+/// A scalar operand as CEL types it, borrowed from the literal or the value read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum View<'a> {
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    String(&'a str),
+    Bool(bool),
+    Null,
+}
+
+/// A comparison of two scalars of the same kind; `None` for mixed kinds, and for orderings
+/// of nulls and booleans, which CEL decides.
+fn compare(op: Comparison, left: View<'_>, right: View<'_>) -> Option<bool> {
+    use std::cmp::Ordering;
+    let ordering: Ordering = match (left, right) {
+        (View::Int(a), View::Int(b)) => a.cmp(&b),
+        (View::UInt(a), View::UInt(b)) => a.cmp(&b),
+        (View::Float(a), View::Float(b)) => a.partial_cmp(&b)?,
+        (View::String(a), View::String(b)) => a.cmp(b),
+        (View::Bool(a), View::Bool(b)) => return equality(op, a == b),
+        (View::Null, View::Null) => return equality(op, true),
+        _ => return None,
+    };
+    Some(match op {
+        Comparison::Equal => ordering == Ordering::Equal,
+        Comparison::NotEqual => ordering != Ordering::Equal,
+        Comparison::Less => ordering == Ordering::Less,
+        Comparison::LessOrEqual => ordering != Ordering::Greater,
+        Comparison::Greater => ordering == Ordering::Greater,
+        Comparison::GreaterOrEqual => ordering != Ordering::Less,
+    })
+}
+
+fn equality(op: Comparison, equal: bool) -> Option<bool> {
+    match op {
+        Comparison::Equal => Some(equal),
+        Comparison::NotEqual => Some(!equal),
+        _ => None,
     }
 }
 
@@ -477,5 +669,103 @@ mod tests {
         assert!(c.eval(&Scope::new().with("contact", &v)).result.is_err(), "adding a string to a number fails");
         let c = Condition::compile("contact.missing == 1", &["contact"]).unwrap();
         assert_eq!(c.eval(&Scope::new().with("contact", &v)).result, Ok(false), "a missing field reads as null");
+    }
+
+    #[test]
+    fn the_common_shapes_take_the_fast_form() {
+        for (source, fast) in [
+            ("contact.scores.engagement >= 50", true),
+            ("event.properties.email_id == steps.thanks.effect_id", true),
+            ("!(contact.plan == 'pro') || contact.seats > 10 && contact.active == true", true),
+            ("contact.plan == null", true),
+            ("has(contact.plan)", false),
+            ("'vip' in contact.tags", false),
+            ("size(contact.name) > 3", false),
+        ] {
+            let c = Condition::compile(source, &["contact", "event", "steps"]).unwrap();
+            assert_eq!(c.fast.is_some(), fast, "{source}");
+        }
+        let c = Condition::compile("contact.score >= 50", &["contact"]).unwrap();
+        let contact = json!({"score": 50.5});
+        let evaluation = c.eval(&Scope::new().with("contact", &contact));
+        assert!(evaluation.result.is_ok(), "a float against an int literal is left to CEL, which answers");
+    }
+
+    mod differential {
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        use super::super::*;
+
+        fn value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                (-3i64..4).prop_map(Value::from),
+                Just(json!(i64::MAX)),
+                Just(json!(i64::MIN)),
+                Just(json!(u64::MAX)),
+                Just(json!((i64::MAX as u64) + 1)),
+                prop_oneof![Just(-1.5f64), Just(0.0), Just(2.0), Just(2.5), Just(1e300)].prop_map(|f| json!(f)),
+                prop_oneof![Just(""), Just("a"), Just("b"), Just("pro"), Just("é")].prop_map(|s| json!(s)),
+                any::<bool>().prop_map(Value::from),
+                Just(Value::Null),
+                Just(json!([1, 2])),
+                Just(json!({"x": 1})),
+            ]
+        }
+
+        fn literal() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (0i64..4).prop_map(|i| i.to_string()),
+                Just("9223372036854775807".to_owned()),
+                (0u64..4).prop_map(|u| format!("{u}u")),
+                Just("18446744073709551615u".to_owned()),
+                prop_oneof![Just("0.0"), Just("2.0"), Just("2.5"), Just("1e300")].prop_map(str::to_owned),
+                prop_oneof![Just("''"), Just("'a'"), Just("'b'"), Just("'pro'"), Just("'é'")].prop_map(str::to_owned),
+                prop_oneof![Just("true"), Just("false"), Just("null")].prop_map(str::to_owned),
+            ]
+        }
+
+        fn operand() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop_oneof![Just("contact.a"), Just("contact.b"), Just("event.c"), Just("contact.missing")]
+                    .prop_map(str::to_owned),
+                literal(),
+            ]
+        }
+
+        fn condition() -> impl Strategy<Value = String> {
+            let comparison = (
+                operand(),
+                prop_oneof![Just("=="), Just("!="), Just("<"), Just("<="), Just(">"), Just(">=")],
+                operand(),
+            )
+                .prop_map(|(l, op, r)| format!("{l} {op} {r}"));
+            comparison.prop_recursive(3, 8, 2, |inner| {
+                prop_oneof![
+                    (inner.clone(), inner.clone()).prop_map(|(l, r)| format!("({l}) && ({r})")),
+                    (inner.clone(), inner.clone()).prop_map(|(l, r)| format!("({l}) || ({r})")),
+                    inner.prop_map(|c| format!("!({c})")),
+                ]
+            })
+        }
+
+        proptest! {
+            /// Wherever the fast form answers, CEL gives the same answer.
+            #[test]
+            fn the_fast_form_agrees_with_cel(source in condition(), a in value(), b in value(), c in value()) {
+                let condition = Condition::compile(&source, &["contact", "event"]).unwrap();
+                let contact = json!({"a": a, "b": b});
+                let event = json!({"c": c});
+                let scope = Scope::new().with("contact", &contact).with("event", &event);
+                let inputs: BTreeMap<String, Value> =
+                    condition.paths.iter().map(|path| (path.clone(), scope.lookup(path))).collect();
+                if let Some(fast) = &condition.fast
+                    && let Some(answer) = fast.eval(&inputs)
+                {
+                    prop_assert_eq!(condition.eval_cel(&inputs), Ok(answer), "{}", source);
+                }
+                prop_assert_eq!(condition.eval(&scope).result, condition.eval_cel(&inputs), "{}", source);
+            }
+        }
     }
 }
