@@ -338,29 +338,40 @@ impl Action {
 
     /// Every template of this action, to know which variables rendering it reads.
     pub fn templates(&self) -> Vec<&Template> {
-        fn walk<'t>(value: &'t TemplateValue, out: &mut Vec<&'t Template>) {
-            match value {
-                TemplateValue::Literal(_) => {}
-                TemplateValue::Text(t) => out.push(t),
-                TemplateValue::List(items) => items.iter().for_each(|i| walk(i, out)),
-                TemplateValue::Map(entries) => entries.iter().for_each(|(_, v)| walk(v, out)),
-            }
-        }
         let mut out = Vec::new();
-        match self {
-            Action::Email(e) => out.extend([&e.subject, &e.html, &e.text].into_iter().flatten()),
-            Action::Webhook(w) => {
-                out.push(&w.url);
-                out.extend(w.headers.iter().map(|(_, t)| t));
-                if let Some(body) = &w.body {
-                    walk(body, &mut out);
-                }
-            }
-            Action::Notify(n) => out.push(&n.message),
-            Action::Update(u) => u.set.iter().for_each(|(_, v)| walk(v, &mut out)),
-            Action::Score(_) => {}
-        }
+        self.each_template(&mut |t| {
+            out.push(t);
+            false
+        });
         out
+    }
+
+    /// Whether any of the action's templates satisfies `test`; stops at the first that does.
+    pub fn any_template(&self, mut test: impl FnMut(&Template) -> bool) -> bool {
+        self.each_template(&mut test)
+    }
+
+    /// Calls `visit` on each template until it returns `true`; says whether one did.
+    fn each_template<'t>(&'t self, visit: &mut dyn FnMut(&'t Template) -> bool) -> bool {
+        fn walk<'t>(value: &'t TemplateValue, visit: &mut dyn FnMut(&'t Template) -> bool) -> bool {
+            match value {
+                TemplateValue::Literal(_) => false,
+                TemplateValue::Text(t) => visit(t),
+                TemplateValue::List(items) => items.iter().any(|i| walk(i, visit)),
+                TemplateValue::Map(entries) => entries.iter().any(|(_, v)| walk(v, visit)),
+            }
+        }
+        match self {
+            Action::Email(e) => [&e.subject, &e.html, &e.text].into_iter().flatten().any(&mut *visit),
+            Action::Webhook(w) => {
+                visit(&w.url)
+                    || w.headers.iter().any(|(_, t)| visit(t))
+                    || w.body.as_ref().is_some_and(|body| walk(body, visit))
+            }
+            Action::Notify(n) => visit(&n.message),
+            Action::Update(u) => u.set.iter().any(|(_, v)| walk(v, visit)),
+            Action::Score(_) => false,
+        }
     }
 
     /// The channel a message of this action goes out on, for caps and quiet hours.

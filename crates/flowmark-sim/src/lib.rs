@@ -151,7 +151,7 @@ impl<'a> Simulation<'a> {
             let data = synthetic_data(workflow.subject, index, &config.behaviour, &mut rng);
             let timezone = pick_timezone(&config.behaviour, &mut rng);
             sim.subjects.push(Subject {
-                id: format!("{}-{}", workflow.subject.as_str(), index + 1),
+                id: [workflow.subject.as_str(), "-", itoa::Buffer::new().format(index + 1)].concat(),
                 data,
                 timezone,
                 recent_events: Vec::new(),
@@ -235,7 +235,7 @@ impl<'a> Simulation<'a> {
                     Some(key) => json!({ "email_id": &*key }),
                     None => json!({}),
                 };
-                let id = format!("sim-{}-{}", subject_index, self.sequence);
+                let id = simulated_event_id(subject_index, self.sequence);
                 let event = Event {
                     id,
                     name: name.clone(),
@@ -279,7 +279,7 @@ impl<'a> Simulation<'a> {
         let facts = Facts {
             subject: &subject.data,
             timezone: subject.timezone,
-            recent_events: &subject.recent_events,
+            recent_events: recent(&subject.recent_events),
             sent: &subject.sent,
             env: &self.env,
         };
@@ -383,11 +383,29 @@ impl<'a> Simulation<'a> {
     }
 }
 
+/// Keeps `event` among the subject's recent events. The list may grow to twice what is kept
+/// before the older half goes in one move; `recent` gives the kept part.
 fn remember(subject: &mut Subject, event: &Event) {
-    subject.recent_events.push(event.clone());
-    if subject.recent_events.len() > RECENT_EVENTS_KEPT {
-        subject.recent_events.remove(0);
+    if subject.recent_events.len() == 2 * RECENT_EVENTS_KEPT {
+        subject.recent_events.drain(..RECENT_EVENTS_KEPT);
     }
+    subject.recent_events.push(event.clone());
+}
+
+/// The subject's most recent events, newest last, as many as are kept.
+fn recent(events: &[Event]) -> &[Event] {
+    &events[events.len().saturating_sub(RECENT_EVENTS_KEPT)..]
+}
+
+/// `sim-<subject>-<sequence>`: the id of an event the behaviour model makes up.
+fn simulated_event_id(subject: u32, sequence: u64) -> String {
+    let (mut subject_digits, mut sequence_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (subject, sequence) = (subject_digits.format(subject), sequence_digits.format(sequence));
+    let mut id = String::with_capacity(6 + subject.len() + sequence.len());
+    for part in ["sim-", subject, "-", sequence] {
+        id.push_str(part);
+    }
+    id
 }
 
 fn object(value: &mut Value) -> &mut serde_json::Map<String, Value> {
@@ -450,7 +468,7 @@ fn synthetic_data(kind: SubjectKind, index: u32, behaviour: &Behaviour, rng: &mu
     let mut data = match kind {
         SubjectKind::Contact => json!({
             "first_name": FIRST_NAMES[(index as usize) % FIRST_NAMES.len()],
-            "email": format!("contact{}@example.com", index + 1),
+            "email": (["contact", itoa::Buffer::new().format(index + 1), "@example.com"].concat()),
             "scores": { "engagement": rng.next_u64() % 61 },
         }),
         SubjectKind::Item => json!({

@@ -106,7 +106,7 @@ pub(crate) struct Collector {
     steps_executed: u64,
     conversions: u64,
     conversion_value: f64,
-    effects: BTreeMap<String, u64>,
+    effects: BTreeMap<&'static str, u64>,
     /// Runs that ended, by status, and their hours from start to end.
     ended: BTreeMap<String, u64>,
     completion_hours: Vec<f64>,
@@ -209,9 +209,7 @@ impl Collector {
                         tally.error_example = Some(error.clone());
                     }
                 }
-                HistoryKind::EffectEmitted { effect, .. } => {
-                    *self.effects.entry((*effect).to_owned()).or_default() += 1
-                }
+                HistoryKind::EffectEmitted { effect, .. } => *self.effects.entry(effect).or_default() += 1,
                 _ => {}
             }
         }
@@ -220,7 +218,13 @@ impl Collector {
             else {
                 continue;
             };
-            *self.steps[step].paths.entry(path.clone()).or_default() += 1;
+            let paths = &mut self.steps[step].paths;
+            match paths.get_mut(path) {
+                Some(count) => *count += 1,
+                None => {
+                    paths.insert(path.clone(), 1);
+                }
+            }
         }
         if !transition.run.is_active() {
             waits_of(&mut self.waiting_since, subject).clear();
@@ -275,7 +279,7 @@ impl Collector {
             conversions: self.conversions,
             conversion_value: round2(self.conversion_value),
             completion_hours: Percentiles::of(completion),
-            effects: self.effects,
+            effects: self.effects.into_iter().map(|(name, count)| (name.to_owned(), count)).collect(),
             steps,
         }
     }

@@ -50,7 +50,8 @@ impl<'a> Machine<'a> {
             now,
             out: Transition {
                 run,
-                history: Vec::new(),
+                // Most inputs leave a handful of entries: one allocation for them.
+                history: Vec::with_capacity(6),
                 effects: Vec::new(),
                 timers: Vec::new(),
                 timers_cancelled: Vec::new(),
@@ -651,8 +652,7 @@ impl<'a> Machine<'a> {
         }
         let kind = match action {
             Action::Email(_) | Action::Webhook(_) | Action::Notify(_) => {
-                let templates = action.templates();
-                let reads = |root: &str| templates.iter().any(|t| t.reads(root));
+                let reads = |root: &str| action.any_template(|t| t.reads(root));
                 let context = RenderContext {
                     event: reads("event")
                         .then(|| self.out.run.event.as_ref().map_or(Value::Null, |e| (*e.payload).clone())),
@@ -940,14 +940,15 @@ impl<'a> Machine<'a> {
         let n = self.next_id();
         // Run-level effects (a conversion by a workflow goal) name `_run`, which no step id can be.
         let step: Arc<str> = at.map_or_else(|| Arc::from(RUN_LEVEL_STEP), |at| self.workflow.step(at).id.clone());
-        let key = format!("{}-{}-{}", self.out.run.id.0, step, n);
+        let key = effect_key(self.out.run.id, &step, n);
         self.history(at, HistoryKind::EffectEmitted { key: key.clone(), effect: kind.name() });
         self.out.effects.push(Effect { key: key.clone(), step, kind });
         key
     }
 
     fn step_of_effect(&self, key: &str) -> Option<StepIndex> {
-        let rest = key.strip_prefix(&format!("{}-", self.out.run.id.0))?;
+        let mut digits = itoa::Buffer::new();
+        let rest = key.strip_prefix(digits.format(self.out.run.id.0))?.strip_prefix('-')?;
         let (step, _) = rest.rsplit_once('-')?;
         self.workflow.step_index(step)
     }

@@ -608,6 +608,17 @@ pub struct DecisionRecord {
 /// by a workflow-level goal): not a valid step id, so it never collides with one.
 pub const RUN_LEVEL_STEP: &str = "_run";
 
+/// The idempotency key of the `n`-th effect of a run, emitted at `step`: `<run>-<step>-<n>`.
+pub fn effect_key(run: RunId, step: &str, n: u32) -> String {
+    let (mut run_digits, mut n_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (run, n) = (run_digits.format(run.0), n_digits.format(n));
+    let mut key = String::with_capacity(run.len() + step.len() + n.len() + 2);
+    for part in [run, "-", step, "-", n] {
+        key.push_str(part);
+    }
+    key
+}
+
 /// Decides what `input` does to `run` at `now`. See the module docs.
 pub fn handle(workflow: &Workflow, run: Run, input: &Input, facts: &Facts<'_>, now: Timestamp) -> Transition {
     assert_eq!(run.workflow_id, workflow.id, "a run is handled by its own workflow");
