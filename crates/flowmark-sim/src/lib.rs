@@ -16,7 +16,7 @@ use std::collections::BinaryHeap;
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{Decision, EffectKind, Event, Facts, Input, Run, RunId, RunStatus, Sent, TimerId, handle};
-use flowmark_core::model::{Channel, StepKind, SubjectKind, Trigger, Workflow};
+use flowmark_core::model::{Channel, StepIndex, StepKind, SubjectKind, Trigger, Workflow};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -83,15 +83,16 @@ enum Pending {
     },
     Recorded(usize),
     TaskDone {
-        step: String,
+        step: StepIndex,
     },
     Decide {
-        step: String,
-        role: String,
+        step: StepIndex,
+        /// Position of the deciding role among the approval step's approvers.
+        role: u16,
         decision: u8,
     },
     SubflowEnded {
-        step: String,
+        step: StepIndex,
     },
 }
 
@@ -264,16 +265,25 @@ impl<'a> Simulation<'a> {
                 }
             }
             Pending::TaskDone { step } => {
-                let fields = task_fields(workflow, &step);
-                Input::TaskCompleted { step, by: "simulated-person".to_owned(), fields }
+                let fields = task_fields(workflow, step);
+                Input::TaskCompleted {
+                    step: workflow.step(step).id.to_string(),
+                    by: "simulated-person".to_owned(),
+                    fields,
+                }
             }
             Pending::Decide { step, role, decision } => {
+                let StepKind::Approval(approval) = &workflow.step(step).kind else { return };
+                let role = approval.approvers[usize::from(role)].clone();
                 let decision =
                     [Decision::Approve, Decision::ApproveWithChanges, Decision::RequestChanges, Decision::Reject]
                         [usize::from(decision)];
+                let step = workflow.step(step).id.to_string();
                 Input::ApprovalDecided { step, by: format!("simulated-{role}"), role, decision, comment: None }
             }
-            Pending::SubflowEnded { step } => Input::SubflowEnded { step, status: RunStatus::Completed },
+            Pending::SubflowEnded { step } => {
+                Input::SubflowEnded { step: workflow.step(step).id.to_string(), status: RunStatus::Completed }
+            }
         };
         let Some(run) = subject.run.take() else { return };
         let facts = Facts {
@@ -320,6 +330,7 @@ impl<'a> Simulation<'a> {
     /// The behaviour model answers an effect, now or later.
     fn respond(&mut self, now: Timestamp, subject_index: u32, key: &str, step: &str, kind: &EffectKind) {
         let behaviour = &self.config.behaviour;
+        let step = self.workflow.step_index(step);
         let replaying = self.config.events.is_some();
         match kind {
             EffectKind::SendMessage { channel: Channel::Email, transactional, .. } => {
@@ -357,26 +368,29 @@ impl<'a> Simulation<'a> {
                 flowmark_core::engine::apply_update(&mut self.subjects[subject_index as usize].data, set);
             }
             EffectKind::CreateTask { .. } if !replaying => {
+                let Some(step) = step else { return };
                 let hours = log_normal(&mut self.rng, behaviour.task_hours_median, behaviour.task_hours_p90);
-                self.schedule(now.plus(hours), subject_index, Pending::TaskDone { step: step.to_owned() });
+                self.schedule(now.plus(hours), subject_index, Pending::TaskDone { step });
             }
             EffectKind::RequestApproval { approvers, .. } if !replaying => {
+                let Some(step) = step else { return };
+                let StepKind::Approval(approval) = &self.workflow.step(step).kind else { return };
                 let weights =
                     [behaviour.approve, behaviour.approve_with_changes, behaviour.request_changes, behaviour.reject];
                 for role in approvers {
+                    let Some(role) = approval.approvers.iter().position(|r| r == role) else { continue };
                     let delay =
                         log_normal(&mut self.rng, behaviour.approval_hours_median, behaviour.approval_hours_p90);
                     let decision = weighted(&mut self.rng, &weights) as u8;
-                    self.schedule(
-                        now.plus(delay),
-                        subject_index,
-                        Pending::Decide { step: step.to_owned(), role: role.clone(), decision },
-                    );
+                    let role =
+                        u16::try_from(role).expect("an approval has at most `APPROVERS_COUNT_MAX` (32) approvers");
+                    self.schedule(now.plus(delay), subject_index, Pending::Decide { step, role, decision });
                 }
             }
             EffectKind::StartRun { wait: true, .. } => {
+                let Some(step) = step else { return };
                 let delay = flowmark_core::Duration((behaviour.subflow_hours * 3_600_000.0) as u64);
-                self.schedule(now.plus(delay), subject_index, Pending::SubflowEnded { step: step.to_owned() });
+                self.schedule(now.plus(delay), subject_index, Pending::SubflowEnded { step });
             }
             _ => {}
         }
@@ -443,8 +457,8 @@ fn triggers(workflow: &Workflow, event: &Event, data: &Value) -> bool {
     })
 }
 
-fn task_fields(workflow: &Workflow, step: &str) -> serde_json::Map<String, Value> {
-    let Some(StepKind::Task(task)) = workflow.step_index(step).map(|i| &workflow.step(i).kind) else {
+fn task_fields(workflow: &Workflow, step: StepIndex) -> serde_json::Map<String, Value> {
+    let StepKind::Task(task) = &workflow.step(step).kind else {
         return Default::default();
     };
     task.fields
