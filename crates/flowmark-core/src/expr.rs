@@ -290,16 +290,22 @@ impl Operand {
             Operand::Path(path) => Some(match inputs.get(path)? {
                 Value::Null => View::Null,
                 Value::Bool(b) => View::Bool(*b),
-                Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-                    (Some(i), _, _) => View::Int(i),
-                    (None, Some(u), _) => View::UInt(u),
-                    (_, _, Some(f)) => View::Float(f),
-                    _ => return None,
-                },
+                Value::Number(n) => number_view(n)?,
                 Value::String(s) => View::String(s),
                 Value::Array(_) | Value::Object(_) => return None,
             }),
         }
+    }
+}
+
+/// The CEL type and value of a JSON number: an integer if it fits `i64`, else an unsigned
+/// integer if it fits `u64`, else a double. The one rule for both `json_to_cel` and `Fast`.
+fn number_view(n: &serde_json::Number) -> Option<View<'static>> {
+    match (n.as_i64(), n.as_u64(), n.as_f64()) {
+        (Some(i), _, _) => Some(View::Int(i)),
+        (None, Some(u), _) => Some(View::UInt(u)),
+        (_, _, Some(f)) => Some(View::Float(f)),
+        _ => None,
     }
 }
 
@@ -506,10 +512,10 @@ pub fn json_to_cel(value: &Value) -> CelValue {
     match value {
         Value::Null => CelValue::Null,
         Value::Bool(b) => CelValue::Bool(*b),
-        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => CelValue::Int(i),
-            (None, Some(u), _) => CelValue::UInt(u),
-            (_, _, Some(f)) => CelValue::Float(f),
+        Value::Number(n) => match number_view(n) {
+            Some(View::Int(i)) => CelValue::Int(i),
+            Some(View::UInt(u)) => CelValue::UInt(u),
+            Some(View::Float(f)) => CelValue::Float(f),
             _ => CelValue::Null,
         },
         Value::String(s) => CelValue::String(Arc::new(s.clone())),
