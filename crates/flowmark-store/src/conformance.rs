@@ -37,6 +37,14 @@ fn workflow() -> Workflow {
     compile(&Source::new("conformance.yaml", WORKFLOW)).workflow.expect("the conformance workflow is valid")
 }
 
+/// Two starts; the second reuses the first's effect key, so a batch holding both is refused.
+fn good_and_refused(workflow: &Workflow) -> (Transition, Transition) {
+    let good = start(workflow, 1, "c-1");
+    let mut bad = start(workflow, 2, "c-2");
+    bad.effects[0].key = good.effects[0].key.clone();
+    (good, bad)
+}
+
 fn start(workflow: &Workflow, id: u64, subject: &str) -> Transition {
     let run = Run::new(RunId(id), workflow, 1, subject, T0);
     handle(workflow, run, &Input::Start { event: None }, &Facts::empty(), T0)
@@ -121,9 +129,7 @@ pub fn timers_mirror_the_run(mut store: Box<dyn Store>) -> Result<(), Error> {
 /// A batch with one bad transition leaves nothing of the batch behind.
 pub fn a_batch_is_all_or_nothing(mut store: Box<dyn Store>) -> Result<(), Error> {
     let workflow = workflow();
-    let good = start(&workflow, 1, "c-1");
-    let mut bad = start(&workflow, 2, "c-2");
-    bad.effects[0].key = good.effects[0].key.clone(); // another run's key: refused
+    let (good, bad) = good_and_refused(&workflow);
     match store.commit(&[&good, &bad], T0) {
         Err(Error::DuplicateEffect { key }) => assert_eq!(key, good.effects[0].key),
         other => panic!("expected DuplicateEffect, got {other:?}"),
@@ -234,9 +240,7 @@ pub fn a_runs_transitions_in_one_batch_read_back_in_order(mut store: Box<dyn Sto
 /// commit of the start; a refused batch stores no key.
 pub fn start_keys_find_the_run_they_started(mut store: Box<dyn Store>) -> Result<(), Error> {
     let workflow = workflow();
-    let good = start(&workflow, 1, "c-1");
-    let mut bad = start(&workflow, 2, "c-2");
-    bad.effects[0].key = good.effects[0].key.clone(); // another run's key: refused
+    let (good, bad) = good_and_refused(&workflow);
     let refused = Batch {
         transitions: vec![&good, &bad],
         start_keys: vec![("conformance", "k-1", RunId(1))],

@@ -26,9 +26,7 @@ fn export_json(db: &std::path::Path) -> Vec<Value> {
 
 #[test]
 fn contacts_import_from_csv_whole_or_not_at_all_and_export_again() {
-    let dir = super::validate::tempdir().join("import");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("import");
     let db = dir.join("flowmark.db");
 
     let bad = dir.join("bad.csv");
@@ -72,9 +70,7 @@ fn contacts_import_from_csv_whole_or_not_at_all_and_export_again() {
 
 #[test]
 fn an_interrupted_import_resumes_where_it_stopped() {
-    let dir = super::validate::tempdir().join("import-resume");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("import-resume");
     let db = dir.join("flowmark.db");
     let mut text = String::from("id,email,plan\n");
     for i in 0..2500 {
@@ -100,9 +96,7 @@ fn an_interrupted_import_resumes_where_it_stopped() {
 
 #[test]
 fn contacts_import_over_the_api() {
-    let dir = super::validate::tempdir().join("import-api");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("import-api");
     let server = Server::start(&dir.join("flowmark.db"));
     let (status, _, problem) = server.api("POST", "/api/contacts/import", b"email\nnot-an-address\n");
     assert_eq!(status, 422);

@@ -105,9 +105,7 @@ fn acknowledged_work_survives_sigkill_at_random_moments() {
     let seed = std::env::var("FLOWMARK_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_f10e_u64);
     println!("crash test seed: {seed} (FLOWMARK_CRASH_SEED={seed} repeats the kill schedule)");
     let mut rng = Rng(seed | 1);
-    let dir = super::validate::tempdir().join("crash");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("crash");
     let db = dir.join("flowmark.db");
     let effects_log = dir.join("effects.jsonl");
     let effects_arg = effects_log.to_str().unwrap().to_owned();

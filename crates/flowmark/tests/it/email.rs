@@ -107,9 +107,7 @@ fn post_form(url: &str, body: &str) -> (u16, String) {
 
 #[test]
 fn email_goes_out_over_smtp_personalised_and_one_click_unsubscribe_stops_the_journey() {
-    let dir = super::validate::tempdir().join("email");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("email");
     let sink = smtp_sink(&dir);
     let smtp = format!("smtp://127.0.0.1:{}", sink.port);
     let server = Server::start_with(

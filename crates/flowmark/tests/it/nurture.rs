@@ -45,9 +45,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn the_nurture_blueprint_runs_from_download_to_sales_hand_off() {
     let library = install_library();
-    let dir = super::validate::tempdir().join("nurture");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("nurture");
     let sink = smtp_sink(&dir);
     let receiver = webhook_receiver(&dir, &library);
     let smtp = format!("smtp://127.0.0.1:{}", sink.port);

@@ -20,9 +20,7 @@ fn directory() -> Value {
 }
 
 fn started(dir_name: &str) -> (Server, u64) {
-    let dir = super::validate::tempdir().join(dir_name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir(dir_name);
     let server = Server::start(&dir.join("flowmark.db"));
     let blueprint = std::fs::read(crate::repo_path("blueprints/blog-post.yaml")).unwrap();
     assert_eq!(server.api("POST", "/api/workflows", &blueprint).0, 201);

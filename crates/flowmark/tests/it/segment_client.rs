@@ -34,9 +34,7 @@ if errors:
 #[test]
 fn the_official_segment_python_library_sends_to_flowmark_unchanged() {
     let library = install_library();
-    let dir = super::validate::tempdir().join("segment-client");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("segment-client");
     let server = Server::start(&dir.join("flowmark.db"));
     let blueprint = std::fs::read(crate::repo_path("blueprints/whitepaper-nurture.yaml")).unwrap();
     assert_eq!(server.api("POST", "/api/workflows", &blueprint).0, 201);

@@ -101,9 +101,7 @@ impl Server {
 
 #[test]
 fn events_in_runs_out_and_everything_acknowledged_survives_a_restart() {
-    let dir = super::validate::tempdir().join("serve");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("serve");
     let db = dir.join("flowmark.db");
     let server = Server::start(&db);
     assert_eq!(server.request("GET", "/healthz", &[], b"").0, 200);
@@ -206,9 +204,7 @@ fn create_token(db: &std::path::Path, scope: &str) -> String {
 
 #[test]
 fn stored_tokens_are_checked_by_hash_and_scope() {
-    let dir = super::validate::tempdir().join("tokens");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("tokens");
     let db = dir.join("flowmark.db");
     let ingest = create_token(&db, "ingest");
     let admin = create_token(&db, "admin");
@@ -238,9 +234,7 @@ fn stored_tokens_are_checked_by_hash_and_scope() {
 
 #[test]
 fn contacts_events_and_workflow_versions_are_served() {
-    let dir = super::validate::tempdir().join("contacts");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("contacts");
     let server = Server::start(&dir.join("flowmark.db"));
 
     let (status, _, doc) = server.request("GET", "/api/openapi.json", &[], b"");
@@ -305,9 +299,7 @@ fn contacts_events_and_workflow_versions_are_served() {
 
 #[test]
 fn alias_merges_an_anonymous_visitor_into_the_known_contact() {
-    let dir = super::validate::tempdir().join("alias");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("alias");
     let server = Server::start(&dir.join("flowmark.db"));
     let blueprint = std::fs::read(crate::repo_path("blueprints/whitepaper-nurture.yaml")).unwrap();
     assert_eq!(server.api("POST", "/api/workflows", &blueprint).0, 201);
@@ -349,9 +341,7 @@ roles:
 
 #[test]
 fn a_score_crossing_its_threshold_hands_the_lead_to_sales() {
-    let dir = super::validate::tempdir().join("scoring");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("scoring");
     let server = Server::start(&dir.join("flowmark.db"));
     assert_eq!(server.api("POST", "/api/workflows", HANDOFF.as_bytes()).0, 201);
     let bad = json!({ "models": [{ "name": "engagement", "half_life": "soon", "rules": [{ "event": "X", "add": 1, "where": "nope > 1" }] }] });
@@ -412,9 +402,7 @@ roles:
 
 #[test]
 fn segments_over_the_api_move_with_events_and_start_workflows() {
-    let dir = super::validate::tempdir().join("segments");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("segments");
     let server = Server::start(&dir.join("flowmark.db"));
     assert_eq!(server.api("POST", "/api/workflows", VIP_WELCOME.as_bytes()).0, 201);
     let bad = json!({ "segments": [
@@ -456,9 +444,7 @@ fn segments_over_the_api_move_with_events_and_start_workflows() {
 
 #[test]
 fn oversized_batches_unknown_calls_and_forged_pixels_change_nothing() {
-    let dir = super::validate::tempdir().join("bad-input");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("bad-input");
     let server = Server::start(&dir.join("flowmark.db"));
     // 20 events of 30 KB: each under the per-event limit, the batch over 500 KB.
     let item = json!({ "type": "track", "userId": "ada", "event": "Big", "properties": { "x": "y".repeat(30_000) } });
@@ -503,9 +489,7 @@ fn oversized_batches_unknown_calls_and_forged_pixels_change_nothing() {
 
 #[test]
 fn the_blog_post_blueprint_is_driven_through_tasks_and_approvals_over_the_api() {
-    let dir = super::validate::tempdir().join("blog-post");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("blog-post");
     let server = Server::start(&dir.join("flowmark.db"));
     let blueprint = std::fs::read(crate::repo_path("blueprints/blog-post.yaml")).unwrap();
     assert_eq!(server.api("POST", "/api/workflows", &blueprint).0, 201);
@@ -550,9 +534,7 @@ fn the_blog_post_blueprint_is_driven_through_tasks_and_approvals_over_the_api() 
 
 #[test]
 fn a_calls_context_time_zone_becomes_the_contacts() {
-    let dir = super::validate::tempdir().join("context-timezone");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("context-timezone");
     let server = Server::start(&dir.join("flowmark.db"));
     let page = |id: &str, tz: &str| json!({ "userId": "ada", "event": "Page Viewed", "messageId": id, "context": { "timezone": tz } });
     assert_eq!(server.send("track", &page("p-1", "Europe/Paris")).0, 200);
@@ -571,9 +553,7 @@ fn a_calls_context_time_zone_becomes_the_contacts() {
 
 #[test]
 fn an_api_call_runs_lead_routing_and_answers_with_its_result() {
-    let dir = super::validate::tempdir().join("respond");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("respond");
     let server = Server::start(&dir.join("flowmark.db"));
     let blueprint = std::fs::read(crate::repo_path("blueprints/lead-routing.yaml")).unwrap();
     assert_eq!(server.api("POST", "/api/workflows", &blueprint).0, 201);
@@ -638,9 +618,7 @@ fn an_api_call_runs_lead_routing_and_answers_with_its_result() {
 
 #[test]
 fn bad_flags_stop_serve_before_it_opens_anything() {
-    let dir = super::validate::tempdir().join("bad-flags");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("bad-flags");
     let db = dir.join("flowmark.db");
     let cases: [(&[&str], &str); 6] = [
         (&["--effects-per-second", "0"], "is not a rate"),
@@ -722,9 +700,7 @@ fn read_answer(reader: &mut impl BufRead) -> (String, String) {
 
 #[test]
 fn ui_filters_and_calendar_parameters_that_do_not_parse_are_ignored() {
-    let dir = super::validate::tempdir().join("ui-bad-params");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("ui-bad-params");
     let server = Server::start_with(&dir.join("flowmark.db"), &["--demo"]);
     let form = "email=sam%40example.com&password=flowmark-demo&next=%2Fui";
     let (head, _) = raw(
@@ -763,9 +739,7 @@ fn ui_filters_and_calendar_parameters_that_do_not_parse_are_ignored() {
 
 #[test]
 fn a_retried_start_with_the_same_idempotency_key_answers_the_run_it_started() {
-    let dir = super::validate::tempdir().join("idempotent-start");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("idempotent-start");
     let db = dir.join("flowmark.db");
     let server = Server::start(&db);
     let blueprint = std::fs::read(crate::repo_path("blueprints/lead-routing.yaml")).unwrap();
@@ -813,9 +787,7 @@ fn a_retried_start_with_the_same_idempotency_key_answers_the_run_it_started() {
 
 #[test]
 fn the_server_goes_on_when_nobody_reads_its_output() {
-    let dir = super::validate::tempdir().join("closed-stdout");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("closed-stdout");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let address = format!("127.0.0.1:{port}");
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("flowmark"))

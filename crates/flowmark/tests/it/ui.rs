@@ -61,9 +61,7 @@ fn quick_blog_post() -> String {
 fn the_blog_post_runs_through_the_web_ui_with_approvals_a_loop_back_and_an_escalation() {
     chromium();
     let modules = playwright();
-    let dir = super::validate::tempdir().join("ui");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("ui");
     let server = Server::start(&dir.join("flowmark.db"));
     assert_eq!(server.api("POST", "/api/workflows", quick_blog_post().as_bytes()).0, 201);
     let directory = json!({

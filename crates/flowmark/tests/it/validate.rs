@@ -79,6 +79,14 @@ fn unreadable_files_are_operating_errors() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("is not UTF-8 text (invalid byte at offset 3)"));
 }
 
+/// An empty directory `name` under this test's `tempdir`: what an earlier run left there is removed.
+pub fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = tempdir().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub fn tempdir() -> std::path::PathBuf {
     let dir =
         std::env::temp_dir().join(format!("flowmark-test-{}-{:?}", std::process::id(), std::thread::current().id()));

@@ -86,9 +86,7 @@ fn signed_headers(library: &Path, id: &str, body: &str) -> Vec<(&'static str, St
 #[test]
 fn webhooks_are_signed_and_verified_the_standard_webhooks_way() {
     let library = install_library();
-    let dir = super::validate::tempdir().join("webhooks");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::validate::fresh_dir("webhooks");
     let receiver = webhook_receiver(&dir, &library);
     let server = Server::start_with(
         &dir.join("flowmark.db"),
