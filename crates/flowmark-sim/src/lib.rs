@@ -3,10 +3,15 @@
 //! Every synthetic subject gets a run driven by the same [`flowmark_core::engine::handle`]
 //! the runtime uses. Effects are answered by a [`Behaviour`] model (opens, clicks, task
 //! durations, approval decisions) or replayed from recorded events, and the answers come back
-//! as inputs at their virtual time. A binary heap ordered by (time, sequence) is the clock.
+//! as inputs at their virtual time. Subjects never act on each other, so they are simulated
+//! one after another: each lives its whole horizon on its own clock (a binary heap ordered by
+//! time, then order of scheduling) and its own random stream (the seeded ChaCha8 stream
+//! numbered by the subject's position), then is tallied and dropped. Memory is that of one
+//! subject plus the report, whatever the population.
 //!
 //! Invariant: the report is a pure function of (workflow, config): the same seed gives a
-//! byte-identical report. Nothing here reads the system clock or a global random source.
+//! byte-identical report, and a subject's draws depend only on the seed and its position.
+//! Nothing here reads the system clock or a global random source.
 
 mod behaviour;
 mod report;
@@ -24,7 +29,8 @@ use serde_json::{Value, json};
 pub use behaviour::{Behaviour, Error as BehaviourError};
 pub use report::{Report, StepReport};
 
-/// Most subjects one simulation may hold: each keeps a run and its data in memory.
+/// Most subjects one simulation may run. Subjects are simulated one after another, so memory
+/// does not grow with them; the limit bounds the time a simulation takes (minutes at most).
 pub const SUBJECTS_COUNT_MAX: u32 = 20_000_000;
 /// Longest horizon, in days.
 pub const DAYS_MAX: u32 = 3660;
@@ -60,16 +66,58 @@ pub enum Error {
     Empty,
 }
 
+/// The subject in flight: its data, what the wait look-back and caps read, and its run.
 struct Subject {
     id: String,
     data: Value,
     timezone: Option<chrono_tz::Tz>,
     recent_events: Vec<Event>,
     sent: Vec<Sent>,
-    /// The subject's run while it is active; an ended run is tallied and dropped, so a long
-    /// simulation holds only the runs still in flight.
+    /// The subject's run while it is active; an ended run is tallied and dropped.
     run: Option<Run>,
     ended: bool,
+}
+
+impl Subject {
+    fn new(id: String, data: Value, timezone: Option<chrono_tz::Tz>) -> Subject {
+        Subject { id, data, timezone, recent_events: Vec::new(), sent: Vec::new(), run: None, ended: false }
+    }
+}
+
+/// The id of the `index`-th synthetic subject: `contact-1`, `item-2`, …
+fn synthetic_id(kind: SubjectKind, index: u32) -> String {
+    [kind.as_str(), "-", itoa::Buffer::new().format(u64::from(index) + 1)].concat()
+}
+
+/// Recorded events by subject: for each synthetic subject (by position) and then each subject
+/// only the recording names (in order of first appearance), the positions of its events.
+fn group_by_subject(kind: SubjectKind, synthetic: u32, events: &[RecordedEvent]) -> (Vec<Vec<usize>>, Vec<String>) {
+    let mut index_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut recorded_only = Vec::new();
+    let mut by_subject: Vec<Vec<usize>> = vec![Vec::new(); synthetic as usize];
+    for (position, recorded) in events.iter().enumerate() {
+        let id = recorded.subject_id.as_str();
+        let index = *index_of.entry(id).or_insert_with(|| match synthetic_position(kind, synthetic, id) {
+            Some(index) => index,
+            None => {
+                recorded_only.push(id.to_owned());
+                by_subject.push(Vec::new());
+                by_subject.len() - 1
+            }
+        });
+        by_subject[index].push(position);
+    }
+    (by_subject, recorded_only)
+}
+
+/// The position of a synthetic subject named `id`, if `id` names one (see [`synthetic_id`]).
+fn synthetic_position(kind: SubjectKind, synthetic: u32, id: &str) -> Option<usize> {
+    let number = id.strip_prefix(kind.as_str())?.strip_prefix('-')?;
+    if number.starts_with('0') || number.starts_with('+') {
+        return None;
+    }
+    let number: u32 = number.parse().ok()?;
+    (1..=synthetic).contains(&number).then(|| (number - 1) as usize)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -104,7 +152,7 @@ enum SimEvent {
     Goal,
 }
 
-/// Runs the simulation. `progress` is called now and then with (virtual ms done, ms total).
+/// Runs the simulation. `progress` is called now and then with (subjects done, subjects in all).
 pub fn simulate(workflow: &Workflow, config: &Config, mut progress: impl FnMut(u64, u64)) -> Result<Report, Error> {
     if config.subjects == 0 || config.days == 0 {
         return Err(Error::Empty);
@@ -117,112 +165,138 @@ pub fn simulate(workflow: &Workflow, config: &Config, mut progress: impl FnMut(u
     }
     let mut sim = Simulation::new(workflow, config);
     sim.run(&mut progress);
-    Ok(sim.report.finish(workflow, config, sim.subjects.iter().filter_map(|s| s.run.as_ref())))
+    Ok(sim.report.finish(workflow, config))
 }
 
+/// A subject's pending input: due time, then order of scheduling.
+type Scheduled = Reverse<(Timestamp, u64, Pending)>;
+
+/// The simulation of one subject after another. Subjects never act on each other (caps,
+/// quiet hours and recent events are per subject), so each lives its whole horizon on its
+/// own clock and is then tallied and dropped: memory does not grow with the population, and
+/// the one subject in flight stays in the processor's caches.
 struct Simulation<'a> {
     workflow: &'a Workflow,
     config: &'a Config,
+    /// The seeded generator every subject's stream is cut from (`set_stream(subject)`).
+    seeded: ChaCha8Rng,
+    /// The current subject's random stream: its draws do not depend on any other subject.
     rng: ChaCha8Rng,
-    queue: BinaryHeap<Reverse<(Timestamp, u64, u32, Pending)>>,
+    /// The current subject's pending inputs, earliest first.
+    queue: BinaryHeap<Scheduled>,
+    /// Orders the current subject's inputs that are due at the same instant.
     sequence: u64,
-    subjects: Vec<Subject>,
     end: Timestamp,
     report: report::Collector,
     env: Value,
+    population: Population,
+    /// Recorded events by subject: positions in `config.events`, in file order.
+    recorded: Vec<Vec<usize>>,
+    /// Subjects named by recorded events beyond the synthetic population, in order of first
+    /// appearance.
+    recorded_only: Vec<String>,
 }
 
 impl<'a> Simulation<'a> {
     fn new(workflow: &'a Workflow, config: &'a Config) -> Simulation<'a> {
-        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let end = config.start.plus(flowmark_core::Duration(u64::from(config.days) * 86_400_000));
-        let mut sim = Simulation {
+        let (recorded, recorded_only) = match &config.events {
+            Some(events) => group_by_subject(workflow.subject, config.subjects, events),
+            None => (Vec::new(), Vec::new()),
+        };
+        Simulation {
             workflow,
             config,
-            rng: ChaCha8Rng::seed_from_u64(0),
+            seeded: ChaCha8Rng::seed_from_u64(config.seed),
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
             queue: BinaryHeap::new(),
             sequence: 0,
-            subjects: Vec::with_capacity(config.subjects as usize),
             end,
             report: report::Collector::new(workflow),
             env: json!({}),
-        };
-        let arrival_ms = (config.behaviour.arrival_hours * 3_600_000.0) as u64;
-        for index in 0..config.subjects {
-            let data = synthetic_data(workflow.subject, index, &config.behaviour, &mut rng);
-            let timezone = pick_timezone(&config.behaviour, &mut rng);
-            sim.subjects.push(Subject {
-                id: [workflow.subject.as_str(), "-", itoa::Buffer::new().format(index + 1)].concat(),
-                data,
-                timezone,
-                recent_events: Vec::new(),
-                sent: Vec::new(),
-                run: None,
-                ended: false,
-            });
-            if config.events.is_none() {
-                let offset = if arrival_ms == 0 { 0 } else { rng.next_u64() % arrival_ms };
-                sim.schedule(config.start.plus(flowmark_core::Duration(offset)), index, Pending::Start);
-            }
+            population: Population::new(workflow, &config.behaviour),
+            recorded,
+            recorded_only,
         }
-        if let Some(events) = &config.events {
-            for (position, recorded) in events.iter().enumerate() {
-                let index = sim.subject_index(&recorded.subject_id);
-                sim.schedule(recorded.event.at, index, Pending::Recorded(position));
-            }
-        }
-        sim.rng = rng;
-        sim
     }
 
-    /// The subject with this id, added on first sight (recorded events name their subjects).
-    fn subject_index(&mut self, id: &str) -> u32 {
-        if let Some(position) = self.subjects.iter().position(|s| s.id == id) {
-            return position as u32;
-        }
-        self.subjects.push(Subject {
-            id: id.to_owned(),
-            data: json!({}),
-            timezone: None,
-            recent_events: Vec::new(),
-            sent: Vec::new(),
-            run: None,
-            ended: false,
-        });
-        (self.subjects.len() - 1) as u32
-    }
-
-    fn schedule(&mut self, at: Timestamp, subject: u32, pending: Pending) {
+    fn schedule(&mut self, at: Timestamp, pending: Pending) {
         self.sequence += 1;
-        self.queue.push(Reverse((at, self.sequence, subject, pending)));
+        self.queue.push(Reverse((at, self.sequence, pending)));
     }
 
     fn run(&mut self, progress: &mut impl FnMut(u64, u64)) {
-        let total = self.end.since(self.config.start).ms();
-        let mut processed: u64 = 0;
-        while let Some(Reverse((at, _, subject, pending))) = self.queue.pop() {
-            if at > self.end {
-                break;
+        let total = u64::from(self.config.subjects) + self.recorded_only.len() as u64;
+        for index in 0..total {
+            let index =
+                u32::try_from(index).expect("at most `SUBJECTS_COUNT_MAX` synthetic subjects, and recorded ones");
+            self.simulate_subject(index);
+            if index % 65_536 == 65_535 {
+                progress(u64::from(index) + 1, total);
             }
-            processed += 1;
-            if processed.is_multiple_of(65_536) {
-                progress(at.since(self.config.start).ms(), total);
-            }
-            self.deliver(at, subject, pending);
         }
         progress(total, total);
     }
 
-    fn deliver(&mut self, now: Timestamp, subject_index: u32, pending: Pending) {
+    /// Takes subject `index` through the whole horizon and tallies it.
+    fn simulate_subject(&mut self, index: u32) {
+        let mut subject = self.begin(index);
+        while let Some(Reverse((at, _, pending))) = self.queue.pop() {
+            if at > self.end {
+                break;
+            }
+            self.deliver(at, index, &mut subject, pending);
+        }
+        self.queue.clear();
+        if let Some(run) = &subject.run {
+            self.report.run_unfinished(run);
+        }
+    }
+
+    /// Makes subject `index`: its random stream, its data, and its first pending inputs (its
+    /// arrival, or its recorded events).
+    fn begin(&mut self, index: u32) -> Subject {
+        self.rng.clone_from(&self.seeded);
+        self.rng.set_stream(u64::from(index));
+        self.sequence = 0;
+        self.report.subject_started();
+        let synthetic = index < self.config.subjects;
+        let subject = if synthetic {
+            let behaviour = &self.config.behaviour;
+            let data = self.population.synthetic_data(index, behaviour, &mut self.rng);
+            let timezone = self.population.pick_timezone(&mut self.rng);
+            Subject::new(synthetic_id(self.workflow.subject, index), data, timezone)
+        } else {
+            let id = self.recorded_only[(index - self.config.subjects) as usize].clone();
+            Subject::new(id, json!({}), None)
+        };
+        match &self.config.events {
+            None => {
+                let arrival_ms = (self.config.behaviour.arrival_hours * 3_600_000.0) as u64;
+                let offset = if arrival_ms == 0 { 0 } else { self.rng.next_u64() % arrival_ms };
+                self.schedule(self.config.start.plus(flowmark_core::Duration(offset)), Pending::Start);
+            }
+            Some(events) => {
+                let positions = self.recorded.get_mut(index as usize).map(std::mem::take).unwrap_or_default();
+                for position in positions {
+                    self.schedule(events[position].event.at, Pending::Recorded(position));
+                }
+            }
+        }
+        subject
+    }
+
+    fn deliver(&mut self, now: Timestamp, subject_index: u32, subject: &mut Subject, pending: Pending) {
         let workflow = self.workflow;
-        let subject = &mut self.subjects[subject_index as usize];
         let input = match pending {
             Pending::Start => {
                 if subject.run.is_some() || subject.ended {
                     return;
                 }
-                subject.run = Some(Run::new(RunId(u64::from(subject_index) + 1), workflow, 1, subject.id.clone(), now));
-                let event = trigger_event(workflow, &self.config.behaviour, subject_index, now);
+                // A subject has at most one run: its id moves into it.
+                let id = std::mem::take(&mut subject.id);
+                subject.run = Some(Run::new(RunId(u64::from(subject_index) + 1), workflow, 1, id, now));
+                let event = self.population.trigger_event(subject_index, now);
                 Input::Start { event }
             }
             Pending::Timer(timer) => Input::TimerFired { timer },
@@ -257,8 +331,8 @@ impl<'a> Simulation<'a> {
                     if !triggers(workflow, &event, &subject.data) {
                         return;
                     }
-                    subject.run =
-                        Some(Run::new(RunId(u64::from(subject_index) + 1), workflow, 1, subject.id.clone(), now));
+                    let id = std::mem::take(&mut subject.id);
+                    subject.run = Some(Run::new(RunId(u64::from(subject_index) + 1), workflow, 1, id, now));
                     Input::Start { event: Some(event) }
                 } else {
                     Input::Event { event }
@@ -294,9 +368,8 @@ impl<'a> Simulation<'a> {
             env: &self.env,
         };
         let transition = handle(workflow, run, &input, &facts, now);
-        self.report.record(subject_index, &transition, now);
+        self.report.record(&transition, now);
         let flowmark_core::engine::Transition { run, timers, effects, .. } = transition;
-        let subject = &mut self.subjects[subject_index as usize];
         if run.is_active() {
             subject.run = Some(run);
         } else {
@@ -304,37 +377,35 @@ impl<'a> Simulation<'a> {
             subject.ended = true;
         }
         for timer in &timers {
-            self.schedule(timer.due_at, subject_index, Pending::Timer(timer.timer));
+            self.schedule(timer.due_at, Pending::Timer(timer.timer));
         }
         for effect in &effects {
             if matches!(effect.kind, EffectKind::SendMessage { .. }) {
-                self.render_sample(subject_index, effect);
+                self.render_sample(subject, effect);
             }
-            self.respond(now, subject_index, &effect.key, &effect.step, &effect.kind);
+            self.respond(now, subject, &effect.key, &effect.step, &effect.kind);
         }
     }
 
     /// Renders the first `RENDERED_PER_STEP_MAX` messages of each step, as the dispatcher
     /// would when sending them, so the report shows templates that fail on real-looking data.
-    fn render_sample(&mut self, subject_index: u32, effect: &flowmark_core::engine::Effect) {
+    fn render_sample(&mut self, subject: &Subject, effect: &flowmark_core::engine::Effect) {
         let Some(step) = self.workflow.step_index(&effect.step) else { return };
         if !self.report.should_render(step.index()) {
             return;
         }
-        let subject = &self.subjects[subject_index as usize].data;
-        if let Err(error) = flowmark_core::render::render_message(self.workflow, effect, subject, &self.env) {
+        if let Err(error) = flowmark_core::render::render_message(self.workflow, effect, &subject.data, &self.env) {
             self.report.render_failed(step.index(), error.to_string());
         }
     }
 
     /// The behaviour model answers an effect, now or later.
-    fn respond(&mut self, now: Timestamp, subject_index: u32, key: &str, step: &str, kind: &EffectKind) {
+    fn respond(&mut self, now: Timestamp, subject: &mut Subject, key: &str, step: &str, kind: &EffectKind) {
         let behaviour = &self.config.behaviour;
         let step = self.workflow.step_index(step);
         let replaying = self.config.events.is_some();
         match kind {
             EffectKind::SendMessage { channel: Channel::Email, transactional, .. } => {
-                let subject = &mut self.subjects[subject_index as usize];
                 if !transactional {
                     subject.sent.push(Sent { channel: Channel::Email, at: now });
                     if subject.sent.len() > 64 {
@@ -346,31 +417,27 @@ impl<'a> Simulation<'a> {
                 }
                 let opened = now.plus(exponential(&mut self.rng, behaviour.open_delay_hours));
                 let email: std::sync::Arc<str> = key.into();
-                self.schedule(
-                    opened,
-                    subject_index,
-                    Pending::Event { kind: SimEvent::Opened, email: Some(email.clone()) },
-                );
+                self.schedule(opened, Pending::Event { kind: SimEvent::Opened, email: Some(email.clone()) });
                 if !chance(&mut self.rng, behaviour.email_click) {
                     return;
                 }
                 let clicked = opened.plus(exponential(&mut self.rng, behaviour.click_delay_hours));
-                self.schedule(clicked, subject_index, Pending::Event { kind: SimEvent::Clicked, email: Some(email) });
+                self.schedule(clicked, Pending::Event { kind: SimEvent::Clicked, email: Some(email) });
                 if !self.workflow.goals.is_empty() && chance(&mut self.rng, behaviour.convert_after_click) {
                     let converted = clicked.plus(exponential(&mut self.rng, behaviour.convert_delay_hours));
-                    self.schedule(converted, subject_index, Pending::Event { kind: SimEvent::Goal, email: None });
+                    self.schedule(converted, Pending::Event { kind: SimEvent::Goal, email: None });
                 }
             }
             EffectKind::AdjustScore { model, change } => {
-                flowmark_core::engine::apply_score(&mut self.subjects[subject_index as usize].data, model, *change);
+                flowmark_core::engine::apply_score(&mut subject.data, model, *change);
             }
             EffectKind::UpdateSubject { set } => {
-                flowmark_core::engine::apply_update(&mut self.subjects[subject_index as usize].data, set);
+                flowmark_core::engine::apply_update(&mut subject.data, set);
             }
             EffectKind::CreateTask { .. } if !replaying => {
                 let Some(step) = step else { return };
                 let hours = log_normal(&mut self.rng, behaviour.task_hours_median, behaviour.task_hours_p90);
-                self.schedule(now.plus(hours), subject_index, Pending::TaskDone { step });
+                self.schedule(now.plus(hours), Pending::TaskDone { step });
             }
             EffectKind::RequestApproval { approvers, .. } if !replaying => {
                 let Some(step) = step else { return };
@@ -384,13 +451,13 @@ impl<'a> Simulation<'a> {
                     let decision = weighted(&mut self.rng, &weights) as u8;
                     let role =
                         u16::try_from(role).expect("an approval has at most `APPROVERS_COUNT_MAX` (32) approvers");
-                    self.schedule(now.plus(delay), subject_index, Pending::Decide { step, role, decision });
+                    self.schedule(now.plus(delay), Pending::Decide { step, role, decision });
                 }
             }
             EffectKind::StartRun { wait: true, .. } => {
                 let Some(step) = step else { return };
                 let delay = flowmark_core::Duration((behaviour.subflow_hours * 3_600_000.0) as u64);
-                self.schedule(now.plus(delay), subject_index, Pending::SubflowEnded { step });
+                self.schedule(now.plus(delay), Pending::SubflowEnded { step });
             }
             _ => {}
         }
@@ -427,18 +494,6 @@ fn object(value: &mut Value) -> &mut serde_json::Map<String, Value> {
         *value = json!({});
     }
     value.as_object_mut().expect("just made an object")
-}
-
-fn trigger_event(workflow: &Workflow, behaviour: &Behaviour, subject: u32, now: Timestamp) -> Option<Event> {
-    workflow.triggers.iter().find_map(|t| match t {
-        Trigger::Event { name, .. } => Some(Event {
-            id: format!("sim-start-{subject}"),
-            name: name.clone(),
-            at: now,
-            payload: json!({ "type": "track", "event": name, "properties": behaviour.trigger_properties }).into(),
-        }),
-        _ => None,
-    })
 }
 
 /// Does a recorded event start a run of this workflow (name and filter of an event trigger)?
@@ -478,39 +533,107 @@ fn task_fields(workflow: &Workflow, step: StepIndex) -> serde_json::Map<String, 
 
 const FIRST_NAMES: [&str; 8] = ["Ada", "Bo", "Chen", "Dana", "Emeka", "Fatima", "Greta", "Hiro"];
 
-fn synthetic_data(kind: SubjectKind, index: u32, behaviour: &Behaviour, rng: &mut ChaCha8Rng) -> Value {
-    let mut data = match kind {
-        SubjectKind::Contact => json!({
-            "first_name": FIRST_NAMES[(index as usize) % FIRST_NAMES.len()],
-            "email": (["contact", itoa::Buffer::new().format(index + 1), "@example.com"].concat()),
-            "scores": { "engagement": rng.next_u64() % 61 },
-        }),
-        SubjectKind::Item => json!({
-            "title": format!("Item {}", index + 1),
-            "word_count": 300 + rng.next_u64() % 1201,
-        }),
-    };
-    for (name, spec) in &behaviour.traits {
-        let value = match spec {
-            Value::Object(o) if o.contains_key("between") => {
-                let bounds = o["between"].as_array().cloned().unwrap_or_default();
-                let low = bounds.first().and_then(Value::as_i64).unwrap_or(0);
-                let high = bounds.get(1).and_then(Value::as_i64).unwrap_or(low).max(low);
-                json!(low + (rng.next_u64() % ((high - low) as u64 + 1)) as i64)
-            }
-            Value::Object(o) if o.contains_key("one_of") => {
-                let options = o["one_of"].as_array().cloned().unwrap_or_default();
-                if options.is_empty() {
-                    Value::Null
-                } else {
-                    options[(rng.next_u64() % options.len() as u64) as usize].clone()
-                }
-            }
-            constant => constant.clone(),
+/// What every synthetic subject shares, worked out once: the shape of its data, the time
+/// zones it may live in, the event that starts its run.
+struct Population {
+    kind: SubjectKind,
+    /// The data every subject of `kind` starts from; `synthetic_data` fills in its values.
+    template: Value,
+    /// The time zones subjects are drawn from, and their weights.
+    timezones: Vec<Option<chrono_tz::Tz>>,
+    timezone_weights: Vec<f64>,
+    /// The name and payload of the first event trigger's event: the same for every subject.
+    trigger: Option<(String, std::sync::Arc<Value>)>,
+}
+
+impl Population {
+    fn new(workflow: &Workflow, behaviour: &Behaviour) -> Population {
+        let template = match workflow.subject {
+            SubjectKind::Contact => json!({ "first_name": "", "email": "", "scores": { "engagement": 0 } }),
+            SubjectKind::Item => json!({ "title": "", "word_count": 0 }),
         };
-        set_path(&mut data, name, value);
+        let trigger = workflow.triggers.iter().find_map(|t| match t {
+            Trigger::Event { name, .. } => Some((
+                name.clone(),
+                json!({ "type": "track", "event": name, "properties": behaviour.trigger_properties }).into(),
+            )),
+            _ => None,
+        });
+        Population {
+            kind: workflow.subject,
+            template,
+            timezones: behaviour.timezones.keys().map(|name| name.parse().ok()).collect(),
+            timezone_weights: behaviour.timezones.values().copied().collect(),
+            trigger,
+        }
     }
-    data
+
+    /// The data of the `index`-th subject: the template's fields, each with the subject's own
+    /// value (set in place, in the template's field order), then the behaviour's traits.
+    fn synthetic_data(&self, index: u32, behaviour: &Behaviour, rng: &mut ChaCha8Rng) -> Value {
+        let mut data = self.template.clone();
+        if let Value::Object(fields) = &mut data {
+            for (name, value) in fields.iter_mut() {
+                *value = match (self.kind, name.as_str()) {
+                    (SubjectKind::Contact, "first_name") => json!(FIRST_NAMES[(index as usize) % FIRST_NAMES.len()]),
+                    (SubjectKind::Contact, "email") => {
+                        json!(["contact", itoa::Buffer::new().format(u64::from(index) + 1), "@example.com"].concat())
+                    }
+                    (SubjectKind::Contact, "scores") => {
+                        let mut scores = std::mem::take(value);
+                        if let Some(engagement) = scores.get_mut("engagement") {
+                            *engagement = json!(rng.next_u64() % 61);
+                        }
+                        scores
+                    }
+                    (SubjectKind::Item, "title") => {
+                        json!(["Item ", itoa::Buffer::new().format(u64::from(index) + 1)].concat())
+                    }
+                    (SubjectKind::Item, "word_count") => json!(300 + rng.next_u64() % 1201),
+                    _ => continue,
+                };
+            }
+        }
+        for (name, spec) in &behaviour.traits {
+            let value = match spec {
+                Value::Object(o) if o.contains_key("between") => {
+                    let bounds = o["between"].as_array().cloned().unwrap_or_default();
+                    let low = bounds.first().and_then(Value::as_i64).unwrap_or(0);
+                    let high = bounds.get(1).and_then(Value::as_i64).unwrap_or(low).max(low);
+                    json!(low + (rng.next_u64() % ((high - low) as u64 + 1)) as i64)
+                }
+                Value::Object(o) if o.contains_key("one_of") => {
+                    let options = o["one_of"].as_array().cloned().unwrap_or_default();
+                    if options.is_empty() {
+                        Value::Null
+                    } else {
+                        options[(rng.next_u64() % options.len() as u64) as usize].clone()
+                    }
+                }
+                constant => constant.clone(),
+            };
+            set_path(&mut data, name, value);
+        }
+        data
+    }
+
+    fn pick_timezone(&self, rng: &mut ChaCha8Rng) -> Option<chrono_tz::Tz> {
+        if self.timezone_weights.is_empty() {
+            return None;
+        }
+        self.timezones[weighted(rng, &self.timezone_weights)]
+    }
+
+    /// The event that starts subject `index`'s run: the first event trigger's, if any.
+    fn trigger_event(&self, subject: u32, now: Timestamp) -> Option<Event> {
+        let (name, payload) = self.trigger.as_ref()?;
+        Some(Event {
+            id: ["sim-start-", itoa::Buffer::new().format(subject)].concat(),
+            name: name.clone(),
+            at: now,
+            payload: payload.clone(),
+        })
+    }
 }
 
 /// Sets a dotted path (`scores.engagement`) in an object.
@@ -525,15 +648,6 @@ fn set_path(data: &mut Value, path: &str, value: Value) {
         }
         current = map.entry(part.to_owned()).or_insert_with(|| json!({}));
     }
-}
-
-fn pick_timezone(behaviour: &Behaviour, rng: &mut ChaCha8Rng) -> Option<chrono_tz::Tz> {
-    let weights: Vec<f64> = behaviour.timezones.values().copied().collect();
-    if weights.is_empty() {
-        return None;
-    }
-    let index = weighted(rng, &weights);
-    behaviour.timezones.keys().nth(index).and_then(|name| name.parse().ok())
 }
 
 fn uniform(rng: &mut ChaCha8Rng) -> f64 {
@@ -573,4 +687,92 @@ fn log_normal(rng: &mut ChaCha8Rng, median_hours: f64, p90_hours: f64) -> flowma
     let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
     let hours = median_hours * (sigma * z).exp();
     flowmark_core::Duration((hours * 3_600_000.0).max(60_000.0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use flowmark_core::{Source, compile};
+
+    use super::*;
+
+    fn nurture() -> Workflow {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../blueprints/whitepaper-nurture.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        compile(&Source::new(path, text)).workflow.unwrap()
+    }
+
+    fn config(subjects: u32, seed: u64) -> Config {
+        Config {
+            subjects,
+            days: 30,
+            seed,
+            start: Timestamp(1_767_571_200_000),
+            behaviour: Behaviour::default(),
+            events: None,
+        }
+    }
+
+    /// The tallies of subject `index` alone, after the subjects `before` went first.
+    fn one_subject(workflow: &Workflow, config: &Config, before: std::ops::Range<u32>, index: u32) -> Report {
+        let mut sim = Simulation::new(workflow, config);
+        for other in before {
+            sim.simulate_subject(other);
+        }
+        sim.report = report::Collector::new(workflow);
+        sim.simulate_subject(index);
+        let mut report = sim.report.finish(workflow, config);
+        report.subjects = 0;
+        report
+    }
+
+    #[test]
+    fn a_subject_lives_the_same_life_whatever_the_population() {
+        let workflow = nurture();
+        for index in [0, 7, 41] {
+            let alone = one_subject(&workflow, &config(50, 3), 0..0, index);
+            assert!(alone.transitions > 0);
+            assert_eq!(alone, one_subject(&workflow, &config(100_000, 3), 0..0, index), "subject {index}");
+            assert_eq!(alone, one_subject(&workflow, &config(50, 3), 0..index, index), "subject {index}");
+        }
+        // The seed still matters: some subject among the first fifty lives differently.
+        assert!((0..50).any(
+            |i| one_subject(&workflow, &config(50, 3), 0..0, i) != one_subject(&workflow, &config(50, 4), 0..0, i)
+        ));
+    }
+
+    #[test]
+    fn synthetic_data_has_the_documented_fields() {
+        let workflow = nurture();
+        let population = Population::new(&workflow, &Behaviour::default());
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for index in 0..200 {
+            let data = population.synthetic_data(index, &Behaviour::default(), &mut rng);
+            assert_eq!(data["first_name"], FIRST_NAMES[index as usize % FIRST_NAMES.len()]);
+            assert_eq!(data["email"], format!("contact{}@example.com", index + 1));
+            let engagement = data["scores"]["engagement"].as_u64().unwrap();
+            assert!(engagement <= 60, "{engagement}");
+        }
+        let mut behaviour = Behaviour::default();
+        behaviour.traits.insert("plan".into(), json!({ "one_of": ["free", "pro"] }));
+        let data = population.synthetic_data(0, &behaviour, &mut rng);
+        assert!(data["plan"] == "free" || data["plan"] == "pro", "{data}");
+    }
+
+    #[test]
+    fn recorded_subjects_are_the_synthetic_ones_they_name_or_new_ones() {
+        let kind = SubjectKind::Contact;
+        assert_eq!(synthetic_position(kind, 5, "contact-1"), Some(0));
+        assert_eq!(synthetic_position(kind, 5, "contact-5"), Some(4));
+        for other in ["contact-6", "contact-0", "contact-01", "contact-+1", "contact1", "item-1", "u1", ""] {
+            assert_eq!(synthetic_position(kind, 5, other), None, "{other}");
+        }
+        let event = |subject: &str| RecordedEvent {
+            subject_id: subject.to_owned(),
+            event: Event { id: String::new(), name: "x".into(), at: Timestamp(0), payload: Value::Null.into() },
+        };
+        let events = [event("u2"), event("contact-2"), event("u1"), event("u2")];
+        let (by_subject, recorded_only) = group_by_subject(kind, 3, &events);
+        assert_eq!(recorded_only, ["u2", "u1"]);
+        assert_eq!(by_subject, vec![vec![], vec![1], vec![], vec![0, 3], vec![2]]);
+    }
 }

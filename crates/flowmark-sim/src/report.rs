@@ -1,8 +1,8 @@
 //! The simulation report: per step, what entered, how long it waited, where it went.
 //!
-//! The `Collector` reads every transition's history and decision records as they happen;
-//! `finish` turns the tallies into a `Report` whose maps are ordered, so it prints the same
-//! bytes for the same simulation.
+//! The `Collector` reads every transition's history and decision records as they happen, one
+//! subject after another; `finish` turns the tallies into a `Report` whose maps are ordered,
+//! so it prints the same bytes for the same simulation.
 //!
 //! Invariant: counts only grow; a wait is measured once, from `Waiting` to its resolution.
 
@@ -100,15 +100,18 @@ pub(crate) struct Collector {
     steps: Vec<StepTally>,
     /// The workflow's step ids, by position: entries name steps with these same `Arc`s.
     ids: Vec<Arc<str>>,
-    /// Per subject, the steps it waits at and since when (a short list: one per token).
-    waiting_since: Vec<Vec<(usize, Timestamp)>>,
+    /// The steps the subject in flight waits at and since when (a short list: one per token).
+    waiting_since: Vec<(usize, Timestamp)>,
+    /// Tokens still waiting at each step when the horizon came.
+    waiting_at_end: Vec<u64>,
     transitions: u64,
     steps_executed: u64,
     conversions: u64,
     conversion_value: f64,
     effects: BTreeMap<&'static str, u64>,
-    /// Runs that ended, by status, and their hours from start to end.
-    ended: BTreeMap<String, u64>,
+    /// Runs by status (ended, or still active at the horizon), and the hours from start to
+    /// end of those that ended.
+    statuses: BTreeMap<&'static str, u64>,
     completion_hours: Vec<f64>,
 }
 
@@ -132,12 +135,13 @@ impl Collector {
                 .collect(),
             ids: workflow.steps.iter().map(|s| s.id.clone()).collect(),
             waiting_since: Vec::new(),
+            waiting_at_end: vec![0; workflow.steps.len()],
             transitions: 0,
             steps_executed: 0,
             conversions: 0,
             conversion_value: 0.0,
             effects: BTreeMap::new(),
-            ended: BTreeMap::new(),
+            statuses: BTreeMap::new(),
             completion_hours: Vec::new(),
         }
     }
@@ -148,9 +152,22 @@ impl Collector {
         self.ids.iter().position(|s| Arc::ptr_eq(s, id)).or_else(|| self.ids.iter().position(|s| s == id))
     }
 
+    /// A new subject comes: what the last one waited on is forgotten.
+    pub(crate) fn subject_started(&mut self) {
+        self.waiting_since.clear();
+    }
+
+    /// Tallies a run still active when the horizon came, and where its tokens wait.
+    pub(crate) fn run_unfinished(&mut self, run: &Run) {
+        *self.statuses.entry(run.status.as_str()).or_default() += 1;
+        for at in run.current_steps() {
+            self.waiting_at_end[at.index()] += 1;
+        }
+    }
+
     /// Tallies a run that ended; the simulator then drops it.
     pub(crate) fn run_ended(&mut self, run: &Run) {
-        *self.ended.entry(run.status.as_str().to_owned()).or_default() += 1;
+        *self.statuses.entry(run.status.as_str()).or_default() += 1;
         if let Some(ended_at) = run.ended_at {
             self.completion_hours.push(ended_at.since(run.started_at).ms() as f64 / 3_600_000.0);
         }
@@ -169,7 +186,7 @@ impl Collector {
         tally.error_example.get_or_insert(error);
     }
 
-    pub(crate) fn record(&mut self, subject: u32, transition: &Transition, now: Timestamp) {
+    pub(crate) fn record(&mut self, transition: &Transition, now: Timestamp) {
         self.transitions += 1;
         for entry in &transition.history {
             let step = entry.step.as_ref().and_then(|id| self.step_of(id));
@@ -188,14 +205,14 @@ impl Collector {
                     if matches!(entry.kind, HistoryKind::QuietHoursHeld { .. }) {
                         tally.quiet_held += 1;
                     }
-                    let waits = waits_of(&mut self.waiting_since, subject);
+                    let waits = &mut self.waiting_since;
                     waits.retain(|(s, _)| *s != step);
                     waits.push((step, now));
                 }
                 HistoryKind::WaitResolved { .. }
                 | HistoryKind::TaskCompleted { .. }
                 | HistoryKind::ApprovalResolved { .. } => {
-                    let waits = waits_of(&mut self.waiting_since, subject);
+                    let waits = &mut self.waiting_since;
                     if let Some(position) = waits.iter().position(|(s, _)| *s == step) {
                         let (_, since) = waits.swap_remove(position);
                         tally.wait_hours.push(now.since(since).ms() as f64 / 3_600_000.0);
@@ -227,25 +244,13 @@ impl Collector {
             }
         }
         if !transition.run.is_active() {
-            waits_of(&mut self.waiting_since, subject).clear();
+            self.waiting_since.clear();
         }
     }
 
-    pub(crate) fn finish<'r>(
-        self,
-        workflow: &Workflow,
-        config: &Config,
-        runs: impl Iterator<Item = &'r Run>,
-    ) -> Report {
-        let mut statuses = self.ended;
+    pub(crate) fn finish(self, workflow: &Workflow, config: &Config) -> Report {
         let completion = self.completion_hours;
-        let mut waiting_at_end = vec![0u64; workflow.steps.len()];
-        for run in runs {
-            *statuses.entry(run.status.as_str().to_owned()).or_default() += 1;
-            for at in run.current_steps() {
-                waiting_at_end[at.index()] += 1;
-            }
-        }
+        let waiting_at_end = self.waiting_at_end;
         let steps = workflow
             .steps
             .iter()
@@ -275,7 +280,7 @@ impl Collector {
             seed: config.seed,
             transitions: self.transitions,
             steps_executed: self.steps_executed,
-            runs: statuses,
+            runs: self.statuses.into_iter().map(|(status, count)| (status.to_owned(), count)).collect(),
             conversions: self.conversions,
             conversion_value: round2(self.conversion_value),
             completion_hours: Percentiles::of(completion),
@@ -283,14 +288,6 @@ impl Collector {
             steps,
         }
     }
-}
-
-fn waits_of(waiting_since: &mut Vec<Vec<(usize, Timestamp)>>, subject: u32) -> &mut Vec<(usize, Timestamp)> {
-    let index = subject as usize;
-    if waiting_since.len() <= index {
-        waiting_since.resize_with(index + 1, Vec::new);
-    }
-    &mut waiting_since[index]
 }
 
 impl Report {

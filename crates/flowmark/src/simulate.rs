@@ -71,7 +71,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let bar = indicatif::ProgressBar::new(1000);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} simulating [{bar:40}] {percent}% of virtual time ({elapsed})",
+                "{spinner} simulating [{bar:40}] {percent}% of the subjects ({elapsed})",
             )
             .expect("the template is valid")
             .progress_chars("=> "),
