@@ -369,21 +369,21 @@ impl<'a> Simulation<'a> {
         };
         let transition = handle(workflow, run, &input, &facts, now);
         self.report.record(&transition, now);
-        let flowmark_core::engine::Transition { run, timers, effects, .. } = transition;
-        if run.is_active() {
-            subject.run = Some(run);
-        } else {
-            self.report.run_ended(&run);
-            subject.ended = true;
-        }
-        for timer in &timers {
+        for timer in &transition.timers {
             self.schedule(timer.due_at, Pending::Timer(timer.timer));
         }
-        for effect in &effects {
+        for effect in &transition.effects {
             if matches!(effect.kind, EffectKind::SendMessage { .. }) {
                 self.render_sample(subject, effect);
             }
             self.respond(now, subject, &effect.key, &effect.step, &effect.kind);
+        }
+        // The run goes back to the subject last: one move of the state, not one per use.
+        if transition.run.is_active() {
+            subject.run = Some(transition.run);
+        } else {
+            self.report.run_ended(&transition.run);
+            subject.ended = true;
         }
     }
 
@@ -402,7 +402,9 @@ impl<'a> Simulation<'a> {
     /// The behaviour model answers an effect, now or later.
     fn respond(&mut self, now: Timestamp, subject: &mut Subject, key: &str, step: &str, kind: &EffectKind) {
         let behaviour = &self.config.behaviour;
-        let step = self.workflow.step_index(step);
+        // Only the answers to work and subflows name the step again.
+        let workflow = self.workflow;
+        let step = || workflow.step_index(step);
         let replaying = self.config.events.is_some();
         match kind {
             EffectKind::SendMessage { channel: Channel::Email, transactional, .. } => {
@@ -435,12 +437,12 @@ impl<'a> Simulation<'a> {
                 flowmark_core::engine::apply_update(&mut subject.data, set);
             }
             EffectKind::CreateTask { .. } if !replaying => {
-                let Some(step) = step else { return };
+                let Some(step) = step() else { return };
                 let hours = log_normal(&mut self.rng, behaviour.task_hours_median, behaviour.task_hours_p90);
                 self.schedule(now.plus(hours), Pending::TaskDone { step });
             }
             EffectKind::RequestApproval { approvers, .. } if !replaying => {
-                let Some(step) = step else { return };
+                let Some(step) = step() else { return };
                 let StepKind::Approval(approval) = &self.workflow.step(step).kind else { return };
                 let weights =
                     [behaviour.approve, behaviour.approve_with_changes, behaviour.request_changes, behaviour.reject];
@@ -455,7 +457,7 @@ impl<'a> Simulation<'a> {
                 }
             }
             EffectKind::StartRun { wait: true, .. } => {
-                let Some(step) = step else { return };
+                let Some(step) = step() else { return };
                 let delay = flowmark_core::Duration((behaviour.subflow_hours * 3_600_000.0) as u64);
                 self.schedule(now.plus(delay), Pending::SubflowEnded { step });
             }

@@ -4,7 +4,7 @@
 //! Invariant: every answer is a pure function of its arguments, and times that do not exist
 //! in a zone (a daylight-saving gap) move forward to the first instant that does.
 
-use chrono::{Datelike, LocalResult, NaiveDate, NaiveTime, TimeZone, Timelike, Weekday};
+use chrono::{Datelike, LocalResult, NaiveDate, NaiveTime, TimeZone, Weekday};
 use chrono_tz::Tz;
 
 use crate::model::WorkingDays;
@@ -46,14 +46,22 @@ fn resolve(tz: Tz, date: NaiveDate, time: NaiveTime) -> Timestamp {
 /// When `now` falls inside the daily window `[from, to)` (minutes of day, wrapping midnight
 /// when `from > to`), the instant the window ends; otherwise `None`.
 pub fn in_quiet_hours(now: Timestamp, from_minute: u16, to_minute: u16, tz: Tz) -> Option<Timestamp> {
-    let local = now.to_chrono().with_timezone(&tz);
-    let minute = (local.hour() * 60 + local.minute()) as u16;
+    let minute = local_minute_of_day(now, tz);
     let inside = if from_minute < to_minute {
         (from_minute..to_minute).contains(&minute)
     } else {
         minute >= from_minute || minute < to_minute
     };
     inside.then(|| next_time_of_day(now, to_minute, tz, &[]))
+}
+
+/// The minute of the local day in `tz` at `now`: the zone's offset at that instant added to
+/// UTC, without building a local date (a message checks quiet hours on every send).
+fn local_minute_of_day(now: Timestamp, tz: Tz) -> u16 {
+    use chrono::Offset;
+    let offset_s = tz.offset_from_utc_datetime(&now.to_chrono().naive_utc()).fix().local_minus_utc();
+    let local_s = now.ms().div_euclid(1000) + i64::from(offset_s);
+    (local_s.rem_euclid(86_400) / 60) as u16
 }
 
 /// `now` plus `duration`, where only time on working days (local dates in `tz`) counts:
@@ -89,6 +97,8 @@ pub fn add_working_time(now: Timestamp, duration: Duration, tz: Tz, days: &Worki
 
 #[cfg(test)]
 mod tests {
+    use chrono::Timelike;
+
     use super::*;
 
     fn at(text: &str) -> Timestamp {
@@ -112,6 +122,17 @@ mod tests {
         let tz: Tz = "Europe/Paris".parse().unwrap();
         // 2027-03-28 02:30 does not exist in Paris.
         assert_eq!(next_time_of_day(at("2027-03-27T12:00:00Z"), 150, tz, &[]), at("2027-03-28T01:30:00Z"));
+    }
+
+    proptest::proptest! {
+        /// The offset arithmetic agrees with chrono's local time, in every zone, on either
+        /// side of 1970 and across daylight-saving changes.
+        #[test]
+        fn the_local_minute_is_chronos(ms in -2_000_000_000_000i64..4_000_000_000_000, zone in 0..chrono_tz::TZ_VARIANTS.len()) {
+            let tz = chrono_tz::TZ_VARIANTS[zone];
+            let local = Timestamp(ms).to_chrono().with_timezone(&tz);
+            proptest::prop_assert_eq!(u32::from(local_minute_of_day(Timestamp(ms), tz)), local.hour() * 60 + local.minute());
+        }
     }
 
     #[test]

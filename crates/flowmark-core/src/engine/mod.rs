@@ -353,11 +353,12 @@ pub const CONSENT_TRAIT: &str = "consent";
 /// when the step runs (the run's history says so) and again when the message is about to
 /// go (it may have been queued before).
 pub fn refusal(subject: &Value, channel: Channel) -> Option<String> {
-    if channel == Channel::Email && subject.get(UNSUBSCRIBED_TRAIT) == Some(&Value::Bool(true)) {
-        let reason = subject.get(SUPPRESSED_REASON_TRAIT).and_then(Value::as_str).unwrap_or("unsubscribed");
+    use crate::expr::field;
+    if channel == Channel::Email && field(subject, UNSUBSCRIBED_TRAIT) == Some(&Value::Bool(true)) {
+        let reason = field(subject, SUPPRESSED_REASON_TRAIT).and_then(Value::as_str).unwrap_or("unsubscribed");
         return Some(format!("suppressed: the contact is {reason}"));
     }
-    if subject.get(CONSENT_TRAIT).and_then(|c| c.get(channel.as_str())) == Some(&Value::Bool(false)) {
+    if field(subject, CONSENT_TRAIT).and_then(|c| field(c, channel.as_str())) == Some(&Value::Bool(false)) {
         return Some(format!("no consent: `contact.consent.{}` is false", channel.as_str()));
     }
     None
