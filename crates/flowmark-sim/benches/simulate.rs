@@ -1,9 +1,10 @@
 //! Benchmark: the pure core under `simulate`, on the whitepaper nurture blueprint.
 //!
 //! `cargo bench -p flowmark-sim --bench simulate -- [CONTACTS]` prints one JSON object:
-//! transitions and steps per second of wall time on one thread, and the memory the
-//! simulation holds per run (a counting allocator measures live bytes at the end, when every
-//! run is still in memory). Figures and machine details go to docs/BENCHMARKS.md.
+//! transitions and steps per second of wall time on one thread, and the peak of live heap
+//! bytes during the simulation per contact (a counting allocator measures it; subjects are
+//! simulated one after another, so this is one subject in flight plus the report's share).
+//! Figures and machine details go to docs/BENCHMARKS.md.
 //!
 //! The counting allocator wraps mimalloc, the allocator the `flowmark` binary ships with, so
 //! the figures are those of `flowmark simulate`.
