@@ -17,7 +17,7 @@ mod behaviour;
 mod report;
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{Decision, EffectKind, Event, Facts, Input, Run, RunId, RunStatus, Sent, TimerId, handle};
@@ -89,35 +89,41 @@ fn synthetic_id(kind: SubjectKind, index: u32) -> String {
     [kind.as_str(), "-", itoa::Buffer::new().format(u64::from(index) + 1)].concat()
 }
 
-/// Recorded events by subject: for each synthetic subject (by position) and then each subject
-/// only the recording names (in order of first appearance), the positions of its events.
-fn group_by_subject(kind: SubjectKind, synthetic: u32, events: &[RecordedEvent]) -> (Vec<Vec<usize>>, Vec<String>) {
-    let mut index_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+/// Recorded events by subject: the positions of each subject's events, by the subject's
+/// position (synthetic subjects first, then those only the recording names, in order of first
+/// appearance), and the ids of the latter. Only subjects with events have an entry, so a large
+/// population costs nothing here.
+fn group_by_subject(
+    kind: SubjectKind,
+    synthetic: u32,
+    events: &[RecordedEvent],
+) -> (HashMap<u32, Vec<usize>>, Vec<String>) {
+    let mut index_of: HashMap<&str, u32> = HashMap::new();
     let mut recorded_only = Vec::new();
-    let mut by_subject: Vec<Vec<usize>> = vec![Vec::new(); synthetic as usize];
+    let mut by_subject: HashMap<u32, Vec<usize>> = HashMap::new();
     for (position, recorded) in events.iter().enumerate() {
         let id = recorded.subject_id.as_str();
         let index = *index_of.entry(id).or_insert_with(|| match synthetic_position(kind, synthetic, id) {
             Some(index) => index,
             None => {
                 recorded_only.push(id.to_owned());
-                by_subject.push(Vec::new());
-                by_subject.len() - 1
+                let only = u32::try_from(recorded_only.len() - 1).expect("fewer subjects than events");
+                synthetic.saturating_add(only)
             }
         });
-        by_subject[index].push(position);
+        by_subject.entry(index).or_default().push(position);
     }
     (by_subject, recorded_only)
 }
 
 /// The position of a synthetic subject named `id`, if `id` names one (see [`synthetic_id`]).
-fn synthetic_position(kind: SubjectKind, synthetic: u32, id: &str) -> Option<usize> {
+fn synthetic_position(kind: SubjectKind, synthetic: u32, id: &str) -> Option<u32> {
     let number = id.strip_prefix(kind.as_str())?.strip_prefix('-')?;
     if number.starts_with('0') || number.starts_with('+') {
         return None;
     }
     let number: u32 = number.parse().ok()?;
-    (1..=synthetic).contains(&number).then(|| (number - 1) as usize)
+    (1..=synthetic).contains(&number).then(|| number - 1)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -191,7 +197,7 @@ struct Simulation<'a> {
     env: Value,
     population: Population,
     /// Recorded events by subject: positions in `config.events`, in file order.
-    recorded: Vec<Vec<usize>>,
+    recorded: HashMap<u32, Vec<usize>>,
     /// Subjects named by recorded events beyond the synthetic population, in order of first
     /// appearance.
     recorded_only: Vec<String>,
@@ -202,7 +208,7 @@ impl<'a> Simulation<'a> {
         let end = config.start.plus(flowmark_core::Duration(u64::from(config.days) * 86_400_000));
         let (recorded, recorded_only) = match &config.events {
             Some(events) => group_by_subject(workflow.subject, config.subjects, events),
-            None => (Vec::new(), Vec::new()),
+            None => (HashMap::new(), Vec::new()),
         };
         Simulation {
             workflow,
@@ -277,7 +283,7 @@ impl<'a> Simulation<'a> {
                 self.schedule(self.config.start.plus(flowmark_core::Duration(offset)), Pending::Start);
             }
             Some(events) => {
-                let positions = self.recorded.get_mut(index as usize).map(std::mem::take).unwrap_or_default();
+                let positions = self.recorded.remove(&index).unwrap_or_default();
                 for position in positions {
                     self.schedule(events[position].event.at, Pending::Recorded(position));
                 }
@@ -775,6 +781,6 @@ mod tests {
         let events = [event("u2"), event("contact-2"), event("u1"), event("u2")];
         let (by_subject, recorded_only) = group_by_subject(kind, 3, &events);
         assert_eq!(recorded_only, ["u2", "u1"]);
-        assert_eq!(by_subject, vec![vec![], vec![1], vec![], vec![0, 3], vec![2]]);
+        assert_eq!(by_subject, HashMap::from([(1, vec![1]), (3, vec![0, 3]), (4, vec![2])]));
     }
 }
