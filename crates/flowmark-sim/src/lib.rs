@@ -6,8 +6,9 @@
 //! as inputs at their virtual time. Subjects never act on each other, so they are simulated
 //! one after another: each lives its whole horizon on its own clock (a binary heap ordered by
 //! time, then order of scheduling) and its own random stream (the seeded ChaCha8 stream
-//! numbered by the subject's position), then is tallied and dropped. Memory is that of one
-//! subject plus the report, whatever the population.
+//! numbered by the subject's position), then is tallied and dropped. Memory is one subject
+//! in flight plus the report, which keeps each run's wait and completion times for its
+//! percentiles (about 40 bytes per subject).
 //!
 //! Invariant: the report is a pure function of (workflow, config): the same seed gives a
 //! byte-identical report, and a subject's draws depend only on the seed and its position.
@@ -29,8 +30,9 @@ use serde_json::{Value, json};
 pub use behaviour::{Behaviour, Error as BehaviourError};
 pub use report::{Report, StepReport};
 
-/// Most subjects one simulation may run. Subjects are simulated one after another, so memory
-/// does not grow with them; the limit bounds the time a simulation takes (minutes at most).
+/// Most subjects one simulation may run. Subjects are simulated one after another, so each
+/// adds only its share of the report (about 40 bytes: 800 MB at the limit); the limit bounds
+/// that and the time a simulation takes (a minute or two).
 pub const SUBJECTS_COUNT_MAX: u32 = 20_000_000;
 /// Longest horizon, in days.
 pub const DAYS_MAX: u32 = 3660;
@@ -179,8 +181,8 @@ type Scheduled = Reverse<(Timestamp, u64, Pending)>;
 
 /// The simulation of one subject after another. Subjects never act on each other (caps,
 /// quiet hours and recent events are per subject), so each lives its whole horizon on its
-/// own clock and is then tallied and dropped: memory does not grow with the population, and
-/// the one subject in flight stays in the processor's caches.
+/// own clock and is then tallied and dropped: memory grows only by the report's share of each
+/// subject, and the one subject in flight stays in the processor's caches.
 struct Simulation<'a> {
     workflow: &'a Workflow,
     config: &'a Config,
@@ -247,11 +249,11 @@ impl<'a> Simulation<'a> {
     /// Takes subject `index` through the whole horizon and tallies it.
     fn simulate_subject(&mut self, index: u32) {
         let mut subject = self.begin(index);
-        while let Some(Reverse((at, _, pending))) = self.queue.pop() {
+        while let Some(Reverse((at, sequence, pending))) = self.queue.pop() {
             if at > self.end {
                 break;
             }
-            self.deliver(at, index, &mut subject, pending);
+            self.deliver(at, sequence, index, &mut subject, pending);
         }
         self.queue.clear();
         if let Some(run) = &subject.run {
@@ -292,7 +294,9 @@ impl<'a> Simulation<'a> {
         subject
     }
 
-    fn deliver(&mut self, now: Timestamp, subject_index: u32, subject: &mut Subject, pending: Pending) {
+    /// Delivers one pending input of the subject in flight; `sequence` is its own order of
+    /// scheduling, which also names the events the behaviour model makes up.
+    fn deliver(&mut self, now: Timestamp, sequence: u64, subject_index: u32, subject: &mut Subject, pending: Pending) {
         let workflow = self.workflow;
         let input = match pending {
             Pending::Start => {
@@ -316,7 +320,7 @@ impl<'a> Simulation<'a> {
                     Some(key) => json!({ "email_id": &*key }),
                     None => json!({}),
                 };
-                let id = simulated_event_id(subject_index, self.sequence);
+                let id = simulated_event_id(subject_index, sequence);
                 let event = Event {
                     id,
                     name: name.clone(),
@@ -608,7 +612,10 @@ impl Population {
                     let bounds = o["between"].as_array().cloned().unwrap_or_default();
                     let low = bounds.first().and_then(Value::as_i64).unwrap_or(0);
                     let high = bounds.get(1).and_then(Value::as_i64).unwrap_or(low).max(low);
-                    json!(low + (rng.next_u64() % ((high - low) as u64 + 1)) as i64)
+                    // In i128: the span of two i64s, plus one, always fits, and is never zero.
+                    let span = i128::from(high) - i128::from(low) + 1;
+                    let offset = i128::from(rng.next_u64()) % span;
+                    json!(i64::try_from(i128::from(low) + offset).expect("low + offset lies in [low, high]"))
                 }
                 Value::Object(o) if o.contains_key("one_of") => {
                     let options = o["one_of"].as_array().cloned().unwrap_or_default();
@@ -762,8 +769,14 @@ mod tests {
         }
         let mut behaviour = Behaviour::default();
         behaviour.traits.insert("plan".into(), json!({ "one_of": ["free", "pro"] }));
-        let data = population.synthetic_data(0, &behaviour, &mut rng);
-        assert!(data["plan"] == "free" || data["plan"] == "pro", "{data}");
+        behaviour.traits.insert("any".into(), json!({ "between": [i64::MIN, i64::MAX] }));
+        behaviour.traits.insert("seats".into(), json!({ "between": [-3, 3] }));
+        for index in 0..50 {
+            let data = population.synthetic_data(index, &behaviour, &mut rng);
+            assert!(data["plan"] == "free" || data["plan"] == "pro", "{data}");
+            assert!(data["any"].is_i64(), "{data}");
+            assert!((-3..=3).contains(&data["seats"].as_i64().unwrap()), "{data}");
+        }
     }
 
     #[test]
