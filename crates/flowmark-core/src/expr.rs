@@ -148,8 +148,7 @@ impl Condition {
     /// contacts. A field that is missing reads as `null`, so `contact.plan == "pro"` is false
     /// for a contact without a plan rather than an error.
     pub fn eval(&self, scope: &Scope<'_>) -> Evaluation {
-        let inputs: BTreeMap<String, Value> =
-            self.paths.iter().map(|path| (path.clone(), scope.lookup(path))).collect();
+        let inputs = self.inputs(scope);
         if let Some(fast) = &self.fast
             && let Some(result) = fast.eval(&inputs)
         {
@@ -157,6 +156,11 @@ impl Condition {
         }
         let result = self.eval_cel(&inputs);
         Evaluation { result, inputs }
+    }
+
+    /// The values the condition reads from `scope`, by path.
+    fn inputs(&self, scope: &Scope<'_>) -> BTreeMap<String, Value> {
+        self.paths.iter().map(|path| (path.clone(), scope.lookup(path))).collect()
     }
 
     /// Evaluates with CEL on the values read (`inputs`, by path).
@@ -792,8 +796,7 @@ mod tests {
                 let contact = json!({"a": a, "b": b});
                 let event = json!({"c": c});
                 let scope = Scope::new().with("contact", &contact).with("event", &event);
-                let inputs: BTreeMap<String, Value> =
-                    condition.paths.iter().map(|path| (path.clone(), scope.lookup(path))).collect();
+                let inputs = condition.inputs(&scope);
                 if let Some(fast) = &condition.fast
                     && let Some(answer) = fast.eval(&inputs)
                 {

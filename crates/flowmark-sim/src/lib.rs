@@ -70,7 +70,6 @@ pub enum Error {
 
 /// The subject in flight: its data, what the wait look-back and caps read, and its run.
 struct Subject {
-    id: String,
     data: Value,
     timezone: Option<chrono_tz::Tz>,
     recent_events: Vec<Event>,
@@ -81,8 +80,8 @@ struct Subject {
 }
 
 impl Subject {
-    fn new(id: String, data: Value, timezone: Option<chrono_tz::Tz>) -> Subject {
-        Subject { id, data, timezone, recent_events: Vec::new(), sent: Vec::new(), run: None, ended: false }
+    fn new(data: Value, timezone: Option<chrono_tz::Tz>) -> Subject {
+        Subject { data, timezone, recent_events: Vec::new(), sent: Vec::new(), run: None, ended: false }
     }
 }
 
@@ -268,15 +267,13 @@ impl<'a> Simulation<'a> {
         self.rng.set_stream(u64::from(index));
         self.sequence = 0;
         self.report.subject_started();
-        let synthetic = index < self.config.subjects;
-        let subject = if synthetic {
+        let subject = if index < self.config.subjects {
             let behaviour = &self.config.behaviour;
             let data = self.population.synthetic_data(index, behaviour, &mut self.rng);
             let timezone = self.population.pick_timezone(&mut self.rng);
-            Subject::new(synthetic_id(self.workflow.subject, index), data, timezone)
+            Subject::new(data, timezone)
         } else {
-            let id = self.recorded_only[(index - self.config.subjects) as usize].clone();
-            Subject::new(id, json!({}), None)
+            Subject::new(json!({}), None)
         };
         match &self.config.events {
             None => {
@@ -294,6 +291,15 @@ impl<'a> Simulation<'a> {
         subject
     }
 
+    /// The run of subject `index`, starting `now`: its id follows the subject's position.
+    fn new_run(&self, index: u32, now: Timestamp) -> Run {
+        let subject_id = match index.checked_sub(self.config.subjects) {
+            None => synthetic_id(self.workflow.subject, index),
+            Some(only) => self.recorded_only[only as usize].clone(),
+        };
+        Run::new(RunId(u64::from(index) + 1), self.workflow, 1, subject_id, now)
+    }
+
     /// Delivers one pending input of the subject in flight; `sequence` is its own order of
     /// scheduling, which also names the events the behaviour model makes up.
     fn deliver(&mut self, now: Timestamp, sequence: u64, subject_index: u32, subject: &mut Subject, pending: Pending) {
@@ -303,9 +309,7 @@ impl<'a> Simulation<'a> {
                 if subject.run.is_some() || subject.ended {
                     return;
                 }
-                // A subject has at most one run: its id moves into it.
-                let id = std::mem::take(&mut subject.id);
-                subject.run = Some(Run::new(RunId(u64::from(subject_index) + 1), workflow, 1, id, now));
+                subject.run = Some(self.new_run(subject_index, now));
                 let event = self.population.trigger_event(subject_index, now);
                 Input::Start { event }
             }
@@ -341,8 +345,7 @@ impl<'a> Simulation<'a> {
                     if !triggers(workflow, &event, &subject.data) {
                         return;
                     }
-                    let id = std::mem::take(&mut subject.id);
-                    subject.run = Some(Run::new(RunId(u64::from(subject_index) + 1), workflow, 1, id, now));
+                    subject.run = Some(self.new_run(subject_index, now));
                     Input::Start { event: Some(event) }
                 } else {
                     Input::Event { event }
@@ -592,11 +595,10 @@ impl Population {
                         json!(["contact", itoa::Buffer::new().format(u64::from(index) + 1), "@example.com"].concat())
                     }
                     (SubjectKind::Contact, "scores") => {
-                        let mut scores = std::mem::take(value);
-                        if let Some(engagement) = scores.get_mut("engagement") {
+                        if let Some(engagement) = value.get_mut("engagement") {
                             *engagement = json!(rng.next_u64() % 61);
                         }
-                        scores
+                        continue;
                     }
                     (SubjectKind::Item, "title") => {
                         json!(["Item ", itoa::Buffer::new().format(u64::from(index) + 1)].concat())

@@ -152,7 +152,8 @@ impl Collector {
         self.ids.iter().position(|s| Arc::ptr_eq(s, id)).or_else(|| self.ids.iter().position(|s| s == id))
     }
 
-    /// A new subject comes: what the last one waited on is forgotten.
+    /// A new subject comes: what the last one waited on (its run ended, or the horizon came)
+    /// is forgotten.
     pub(crate) fn subject_started(&mut self) {
         self.waiting_since.clear();
     }
@@ -205,16 +206,14 @@ impl Collector {
                     if matches!(entry.kind, HistoryKind::QuietHoursHeld { .. }) {
                         tally.quiet_held += 1;
                     }
-                    let waits = &mut self.waiting_since;
-                    waits.retain(|(s, _)| *s != step);
-                    waits.push((step, now));
+                    self.waiting_since.retain(|(s, _)| *s != step);
+                    self.waiting_since.push((step, now));
                 }
                 HistoryKind::WaitResolved { .. }
                 | HistoryKind::TaskCompleted { .. }
                 | HistoryKind::ApprovalResolved { .. } => {
-                    let waits = &mut self.waiting_since;
-                    if let Some(position) = waits.iter().position(|(s, _)| *s == step) {
-                        let (_, since) = waits.swap_remove(position);
+                    if let Some(position) = self.waiting_since.iter().position(|(s, _)| *s == step) {
+                        let (_, since) = self.waiting_since.swap_remove(position);
                         tally.wait_hours.push(now.since(since).ms() as f64 / 3_600_000.0);
                     }
                 }
@@ -243,19 +242,14 @@ impl Collector {
                 }
             }
         }
-        if !transition.run.is_active() {
-            self.waiting_since.clear();
-        }
     }
 
     pub(crate) fn finish(self, workflow: &Workflow, config: &Config) -> Report {
-        let completion = self.completion_hours;
-        let waiting_at_end = self.waiting_at_end;
         let steps = workflow
             .steps
             .iter()
             .zip(self.steps)
-            .zip(waiting_at_end)
+            .zip(self.waiting_at_end)
             .map(|((step, tally), waiting)| StepReport {
                 id: step.id.to_string(),
                 kind: match &step.kind {
@@ -283,7 +277,7 @@ impl Collector {
             runs: self.statuses.into_iter().map(|(status, count)| (status.to_owned(), count)).collect(),
             conversions: self.conversions,
             conversion_value: round2(self.conversion_value),
-            completion_hours: Percentiles::of(completion),
+            completion_hours: Percentiles::of(self.completion_hours),
             effects: self.effects.into_iter().map(|(name, count)| (name.to_owned(), count)).collect(),
             steps,
         }
