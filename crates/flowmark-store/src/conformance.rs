@@ -61,6 +61,7 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
     start_keys_find_the_run_they_started(make()).expect("start_keys_find_the_run_they_started");
     a_runs_transitions_in_one_batch_read_back_in_order(make())
         .expect("a_runs_transitions_in_one_batch_read_back_in_order");
+    results_join_the_trail_without_the_run(make()).expect("results_join_the_trail_without_the_run");
     workflow_versions_are_immutable(make()).expect("workflow_versions_are_immutable");
     contacts_merge_traits(make()).expect("contacts_merge_traits");
     tokens_are_found_by_hash(make()).expect("tokens_are_found_by_hash");
@@ -233,6 +234,58 @@ pub fn a_runs_transitions_in_one_batch_read_back_in_order(mut store: Box<dyn Sto
     let last = handle(&workflow, fired.run.clone(), &input, &Facts::empty(), T0);
     store.commit(&[&last], T0)?;
     assert_eq!(store.history(RunId(1))?.len(), stored.len() + last.history.len());
+    Ok(())
+}
+
+/// Effects come with their run's workflow, version and subject (none when the run is gone);
+/// results recorded without the run (`Batch::trail`) join its history first in their batch,
+/// before the batch's transitions of that run, and leave the run as it is.
+pub fn results_join_the_trail_without_the_run(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let workflow = workflow();
+    let started = start(&workflow, 1, "c-1");
+    let orphan = crate::OutboxEntry {
+        key: "orphan/email".into(),
+        run: RunId(99),
+        step: "s".into(),
+        effect: json!({ "effect": "deliver" }),
+        attempts: 0,
+        next_attempt_at: T0,
+        owner: None,
+    };
+    store.write(&Batch { transitions: vec![&started], outbox: vec![&orphan], ..Batch::default() }, T0)?;
+    let ready = store.ready_effects(T0, 10)?;
+    let owner_of = |key: &str| ready.iter().find(|e| e.key == key).map(|e| e.owner.clone());
+    let owner = crate::EffectOwner { workflow_id: "conformance".into(), version: 1, subject_id: "c-1".into() };
+    assert_eq!(owner_of(&started.effects[0].key), Some(Some(owner)), "an effect comes with its run");
+    assert_eq!(owner_of("orphan/email"), Some(None), "an effect whose run is gone comes without one");
+    // A result and a transition of the same run in one batch: the result first.
+    let key = &started.effects[0].key;
+    let result = flowmark_core::engine::effect_result(&workflow, RunId(1), key, true, None, T0);
+    let timer = started.run.timers[0].clone();
+    let fired =
+        handle(&workflow, started.run.clone(), &Input::TimerFired { timer: timer.id }, &Facts::empty(), timer.due_at);
+    let batch = Batch { transitions: vec![&fired], trail: vec![(RunId(1), &result)], ..Batch::default() };
+    store.write(&batch, timer.due_at)?;
+    let whats: Vec<_> = store.history(RunId(1))?.iter().map(|h| h["what"].as_str().unwrap_or("").to_owned()).collect();
+    let expected: Vec<String> = started
+        .history
+        .iter()
+        .chain([&result])
+        .chain(&fired.history)
+        .map(|h| serde_json::to_value(h).unwrap()["what"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(whats, expected, "the result comes before the transition's entries");
+    assert_eq!(store.history(RunId(1))?[started.history.len()]["step"], "hello", "the result names its step");
+    assert_eq!(store.run(RunId(1))?, Some(fired.run.clone()));
+    // Results alone: the history grows, the run's row stays.
+    let goodbye = fired.effects[0].key.clone();
+    let late = flowmark_core::engine::effect_result(&workflow, RunId(1), &goodbye, false, Some("550".into()), T0);
+    store.write(&Batch { trail: vec![(RunId(1), &late), (RunId(1), &result)], ..Batch::default() }, T0)?;
+    let history = store.history(RunId(1))?;
+    assert_eq!(history.len(), expected.len() + 2);
+    assert_eq!(history[expected.len()]["key"], goodbye.as_str(), "results keep their order");
+    assert_eq!(history[expected.len()]["ok"], false);
+    assert_eq!(store.run(RunId(1))?, Some(fired.run.clone()), "a result leaves the run as it was");
     Ok(())
 }
 

@@ -17,7 +17,7 @@ mod sqlite;
 mod work;
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{Event, Run, RunId, RunStatus, Sent, TimerId, TimerPurpose, Transition};
+use flowmark_core::engine::{Event, HistoryEntry, Run, RunId, RunStatus, Sent, TimerId, TimerPurpose, Transition};
 use serde_json::Value;
 
 pub use sqlite::SqliteStore;
@@ -54,6 +54,18 @@ pub struct OutboxEntry {
     pub effect: Value,
     pub attempts: u32,
     pub next_attempt_at: Timestamp,
+    /// The run the effect belongs to, as `ready_effects` reads it beside the effect: all the
+    /// dispatcher needs of it, without reading the run's state. `None` when the run is gone,
+    /// and on entries the engine makes itself.
+    pub owner: Option<EffectOwner>,
+}
+
+/// Which run an effect in the outbox belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectOwner {
+    pub workflow_id: String,
+    pub version: u32,
+    pub subject_id: String,
 }
 
 /// What became of one attempt to perform an effect.
@@ -186,6 +198,10 @@ pub struct Batch<'a> {
     pub events: Vec<(&'a str, &'a Event)>,
     /// In order; a run's later transition carries its latest state.
     pub transitions: Vec<&'a Transition>,
+    /// Entries added to a run's history that do not change the run: effect results the
+    /// dispatcher records without loading their runs (`engine::effect_result`). In order, and
+    /// before the history of the batch's transitions of the same run.
+    pub trail: Vec<(RunId, &'a HistoryEntry)>,
     /// Outcomes of effect attempts, by effect key; only a pending effect is updated.
     pub attempts: Vec<(&'a str, &'a Attempt)>,
     /// Applied after the attempts, in order.
@@ -216,6 +232,7 @@ impl Batch<'_> {
         self.contacts.is_empty()
             && self.events.is_empty()
             && self.transitions.is_empty()
+            && self.trail.is_empty()
             && self.attempts.is_empty()
             && self.schedules.is_empty()
             && self.merges.is_empty()

@@ -21,7 +21,7 @@ use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
 use crate::{
-    Attempt, Batch, Contact, ContactChange, DueTimer, Error, OutboxEntry, Position, RunFilter, Schedule,
+    Attempt, Batch, Contact, ContactChange, DueTimer, EffectOwner, Error, OutboxEntry, Position, RunFilter, Schedule,
     ScheduleChange, Scope, ScoreRecord, Store, Token, WorkflowStatus, WorkflowSummary,
 };
 use crate::{Comment, Notification, Session, WorkItem, WorkKind};
@@ -360,6 +360,7 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         contacts,
         events,
         transitions,
+        trail,
         attempts,
         schedules,
         score_changes,
@@ -400,10 +401,19 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         }
     }
     let mut recorded: HashSet<&str> = HashSet::new();
+    // Entries that only add to a run's trail go first in its history row of this batch.
+    let mut trails: HashMap<RunId, Vec<&HistoryEntry>> = HashMap::new();
+    for (run, entry) in trail {
+        trails.entry(*run).or_default().push(*entry);
+    }
     // A run with several transitions in the batch is written once, in its latest state, with
     // its history entries and decision records gathered into one row each.
-    for run in per_run(transitions) {
+    for mut run in per_run(transitions) {
         let id = run_id(run.state.id);
+        if let Some(mut first) = trails.remove(&run.state.id) {
+            first.append(&mut run.history);
+            run.history = first;
+        }
         // A run whose transitions in the batch only added to its history (effect results) is
         // stored as it is: its row and its timers stay, its history grows.
         if run.changed {
@@ -459,6 +469,12 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
                     return Err(Error::DuplicateEffect { key: effect.key.clone() });
                 }
             }
+        }
+    }
+    // Runs the batch only adds results to: their rows stay as they are.
+    for (run, _) in trail {
+        if let Some(entries) = trails.remove(run) {
+            append_chunk(tx, Trail::History, run_id(*run), false, &entries, |e| (e.at, e.step.as_deref()))?;
         }
     }
     for (workflow_id, key, run) in start_keys {
@@ -904,11 +920,20 @@ impl Store for SqliteStore {
     }
 
     fn ready_effects(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxEntry>, Error> {
+        // The run's columns come with the effect (a lookup by its key), never its state.
         let mut statement = self.conn.prepare_cached(
-            "SELECT key, run_id, step, effect, attempts, next_attempt_at FROM outbox
-             WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at, created_at, key",
+            "SELECT o.key, o.run_id, o.step, o.effect, o.attempts, o.next_attempt_at,
+                    r.workflow_id, r.version, r.subject_id
+             FROM outbox o LEFT JOIN runs r ON r.id = o.run_id
+             WHERE o.status = 'pending' AND o.next_attempt_at <= ?1 ORDER BY o.next_attempt_at, o.created_at, o.key",
         )?;
         let rows = statement.query_map(params![now.ms()], |row| {
+            let owner = match (row.get::<_, Option<String>>(6)?, row.get::<_, Option<u32>>(7)?, row.get(8)?) {
+                (Some(workflow_id), Some(version), Some(subject_id)) => {
+                    Some(EffectOwner { workflow_id, version, subject_id })
+                }
+                _ => None,
+            };
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, i64>(1)?,
@@ -916,11 +941,12 @@ impl Store for SqliteStore {
                 row.get::<_, String>(3)?,
                 row.get::<_, u32>(4)?,
                 row.get::<_, i64>(5)?,
+                owner,
             ))
         })?;
         rows.take(limit)
             .map(|row| {
-                let (key, run, step, effect, attempts, next_attempt_at) = row?;
+                let (key, run, step, effect, attempts, next_attempt_at, owner) = row?;
                 Ok(OutboxEntry {
                     key,
                     run: RunId(run as u64),
@@ -928,6 +954,7 @@ impl Store for SqliteStore {
                     effect: from_json(&effect)?,
                     attempts,
                     next_attempt_at: Timestamp(next_attempt_at),
+                    owner,
                 })
             })
             .collect()

@@ -68,8 +68,8 @@ impl<'a> Machine<'a> {
             // result belongs in the trail. Anything else has nothing left to act on.
             match input {
                 Input::EffectCompleted { key, ok, detail } => {
-                    let step = self.step_of_effect(key);
-                    self.history(step, HistoryKind::EffectResult { key: key.clone(), ok: *ok, detail: detail.clone() });
+                    let entry = effect_result(self.workflow, self.out.run.id, key, *ok, detail.clone(), self.now);
+                    self.out.history.push(entry);
                 }
                 _ => self.ignore(input, "the run has ended"),
             }
@@ -83,8 +83,8 @@ impl<'a> Machine<'a> {
             Input::TimerFired { timer } => self.timer(*timer),
             Input::EffectCompleted { key, ok, detail } => {
                 // A result is recorded; the run does not wait for it, so nothing else moves.
-                let step = self.step_of_effect(key);
-                self.history(step, HistoryKind::EffectResult { key: key.clone(), ok: *ok, detail: detail.clone() });
+                let entry = effect_result(self.workflow, self.out.run.id, key, *ok, detail.clone(), self.now);
+                self.out.history.push(entry);
                 self.out.run_changed = false;
             }
             Input::TaskCompleted { step, by, fields } => self.task_completed(step, by, fields),
@@ -944,13 +944,6 @@ impl<'a> Machine<'a> {
         self.history(at, HistoryKind::EffectEmitted { key: key.clone(), effect: kind.name() });
         self.out.effects.push(Effect { key: key.clone(), step, kind });
         key
-    }
-
-    fn step_of_effect(&self, key: &str) -> Option<StepIndex> {
-        let mut digits = itoa::Buffer::new();
-        let rest = key.strip_prefix(digits.format(self.out.run.id.0))?.strip_prefix('-')?;
-        let (step, _) = rest.rsplit_once('-')?;
-        self.workflow.step_index(step)
     }
 
     fn history(&mut self, at: Option<StepIndex>, kind: HistoryKind) {

@@ -626,6 +626,28 @@ pub fn handle(workflow: &Workflow, run: Run, input: &Input, facts: &Facts<'_>, n
     machine::Machine::new(workflow, run, facts, now).handle(input)
 }
 
+/// The entry an effect's result adds to its run's history: `Input::EffectCompleted` gives
+/// exactly this, and nothing else, whatever the run's state (no step waits for a result).
+/// So the runtime may record a result without loading the run, from its id and workflow.
+pub fn effect_result(
+    workflow: &Workflow,
+    run: RunId,
+    key: &str,
+    ok: bool,
+    detail: Option<String>,
+    now: Timestamp,
+) -> HistoryEntry {
+    // The key is `<run>-<step>-<n>` (`effect_key`); the step is named when it still exists.
+    let mut digits = itoa::Buffer::new();
+    let step = key
+        .strip_prefix(digits.format(run.0))
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.rsplit_once('-'))
+        .and_then(|(step, _)| workflow.step_index(step))
+        .map(|at| workflow.step(at).id.clone());
+    HistoryEntry { at: now, step, kind: HistoryKind::EffectResult { key: key.to_owned(), ok, detail } }
+}
+
 /// Applies a score change to a subject's data (`scores.<model>`): what the runtime's
 /// dispatcher and the simulator both do with an `AdjustScore` effect.
 pub fn apply_score(subject: &mut Value, model: &str, change: ScoreChange) {

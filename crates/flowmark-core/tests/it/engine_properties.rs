@@ -9,7 +9,8 @@
 use std::collections::HashSet;
 
 use flowmark_core::engine::{
-    Decision, Event, Facts, Input, Run, RunId, RunStatus, TimerPurpose, TokenState, Transition, handle,
+    Decision, Event, Facts, HistoryKind, Input, Run, RunId, RunStatus, TimerPurpose, TokenState, Transition,
+    effect_result, handle,
 };
 use flowmark_core::model::{StepKind, Wait, Workflow};
 use flowmark_core::{Duration, Timestamp};
@@ -76,6 +77,24 @@ impl Driver<'_> {
         check_defined(self.workflow, &transition);
         if !transition.run_changed {
             assert_eq!(transition.run, before, "a transition that says the run is unchanged leaves it as it was");
+        }
+        // A result changes nothing but the trail, whatever the run's state, and adds exactly
+        // what `effect_result` makes: the runtime records results through it without the run.
+        if let Input::EffectCompleted { key, ok, detail } = input {
+            assert!(!transition.run_changed, "an effect result never changes its run");
+            let expected = effect_result(self.workflow, before.id, key, *ok, detail.clone(), self.now);
+            assert_eq!(
+                transition.history,
+                std::slice::from_ref(&expected),
+                "a result adds exactly its `effect_result` entry"
+            );
+            let kind = HistoryKind::EffectResult { key: key.clone(), ok: *ok, detail: detail.clone() };
+            assert_eq!((expected.at, expected.kind), (self.now, kind), "the entry records the input");
+            // Keys here are `<run>-<step>-<n>`, of steps the workflow has.
+            let step = key.split_once('-').and_then(|(_, rest)| rest.rsplit_once('-')).map(|(step, _)| step);
+            assert_eq!(expected.step.as_deref(), step, "the entry names the effect's step");
+            assert!(transition.effects.is_empty() && transition.timers.is_empty() && transition.decisions.is_empty());
+            assert!(transition.timers_cancelled.is_empty());
         }
         for effect in &transition.effects {
             assert!(self.effect_keys.insert(effect.key.clone()), "effect key {} used twice", effect.key);

@@ -14,14 +14,16 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{Effect, EffectKind, Event, Facts, Input, Run, RunId, Transition, apply_update, handle};
+use flowmark_core::engine::{
+    Effect, EffectKind, Event, Facts, HistoryEntry, Input, Run, RunId, Transition, apply_update, handle,
+};
 use flowmark_core::expr::Scope;
 use flowmark_core::model::{SegmentEdge, Trigger, Workflow};
 use flowmark_store::{Batch, ContactChange, ScoreRecord, Store};
 use serde_json::Value;
 
 use super::{
-    CASCADE_DEPTH_MAX, Engine, Error, GENERATED_EVENTS_MAX, Incoming, Ingested, Needs, SUPPRESSED_REASON_TRAIT,
+    CASCADE_DEPTH_MAX, Engine, Error, GENERATED_EVENTS_MAX, Incoming, Ingested, Needs, RunRef, SUPPRESSED_REASON_TRAIT,
     UNSUBSCRIBED_TRAIT, changed, suppression_of, version_of,
 };
 use crate::scoring::Models;
@@ -48,8 +50,13 @@ pub(super) struct Sweep {
 #[derive(Default)]
 pub(super) struct Unit {
     pub transitions: Vec<Transition>,
-    /// The latest state of every run this unit touched.
-    pub runs: HashMap<RunId, Run>,
+    /// Effect results recorded without their runs (`engine::effect_result`): history only.
+    pub results: Vec<(RunId, HistoryEntry)>,
+    /// The latest state of every run this unit touched; written through `remember`.
+    runs: HashMap<RunId, Run>,
+    /// The ids in `runs`, by subject: what an event about a subject and an entry rule read,
+    /// without going through every run of the unit (a unit holds thousands).
+    by_subject: HashMap<String, Vec<RunId>>,
     /// Subjects' data (traits merged, scores moved, membership) and time zones.
     pub subjects: HashMap<String, (Value, Option<String>)>,
     pub contact_changes: Vec<(String, Value, Option<String>)>,
@@ -72,8 +79,25 @@ pub(super) struct Unit {
 
 impl Unit {
     pub fn push(&mut self, t: Transition) {
-        self.runs.insert(t.run.id, t.run.clone());
+        self.remember(&t.run);
         self.transitions.push(t);
+    }
+
+    /// Records a run's latest state in this unit.
+    pub fn remember(&mut self, run: &Run) {
+        if self.runs.insert(run.id, run.clone()).is_none() {
+            self.by_subject.entry(run.subject_id.clone()).or_default().push(run.id);
+        }
+    }
+
+    /// A run's latest state in this unit, if the unit touched it.
+    pub fn run(&self, id: RunId) -> Option<&Run> {
+        self.runs.get(&id)
+    }
+
+    /// The runs of a subject this unit touched, in their latest state.
+    pub fn runs_of<'u>(&'u self, subject_id: &str) -> impl Iterator<Item = &'u Run> + 'u {
+        self.by_subject.get(subject_id).into_iter().flatten().filter_map(|id| self.runs.get(id))
     }
 
     pub fn batch(&self) -> Batch<'_> {
@@ -84,6 +108,7 @@ impl Unit {
                 .map(|(id, traits, timezone)| ContactChange { id, traits, timezone: timezone.as_deref() })
                 .collect(),
             transitions: self.transitions.iter().collect(),
+            trail: self.results.iter().map(|(run, entry)| (*run, entry)).collect(),
             merges: self.merges.iter().map(|(from, into)| (from.as_str(), into.as_str())).collect(),
             score_changes: self.score_records.iter().collect(),
             notifications: self.notifications.iter().collect(),
@@ -173,10 +198,14 @@ impl<S: Store> Engine<S> {
                 let active = self.active_workflows()?;
                 self.apply_incoming(unit, std::mem::take(&mut caused), &active, now)?;
             }
+            // Every transition before this point went in through `Unit::push` or `remember`;
+            // the follow-ups are remembered here.
+            let before = unit.transitions.len();
             self.follow_ups_from(&mut unit.transitions, from, now)?;
             let to = unit.transitions.len();
-            for t in &unit.transitions[from..to] {
-                unit.runs.insert(t.run.id, t.run.clone());
+            for index in before..to {
+                let run = unit.transitions[index].run.clone();
+                unit.remember(&run);
             }
             if round == CASCADE_DEPTH_MAX {
                 // What this round's internal effects would cause could not be applied in this
@@ -201,7 +230,9 @@ impl<S: Store> Engine<S> {
         attempts.extend(applied.iter().map(|(key, attempt)| (key.as_str(), attempt)));
         self.store.write(&Batch { attempts, work: work.iter().collect(), ..unit.batch() }, now)?;
         self.stats.events_ingested += unit.accepted.len() as u64;
-        self.stats.transitions_committed += unit.transitions.len() as u64;
+        // A result recorded without its run is still a transition of that run (its input
+        // handled, its history grown), only a cheaper one to make.
+        self.stats.transitions_committed += (unit.transitions.len() + unit.results.len()) as u64;
         Ok(())
     }
 
@@ -238,7 +269,8 @@ impl<S: Store> Engine<S> {
                     unit.contact_changes.push((subject_id.clone(), Value::Object(set), None));
                 }
                 EffectKind::AdjustScore { model, change } => {
-                    let (traits, record, crossings) = self.apply_score(&run, &effect.step, &model, change, data, now);
+                    let (traits, record, crossings) =
+                        self.apply_score(RunRef::of(&run), &effect.step, &model, change, data, now);
                     unit.contact_changes.push((subject_id.clone(), traits, None));
                     unit.score_records.push(record);
                     for crossing in crossings {
@@ -379,9 +411,9 @@ impl<S: Store> Engine<S> {
                 .store
                 .active_runs_of_subject(&subject_id)?
                 .into_iter()
-                .filter(|r| !unit.runs.contains_key(&r.id))
+                .filter(|r| unit.run(r.id).is_none())
                 .collect();
-            runs.extend(unit.runs.values().filter(|r| r.subject_id == subject_id && r.is_active()).cloned());
+            runs.extend(unit.runs_of(&subject_id).filter(|r| r.is_active()).cloned());
             runs.sort_by_key(|r| r.id);
             let candidates: Vec<&Arc<Workflow>> =
                 active.iter().filter(|w| w.triggers.iter().any(|t| starts_on(t, &event))).collect();
@@ -424,7 +456,7 @@ impl<S: Store> Engine<S> {
                         }
                         other => starts_on(other, &event),
                     });
-                    if !triggered || !self.may_enter(workflow, &subject_id, now, unit.runs.values())? {
+                    if !triggered || !self.may_enter(workflow, &subject_id, now, unit.runs_of(&subject_id))? {
                         continue;
                     }
                     let id = self.allocate_run_id();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use flowmark_core::diagnostic::DiagnosticJson;
 use flowmark_core::engine::{
     Event, Facts, HistoryKind, Input, ParentRun, RenderContext, Run, RunId, RunStatus, Sent, Transition, apply_update,
-    handle,
+    effect_result, handle,
 };
 pub use flowmark_core::engine::{SUPPRESSED_REASON_TRAIT, UNSUBSCRIBED_TRAIT};
 use flowmark_core::limits::{RECENT_EVENTS_COUNT_MAX, WAIT_LOOKBACK_MS};
@@ -183,6 +183,32 @@ pub struct Engine<S: Store> {
     directory: Directory,
     /// Where links in notifications point (no trailing slash); empty for relative links.
     public_url: String,
+}
+
+/// The parts of a run that performing its effects reads: never its state, so the dispatcher
+/// takes them from the outbox row (`OutboxEntry::owner`) instead of loading the run.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RunRef<'a> {
+    pub id: RunId,
+    pub workflow_id: &'a str,
+    pub version: u32,
+    pub subject_id: &'a str,
+}
+
+impl<'a> RunRef<'a> {
+    pub fn of(run: &'a Run) -> RunRef<'a> {
+        RunRef { id: run.id, workflow_id: &run.workflow_id, version: run.version, subject_id: &run.subject_id }
+    }
+
+    /// The run of an outbox entry, when it still exists.
+    fn owning(entry: &'a flowmark_store::OutboxEntry) -> Option<RunRef<'a>> {
+        entry.owner.as_ref().map(|owner| RunRef {
+            id: entry.run,
+            workflow_id: &owner.workflow_id,
+            version: owner.version,
+            subject_id: &owner.subject_id,
+        })
+    }
 }
 
 /// The facts about one subject, owned, for one input.
@@ -449,7 +475,7 @@ impl<S: Store> Engine<S> {
                     None => self.store.start_key(&workflow_id, key)?,
                 };
                 if let Some(id) = earlier {
-                    let subject_of = match unit.runs.get(&id) {
+                    let subject_of = match unit.run(id) {
                         Some(run) => Some(run.subject_id.clone()),
                         None => self.store.run(id)?.map(|run| run.subject_id),
                     };
@@ -470,7 +496,7 @@ impl<S: Store> Engine<S> {
                 continue;
             }
             let workflow = self.workflow(&workflow_id, Some(summary.latest_version))?;
-            if !self.may_enter(&workflow, &subject_id, now, unit.runs.values())? {
+            if !self.may_enter(&workflow, &subject_id, now, unit.runs_of(&subject_id))? {
                 answers.push(Started::EntryRefused);
                 continue;
             }
@@ -535,7 +561,8 @@ impl<S: Store> Engine<S> {
 
     /// Commits a transition with what it causes, and `work` besides its own inbox changes.
     fn commit_with_follow_ups(&mut self, t: Transition, work: Vec<WorkChange>, now: Timestamp) -> Result<(), Error> {
-        let mut unit = Unit { work, ..Unit::default() };
+        let mut unit = Unit::default();
+        unit.work = work;
         unit.push(t);
         self.commit_unit(&mut unit, Vec::new(), &[], now)
     }
@@ -614,7 +641,8 @@ impl<S: Store> Engine<S> {
         let mut outcomes: Vec<Option<Result<Outcome, Timestamp>>> = vec![None; ready.len()];
         let mut jobs: Vec<Vec<(usize, Option<flowmark_core::render::Message>, String)>> =
             vec![Vec::new(); connectors.count()];
-        let mut owners: Vec<Option<Run>> = Vec::with_capacity(ready.len());
+        // The run each effect's result goes back to (none for deliveries and gone runs).
+        let mut owners: Vec<Option<RunRef<'_>>> = Vec::with_capacity(ready.len());
         for (index, entry) in ready.iter().enumerate() {
             let kind = entry.effect.get("effect").and_then(Value::as_str).unwrap_or_default();
             if kind == DELIVERY_EFFECT {
@@ -629,15 +657,15 @@ impl<S: Store> Engine<S> {
                 owners.push(None);
                 continue;
             }
-            let Some(run) = self.store.run(entry.run)? else {
+            let Some(run) = RunRef::owning(entry) else {
                 outcomes[index] = Some(Ok(Outcome::Permanent { error: format!("run {} is gone", entry.run.0) }));
                 owners.push(None);
                 continue;
             };
-            let mut subject = self.subject_in(&mut unit, &run.subject_id)?.0.clone();
+            let mut subject = self.subject_in(&mut unit, run.subject_id)?.0.clone();
             let asks = match kind {
                 "create_task" | "request_approval" | "notify" => {
-                    self.recipients(&run, &entry.key, &entry.step, &entry.effect, &subject, now)?
+                    self.recipients(run, &entry.key, &entry.step, &entry.effect, &subject, now)?
                 }
                 _ => Vec::new(),
             };
@@ -656,11 +684,11 @@ impl<S: Store> Engine<S> {
             }
             match kind {
                 "adjust_score" => {
-                    outcomes[index] = Some(Ok(match self.score_effect(&run, entry, &mut subject, now) {
+                    outcomes[index] = Some(Ok(match self.score_effect(run, entry, &mut subject, now) {
                         Ok((change, record, crossings)) => {
-                            unit.contact_changes.push((run.subject_id.clone(), change, None));
-                            self.subject_in(&mut unit, &run.subject_id)?.0 = subject;
-                            touched.push((run.subject_id.clone(), entry.key.clone()));
+                            unit.contact_changes.push((run.subject_id.to_owned(), change, None));
+                            self.subject_in(&mut unit, run.subject_id)?.0 = subject;
+                            touched.push((run.subject_id.to_owned(), entry.key.clone()));
                             unit.score_records.push(record);
                             thresholds.extend(crossings);
                             Outcome::Done { detail: None }
@@ -670,26 +698,26 @@ impl<S: Store> Engine<S> {
                 }
                 "update_subject" => {
                     let change = apply_update_effect(&mut subject, &entry.effect);
-                    unit.contact_changes.push((run.subject_id.clone(), change, None));
-                    self.subject_in(&mut unit, &run.subject_id)?.0 = subject;
-                    touched.push((run.subject_id.clone(), entry.key.clone()));
+                    unit.contact_changes.push((run.subject_id.to_owned(), change, None));
+                    self.subject_in(&mut unit, run.subject_id)?.0 = subject;
+                    touched.push((run.subject_id.to_owned(), entry.key.clone()));
                     outcomes[index] = Some(Ok(Outcome::Done { detail: None }));
                 }
                 "start_run" => {
-                    outcomes[index] = Some(Ok(self.start_subflow(&run, entry, now, &mut unit.transitions)?));
+                    outcomes[index] = Some(Ok(self.start_subflow(run, entry, now, &mut unit.transitions)?));
                 }
                 "send_message" if let Some(error) = refused(&subject, &entry.effect) => {
                     outcomes[index] = Some(Ok(Outcome::Permanent { error }));
                 }
-                "send_message" => match self.render(&run, &entry.key, &entry.step, &entry.effect, &subject)? {
+                "send_message" => match self.render(run, &entry.key, &entry.step, &entry.effect, &subject)? {
                     Ok(message) => jobs[connectors.route_of(kind_of_message(&message))].push((
                         index,
                         Some(message),
-                        run.subject_id.clone(),
+                        run.subject_id.to_owned(),
                     )),
                     Err(error) => outcomes[index] = Some(Ok(Outcome::Permanent { error })),
                 },
-                other => jobs[connectors.route_of(other)].push((index, None, run.subject_id.clone())),
+                other => jobs[connectors.route_of(other)].push((index, None, run.subject_id.to_owned())),
             }
             owners.push(Some(run));
         }
@@ -717,7 +745,6 @@ impl<S: Store> Engine<S> {
             tracing::trace!(connector = connectors.name(route), performed = going.len(), "dispatched");
         }
         // Phase 3, in outbox order: attempts recorded, final results fed back to the runs.
-        let mut runs: HashMap<RunId, Run> = HashMap::new();
         let mut attempts: Vec<(String, Attempt, u32)> = Vec::new();
         for (((entry, outcome), owner), schedule) in ready.iter().zip(outcomes).zip(owners).zip(schedules) {
             let attempt_number = entry.attempts + 1;
@@ -748,34 +775,30 @@ impl<S: Store> Engine<S> {
             };
             attempts.push((entry.key.clone(), attempt, attempt_number));
             let (Some((ok, detail)), Some(owner)) = (final_result, owner) else { continue };
-            let run = runs.remove(&owner.id).unwrap_or(owner);
-            // The result goes back to the run as an input, committed with the attempt. It only
-            // adds to the run's history (`Transition::run_changed`), so it reads no facts.
-            let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-            let input = Input::EffectCompleted { key: entry.key.clone(), ok, detail };
-            let id = run.id;
-            let subject_id = run.subject_id.clone();
-            let mut t = handle(&workflow, run, &input, &Facts::empty(), now);
+            // The result goes back to the run, committed with the attempt. It only adds to the
+            // run's history (`engine::effect_result`), so neither the run nor facts are read.
+            let workflow = self.workflow(owner.workflow_id, Some(owner.version))?;
+            unit.results.push((owner.id, effect_result(&workflow, owner.id, &entry.key, ok, detail, now)));
             // A subflow that could not start ends, for a parent waiting on it, as failed: the
-            // parent moves on, so it reads its facts.
+            // parent moves on, so it reads its state and facts (its results come first in the
+            // history this commit writes for it).
             let kind = entry.effect.get("effect").and_then(Value::as_str);
             if kind == Some("start_run") && !ok && entry.effect.get("wait").and_then(Value::as_bool) == Some(true) {
-                let mut facts = self.load_facts(&subject_id, now, Needs::of(&workflow))?;
-                if let Some((subject, _)) = unit.subjects.get(&subject_id) {
+                let Some(run) = self.latest_state(&unit.transitions, owner.id)? else { continue };
+                let mut facts = self.load_facts(owner.subject_id, now, Needs::of(&workflow))?;
+                if let Some((subject, _)) = unit.subjects.get(owner.subject_id) {
                     facts.subject = subject.clone();
                 }
                 let input = Input::SubflowEnded { step: entry.step.clone(), status: RunStatus::Failed };
-                unit.transitions.push(t.clone());
-                t = handle(&workflow, t.run, &input, &facts.facts(&self.env), now);
+                unit.transitions.push(handle(&workflow, run, &input, &facts.facts(&self.env), now));
             }
-            runs.insert(id, t.run.clone());
-            unit.transitions.push(t);
         }
         // What the internal effects caused — thresholds crossed, segments entered or left —
         // is applied in this same unit, so it commits with the scores and traits that caused
         // it, or not at all.
-        for t in &unit.transitions {
-            unit.runs.insert(t.run.id, t.run.clone());
+        for index in 0..unit.transitions.len() {
+            let run = unit.transitions[index].run.clone();
+            unit.remember(&run);
         }
         let mut caused = Vec::new();
         for threshold in thresholds {
@@ -818,7 +841,7 @@ impl<S: Store> Engine<S> {
     /// to merge, the history record and the threshold events it crossed.
     fn score_effect(
         &self,
-        run: &Run,
+        run: RunRef<'_>,
         entry: &flowmark_store::OutboxEntry,
         subject: &mut Value,
         now: Timestamp,
@@ -833,7 +856,7 @@ impl<S: Store> Engine<S> {
     /// traits to merge, the history record and the threshold events it crossed.
     pub(super) fn apply_score(
         &self,
-        run: &Run,
+        run: RunRef<'_>,
         step: &str,
         model: &str,
         change: ScoreChange,
@@ -848,12 +871,12 @@ impl<S: Store> Engine<S> {
             ScoreChange::Set(value) => value - before,
         };
         let reason = format!("step:{}/{step}", run.workflow_id);
-        let applied = self.scoring.change(&run.subject_id, subject, model, delta, now, reason);
+        let applied = self.scoring.change(run.subject_id, subject, model, delta, now, reason);
         let crossings = self
             .scoring
             .crossed(&applied)
             .iter()
-            .map(|name| Incoming::event(&run.subject_id, Models::threshold_event(&applied, name)))
+            .map(|name| Incoming::event(run.subject_id, Models::threshold_event(&applied, name)))
             .collect();
         let traits = serde_json::json!({ "scores": subject["scores"], "scores_at": subject["scores_at"] });
         (traits, applied, crossings)
@@ -865,7 +888,7 @@ impl<S: Store> Engine<S> {
     /// which reports its end to it.
     fn start_subflow(
         &mut self,
-        parent: &Run,
+        parent: RunRef<'_>,
         entry: &flowmark_store::OutboxEntry,
         now: Timestamp,
         transitions: &mut Vec<Transition>,
@@ -882,7 +905,7 @@ impl<S: Store> Engine<S> {
         };
         let wait = entry.effect.get("wait").and_then(Value::as_bool).unwrap_or(true);
         let id = self.allocate_run_id();
-        let mut child = Run::new(id, &workflow, version_of(&self.compiled, &workflow), parent.subject_id.as_str(), now);
+        let mut child = Run::new(id, &workflow, version_of(&self.compiled, &workflow), parent.subject_id, now);
         if wait {
             child.parent = Some(ParentRun { run: parent.id, step: entry.step.clone() });
         }
@@ -897,7 +920,7 @@ impl<S: Store> Engine<S> {
             })
             .into(),
         };
-        let facts = self.load_facts(&parent.subject_id, now, Needs::of(&workflow))?;
+        let facts = self.load_facts(parent.subject_id, now, Needs::of(&workflow))?;
         let t = handle(&workflow, child, &Input::Start { event: Some(event) }, &facts.facts(&self.env), now);
         transitions.push(t);
         self.stats.runs_started += 1;
@@ -1026,13 +1049,13 @@ impl<S: Store> Engine<S> {
 
     fn render(
         &mut self,
-        run: &Run,
+        run: RunRef<'_>,
         key: &str,
         step: &str,
         effect: &Value,
         subject: &Value,
     ) -> Result<Result<flowmark_core::render::Message, String>, Error> {
-        let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+        let workflow = self.workflow(run.workflow_id, Some(run.version))?;
         let context: RenderContext = match effect.get("context").cloned().map(serde_json::from_value).transpose() {
             Ok(context) => context.unwrap_or_default(),
             Err(error) => return Ok(Err(format!("the stored context is unreadable: {error}"))),

@@ -424,6 +424,7 @@ impl<S: Store> Engine<S> {
                 effect,
                 attempts: 0,
                 next_attempt_at: now,
+                owner: None,
             });
         };
         if prefs.email {
@@ -446,19 +447,19 @@ impl<S: Store> Engine<S> {
     /// ask no one.
     pub(super) fn recipients(
         &mut self,
-        run: &flowmark_core::engine::Run,
+        run: super::RunRef<'_>,
         key: &str,
         step: &str,
         effect: &Value,
         subject: &Value,
         now: Timestamp,
     ) -> Result<Vec<Ask>, Error> {
-        let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+        let workflow = self.workflow(run.workflow_id, Some(run.version))?;
         let strings = |v: &Value| -> Vec<String> {
             v.as_array().map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect()).unwrap_or_default()
         };
-        let title = subject_title(subject, &run.subject_id);
-        let item_link = format!("/ui/items/{}", url_part(&run.subject_id));
+        let title = subject_title(subject, run.subject_id);
+        let item_link = format!("/ui/items/{}", url_part(run.subject_id));
         // (roles, reason, text, link) per ask.
         let asks: Vec<(Vec<String>, &str, String, String)> = match effect
             .get("effect")
@@ -544,6 +545,7 @@ impl<S: Store> Engine<S> {
                     "subject": format!("Flowmark digest: {} update(s)", group.len()), "text": text, "link": self.public_url }),
                 attempts: 0,
                 next_attempt_at: now,
+                owner: None,
             };
             let keys: Vec<&str> = group.iter().map(|n| n.key.as_str()).collect();
             let settings = [(setting.as_str(), date.as_str())];
