@@ -425,12 +425,7 @@ impl<S: Store> Engine<S> {
                 for run in &runs {
                     needs = needs.or(Needs::of(&*self.workflow(&run.workflow_id, Some(run.version))?));
                 }
-                let mut facts = self.load_facts(&subject_id, now, needs)?;
-                if let Some((data, zone)) = unit.subjects.get(&subject_id) {
-                    facts.subject = data.clone();
-                    self.scoring.decay_scores(&mut facts.subject, now);
-                    facts.timezone = zone.as_deref().and_then(|tz| tz.parse().ok());
-                }
+                let facts = self.load_facts(&subject_id, unit.subjects.get(&subject_id), now, needs)?;
                 // The store's recent events include this unit's, this one too: they were
                 // inserted in this unit of work.
                 for run in runs {

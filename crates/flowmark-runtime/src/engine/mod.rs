@@ -373,11 +373,24 @@ impl<S: Store> Engine<S> {
     }
 
     /// Loads what `handle` may read about a subject; recent events and sent messages only
-    /// when `needs` says a workflow involved reads them (most inputs need neither).
-    fn load_facts(&self, subject_id: &str, now: Timestamp, needs: Needs) -> Result<LoadedFacts, Error> {
-        let contact = self.store.contact(subject_id)?;
-        let timezone = contact.as_ref().and_then(|c| c.timezone.as_deref()).and_then(|tz| tz.parse().ok());
-        let mut subject = contact.map_or(Value::Object(Default::default()), |c| c.traits);
+    /// when `needs` says a workflow involved reads them (most inputs need neither). `known`
+    /// is the subject's data and time zone as a unit of work has them, newer than the store's
+    /// (then the contact is not read).
+    fn load_facts(
+        &self,
+        subject_id: &str,
+        known: Option<&(Value, Option<String>)>,
+        now: Timestamp,
+        needs: Needs,
+    ) -> Result<LoadedFacts, Error> {
+        let (mut subject, timezone) = match known {
+            Some((data, zone)) => (data.clone(), zone.as_deref().and_then(|tz| tz.parse().ok())),
+            None => {
+                let contact = self.store.contact(subject_id)?;
+                let timezone = contact.as_ref().and_then(|c| c.timezone.as_deref()).and_then(|tz| tz.parse().ok());
+                (contact.map_or(Value::Object(Default::default()), |c| c.traits), timezone)
+            }
+        };
         self.scoring.decay_scores(&mut subject, now);
         let recent = if needs.recent_events {
             self.store.events_of_subject(
@@ -500,10 +513,7 @@ impl<S: Store> Engine<S> {
                 answers.push(Started::EntryRefused);
                 continue;
             }
-            let mut facts = self.load_facts(&subject_id, now, Needs::of(&workflow))?;
-            if let Some((data, _)) = unit.subjects.get(&subject_id) {
-                facts.subject = data.clone();
-            }
+            let facts = self.load_facts(&subject_id, unit.subjects.get(&subject_id), now, Needs::of(&workflow))?;
             let id = self.allocate_run_id();
             let event = event.map(|(name, properties)| Event {
                 id: format!("start-{}", id.0),
@@ -555,7 +565,7 @@ impl<S: Store> Engine<S> {
     fn decide(&mut self, run_id: RunId, input: &Input, now: Timestamp) -> Result<Option<Transition>, Error> {
         let Some(run) = self.store.run(run_id)? else { return Ok(None) };
         let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-        let facts = self.load_facts(&run.subject_id, now, Needs::of(&workflow))?;
+        let facts = self.load_facts(&run.subject_id, None, now, Needs::of(&workflow))?;
         Ok(Some(handle(&workflow, run, input, &facts.facts(&self.env), now)))
     }
 
@@ -588,7 +598,7 @@ impl<S: Store> Engine<S> {
                 },
             };
             let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-            let facts = self.load_facts(&run.subject_id, now, Needs::of(&workflow))?;
+            let facts = self.load_facts(&run.subject_id, None, now, Needs::of(&workflow))?;
             let t = handle(&workflow, run, &Input::TimerFired { timer: timer.timer }, &facts.facts(&self.env), now);
             runs.insert(timer.run, t.run.clone());
             batches.push(t);
@@ -785,10 +795,8 @@ impl<S: Store> Engine<S> {
             let kind = entry.effect.get("effect").and_then(Value::as_str);
             if kind == Some("start_run") && !ok && entry.effect.get("wait").and_then(Value::as_bool) == Some(true) {
                 let Some(run) = self.latest_state(&unit.transitions, owner.id)? else { continue };
-                let mut facts = self.load_facts(owner.subject_id, now, Needs::of(&workflow))?;
-                if let Some((subject, _)) = unit.subjects.get(owner.subject_id) {
-                    facts.subject = subject.clone();
-                }
+                let known = unit.subjects.get(owner.subject_id);
+                let facts = self.load_facts(owner.subject_id, known, now, Needs::of(&workflow))?;
                 let input = Input::SubflowEnded { step: entry.step.clone(), status: RunStatus::Failed };
                 unit.transitions.push(handle(&workflow, run, &input, &facts.facts(&self.env), now));
             }
@@ -920,7 +928,7 @@ impl<S: Store> Engine<S> {
             })
             .into(),
         };
-        let facts = self.load_facts(parent.subject_id, now, Needs::of(&workflow))?;
+        let facts = self.load_facts(parent.subject_id, None, now, Needs::of(&workflow))?;
         let t = handle(&workflow, child, &Input::Start { event: Some(event) }, &facts.facts(&self.env), now);
         transitions.push(t);
         self.stats.runs_started += 1;
@@ -993,7 +1001,7 @@ impl<S: Store> Engine<S> {
     ) -> Result<(), Error> {
         let Some(run) = self.latest_state(transitions, parent.run)? else { return Ok(()) };
         let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-        let facts = self.load_facts(&run.subject_id, now, Needs::of(&workflow))?;
+        let facts = self.load_facts(&run.subject_id, None, now, Needs::of(&workflow))?;
         let input = Input::SubflowEnded { step: parent.step.clone(), status };
         transitions.push(handle(&workflow, run, &input, &facts.facts(&self.env), now));
         Ok(())
@@ -1038,7 +1046,7 @@ impl<S: Store> Engine<S> {
                 })
                 .into(),
             };
-            let facts = self.load_facts(&ended.subject_id, now, Needs::of(workflow))?;
+            let facts = self.load_facts(&ended.subject_id, None, now, Needs::of(workflow))?;
             let id = self.allocate_run_id();
             let run = Run::new(id, workflow, version_of(&self.compiled, workflow), ended.subject_id.as_str(), now);
             transitions.push(handle(workflow, run, &Input::Start { event: Some(event) }, &facts.facts(&self.env), now));
@@ -1203,7 +1211,7 @@ impl<S: Store> Engine<S> {
                 if !self.may_enter(&workflow, subject, now, batch_runs.values())? {
                     continue;
                 }
-                let facts = self.load_facts(subject, now, needs)?;
+                let facts = self.load_facts(subject, None, now, needs)?;
                 let id = self.allocate_run_id();
                 let run = Run::new(id, &workflow, version, subject.as_str(), now);
                 let t =
