@@ -207,6 +207,17 @@ UPDATE outbox SET sent_channel = json_extract(effect, '$.channel')
 DROP INDEX outbox_by_run;
 CREATE INDEX outbox_sent ON outbox (run_id, sent_channel, created_at) WHERE sent_channel IS NOT NULL;
 "#,
+    // Trail rows (`history`, `decisions`) take their sequence numbers from one counter, so an
+    // append needs no look-up of the run's last row. It starts past every number in use (a
+    // run's rows stay in order: its old rows have smaller numbers).
+    r#"
+CREATE TABLE trail_seq (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    next INTEGER NOT NULL
+);
+INSERT INTO trail_seq (id, next)
+    SELECT 0, COALESCE(MAX(m), -1) + 1 FROM (SELECT MAX(seq) AS m FROM history UNION ALL SELECT MAX(seq) FROM decisions);
+"#,
 ];
 
 pub struct SqliteStore {
@@ -401,6 +412,7 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         }
     }
     let mut recorded: HashSet<&str> = HashSet::new();
+    let mut seq = TrailSeq::default();
     // Entries that only add to a run's trail go first in its history row of this batch.
     let mut trails: HashMap<RunId, Vec<&HistoryEntry>> = HashMap::new();
     for (run, entry) in trail {
@@ -417,7 +429,7 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         // A run whose transitions in the batch only added to its history (effect results) is
         // stored as it is: its row and its timers stay, its history grows.
         if run.changed {
-            upsert_run(tx, run.state, now)?;
+            write_run(tx, run.state, run.fresh, now)?;
             // The timers table mirrors the run's armed timers: fired and cancelled ones go (a
             // run the batch starts has none stored).
             if !run.fresh {
@@ -430,8 +442,8 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
             }
         }
         // Rows written as single objects by earlier versions read back the same.
-        append_chunk(tx, Trail::History, id, run.fresh, &run.history, |e| (e.at, e.step.as_deref()))?;
-        append_chunk(tx, Trail::Decisions, id, run.fresh, &run.decisions, |d| (d.at, d.step.as_deref()))?;
+        append_chunk(tx, Trail::History, &mut seq, id, &run.history, |e| (e.at, e.step.as_deref()))?;
+        append_chunk(tx, Trail::Decisions, &mut seq, id, &run.decisions, |d| (d.at, d.step.as_deref()))?;
         let mut insert = tx.prepare_cached(
             "INSERT INTO outbox (key, run_id, step, effect, created_at, attempts, next_attempt_at, status, result,
                  sent_channel)
@@ -474,9 +486,10 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
     // Runs the batch only adds results to: their rows stay as they are.
     for (run, _) in trail {
         if let Some(entries) = trails.remove(run) {
-            append_chunk(tx, Trail::History, run_id(*run), false, &entries, |e| (e.at, e.step.as_deref()))?;
+            append_chunk(tx, Trail::History, &mut seq, run_id(*run), &entries, |e| (e.at, e.step.as_deref()))?;
         }
     }
+    seq.save(tx)?;
     for (workflow_id, key, run) in start_keys {
         tx.prepare_cached("INSERT INTO start_keys (workflow_id, key, run_id, created_at) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![workflow_id, key, run_id(*run), now.ms()])?;
@@ -570,25 +583,37 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
 }
 
 /// Writes a run's state and the columns lists filter on, inserted or replaced.
-fn upsert_run(tx: &Connection, state: &Run, now: Timestamp) -> Result<(), Error> {
-    tx.prepare_cached(
-        "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, ended_at, state, updated_at, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-         ON CONFLICT (id) DO UPDATE SET status = excluded.status, ended_at = excluded.ended_at,
-             state = excluded.state, updated_at = excluded.updated_at, at = excluded.at",
-    )?
-    .execute(params![
-        run_id(state.id),
-        state.workflow_id,
-        state.version,
-        state.subject_id,
-        state.status.as_str(),
-        state.started_at.ms(),
-        state.ended_at.map(Timestamp::ms),
-        to_json(state)?,
-        now.ms(),
-        position(state),
-    ])?;
+fn write_run(tx: &Connection, state: &Run, fresh: bool, now: Timestamp) -> Result<(), Error> {
+    let state_json = to_json(state)?;
+    let (status, ended_at, at) = (state.status.as_str(), state.ended_at.map(Timestamp::ms), position(state));
+    // A run the batch starts is inserted; any other is stored already, and only what changes
+    // is set (an insert that fails on the key first would look the row up twice).
+    let written = if fresh {
+        tx.prepare_cached(
+            "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, ended_at, state, updated_at, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            run_id(state.id),
+            state.workflow_id,
+            state.version,
+            state.subject_id,
+            status,
+            state.started_at.ms(),
+            ended_at,
+            state_json,
+            now.ms(),
+            at,
+        ])?
+    } else {
+        tx.prepare_cached(
+            "UPDATE runs SET status = ?2, ended_at = ?3, state = ?4, updated_at = ?5, at = ?6 WHERE id = ?1",
+        )?
+        .execute(params![run_id(state.id), status, ended_at, state_json, now.ms(), at])?
+    };
+    if written != 1 {
+        return Err(Error::Corrupt(format!("run {} is not stored, yet the batch does not start it", state.id.0)));
+    }
     Ok(())
 }
 
@@ -647,28 +672,48 @@ enum Trail {
     Decisions,
 }
 
+/// The sequence numbers of trail rows, from the store's one counter (`trail_seq`): read at a
+/// batch's first append, written back once at its end, inside the batch's transaction. Rows
+/// of a run read back in the order of their numbers, which only grow.
+#[derive(Default)]
+struct TrailSeq {
+    next: Option<i64>,
+}
+
+impl TrailSeq {
+    fn take(&mut self, tx: &Connection) -> Result<i64, Error> {
+        let next = match self.next {
+            Some(next) => next,
+            None => tx.prepare_cached("SELECT next FROM trail_seq WHERE id = 0")?.query_row([], |row| row.get(0))?,
+        };
+        self.next = Some(next + 1);
+        Ok(next)
+    }
+
+    fn save(&self, tx: &Connection) -> Result<(), Error> {
+        if let Some(next) = self.next {
+            tx.prepare_cached("UPDATE trail_seq SET next = ?1 WHERE id = 0")?.execute([next])?;
+        }
+        Ok(())
+    }
+}
+
 /// Appends `items` to a run's `history` or `decisions` as one row: the next sequence number,
 /// the first item's time, the step when all items share one, and the items as a JSON array.
 fn append_chunk<T: serde::Serialize>(
     tx: &Connection,
     trail: Trail,
+    seq: &mut TrailSeq,
     run: i64,
-    fresh: bool,
     items: &[&T],
     key: impl Fn(&T) -> (Timestamp, Option<&str>),
 ) -> Result<(), Error> {
     let Some(first) = items.first() else { return Ok(()) };
-    let (sql_next, sql_insert) = match trail {
-        Trail::History => (
-            "SELECT COALESCE(MAX(seq) + 1, 0) FROM history WHERE run_id = ?1",
-            "INSERT INTO history (run_id, seq, at, step, entry) VALUES (?1, ?2, ?3, ?4, ?5)",
-        ),
-        Trail::Decisions => (
-            "SELECT COALESCE(MAX(seq) + 1, 0) FROM decisions WHERE run_id = ?1",
-            "INSERT INTO decisions (run_id, seq, at, step, record) VALUES (?1, ?2, ?3, ?4, ?5)",
-        ),
+    let sql_insert = match trail {
+        Trail::History => "INSERT INTO history (run_id, seq, at, step, entry) VALUES (?1, ?2, ?3, ?4, ?5)",
+        Trail::Decisions => "INSERT INTO decisions (run_id, seq, at, step, record) VALUES (?1, ?2, ?3, ?4, ?5)",
     };
-    let seq: i64 = if fresh { 0 } else { tx.prepare_cached(sql_next)?.query_row([run], |row| row.get(0))? };
+    let seq = seq.take(tx)?;
     let (at, step) = key(first);
     let step = step.filter(|step| items.iter().all(|item| key(item).1 == Some(*step)));
     tx.prepare_cached(sql_insert)?.execute(params![run, seq, at.ms(), step, to_json(items)?])?;
@@ -1283,7 +1328,8 @@ mod tests {
     fn the_sent_channel_migration_counts_what_was_sent_before_it() {
         let mut conn = Connection::open_in_memory().unwrap();
         let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
-        migrations.to_version(&mut conn, MIGRATIONS.len() - 1).unwrap();
+        let before = MIGRATIONS.iter().position(|sql| sql.contains("ADD COLUMN sent_channel")).unwrap();
+        migrations.to_version(&mut conn, before).unwrap();
         conn.execute(
             "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, state, updated_at, at)
              VALUES (1, 'w', 1, 'c-1', 'active', 10, '{}', 10, '')",
@@ -1308,5 +1354,37 @@ mod tests {
         let sent: Vec<i64> = store.sent_messages("c-1", Timestamp(0)).unwrap().iter().map(|s| s.at.ms()).collect();
         assert_eq!(sent, [20, 50]);
         assert_eq!(store.sent_messages("c-1", Timestamp(21)).unwrap().len(), 1, "since a time");
+    }
+
+    /// Trail rows numbered per run before the store-wide counter existed stay first: the
+    /// counter starts past every number in use, so a run's new rows read back after its old.
+    #[test]
+    fn the_trail_counter_starts_past_the_rows_numbered_before_it() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
+        let before = MIGRATIONS.iter().position(|sql| sql.contains("CREATE TABLE trail_seq")).unwrap();
+        migrations.to_version(&mut conn, before).unwrap();
+        for (run, seq, what) in [(1, 0, "run_started"), (1, 1, "step_entered"), (2, 0, "run_started")] {
+            conn.execute(
+                "INSERT INTO history (run_id, seq, at, step, entry) VALUES (?1, ?2, 10, NULL, ?3)",
+                params![run, seq, format!(r#"[{{"what":"{what}"}}]"#)],
+            )
+            .unwrap();
+        }
+        conn.execute("INSERT INTO decisions (run_id, seq, at, step, record) VALUES (2, 7, 10, NULL, '[]')", [])
+            .unwrap();
+        let mut store = SqliteStore::setup(conn).unwrap();
+        let next: i64 = store.conn.query_row("SELECT next FROM trail_seq", [], |row| row.get(0)).unwrap();
+        assert_eq!(next, 8, "past the largest number of either trail");
+        let result = HistoryEntry {
+            at: Timestamp(20),
+            step: None,
+            kind: HistoryKind::EffectResult { key: "1-s-1".into(), ok: true, detail: None },
+        };
+        store.write(&Batch { trail: vec![(RunId(1), &result)], ..Batch::default() }, Timestamp(20)).unwrap();
+        let whats: Vec<Value> = store.history(RunId(1)).unwrap().iter().map(|h| h["what"].clone()).collect();
+        assert_eq!(whats, ["run_started", "step_entered", "effect_result"]);
+        let next: i64 = store.conn.query_row("SELECT next FROM trail_seq", [], |row| row.get(0)).unwrap();
+        assert_eq!(next, 9, "the batch took one number and wrote the counter back");
     }
 }
