@@ -281,9 +281,10 @@ pub trait Store {
     fn finish(&mut self);
 
     /// Writes everything in `batch` in one transaction, in this order: contact changes,
-    /// events, transitions (each run's state inserted or updated, its history and decision
-    /// records appended, its timers replaced by the armed ones, its effects added to the
-    /// outbox), then effect attempts. All or nothing: this is the group commit, and what makes
+    /// events, transitions (each run's state inserted or updated, its history — after the
+    /// batch's `trail` entries for it — and decision records appended, its timers replaced by
+    /// the armed ones, its effects added to the outbox), the trail entries of runs the batch
+    /// does not otherwise change, then effect attempts. All or nothing: this is the group commit, and what makes
     /// an event, the transitions it causes, an effect's outcome and the result fed back to its
     /// run durable together or not at all.
     fn write(&mut self, batch: &Batch<'_>, now: Timestamp) -> Result<(), Error>;

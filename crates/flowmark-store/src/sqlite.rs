@@ -209,7 +209,8 @@ CREATE INDEX outbox_sent ON outbox (run_id, sent_channel, created_at) WHERE sent
 "#,
     // Trail rows (`history`, `decisions`) take their sequence numbers from one counter, so an
     // append needs no look-up of the run's last row. It starts past every number in use (a
-    // run's rows stay in order: its old rows have smaller numbers).
+    // run's rows stay in order: its old rows have smaller numbers); finding that number reads
+    // both tables once, at the first start after the upgrade.
     r#"
 CREATE TABLE trail_seq (
     id INTEGER PRIMARY KEY CHECK (id = 0),
@@ -582,7 +583,8 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
     Ok(())
 }
 
-/// Writes a run's state and the columns lists filter on, inserted or replaced.
+/// Writes a run's state and the columns lists filter on: inserted when the batch starts the
+/// run (`fresh`), updated otherwise.
 fn write_run(tx: &Connection, state: &Run, fresh: bool, now: Timestamp) -> Result<(), Error> {
     let state_json = to_json(state)?;
     let (status, ended_at, at) = (state.status.as_str(), state.ended_at.map(Timestamp::ms), position(state));
@@ -673,7 +675,8 @@ enum Trail {
 }
 
 /// The sequence numbers of trail rows, from the store's one counter (`trail_seq`): read at a
-/// batch's first append, written back once at its end, inside the batch's transaction. Rows
+/// batch's first append, written back once after the batch's last append, inside its
+/// transaction. Rows
 /// of a run read back in the order of their numbers, which only grow.
 #[derive(Default)]
 struct TrailSeq {

@@ -3,12 +3,14 @@
 //!
 //! Each public operation loads the facts it needs, calls `engine::handle` for every run the
 //! input concerns, and commits all resulting transitions in one batch. Dispatch happens only
-//! from the outbox, after the commit that recorded the effect.
+//! from the outbox, after the commit that recorded the effect; an effect's result, which
+//! only adds to its run's history, is recorded as the entry `engine::effect_result` makes,
+//! without loading the run.
 //!
 //! Invariant: no transition is lost between `handle` and the store: either the whole batch
 //! commits or the operation returns the store's error and nothing changed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use flowmark_core::diagnostic::DiagnosticJson;
@@ -626,9 +628,10 @@ impl<S: Store> Engine<S> {
     /// applied here; the others go to the connector registered for their kind, within its
     /// concurrency and rate limit (effects the rate holds back are deferred, not attempted).
     ///
-    /// What the attempts gave, the subject changes, and the results fed back to the runs (with
-    /// whatever those transitions emit) are committed in one transaction: a crash after it
-    /// leaves nothing to redo, a crash before it redoes the attempts under the same keys.
+    /// What the attempts gave, the subject changes, the results fed back to the runs, and what
+    /// those cause (a parent whose subflow could not start moves on) are committed in one
+    /// transaction: a crash after it leaves nothing to redo, a crash before it redoes the
+    /// attempts under the same keys.
     pub fn dispatch(&mut self, now: Timestamp, limit: usize, connectors: &mut Connectors) -> Result<usize, Error> {
         self.store.begin()?;
         let result = self.dispatch_unit(now, limit, connectors);
@@ -755,6 +758,9 @@ impl<S: Store> Engine<S> {
             tracing::trace!(connector = connectors.name(route), performed = going.len(), "dispatched");
         }
         // Phase 3, in outbox order: attempts recorded, final results fed back to the runs.
+        // A run this phase moved (a parent whose subflow could not start) takes its later
+        // results as transitions too, so its history keeps outbox order.
+        let mut moved: HashSet<RunId> = HashSet::new();
         let mut attempts: Vec<(String, Attempt, u32)> = Vec::new();
         for (((entry, outcome), owner), schedule) in ready.iter().zip(outcomes).zip(owners).zip(schedules) {
             let attempt_number = entry.attempts + 1;
@@ -788,6 +794,12 @@ impl<S: Store> Engine<S> {
             // The result goes back to the run, committed with the attempt. It only adds to the
             // run's history (`engine::effect_result`), so neither the run nor facts are read.
             let workflow = self.workflow(owner.workflow_id, Some(owner.version))?;
+            if moved.contains(&owner.id) {
+                let Some(run) = self.latest_state(&unit.transitions, owner.id)? else { continue };
+                let input = Input::EffectCompleted { key: entry.key.clone(), ok, detail };
+                unit.transitions.push(handle(&workflow, run, &input, &Facts::empty(), now));
+                continue;
+            }
             unit.results.push((owner.id, effect_result(&workflow, owner.id, &entry.key, ok, detail, now)));
             // A subflow that could not start ends, for a parent waiting on it, as failed: the
             // parent moves on, so it reads its state and facts (its results come first in the
@@ -799,6 +811,7 @@ impl<S: Store> Engine<S> {
                 let facts = self.load_facts(owner.subject_id, known, now, Needs::of(&workflow))?;
                 let input = Input::SubflowEnded { step: entry.step.clone(), status: RunStatus::Failed };
                 unit.transitions.push(handle(&workflow, run, &input, &facts.facts(&self.env), now));
+                moved.insert(owner.id);
             }
         }
         // What the internal effects caused — thresholds crossed, segments entered or left —

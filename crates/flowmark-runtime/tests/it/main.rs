@@ -362,6 +362,48 @@ fn a_subflow_that_cannot_start_fails_for_its_waiting_parent() {
     assert_eq!(run.status, RunStatus::Completed, "the branch took the `otherwise` path to the end");
 }
 
+/// Two effects of one run in one dispatch: a subflow that cannot start (the run moves on and
+/// ends) and, after it in the outbox, a webhook. The run's history keeps outbox order: the
+/// webhook's result comes after the end its earlier effect caused.
+#[test]
+fn results_keep_outbox_order_around_a_subflow_that_cannot_start() {
+    const KIT: &str = r#"
+id: kit
+subject: item
+steps:
+  - id: fork
+    parallel: [produce, tell]
+  - id: produce
+    subflow: { workflow: asset }
+    next: done
+  - id: tell
+    action: { webhook: { url: "https://hooks.example.com/tell", body: { ok: "yes" } } }
+    next: done
+  - id: done
+    join: all
+"#;
+    let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
+    engine.deploy("kit.yaml", KIT, NOON).unwrap();
+    let run = engine.start("kit", "autumn", NOON).unwrap().unwrap();
+    let ready = engine.store().ready_effects(NOON, 10).unwrap();
+    let keys: Vec<&str> = ready.iter().map(|e| e.step.as_str()).collect();
+    assert_eq!(keys, ["produce", "tell"], "the outbox order this test is about");
+    engine.dispatch(NOON, 10, &mut recording().1).unwrap();
+    assert!(engine.is_ended(run).unwrap(), "the failed subflow let the join complete");
+    let history = engine.store().history(run).unwrap();
+    let trail: Vec<(String, String)> = history
+        .iter()
+        .map(|h| (h["what"].as_str().unwrap_or("").to_owned(), h["step"].as_str().unwrap_or("").to_owned()))
+        .skip_while(|(what, _)| what != "effect_result")
+        .collect();
+    let results: Vec<usize> =
+        trail.iter().enumerate().filter(|(_, (w, _))| w == "effect_result").map(|(i, _)| i).collect();
+    let ended = trail.iter().position(|(what, _)| what == "run_ended").expect("the run ended");
+    assert_eq!(trail[results[0]].1, "produce", "{trail:?}");
+    assert_eq!(trail[results[1]].1, "tell", "{trail:?}");
+    assert!(results[0] < ended && ended < results[1], "produce's result, the end it caused, then tell's: {trail:?}");
+}
+
 #[test]
 fn workflows_that_trigger_each_other_forever_are_cut_short() {
     let ping = "id: ping\nsubject: item\nentry: { reentry: always }\ntriggers: [ { manual: true }, { workflow: pong } ]\nsteps:\n  - id: done\n    exit: ping\n";
