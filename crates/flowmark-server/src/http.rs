@@ -205,7 +205,14 @@ async fn ask<T>(owner: &Owner, make: impl FnOnce(oneshot::Sender<T>) -> Command)
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return Err(response);
     }
-    answer.await.map_err(|_| problem(StatusCode::SERVICE_UNAVAILABLE, "Shutting down", "the server is stopping"))
+    // The owner drops a reply only when the work failed on a bug (it logged the panic).
+    answer.await.map_err(|_| {
+        problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal error",
+            "the server failed on this request; its log says why",
+        )
+    })
 }
 
 /// A 400 for a body over the size of one event (`EVENT_SIZE_BYTES_MAX`), titled `title`.

@@ -5,6 +5,13 @@
 //! timers, re-evaluates a page of segment membership when a sweep is due, and dispatches
 //! ready effects. Stopping drains the commands already queued, then returns.
 //!
+//! A panic in the owner's work is a bug, but it must not leave a server that listens with no
+//! one behind it. A command that panics is rolled back, answered with an error and logged,
+//! and the owner goes on with the next. A panic in the background work (timers, schedules,
+//! the dispatcher) stops the process with an error instead: going on would repeat it every
+//! round, and a dispatcher that fails after its connectors performed would repeat their
+//! effects every round; what was committed is durable, so a restart resumes from there.
+//!
 //! Invariant: commands are applied one at a time, in arrival order.
 
 use std::sync::mpsc;
@@ -15,7 +22,7 @@ use flowmark_core::Timestamp;
 use flowmark_runtime::{
     Connectors, Engine, Error, Incoming, Ingested, SEGMENT_SWEEP_PAGE_COUNT, StartRequest, Started,
 };
-use flowmark_store::SqliteStore;
+use flowmark_store::{SqliteStore, Store};
 use tokio::sync::oneshot;
 
 /// Commands waiting for the owner; more is back-pressure.
@@ -84,12 +91,18 @@ impl Owner {
                     let wait = if busy { StdDuration::ZERO } else { TICK };
                     match inbox.recv_timeout(wait) {
                         Ok(Command::Ingest { messages, reply }) => {
-                            grouped(&mut engine, &inbox, (messages, reply), Group::<Incoming, Ingested>::INGEST);
+                            let _ = survive(&mut engine, "ingestion", |engine| {
+                                grouped(engine, &inbox, (messages, reply), Group::<Incoming, Ingested>::INGEST);
+                            });
                         }
                         Ok(Command::Start { requests, reply }) => {
-                            grouped(&mut engine, &inbox, (requests, reply), Group::<StartRequest, Started>::START);
+                            let _ = survive(&mut engine, "starting runs", |engine| {
+                                grouped(engine, &inbox, (requests, reply), Group::<StartRequest, Started>::START);
+                            });
                         }
-                        Ok(command) => apply(&mut engine, command),
+                        Ok(command) => {
+                            let _ = survive(&mut engine, "a request", |engine| apply(engine, command));
+                        }
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
@@ -97,35 +110,16 @@ impl Owner {
                         continue;
                     }
                     last_housekeeping = std::time::Instant::now();
-                    let now = now();
-                    if let Err(error) = engine.fire_due_schedules(now, SCHEDULES_PER_TICK_MAX) {
-                        tracing::error!(%error, "firing schedules failed");
-                    }
-                    if last_digests.is_none_or(|at| at.elapsed() >= DIGESTS_EVERY) {
-                        last_digests = Some(std::time::Instant::now());
-                        if let Err(error) = engine.send_digests(now) {
-                            tracing::error!(%error, "sending digests failed");
-                        }
-                        if let Err(error) = engine.forget_old_start_keys(now, START_KEYS_FORGOTTEN_PER_MINUTE_MAX) {
-                            tracing::error!(%error, "forgetting old idempotency keys failed");
+                    let round = survive(&mut engine, "housekeeping", |engine| {
+                        housekeeping(engine, &mut connectors, &mut last_digests)
+                    });
+                    match round {
+                        Some(full) => busy = full,
+                        None => {
+                            tracing::error!("the owner's background work failed on a bug; stopping the server");
+                            std::process::exit(70);
                         }
                     }
-                    let swept = engine.sweep_segments(now, SEGMENT_SWEEP_PAGE_COUNT).unwrap_or_else(|error| {
-                        tracing::error!(%error, "re-evaluating segments failed");
-                        0
-                    });
-                    let fired = engine.fire_due_timers(now, TIMERS_PER_ROUND_MAX).unwrap_or_else(|error| {
-                        tracing::error!(%error, "firing timers failed");
-                        0
-                    });
-                    let dispatched =
-                        engine.dispatch(now, EFFECTS_PER_ROUND_MAX, &mut connectors).unwrap_or_else(|error| {
-                            tracing::error!(%error, "dispatching effects failed");
-                            0
-                        });
-                    busy = fired == TIMERS_PER_ROUND_MAX
-                        || dispatched == EFFECTS_PER_ROUND_MAX
-                        || swept == SEGMENT_SWEEP_PAGE_COUNT;
                 }
             })
             .expect("the owner thread starts");
@@ -136,6 +130,64 @@ impl Owner {
     pub fn send(&self, command: Command) -> bool {
         self.commands.try_send(command).is_ok()
     }
+}
+
+/// Runs one piece of the owner's work; `None` when it panicked (a bug). The panic is logged
+/// and the store's open transaction rolled back: nothing the work did is committed, and the
+/// replies it held are dropped, so its callers get an error.
+fn survive<T>(
+    engine: &mut Engine<SqliteStore>,
+    what: &str,
+    work: impl FnOnce(&mut Engine<SqliteStore>) -> T,
+) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(engine))) {
+        Ok(done) => Some(done),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(what, %message, "a bug panicked on the owner thread; its work is rolled back");
+            engine.store_mut().finish();
+            None
+        }
+    }
+}
+
+/// Fires due schedules and timers, sends digests, sweeps segments and dispatches the outbox;
+/// `true` when a round was full and the next should start at once.
+fn housekeeping(
+    engine: &mut Engine<SqliteStore>,
+    connectors: &mut Connectors,
+    last_digests: &mut Option<std::time::Instant>,
+) -> bool {
+    let now = now();
+    if let Err(error) = engine.fire_due_schedules(now, SCHEDULES_PER_TICK_MAX) {
+        tracing::error!(%error, "firing schedules failed");
+    }
+    if last_digests.is_none_or(|at| at.elapsed() >= DIGESTS_EVERY) {
+        *last_digests = Some(std::time::Instant::now());
+        if let Err(error) = engine.send_digests(now) {
+            tracing::error!(%error, "sending digests failed");
+        }
+        if let Err(error) = engine.forget_old_start_keys(now, START_KEYS_FORGOTTEN_PER_MINUTE_MAX) {
+            tracing::error!(%error, "forgetting old idempotency keys failed");
+        }
+    }
+    let swept = engine.sweep_segments(now, SEGMENT_SWEEP_PAGE_COUNT).unwrap_or_else(|error| {
+        tracing::error!(%error, "re-evaluating segments failed");
+        0
+    });
+    let fired = engine.fire_due_timers(now, TIMERS_PER_ROUND_MAX).unwrap_or_else(|error| {
+        tracing::error!(%error, "firing timers failed");
+        0
+    });
+    let dispatched = engine.dispatch(now, EFFECTS_PER_ROUND_MAX, connectors).unwrap_or_else(|error| {
+        tracing::error!(%error, "dispatching effects failed");
+        0
+    });
+    fired == TIMERS_PER_ROUND_MAX || dispatched == EFFECTS_PER_ROUND_MAX || swept == SEGMENT_SWEEP_PAGE_COUNT
 }
 
 /// A kind of command that is committed in groups: how to take one from the queue, and how

@@ -1,5 +1,7 @@
-//! Back-pressure, over real HTTP: while the owner's queue is full, ingestion answers `429`
-//! with `Retry-After` and stores nothing; once the owner catches up, the same call goes in.
+//! The owner thread under stress, over real HTTP. Back-pressure: while the owner's queue is
+//! full, ingestion answers `429` with `Retry-After` and stores nothing; once the owner catches
+//! up, the same call goes in. A bug: work that panics on the owner is rolled back, its caller
+//! gets an error (over HTTP, a `500`), and the owner goes on serving.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -84,6 +86,45 @@ fn a_full_queue_answers_429_with_retry_after_and_stores_nothing() {
     let response = track(&address, "m-later");
     assert!(response.starts_with("HTTP/1.1 200"), "once the owner catches up the call goes in: {response}");
     assert!(on_owner(&owner, |engine, _| engine.store().has_event("m-later").unwrap()));
+
+    drop(runtime);
+    drop(owner);
+    owner_thread.join().unwrap();
+}
+
+#[test]
+fn a_panic_on_the_owner_is_rolled_back_and_the_owner_goes_on() {
+    let engine = Engine::new(SqliteStore::open_in_memory().unwrap(), serde_json::json!({})).unwrap();
+    let (owner, owner_thread) = Owner::start(engine, Connectors::new(Arc::new(LogConnector::default())));
+    let config = Config { write_keys: vec!["wk".to_owned()], ..Config::default() };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let app = router(owner.clone(), config);
+    runtime.spawn(async move { axum::serve(listener, app).await });
+
+    // Work that writes inside a unit of work, then fails on a bug before committing.
+    let (reply, answer) = mpsc::channel::<()>();
+    assert!(owner.send(Command::Query(Box::new(move |engine, now| {
+        let _keep = reply;
+        engine.store_mut().begin().unwrap();
+        let event = flowmark_core::engine::Event {
+            id: "m-half".into(),
+            name: "Page Viewed".into(),
+            at: now,
+            payload: serde_json::json!({}).into(),
+        };
+        assert!(engine.store_mut().insert_event("ada", &event, now).unwrap());
+        panic!("a bug in the middle of a unit of work");
+    }))));
+    assert!(answer.recv().is_err(), "the caller of the failed work gets no answer, an error");
+    let stored = on_owner(&owner, |engine, _| engine.store().has_event("m-half").unwrap());
+    assert!(!stored, "what the failed work wrote is rolled back");
+
+    // The owner still serves, over HTTP too.
+    let response = track(&address, "m-after");
+    assert!(response.starts_with("HTTP/1.1 200"), "the owner goes on after a panic: {response}");
+    assert!(on_owner(&owner, |engine, _| engine.store().has_event("m-after").unwrap()));
 
     drop(runtime);
     drop(owner);
