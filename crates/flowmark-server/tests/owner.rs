@@ -49,8 +49,9 @@ fn on_owner<T: Send + 'static>(
     panic!("the owner never took the command");
 }
 
-#[test]
-fn a_full_queue_answers_429_with_retry_after_and_stores_nothing() {
+/// An owner on an in-memory store behind the HTTP API (write key `wk`): the owner, its
+/// thread, the runtime serving HTTP, and the address.
+fn serve() -> (Owner, std::thread::JoinHandle<()>, tokio::runtime::Runtime, String) {
     let engine = Engine::new(SqliteStore::open_in_memory().unwrap(), serde_json::json!({})).unwrap();
     let (owner, owner_thread) = Owner::start(engine, Connectors::new(Arc::new(LogConnector::default())));
     let config = Config { write_keys: vec!["wk".to_owned()], ..Config::default() };
@@ -59,6 +60,12 @@ fn a_full_queue_answers_429_with_retry_after_and_stores_nothing() {
     let address = listener.local_addr().unwrap().to_string();
     let app = router(owner.clone(), config);
     runtime.spawn(async move { axum::serve(listener, app).await });
+    (owner, owner_thread, runtime, address)
+}
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after_and_stores_nothing() {
+    let (owner, owner_thread, runtime, address) = serve();
 
     // The owner takes a command that holds it until released; then the queue fills up.
     let (entered, is_inside) = mpsc::channel();
@@ -94,14 +101,7 @@ fn a_full_queue_answers_429_with_retry_after_and_stores_nothing() {
 
 #[test]
 fn a_panic_on_the_owner_is_rolled_back_and_the_owner_goes_on() {
-    let engine = Engine::new(SqliteStore::open_in_memory().unwrap(), serde_json::json!({})).unwrap();
-    let (owner, owner_thread) = Owner::start(engine, Connectors::new(Arc::new(LogConnector::default())));
-    let config = Config { write_keys: vec!["wk".to_owned()], ..Config::default() };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let app = router(owner.clone(), config);
-    runtime.spawn(async move { axum::serve(listener, app).await });
+    let (owner, owner_thread, runtime, address) = serve();
 
     // Work that writes inside a unit of work, then fails on a bug before committing.
     let (reply, answer) = mpsc::channel::<()>();
