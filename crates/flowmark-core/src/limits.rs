@@ -47,7 +47,8 @@ pub const TOKENS_COUNT_MAX: usize = 64;
 /// before the wait was registered still satisfies it (the race a wait must not lose).
 pub const WAIT_LOOKBACK_MS: u64 = 5 * 60 * 1000;
 
-/// Most recent events of a subject the shell hands to the core for the look-back.
+/// Most recent events of a subject the shell hands to the core for the look-back: of the
+/// names the workflows' waits listen for only, so other events never count against it.
 pub const RECENT_EVENTS_COUNT_MAX: usize = 256;
 
 /// Largest single event, as JSON; Segment's own limit, so its SDKs never meet a surprise.

@@ -101,7 +101,16 @@ impl Workflow {
     /// Does running this workflow read the subject's recent events (`Facts::recent_events`:
     /// an event wait looks back over them)? The runtime loads them only then.
     pub fn reads_recent_events(&self) -> bool {
-        self.steps.iter().any(|s| matches!(s.kind, StepKind::Wait(Wait::Event { .. })))
+        self.waited_events().next().is_some()
+    }
+
+    /// The names of the events this workflow's waits listen for: the only recent events a
+    /// wait's look-back can match, so the only ones the runtime needs to load.
+    pub fn waited_events(&self) -> impl Iterator<Item = &str> {
+        self.steps.iter().filter_map(|s| match &s.kind {
+            StepKind::Wait(Wait::Event { name, .. }) => Some(name.as_str()),
+            _ => None,
+        })
     }
 
     /// Does running this workflow read the messages sent to the subject (`Facts::sent`: a

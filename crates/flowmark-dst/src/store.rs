@@ -164,6 +164,16 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.events_of_subject(subject_id, since, limit)
     }
 
+    fn events_named(
+        &self,
+        subject_id: &str,
+        names: &[String],
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Event>, Error> {
+        self.inner.events_named(subject_id, names, since, limit)
+    }
+
     fn count_events(&self, subject_id: &str, name: &str, since: Timestamp) -> Result<u64, Error> {
         self.inner.count_events(subject_id, name, since)
     }

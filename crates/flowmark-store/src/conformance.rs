@@ -341,6 +341,23 @@ pub fn events_are_deduplicated_by_message_id(mut store: Box<dyn Store>) -> Resul
     assert_eq!(store.count_events("c-1", "Email Opened", Timestamp(31))?, 0);
     assert_eq!(store.count_events("c-1", "Email Clicked", Timestamp(0))?, 0, "counted by name");
     assert_eq!(store.count_events("c-2", "Email Opened", Timestamp(0))?, 1, "counted by subject");
+    // By name: the limit counts the named events alone, newer others do not push them out.
+    let viewed = Event { name: "Page Viewed".to_owned(), ..event("m-5", 40) };
+    assert!(store.insert_event("c-1", &viewed, T0)?);
+    assert!(store.insert_event("c-1", &Event { id: "m-6".into(), at: Timestamp(50), ..viewed.clone() }, T0)?);
+    let opened = ["Email Opened".to_owned()];
+    let named = store.events_named("c-1", &opened, Timestamp(0), 2)?;
+    assert_eq!(
+        named.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["m-2", "m-3"],
+        "the newest named, oldest first"
+    );
+    assert_eq!(named[1].payload["messageId"], "m-3");
+    assert_eq!(store.events_named("c-1", &opened, Timestamp(25), 10)?.len(), 1, "since 25");
+    let both = ["Page Viewed".to_owned(), "Email Opened".to_owned()];
+    assert_eq!(store.events_named("c-1", &both, Timestamp(0), 10)?.len(), 5);
+    assert!(store.events_named("c-1", &[], Timestamp(0), 10)?.is_empty(), "no names, no events");
+    assert!(store.events_named("c-2", &["Page Viewed".to_owned()], Timestamp(0), 10)?.is_empty(), "by subject");
     Ok(())
 }
 

@@ -364,6 +364,16 @@ pub trait Store {
     /// A subject's events at or after `since`, oldest first, at most `limit` (the newest ones).
     fn events_of_subject(&self, subject_id: &str, since: Timestamp, limit: usize) -> Result<Vec<Event>, Error>;
 
+    /// `events_of_subject`, only the events with one of `names`: `limit` counts those alone,
+    /// so a stream of other events cannot push them out (what a wait's look-back reads).
+    fn events_named(
+        &self,
+        subject_id: &str,
+        names: &[String],
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Event>, Error>;
+
     /// How many events named `name` a subject has at or after `since` (segments' counts).
     fn count_events(&self, subject_id: &str, name: &str, since: Timestamp) -> Result<u64, Error>;
 

@@ -1070,6 +1070,43 @@ impl Store for SqliteStore {
         Ok(events)
     }
 
+    fn events_named(
+        &self,
+        subject_id: &str,
+        names: &[String],
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Event>, Error> {
+        if names.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        // The subject's index gives its events newest first; a name is compared before the
+        // payload is read or parsed.
+        let mut statement = self.conn.prepare_cached(
+            "SELECT name, message_id, at, payload FROM events WHERE subject_id = ?1 AND at >= ?2
+             ORDER BY at DESC, message_id DESC",
+        )?;
+        let mut rows = statement.query(params![subject_id, since.ms()])?;
+        let mut events = Vec::new();
+        while events.len() < limit {
+            let Some(row) = rows.next()? else { break };
+            let name = row.get_ref(0)?.as_str().map_err(|e| Error::Corrupt(e.to_string()))?;
+            if !names.iter().any(|n| n == name) {
+                continue;
+            }
+            let name = name.to_owned();
+            let payload: String = row.get(3)?;
+            events.push(Event {
+                id: row.get(1)?,
+                name,
+                at: Timestamp(row.get(2)?),
+                payload: from_json::<Value>(&payload)?.into(),
+            });
+        }
+        events.reverse();
+        Ok(events)
+    }
+
     fn count_events(&self, subject_id: &str, name: &str, since: Timestamp) -> Result<u64, Error> {
         let count: i64 = self
             .conn

@@ -425,7 +425,7 @@ impl<S: Store> Engine<S> {
                 for run in &runs {
                     needs = needs.or(Needs::of(&*self.workflow(&run.workflow_id, Some(run.version))?));
                 }
-                let facts = self.load_facts(&subject_id, unit.subjects.get(&subject_id), now, needs)?;
+                let facts = self.load_facts(&subject_id, unit.subjects.get(&subject_id), now, &needs)?;
                 // The store's recent events include this unit's, this one too: they were
                 // inserted in this unit of work.
                 for run in runs {

@@ -228,22 +228,29 @@ impl LoadedFacts {
 }
 
 /// Which of the costlier facts the workflows an input concerns read.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Needs {
-    recent_events: bool,
+    /// The events their waits listen for: the recent events loaded are those alone.
+    recent_events: Vec<String>,
     sent_messages: bool,
 }
 
 impl Needs {
     fn of(workflow: &Workflow) -> Needs {
-        Needs { recent_events: workflow.reads_recent_events(), sent_messages: workflow.reads_sent_messages() }
+        Needs {
+            recent_events: workflow.waited_events().map(str::to_owned).collect(),
+            sent_messages: workflow.reads_sent_messages(),
+        }
     }
 
-    fn or(self, other: Needs) -> Needs {
-        Needs {
-            recent_events: self.recent_events || other.recent_events,
-            sent_messages: self.sent_messages || other.sent_messages,
+    fn or(mut self, other: Needs) -> Needs {
+        for name in other.recent_events {
+            if !self.recent_events.contains(&name) {
+                self.recent_events.push(name);
+            }
         }
+        self.sent_messages |= other.sent_messages;
+        self
     }
 }
 
@@ -383,7 +390,7 @@ impl<S: Store> Engine<S> {
         subject_id: &str,
         known: Option<&(Value, Option<String>)>,
         now: Timestamp,
-        needs: Needs,
+        needs: &Needs,
     ) -> Result<LoadedFacts, Error> {
         let (mut subject, timezone) = match known {
             Some((data, zone)) => (data.clone(), zone.as_deref().and_then(|tz| tz.parse().ok())),
@@ -394,12 +401,9 @@ impl<S: Store> Engine<S> {
             }
         };
         self.scoring.decay_scores(&mut subject, now);
-        let recent = if needs.recent_events {
-            self.store.events_of_subject(
-                subject_id,
-                Timestamp(now.ms() - WAIT_LOOKBACK_MS as i64),
-                RECENT_EVENTS_COUNT_MAX,
-            )?
+        let recent = if !needs.recent_events.is_empty() {
+            let since = Timestamp(now.ms() - WAIT_LOOKBACK_MS as i64);
+            self.store.events_named(subject_id, &needs.recent_events, since, RECENT_EVENTS_COUNT_MAX)?
         } else {
             Vec::new()
         };
@@ -515,7 +519,7 @@ impl<S: Store> Engine<S> {
                 answers.push(Started::EntryRefused);
                 continue;
             }
-            let facts = self.load_facts(&subject_id, unit.subjects.get(&subject_id), now, Needs::of(&workflow))?;
+            let facts = self.load_facts(&subject_id, unit.subjects.get(&subject_id), now, &Needs::of(&workflow))?;
             let id = self.allocate_run_id();
             let event = event.map(|(name, properties)| Event {
                 id: format!("start-{}", id.0),
@@ -567,7 +571,7 @@ impl<S: Store> Engine<S> {
     fn decide(&mut self, run_id: RunId, input: &Input, now: Timestamp) -> Result<Option<Transition>, Error> {
         let Some(run) = self.store.run(run_id)? else { return Ok(None) };
         let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-        let facts = self.load_facts(&run.subject_id, None, now, Needs::of(&workflow))?;
+        let facts = self.load_facts(&run.subject_id, None, now, &Needs::of(&workflow))?;
         Ok(Some(handle(&workflow, run, input, &facts.facts(&self.env), now)))
     }
 
@@ -600,7 +604,7 @@ impl<S: Store> Engine<S> {
                 },
             };
             let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-            let facts = self.load_facts(&run.subject_id, None, now, Needs::of(&workflow))?;
+            let facts = self.load_facts(&run.subject_id, None, now, &Needs::of(&workflow))?;
             let t = handle(&workflow, run, &Input::TimerFired { timer: timer.timer }, &facts.facts(&self.env), now);
             runs.insert(timer.run, t.run.clone());
             batches.push(t);
@@ -808,7 +812,7 @@ impl<S: Store> Engine<S> {
             if kind == Some("start_run") && !ok && entry.effect.get("wait").and_then(Value::as_bool) == Some(true) {
                 let Some(run) = self.latest_state(&unit.transitions, owner.id)? else { continue };
                 let known = unit.subjects.get(owner.subject_id);
-                let facts = self.load_facts(owner.subject_id, known, now, Needs::of(&workflow))?;
+                let facts = self.load_facts(owner.subject_id, known, now, &Needs::of(&workflow))?;
                 let input = Input::SubflowEnded { step: entry.step.clone(), status: RunStatus::Failed };
                 unit.transitions.push(handle(&workflow, run, &input, &facts.facts(&self.env), now));
                 moved.insert(owner.id);
@@ -941,7 +945,7 @@ impl<S: Store> Engine<S> {
             })
             .into(),
         };
-        let facts = self.load_facts(parent.subject_id, None, now, Needs::of(&workflow))?;
+        let facts = self.load_facts(parent.subject_id, None, now, &Needs::of(&workflow))?;
         let t = handle(&workflow, child, &Input::Start { event: Some(event) }, &facts.facts(&self.env), now);
         transitions.push(t);
         self.stats.runs_started += 1;
@@ -1014,7 +1018,7 @@ impl<S: Store> Engine<S> {
     ) -> Result<(), Error> {
         let Some(run) = self.latest_state(transitions, parent.run)? else { return Ok(()) };
         let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-        let facts = self.load_facts(&run.subject_id, None, now, Needs::of(&workflow))?;
+        let facts = self.load_facts(&run.subject_id, None, now, &Needs::of(&workflow))?;
         let input = Input::SubflowEnded { step: parent.step.clone(), status };
         transitions.push(handle(&workflow, run, &input, &facts.facts(&self.env), now));
         Ok(())
@@ -1059,7 +1063,7 @@ impl<S: Store> Engine<S> {
                 })
                 .into(),
             };
-            let facts = self.load_facts(&ended.subject_id, None, now, Needs::of(workflow))?;
+            let facts = self.load_facts(&ended.subject_id, None, now, &Needs::of(workflow))?;
             let id = self.allocate_run_id();
             let run = Run::new(id, workflow, version_of(&self.compiled, workflow), ended.subject_id.as_str(), now);
             transitions.push(handle(workflow, run, &Input::Start { event: Some(event) }, &facts.facts(&self.env), now));
@@ -1224,7 +1228,7 @@ impl<S: Store> Engine<S> {
                 if !self.may_enter(&workflow, subject, now, batch_runs.values())? {
                     continue;
                 }
-                let facts = self.load_facts(subject, None, now, needs)?;
+                let facts = self.load_facts(subject, None, now, &needs)?;
                 let id = self.allocate_run_id();
                 let run = Run::new(id, &workflow, version, subject.as_str(), now);
                 let t =

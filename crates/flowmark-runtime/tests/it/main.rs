@@ -362,6 +362,41 @@ fn a_subflow_that_cannot_start_fails_for_its_waiting_parent() {
     assert_eq!(run.status, RunStatus::Completed, "the branch took the `otherwise` path to the end");
 }
 
+/// A wait's look-back finds the event it listens for even when a stream of other events
+/// came after it: the recent events loaded are the waited-for ones.
+#[test]
+fn a_waits_look_back_is_not_crowded_out_by_other_events() {
+    const GATE: &str = r#"
+id: gate
+subject: contact
+trigger: { event: Signed Up }
+steps:
+  - id: settle
+    wait: { duration: 1m }
+  - id: clicked
+    wait: { event: Email Link Clicked, timeout: 1d }
+    on_timeout: end
+  - id: thanks
+    action: { webhook: { url: "https://hooks.example.com/thanks", body: { ok: "yes" } } }
+"#;
+    let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
+    engine.deploy("gate.yaml", GATE, NOON).unwrap();
+    let run = engine.ingest("ada", track("s-1", "Signed Up", NOON, json!({})), NOON).unwrap().runs_started[0];
+    let click_at = NOON.plus(Duration(10_000));
+    engine.ingest("ada", track("c-1", "Email Link Clicked", click_at, json!({})), click_at).unwrap();
+    // More page views than the look-back keeps, after the click and before the wait starts.
+    let views_at = NOON.plus(Duration(20_000));
+    let views: Vec<Incoming> = (0..flowmark_core::limits::RECENT_EVENTS_COUNT_MAX + 44)
+        .map(|i| Incoming::event("ada", track(&format!("v-{i}"), "Page Viewed", views_at, json!({}))))
+        .collect();
+    engine.ingest_many(views, views_at).unwrap();
+    engine.fire_due_timers(NOON.plus(Duration::MINUTE), 10).unwrap();
+    let history = engine.store().history(run).unwrap();
+    let whats: Vec<&str> = history.iter().filter_map(|h| h["what"].as_str()).collect();
+    assert!(whats.contains(&"wait_resolved"), "the click before the wait satisfied it: {whats:?}");
+    assert_eq!(engine.run(run).unwrap().unwrap().outputs["clicked"]["event_id"], "c-1");
+}
+
 /// Two effects of one run in one dispatch: a subflow that cannot start (the run moves on and
 /// ends) and, after it in the outbox, a webhook. The run's history keeps outbox order: the
 /// webhook's result comes after the end its earlier effect caused.
