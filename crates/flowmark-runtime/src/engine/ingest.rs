@@ -52,8 +52,9 @@ pub(super) struct Unit {
     pub transitions: Vec<Transition>,
     /// Effect results recorded without their runs (`engine::effect_result`): history only.
     pub results: Vec<(RunId, HistoryEntry)>,
-    /// The latest state of every run this unit touched; written through `remember`.
-    runs: HashMap<RunId, Run>,
+    /// Where the latest state of every run this unit touched is: its latest transition's
+    /// index in `transitions` (no copy of the run). Written through `push` and `index_from`.
+    runs: HashMap<RunId, usize>,
     /// The ids in `runs`, by subject: what an event about a subject and an entry rule read,
     /// without going through every run of the unit (a unit holds thousands).
     by_subject: HashMap<String, Vec<RunId>>,
@@ -79,25 +80,32 @@ pub(super) struct Unit {
 
 impl Unit {
     pub fn push(&mut self, t: Transition) {
-        self.remember(&t.run);
         self.transitions.push(t);
+        self.index(self.transitions.len() - 1);
     }
 
-    /// Records a run's latest state in this unit.
-    pub fn remember(&mut self, run: &Run) {
-        if self.runs.insert(run.id, run.clone()).is_none() {
+    /// Indexes the transitions from `from` on, which were pushed to `transitions` directly.
+    pub fn index_from(&mut self, from: usize) {
+        for at in from..self.transitions.len() {
+            self.index(at);
+        }
+    }
+
+    fn index(&mut self, at: usize) {
+        let run = &self.transitions[at].run;
+        if self.runs.insert(run.id, at).is_none() {
             self.by_subject.entry(run.subject_id.clone()).or_default().push(run.id);
         }
     }
 
     /// A run's latest state in this unit, if the unit touched it.
     pub fn run(&self, id: RunId) -> Option<&Run> {
-        self.runs.get(&id)
+        self.runs.get(&id).map(|&at| &self.transitions[at].run)
     }
 
     /// The runs of a subject this unit touched, in their latest state.
     pub fn runs_of<'u>(&'u self, subject_id: &str) -> impl Iterator<Item = &'u Run> + 'u {
-        self.by_subject.get(subject_id).into_iter().flatten().filter_map(|id| self.runs.get(id))
+        self.by_subject.get(subject_id).into_iter().flatten().filter_map(|id| self.run(*id))
     }
 
     pub fn batch(&self) -> Batch<'_> {
@@ -198,15 +206,12 @@ impl<S: Store> Engine<S> {
                 let active = self.active_workflows()?;
                 self.apply_incoming(unit, std::mem::take(&mut caused), &active, now)?;
             }
-            // Every transition before this point went in through `Unit::push` or `remember`;
-            // the follow-ups are remembered here.
+            // Every transition before this point is indexed (`Unit::push`, `index_from`); the
+            // follow-ups are indexed here.
             let before = unit.transitions.len();
             self.follow_ups_from(&mut unit.transitions, from, now)?;
             let to = unit.transitions.len();
-            for index in before..to {
-                let run = unit.transitions[index].run.clone();
-                unit.remember(&run);
-            }
+            unit.index_from(before);
             if round == CASCADE_DEPTH_MAX {
                 // What this round's internal effects would cause could not be applied in this
                 // unit, so they are not applied here either: they stay pending, and the
@@ -261,7 +266,11 @@ impl<S: Store> Engine<S> {
             .collect();
         let mut caused = Vec::new();
         for (run_id, subject_id, effect) in internal {
-            let Some(run) = self.latest_state(&unit.transitions, run_id)? else { continue };
+            let latest = match unit.run(run_id) {
+                Some(run) => Some(run.clone()),
+                None => self.store.run(run_id)?,
+            };
+            let Some(run) = latest else { continue };
             let (data, _) = self.subject_in(unit, &subject_id)?;
             match effect.kind {
                 EffectKind::UpdateSubject { set } => {

@@ -821,10 +821,7 @@ impl<S: Store> Engine<S> {
         // What the internal effects caused — thresholds crossed, segments entered or left —
         // is applied in this same unit, so it commits with the scores and traits that caused
         // it, or not at all.
-        for index in 0..unit.transitions.len() {
-            let run = unit.transitions[index].run.clone();
-            unit.remember(&run);
-        }
+        unit.index_from(0);
         let mut caused = Vec::new();
         for threshold in thresholds {
             if unit.generate(&threshold.event) {
