@@ -16,7 +16,7 @@ use flowmark_core::engine::{
     Transition,
 };
 use flowmark_core::model::Channel;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
@@ -419,6 +419,7 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
     for (run, entry) in trail {
         trails.entry(*run).or_default().push(*entry);
     }
+    let mut statements = RunStatements::prepare(tx)?;
     // A run with several transitions in the batch is written once, in its latest state, with
     // its history entries and decision records gathered into one row each.
     for mut run in per_run(transitions) {
@@ -430,26 +431,23 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         // A run whose transitions in the batch only added to its history (effect results) is
         // stored as it is: its row and its timers stay, its history grows.
         if run.changed {
-            write_run(tx, run.state, run.fresh, now)?;
+            write_run(&mut statements, run.state, run.fresh, now)?;
             // The timers table mirrors the run's armed timers: fired and cancelled ones go (a
             // run the batch starts has none stored).
             if !run.fresh {
-                tx.prepare_cached("DELETE FROM timers WHERE run_id = ?1")?.execute([id])?;
+                statements.delete_timers.execute([id])?;
             }
-            let mut insert =
-                tx.prepare_cached("INSERT INTO timers (run_id, timer_id, due_at, purpose) VALUES (?1, ?2, ?3, ?4)")?;
             for timer in &run.state.timers {
-                insert.execute(params![id, timer.id.0, timer.due_at.ms(), purpose_name(timer.purpose)?])?;
+                let purpose = purpose_name(timer.purpose)?;
+                statements.insert_timer.execute(params![id, timer.id.0, timer.due_at.ms(), purpose])?;
             }
         }
         // Rows written as single objects by earlier versions read back the same.
-        append_chunk(tx, Trail::History, &mut seq, id, &run.history, |e| (e.at, e.step.as_deref()))?;
-        append_chunk(tx, Trail::Decisions, &mut seq, id, &run.decisions, |d| (d.at, d.step.as_deref()))?;
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO outbox (key, run_id, step, effect, created_at, attempts, next_attempt_at, status, result,
-                 sent_channel)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5, ?7, ?8, ?9) ON CONFLICT (key) DO NOTHING",
-        )?;
+        let history = &mut statements.insert_history;
+        append_chunk(tx, history, &mut seq, id, &run.history, |e| (e.at, e.step.as_deref()))?;
+        let decisions = &mut statements.insert_decision;
+        append_chunk(tx, decisions, &mut seq, id, &run.decisions, |d| (d.at, d.step.as_deref()))?;
+        let insert = &mut statements.insert_effect;
         for effect in run.effects {
             let outcome = outcomes.get(effect.key.as_str()).copied();
             let (tried, status, result) = match outcome {
@@ -487,14 +485,20 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
     // Runs the batch only adds results to: their rows stay as they are.
     for (run, _) in trail {
         if let Some(entries) = trails.remove(run) {
-            append_chunk(tx, Trail::History, &mut seq, run_id(*run), &entries, |e| (e.at, e.step.as_deref()))?;
+            let history = &mut statements.insert_history;
+            append_chunk(tx, history, &mut seq, run_id(*run), &entries, |e| (e.at, e.step.as_deref()))?;
         }
     }
+    drop(statements);
     seq.save(tx)?;
     for (workflow_id, key, run) in start_keys {
         tx.prepare_cached("INSERT INTO start_keys (workflow_id, key, run_id, created_at) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![workflow_id, key, run_id(*run), now.ms()])?;
     }
+    let mut record = tx.prepare_cached(
+        "UPDATE outbox SET status = ?2, next_attempt_at = ?3, result = ?4, attempts = attempts + 1
+         WHERE key = ?1 AND status = 'pending'",
+    )?;
     for (key, attempt) in attempts {
         if recorded.contains(key) {
             continue;
@@ -510,12 +514,9 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
             Attempt::Failed { error } => ("failed", now, Some(error.clone())),
             Attempt::Deferred { .. } => continue,
         };
-        tx.prepare_cached(
-            "UPDATE outbox SET status = ?2, next_attempt_at = ?3, result = ?4, attempts = attempts + 1
-             WHERE key = ?1 AND status = 'pending'",
-        )?
-        .execute(params![key, status, next.ms(), result])?;
+        record.execute(params![key, status, next.ms(), result])?;
     }
+    drop(record);
     for (seq, record) in score_changes.iter().enumerate() {
         tx.prepare_cached(
             "INSERT OR REPLACE INTO score_changes (subject_id, at, seq, model, before, delta, after, reason)
@@ -585,17 +586,13 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
 
 /// Writes a run's state and the columns lists filter on: inserted when the batch starts the
 /// run (`fresh`), updated otherwise.
-fn write_run(tx: &Connection, state: &Run, fresh: bool, now: Timestamp) -> Result<(), Error> {
+fn write_run(statements: &mut RunStatements<'_>, state: &Run, fresh: bool, now: Timestamp) -> Result<(), Error> {
     let state_json = to_json(state)?;
     let (status, ended_at, at) = (state.status.as_str(), state.ended_at.map(Timestamp::ms), position(state));
     // A run the batch starts is inserted; any other is stored already, and only what changes
     // is set (an insert that fails on the key first would look the row up twice).
     let written = if fresh {
-        tx.prepare_cached(
-            "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, ended_at, state, updated_at, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?
-        .execute(params![
+        statements.insert_run.execute(params![
             run_id(state.id),
             state.workflow_id,
             state.version,
@@ -608,15 +605,52 @@ fn write_run(tx: &Connection, state: &Run, fresh: bool, now: Timestamp) -> Resul
             at,
         ])?
     } else {
-        tx.prepare_cached(
-            "UPDATE runs SET status = ?2, ended_at = ?3, state = ?4, updated_at = ?5, at = ?6 WHERE id = ?1",
-        )?
-        .execute(params![run_id(state.id), status, ended_at, state_json, now.ms(), at])?
+        statements.update_run.execute(params![run_id(state.id), status, ended_at, state_json, now.ms(), at])?
     };
     if written != 1 {
         return Err(Error::Corrupt(format!("run {} is not stored, yet the batch does not start it", state.id.0)));
     }
     Ok(())
+}
+
+/// The statements a batch runs for each run, taken from the connection's cache once per
+/// batch: taking one hashes its SQL on the way out and on the way back, which cost as much as
+/// some of the statements themselves.
+struct RunStatements<'c> {
+    insert_run: CachedStatement<'c>,
+    update_run: CachedStatement<'c>,
+    delete_timers: CachedStatement<'c>,
+    insert_timer: CachedStatement<'c>,
+    insert_history: CachedStatement<'c>,
+    insert_decision: CachedStatement<'c>,
+    insert_effect: CachedStatement<'c>,
+}
+
+impl<'c> RunStatements<'c> {
+    fn prepare(tx: &'c Connection) -> Result<RunStatements<'c>, Error> {
+        Ok(RunStatements {
+            insert_run: tx.prepare_cached(
+                "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, ended_at, state,
+                     updated_at, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?,
+            update_run: tx.prepare_cached(
+                "UPDATE runs SET status = ?2, ended_at = ?3, state = ?4, updated_at = ?5, at = ?6 WHERE id = ?1",
+            )?,
+            delete_timers: tx.prepare_cached("DELETE FROM timers WHERE run_id = ?1")?,
+            insert_timer: tx
+                .prepare_cached("INSERT INTO timers (run_id, timer_id, due_at, purpose) VALUES (?1, ?2, ?3, ?4)")?,
+            insert_history: tx
+                .prepare_cached("INSERT INTO history (run_id, seq, at, step, entry) VALUES (?1, ?2, ?3, ?4, ?5)")?,
+            insert_decision: tx
+                .prepare_cached("INSERT INTO decisions (run_id, seq, at, step, record) VALUES (?1, ?2, ?3, ?4, ?5)")?,
+            insert_effect: tx.prepare_cached(
+                "INSERT INTO outbox (key, run_id, step, effect, created_at, attempts, next_attempt_at, status,
+                     result, sent_channel)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5, ?7, ?8, ?9) ON CONFLICT (key) DO NOTHING",
+            )?,
+        })
+    }
 }
 
 /// The channel of a marketing message, which frequency caps count (`sent_messages`); none for
@@ -667,13 +701,6 @@ fn per_run<'a>(transitions: &[&'a Transition]) -> Vec<RunWrite<'a>> {
     runs
 }
 
-/// The two append-only trails of a run.
-#[derive(Clone, Copy)]
-enum Trail {
-    History,
-    Decisions,
-}
-
 /// The sequence numbers of trail rows, from the store's one counter (`trail_seq`): read at a
 /// batch's first append, written back once after the batch's last append, inside its
 /// transaction. Rows
@@ -701,25 +728,22 @@ impl TrailSeq {
     }
 }
 
-/// Appends `items` to a run's `history` or `decisions` as one row: the next sequence number,
-/// the first item's time, the step when all items share one, and the items as a JSON array.
+/// Appends `items` to a run's `history` or `decisions` (`insert` says which) as one row: the
+/// next sequence number, the first item's time, the step when all items share one, and the
+/// items as a JSON array.
 fn append_chunk<T: serde::Serialize>(
     tx: &Connection,
-    trail: Trail,
+    insert: &mut CachedStatement<'_>,
     seq: &mut TrailSeq,
     run: i64,
     items: &[&T],
     key: impl Fn(&T) -> (Timestamp, Option<&str>),
 ) -> Result<(), Error> {
     let Some(first) = items.first() else { return Ok(()) };
-    let sql_insert = match trail {
-        Trail::History => "INSERT INTO history (run_id, seq, at, step, entry) VALUES (?1, ?2, ?3, ?4, ?5)",
-        Trail::Decisions => "INSERT INTO decisions (run_id, seq, at, step, record) VALUES (?1, ?2, ?3, ?4, ?5)",
-    };
     let seq = seq.take(tx)?;
     let (at, step) = key(first);
     let step = step.filter(|step| items.iter().all(|item| key(item).1 == Some(*step)));
-    tx.prepare_cached(sql_insert)?.execute(params![run, seq, at.ms(), step, to_json(items)?])?;
+    insert.execute(params![run, seq, at.ms(), step, to_json(items)?])?;
     Ok(())
 }
 
