@@ -292,6 +292,41 @@ impl SqliteStore {
         SqliteStore::setup(Connection::open_in_memory()?)
     }
 
+    /// A subject's events at or after `since` whose name `keep` accepts, oldest first, at
+    /// most `limit` (the newest ones). The subject's index gives them newest first; a name is
+    /// compared before the payload is read or parsed.
+    fn recent_events(
+        &self,
+        subject_id: &str,
+        since: Timestamp,
+        limit: usize,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<Event>, Error> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT name, message_id, at, payload FROM events WHERE subject_id = ?1 AND at >= ?2
+             ORDER BY at DESC, message_id DESC",
+        )?;
+        let mut rows = statement.query(params![subject_id, since.ms()])?;
+        let mut events = Vec::new();
+        while events.len() < limit {
+            let Some(row) = rows.next()? else { break };
+            let name = row.get_ref(0)?.as_str().map_err(|e| Error::Corrupt(e.to_string()))?;
+            if !keep(name) {
+                continue;
+            }
+            let name = name.to_owned();
+            let payload: String = row.get(3)?;
+            events.push(Event {
+                id: row.get(1)?,
+                name,
+                at: Timestamp(row.get(2)?),
+                payload: from_json::<Value>(&payload)?.into(),
+            });
+        }
+        events.reverse();
+        Ok(events)
+    }
+
     fn setup(mut conn: Connection) -> Result<SqliteStore, Error> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -703,8 +738,7 @@ fn per_run<'a>(transitions: &[&'a Transition]) -> Vec<RunWrite<'a>> {
 
 /// The sequence numbers of trail rows, from the store's one counter (`trail_seq`): read at a
 /// batch's first append, written back once after the batch's last append, inside its
-/// transaction. Rows
-/// of a run read back in the order of their numbers, which only grow.
+/// transaction. Rows of a run read back in the order of their numbers, which only grow.
 #[derive(Default)]
 struct TrailSeq {
     next: Option<i64>,
@@ -1076,22 +1110,7 @@ impl Store for SqliteStore {
     }
 
     fn events_of_subject(&self, subject_id: &str, since: Timestamp, limit: usize) -> Result<Vec<Event>, Error> {
-        let mut statement = self.conn.prepare_cached(
-            "SELECT message_id, name, at, payload FROM events WHERE subject_id = ?1 AND at >= ?2
-             ORDER BY at DESC, message_id DESC",
-        )?;
-        let rows = statement.query_map(params![subject_id, since.ms()], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?, row.get::<_, String>(3)?))
-        })?;
-        let mut events = rows
-            .take(limit)
-            .map(|row| {
-                let (id, name, at, payload) = row?;
-                Ok(Event { id, name, at: Timestamp(at), payload: from_json::<Value>(&payload)?.into() })
-            })
-            .collect::<Result<Vec<Event>, Error>>()?;
-        events.reverse();
-        Ok(events)
+        self.recent_events(subject_id, since, limit, |_| true)
     }
 
     fn events_named(
@@ -1101,34 +1120,10 @@ impl Store for SqliteStore {
         since: Timestamp,
         limit: usize,
     ) -> Result<Vec<Event>, Error> {
-        if names.is_empty() || limit == 0 {
+        if names.is_empty() {
             return Ok(Vec::new());
         }
-        // The subject's index gives its events newest first; a name is compared before the
-        // payload is read or parsed.
-        let mut statement = self.conn.prepare_cached(
-            "SELECT name, message_id, at, payload FROM events WHERE subject_id = ?1 AND at >= ?2
-             ORDER BY at DESC, message_id DESC",
-        )?;
-        let mut rows = statement.query(params![subject_id, since.ms()])?;
-        let mut events = Vec::new();
-        while events.len() < limit {
-            let Some(row) = rows.next()? else { break };
-            let name = row.get_ref(0)?.as_str().map_err(|e| Error::Corrupt(e.to_string()))?;
-            if !names.iter().any(|n| n == name) {
-                continue;
-            }
-            let name = name.to_owned();
-            let payload: String = row.get(3)?;
-            events.push(Event {
-                id: row.get(1)?,
-                name,
-                at: Timestamp(row.get(2)?),
-                payload: from_json::<Value>(&payload)?.into(),
-            });
-        }
-        events.reverse();
-        Ok(events)
+        self.recent_events(subject_id, since, limit, |name| names.iter().any(|n| n == name))
     }
 
     fn count_events(&self, subject_id: &str, name: &str, since: Timestamp) -> Result<u64, Error> {

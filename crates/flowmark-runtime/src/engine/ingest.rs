@@ -266,11 +266,7 @@ impl<S: Store> Engine<S> {
             .collect();
         let mut caused = Vec::new();
         for (run_id, subject_id, effect) in internal {
-            let latest = match unit.run(run_id) {
-                Some(run) => Some(run.clone()),
-                None => self.store.run(run_id)?,
-            };
-            let Some(run) = latest else { continue };
+            let Some(run) = self.run_in(unit, run_id)? else { continue };
             let (data, _) = self.subject_in(unit, &subject_id)?;
             match effect.kind {
                 EffectKind::UpdateSubject { set } => {

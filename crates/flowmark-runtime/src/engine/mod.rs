@@ -721,7 +721,7 @@ impl<S: Store> Engine<S> {
                     outcomes[index] = Some(Ok(Outcome::Done { detail: None }));
                 }
                 "start_run" => {
-                    outcomes[index] = Some(Ok(self.start_subflow(run, entry, now, &mut unit.transitions)?));
+                    outcomes[index] = Some(Ok(self.start_subflow(run, entry, now, &mut unit)?));
                 }
                 "send_message" if let Some(error) = refused(&subject, &entry.effect) => {
                     outcomes[index] = Some(Ok(Outcome::Permanent { error }));
@@ -799,9 +799,9 @@ impl<S: Store> Engine<S> {
             // run's history (`engine::effect_result`), so neither the run nor facts are read.
             let workflow = self.workflow(owner.workflow_id, Some(owner.version))?;
             if moved.contains(&owner.id) {
-                let Some(run) = self.latest_state(&unit.transitions, owner.id)? else { continue };
+                let Some(run) = self.run_in(&unit, owner.id)? else { continue };
                 let input = Input::EffectCompleted { key: entry.key.clone(), ok, detail };
-                unit.transitions.push(handle(&workflow, run, &input, &Facts::empty(), now));
+                unit.push(handle(&workflow, run, &input, &Facts::empty(), now));
                 continue;
             }
             unit.results.push((owner.id, effect_result(&workflow, owner.id, &entry.key, ok, detail, now)));
@@ -810,18 +810,17 @@ impl<S: Store> Engine<S> {
             // history this commit writes for it).
             let kind = entry.effect.get("effect").and_then(Value::as_str);
             if kind == Some("start_run") && !ok && entry.effect.get("wait").and_then(Value::as_bool) == Some(true) {
-                let Some(run) = self.latest_state(&unit.transitions, owner.id)? else { continue };
+                let Some(run) = self.run_in(&unit, owner.id)? else { continue };
                 let known = unit.subjects.get(owner.subject_id);
                 let facts = self.load_facts(owner.subject_id, known, now, &Needs::of(&workflow))?;
                 let input = Input::SubflowEnded { step: entry.step.clone(), status: RunStatus::Failed };
-                unit.transitions.push(handle(&workflow, run, &input, &facts.facts(&self.env), now));
+                unit.push(handle(&workflow, run, &input, &facts.facts(&self.env), now));
                 moved.insert(owner.id);
             }
         }
         // What the internal effects caused — thresholds crossed, segments entered or left —
         // is applied in this same unit, so it commits with the scores and traits that caused
         // it, or not at all.
-        unit.index_from(0);
         let mut caused = Vec::new();
         for threshold in thresholds {
             if unit.generate(&threshold.event) {
@@ -913,7 +912,7 @@ impl<S: Store> Engine<S> {
         parent: RunRef<'_>,
         entry: &flowmark_store::OutboxEntry,
         now: Timestamp,
-        transitions: &mut Vec<Transition>,
+        unit: &mut Unit,
     ) -> Result<Outcome, Error> {
         let Some(name) = entry.effect.get("workflow").and_then(Value::as_str) else {
             return Ok(Outcome::Permanent { error: "the subflow effect names no workflow".to_owned() });
@@ -943,8 +942,7 @@ impl<S: Store> Engine<S> {
             .into(),
         };
         let facts = self.load_facts(parent.subject_id, None, now, &Needs::of(&workflow))?;
-        let t = handle(&workflow, child, &Input::Start { event: Some(event) }, &facts.facts(&self.env), now);
-        transitions.push(t);
+        unit.push(handle(&workflow, child, &Input::Start { event: Some(event) }, &facts.facts(&self.env), now));
         self.stats.runs_started += 1;
         Ok(Outcome::Done { detail: Some(format!("run {}", id.0)) })
     }
@@ -998,7 +996,16 @@ impl<S: Store> Engine<S> {
         Ok(())
     }
 
-    /// A run's latest state: from this unit's transitions, else from the store.
+    /// A run's latest state: this unit's, else the store's.
+    fn run_in(&self, unit: &Unit, id: RunId) -> Result<Option<Run>, Error> {
+        match unit.run(id) {
+            Some(run) => Ok(Some(run.clone())),
+            None => Ok(self.store.run(id)?),
+        }
+    }
+
+    /// A run's latest state: from `transitions`, newest first, else from the store (the
+    /// follow-ups work on a list of transitions, not a unit).
     fn latest_state(&self, transitions: &[Transition], id: RunId) -> Result<Option<Run>, Error> {
         match transitions.iter().rev().find(|t| t.run.id == id) {
             Some(t) => Ok(Some(t.run.clone())),
