@@ -12,6 +12,7 @@
 //! Invariant: after a commit, a run's rows in `timers` are exactly its `Run::timers`, and every
 //! effect of a committed transition is in the outbox under its idempotency key, once.
 
+mod cache;
 pub mod conformance;
 mod sqlite;
 mod work;

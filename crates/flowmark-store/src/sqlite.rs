@@ -7,6 +7,7 @@
 //!
 //! Invariant: the schema is at the latest migration before any other statement runs.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
@@ -20,6 +21,7 @@ use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
+use crate::cache::ContactCache;
 use crate::{
     Attempt, Batch, Contact, ContactChange, DueTimer, EffectOwner, Error, OutboxEntry, Position, RunFilter, Schedule,
     ScheduleChange, Scope, ScoreRecord, Store, Token, WorkflowStatus, WorkflowSummary,
@@ -226,6 +228,11 @@ pub struct SqliteStore {
     /// Copies the write-ahead log into the database file on its own connection and thread,
     /// so the writer does not (file databases only).
     checkpointer: Option<Checkpointer>,
+    /// Contacts read or committed lately, parsed (see `cache`).
+    contacts: RefCell<ContactCache>,
+    /// `PRAGMA data_version` when the cache was last known to be current: it changes when
+    /// another connection (an import run beside the server) commits, and the cache is dropped.
+    data_version: Cell<i64>,
 }
 
 /// The background checkpointer: every `CHECKPOINT_EVERY`, a passive checkpoint (it never
@@ -327,6 +334,16 @@ impl SqliteStore {
         Ok(events)
     }
 
+    /// Drops the contact cache if another connection committed since it was last checked.
+    fn check_cache(&self) -> Result<(), Error> {
+        let version: i64 = self.conn.prepare_cached("PRAGMA data_version")?.query_row([], |row| row.get(0))?;
+        if version != self.data_version.get() {
+            *self.contacts.borrow_mut() = ContactCache::default();
+            self.data_version.set(version);
+        }
+        Ok(())
+    }
+
     fn setup(mut conn: Connection) -> Result<SqliteStore, Error> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -337,7 +354,7 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_COUNT);
         let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
         migrations.to_latest(&mut conn)?;
-        Ok(SqliteStore { conn, checkpointer: None })
+        Ok(SqliteStore { conn, checkpointer: None, contacts: RefCell::default(), data_version: Cell::new(0) })
     }
 }
 
@@ -370,20 +387,22 @@ fn contact_row(tx: &Connection, id: &str) -> Result<Option<(Value, Option<String
 }
 
 /// Writes a contact whole (created or replaced), inside a transaction.
+/// Returns the length of the stored traits.
 fn put_contact_row(
     tx: &Connection,
     id: &str,
     traits: &Value,
     timezone: Option<&str>,
     now: Timestamp,
-) -> Result<(), Error> {
+) -> Result<usize, Error> {
+    let traits = to_json(traits)?;
     tx.prepare_cached(
         "INSERT INTO contacts (id, traits, timezone, updated_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (id) DO UPDATE SET traits = excluded.traits, timezone = excluded.timezone,
              updated_at = excluded.updated_at",
     )?
-    .execute(params![id, to_json(traits)?, timezone, now.ms()])?;
-    Ok(())
+    .execute(params![id, traits, timezone, now.ms()])?;
+    Ok(traits.len())
 }
 
 /// `over`'s top-level keys laid over `under`'s.
@@ -394,15 +413,35 @@ fn overlay(mut under: Value, over: &Value) -> Value {
     under
 }
 
-/// Merges a contact change into the stored contact, inside a transaction.
-fn merge_contact(tx: &Connection, change: &ContactChange<'_>, now: Timestamp) -> Result<(), Error> {
-    let (stored, old_timezone) = contact_row(tx, change.id)?.unwrap_or((Value::Object(serde_json::Map::new()), None));
+/// Merges a contact change into the stored contact, inside a transaction, and returns the
+/// contact as written and the length of its stored traits. The stored contact is the one this
+/// batch wrote last, else the cached one, else the row.
+fn merge_contact(
+    tx: &Connection,
+    cache: &mut ContactCache,
+    written: &HashMap<&str, (Contact, usize)>,
+    change: &ContactChange<'_>,
+    now: Timestamp,
+) -> Result<(Contact, usize), Error> {
+    let known = match written.get(change.id).map(|(c, _)| c).or_else(|| cache.get(change.id)) {
+        Some(contact) => Some((contact.traits.clone(), contact.timezone.clone())),
+        None => contact_row(tx, change.id)?,
+    };
+    let (stored, old_timezone) = known.unwrap_or((Value::Object(serde_json::Map::new()), None));
     let timezone = change.timezone.map(str::to_owned).or(old_timezone);
-    put_contact_row(tx, change.id, &overlay(stored, change.traits), timezone.as_deref(), now)
+    let traits = overlay(stored, change.traits);
+    let bytes = put_contact_row(tx, change.id, &traits, timezone.as_deref(), now)?;
+    Ok((Contact { id: change.id.to_owned(), traits, timezone, updated_at: now }, bytes))
 }
 
-/// The statements of `Store::write`, run inside the caller's transaction.
-fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(), Error> {
+/// The statements of `Store::write`, run inside the caller's transaction. Returns the contacts
+/// as the batch wrote them, for the cache once the batch is committed.
+fn write_batch<'b>(
+    tx: &Connection,
+    cache: &mut ContactCache,
+    batch: &Batch<'b>,
+    now: Timestamp,
+) -> Result<HashMap<&'b str, (Contact, usize)>, Error> {
     let Batch {
         contacts,
         events,
@@ -420,8 +459,10 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
         outbox,
         start_keys,
     } = batch;
+    let mut written: HashMap<&str, (Contact, usize)> = HashMap::new();
     for change in contacts {
-        merge_contact(tx, change, now)?;
+        let contact = merge_contact(tx, cache, &written, change, now)?;
+        written.insert(change.id, contact);
     }
     let mut insert = tx.prepare_cached(
         "INSERT INTO events (message_id, subject_id, name, at, received_at, payload)
@@ -616,7 +657,12 @@ fn write_batch(tx: &Connection, batch: &Batch<'_>, now: Timestamp) -> Result<(),
             }
         }
     }
-    Ok(())
+    // A merge rewrites both identities' rows in SQL: neither is kept as written above.
+    for (from, into) in merges {
+        written.remove(from);
+        written.remove(into);
+    }
+    Ok(written)
 }
 
 /// Writes a run's state and the columns lists filter on: inserted when the batch starts the
@@ -812,7 +858,7 @@ fn merge_identity(tx: &Connection, from: &str, into: &str, now: Timestamp) -> Re
             Some((known, known_timezone)) => (overlay(old_traits, &known), known_timezone.or(old_timezone)),
             None => (old_traits, old_timezone),
         };
-        put_contact_row(tx, into, &traits, timezone.as_deref(), now)?;
+        let _ = put_contact_row(tx, into, &traits, timezone.as_deref(), now)?;
         tx.prepare_cached("DELETE FROM contacts WHERE id = ?1")?.execute([from])?;
     }
     tx.prepare_cached("UPDATE events SET subject_id = ?2 WHERE subject_id = ?1")?.execute([from, into])?;
@@ -857,6 +903,8 @@ impl Store for SqliteStore {
     fn begin(&mut self) -> Result<(), Error> {
         if self.conn.is_autocommit() {
             self.conn.prepare_cached("BEGIN DEFERRED")?.execute([])?;
+            // The unit's snapshot starts here: what the cache holds is checked against it.
+            self.check_cache()?;
         }
         Ok(())
     }
@@ -874,12 +922,26 @@ impl Store for SqliteStore {
         if self.conn.is_autocommit() {
             self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         }
-        let result = write_batch(&self.conn, batch, now)
-            .and_then(|()| self.conn.prepare_cached("COMMIT")?.execute([]).map(|_| ()).map_err(Error::from));
-        if result.is_err() {
-            self.finish();
+        let cache = self.contacts.get_mut();
+        let result = write_batch(&self.conn, cache, batch, now)
+            .and_then(|written| Ok(self.conn.prepare_cached("COMMIT")?.execute([]).map(|_| written)?));
+        match result {
+            Ok(written) => {
+                let cache = self.contacts.get_mut();
+                for (from, into) in &batch.merges {
+                    cache.remove(from);
+                    cache.remove(into);
+                }
+                for (_, (contact, bytes)) in written {
+                    cache.insert(contact, bytes);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.finish();
+                Err(error)
+            }
         }
-        result
     }
 
     fn run(&self, id: RunId) -> Result<Option<Run>, Error> {
@@ -1304,15 +1366,23 @@ impl Store for SqliteStore {
     }
 
     fn contact(&self, id: &str) -> Result<Option<Contact>, Error> {
+        if self.conn.is_autocommit() {
+            // Outside a unit of work every read is its own snapshot.
+            self.check_cache()?;
+        }
+        if let Some(contact) = self.contacts.borrow_mut().get(id) {
+            return Ok(Some(contact.clone()));
+        }
         let row: Option<(String, Option<String>, i64)> = self
             .conn
             .prepare_cached("SELECT traits, timezone, updated_at FROM contacts WHERE id = ?1")?
             .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
             .optional()?;
-        row.map(|(traits, timezone, updated_at)| {
-            Ok(Contact { id: id.to_owned(), traits: from_json(&traits)?, timezone, updated_at: Timestamp(updated_at) })
-        })
-        .transpose()
+        let Some((traits, timezone, updated_at)) = row else { return Ok(None) };
+        let contact =
+            Contact { id: id.to_owned(), traits: from_json(&traits)?, timezone, updated_at: Timestamp(updated_at) };
+        self.contacts.borrow_mut().insert(contact.clone(), traits.len());
+        Ok(Some(contact))
     }
 
     fn work_item(&self, id: &str) -> Result<Option<WorkItem>, Error> {
@@ -1445,5 +1515,72 @@ mod tests {
         assert_eq!(whats, ["run_started", "step_entered", "effect_result"]);
         let next: i64 = store.conn.query_row("SELECT next FROM trail_seq", [], |row| row.get(0)).unwrap();
         assert_eq!(next, 9, "the batch took one number and wrote the counter back");
+    }
+
+    fn traits(store: &SqliteStore, id: &str) -> Option<Value> {
+        store.contact(id).unwrap().map(|c| c.traits)
+    }
+
+    /// The contact cache never answers with a contact older than the committed row: another
+    /// connection's commit (an import run beside the server) is seen by the next read outside
+    /// a unit and by the next unit.
+    #[test]
+    fn a_contact_another_connection_writes_is_read_fresh() {
+        let dir = std::env::temp_dir().join(format!("flowmark-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cache.db");
+        let mut server = SqliteStore::open(&path).unwrap();
+        let mut import = SqliteStore::open(&path).unwrap();
+        server.upsert_contact("c-1", &serde_json::json!({ "plan": "free" }), None, Timestamp(1)).unwrap();
+        assert_eq!(traits(&server, "c-1"), Some(serde_json::json!({ "plan": "free" })));
+        import.upsert_contact("c-1", &serde_json::json!({ "plan": "pro" }), None, Timestamp(2)).unwrap();
+        assert_eq!(traits(&server, "c-1"), Some(serde_json::json!({ "plan": "pro" })), "outside a unit");
+        server.begin().unwrap();
+        assert_eq!(traits(&server, "c-1"), Some(serde_json::json!({ "plan": "pro" })));
+        server.finish();
+        import.upsert_contact("c-1", &serde_json::json!({ "plan": "team" }), None, Timestamp(3)).unwrap();
+        server.begin().unwrap();
+        assert_eq!(traits(&server, "c-1"), Some(serde_json::json!({ "plan": "team" })), "in the next unit");
+        server.finish();
+        drop((server, import));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A merge of identities and a refused batch leave nothing stale in the cache.
+    #[test]
+    fn merges_and_refused_batches_leave_the_cache_as_committed() {
+        let mut store = SqliteStore::open_in_memory().unwrap();
+        store.upsert_contact("anon-1", &serde_json::json!({ "seen": "pricing" }), None, Timestamp(1)).unwrap();
+        store.upsert_contact("c-1", &serde_json::json!({ "email": "a@example.com" }), None, Timestamp(1)).unwrap();
+        assert!(traits(&store, "anon-1").is_some() && traits(&store, "c-1").is_some());
+        store.write(&Batch { merges: vec![("anon-1", "c-1")], ..Batch::default() }, Timestamp(2)).unwrap();
+        assert_eq!(traits(&store, "anon-1"), None);
+        assert_eq!(traits(&store, "c-1"), Some(serde_json::json!({ "seen": "pricing", "email": "a@example.com" })));
+
+        // The second start key collides with the first: the batch, contact change and all, is refused.
+        let change = serde_json::json!({ "email": "b@example.com" });
+        let refused = Batch {
+            contacts: vec![ContactChange { id: "c-1", traits: &change, timezone: None }],
+            start_keys: vec![("w", "k", RunId(1)), ("w", "k", RunId(2))],
+            ..Batch::default()
+        };
+        assert!(store.write(&refused, Timestamp(3)).is_err());
+        assert_eq!(traits(&store, "c-1"), Some(serde_json::json!({ "seen": "pricing", "email": "a@example.com" })));
+
+        // Two changes to one contact in a batch: the second builds on the first.
+        let (first, second) = (serde_json::json!({ "a": 1 }), serde_json::json!({ "b": 2 }));
+        let batch = Batch {
+            contacts: vec![
+                ContactChange { id: "c-2", traits: &first, timezone: Some("UTC") },
+                ContactChange { id: "c-2", traits: &second, timezone: None },
+            ],
+            ..Batch::default()
+        };
+        store.write(&batch, Timestamp(4)).unwrap();
+        let cached = store.contact("c-2").unwrap().unwrap();
+        assert_eq!((cached.traits, cached.timezone.as_deref()), (serde_json::json!({ "a": 1, "b": 2 }), Some("UTC")));
+        *store.contacts.borrow_mut() = ContactCache::default();
+        let stored = store.contact("c-2").unwrap().unwrap();
+        assert_eq!((stored.traits, stored.timezone.as_deref()), (serde_json::json!({ "a": 1, "b": 2 }), Some("UTC")));
     }
 }
