@@ -119,6 +119,32 @@ impl Workflow {
         !self.caps.is_empty()
     }
 
+    /// Every step control can reach from `from` (those steps included) along any edge,
+    /// marked by index: all a run standing there may still execute.
+    pub fn reachable_from(&self, from: impl IntoIterator<Item = StepIndex>) -> Vec<bool> {
+        let mut seen = vec![false; self.steps.len()];
+        let mut stack: Vec<usize> = Vec::new();
+        for step in from {
+            if let Some(mark) = seen.get_mut(step.index())
+                && !*mark
+            {
+                *mark = true;
+                stack.push(step.index());
+            }
+        }
+        while let Some(index) = stack.pop() {
+            for edge in self.steps[index].edges() {
+                if let Target::Step(next) = edge.target
+                    && !seen[next.index()]
+                {
+                    seen[next.index()] = true;
+                    stack.push(next.index());
+                }
+            }
+        }
+        seen
+    }
+
     pub fn step_index(&self, id: &str) -> Option<StepIndex> {
         self.steps.iter().position(|s| &*s.id == id).map(|i| StepIndex(i as u16))
     }

@@ -620,6 +620,38 @@ pub fn effect_key(run: RunId, step: &str, n: u32) -> String {
     key
 }
 
+/// The steps `run` can execute when `timer` fires, marked by index: where the timer sends
+/// its token and everything reachable from there (as `Machine::timer` moves it); none when
+/// the timer moves no token (it is no longer armed, or it only reminds people). The runtime
+/// loads only the facts these steps can read.
+pub fn timer_reach(workflow: &Workflow, run: &Run, timer: TimerId) -> Vec<bool> {
+    use crate::model::{StepKind, Target, Wait};
+    let armed = run.timers.iter().find(|t| t.id == timer);
+    let token = armed.and_then(|armed| run.tokens.iter().find(|t| t.id == armed.token).map(|t| (armed, t)));
+    let Some((armed, token)) = token else { return vec![false; workflow.steps.len()] };
+    let step = workflow.step(token.at);
+    let from = match armed.purpose {
+        TimerPurpose::Wake => match token.state {
+            TokenState::Sleeping { quiet_hold: true, .. } | TokenState::Sleeping { cap_hold: true, .. } => {
+                Some(Target::Step(token.at))
+            }
+            TokenState::Sleeping { .. } => Some(step.next.unwrap_or(Target::End)),
+            _ => None,
+        },
+        TimerPurpose::EventTimeout => match &step.kind {
+            StepKind::Wait(Wait::Event { on_timeout, .. }) => Some(on_timeout.or(step.next).unwrap_or(Target::End)),
+            _ => None,
+        },
+        TimerPurpose::TaskDue | TimerPurpose::ApprovalReminder => None,
+        TimerPurpose::ApprovalEscalation => Some(Target::Step(token.at)),
+    };
+    let start = match from {
+        Some(Target::Step(step)) => Some(step),
+        Some(Target::End) | None => None,
+    };
+    workflow.reachable_from(start)
+}
+
 /// Decides what `input` does to `run` at `now`. See the module docs.
 pub fn handle(workflow: &Workflow, run: Run, input: &Input, facts: &Facts<'_>, now: Timestamp) -> Transition {
     assert_eq!(run.workflow_id, workflow.id, "a run is handled by its own workflow");

@@ -9,8 +9,8 @@
 use std::collections::HashSet;
 
 use flowmark_core::engine::{
-    Decision, Event, Facts, HistoryKind, Input, Run, RunId, RunStatus, TimerPurpose, TokenState, Transition,
-    effect_result, handle,
+    Decision, EffectKind, Event, Facts, HistoryKind, Input, Run, RunId, RunStatus, TimerPurpose, TokenState,
+    Transition, effect_result, handle, timer_reach,
 };
 use flowmark_core::model::{StepKind, Wait, Workflow};
 use flowmark_core::{Duration, Timestamp};
@@ -95,6 +95,21 @@ impl Driver<'_> {
             assert_eq!(expected.step.as_deref(), step, "the entry names the effect's step");
             assert!(transition.effects.is_empty() && transition.timers.is_empty() && transition.decisions.is_empty());
             assert!(transition.timers_cancelled.is_empty());
+        }
+        // A timer runs only steps `timer_reach` marks: the runtime loads the facts of those alone.
+        if let Input::TimerFired { timer } = input {
+            let reach = timer_reach(self.workflow, &before, *timer);
+            let marked = |step: Option<&str>| {
+                step.and_then(|id| self.workflow.step_index(id)).is_some_and(|at| reach[at.index()])
+            };
+            for entry in &transition.history {
+                if matches!(entry.kind, HistoryKind::StepEntered { .. }) {
+                    assert!(marked(entry.step.as_deref()), "timer entered {:?}, which it cannot reach", entry.step);
+                }
+            }
+            for effect in transition.effects.iter().filter(|e| matches!(e.kind, EffectKind::SendMessage { .. })) {
+                assert!(marked(Some(&effect.step)), "timer sent from {}, which it cannot reach", effect.step);
+            }
         }
         for effect in &transition.effects {
             assert!(self.effect_keys.insert(effect.key.clone()), "effect key {} used twice", effect.key);

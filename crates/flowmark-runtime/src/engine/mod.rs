@@ -15,13 +15,13 @@ use std::sync::Arc;
 
 use flowmark_core::diagnostic::DiagnosticJson;
 use flowmark_core::engine::{
-    Event, Facts, HistoryKind, Input, ParentRun, RenderContext, Run, RunId, RunStatus, Sent, Transition, apply_update,
-    effect_result, handle,
+    Event, Facts, HistoryKind, Input, ParentRun, RenderContext, Run, RunId, RunStatus, Sent, TimerId, Transition,
+    apply_update, effect_result, handle, timer_reach,
 };
 pub use flowmark_core::engine::{SUPPRESSED_REASON_TRAIT, UNSUBSCRIBED_TRAIT};
 use flowmark_core::limits::{RECENT_EVENTS_COUNT_MAX, WAIT_LOOKBACK_MS};
 use flowmark_core::model::ScoreChange;
-use flowmark_core::model::{Entry, Trigger, Workflow};
+use flowmark_core::model::{Entry, StepKind, Trigger, Wait, Workflow};
 use flowmark_core::model::{RunOutcomeFilter, SubjectKind};
 use flowmark_core::render::render_step_message;
 use flowmark_core::schedule::next_occurrence;
@@ -241,6 +241,27 @@ impl Needs {
             recent_events: workflow.waited_events().map(str::to_owned).collect(),
             sent_messages: workflow.reads_sent_messages(),
         }
+    }
+
+    /// What `run` can read when `timer` fires: the events of the waits the timer can lead to,
+    /// and sent messages if it can lead to a message its workflow caps (a timeout that ends
+    /// the run needs neither).
+    fn after_timer(workflow: &Workflow, run: &Run, timer: TimerId) -> Needs {
+        let reach = timer_reach(workflow, run, timer);
+        let mut needs = Needs::default();
+        for (step, _) in workflow.steps.iter().zip(&reach).filter(|(_, reached)| **reached) {
+            match &step.kind {
+                StepKind::Wait(Wait::Event { name, .. }) if !needs.recent_events.contains(name) => {
+                    needs.recent_events.push(name.clone());
+                }
+                StepKind::Action(action) => {
+                    let channel = action.channel();
+                    needs.sent_messages |= workflow.caps.iter().any(|cap| Some(cap.channel) == channel);
+                }
+                _ => {}
+            }
+        }
+        needs
     }
 
     fn or(mut self, other: Needs) -> Needs {
@@ -604,7 +625,8 @@ impl<S: Store> Engine<S> {
                 },
             };
             let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
-            let facts = self.load_facts(&run.subject_id, None, now, &Needs::of(&workflow))?;
+            let facts =
+                self.load_facts(&run.subject_id, None, now, &Needs::after_timer(&workflow, &run, timer.timer))?;
             let t = handle(&workflow, run, &Input::TimerFired { timer: timer.timer }, &facts.facts(&self.env), now);
             runs.insert(timer.run, t.run.clone());
             batches.push(t);
@@ -1438,4 +1460,41 @@ fn version_of(compiled: &HashMap<(String, u32), Arc<Workflow>>, workflow: &Arc<W
 /// Did the transition do anything worth storing? An event no run waits for changes nothing.
 fn changed(t: &Transition) -> bool {
     !t.history.is_empty() || !t.effects.is_empty() || !t.timers.is_empty() || !t.decisions.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use flowmark_core::engine::{ArmedTimer, TimerPurpose, Token, TokenState};
+
+    use super::*;
+
+    /// A timer loads only the facts the steps it leads to can read: in the nurture blueprint,
+    /// the click wait's timeout leads to a capped email and another click wait, the case-study
+    /// wait to a capped email, a message held by quiet hours to that message, and the second
+    /// chance's timeout to the end of the run.
+    #[test]
+    fn a_timer_needs_what_the_steps_it_leads_to_read() {
+        let source = include_str!("../../../../blueprints/whitepaper-nurture.yaml");
+        let workflow = compile(&Source::new("whitepaper-nurture.yaml", source.to_owned())).workflow.unwrap();
+        let needs = |step: &str, state: TokenState, purpose: TimerPurpose| {
+            let mut run = Run::new(RunId(1), &workflow, 1, "c-1", Timestamp(0));
+            let at = workflow.step_index(step).unwrap();
+            run.tokens.push(Token { id: 0, at, state, entered_at: Timestamp(0) });
+            run.timers.push(ArmedTimer { id: TimerId(7), token: 0, purpose, due_at: Timestamp(1) });
+            let needs = Needs::after_timer(&workflow, &run, TimerId(7));
+            let unarmed = Needs::after_timer(&workflow, &run, TimerId(8));
+            assert!(
+                unarmed.recent_events.is_empty() && !unarmed.sent_messages,
+                "a timer no longer armed moves nothing"
+            );
+            (needs.recent_events, needs.sent_messages)
+        };
+        let awaiting = || TokenState::AwaitingEvent { timeout: Some(TimerId(7)) };
+        let sleeping = |quiet_hold| TokenState::Sleeping { timer: TimerId(7), quiet_hold, cap_hold: false };
+        let clicked = vec!["Email Link Clicked".to_owned()];
+        assert_eq!(needs("engaged", awaiting(), TimerPurpose::EventTimeout), (clicked, true));
+        assert_eq!(needs("second-chance", awaiting(), TimerPurpose::EventTimeout), (vec![], false));
+        assert_eq!(needs("case-study", sleeping(false), TimerPurpose::Wake), (vec![], true));
+        assert_eq!(needs("send-case-study", sleeping(true), TimerPurpose::Wake), (vec![], true));
+    }
 }
