@@ -614,11 +614,13 @@ impl<S: Store> Engine<S> {
 
     fn fire_unit(&mut self, now: Timestamp, limit: usize) -> Result<usize, Error> {
         let due = self.store.due_timers(now, limit)?;
-        let mut runs: HashMap<RunId, Run> = HashMap::new();
-        let mut batches: Vec<Transition> = Vec::new();
+        // Each transition is committed in order; a run's later transition carries its latest
+        // state, so committing all of them leaves the last one in place. A run with several
+        // timers due takes the next one from its state in the unit.
+        let mut unit = Unit::default();
         for timer in &due {
-            let run = match runs.remove(&timer.run) {
-                Some(run) => run,
+            let run = match unit.run(timer.run) {
+                Some(run) => run.clone(),
                 None => match self.store.run(timer.run)? {
                     Some(run) => run,
                     None => continue,
@@ -627,15 +629,7 @@ impl<S: Store> Engine<S> {
             let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
             let facts =
                 self.load_facts(&run.subject_id, None, now, &Needs::after_timer(&workflow, &run, timer.timer))?;
-            let t = handle(&workflow, run, &Input::TimerFired { timer: timer.timer }, &facts.facts(&self.env), now);
-            runs.insert(timer.run, t.run.clone());
-            batches.push(t);
-        }
-        // Each transition is committed in order; a run's later transition carries its latest
-        // state, so committing all of them leaves the last one in place.
-        let mut unit = Unit::default();
-        for t in batches {
-            unit.push(t);
+            unit.push(handle(&workflow, run, &Input::TimerFired { timer: timer.timer }, &facts.facts(&self.env), now));
         }
         self.commit_unit(&mut unit, Vec::new(), &[], now)?;
         for timer in &due {
