@@ -657,11 +657,6 @@ fn write_batch<'b>(
             }
         }
     }
-    // A merge rewrites both identities' rows in SQL: neither is kept as written above.
-    for (from, into) in merges {
-        written.remove(from);
-        written.remove(into);
-    }
     Ok(written)
 }
 
@@ -928,12 +923,13 @@ impl Store for SqliteStore {
         match result {
             Ok(written) => {
                 let cache = self.contacts.get_mut();
+                for (_, (contact, bytes)) in written {
+                    cache.insert(contact, bytes);
+                }
+                // A merge rewrites both identities' rows in SQL, after the changes above.
                 for (from, into) in &batch.merges {
                     cache.remove(from);
                     cache.remove(into);
-                }
-                for (_, (contact, bytes)) in written {
-                    cache.insert(contact, bytes);
                 }
                 Ok(())
             }
@@ -1451,14 +1447,20 @@ mod tests {
     use super::*;
     use crate::Store;
 
+    /// A database migrated up to, not including, the first migration whose SQL holds `marker`.
+    fn migrated_to_before(marker: &str) -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
+        let before = MIGRATIONS.iter().position(|sql| sql.contains(marker)).unwrap();
+        migrations.to_version(&mut conn, before).unwrap();
+        conn
+    }
+
     /// Marketing email written to the outbox before `sent_channel` existed still counts for
     /// frequency caps after the migration; transactional email and other effects do not.
     #[test]
     fn the_sent_channel_migration_counts_what_was_sent_before_it() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
-        let before = MIGRATIONS.iter().position(|sql| sql.contains("ADD COLUMN sent_channel")).unwrap();
-        migrations.to_version(&mut conn, before).unwrap();
+        let conn = migrated_to_before("ADD COLUMN sent_channel");
         conn.execute(
             "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, state, updated_at, at)
              VALUES (1, 'w', 1, 'c-1', 'active', 10, '{}', 10, '')",
@@ -1489,10 +1491,7 @@ mod tests {
     /// counter starts past every number in use, so a run's new rows read back after its old.
     #[test]
     fn the_trail_counter_starts_past_the_rows_numbered_before_it() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
-        let before = MIGRATIONS.iter().position(|sql| sql.contains("CREATE TABLE trail_seq")).unwrap();
-        migrations.to_version(&mut conn, before).unwrap();
+        let conn = migrated_to_before("CREATE TABLE trail_seq");
         for (run, seq, what) in [(1, 0, "run_started"), (1, 1, "step_entered"), (2, 0, "run_started")] {
             conn.execute(
                 "INSERT INTO history (run_id, seq, at, step, entry) VALUES (?1, ?2, 10, NULL, ?3)",
