@@ -221,6 +221,38 @@ CREATE TABLE trail_seq (
 INSERT INTO trail_seq (id, next)
     SELECT 0, COALESCE(MAX(m), -1) + 1 FROM (SELECT MAX(seq) AS m FROM history UNION ALL SELECT MAX(seq) FROM decisions);
 "#,
+    // Trail rows are keyed by the order they are written in (the rowid), not by run: a new row
+    // goes at the end of its table instead of beside its run's older rows. Keyed by run, every
+    // commit rewrote a page of the table for each run it touched, most of a busy table, and
+    // that was most of what commits wrote to the write-ahead log. A run's rows read back in
+    // the order they were written, through a small index of run ids (`*_by_run`). Old rows
+    // are copied in the order of their numbers, which the counter above kept per run.
+    r#"
+CREATE TABLE history_log (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    step TEXT,
+    entry TEXT NOT NULL
+);
+INSERT INTO history_log (run_id, at, step, entry) SELECT run_id, at, step, entry FROM history ORDER BY seq, run_id;
+DROP TABLE history;
+ALTER TABLE history_log RENAME TO history;
+CREATE INDEX history_by_run ON history (run_id);
+CREATE TABLE decisions_log (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    step TEXT,
+    record TEXT NOT NULL
+);
+INSERT INTO decisions_log (run_id, at, step, record)
+    SELECT run_id, at, step, record FROM decisions ORDER BY seq, run_id;
+DROP TABLE decisions;
+ALTER TABLE decisions_log RENAME TO decisions;
+CREATE INDEX decisions_by_run ON decisions (run_id);
+DROP TABLE trail_seq;
+"#,
 ];
 
 pub struct SqliteStore {
@@ -489,7 +521,6 @@ fn write_batch<'b>(
         }
     }
     let mut recorded: HashSet<&str> = HashSet::new();
-    let mut seq = TrailSeq::default();
     // Entries that only add to a run's trail go first in its history row of this batch.
     let mut trails: HashMap<RunId, Vec<&HistoryEntry>> = HashMap::new();
     for (run, entry) in trail {
@@ -520,9 +551,9 @@ fn write_batch<'b>(
         }
         // Rows written as single objects by earlier versions read back the same.
         let history = &mut statements.insert_history;
-        append_chunk(tx, history, &mut seq, id, &run.history, |e| (e.at, e.step.as_deref()))?;
+        append_chunk(history, id, &run.history, |e| (e.at, e.step.as_deref()))?;
         let decisions = &mut statements.insert_decision;
-        append_chunk(tx, decisions, &mut seq, id, &run.decisions, |d| (d.at, d.step.as_deref()))?;
+        append_chunk(decisions, id, &run.decisions, |d| (d.at, d.step.as_deref()))?;
         let insert = &mut statements.insert_effect;
         for effect in run.effects {
             let outcome = outcomes.get(effect.key.as_str()).copied();
@@ -562,11 +593,10 @@ fn write_batch<'b>(
     for (run, _) in trail {
         if let Some(entries) = trails.remove(run) {
             let history = &mut statements.insert_history;
-            append_chunk(tx, history, &mut seq, run_id(*run), &entries, |e| (e.at, e.step.as_deref()))?;
+            append_chunk(history, run_id(*run), &entries, |e| (e.at, e.step.as_deref()))?;
         }
     }
     drop(statements);
-    seq.save(tx)?;
     for (workflow_id, key, run) in start_keys {
         tx.prepare_cached("INSERT INTO start_keys (workflow_id, key, run_id, created_at) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![workflow_id, key, run_id(*run), now.ms()])?;
@@ -717,9 +747,9 @@ impl<'c> RunStatements<'c> {
             insert_timer: tx
                 .prepare_cached("INSERT INTO timers (run_id, timer_id, due_at, purpose) VALUES (?1, ?2, ?3, ?4)")?,
             insert_history: tx
-                .prepare_cached("INSERT INTO history (run_id, seq, at, step, entry) VALUES (?1, ?2, ?3, ?4, ?5)")?,
+                .prepare_cached("INSERT INTO history (run_id, at, step, entry) VALUES (?1, ?2, ?3, ?4)")?,
             insert_decision: tx
-                .prepare_cached("INSERT INTO decisions (run_id, seq, at, step, record) VALUES (?1, ?2, ?3, ?4, ?5)")?,
+                .prepare_cached("INSERT INTO decisions (run_id, at, step, record) VALUES (?1, ?2, ?3, ?4)")?,
             insert_effect: tx.prepare_cached(
                 "INSERT INTO outbox (key, run_id, step, effect, created_at, attempts, next_attempt_at, status,
                      result, sent_channel)
@@ -777,48 +807,19 @@ fn per_run<'a>(transitions: &[&'a Transition]) -> Vec<RunWrite<'a>> {
     runs
 }
 
-/// The sequence numbers of trail rows, from the store's one counter (`trail_seq`): read at a
-/// batch's first append, written back once after the batch's last append, inside its
-/// transaction. Rows of a run read back in the order of their numbers, which only grow.
-#[derive(Default)]
-struct TrailSeq {
-    next: Option<i64>,
-}
-
-impl TrailSeq {
-    fn take(&mut self, tx: &Connection) -> Result<i64, Error> {
-        let next = match self.next {
-            Some(next) => next,
-            None => tx.prepare_cached("SELECT next FROM trail_seq WHERE id = 0")?.query_row([], |row| row.get(0))?,
-        };
-        self.next = Some(next + 1);
-        Ok(next)
-    }
-
-    fn save(&self, tx: &Connection) -> Result<(), Error> {
-        if let Some(next) = self.next {
-            tx.prepare_cached("UPDATE trail_seq SET next = ?1 WHERE id = 0")?.execute([next])?;
-        }
-        Ok(())
-    }
-}
-
-/// Appends `items` to a run's `history` or `decisions` (`insert` says which) as one row: the
-/// next sequence number, the first item's time, the step when all items share one, and the
-/// items as a JSON array.
+/// Appends `items` to a run's `history` or `decisions` (`insert` says which) as one row, after
+/// every row written before it: the first item's time, the step when all items share one, and
+/// the items as a JSON array.
 fn append_chunk<T: serde::Serialize>(
-    tx: &Connection,
     insert: &mut CachedStatement<'_>,
-    seq: &mut TrailSeq,
     run: i64,
     items: &[&T],
     key: impl Fn(&T) -> (Timestamp, Option<&str>),
 ) -> Result<(), Error> {
     let Some(first) = items.first() else { return Ok(()) };
-    let seq = seq.take(tx)?;
     let (at, step) = key(first);
     let step = step.filter(|step| items.iter().all(|item| key(item).1 == Some(*step)));
-    insert.execute(params![run, seq, at.ms(), step, to_json(items)?])?;
+    insert.execute(params![run, at.ms(), step, to_json(items)?])?;
     Ok(())
 }
 
@@ -1050,13 +1051,13 @@ impl Store for SqliteStore {
     }
 
     fn history(&self, id: RunId) -> Result<Vec<Value>, Error> {
-        let mut statement = self.conn.prepare_cached("SELECT entry FROM history WHERE run_id = ?1 ORDER BY seq")?;
+        let mut statement = self.conn.prepare_cached("SELECT entry FROM history WHERE run_id = ?1 ORDER BY id")?;
         let entries = statement.query_map([run_id(id)], |row| row.get::<_, String>(0))?;
         spread_chunks(entries)
     }
 
     fn decisions(&self, id: RunId) -> Result<Vec<Value>, Error> {
-        let mut statement = self.conn.prepare_cached("SELECT record FROM decisions WHERE run_id = ?1 ORDER BY seq")?;
+        let mut statement = self.conn.prepare_cached("SELECT record FROM decisions WHERE run_id = ?1 ORDER BY id")?;
         let records = statement.query_map([run_id(id)], |row| row.get::<_, String>(0))?;
         spread_chunks(records)
     }
@@ -1487,23 +1488,43 @@ mod tests {
         assert_eq!(store.sent_messages("c-1", Timestamp(21)).unwrap().len(), 1, "since a time");
     }
 
-    /// Trail rows numbered per run before the store-wide counter existed stay first: the
-    /// counter starts past every number in use, so a run's new rows read back after its old.
+    /// Trail rows from every earlier layout read back in the order they were written, and
+    /// rows written after the upgrade follow them: rows numbered per run (the first layout),
+    /// then rows numbered by the store-wide counter, then the log keyed by write order.
     #[test]
-    fn the_trail_counter_starts_past_the_rows_numbered_before_it() {
+    fn trail_rows_keep_their_order_through_every_upgrade() {
         let conn = migrated_to_before("CREATE TABLE trail_seq");
-        for (run, seq, what) in [(1, 0, "run_started"), (1, 1, "step_entered"), (2, 0, "run_started")] {
+        // Per-run numbers, inserted out of order: run 1's rows must read back 0, 1.
+        for (run, seq, what) in [(1, 1, "step_entered"), (2, 0, "run_started"), (1, 0, "run_started")] {
             conn.execute(
                 "INSERT INTO history (run_id, seq, at, step, entry) VALUES (?1, ?2, 10, NULL, ?3)",
                 params![run, seq, format!(r#"[{{"what":"{what}"}}]"#)],
             )
             .unwrap();
         }
-        conn.execute("INSERT INTO decisions (run_id, seq, at, step, record) VALUES (2, 7, 10, NULL, '[]')", [])
-            .unwrap();
-        let mut store = SqliteStore::setup(conn).unwrap();
-        let next: i64 = store.conn.query_row("SELECT next FROM trail_seq", [], |row| row.get(0)).unwrap();
+        conn.execute(
+            "INSERT INTO decisions (run_id, seq, at, step, record) VALUES (2, 7, 10, NULL, '[{\"n\":1}]')",
+            [],
+        )
+        .unwrap();
+        let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
+        let mut conn = conn;
+        let log = MIGRATIONS.iter().position(|sql| sql.contains("CREATE TABLE history_log")).unwrap();
+        migrations.to_version(&mut conn, log).unwrap();
+        // A row numbered by the store-wide counter, which starts past every number in use.
+        let next: i64 = conn.query_row("SELECT next FROM trail_seq", [], |row| row.get(0)).unwrap();
         assert_eq!(next, 8, "past the largest number of either trail");
+        conn.execute(
+            "INSERT INTO history (run_id, seq, at, step, entry) VALUES (1, 8, 15, NULL, '[{\"what\":\"waiting\"}]')",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO decisions (run_id, seq, at, step, record) VALUES (2, 9, 15, NULL, '[{\"n\":2}]')",
+            [],
+        )
+        .unwrap();
+        let mut store = SqliteStore::setup(conn).unwrap();
         let result = HistoryEntry {
             at: Timestamp(20),
             step: None,
@@ -1511,9 +1532,16 @@ mod tests {
         };
         store.write(&Batch { trail: vec![(RunId(1), &result)], ..Batch::default() }, Timestamp(20)).unwrap();
         let whats: Vec<Value> = store.history(RunId(1)).unwrap().iter().map(|h| h["what"].clone()).collect();
-        assert_eq!(whats, ["run_started", "step_entered", "effect_result"]);
-        let next: i64 = store.conn.query_row("SELECT next FROM trail_seq", [], |row| row.get(0)).unwrap();
-        assert_eq!(next, 9, "the batch took one number and wrote the counter back");
+        assert_eq!(whats, ["run_started", "step_entered", "waiting", "effect_result"]);
+        let whats: Vec<Value> = store.history(RunId(2)).unwrap().iter().map(|h| h["what"].clone()).collect();
+        assert_eq!(whats, ["run_started"]);
+        let ns: Vec<Value> = store.decisions(RunId(2)).unwrap().iter().map(|d| d["n"].clone()).collect();
+        assert_eq!(ns, [1, 2]);
+        let tables: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'trail_seq'", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(tables, 0, "the counter is gone with the numbers it kept");
     }
 
     fn traits(store: &SqliteStore, id: &str) -> Option<Value> {

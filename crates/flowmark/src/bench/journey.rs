@@ -19,7 +19,7 @@ use flowmark_runtime::{Connector, Connectors, Engine, Incoming, Job, Outcome};
 use flowmark_store::{SqliteStore, Store};
 use serde_json::json;
 
-use super::{Fsync, emit, fresh_db, remove_db, round2, rss_bytes};
+use super::{Fsync, emit, fresh_db, remove_db, round2, rss_bytes, written_bytes};
 
 #[derive(clap::Args)]
 pub struct JourneyArgs {
@@ -111,6 +111,7 @@ pub fn run_journey(args: &JourneyArgs, dir: &Path, fsync: &Fsync) -> anyhow::Res
         connector = connector.route("smtp", &["send_email"], std::sync::Arc::new(smtp), limits);
     }
     let started = Instant::now();
+    let written_before = written_bytes();
     // Everyone downloads; each run sends its email and waits for a click.
     let mut runs = Vec::with_capacity(args.contacts);
     for chunk in (0..args.contacts).collect::<Vec<_>>().chunks(args.batch) {
@@ -146,6 +147,7 @@ pub fn run_journey(args: &JourneyArgs, dir: &Path, fsync: &Fsync) -> anyhow::Res
         settle(&mut engine, Timestamp(T0.ms() + hour * 3_600_000), &mut connector)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let written = written_before.zip(written_bytes()).map(|(before, after)| after - before);
     let stats = engine.stats().clone();
     let still_active = flowmark_store::RunFilter {
         status: Some(flowmark_core::engine::RunStatus::Active),
@@ -175,6 +177,8 @@ pub fn run_journey(args: &JourneyArgs, dir: &Path, fsync: &Fsync) -> anyhow::Res
         "runs_still_active": active,
         "database_bytes": bytes,
         "bytes_per_transition": row_bytes,
+        // Written through the log and checkpoints while the journey ran: what the disk took.
+        "written_bytes_per_transition": written.map(|bytes| bytes / transitions.max(1)),
         "raw_insert_rows_per_s": raw_per_s.round(),
         "ratio_to_raw_insert": round2(per_s / raw_per_s),
         "rss_bytes_with_all_runs_waiting": rss_waiting,

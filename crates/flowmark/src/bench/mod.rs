@@ -180,6 +180,14 @@ pub fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Bytes this process has handed to `write` and `pwrite` so far (`wchar` in `/proc/self/io`):
+/// the write-ahead log's frames, checkpoints into the database file, everything. `None` where
+/// the kernel does not say (not Linux).
+pub fn written_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines().find_map(|line| line.strip_prefix("wchar:").and_then(|n| n.trim().parse().ok()))
+}
+
 /// A fresh database path under `dir`, with any leftovers of an earlier run removed.
 fn fresh_db(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(format!("{name}-{}.db", std::process::id()));
