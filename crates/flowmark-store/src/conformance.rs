@@ -33,7 +33,7 @@ steps:
 
 const T0: Timestamp = Timestamp(1_767_610_800_000); // 2026-01-05T11:00:00Z
 
-fn workflow() -> Workflow {
+pub(crate) fn workflow() -> Workflow {
     compile(&Source::new("conformance.yaml", WORKFLOW)).workflow.expect("the conformance workflow is valid")
 }
 
@@ -45,7 +45,7 @@ fn good_and_refused(workflow: &Workflow) -> (Transition, Transition) {
     (good, bad)
 }
 
-fn start(workflow: &Workflow, id: u64, subject: &str) -> Transition {
+pub(crate) fn start(workflow: &Workflow, id: u64, subject: &str) -> Transition {
     let run = Run::new(RunId(id), workflow, 1, subject, T0);
     handle(workflow, run, &Input::Start { event: None }, &Facts::empty(), T0)
 }
@@ -68,6 +68,7 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
     schedules_are_found_by_due_time(make()).expect("schedules_are_found_by_due_time");
     merged_identities_keep_their_history(make()).expect("merged_identities_keep_their_history");
     runs_are_found_by_position(make()).expect("runs_are_found_by_position");
+    an_active_run_is_rewritten_whole(make()).expect("an_active_run_is_rewritten_whole");
     inboxes_read_in_due_order(make()).expect("inboxes_read_in_due_order");
 }
 
@@ -509,6 +510,30 @@ pub fn runs_are_found_by_position(mut store: Box<dyn Store>) -> Result<(), Error
     store.commit(&[&ended], T0)?;
     let counted: u64 = store.positions("conformance")?.iter().filter(|p| p.steps == at).map(|p| p.runs).sum();
     assert_eq!(counted, 1);
+    Ok(())
+}
+
+/// A later commit of a run that stays active stores all of its new state and where it stands,
+/// and leaves what a running run cannot change (status, subject, start) as it was.
+pub fn an_active_run_is_rewritten_whole(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let workflow = workflow();
+    let started = start(&workflow, 1, "c-1");
+    store.commit(&[&started], T0)?;
+    let mut later = started.clone();
+    later.history.clear();
+    later.effects.clear();
+    later.run.outputs = serde_json::json!({ "hello": { "effect_id": "x" } });
+    later.run.sequence += 5;
+    later.run.last_event_at = Some(Timestamp(T0.ms() + 5));
+    later.run.tokens.truncate(1);
+    later.run.tokens[0].at = flowmark_core::model::StepIndex(0);
+    later.run_changed = true;
+    store.commit(&[&later], Timestamp(T0.ms() + 5))?;
+    assert_eq!(store.run(RunId(1))?, Some(later.run.clone()), "the new state reads back");
+    assert_eq!(store.active_runs_of_subject("c-1")?, [later.run.clone()]);
+    assert_eq!(store.positions("conformance")?, [Position { version: 1, steps: vec![0], runs: 1 }]);
+    let active = RunFilter { status: Some(RunStatus::Active), subject_id: Some("c-1".into()), ..Default::default() };
+    assert_eq!(store.runs(&active, 10)?, [later.run]);
     Ok(())
 }
 

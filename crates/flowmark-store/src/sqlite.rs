@@ -13,8 +13,8 @@ use std::path::Path;
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{
-    DecisionRecord, Effect, EffectKind, Event, HistoryEntry, HistoryKind, Run, RunId, Sent, TimerId, TimerPurpose,
-    Transition,
+    ArmedTimer, DecisionRecord, Effect, EffectKind, Event, HistoryEntry, HistoryKind, ParentRun, Run, RunId, RunStatus,
+    Sent, TimerId, TimerPurpose, Transition,
 };
 use flowmark_core::model::Channel;
 use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
@@ -690,13 +690,16 @@ fn write_batch<'b>(
     Ok(written)
 }
 
-/// Writes a run's state and the columns lists filter on: inserted when the batch starts the
-/// run (`fresh`), updated otherwise.
+/// Writes a run: inserted when the batch starts it (`fresh`), updated otherwise. Its columns
+/// hold what lists filter on; `state` holds the rest (`StateOut`).
 fn write_run(statements: &mut RunStatements<'_>, state: &Run, fresh: bool, now: Timestamp) -> Result<(), Error> {
-    let state_json = to_json(state)?;
+    let state_json = to_json(&StateOut::of(state))?;
     let (status, ended_at, at) = (state.status.as_str(), state.ended_at.map(Timestamp::ms), position(state));
     // A run the batch starts is inserted; any other is stored already, and only what changes
-    // is set (an insert that fails on the key first would look the row up twice).
+    // is set (an insert that fails on the key first would look the row up twice). A run is
+    // active from its start until it ends and never again, so an active run's stored status
+    // and end are as they were: leaving them out of the update leaves `runs_by_subject`,
+    // which holds the status, untouched.
     let written = if fresh {
         statements.insert_run.execute(params![
             run_id(state.id),
@@ -710,6 +713,8 @@ fn write_run(statements: &mut RunStatements<'_>, state: &Run, fresh: bool, now: 
             now.ms(),
             at,
         ])?
+    } else if state.status == RunStatus::Active {
+        statements.update_active_run.execute(params![run_id(state.id), state_json, now.ms(), at])?
     } else {
         statements.update_run.execute(params![run_id(state.id), status, ended_at, state_json, now.ms(), at])?
     };
@@ -719,12 +724,112 @@ fn write_run(statements: &mut RunStatements<'_>, state: &Run, fresh: bool, now: 
     Ok(())
 }
 
+/// The columns a run is read back from (`RunRow`), in order; a macro so that statements are
+/// constant text (`concat!`), not formatted at each call.
+macro_rules! run_columns {
+    () => {
+        "id, workflow_id, version, subject_id, status, started_at, ended_at, state"
+    };
+}
+
+/// What `runs.state` holds: the part of a run that its row's columns do not. Rows written by
+/// earlier versions hold the whole run as JSON; reading one ignores the fields the columns
+/// hold, so no migration rewrites them.
+#[derive(serde::Serialize)]
+struct StateOut<'a> {
+    tokens: &'a [flowmark_core::engine::Token],
+    timers: &'a [ArmedTimer],
+    outputs: &'a Value,
+    event: &'a Option<Event>,
+    last_event_at: Option<Timestamp>,
+    sequence: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent: &'a Option<ParentRun>,
+}
+
+impl<'a> StateOut<'a> {
+    fn of(run: &'a Run) -> StateOut<'a> {
+        StateOut {
+            tokens: &run.tokens,
+            timers: &run.timers,
+            outputs: &run.outputs,
+            event: &run.event,
+            last_event_at: run.last_event_at,
+            sequence: run.sequence,
+            parent: &run.parent,
+        }
+    }
+}
+
+/// `StateOut`, read back.
+#[derive(serde::Deserialize)]
+struct StateIn {
+    tokens: Vec<flowmark_core::engine::Token>,
+    timers: Vec<ArmedTimer>,
+    outputs: Value,
+    event: Option<Event>,
+    last_event_at: Option<Timestamp>,
+    sequence: u32,
+    #[serde(default)]
+    parent: Option<ParentRun>,
+}
+
+/// A `runs` row as read (`run_columns!`), before its state is parsed.
+struct RunRow {
+    id: i64,
+    workflow_id: String,
+    version: u32,
+    subject_id: String,
+    status: String,
+    started_at: i64,
+    ended_at: Option<i64>,
+    state: String,
+}
+
+impl RunRow {
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+        Ok(RunRow {
+            id: row.get(0)?,
+            workflow_id: row.get(1)?,
+            version: row.get(2)?,
+            subject_id: row.get(3)?,
+            status: row.get(4)?,
+            started_at: row.get(5)?,
+            ended_at: row.get(6)?,
+            state: row.get(7)?,
+        })
+    }
+
+    fn into_run(self) -> Result<Run, Error> {
+        let state: StateIn = from_json(&self.state)?;
+        let status = RunStatus::parse(&self.status)
+            .ok_or_else(|| Error::Corrupt(format!("run {} has an unknown status {:?}", self.id, self.status)))?;
+        Ok(Run {
+            id: RunId(self.id as u64),
+            workflow_id: self.workflow_id,
+            version: self.version,
+            subject_id: self.subject_id,
+            status,
+            started_at: Timestamp(self.started_at),
+            ended_at: self.ended_at.map(Timestamp),
+            tokens: state.tokens,
+            timers: state.timers,
+            outputs: state.outputs,
+            event: state.event,
+            last_event_at: state.last_event_at,
+            sequence: state.sequence,
+            parent: state.parent,
+        })
+    }
+}
+
 /// The statements a batch runs for each run, taken from the connection's cache once per
 /// batch: taking one hashes its SQL on the way out and on the way back, which cost as much as
 /// some of the statements themselves.
 struct RunStatements<'c> {
     insert_run: CachedStatement<'c>,
     update_run: CachedStatement<'c>,
+    update_active_run: CachedStatement<'c>,
     delete_timers: CachedStatement<'c>,
     insert_timer: CachedStatement<'c>,
     insert_history: CachedStatement<'c>,
@@ -743,6 +848,8 @@ impl<'c> RunStatements<'c> {
             update_run: tx.prepare_cached(
                 "UPDATE runs SET status = ?2, ended_at = ?3, state = ?4, updated_at = ?5, at = ?6 WHERE id = ?1",
             )?,
+            update_active_run: tx
+                .prepare_cached("UPDATE runs SET state = ?2, updated_at = ?3, at = ?4 WHERE id = ?1")?,
             delete_timers: tx.prepare_cached("DELETE FROM timers WHERE run_id = ?1")?,
             insert_timer: tx
                 .prepare_cached("INSERT INTO timers (run_id, timer_id, due_at, purpose) VALUES (?1, ?2, ?3, ?4)")?,
@@ -858,10 +965,7 @@ fn merge_identity(tx: &Connection, from: &str, into: &str, now: Timestamp) -> Re
         tx.prepare_cached("DELETE FROM contacts WHERE id = ?1")?.execute([from])?;
     }
     tx.prepare_cached("UPDATE events SET subject_id = ?2 WHERE subject_id = ?1")?.execute([from, into])?;
-    tx.prepare_cached(
-        "UPDATE runs SET subject_id = ?2, state = json_set(state, '$.subject_id', ?2) WHERE subject_id = ?1",
-    )?
-    .execute([from, into])?;
+    tx.prepare_cached("UPDATE runs SET subject_id = ?2 WHERE subject_id = ?1")?.execute([from, into])?;
     Ok(())
 }
 
@@ -942,12 +1046,12 @@ impl Store for SqliteStore {
     }
 
     fn run(&self, id: RunId) -> Result<Option<Run>, Error> {
-        let state: Option<String> = self
+        let row = self
             .conn
-            .prepare_cached("SELECT state FROM runs WHERE id = ?1")?
-            .query_row([run_id(id)], |row| row.get(0))
+            .prepare_cached(concat!("SELECT ", run_columns!(), " FROM runs WHERE id = ?1"))?
+            .query_row([run_id(id)], RunRow::read)
             .optional()?;
-        state.map(|s| from_json(&s)).transpose()
+        row.map(RunRow::into_run).transpose()
     }
 
     fn next_run_id(&self) -> Result<RunId, Error> {
@@ -956,11 +1060,13 @@ impl Store for SqliteStore {
     }
 
     fn active_runs_of_subject(&self, subject_id: &str) -> Result<Vec<Run>, Error> {
-        let mut statement = self
-            .conn
-            .prepare_cached("SELECT state FROM runs WHERE subject_id = ?1 AND status = 'active' ORDER BY id")?;
-        let states = statement.query_map([subject_id], |row| row.get::<_, String>(0))?;
-        states.map(|s| from_json(&s?)).collect()
+        let mut statement = self.conn.prepare_cached(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE subject_id = ?1 AND status = 'active' ORDER BY id"
+        ))?;
+        let rows = statement.query_map([subject_id], RunRow::read)?;
+        rows.map(|row| row?.into_run()).collect()
     }
 
     fn runs(&self, filter: &RunFilter, limit: usize) -> Result<Vec<Run>, Error> {
@@ -998,10 +1104,11 @@ impl Store for SqliteStore {
             conditions.push(format!("({})", any.join(" OR ")));
         }
         let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
-        let sql = format!("SELECT state FROM runs {filter} ORDER BY id DESC LIMIT {}", limit.min(i64::MAX as usize));
+        let limit = limit.min(i64::MAX as usize);
+        let sql = format!("SELECT {} FROM runs {filter} ORDER BY id DESC LIMIT {limit}", run_columns!());
         let mut statement = self.conn.prepare_cached(&sql)?;
-        let rows = statement.query_map(rusqlite::params_from_iter(values), |row| row.get::<_, String>(0))?;
-        rows.map(|state| from_json(&state?)).collect()
+        let rows = statement.query_map(rusqlite::params_from_iter(values), RunRow::read)?;
+        rows.map(|row| row?.into_run()).collect()
     }
 
     fn positions(&self, workflow_id: &str) -> Result<Vec<Position>, Error> {
@@ -1040,14 +1147,16 @@ impl Store for SqliteStore {
     }
 
     fn latest_run(&self, workflow_id: &str, subject_id: &str) -> Result<Option<Run>, Error> {
-        let state: Option<String> = self
+        let row = self
             .conn
-            .prepare_cached(
-                "SELECT state FROM runs WHERE workflow_id = ?1 AND subject_id = ?2 ORDER BY id DESC LIMIT 1",
-            )?
-            .query_row([workflow_id, subject_id], |row| row.get(0))
+            .prepare_cached(concat!(
+                "SELECT ",
+                run_columns!(),
+                " FROM runs WHERE workflow_id = ?1 AND subject_id = ?2 ORDER BY id DESC LIMIT 1"
+            ))?
+            .query_row([workflow_id, subject_id], RunRow::read)
             .optional()?;
-        state.map(|s| from_json(&s)).transpose()
+        row.map(RunRow::into_run).transpose()
     }
 
     fn history(&self, id: RunId) -> Result<Vec<Value>, Error> {
@@ -1542,6 +1651,52 @@ mod tests {
             .query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'trail_seq'", [], |row| row.get(0))
             .unwrap();
         assert_eq!(tables, 0, "the counter is gone with the numbers it kept");
+    }
+
+    /// A run stored whole (`state` the full run's JSON, as earlier versions wrote it) reads
+    /// back the same, columns first; written again, its state holds only what the columns do
+    /// not.
+    #[test]
+    fn a_run_stored_whole_reads_back_and_is_rewritten_compact() {
+        let workflow = crate::conformance::workflow();
+        let started = crate::conformance::start(&workflow, 1, "c-1");
+        let mut store = SqliteStore::open_in_memory().unwrap();
+        let run = &started.run;
+        store
+            .conn
+            .execute(
+                "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, ended_at, state,
+                     updated_at, at)
+                 VALUES (1, ?1, 1, 'c-1', 'active', ?2, NULL, ?3, ?2, ?4)",
+                params![run.workflow_id, run.started_at.ms(), to_json(run).unwrap(), position(run)],
+            )
+            .unwrap();
+        assert_eq!(store.run(RunId(1)).unwrap().as_ref(), Some(run));
+        // An identity merge moves the run by its column; the subject inside the old state is
+        // not read.
+        store.write(&Batch { merges: vec![("c-1", "c-9")], ..Batch::default() }, Timestamp(5)).unwrap();
+        let moved = store.run(RunId(1)).unwrap().unwrap();
+        assert_eq!(moved.subject_id, "c-9");
+        assert_eq!(Run { subject_id: "c-1".into(), ..moved.clone() }, *run);
+        let timer = run.timers[0].clone();
+        let fired = flowmark_core::engine::handle(
+            &workflow,
+            moved,
+            &flowmark_core::engine::Input::TimerFired { timer: timer.id },
+            &flowmark_core::engine::Facts::empty(),
+            timer.due_at,
+        );
+        store.commit(&[&fired], timer.due_at).unwrap();
+        assert_eq!(store.run(RunId(1)).unwrap(), Some(fired.run.clone()));
+        let state: Value = store
+            .conn
+            .query_row("SELECT state FROM runs WHERE id = 1", [], |row| row.get::<_, String>(0))
+            .map(|text| serde_json::from_str(&text).unwrap())
+            .unwrap();
+        for column in ["id", "workflow_id", "version", "subject_id", "status", "started_at", "ended_at"] {
+            assert!(state.get(column).is_none(), "{column} is a column, not in the state: {state}");
+        }
+        assert!(state.get("tokens").is_some() && state.get("sequence").is_some());
     }
 
     fn traits(store: &SqliteStore, id: &str) -> Option<Value> {
