@@ -326,6 +326,15 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Opens the database at `path` with no checkpoints at all, for measuring what commits
+    /// write (`flowmark bench journey --keep-wal`): every frame stays in the write-ahead log,
+    /// which grows without bound. Not for serving.
+    pub fn open_without_checkpoints(path: impl AsRef<Path>) -> Result<SqliteStore, Error> {
+        let store = SqliteStore::setup(Connection::open(path.as_ref())?)?;
+        store.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(store)
+    }
+
     /// A private database in memory, for tests and dry runs.
     pub fn open_in_memory() -> Result<SqliteStore, Error> {
         SqliteStore::setup(Connection::open_in_memory()?)

@@ -32,6 +32,11 @@ pub struct JourneyArgs {
     /// Keep the journey's database afterwards (to inspect it), and say where it is.
     #[arg(long)]
     keep: bool,
+    /// Run without checkpoints and keep a copy of the database with its whole write-ahead log
+    /// (`NAME.frames.db` and `-wal`), for `bench/wal-frames.py` to say which tables and
+    /// indexes the commits wrote. Slower, and the log grows with the run.
+    #[arg(long)]
+    keep_wal: bool,
     /// Send the emails for real, through the SMTP connector (8 connections) to an SMTP sink
     /// in this process, instead of taking every effect as done.
     #[arg(long)]
@@ -83,20 +88,21 @@ fn settle(engine: &mut Engine<SqliteStore>, now: Timestamp, connector: &mut Conn
     }
 }
 
+/// `path` with `suffix` appended to its name (`-wal`).
+fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    std::path::PathBuf::from(name)
+}
+
 fn file_bytes(db: &Path) -> u64 {
-    ["", "-wal"]
-        .iter()
-        .map(|suffix| {
-            let mut name = db.as_os_str().to_owned();
-            name.push(suffix);
-            std::fs::metadata(std::path::PathBuf::from(name)).map_or(0, |m| m.len())
-        })
-        .sum()
+    ["", "-wal"].iter().map(|suffix| std::fs::metadata(with_suffix(db, suffix)).map_or(0, |m| m.len())).sum()
 }
 
 pub fn run_journey(args: &JourneyArgs, dir: &Path, fsync: &Fsync) -> anyhow::Result<()> {
     let db = fresh_db(dir, "journey");
-    let mut engine = Engine::new(SqliteStore::open(&db)?, json!({}))?;
+    let store = if args.keep_wal { SqliteStore::open_without_checkpoints(&db)? } else { SqliteStore::open(&db)? };
+    let mut engine = Engine::new(store, json!({}))?;
     let blueprint = include_str!("../../../../blueprints/whitepaper-nurture.yaml");
     engine.deploy("whitepaper-nurture.yaml", blueprint, T0).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut connector = Connectors::new(std::sync::Arc::new(NullConnector));
@@ -154,6 +160,13 @@ pub fn run_journey(args: &JourneyArgs, dir: &Path, fsync: &Fsync) -> anyhow::Res
         ..flowmark_store::RunFilter::default()
     };
     let active = engine.store().runs(&still_active, usize::MAX)?.len();
+    if args.keep_wal {
+        // Copied while the store is open and idle: closing it would checkpoint the log away.
+        let frames = db.with_extension("frames.db");
+        std::fs::copy(&db, &frames)?;
+        std::fs::copy(with_suffix(&db, "-wal"), with_suffix(&frames, "-wal"))?;
+        eprintln!("journey: the database and its whole log are kept at {}[-wal]", frames.display());
+    }
     drop(engine);
     let bytes = file_bytes(&db);
     if args.keep {

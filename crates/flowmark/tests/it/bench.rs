@@ -1,0 +1,44 @@
+//! `flowmark bench journey`, small: the figures come out as JSON, and `--keep-wal` leaves a
+//! log that `bench/wal-frames.py` attributes to the store's tables.
+
+use super::{flowmark, repo_path};
+
+#[test]
+fn a_small_journey_reports_its_figures_and_keeps_its_log() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let output = flowmark()
+        .args(["bench", "journey", "--contacts", "30", "--batch", "10", "--keep-wal", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let figures: serde_json::Value = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .find(|line| line.contains("\"journey\""))
+        .map(|line| serde_json::from_str(line).unwrap())
+        .expect("a journey line");
+    // 30 runs, each started, sent, waited on and ended: more than one transition per run.
+    assert!(figures["transitions"].as_u64().unwrap() > 60, "{figures}");
+    assert_eq!(figures["runs_still_active"], 0, "{figures}");
+    assert!(figures["written_bytes_per_transition"].as_u64().unwrap() > 0, "{figures}");
+    let frames = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.to_string_lossy().ends_with(".frames.db"))
+        .expect("the kept database");
+    let report = std::process::Command::new("python3")
+        .arg(repo_path("bench/wal-frames.py"))
+        .arg(&frames)
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(report.status.success(), "{text}{}", String::from_utf8_lossy(&report.stderr));
+    let named: Vec<&str> = text.lines().skip(1).filter_map(|line| line.split_whitespace().nth(3)).collect();
+    for table in ["runs", "history", "outbox", "events"] {
+        assert!(named.contains(&table), "{table} is among the tables written: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
