@@ -13,8 +13,8 @@ use std::rc::Rc;
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{Event, Run, RunId, Sent};
 use flowmark_store::{
-    Attempt, Batch, Comment, Contact, DueTimer, Error, Notification, OutboxEntry, Position, RunFilter, Schedule,
-    ScoreRecord, Session, Store, Token, WorkItem, WorkKind, WorkflowStatus, WorkflowSummary,
+    Attempt, Batch, Comment, Contact, DueTimer, Error, KeyedStart, Notification, OutboxEntry, Position, RunFilter,
+    Schedule, ScoreRecord, Session, Store, Token, WorkItem, WorkKind, WorkflowStatus, WorkflowSummary,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::Rng;
@@ -112,7 +112,7 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.latest_run(workflow_id, subject_id)
     }
 
-    fn start_key(&self, workflow_id: &str, key: &str) -> Result<Option<RunId>, Error> {
+    fn start_key(&self, workflow_id: &str, key: &str) -> Result<Option<KeyedStart>, Error> {
         self.inner.start_key(workflow_id, key)
     }
 

@@ -1246,7 +1246,11 @@ async fn start_run(State(app): State<App>, headers: HeaderMap, Path(id): Path<St
         Some(Started::KeyReused { run }) => problem(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Idempotency key reused",
-            format!("this Idempotency-Key started run {} for another subject; use a new key for a new start", run.0),
+            format!(
+                "this Idempotency-Key started run {} for another subject or with another event; a retry must \
+                 repeat the start as it was, and a new start needs a new key",
+                run.0
+            ),
         ),
         Some(Started::EntryRefused) => problem(
             StatusCode::CONFLICT,

@@ -11,8 +11,8 @@ use flowmark_core::{Source, Timestamp, Workflow, compile};
 use serde_json::json;
 
 use crate::{
-    Attempt, Batch, ContactChange, Error, Position, RunFilter, Schedule, ScheduleChange, Store, WorkChange, WorkItem,
-    WorkKind, WorkflowStatus,
+    Attempt, Batch, ContactChange, Error, KeyedStart, Position, RunFilter, Schedule, ScheduleChange, Store, WorkChange,
+    WorkItem, WorkKind, WorkflowStatus,
 };
 
 const WORKFLOW: &str = r#"
@@ -297,26 +297,30 @@ pub fn start_keys_find_the_run_they_started(mut store: Box<dyn Store>) -> Result
     let (good, bad) = good_and_refused(&workflow);
     let refused = Batch {
         transitions: vec![&good, &bad],
-        start_keys: vec![("conformance", "k-1", RunId(1))],
+        start_keys: vec![("conformance", "k-1", RunId(1), "r-1")],
         ..Batch::default()
     };
     assert!(store.write(&refused, T0).is_err());
     assert_eq!(store.start_key("conformance", "k-1")?, None, "a refused batch stores no key");
-    let accepted =
-        Batch { transitions: vec![&good], start_keys: vec![("conformance", "k-1", RunId(1))], ..Batch::default() };
+    let accepted = Batch {
+        transitions: vec![&good],
+        start_keys: vec![("conformance", "k-1", RunId(1), "r-1")],
+        ..Batch::default()
+    };
     store.write(&accepted, T0)?;
-    assert_eq!(store.start_key("conformance", "k-1")?, Some(RunId(1)));
+    let keyed = KeyedStart { run: RunId(1), request: Some("r-1".to_owned()) };
+    assert_eq!(store.start_key("conformance", "k-1")?, Some(keyed), "the run and the request's fingerprint");
     assert_eq!(store.start_key("conformance", "k-2")?, None, "another key");
     assert_eq!(store.start_key("other", "k-1")?, None, "keys are per workflow");
-    let again = Batch { start_keys: vec![("conformance", "k-1", RunId(1))], ..Batch::default() };
+    let again = Batch { start_keys: vec![("conformance", "k-1", RunId(1), "r-1")], ..Batch::default() };
     assert!(store.write(&again, T0).is_err(), "a key is stored once");
     let later = Timestamp(T0.ms() + 1000);
-    let newer = Batch { start_keys: vec![("conformance", "k-2", RunId(1))], ..Batch::default() };
+    let newer = Batch { start_keys: vec![("conformance", "k-2", RunId(1), "r-2")], ..Batch::default() };
     store.write(&newer, later)?;
     assert_eq!(store.forget_start_keys(T0, 10)?, 0, "nothing stored before T0");
     assert_eq!(store.forget_start_keys(later, 10)?, 1, "the key stored at T0 goes");
     assert_eq!(store.start_key("conformance", "k-1")?, None);
-    assert_eq!(store.start_key("conformance", "k-2")?, Some(RunId(1)), "the newer key stays");
+    assert_eq!(store.start_key("conformance", "k-2")?.map(|k| k.run), Some(RunId(1)), "the newer key stays");
     Ok(())
 }
 

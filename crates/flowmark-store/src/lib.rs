@@ -69,6 +69,15 @@ pub struct EffectOwner {
     pub subject_id: String,
 }
 
+/// A hand start's idempotency key, as stored: the run it started, and a fingerprint of the
+/// request it came with, so a retry can be told from a different start under the same key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedStart {
+    pub run: RunId,
+    /// Opaque to the store; `None` for keys stored before fingerprints were.
+    pub request: Option<String>,
+}
+
 /// What became of one attempt to perform an effect.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Attempt {
@@ -224,8 +233,9 @@ pub struct Batch<'a> {
     /// Effects added to the outbox that no transition emitted (a notification's deliveries),
     /// pending from `next_attempt_at`; one whose key is there already is skipped.
     pub outbox: Vec<&'a OutboxEntry>,
-    /// Idempotency keys of hand starts, `(workflow, key, run)`: the run a key started.
-    pub start_keys: Vec<(&'a str, &'a str, RunId)>,
+    /// Idempotency keys of hand starts, `(workflow, key, run, request)`: the run a key
+    /// started, and a fingerprint of the start it was sent with (`KeyedStart::request`).
+    pub start_keys: Vec<(&'a str, &'a str, RunId, &'a str)>,
 }
 
 impl Batch<'_> {
@@ -321,8 +331,9 @@ pub trait Store {
     /// Runs matching a filter, newest first, at most `limit`.
     fn runs(&self, filter: &RunFilter, limit: usize) -> Result<Vec<Run>, Error>;
 
-    /// The run a hand start with this idempotency key started for this workflow, if one did.
-    fn start_key(&self, workflow_id: &str, key: &str) -> Result<Option<RunId>, Error>;
+    /// The run a hand start with this idempotency key started for this workflow, if one did,
+    /// with the fingerprint of that start.
+    fn start_key(&self, workflow_id: &str, key: &str) -> Result<Option<KeyedStart>, Error>;
 
     /// Forgets up to `limit` idempotency keys stored before `before`, oldest first; returns
     /// how many went. A retry with a forgotten key starts a new run.

@@ -23,8 +23,8 @@ use serde_json::Value;
 
 use crate::cache::ContactCache;
 use crate::{
-    Attempt, Batch, Contact, ContactChange, DueTimer, EffectOwner, Error, OutboxEntry, Position, RunFilter, Schedule,
-    ScheduleChange, Scope, ScoreRecord, Store, Token, WorkflowStatus, WorkflowSummary,
+    Attempt, Batch, Contact, ContactChange, DueTimer, EffectOwner, Error, KeyedStart, OutboxEntry, Position, RunFilter,
+    Schedule, ScheduleChange, Scope, ScoreRecord, Store, Token, WorkflowStatus, WorkflowSummary,
 };
 use crate::{Comment, Notification, Session, WorkItem, WorkKind};
 
@@ -252,6 +252,12 @@ DROP TABLE decisions;
 ALTER TABLE decisions_log RENAME TO decisions;
 CREATE INDEX decisions_by_run ON decisions (run_id);
 DROP TABLE trail_seq;
+"#,
+    // A hand start's key keeps a fingerprint of the request it came with: a retry sends the
+    // same request, and a different one under the same key is refused. Keys stored before
+    // have none, and are compared by subject only, as they were.
+    r#"
+ALTER TABLE start_keys ADD COLUMN request TEXT;
 "#,
 ];
 
@@ -606,9 +612,11 @@ fn write_batch<'b>(
         }
     }
     drop(statements);
-    for (workflow_id, key, run) in start_keys {
-        tx.prepare_cached("INSERT INTO start_keys (workflow_id, key, run_id, created_at) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![workflow_id, key, run_id(*run), now.ms()])?;
+    for (workflow_id, key, run, request) in start_keys {
+        tx.prepare_cached(
+            "INSERT INTO start_keys (workflow_id, key, run_id, created_at, request) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![workflow_id, key, run_id(*run), now.ms(), request])?;
     }
     let mut record = tx.prepare_cached(
         "UPDATE outbox SET status = ?2, next_attempt_at = ?3, result = ?4, attempts = attempts + 1
@@ -1136,13 +1144,13 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    fn start_key(&self, workflow_id: &str, key: &str) -> Result<Option<RunId>, Error> {
-        let run: Option<i64> = self
+    fn start_key(&self, workflow_id: &str, key: &str) -> Result<Option<KeyedStart>, Error> {
+        let keyed = self
             .conn
-            .prepare_cached("SELECT run_id FROM start_keys WHERE workflow_id = ?1 AND key = ?2")?
-            .query_row([workflow_id, key], |row| row.get(0))
+            .prepare_cached("SELECT run_id, request FROM start_keys WHERE workflow_id = ?1 AND key = ?2")?
+            .query_row([workflow_id, key], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Option<String>>(1)?)))
             .optional()?;
-        Ok(run.map(|id| RunId(id as u64)))
+        Ok(keyed.map(|(run, request)| KeyedStart { run: RunId(run as u64), request }))
     }
 
     fn forget_start_keys(&mut self, before: Timestamp, limit: usize) -> Result<usize, Error> {
@@ -1708,6 +1716,17 @@ mod tests {
         assert!(state.get("tokens").is_some() && state.get("sequence").is_some());
     }
 
+    /// Idempotency keys stored before fingerprints were still find their run, with no
+    /// fingerprint (the runtime then compares the subject only, as before).
+    #[test]
+    fn start_keys_stored_before_fingerprints_have_none() {
+        let conn = migrated_to_before("ADD COLUMN request");
+        conn.execute("INSERT INTO start_keys (workflow_id, key, run_id, created_at) VALUES ('w', 'k', 4, 10)", [])
+            .unwrap();
+        let store = SqliteStore::setup(conn).unwrap();
+        assert_eq!(store.start_key("w", "k").unwrap(), Some(KeyedStart { run: RunId(4), request: None }));
+    }
+
     fn traits(store: &SqliteStore, id: &str) -> Option<Value> {
         store.contact(id).unwrap().map(|c| c.traits)
     }
@@ -1752,7 +1771,7 @@ mod tests {
         let change = serde_json::json!({ "email": "b@example.com" });
         let refused = Batch {
             contacts: vec![ContactChange { id: "c-1", traits: &change, timezone: None }],
-            start_keys: vec![("w", "k", RunId(1)), ("w", "k", RunId(2))],
+            start_keys: vec![("w", "k", RunId(1), "r"), ("w", "k", RunId(2), "r")],
             ..Batch::default()
         };
         assert!(store.write(&refused, Timestamp(3)).is_err());

@@ -74,8 +74,9 @@ pub(super) struct Unit {
     pub generated: HashSet<String>,
     /// Inbox changes to write besides those the transitions make.
     pub work: Vec<flowmark_store::WorkChange>,
-    /// Idempotency keys of the hand starts in this unit: `(workflow, key, run)`.
-    pub start_keys: Vec<(String, String, RunId)>,
+    /// Idempotency keys of the hand starts in this unit: `(workflow, key, run, request)`,
+    /// the last the start's fingerprint (`engine::start_fingerprint`).
+    pub start_keys: Vec<(String, String, RunId, String)>,
 }
 
 impl Unit {
@@ -124,7 +125,7 @@ impl Unit {
             start_keys: self
                 .start_keys
                 .iter()
-                .map(|(workflow, key, run)| (workflow.as_str(), key.as_str(), *run))
+                .map(|(workflow, key, run, request)| (workflow.as_str(), key.as_str(), *run, request.as_str()))
                 .collect(),
             ..Batch::default()
         }

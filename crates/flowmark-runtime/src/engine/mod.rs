@@ -27,7 +27,7 @@ use flowmark_core::render::render_step_message;
 use flowmark_core::schedule::next_occurrence;
 use flowmark_core::{Severity, Source, Timestamp, compile};
 use flowmark_store::{
-    Attempt, Batch, RunFilter, Schedule, ScheduleChange, ScoreRecord, Store, WorkChange, WorkflowStatus,
+    Attempt, Batch, KeyedStart, RunFilter, Schedule, ScheduleChange, ScoreRecord, Store, WorkChange, WorkflowStatus,
 };
 
 use crate::scoring::{Models, ModelsSource};
@@ -110,6 +110,52 @@ pub struct StartRequest {
     pub idempotency_key: Option<String>,
 }
 
+/// A fingerprint of what a hand start asks for besides its subject, which is compared on its
+/// own (through merged identities): the event's name and properties, hashed from JSON with
+/// every object's keys in order, so a retry that sends them in another order is the same
+/// start. Stored with the start's idempotency key.
+fn start_fingerprint(event: Option<&(String, Value)>) -> String {
+    use sha2::Digest;
+    let mut text = String::new();
+    match event {
+        Some((name, properties)) => canonical_json(&json!([name, properties]), &mut text),
+        None => text.push_str("null"),
+    }
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// `value` as JSON with object keys sorted, at every depth.
+fn canonical_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(fields) => {
+            let mut sorted: Vec<(&String, &Value)> = fields.iter().collect();
+            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, value)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                canonical_json(value, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
 /// What asking for a run to start did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Started {
@@ -127,7 +173,8 @@ pub enum Started {
     Paused,
     /// The workflow's entry rule does not let this subject start again now.
     EntryRefused,
-    /// The idempotency key started `run` for another subject: a key names one start.
+    /// The idempotency key started `run` for another subject, or with another event: a key
+    /// names one start, and a retry repeats it as it was.
     KeyReused {
         run: RunId,
     },
@@ -503,18 +550,19 @@ impl<S: Store> Engine<S> {
         let summaries = self.store.workflows()?;
         let mut answers = Vec::with_capacity(requests.len());
         // Idempotency keys started in this unit, not yet in the store.
-        let mut keyed: HashMap<(String, String), RunId> = HashMap::new();
+        let mut keyed: HashMap<(String, String), KeyedStart> = HashMap::new();
         for StartRequest { workflow_id, subject_id, event, idempotency_key } in requests {
             let Some(summary) = summaries.iter().find(|s| s.id == workflow_id) else {
                 answers.push(Started::UnknownWorkflow);
                 continue;
             };
+            let fingerprint = idempotency_key.as_ref().map(|_| start_fingerprint(event.as_ref()));
             if let Some(key) = &idempotency_key {
                 let earlier = match keyed.get(&(workflow_id.clone(), key.clone())) {
-                    Some(id) => Some(*id),
+                    Some(keyed) => Some(keyed.clone()),
                     None => self.store.start_key(&workflow_id, key)?,
                 };
-                if let Some(id) = earlier {
+                if let Some(KeyedStart { run: id, request }) = earlier {
                     let subject_of = match unit.run(id) {
                         Some(run) => Some(run.subject_id.clone()),
                         None => self.store.run(id)?.map(|run| run.subject_id),
@@ -522,7 +570,9 @@ impl<S: Store> Engine<S> {
                     // The run's subject may have been merged into another id since (`alias`).
                     let canonical = self.store.canonical_id(&subject_id)?;
                     let same = |of: &str| of == subject_id || canonical.as_deref() == Some(of);
-                    answers.push(if subject_of.as_deref().is_some_and(same) {
+                    // Keys stored before fingerprints were are compared by subject only.
+                    let same_request = request.is_none() || request == fingerprint;
+                    answers.push(if subject_of.as_deref().is_some_and(same) && same_request {
                         // Answered below, from the run's latest state.
                         Started::Run { id, status: RunStatus::Active, outputs: Value::Null, replayed: true }
                     } else {
@@ -550,9 +600,12 @@ impl<S: Store> Engine<S> {
             });
             let run = Run::new(id, &workflow, version_of(&self.compiled, &workflow), &subject_id, now);
             unit.push(handle(&workflow, run, &Input::Start { event }, &facts.facts(&self.env), now));
-            if let Some(key) = idempotency_key {
-                keyed.insert((workflow_id.clone(), key.clone()), id);
-                unit.start_keys.push((workflow_id, key, id));
+            if let (Some(key), Some(fingerprint)) = (idempotency_key, fingerprint) {
+                keyed.insert(
+                    (workflow_id.clone(), key.clone()),
+                    KeyedStart { run: id, request: Some(fingerprint.clone()) },
+                );
+                unit.start_keys.push((workflow_id, key, id, fingerprint));
             }
             answers.push(Started::Run { id, status: RunStatus::Active, outputs: Value::Null, replayed: false });
         }

@@ -633,11 +633,32 @@ fn a_start_with_an_idempotency_key_starts_once_until_the_key_is_forgotten() {
     engine.ingest_many(vec![merge], day).unwrap();
     assert_eq!(run_of(&engine.start_many(vec![request("ana", "k-1")], day).unwrap()[0]), (id, true));
     assert_eq!(engine.start_many(vec![request("bo", "k-1")], day).unwrap()[0], Started::KeyReused { run: id });
+    // The same subject with another event is another start, not a retry; the same event with
+    // its properties in another order is a retry.
+    let with_event = |key: &str, properties: serde_json::Value| StartRequest {
+        event: Some(("Plan Chosen".to_owned(), properties)),
+        ..request("ana-known", key)
+    };
+    assert_eq!(
+        engine.start_many(vec![with_event("k-1", json!({}))], day).unwrap()[0],
+        Started::KeyReused { run: id },
+        "the key started a run without an event"
+    );
+    let first = json!({ "plan": "pro", "seats": { "count": 3, "kind": "named" } });
+    let reordered: serde_json::Value =
+        serde_json::from_str(r#"{"seats":{"kind":"named","count":3},"plan":"pro"}"#).unwrap();
+    let both = engine.start_many(vec![with_event("k-2", first.clone()), with_event("k-2", reordered)], day).unwrap();
+    let (second, replayed) = run_of(&both[0]);
+    assert!(!replayed);
+    assert_eq!(run_of(&both[1]), (second, true), "reordered properties in the same commit");
+    let other = with_event("k-2", json!({ "plan": "team", "seats": { "count": 3, "kind": "named" } }));
+    assert_eq!(engine.start_many(vec![other], day).unwrap()[0], Started::KeyReused { run: second });
+    assert_eq!(run_of(&engine.start_many(vec![with_event("k-2", first)], day).unwrap()[0]), (second, true));
     let runs = engine.runs(&RunFilter { workflow_id: Some("onboarding".to_owned()), ..RunFilter::default() }, None, 10);
-    assert_eq!(runs.unwrap().len(), 1, "one run for every call with the key");
+    assert_eq!(runs.unwrap().len(), 2, "one run for every call with the key, one for the other key");
     // Past the retention window the key is forgotten, and the same key starts a new run.
     let month = Timestamp(NOON.ms() + START_KEY_RETENTION_MS as i64 + 1);
-    assert_eq!(engine.forget_old_start_keys(month, 100).unwrap(), 1);
+    assert_eq!(engine.forget_old_start_keys(month, 100).unwrap(), 1, "k-1 only: k-2 was stored a day later");
     let (again, replayed) = run_of(&engine.start_many(vec![request("ana-known", "k-1")], month).unwrap()[0]);
     assert!(again != id && !replayed);
 }

@@ -744,14 +744,15 @@ fn a_retried_start_with_the_same_idempotency_key_answers_the_run_it_started() {
     let server = Server::start(&db);
     let blueprint = std::fs::read(crate::repo_path("blueprints/lead-routing.yaml")).unwrap();
     assert_eq!(server.api("POST", "/api/workflows", &blueprint).0, 201);
-    let start = |address: &str, key: &str, subject: &str| {
-        let body = json!({ "subject": subject, "event": { "name": "Lead Scored", "properties": { "score": 72 } } });
+    let start_scored = |address: &str, key: &str, subject: &str, score: u32| {
+        let body = json!({ "subject": subject, "event": { "name": "Lead Scored", "properties": { "score": score } } });
         let headers = [("Authorization", "Bearer tok"), ("Idempotency-Key", key), ("Content-Type", "application/json")];
         let (head, body) =
             raw(address, "POST", "/api/workflows/lead-routing/runs", &headers, body.to_string().as_bytes());
         let status: u16 = head[9..12].parse().unwrap();
         (status, head.contains("idempotent-replayed: true"), serde_json::from_str::<Value>(&body).unwrap())
     };
+    let start = |address: &str, key: &str, subject: &str| start_scored(address, key, subject, 72);
 
     let (status, replayed, first) = start(&server.address, "order-17", "lead-1");
     assert_eq!((status, replayed, first["status"].as_str()), (201, false, Some("completed")), "{first}");
@@ -769,6 +770,9 @@ fn a_retried_start_with_the_same_idempotency_key_answers_the_run_it_started() {
 
     // The same key for another subject is a mistake, not a retry; a bad key is refused.
     let (status, _, problem) = start(&server.address, "order-17", "lead-9");
+    assert_eq!((status, problem["title"].as_str()), (422, Some("Idempotency key reused")), "{problem}");
+    // So is the same key for the same subject with another event.
+    let (status, _, problem) = start_scored(&server.address, "order-17", "lead-1", 10);
     assert_eq!((status, problem["title"].as_str()), (422, Some("Idempotency key reused")), "{problem}");
     for bad in ["x".repeat(256), "two words".to_owned()] {
         let (status, _, problem) = start(&server.address, &bad, "lead-3");
