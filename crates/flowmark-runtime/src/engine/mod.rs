@@ -116,44 +116,10 @@ pub struct StartRequest {
 /// start. Stored with the start's idempotency key.
 fn start_fingerprint(event: Option<&(String, Value)>) -> String {
     use sha2::Digest;
-    let mut text = String::new();
-    match event {
-        Some((name, properties)) => canonical_json(&json!([name, properties]), &mut text),
-        None => text.push_str("null"),
-    }
-    let digest = sha2::Sha256::digest(text.as_bytes());
+    let mut request = json!(event);
+    request.sort_all_objects();
+    let digest = sha2::Sha256::digest(request.to_string().as_bytes());
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// `value` as JSON with object keys sorted, at every depth.
-fn canonical_json(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(fields) => {
-            let mut sorted: Vec<(&String, &Value)> = fields.iter().collect();
-            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (i, (key, value)) in sorted.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                canonical_json(value, out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical_json(item, out);
-            }
-            out.push(']');
-        }
-        scalar => out.push_str(&scalar.to_string()),
-    }
 }
 
 /// What asking for a run to start did.
@@ -563,10 +529,7 @@ impl<S: Store> Engine<S> {
                     None => self.store.start_key(&workflow_id, key)?,
                 };
                 if let Some(KeyedStart { run: id, request }) = earlier {
-                    let subject_of = match unit.run(id) {
-                        Some(run) => Some(run.subject_id.clone()),
-                        None => self.store.run(id)?.map(|run| run.subject_id),
-                    };
+                    let subject_of = self.run_in(&unit, id)?.map(|run| run.subject_id);
                     // The run's subject may have been merged into another id since (`alias`).
                     let canonical = self.store.canonical_id(&subject_id)?;
                     let same = |of: &str| of == subject_id || canonical.as_deref() == Some(of);
@@ -672,13 +635,7 @@ impl<S: Store> Engine<S> {
         // timers due takes the next one from its state in the unit.
         let mut unit = Unit::default();
         for timer in &due {
-            let run = match unit.run(timer.run) {
-                Some(run) => run.clone(),
-                None => match self.store.run(timer.run)? {
-                    Some(run) => run,
-                    None => continue,
-                },
-            };
+            let Some(run) = self.run_in(&unit, timer.run)? else { continue };
             let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
             let facts =
                 self.load_facts(&run.subject_id, None, now, &Needs::after_timer(&workflow, &run, timer.timer))?;
@@ -1067,17 +1024,13 @@ impl<S: Store> Engine<S> {
 
     /// A run's latest state: this unit's, else the store's.
     fn run_in(&self, unit: &Unit, id: RunId) -> Result<Option<Run>, Error> {
-        match unit.run(id) {
-            Some(run) => Ok(Some(run.clone())),
-            None => Ok(self.store.run(id)?),
-        }
+        self.latest_or_stored(unit.run(id), id)
     }
 
-    /// A run's latest state: from `transitions`, newest first, else from the store (the
-    /// follow-ups work on a list of transitions, not a unit).
-    fn latest_state(&self, transitions: &[Transition], id: RunId) -> Result<Option<Run>, Error> {
-        match transitions.iter().rev().find(|t| t.run.id == id) {
-            Some(t) => Ok(Some(t.run.clone())),
+    /// Run `id` in its `latest` uncommitted state if there is one, else as stored.
+    fn latest_or_stored(&self, latest: Option<&Run>, id: RunId) -> Result<Option<Run>, Error> {
+        match latest {
+            Some(run) => Ok(Some(run.clone())),
             None => Ok(self.store.run(id)?),
         }
     }
@@ -1089,7 +1042,9 @@ impl<S: Store> Engine<S> {
         status: RunStatus,
         now: Timestamp,
     ) -> Result<(), Error> {
-        let Some(run) = self.latest_state(transitions, parent.run)? else { return Ok(()) };
+        // The follow-ups work on a list of transitions, not a unit: the newest is the latest.
+        let latest = transitions.iter().rev().find(|t| t.run.id == parent.run).map(|t| &t.run);
+        let Some(run) = self.latest_or_stored(latest, parent.run)? else { return Ok(()) };
         let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
         let facts = self.load_facts(&run.subject_id, None, now, &Needs::of(&workflow))?;
         let input = Input::SubflowEnded { step: parent.step.clone(), status };
