@@ -71,6 +71,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.finish();
     }
 
+    fn make_durable(&mut self) -> Result<(), Error> {
+        self.inner.make_durable()
+    }
+
     fn write(&mut self, batch: &Batch<'_>, now: Timestamp) -> Result<(), Error> {
         let (before, after) = {
             let mut faults = self.faults.borrow_mut();

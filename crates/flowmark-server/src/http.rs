@@ -430,7 +430,8 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
         return response;
     }
     let page = query_owner(&app, |engine, _| {
-        engine.store().outbox_depth().map(|depth| crate::metrics::render(engine.stats(), depth))
+        let wal = engine.store().wal_sync();
+        engine.store().outbox_depth().map(|depth| crate::metrics::render(engine.stats(), depth, wal.as_ref()))
     });
     match page.await {
         Ok(text) => {

@@ -14,6 +14,7 @@ mod metrics;
 pub mod owner;
 mod people;
 pub mod segment;
+pub mod syncer;
 mod ui;
 
 pub use http::{Config, OPENAPI, ROUTES, router};

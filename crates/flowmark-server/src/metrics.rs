@@ -7,8 +7,9 @@
 use std::fmt::Write;
 
 use flowmark_runtime::{LATENESS_BUCKETS_MS, Stats};
+use flowmark_store::WalSync;
 
-pub fn render(stats: &Stats, outbox_depth: u64) -> String {
+pub fn render(stats: &Stats, outbox_depth: u64, wal: Option<&WalSync>) -> String {
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, value: u64| {
         let _ = writeln!(out, "# HELP flowmark_{name} {help}\n# TYPE flowmark_{name} counter\nflowmark_{name} {value}");
@@ -23,6 +24,14 @@ pub fn render(stats: &Stats, outbox_depth: u64) -> String {
     counter("effects_retried_total", "Effect attempts that failed and were scheduled again.", stats.effects_retried);
     counter("effects_failed_total", "Effects given up on.", stats.effects_failed);
     counter("effects_deferred_total", "Effects a connector's rate limit held back for later.", stats.effects_deferred);
+    if let Some(wal) = wal {
+        let (deferred, syncs, took) = wal.counts();
+        counter("commit_groups_deferred_total", "Groups committed with their sync deferred to the syncer.", deferred);
+        counter("wal_syncs_total", "Syncs of the write-ahead log made for deferred commits.", syncs);
+        let name = "flowmark_wal_sync_seconds_total";
+        let _ =
+            writeln!(out, "# HELP {name} Time those syncs took.\n# TYPE {name} counter\n{name} {}", took.as_secs_f64());
+    }
     let _ = writeln!(
         out,
         "# HELP flowmark_outbox_depth Effects waiting to be performed.\n# TYPE flowmark_outbox_depth gauge"
@@ -52,7 +61,7 @@ mod tests {
             timer_lateness_ms_sum: 205,
             ..Stats::default()
         };
-        let text = render(&stats, 4);
+        let text = render(&stats, 4, None);
         assert!(text.contains("# TYPE flowmark_events_ingested_total counter\nflowmark_events_ingested_total 3\n"));
         assert!(text.contains("flowmark_outbox_depth 4\n"));
         assert!(text.contains("flowmark_timer_lateness_seconds_bucket{le=\"0.01\"} 1\n"));

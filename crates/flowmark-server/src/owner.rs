@@ -12,7 +12,14 @@
 //! round, and a dispatcher that fails after its connectors performed would repeat their
 //! effects every round; what was committed is durable, so a restart resumes from there.
 //!
-//! Invariant: commands are applied one at a time, in arrival order.
+//! Ingestion and start groups are committed with their sync deferred, and answered by the
+//! [`Syncer`] once a sync of the log covers them: the owner goes on with the next group while
+//! the disk flushes. Everything else that leaves the process waits for durability on this
+//! thread first: a query (which could show what a deferred commit wrote) and the dispatcher
+//! (`Store::make_durable`).
+//!
+//! Invariant: commands are applied one at a time, in arrival order; nothing a command wrote
+//! is answered, shown or acted on before it is durable.
 
 use std::sync::mpsc;
 use std::thread;
@@ -24,6 +31,8 @@ use flowmark_runtime::{
 };
 use flowmark_store::{SqliteStore, Store};
 use tokio::sync::oneshot;
+
+use crate::syncer::Syncer;
 
 /// Commands waiting for the owner; more is back-pressure.
 pub const QUEUE_COUNT_MAX: usize = 1024;
@@ -42,6 +51,10 @@ const SCHEDULES_PER_TICK_MAX: usize = 4;
 /// waiting together are applied and committed as one transaction, so concurrent clients share
 /// an fsync; the same for starts.
 pub const GROUP_EVENTS_MAX: usize = 10_000;
+/// A group smaller than this keeps gathering while a sync is under way (see `grouped`).
+const GROUP_WHILE_SYNCING_EVENTS_MAX: usize = 1_000;
+/// How often a group gathering during a sync looks whether the sync has ended.
+const GATHER_POLL: StdDuration = StdDuration::from_micros(50);
 /// Timers and the outbox are looked at no more often than this while commands keep coming.
 const HOUSEKEEPING_EVERY: StdDuration = StdDuration::from_millis(20);
 /// Idempotency keys past their retention forgotten per minute (one statement each time).
@@ -84,20 +97,30 @@ impl Owner {
         let handle = thread::Builder::new()
             .name("flowmark-owner".to_owned())
             .spawn(move || {
+                // Answers deferred groups once durable; dropped (answering what it holds)
+                // when the loop ends, before the engine and its store.
+                let running_syncer = engine
+                    .store()
+                    .wal_sync()
+                    .map(|wal| Syncer::start(move || wal.sync().map_err(|e| e.to_string()), || std::process::exit(70)));
+                let syncer = running_syncer.as_ref();
                 let mut last_housekeeping = std::time::Instant::now();
                 let mut last_digests: Option<std::time::Instant> = None;
+                let mut dispatching = Dispatching { last: std::time::Instant::now(), full: false };
                 let mut busy = false;
                 loop {
                     let wait = if busy { StdDuration::ZERO } else { TICK };
                     match inbox.recv_timeout(wait) {
                         Ok(Command::Ingest { messages, reply }) => {
                             let _ = survive(&mut engine, "ingestion", |engine| {
-                                grouped(engine, &inbox, (messages, reply), Group::<Incoming, Ingested>::INGEST);
+                                let group = (messages, reply);
+                                grouped(engine, &inbox, group, Group::<Incoming, Ingested>::INGEST, syncer);
                             });
                         }
                         Ok(Command::Start { requests, reply }) => {
                             let _ = survive(&mut engine, "starting runs", |engine| {
-                                grouped(engine, &inbox, (requests, reply), Group::<StartRequest, Started>::START);
+                                let group = (requests, reply);
+                                grouped(engine, &inbox, group, Group::<StartRequest, Started>::START, syncer);
                             });
                         }
                         Ok(command) => {
@@ -111,7 +134,7 @@ impl Owner {
                     }
                     last_housekeeping = std::time::Instant::now();
                     let round = survive(&mut engine, "housekeeping", |engine| {
-                        housekeeping(engine, &mut connectors, &mut last_digests)
+                        housekeeping(engine, &mut connectors, &mut last_digests, &mut dispatching)
                     });
                     match round {
                         Some(full) => busy = full,
@@ -155,12 +178,24 @@ fn survive<T>(
     }
 }
 
+/// When the dispatcher last ran, and whether its round was full.
+struct Dispatching {
+    last: std::time::Instant,
+    full: bool,
+}
+
+/// How often the dispatcher runs at most while deferred commits wait for their sync (and its
+/// last round was not full): before it performs anything it must sync them itself, on the
+/// owner thread, one more sync of the disk beside the syncer's.
+const DISPATCH_WHILE_DEFERRED_EVERY: StdDuration = StdDuration::from_millis(100);
+
 /// Fires due schedules and timers, sends digests, sweeps segments and dispatches the outbox;
 /// `true` when a round was full and the next should start at once.
 fn housekeeping(
     engine: &mut Engine<SqliteStore>,
     connectors: &mut Connectors,
     last_digests: &mut Option<std::time::Instant>,
+    dispatching: &mut Dispatching,
 ) -> bool {
     let now = now();
     if let Err(error) = engine.fire_due_schedules(now, SCHEDULES_PER_TICK_MAX) {
@@ -183,11 +218,17 @@ fn housekeeping(
         tracing::error!(%error, "firing timers failed");
         0
     });
+    let deferred = engine.store().wal_sync().is_some_and(|wal| wal.pending());
+    if deferred && !dispatching.full && dispatching.last.elapsed() < DISPATCH_WHILE_DEFERRED_EVERY {
+        return fired == TIMERS_PER_ROUND_MAX || swept == SEGMENT_SWEEP_PAGE_COUNT;
+    }
+    dispatching.last = std::time::Instant::now();
     let dispatched = engine.dispatch(now, EFFECTS_PER_ROUND_MAX, connectors).unwrap_or_else(|error| {
         tracing::error!(%error, "dispatching effects failed");
         0
     });
-    fired == TIMERS_PER_ROUND_MAX || dispatched == EFFECTS_PER_ROUND_MAX || swept == SEGMENT_SWEEP_PAGE_COUNT
+    dispatching.full = dispatched == EFFECTS_PER_ROUND_MAX;
+    fired == TIMERS_PER_ROUND_MAX || dispatching.full || swept == SEGMENT_SWEEP_PAGE_COUNT
 }
 
 /// A kind of command that is committed in groups: how to take one from the queue, and how
@@ -223,42 +264,51 @@ impl Group<StartRequest, Started> {
 }
 
 /// Applies a command together with the ones of its kind queued behind it (up to
-/// `GROUP_EVENTS_MAX` items) in one commit, then answers each. Should the group fail, each
+/// `GROUP_EVENTS_MAX` items) in one commit, then answers each: with a syncer, the commit
+/// defers its sync and the syncer answers once it is durable. Should the group fail, each
 /// command is tried alone, so one bad request cannot fail the others. A command of another
 /// kind ends the group and is applied right after it, keeping arrival order.
-fn grouped<T: Clone, R>(
+fn grouped<T: Clone, R: Send + 'static>(
     engine: &mut Engine<SqliteStore>,
     inbox: &mpsc::Receiver<Command>,
     (items, reply): Grouped<T, R>,
     kind: Group<T, R>,
+    syncer: Option<&Syncer>,
 ) {
     let mut group: Vec<(usize, Reply<R>)> = vec![(items.len(), reply)];
     let mut all = items;
     let mut after = None;
     while all.len() < GROUP_EVENTS_MAX {
-        match inbox.try_recv().map(kind.take) {
-            Ok(Ok((items, reply))) => {
+        // While a sync is under way, a commit now would wait for the next one anyway: a small
+        // group keeps gathering until the sync ends, so commits stay few and large.
+        let gathering = all.len() < GROUP_WHILE_SYNCING_EVENTS_MAX && syncer.is_some_and(Syncer::syncing);
+        let next = if gathering { inbox.recv_timeout(GATHER_POLL).ok() } else { inbox.try_recv().ok() };
+        match next.map(kind.take) {
+            Some(Ok((items, reply))) => {
                 group.push((items.len(), reply));
                 all.extend(items);
             }
-            Ok(Err(other)) => {
+            Some(Err(other)) => {
                 after = Some(other);
                 break;
             }
-            Err(_) => break,
+            None if gathering => {}
+            None => break,
         }
     }
     let now = now();
+    let deferred = syncer.is_some_and(Syncer::should_defer) && defer_durability(engine, true);
+    let mut answers: Vec<(Reply<R>, Applied<R>)> = Vec::with_capacity(group.len());
     if group.len() == 1 {
         let (_, reply) = group.pop().expect("one command");
-        let _ = reply.send((kind.apply)(engine, all, now).map_err(|e| e.to_string()));
+        answers.push((reply, (kind.apply)(engine, all, now)));
     } else {
         let retry_alone = all.clone();
         match (kind.apply)(engine, all, now) {
             Ok(mut results) => {
                 for (count, reply) in group.into_iter().rev() {
                     let mine = results.split_off(results.len() - count);
-                    let _ = reply.send(Ok(mine));
+                    answers.push((reply, Ok(mine)));
                 }
             }
             Err(error) => {
@@ -266,8 +316,34 @@ fn grouped<T: Clone, R>(
                 let mut rest = retry_alone;
                 for (count, reply) in group {
                     let mine: Vec<T> = rest.drain(..count).collect();
-                    let _ = reply.send((kind.apply)(engine, mine, now).map_err(|e| e.to_string()));
+                    answers.push((reply, (kind.apply)(engine, mine, now)));
                 }
+            }
+        }
+    }
+    if deferred {
+        defer_durability(engine, false);
+    }
+    // A failed apply committed nothing: its answer need not wait.
+    let (committed, failed): (Vec<_>, Vec<_>) = answers.into_iter().partition(|(_, applied)| applied.is_ok());
+    for (reply, applied) in failed {
+        let _ = reply.send(applied.map_err(|e| e.to_string()));
+    }
+    match syncer {
+        Some(syncer) if deferred && !committed.is_empty() => {
+            let replies = committed.iter().map(|(_, applied)| applied.as_ref().map_or(0, Vec::len)).sum();
+            syncer.answer_when_durable(
+                replies,
+                Box::new(move |synced| {
+                    for (reply, applied) in committed {
+                        let _ = reply.send(synced.clone().and(applied.map_err(|e| e.to_string())));
+                    }
+                }),
+            );
+        }
+        _ => {
+            for (reply, applied) in committed {
+                let _ = reply.send(applied.map_err(|e| e.to_string()));
             }
         }
     }
@@ -276,8 +352,29 @@ fn grouped<T: Clone, R>(
     }
 }
 
+/// Starts or ends deferred durability; `false` when the store could not (its commits then
+/// sync as usual, which is safe either way).
+fn defer_durability(engine: &mut Engine<SqliteStore>, defer: bool) -> bool {
+    match engine.store_mut().defer_durability(defer) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, defer, "cannot change how commits sync");
+            false
+        }
+    }
+}
+
+/// Applies one command with its commits synced (a group's kind outside a group: a start
+/// behind an ingestion); a query first waits until what deferred commits wrote is durable,
+/// so it can neither show nor act on what a crash could still take back.
 fn apply(engine: &mut Engine<SqliteStore>, command: Command) {
     let now = now();
+    if matches!(command, Command::Query(_))
+        && let Err(error) = engine.store_mut().make_durable()
+    {
+        tracing::error!(%error, "syncing the write-ahead log failed; stopping the server");
+        std::process::exit(70);
+    }
     match command {
         Command::Ingest { messages, reply } => {
             let _ = reply.send(engine.ingest_many(messages, now).map_err(|e| e.to_string()));

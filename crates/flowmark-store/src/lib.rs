@@ -15,6 +15,7 @@
 mod cache;
 pub mod conformance;
 mod sqlite;
+mod wal_sync;
 mod work;
 
 use flowmark_core::Timestamp;
@@ -22,6 +23,7 @@ use flowmark_core::engine::{Event, HistoryEntry, Run, RunId, RunStatus, Sent, Ti
 use serde_json::Value;
 
 pub use sqlite::SqliteStore;
+pub use wal_sync::WalSync;
 pub use work::{Comment, Notification, Session, WorkChange, WorkItem, WorkKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,8 @@ pub enum Error {
     Corrupt(String),
     #[error("effect {key} is already in the outbox for another run")]
     DuplicateEffect { key: String },
+    #[error("cannot {doing} {path}: {source}")]
+    Io { doing: &'static str, path: std::path::PathBuf, source: std::io::Error },
 }
 
 /// A timer whose time has come, as the timer service hands it to the partition owner.
@@ -299,6 +303,14 @@ pub trait Store {
     /// an event, the transitions it causes, an effect's outcome and the result fed back to its
     /// run durable together or not at all.
     fn write(&mut self, batch: &Batch<'_>, now: Timestamp) -> Result<(), Error>;
+
+    /// Makes durable every commit that returned without its own sync, when the backend was
+    /// told to defer syncs (`SqliteStore::defer_durability`); a no-op otherwise. Called
+    /// before anything leaves the process on the strength of what is stored: effects
+    /// performed, answers given.
+    fn make_durable(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
 
     /// Writes a batch of transitions in one transaction (see `write`).
     fn commit(&mut self, transitions: &[&Transition], now: Timestamp) -> Result<(), Error> {

@@ -3,7 +3,9 @@
 //! One `SqliteStore` is one connection. Writes go through the owner's handle; a commit is one
 //! SQLite transaction, so a batch of transitions shares one fsync (group commit).
 //! `synchronous = FULL`: a commit that returned survives a crash of the process and of the
-//! machine; throughput comes from batching, not from skipping the sync.
+//! machine; throughput comes from batching, not from skipping the sync. The owner may defer a
+//! group's sync (`defer_durability`) and have another thread make it durable before the
+//! group is answered (`wal_sync`).
 //!
 //! Invariant: the schema is at the latest migration before any other statement runs.
 
@@ -22,6 +24,7 @@ use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
 use crate::cache::ContactCache;
+use crate::wal_sync::WalSync;
 use crate::{
     Attempt, Batch, Contact, ContactChange, DueTimer, EffectOwner, Error, KeyedStart, OutboxEntry, Position, RunFilter,
     Schedule, ScheduleChange, Scope, ScoreRecord, Store, Token, WorkflowStatus, WorkflowSummary,
@@ -271,6 +274,10 @@ pub struct SqliteStore {
     /// `PRAGMA data_version` when the cache was last known to be current: it changes when
     /// another connection (an import run beside the server) commits, and the cache is dropped.
     data_version: Cell<i64>,
+    /// Syncs the write-ahead log for commits made with durability deferred (file databases).
+    wal: Option<WalSync>,
+    /// Are commits deferring their sync now (`synchronous = NORMAL`)?
+    deferring: bool,
 }
 
 /// The background checkpointer: every `CHECKPOINT_EVERY`, a passive checkpoint (it never
@@ -329,6 +336,7 @@ impl SqliteStore {
         let mut store = SqliteStore::setup(Connection::open(path.as_ref())?)?;
         store.conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_BACKSTOP_PAGES)?;
         store.checkpointer = Some(Checkpointer::start(path.as_ref())?);
+        store.wal = Some(WalSync::new(path.as_ref()));
         Ok(store)
     }
 
@@ -336,14 +344,39 @@ impl SqliteStore {
     /// write (`flowmark bench journey --keep-wal`): every frame stays in the write-ahead log,
     /// which grows without bound. Not for serving.
     pub fn open_without_checkpoints(path: impl AsRef<Path>) -> Result<SqliteStore, Error> {
-        let store = SqliteStore::setup(Connection::open(path.as_ref())?)?;
+        let mut store = SqliteStore::setup(Connection::open(path.as_ref())?)?;
         store.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        store.wal = Some(WalSync::new(path.as_ref()));
         Ok(store)
     }
 
     /// A private database in memory, for tests and dry runs.
     pub fn open_in_memory() -> Result<SqliteStore, Error> {
         SqliteStore::setup(Connection::open_in_memory()?)
+    }
+
+    /// Starts or ends deferred durability: while on, a commit returns once its frames are in
+    /// the write-ahead log (`synchronous = NORMAL`), before they are synced. Whoever defers
+    /// must not act on what such commits hold (answer, perform an effect) before a
+    /// [`WalSync::sync`] that began after they returned, or `make_durable`. A database in
+    /// memory is never durable, and ignores this.
+    pub fn defer_durability(&mut self, defer: bool) -> Result<(), Error> {
+        let Some(wal) = &self.wal else { return Ok(()) };
+        if defer == self.deferring {
+            return Ok(());
+        }
+        self.conn.pragma_update(None, "synchronous", if defer { "NORMAL" } else { "FULL" })?;
+        self.deferring = defer;
+        if !defer {
+            wal.deferral_ended();
+        }
+        Ok(())
+    }
+
+    /// The handle that syncs this database's write-ahead log, from any thread (`None` in
+    /// memory).
+    pub fn wal_sync(&self) -> Option<WalSync> {
+        self.wal.clone()
     }
 
     /// A subject's events at or after `since` whose name `keep` accepts, oldest first, at
@@ -401,7 +434,14 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_COUNT);
         let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
         migrations.to_latest(&mut conn)?;
-        Ok(SqliteStore { conn, checkpointer: None, contacts: RefCell::default(), data_version: Cell::new(0) })
+        Ok(SqliteStore {
+            conn,
+            checkpointer: None,
+            contacts: RefCell::default(),
+            data_version: Cell::new(0),
+            wal: None,
+            deferring: false,
+        })
     }
 }
 
@@ -1044,6 +1084,9 @@ impl Store for SqliteStore {
             .and_then(|written| Ok(self.conn.prepare_cached("COMMIT")?.execute([]).map(|_| written)?));
         match result {
             Ok(written) => {
+                if let (Some(wal), false) = (&self.wal, self.deferring) {
+                    wal.synced_by_commit();
+                }
                 let cache = self.contacts.get_mut();
                 for (_, (contact, bytes)) in written {
                     cache.insert(contact, bytes);
@@ -1059,6 +1102,13 @@ impl Store for SqliteStore {
                 self.finish();
                 Err(error)
             }
+        }
+    }
+
+    fn make_durable(&mut self) -> Result<(), Error> {
+        match &self.wal {
+            Some(wal) if self.deferring || wal.pending() => wal.sync(),
+            _ => Ok(()),
         }
     }
 
@@ -1673,6 +1723,26 @@ mod tests {
     /// A run stored whole (`state` the full run's JSON, as earlier versions wrote it) reads
     /// back the same, columns first; written again, its state holds only what the columns do
     /// not.
+    /// Deferring a commit's sync is SQLite's `synchronous = NORMAL` on the owner's connection,
+    /// and ending it goes back to `FULL`.
+    #[test]
+    fn deferring_switches_the_connection_to_normal_and_back() {
+        let dir = std::env::temp_dir().join(format!("flowmark-defer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store = SqliteStore::open(dir.join("flowmark.db")).unwrap();
+        let synchronous = |store: &SqliteStore| -> i64 {
+            store.conn.pragma_query_value(None, "synchronous", |row| row.get(0)).unwrap()
+        };
+        assert_eq!(synchronous(&store), 2);
+        store.defer_durability(true).unwrap();
+        assert_eq!(synchronous(&store), 1);
+        store.defer_durability(false).unwrap();
+        assert_eq!(synchronous(&store), 2);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_run_stored_whole_reads_back_and_is_rewritten_compact() {
         let workflow = crate::conformance::workflow();

@@ -674,6 +674,9 @@ impl<S: Store> Engine<S> {
         if ready.is_empty() {
             return Ok(0);
         }
+        // What an effect does outside cannot be taken back: the commit that queued it must
+        // survive a crash first, or a restart could queue something else in its place.
+        self.store.make_durable()?;
         // Everything this dispatch changes — contacts, scores, runs, the events it causes.
         let mut unit = Unit::default();
         let mut thresholds: Vec<Incoming> = Vec::new();

@@ -49,3 +49,61 @@ fn a_commit_survives_reopening_the_database() {
     assert_eq!(store.run(RunId(7)).unwrap(), Some(t.run.clone()));
     assert_eq!(store.due_timers(Timestamp(i64::MAX), 10).unwrap().len(), 1);
 }
+
+/// A deferred commit is visible at once and waits for a sync of the log: the handle says so
+/// until `make_durable` (or a sync from another thread, or a synced commit) covers it.
+#[test]
+fn deferred_commits_wait_for_a_sync_and_then_are_covered() {
+    let path = temp_path("deferred");
+    let workflow =
+        compile(&Source::new("w.yaml", "id: w\nsubject: contact\nsteps:\n  - id: pause\n    wait: { duration: 1d }\n"))
+            .workflow
+            .unwrap();
+    let now = Timestamp(1_767_610_800_000);
+    let start = |id: u64| {
+        handle(
+            &workflow,
+            Run::new(RunId(id), &workflow, 1, "c", now),
+            &Input::Start { event: None },
+            &Facts::empty(),
+            now,
+        )
+    };
+    let mut store = SqliteStore::open(&path).unwrap();
+    let wal = store.wal_sync().expect("a file database has a log to sync");
+
+    store.defer_durability(true).unwrap();
+    store.commit(&[&start(1)], now).unwrap();
+    store.defer_durability(false).unwrap();
+    assert!(store.run(RunId(1)).unwrap().is_some(), "a deferred commit is visible at once");
+    assert!(wal.pending());
+    store.make_durable().unwrap();
+    assert!(!wal.pending());
+    assert_eq!(wal.counts(), (1, 1, wal.counts().2));
+
+    // From another thread, as the server's syncer does it.
+    store.defer_durability(true).unwrap();
+    store.commit(&[&start(2)], now).unwrap();
+    store.defer_durability(false).unwrap();
+    let syncer = wal.clone();
+    std::thread::spawn(move || syncer.sync().unwrap()).join().unwrap();
+    assert!(!wal.pending());
+
+    // A commit with its own sync covers the deferred ones before it.
+    store.defer_durability(true).unwrap();
+    store.commit(&[&start(3)], now).unwrap();
+    store.defer_durability(false).unwrap();
+    assert!(wal.pending());
+    store.commit(&[&start(4)], now).unwrap();
+    assert!(!wal.pending());
+    assert_eq!(wal.counts().1, 2, "no sync of ours was needed for the last");
+
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!((1..=4).filter(|id| store.run(RunId(*id)).unwrap().is_some()).count(), 4);
+    // In memory there is nothing to sync, and deferring changes nothing.
+    let mut memory = SqliteStore::open_in_memory().unwrap();
+    memory.defer_durability(true).unwrap();
+    assert!(memory.wal_sync().is_none());
+    memory.make_durable().unwrap();
+}

@@ -3,6 +3,7 @@
 mod bench;
 mod contacts;
 mod crash;
+mod durability;
 mod email;
 mod graph;
 mod nurture;

@@ -23,7 +23,13 @@ impl Server {
     }
 
     pub fn start_with(db: &std::path::Path, keys: &[&str]) -> Server {
-        let mut child = Command::new(assert_cmd::cargo::cargo_bin("flowmark"))
+        Server::start_under(Command::new(assert_cmd::cargo::cargo_bin("flowmark")), db, keys)
+    }
+
+    /// Starts the server with `command`, which runs the binary (or a wrapper that runs it
+    /// with the arguments that follow).
+    pub fn start_under(mut command: Command, db: &std::path::Path, keys: &[&str]) -> Server {
+        let mut child = command
             .args(["serve", "--bind", "127.0.0.1:0"])
             .args(keys)
             .arg("--db")
@@ -44,7 +50,13 @@ impl Server {
         (status, content_type, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    fn request_text(&self, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String, String) {
+    pub fn request_text(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> (u16, String, String) {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
         let (head, body) = raw(&self.address, method, path, &headers, body);
         let status: u16 = head[9..12].parse().unwrap();
