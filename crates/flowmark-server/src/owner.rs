@@ -55,6 +55,8 @@ pub const GROUP_EVENTS_MAX: usize = 10_000;
 const GROUP_WHILE_SYNCING_EVENTS_MAX: usize = 1_000;
 /// How often a group gathering during a sync looks whether the sync has ended.
 const GATHER_POLL: StdDuration = StdDuration::from_micros(50);
+/// The longest a group gathers during a sync, should the sync never end.
+const GATHER_WHILE_SYNCING_MAX: StdDuration = StdDuration::from_millis(100);
 /// Timers and the outbox are looked at no more often than this while commands keep coming.
 const HOUSEKEEPING_EVERY: StdDuration = StdDuration::from_millis(20);
 /// Idempotency keys past their retention forgotten per minute (one statement each time).
@@ -173,6 +175,12 @@ fn survive<T>(
                 .unwrap_or_default();
             tracing::error!(what, %message, "a bug panicked on the owner thread; its work is rolled back");
             engine.store_mut().finish();
+            // A group that panicked while deferring leaves the connection deferring: end it,
+            // so later commits sync again (what it committed is synced before it is shown).
+            if let Err(error) = engine.store_mut().defer_durability(false) {
+                tracing::error!(%error, "cannot end deferred durability after a panic; stopping the server");
+                std::process::exit(70);
+            }
             None
         }
     }
@@ -278,11 +286,22 @@ fn grouped<T: Clone, R: Send + 'static>(
     let mut group: Vec<(usize, Reply<R>)> = vec![(items.len(), reply)];
     let mut all = items;
     let mut after = None;
+    let gather_until = std::time::Instant::now() + GATHER_WHILE_SYNCING_MAX;
     while all.len() < GROUP_EVENTS_MAX {
         // While a sync is under way, a commit now would wait for the next one anyway: a small
         // group keeps gathering until the sync ends, so commits stay few and large.
-        let gathering = all.len() < GROUP_WHILE_SYNCING_EVENTS_MAX && syncer.is_some_and(Syncer::syncing);
-        let next = if gathering { inbox.recv_timeout(GATHER_POLL).ok() } else { inbox.try_recv().ok() };
+        let gathering = all.len() < GROUP_WHILE_SYNCING_EVENTS_MAX
+            && syncer.is_some_and(Syncer::syncing)
+            && std::time::Instant::now() < gather_until;
+        let next = if gathering {
+            match inbox.recv_timeout(GATHER_POLL) {
+                Ok(command) => Some(command),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            inbox.try_recv().ok()
+        };
         match next.map(kind.take) {
             Some(Ok((items, reply))) => {
                 group.push((items.len(), reply));
@@ -298,6 +317,10 @@ fn grouped<T: Clone, R: Send + 'static>(
     }
     let now = now();
     let deferred = syncer.is_some_and(Syncer::should_defer) && defer_durability(engine, true);
+    if !deferred {
+        // Commits sync themselves; a deferral left behind by a failure ends here.
+        defer_durability(engine, false);
+    }
     let mut answers: Vec<(Reply<R>, Applied<R>)> = Vec::with_capacity(group.len());
     if group.len() == 1 {
         let (_, reply) = group.pop().expect("one command");
@@ -324,25 +347,23 @@ fn grouped<T: Clone, R: Send + 'static>(
     if deferred {
         defer_durability(engine, false);
     }
-    // A failed apply committed nothing: its answer need not wait.
-    let (committed, failed): (Vec<_>, Vec<_>) = answers.into_iter().partition(|(_, applied)| applied.is_ok());
-    for (reply, applied) in failed {
-        let _ = reply.send(applied.map_err(|e| e.to_string()));
-    }
+    // Every answer waits for durability, a failed one too: even an answer that committed
+    // nothing (a duplicate `messageId`, a reused idempotency key) can rest on what a
+    // deferred commit before it wrote.
     match syncer {
-        Some(syncer) if deferred && !committed.is_empty() => {
-            let replies = committed.iter().map(|(_, applied)| applied.as_ref().map_or(0, Vec::len)).sum();
+        Some(syncer) if deferred => {
             syncer.answer_when_durable(
-                replies,
+                answers.len(),
                 Box::new(move |synced| {
-                    for (reply, applied) in committed {
+                    for (reply, applied) in answers {
                         let _ = reply.send(synced.clone().and(applied.map_err(|e| e.to_string())));
                     }
                 }),
             );
         }
         _ => {
-            for (reply, applied) in committed {
+            durable_now(engine);
+            for (reply, applied) in answers {
                 let _ = reply.send(applied.map_err(|e| e.to_string()));
             }
         }
@@ -352,14 +373,29 @@ fn grouped<T: Clone, R: Send + 'static>(
     }
 }
 
-/// Starts or ends deferred durability; `false` when the store could not (its commits then
-/// sync as usual, which is safe either way).
+/// Makes every deferred commit durable before something that depends on it leaves the
+/// process (a no-op when none waits). A failed sync stops the process: after it, what is on
+/// disk is unknown, and a restart recovers from what is.
+fn durable_now(engine: &mut Engine<SqliteStore>) {
+    if let Err(error) = engine.store_mut().make_durable() {
+        tracing::error!(%error, "syncing the write-ahead log failed; stopping the server");
+        std::process::exit(70);
+    }
+}
+
+/// Starts or ends deferred durability; `false` when it could not start one (commits then
+/// sync as usual). Failing to end one stops the process: commits would go on without their
+/// syncs, and answers with them.
 fn defer_durability(engine: &mut Engine<SqliteStore>, defer: bool) -> bool {
     match engine.store_mut().defer_durability(defer) {
         Ok(()) => true,
-        Err(error) => {
-            tracing::warn!(%error, defer, "cannot change how commits sync");
+        Err(error) if defer => {
+            tracing::warn!(%error, "cannot defer the sync of a commit; syncing it");
             false
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot end deferred durability; stopping the server");
+            std::process::exit(70);
         }
     }
 }
@@ -369,19 +405,20 @@ fn defer_durability(engine: &mut Engine<SqliteStore>, defer: bool) -> bool {
 /// so it can neither show nor act on what a crash could still take back.
 fn apply(engine: &mut Engine<SqliteStore>, command: Command) {
     let now = now();
-    if matches!(command, Command::Query(_))
-        && let Err(error) = engine.store_mut().make_durable()
-    {
-        tracing::error!(%error, "syncing the write-ahead log failed; stopping the server");
-        std::process::exit(70);
-    }
     match command {
         Command::Ingest { messages, reply } => {
-            let _ = reply.send(engine.ingest_many(messages, now).map_err(|e| e.to_string()));
+            let ingested = engine.ingest_many(messages, now);
+            durable_now(engine);
+            let _ = reply.send(ingested.map_err(|e| e.to_string()));
         }
         Command::Start { requests, reply } => {
-            let _ = reply.send(engine.start_many(requests, now).map_err(|e| e.to_string()));
+            let started = engine.start_many(requests, now);
+            durable_now(engine);
+            let _ = reply.send(started.map_err(|e| e.to_string()));
         }
-        Command::Query(work) => work(engine, now),
+        Command::Query(work) => {
+            durable_now(engine);
+            work(engine, now);
+        }
     }
 }

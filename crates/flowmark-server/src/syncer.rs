@@ -83,9 +83,10 @@ impl Syncer {
                         gather(&waiting, &mut group, last.1, last.2, Instant::now() + last.0);
                     }
                     let started = Instant::now();
-                    flag.store(true, Ordering::Release);
-                    let synced = sync();
-                    flag.store(false, Ordering::Release);
+                    let synced = {
+                        let _syncing = Syncing::start(&flag);
+                        sync()
+                    };
                     last = (started.elapsed(), group.iter().map(|w| w.replies).sum::<usize>(), Instant::now());
                     let took = u64::try_from(last.0.as_nanos()).unwrap_or(u64::MAX);
                     let before = average.load(Ordering::Relaxed);
@@ -150,6 +151,22 @@ impl Syncer {
     }
 }
 
+/// Marks a sync under way for as long as it lives, also when the sync panics.
+struct Syncing<'a>(&'a AtomicBool);
+
+impl<'a> Syncing<'a> {
+    fn start(flag: &'a AtomicBool) -> Syncing<'a> {
+        flag.store(true, Ordering::Release);
+        Syncing(flag)
+    }
+}
+
+impl Drop for Syncing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Takes answers into `group` until as many replies were handed over since `since` (the last
 /// sync's end) as it gave (`answered`), or until `deadline`.
 fn gather(
@@ -190,40 +207,60 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
-    /// Syncs that count when they begin and when they end, and take `took`.
-    fn counted(took: Duration) -> (Arc<AtomicUsize>, Arc<AtomicUsize>, impl FnMut() -> Result<(), String> + Send) {
-        let (begun, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (b, e) = (begun.clone(), ended.clone());
+    /// Syncs numbered as they begin (`begun`, under the `order` lock, which a test holds
+    /// while it hands an answer over, so each sync began either before a hand-over or after
+    /// it), that say which one ended last (`ended`) and take `took`.
+    struct Counted {
+        begun: Arc<AtomicUsize>,
+        ended: Arc<AtomicUsize>,
+        order: Arc<std::sync::Mutex<()>>,
+    }
+
+    fn counted(took: Duration) -> (Counted, impl FnMut() -> Result<(), String> + Send) {
+        let counted = Counted {
+            begun: Arc::new(AtomicUsize::new(0)),
+            ended: Arc::new(AtomicUsize::new(0)),
+            order: Arc::new(std::sync::Mutex::new(())),
+        };
+        let (b, e, o) = (counted.begun.clone(), counted.ended.clone(), counted.order.clone());
         let sync = move || {
-            let number = b.fetch_add(1, Ordering::SeqCst) + 1;
+            let number = {
+                let _order = o.lock().unwrap();
+                b.fetch_add(1, Ordering::SeqCst) + 1
+            };
             thread::sleep(took);
             e.store(number, Ordering::SeqCst);
             Ok(())
         };
-        (begun, ended, sync)
+        (counted, sync)
     }
 
     #[test]
     fn an_answer_waits_for_a_sync_that_began_after_it_was_handed_over() {
-        let (begun, ended, sync) = counted(Duration::from_millis(3));
+        let (counted, sync) = counted(Duration::from_millis(3));
+        let Counted { begun, ended, order } = counted;
         let syncer = Arc::new(Syncer::start(sync, || panic!("no sync fails")));
         let answered = Arc::new(AtomicUsize::new(0));
         let clients: Vec<_> = (0..8)
             .map(|client| {
                 let (syncer, begun, ended, answered) = (syncer.clone(), begun.clone(), ended.clone(), answered.clone());
+                let order = order.clone();
                 thread::spawn(move || {
                     for round in 0..20 {
                         thread::sleep(Duration::from_micros(((client * 7 + round * 13) % 5) as u64 * 400));
-                        let before = begun.load(Ordering::SeqCst);
                         let (tx, rx) = mpsc::channel();
                         let ended = ended.clone();
+                        let held = order.lock().unwrap();
+                        // Syncs numbered up to `before` began before this hand-over.
+                        let before = begun.load(Ordering::SeqCst);
                         syncer.answer_when_durable(
                             1,
                             Box::new(move |synced| {
-                                // The latest sync to end is one that began after the hand-over.
+                                // The sync that just ended is one that began after the hand-over.
                                 let _ = tx.send((synced, ended.load(Ordering::SeqCst) > before));
                             }),
                         );
+                        drop(held);
                         let (synced, after) = rx.recv().expect("answered");
                         assert_eq!(synced, Ok(()));
                         assert!(after, "answered by a sync that began before the hand-over");
@@ -260,7 +297,7 @@ mod tests {
 
     #[test]
     fn dropping_the_syncer_answers_what_it_was_handed() {
-        let (_, ended, sync) = counted(Duration::from_millis(20));
+        let (Counted { ended, .. }, sync) = counted(Duration::from_millis(20));
         let syncer = Syncer::start(sync, || panic!("no sync fails"));
         let (tx, rx) = mpsc::channel();
         for _ in 0..3 {

@@ -1084,9 +1084,6 @@ impl Store for SqliteStore {
             .and_then(|written| Ok(self.conn.prepare_cached("COMMIT")?.execute([]).map(|_| written)?));
         match result {
             Ok(written) => {
-                if let (Some(wal), false) = (&self.wal, self.deferring) {
-                    wal.synced_by_commit();
-                }
                 let cache = self.contacts.get_mut();
                 for (_, (contact, bytes)) in written {
                     cache.insert(contact, bytes);

@@ -19,7 +19,7 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::Error;
@@ -40,6 +40,9 @@ struct Shared {
     /// Syncs made through this handle, and the time they took, in nanoseconds.
     syncs: AtomicU64,
     sync_nanos: AtomicU64,
+    /// Has a sync failed? Then every later one fails too: Linux reports a write-back error
+    /// once per open file, so a second fsync could succeed over data that was lost.
+    failed: AtomicBool,
 }
 
 impl WalSync {
@@ -53,6 +56,7 @@ impl WalSync {
             synced: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             sync_nanos: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
         }))
     }
 
@@ -60,6 +64,10 @@ impl WalSync {
     pub fn sync(&self) -> Result<(), Error> {
         let covers = self.0.deferred.load(Ordering::Acquire);
         let mut file = self.0.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.0.failed.load(Ordering::Acquire) {
+            let source = std::io::Error::other("an earlier sync of this log failed");
+            return Err(self.io_error("sync", source));
+        }
         let current = match std::fs::metadata(&self.0.path) {
             Ok(metadata) => metadata.ino(),
             // No log: the last connection closed and checkpointed it into the database, which
@@ -84,7 +92,10 @@ impl WalSync {
         }
         let open = file.as_ref().expect("opened above");
         let started = std::time::Instant::now();
-        open.sync_data().map_err(|e| self.io_error("sync", e))?;
+        if let Err(error) = open.sync_data() {
+            self.0.failed.store(true, Ordering::Release);
+            return Err(self.io_error("sync", error));
+        }
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.0.synced.fetch_max(covers, Ordering::AcqRel);
         self.0.syncs.fetch_add(1, Ordering::Relaxed);
@@ -113,12 +124,5 @@ impl WalSync {
     /// A deferral ended: what it committed waits for the next sync.
     pub(crate) fn deferral_ended(&self) {
         self.0.deferred.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// A commit with its own sync (`synchronous = FULL`) returned: it flushed the log with
-    /// every earlier commit in it.
-    pub(crate) fn synced_by_commit(&self) {
-        let deferred = self.0.deferred.load(Ordering::Acquire);
-        self.0.synced.fetch_max(deferred, Ordering::AcqRel);
     }
 }
