@@ -12,11 +12,11 @@
 //! round, and a dispatcher that fails after its connectors performed would repeat their
 //! effects every round; what was committed is durable, so a restart resumes from there.
 //!
-//! Ingestion and start groups are committed with their sync deferred, and answered by the
-//! [`Syncer`] once a sync of the log covers them: the owner goes on with the next group while
-//! the disk flushes. Everything else that leaves the process waits for durability on this
-//! thread first: a query (which could show what a deferred commit wrote) and the dispatcher
-//! (`Store::make_durable`).
+//! While syncs are slow, ingestion and start groups are committed with their sync deferred,
+//! and answered by the [`Syncer`] once a sync of the log covers them: the owner goes on with
+//! the next group while the disk flushes. Everything else that leaves the process waits for
+//! durability on this thread first (`Store::make_durable`): a direct answer, a query (which
+//! could show what a deferred commit wrote) and the dispatcher.
 //!
 //! Invariant: commands are applied one at a time, in arrival order; nothing a command wrote
 //! is answered, shown or acted on before it is durable.
