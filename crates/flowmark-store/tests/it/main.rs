@@ -26,14 +26,16 @@ fn sqlite_file_passes_the_conformance_suite() {
     });
 }
 
+/// A workflow whose runs wait a day, and a time to start them at.
+fn waiting_workflow() -> (flowmark_core::Workflow, Timestamp) {
+    let source = "id: w\nsubject: contact\nsteps:\n  - id: pause\n    wait: { duration: 1d }\n";
+    (compile(&Source::new("w.yaml", source)).workflow.unwrap(), Timestamp(1_767_610_800_000))
+}
+
 #[test]
 fn a_commit_survives_reopening_the_database() {
     let path = temp_path("reopen");
-    let workflow =
-        compile(&Source::new("w.yaml", "id: w\nsubject: contact\nsteps:\n  - id: pause\n    wait: { duration: 1d }\n"))
-            .workflow
-            .unwrap();
-    let now = Timestamp(1_767_610_800_000);
+    let (workflow, now) = waiting_workflow();
     let t = handle(
         &workflow,
         Run::new(RunId(7), &workflow, 1, "c", now),
@@ -51,15 +53,11 @@ fn a_commit_survives_reopening_the_database() {
 }
 
 /// A deferred commit is visible at once and waits for a sync of the log: the handle says so
-/// until `make_durable` (or a sync from another thread, or a synced commit) covers it.
+/// until `make_durable` (or a sync from another thread) covers it.
 #[test]
 fn deferred_commits_wait_for_a_sync_and_then_are_covered() {
     let path = temp_path("deferred");
-    let workflow =
-        compile(&Source::new("w.yaml", "id: w\nsubject: contact\nsteps:\n  - id: pause\n    wait: { duration: 1d }\n"))
-            .workflow
-            .unwrap();
-    let now = Timestamp(1_767_610_800_000);
+    let (workflow, now) = waiting_workflow();
     let start = |id: u64| {
         handle(
             &workflow,
