@@ -317,10 +317,6 @@ fn grouped<T: Clone, R: Send + 'static>(
     }
     let now = now();
     let deferred = syncer.is_some_and(Syncer::should_defer) && defer_durability(engine, true);
-    if !deferred {
-        // Commits sync themselves; a deferral left behind by a failure ends here.
-        defer_durability(engine, false);
-    }
     let mut answers: Vec<(Reply<R>, Applied<R>)> = Vec::with_capacity(group.len());
     if group.len() == 1 {
         let (_, reply) = group.pop().expect("one command");

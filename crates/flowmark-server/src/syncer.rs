@@ -40,6 +40,13 @@ pub const SLOW_SYNC: Duration = Duration::from_millis(1);
 /// While syncs are fast, one group in this long is deferred all the same, to time a sync.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
+/// The latest sync: how long it took, how many replies it gave, and when it ended.
+struct LastSync {
+    took: Duration,
+    replies: usize,
+    ended: Instant,
+}
+
 /// One group's answers, how many replies they are, and when they were handed over.
 struct Waiting {
     replies: usize,
@@ -74,21 +81,24 @@ impl Syncer {
         let thread = thread::Builder::new()
             .name("flowmark-sync".to_owned())
             .spawn(move || {
-                // The last sync: how long it took, how many replies it gave, when it ended.
-                let mut last = (Duration::ZERO, 0, Instant::now());
+                let mut last = LastSync { took: Duration::ZERO, replies: 0, ended: Instant::now() };
                 while let Ok(first) = waiting.recv() {
                     let mut group = vec![first];
                     group.extend(waiting.try_iter());
-                    if last.1 > 1 {
-                        gather(&waiting, &mut group, last.1, last.2, Instant::now() + last.0);
+                    if last.replies > 1 {
+                        gather(&waiting, &mut group, &last, Instant::now() + last.took);
                     }
                     let started = Instant::now();
                     let synced = {
                         let _syncing = Syncing::start(&flag);
                         sync()
                     };
-                    last = (started.elapsed(), group.iter().map(|w| w.replies).sum::<usize>(), Instant::now());
-                    let took = u64::try_from(last.0.as_nanos()).unwrap_or(u64::MAX);
+                    last = LastSync {
+                        took: started.elapsed(),
+                        replies: group.iter().map(|w| w.replies).sum(),
+                        ended: Instant::now(),
+                    };
+                    let took = u64::try_from(last.took.as_nanos()).unwrap_or(u64::MAX);
                     let before = average.load(Ordering::Relaxed);
                     average.store(if before == 0 { took } else { before - before / 8 + took / 8 }, Ordering::Relaxed);
                     if let Err(error) = synced {
@@ -167,17 +177,11 @@ impl Drop for Syncing<'_> {
     }
 }
 
-/// Takes answers into `group` until as many replies were handed over since `since` (the last
-/// sync's end) as it gave (`answered`), or until `deadline`.
-fn gather(
-    waiting: &mpsc::Receiver<Waiting>,
-    group: &mut Vec<Waiting>,
-    answered: usize,
-    since: Instant,
-    deadline: Instant,
-) {
-    let mut back: usize = group.iter().filter(|w| w.handed_at >= since).map(|w| w.replies).sum();
-    while back < answered {
+/// Takes answers into `group` until as many replies were handed over since the `last` sync
+/// ended as it gave, or until `deadline`.
+fn gather(waiting: &mpsc::Receiver<Waiting>, group: &mut Vec<Waiting>, last: &LastSync, deadline: Instant) {
+    let mut back: usize = group.iter().filter(|w| w.handed_at >= last.ended).map(|w| w.replies).sum();
+    while back < last.replies {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return;

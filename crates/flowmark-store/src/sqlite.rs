@@ -1717,9 +1717,6 @@ mod tests {
         assert_eq!(tables, 0, "the counter is gone with the numbers it kept");
     }
 
-    /// A run stored whole (`state` the full run's JSON, as earlier versions wrote it) reads
-    /// back the same, columns first; written again, its state holds only what the columns do
-    /// not.
     /// Deferring a commit's sync is SQLite's `synchronous = NORMAL` on the owner's connection,
     /// and ending it goes back to `FULL`.
     #[test]
@@ -1740,6 +1737,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A run stored whole (`state` the full run's JSON, as earlier versions wrote it) reads
+    /// back the same, columns first; written again, its state holds only what the columns do
+    /// not.
     #[test]
     fn a_run_stored_whole_reads_back_and_is_rewritten_compact() {
         let workflow = crate::conformance::workflow();
