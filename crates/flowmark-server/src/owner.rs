@@ -53,6 +53,9 @@ const SCHEDULES_PER_TICK_MAX: usize = 4;
 pub const GROUP_EVENTS_MAX: usize = 10_000;
 /// A group smaller than this keeps gathering while a sync is under way (see `grouped`).
 const GROUP_WHILE_SYNCING_EVENTS_MAX: usize = 1_000;
+/// A group gathering for the next sync commits once it holds this many commands, and the
+/// next group gathers the rest: commits then overlap the arrival of the last commands.
+const GROUP_FOR_SYNC_COMMANDS_MAX: usize = 64;
 /// How often a group gathering during a sync looks whether the sync has ended.
 const GATHER_POLL: StdDuration = StdDuration::from_micros(50);
 /// The longest a group gathers during a sync, should the sync never end.
@@ -289,9 +292,11 @@ fn grouped<T: Clone, R: Send + 'static>(
     let gather_until = std::time::Instant::now() + GATHER_WHILE_SYNCING_MAX;
     while all.len() < GROUP_EVENTS_MAX {
         // While a sync is under way, a commit now would wait for the next one anyway: a small
-        // group keeps gathering until the sync ends, so commits stay few and large.
+        // group keeps gathering until the sync ends. After it, the next sync waits for about
+        // as many replies as it gave: the group gathers those, so one commit feeds one sync.
         let gathering = all.len() < GROUP_WHILE_SYNCING_EVENTS_MAX
-            && syncer.is_some_and(Syncer::syncing)
+            && group.len() < GROUP_FOR_SYNC_COMMANDS_MAX
+            && syncer.is_some_and(|s| s.syncing() || group.len() < s.replies_wanted())
             && std::time::Instant::now() < gather_until;
         let next = if gathering {
             match inbox.recv_timeout(GATHER_POLL) {

@@ -42,3 +42,36 @@ fn a_small_journey_reports_its_figures_and_keeps_its_log() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `flowmark bench ingest`, one second per mode: every request is answered `200`, and the
+/// syncer's figures come from the server's `/metrics`.
+#[test]
+fn a_short_ingestion_is_answered_and_reports_its_figures() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ingest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for mode in ["track", "batch"] {
+        let output = flowmark()
+            .args(["bench", "ingest", "--mode", mode, "--connections", "4", "--seconds", "1", "--batch-size", "10"])
+            .arg("--dir")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        let figures: serde_json::Value = String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .find(|line| line.contains("\"ingest\""))
+            .map(|line| serde_json::from_str(line).unwrap())
+            .expect("an ingest line");
+        let requests = figures["requests"].as_u64().unwrap();
+        assert!(requests > 0, "{figures}");
+        assert_eq!(figures["errors"], 0, "{figures}");
+        assert_eq!(figures["rejected_429"], 0, "{figures}");
+        let per_request = if mode == "batch" { 10 } else { 1 };
+        assert_eq!(figures["events"].as_u64().unwrap(), requests * per_request, "{figures}");
+        assert!(figures["deferred"]["groups"].is_u64(), "{figures}");
+        assert!(figures["deferred"]["syncs"].is_u64(), "{figures}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
