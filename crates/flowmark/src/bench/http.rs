@@ -11,7 +11,9 @@
 //! download that starts a nurture run.
 //!
 //! Each round also reads the server's `/metrics` before and after, to report how its syncer
-//! shared syncs (groups committed and requests answered per sync, and how long a sync took).
+//! shared syncs (groups committed and requests answered per sync, and how long a sync took),
+//! and both processes' CPU time, to report what a request costs the cores and the most of the
+//! fsync ceiling that cost allows (`ratio_bound`, see `cpu::ratio_bound`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -24,6 +26,7 @@ use anyhow::{Context, bail};
 use base64::Engine as _;
 use serde_json::json;
 
+use super::cpu::{CpuTimes, Spent, ratio_bound};
 use super::{Fsync, emit, fresh_db, latency_json, remove_db, round2};
 
 #[derive(clap::Args)]
@@ -57,7 +60,7 @@ pub(super) const API_TOKEN: &str = "bench-api-token";
 
 /// A `flowmark serve` child process, stopped (SIGKILL) when dropped.
 pub(super) struct Server {
-    child: Child,
+    pub(super) child: Child,
     pub(super) address: String,
 }
 
@@ -373,6 +376,36 @@ async fn client(
     Ok(tally)
 }
 
+/// CPU per request over a round: the server (its threads by name, and its time in the
+/// kernel), the client (and its time in the kernel), and what lies on a request's path (all
+/// of it but the server's background checkpoints), in microseconds.
+struct CpuPerRequest {
+    on_path_us: f64,
+    json: serde_json::Value,
+}
+
+fn cpu_json(server: &CpuTimes, client: &CpuTimes, requests: u64) -> Option<CpuPerRequest> {
+    if requests == 0 {
+        return None;
+    }
+    let us = |seconds: f64| round2(seconds * 1e6 / requests as f64);
+    let spent = |spent: &Spent| json!({ "all": us(spent.total()), "kernel": us(spent.system) });
+    // The store's `flowmark-checkpoint` thread, as `/proc` names it (15 bytes at most).
+    let checkpoints = server.by_thread.get("flowmark-checkp").map_or(0.0, |spent| spent.total());
+    let on_path = server.process.total() - checkpoints + client.process.total();
+    let threads: serde_json::Map<String, serde_json::Value> =
+        server.by_thread.iter().map(|(name, thread)| (name.clone(), spent(thread))).collect();
+    Some(CpuPerRequest {
+        on_path_us: on_path * 1e6 / requests as f64,
+        json: json!({
+            "server": spent(&server.process),
+            "server_threads": threads,
+            "client": spent(&client.process),
+            "on_path": us(on_path),
+        }),
+    })
+}
+
 #[derive(Default)]
 struct Tally {
     requests: u64,
@@ -400,8 +433,10 @@ pub fn run(args: &Args, dir: &Path, fsync: &Fsync) -> anyhow::Result<()> {
         eprintln!("ingest: {connections} connections for {} s …", args.seconds);
         let before = Syncs::read(&server.address)?;
         let shape = Shape { mode: args.mode, batch_size: args.batch_size };
+        let cpu_before = (CpuTimes::sample(Some(server.child.id())), CpuTimes::sample(None));
         let (tallies, elapsed) =
             run_async_clients(&server.address, &auth, connections, round, args.seconds, args.client_threads, shape)?;
+        let cpu_after = (CpuTimes::sample(Some(server.child.id())), CpuTimes::sample(None));
         let mut total = Tally::default();
         for tally in tallies {
             total.requests += tally.requests;
@@ -415,6 +450,19 @@ pub fn run(args: &Args, dir: &Path, fsync: &Fsync) -> anyhow::Result<()> {
         // One request per connection per fsync is the most a server that syncs each request
         // alone could do; group commit is how Flowmark gets near or past it.
         let ceiling = connections as f64 / (fsync.p50_ms / 1000.0);
+        let cpu = match (cpu_before, cpu_after) {
+            ((Some(server_before), Some(client_before)), (Some(server_after), Some(client_after))) => {
+                cpu_json(&server_after.since(&server_before), &client_after.since(&client_before), total.requests)
+            }
+            _ => None,
+        };
+        // The bound: what no schedule of syncs could beat with this CPU per request. The
+        // checkpointer's time is left out, as it runs beside the requests, not between them.
+        let bound = cpu.as_ref().map(|cpu| {
+            let sync_s = if syncs.syncs > 0 { syncs.seconds / syncs.syncs as f64 } else { fsync.p50_ms / 1000.0 };
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            round2(ratio_bound(connections, fsync.p50_ms / 1000.0, sync_s, cpu.on_path_us / 1e6, cores))
+        });
         emit(&json!({
             "scenario": "ingest",
             "mode": match args.mode { Mode::Track => "track", Mode::Batch => "batch" },
@@ -431,6 +479,8 @@ pub fn run(args: &Args, dir: &Path, fsync: &Fsync) -> anyhow::Result<()> {
             "fsync": fsync.json(),
             "fsync_ceiling_requests_per_s": ceiling.round(),
             "ratio_to_ceiling": round2(requests_per_s / ceiling),
+            "ratio_bound": bound,
+            "cpu_us_per_request": cpu.map(|cpu| cpu.json),
             "deferred": syncs.json(total.requests),
         }));
     }

@@ -19,6 +19,7 @@
 //! Invariant: a benchmark never touches a database it did not create (`--dir` gets fresh
 //! files, removed afterwards).
 
+mod cpu;
 mod http;
 mod journey;
 mod pages;

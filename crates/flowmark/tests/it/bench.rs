@@ -43,8 +43,8 @@ fn a_small_journey_reports_its_figures_and_keeps_its_log() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `flowmark bench ingest`, one second per mode: every request is answered `200`, and the
-/// syncer's figures come from the server's `/metrics`.
+/// `flowmark bench ingest`, one second per mode: every request is answered `200`, the
+/// syncer's figures come from the server's `/metrics`, and the CPU a request cost from `/proc`.
 #[test]
 fn a_short_ingestion_is_answered_and_reports_its_figures() {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ingest-{}", std::process::id()));
@@ -72,6 +72,14 @@ fn a_short_ingestion_is_answered_and_reports_its_figures() {
         assert_eq!(figures["events"].as_u64().unwrap(), requests * per_request, "{figures}");
         assert!(figures["deferred"]["groups"].is_u64(), "{figures}");
         assert!(figures["deferred"]["syncs"].is_u64(), "{figures}");
+        // What a request cost both processes, by the server's threads, and the bound it sets.
+        let cpu = &figures["cpu_us_per_request"];
+        assert!(cpu["on_path"].as_f64().unwrap() > 0.0, "{figures}");
+        let owner = &cpu["server_threads"]["flowmark-owner"];
+        assert!(owner["all"].as_f64().unwrap() >= owner["kernel"].as_f64().unwrap(), "{figures}");
+        assert!(cpu["client"]["kernel"].as_f64().is_some(), "{figures}");
+        let bound = figures["ratio_bound"].as_f64().unwrap();
+        assert!(bound > 0.0 && bound <= 1.0, "{figures}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
