@@ -13,8 +13,8 @@ use std::rc::Rc;
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{Event, Run, RunId, Sent};
 use flowmark_store::{
-    Attempt, Batch, Comment, Contact, DueTimer, Error, KeyedStart, Notification, OutboxEntry, Position, RunFilter,
-    Schedule, ScoreRecord, Session, Store, Token, WorkItem, WorkKind, WorkflowStatus, WorkflowSummary,
+    Attempt, Batch, Comment, Contact, DueTimer, Error, GoneEndpoint, KeyedStart, Notification, OutboxEntry, Position,
+    RunFilter, Schedule, ScoreRecord, Session, Store, Token, WorkItem, WorkKind, WorkflowStatus, WorkflowSummary,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::Rng;
@@ -304,5 +304,17 @@ impl<S: Store> Store for FaultyStore<S> {
 
     fn token(&self, hash: &str) -> Result<Option<Token>, Error> {
         self.inner.token(hash)
+    }
+
+    fn gone_endpoints(&self, limit: usize) -> Result<Vec<GoneEndpoint>, Error> {
+        self.inner.gone_endpoints(limit)
+    }
+
+    fn put_gone_endpoints(&mut self, endpoints: &[GoneEndpoint]) -> Result<(), Error> {
+        self.inner.put_gone_endpoints(endpoints)
+    }
+
+    fn forget_gone_endpoint(&mut self, url: &str) -> Result<bool, Error> {
+        self.inner.forget_gone_endpoint(url)
     }
 }

@@ -16,6 +16,8 @@ use flowmark_core::render::Message;
 use flowmark_core::{Duration, Timestamp};
 use serde_json::Value;
 
+use crate::webhook::GoneEndpoints;
+
 /// What one attempt gave.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -84,6 +86,9 @@ impl Default for Limits {
 /// virtual clock drives them as the system clock does.
 pub struct Connectors {
     routes: Vec<Route>,
+    /// Webhook URLs that answered `410 Gone`, when the webhook connectors share a record of
+    /// them: the dispatcher stores what is new after each round.
+    gone: Option<GoneEndpoints>,
 }
 
 struct Route {
@@ -111,7 +116,19 @@ impl Connectors {
 
     /// Every effect goes to `fallback`, within `limits`.
     pub fn with_limits(fallback: Arc<dyn Connector>, limits: Limits) -> Connectors {
-        Connectors { routes: vec![Route::new("fallback", Vec::new(), fallback, limits)] }
+        Connectors { routes: vec![Route::new("fallback", Vec::new(), fallback, limits)], gone: None }
+    }
+
+    /// The record of gone webhook URLs that this registry's webhook connectors share
+    /// (`WebhookConnector::with_gone_endpoints`): what they add, the dispatcher stores.
+    pub fn with_gone_endpoints(mut self, gone: GoneEndpoints) -> Connectors {
+        self.gone = Some(gone);
+        self
+    }
+
+    /// The shared record of gone webhook URLs, if there is one.
+    pub fn gone_endpoints(&self) -> Option<&GoneEndpoints> {
+        self.gone.as_ref()
     }
 
     /// Sends the effect kinds `kinds` to `connector`, within `limits`.

@@ -5,8 +5,9 @@
 //! (`v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, one per active secret, so a secret can be
 //! rotated without a gap). Secrets are `whsec_<base64>`. It retries on the spec's schedule
 //! (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), honours `Retry-After` on 429 and 503, treats
-//! `410 Gone` as "this endpoint is gone" (disabled until the server restarts), times out, and
-//! refuses addresses in private, loopback and link-local ranges unless allowed (SSRF).
+//! `410 Gone` as "this endpoint is gone" (the URL is disabled until someone enables it again:
+//! [`GoneEndpoints`], kept in the store across restarts), times out, and refuses addresses in
+//! private, loopback and link-local ranges unless allowed (SSRF).
 //!
 //! In: `verify` checks a request signed the same way, within a 5-minute timestamp tolerance.
 //!
@@ -14,14 +15,15 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, ToSocketAddrs};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use flowmark_core::Duration;
 use flowmark_core::render::Message;
+use flowmark_core::{Duration, Timestamp};
+use flowmark_store::GoneEndpoint;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -135,6 +137,70 @@ pub fn is_private(ip: IpAddr) -> bool {
     }
 }
 
+/// Gone URLs kept in memory at most; past it, a new one is still stored (and refused after
+/// the next start, which loads the newest) but may be called again until then.
+pub const GONE_ENDPOINTS_IN_MEMORY_MAX: usize = 100_000;
+
+/// Webhook URLs that answered `410 Gone`, shared by the webhook connectors (which refuse
+/// them), the dispatcher (which stores the new ones after each round: [`GoneEndpoints::take_new`])
+/// and the API (which lists them and enables one again). Loaded from the store at start.
+///
+/// Invariant: a URL marked gone is refused by every connector sharing the record from that
+/// moment on, and stays refused across restarts once stored, until it is forgotten.
+#[derive(Clone, Default)]
+pub struct GoneEndpoints(Arc<Mutex<GoneState>>);
+
+#[derive(Default)]
+struct GoneState {
+    urls: HashSet<String>,
+    /// Marked since the last `take_new`: not stored yet.
+    new: Vec<GoneEndpoint>,
+}
+
+impl GoneEndpoints {
+    /// A record holding `stored` (the store's newest first, as `Store::gone_endpoints` gives).
+    pub fn loaded(stored: Vec<GoneEndpoint>) -> GoneEndpoints {
+        let urls = stored.into_iter().take(GONE_ENDPOINTS_IN_MEMORY_MAX).map(|e| e.url).collect();
+        GoneEndpoints(Arc::new(Mutex::new(GoneState { urls, new: Vec::new() })))
+    }
+
+    /// Is `url` disabled?
+    pub fn contains(&self, url: &str) -> bool {
+        self.0.lock().is_ok_and(|state| state.urls.contains(url))
+    }
+
+    /// Disables `url` from now on, and keeps it to be stored.
+    pub fn mark(&self, url: &str, since: Timestamp, reason: String) {
+        if let Ok(mut state) = self.0.lock() {
+            if state.urls.len() < GONE_ENDPOINTS_IN_MEMORY_MAX {
+                state.urls.insert(url.to_owned());
+            }
+            state.new.push(GoneEndpoint { url: url.to_owned(), since, reason });
+        }
+    }
+
+    /// What was marked since the last call, to store; give it back (`keep`) if storing fails.
+    pub fn take_new(&self) -> Vec<GoneEndpoint> {
+        self.0.lock().map(|mut state| std::mem::take(&mut state.new)).unwrap_or_default()
+    }
+
+    /// Puts back what could not be stored, to be taken again after the next round.
+    pub fn keep(&self, endpoints: Vec<GoneEndpoint>) {
+        if let Ok(mut state) = self.0.lock() {
+            state.new.extend(endpoints);
+        }
+    }
+
+    /// Enables `url` again (in memory; the store is the caller's); `true` when it was disabled.
+    pub fn forget(&self, url: &str) -> bool {
+        self.0.lock().is_ok_and(|mut state| {
+            let before = state.new.len();
+            state.new.retain(|e| e.url != url);
+            state.urls.remove(url) || state.new.len() != before
+        })
+    }
+}
+
 pub struct WebhookSettings {
     /// The active secrets (`whsec_…`); each request is signed with all of them.
     pub secrets: Vec<Secret>,
@@ -146,8 +212,8 @@ pub struct WebhookConnector {
     agent: ureq::Agent,
     secrets: Vec<Secret>,
     allow_private: bool,
-    /// Endpoints that answered `410 Gone`.
-    gone: Mutex<HashSet<String>>,
+    /// URLs that answered `410 Gone`, shared with whoever stores them.
+    gone: GoneEndpoints,
 }
 
 impl WebhookConnector {
@@ -162,8 +228,15 @@ impl WebhookConnector {
             agent,
             secrets: settings.secrets,
             allow_private: settings.allow_private,
-            gone: Mutex::default(),
+            gone: GoneEndpoints::default(),
         }
+    }
+
+    /// Shares `gone` with other connectors and the dispatcher (see [`GoneEndpoints`]);
+    /// without it, a `410` disables a URL for this connector until the process ends.
+    pub fn with_gone_endpoints(mut self, gone: GoneEndpoints) -> WebhookConnector {
+        self.gone = gone;
+        self
     }
 
     /// Refuses a URL that is not http(s) or whose host resolves to a private address.
@@ -197,7 +270,7 @@ impl Connector for WebhookConnector {
         let Some(Message::Webhook { url, method, headers, body }) = job.message else {
             return Outcome::Permanent { error: "the webhook connector sends webhook messages only".to_owned() };
         };
-        if self.gone.lock().is_ok_and(|gone| gone.contains(url)) {
+        if self.gone.contains(url) {
             return Outcome::Permanent { error: format!("{url} answered 410 Gone earlier and is disabled") };
         }
         if let Err(error) = self.check(url) {
@@ -233,10 +306,9 @@ impl Connector for WebhookConnector {
         match status {
             200..=299 => Outcome::Done { detail: Some(format!("HTTP {status}")) },
             410 => {
-                if let Ok(mut gone) = self.gone.lock() {
-                    gone.insert(url.clone());
-                }
-                Outcome::Permanent { error: format!("{url} answered 410 Gone; the endpoint is disabled") }
+                let error = format!("{url} answered 410 Gone; the endpoint is disabled");
+                self.gone.mark(url, job.now, error.clone());
+                Outcome::Permanent { error }
             }
             429 | 503 => Outcome::Retryable { error: format!("{url} answered HTTP {status}"), retry_after },
             408 | 500..=599 => Outcome::Retryable { error: format!("{url} answered HTTP {status}"), retry_after: None },
@@ -297,6 +369,93 @@ mod tests {
         for public in ["93.184.216.34", "2606:2800:220:1::1", "8.8.8.8"] {
             assert!(!is_private(public.parse().unwrap()), "{public}");
         }
+    }
+
+    /// A receiver on loopback that answers every request with `status`, counting requests.
+    fn answering(status: &'static str) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = count.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // The head, then as many bytes as it says the body has.
+                while let Ok(n @ 1..) = stream.read(&mut buffer) {
+                    request.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&request);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        (url, count)
+    }
+
+    fn call(connector: &WebhookConnector, url: &str) -> Outcome {
+        let message =
+            Message::Webhook { url: url.to_owned(), method: "POST".to_owned(), headers: Vec::new(), body: None };
+        let effect = serde_json::json!({ "effect": "call_webhook" });
+        let job = Job {
+            key: "1-crm",
+            effect: &effect,
+            message: Some(&message),
+            subject_id: "c1",
+            attempt: 1,
+            now: Timestamp(1_000),
+        };
+        connector.perform(&job)
+    }
+
+    #[test]
+    fn a_410_disables_the_url_for_every_connector_sharing_the_record_until_forgotten() {
+        let (url, calls) = answering("410 Gone");
+        let gone = GoneEndpoints::default();
+        let settings = || WebhookSettings { secrets: Vec::new(), allow_private: true };
+        let first = WebhookConnector::new(settings()).with_gone_endpoints(gone.clone());
+        let second = WebhookConnector::new(settings()).with_gone_endpoints(gone.clone());
+        assert!(matches!(call(&first, &url), Outcome::Permanent { error } if error.contains("410 Gone")));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(matches!(call(&second, &url), Outcome::Permanent { error } if error.contains("earlier")));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "a gone URL is not called again");
+        // The new entry is handed over once, to be stored.
+        let new = gone.take_new();
+        assert_eq!(new.len(), 1);
+        assert_eq!((new[0].url.as_str(), new[0].since), (url.as_str(), Timestamp(1_000)));
+        assert!(gone.take_new().is_empty());
+        assert!(gone.forget(&url));
+        assert!(!gone.forget(&url));
+        assert!(matches!(call(&second, &url), Outcome::Permanent { error } if error.contains("410 Gone;")));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2, "called again once enabled");
+    }
+
+    #[test]
+    fn a_record_loaded_from_the_store_refuses_its_urls_and_keeps_what_failed_to_store() {
+        let stored =
+            GoneEndpoint { url: "https://gone.example/hook".into(), since: Timestamp(5), reason: "410".into() };
+        let gone = GoneEndpoints::loaded(vec![stored.clone()]);
+        assert!(gone.contains("https://gone.example/hook"));
+        assert!(!gone.contains("https://live.example/hook"));
+        assert!(gone.take_new().is_empty(), "what was loaded is stored already");
+        gone.mark("https://live.example/hook", Timestamp(9), "410".into());
+        let new = gone.take_new();
+        gone.keep(new.clone());
+        assert_eq!(gone.take_new(), new, "given back to be stored next round");
     }
 
     #[test]

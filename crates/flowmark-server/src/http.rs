@@ -44,6 +44,9 @@ pub struct Config {
     pub inbound_webhook_secrets: Vec<flowmark_runtime::webhook::Secret>,
     /// Mark the web UI's session cookie `Secure` (the server is reached over https).
     pub secure_cookies: bool,
+    /// The webhook URLs that answered `410 Gone`, shared with the webhook connectors:
+    /// `/api/webhooks/gone` lists them and enables one again.
+    pub gone_endpoints: flowmark_runtime::webhook::GoneEndpoints,
 }
 
 #[derive(Clone)]
@@ -75,6 +78,7 @@ pub fn router(owner: Owner, config: Config) -> Router {
         .route("/api/contacts/{id}/segments", get(contact_segments))
         .route("/api/contacts/{id}", get(contact).put(upsert_contact))
         .route("/api/events", get(events))
+        .route("/api/webhooks/gone", get(gone_endpoints).delete(enable_endpoint))
         .route("/api/openapi.json", get(openapi))
         .route("/u/{subject}/{signature}", get(unsubscribe_page).post(unsubscribe))
         .route("/hooks/{source}", post(inbound_webhook))
@@ -318,6 +322,65 @@ async fn workflows(State(app): State<App>, headers: HeaderMap) -> Response {
     }
 }
 
+/// Most gone webhook URLs one listing returns (newest first).
+pub const GONE_ENDPOINTS_PAGE_COUNT_MAX: usize = 1000;
+
+/// `GET /api/webhooks/gone[?limit=N]`: the webhook URLs that answered `410 Gone` and are not
+/// called any more, newest first.
+async fn gone_endpoints(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let limit = match params.get("limit").map(|v| v.parse::<usize>()) {
+        None => GONE_ENDPOINTS_PAGE_COUNT_MAX,
+        Some(Ok(limit @ 1..=GONE_ENDPOINTS_PAGE_COUNT_MAX)) => limit,
+        Some(_) => {
+            let detail = format!("`limit` is a whole number from 1 to {GONE_ENDPOINTS_PAGE_COUNT_MAX}");
+            return problem(StatusCode::BAD_REQUEST, "Invalid limit", detail);
+        }
+    };
+    match query_owner(&app, move |engine, _| engine.store().gone_endpoints(limit)).await {
+        Ok(list) => axum::Json(
+            list.into_iter()
+                .map(|e| json!({ "url": e.url, "since": e.since.ms(), "reason": e.reason }))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(response) => response,
+    }
+}
+
+/// `DELETE /api/webhooks/gone?url=URL`: calls the URL again from the next effect on; `404`
+/// when it is not disabled.
+async fn enable_endpoint(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
+        return response;
+    }
+    let Some(url) = params.get("url").cloned() else {
+        return problem(StatusCode::BAD_REQUEST, "Missing URL", "say which URL to enable: `?url=…`");
+    };
+    let forget = url.clone();
+    let stored = match query_owner(&app, move |engine, _| engine.store_mut().forget_gone_endpoint(&forget)).await {
+        Ok(stored) => stored,
+        Err(response) => return response,
+    };
+    // Also one a connector marked this round, which the dispatcher has not stored yet.
+    let in_memory = app.config.gone_endpoints.forget(&url);
+    if stored || in_memory {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        problem(StatusCode::NOT_FOUND, "Not disabled", format!("`{url}` is not a disabled webhook URL"))
+    }
+}
+
 /// Most runs one listing returns; page with filters.
 pub const RUNS_PAGE_COUNT_MAX: usize = 1000;
 const RUNS_PAGE_COUNT_DEFAULT: usize = 100;
@@ -486,7 +549,7 @@ async fn openapi() -> Response {
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Every route `router` serves, as (method, path in OpenAPI's template syntax).
-pub const ROUTES: [(&str, &str); 43] = [
+pub const ROUTES: [(&str, &str); 45] = [
     ("get", "/healthz"),
     ("post", "/v1/{kind}"),
     ("post", "/api/workflows"),
@@ -510,6 +573,8 @@ pub const ROUTES: [(&str, &str); 43] = [
     ("put", "/api/segments"),
     ("get", "/api/contacts/{id}/segments"),
     ("get", "/api/events"),
+    ("get", "/api/webhooks/gone"),
+    ("delete", "/api/webhooks/gone"),
     ("get", "/metrics"),
     ("get", "/api/openapi.json"),
     ("get", "/u/{subject}/{signature}"),

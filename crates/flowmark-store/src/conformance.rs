@@ -65,6 +65,7 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
     workflow_versions_are_immutable(make()).expect("workflow_versions_are_immutable");
     contacts_merge_traits(make()).expect("contacts_merge_traits");
     tokens_are_found_by_hash(make()).expect("tokens_are_found_by_hash");
+    gone_endpoints_stay_gone_until_forgotten(make()).expect("gone_endpoints_stay_gone_until_forgotten");
     schedules_are_found_by_due_time(make()).expect("schedules_are_found_by_due_time");
     merged_identities_keep_their_history(make()).expect("merged_identities_keep_their_history");
     runs_are_found_by_position(make()).expect("runs_are_found_by_position");
@@ -409,6 +410,25 @@ pub fn tokens_are_found_by_hash(mut store: Box<dyn Store>) -> Result<(), Error> 
     assert_eq!(store.token("ab12")?, Some(token.clone()));
     assert_eq!(store.token("ab13")?, None);
     assert!(store.put_token("ab12", &token).is_err(), "a hash is stored once");
+    Ok(())
+}
+
+pub fn gone_endpoints_stay_gone_until_forgotten(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let gone = |url: &str, at: i64| crate::GoneEndpoint {
+        url: url.to_owned(),
+        since: Timestamp(T0.ms() + at),
+        reason: format!("{url} answered 410 Gone"),
+    };
+    assert_eq!(store.gone_endpoints(10)?, Vec::new());
+    store.put_gone_endpoints(&[gone("https://a.example/hook", 1), gone("https://b.example/hook", 2)])?;
+    // Recorded again later: the first time stays.
+    store.put_gone_endpoints(&[gone("https://a.example/hook", 3)])?;
+    let listed = store.gone_endpoints(10)?;
+    assert_eq!(listed, vec![gone("https://b.example/hook", 2), gone("https://a.example/hook", 1)], "newest first");
+    assert_eq!(store.gone_endpoints(1)?, vec![gone("https://b.example/hook", 2)]);
+    assert!(store.forget_gone_endpoint("https://a.example/hook")?);
+    assert!(!store.forget_gone_endpoint("https://a.example/hook")?, "forgotten once");
+    assert_eq!(store.gone_endpoints(10)?, vec![gone("https://b.example/hook", 2)]);
     Ok(())
 }
 

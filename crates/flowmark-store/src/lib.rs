@@ -161,6 +161,16 @@ pub struct Token {
     pub created_at: Timestamp,
 }
 
+/// A webhook URL that answered `410 Gone`, and so is not called again until it is enabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoneEndpoint {
+    pub url: String,
+    /// When it first answered `410`.
+    pub since: Timestamp,
+    /// What the connector recorded (the answer).
+    pub reason: String,
+}
+
 /// A change to a contact: `traits` merged into the stored ones (top-level keys replace), the
 /// time zone replaced when given. Creates the contact when it does not exist.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -462,6 +472,15 @@ pub trait Store {
 
     /// The token with this hash, if any.
     fn token(&self, hash: &str) -> Result<Option<Token>, Error>;
+
+    /// Webhook URLs that answered `410 Gone`, newest first, at most `limit`.
+    fn gone_endpoints(&self, limit: usize) -> Result<Vec<GoneEndpoint>, Error>;
+
+    /// Records these URLs as gone, in one commit; a URL recorded already keeps its first time.
+    fn put_gone_endpoints(&mut self, endpoints: &[GoneEndpoint]) -> Result<(), Error>;
+
+    /// Enables a URL again; `false` when it was not recorded as gone.
+    fn forget_gone_endpoint(&mut self, url: &str) -> Result<bool, Error>;
 
     /// A work item by id, with the people who may act on it.
     fn work_item(&self, id: &str) -> Result<Option<WorkItem>, Error>;

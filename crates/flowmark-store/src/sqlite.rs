@@ -26,8 +26,8 @@ use serde_json::Value;
 use crate::cache::ContactCache;
 use crate::wal_sync::WalSync;
 use crate::{
-    Attempt, Batch, Contact, ContactChange, DueTimer, EffectOwner, Error, KeyedStart, OutboxEntry, Position, RunFilter,
-    Schedule, ScheduleChange, Scope, ScoreRecord, Store, Token, WorkflowStatus, WorkflowSummary,
+    Attempt, Batch, Contact, ContactChange, DueTimer, EffectOwner, Error, GoneEndpoint, KeyedStart, OutboxEntry,
+    Position, RunFilter, Schedule, ScheduleChange, Scope, ScoreRecord, Store, Token, WorkflowStatus, WorkflowSummary,
 };
 use crate::{Comment, Notification, Session, WorkItem, WorkKind};
 
@@ -261,6 +261,17 @@ DROP TABLE trail_seq;
     // have none, and are compared by subject only, as they were.
     r#"
 ALTER TABLE start_keys ADD COLUMN request TEXT;
+"#,
+    // Webhook URLs that answered `410 Gone`: disabled until someone enables them again, and
+    // kept across restarts (a receiver that said its endpoint is gone must not be called
+    // again after the next deploy).
+    r#"
+CREATE TABLE gone_endpoints (
+    url TEXT PRIMARY KEY,
+    since INTEGER NOT NULL,
+    reason TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX gone_endpoints_by_since ON gone_endpoints (since);
 "#,
 ];
 
@@ -1516,6 +1527,34 @@ impl Store for SqliteStore {
             params![hash, token.workspace, token.name, scopes.join(","), token.created_at.ms()],
         )?;
         Ok(())
+    }
+
+    fn gone_endpoints(&self, limit: usize) -> Result<Vec<GoneEndpoint>, Error> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT url, since, reason FROM gone_endpoints ORDER BY since DESC, url LIMIT ?1")?;
+        let rows = statement.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
+            Ok(GoneEndpoint { url: row.get(0)?, since: Timestamp(row.get(1)?), reason: row.get(2)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn put_gone_endpoints(&mut self, endpoints: &[GoneEndpoint]) -> Result<(), Error> {
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO gone_endpoints (url, since, reason) VALUES (?1, ?2, ?3) ON CONFLICT (url) DO NOTHING",
+            )?;
+            for endpoint in endpoints {
+                insert.execute(params![endpoint.url, endpoint.since.ms(), endpoint.reason])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn forget_gone_endpoint(&mut self, url: &str) -> Result<bool, Error> {
+        Ok(self.conn.prepare_cached("DELETE FROM gone_endpoints WHERE url = ?1")?.execute([url])? > 0)
     }
 
     fn token(&self, hash: &str) -> Result<Option<Token>, Error> {

@@ -12,7 +12,9 @@ use std::io::Write as _;
 use std::sync::Arc;
 
 use flowmark_runtime::smtp::{SmtpConnector, SmtpSettings};
-use flowmark_runtime::webhook::{Secret, WebhookConnector, WebhookSettings};
+use flowmark_runtime::webhook::{
+    GONE_ENDPOINTS_IN_MEMORY_MAX, GoneEndpoints, Secret, WebhookConnector, WebhookSettings,
+};
 use flowmark_runtime::{Connectors, Engine, Limits, LogConnector};
 use flowmark_server::owner::Command;
 use flowmark_server::{Config, Owner, router};
@@ -188,6 +190,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         unsubscribe_secret: Some(secret.clone()),
         inbound_webhook_secrets,
         secure_cookies: args.public_url.as_deref().is_some_and(|url| url.starts_with("https://")),
+        gone_endpoints: GoneEndpoints::default(),
     };
     if args.demo {
         let now = flowmark_core::Timestamp(
@@ -226,8 +229,15 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let address = listener.local_addr()?;
     let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{address}"));
     engine.set_public_url(&public_url);
+    // Webhook URLs that answered `410 Gone` stay disabled across restarts: every webhook
+    // connector shares the stored record, the dispatcher stores what they add.
+    let gone = GoneEndpoints::loaded(
+        engine.store().gone_endpoints(GONE_ENDPOINTS_IN_MEMORY_MAX).context("cannot read the disabled webhook URLs")?,
+    );
+    config.gone_endpoints = gone.clone();
     let mut connectors =
-        Connectors::with_limits(Arc::new(connector), limits(args.effects_concurrency, args.effects_per_second));
+        Connectors::with_limits(Arc::new(connector), limits(args.effects_concurrency, args.effects_per_second))
+            .with_gone_endpoints(gone.clone());
     if let Some(url) = &args.smtp_url {
         let settings = SmtpSettings {
             url: url.clone(),
@@ -251,7 +261,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     connectors = connectors.route(
         "chat",
         &[flowmark_runtime::CHAT_EFFECT],
-        Arc::new(WebhookConnector::new(chat)),
+        Arc::new(WebhookConnector::new(chat).with_gone_endpoints(gone.clone())),
         limits(args.webhook_concurrency, args.webhook_per_second),
     );
     if !args.webhook_secrets.is_empty() {
@@ -259,7 +269,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         connectors = connectors.route(
             "webhooks",
             &["call_webhook"],
-            Arc::new(WebhookConnector::new(settings)),
+            Arc::new(WebhookConnector::new(settings).with_gone_endpoints(gone)),
             limits(args.webhook_concurrency, args.webhook_per_second),
         );
     }

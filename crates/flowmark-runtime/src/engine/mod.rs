@@ -666,7 +666,23 @@ impl<S: Store> Engine<S> {
         self.store.begin()?;
         let result = self.dispatch_unit(now, limit, connectors);
         self.store.finish();
+        self.store_gone_endpoints(connectors);
         result
+    }
+
+    /// Stores the webhook URLs that answered `410 Gone` in this round, so they stay disabled
+    /// after a restart. A failure keeps them for the next round: in memory they are refused
+    /// already, and a crash before they are stored costs at most one more `410` each.
+    fn store_gone_endpoints(&mut self, connectors: &Connectors) {
+        let Some(gone) = connectors.gone_endpoints() else { return };
+        let new = gone.take_new();
+        if new.is_empty() {
+            return;
+        }
+        if let Err(error) = self.store.put_gone_endpoints(&new) {
+            tracing::warn!(%error, endpoints = new.len(), "cannot store gone webhook endpoints; trying again next round");
+            gone.keep(new);
+        }
     }
 
     fn dispatch_unit(&mut self, now: Timestamp, limit: usize, connectors: &mut Connectors) -> Result<usize, Error> {

@@ -156,3 +156,111 @@ steps:
     assert_eq!(received["payload"]["lead"], "bo@example.com");
     server.stop();
 }
+
+/// A receiver on loopback that answers every request `410 Gone`; returns its port and how
+/// many requests it got.
+fn gone_receiver() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut seen = Vec::new();
+            let mut buffer = [0u8; 8192];
+            // The request's head and its short body arrive at once or in a few reads.
+            while let Ok(n @ 1..) = stream.read(&mut buffer) {
+                seen.extend_from_slice(&buffer[..n]);
+                let text = String::from_utf8_lossy(&seen);
+                if text.contains("\r\n\r\n") && text.trim_end().ends_with('}') {
+                    break;
+                }
+            }
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream.write_all(b"HTTP/1.1 410 Gone\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, calls)
+}
+
+/// Waits until `subject`'s run has tried its webhook; returns the run's history.
+fn webhook_error(server: &Server, subject: &str) -> String {
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(20), "{subject}'s webhook was never tried");
+        let (_, _, runs) = server.api("GET", &format!("/api/runs?subject={subject}"), b"");
+        if let Some(id) = runs.as_array().and_then(|runs| runs.first()).map(|run| run["id"].clone()) {
+            let (_, _, run) = server.api("GET", &format!("/api/runs/{id}"), b"");
+            let history = run["history"].to_string();
+            if history.contains("410 Gone") {
+                return history;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A URL that answered `410 Gone` is not called again, by this server or after a restart,
+/// until an admin enables it through `/api/webhooks/gone`.
+#[test]
+fn a_url_that_answered_410_stays_disabled_across_restarts_until_enabled() {
+    let dir = super::validate::fresh_dir("webhooks-gone");
+    let db = dir.join("flowmark.db");
+    let (port, calls) = gone_receiver();
+    let url = format!("http://127.0.0.1:{port}/leads");
+    let keys = ["--write-key", "wk", "--api-token", "tok", "--webhook-secret", SECRET, "--webhook-allow-private"];
+    let server = Server::start_with(&db, &keys);
+    let workflow = format!(
+        "id: lead-to-crm\nsubject: contact\ntrigger: {{ event: Lead Created }}\nsteps:\n  - id: crm\n    action:\n      webhook:\n        url: \"{url}\"\n        body: {{ source: flowmark }}\n"
+    );
+    assert_eq!(server.api("POST", "/api/workflows", workflow.as_bytes()).0, 201);
+    let lead = |server: &Server, who: &str| {
+        assert_eq!(server.send("track", &json!({ "userId": who, "event": "Lead Created" })).0, 200);
+    };
+    let calls_now = || calls.load(std::sync::atomic::Ordering::SeqCst);
+
+    lead(&server, "first");
+    let error = webhook_error(&server, "first");
+    assert!(error.contains("the endpoint is disabled"), "{error}");
+    assert_eq!(calls_now(), 1);
+    // Stored by the dispatcher after its round, and listed.
+    let started = Instant::now();
+    let listed = loop {
+        let (status, _, listed) = server.api("GET", "/api/webhooks/gone", b"");
+        assert_eq!(status, 200, "{listed}");
+        if !listed.as_array().unwrap().is_empty() {
+            break listed;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the gone URL was never stored");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(listed[0]["url"], url.as_str(), "{listed}");
+    assert!(listed[0]["reason"].as_str().unwrap().contains("410 Gone"), "{listed}");
+
+    lead(&server, "second");
+    assert!(webhook_error(&server, "second").contains("answered 410 Gone earlier"));
+    assert_eq!(calls_now(), 1, "not called again by this server");
+
+    server.stop();
+    let server = Server::start_with(&db, &keys);
+    lead(&server, "third");
+    assert!(webhook_error(&server, "third").contains("answered 410 Gone earlier"));
+    assert_eq!(calls_now(), 1, "not called again after a restart");
+
+    let path = format!("/api/webhooks/gone?url={}", url.replace(':', "%3A").replace('/', "%2F"));
+    let (status, _, problem) = server.request_with("DELETE", &path, &[], b"");
+    assert_eq!(status, 401, "enabling needs the admin token: {problem}");
+    assert_eq!(server.api("DELETE", &path, b"").0, 204);
+    let (status, _, problem) = server.api("DELETE", &path, b"");
+    assert_eq!((status, problem["title"].as_str()), (404, Some("Not disabled")));
+    assert_eq!(server.api("GET", "/api/webhooks/gone", b"").2, json!([]));
+    let (status, _, problem) = server.api("GET", "/api/webhooks/gone?limit=0", b"");
+    assert_eq!((status, problem["title"].as_str()), (400, Some("Invalid limit")));
+    let (status, _, problem) = server.api("DELETE", "/api/webhooks/gone", b"");
+    assert_eq!((status, problem["title"].as_str()), (400, Some("Missing URL")));
+    lead(&server, "fourth");
+    assert!(webhook_error(&server, "fourth").contains("the endpoint is disabled"));
+    assert_eq!(calls_now(), 2, "called again once enabled");
+    server.stop();
+}
