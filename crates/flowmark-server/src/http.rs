@@ -322,6 +322,16 @@ async fn workflows(State(app): State<App>, headers: HeaderMap) -> Response {
     }
 }
 
+/// A listing's `limit` parameter: `default` when absent; what is wrong with it when it is not
+/// a whole number from 1 to `max`.
+fn query_limit(params: &HashMap<String, String>, default: usize, max: usize) -> Result<usize, String> {
+    match params.get("limit").map(|v| v.parse::<usize>()) {
+        None => Ok(default),
+        Some(Ok(n)) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(format!("`limit` must be a whole number from 1 to {max}")),
+    }
+}
+
 /// Most gone webhook URLs one listing returns (newest first).
 pub const GONE_ENDPOINTS_PAGE_COUNT_MAX: usize = 1000;
 
@@ -335,13 +345,9 @@ async fn gone_endpoints(
     if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
         return response;
     }
-    let limit = match params.get("limit").map(|v| v.parse::<usize>()) {
-        None => GONE_ENDPOINTS_PAGE_COUNT_MAX,
-        Some(Ok(limit @ 1..=GONE_ENDPOINTS_PAGE_COUNT_MAX)) => limit,
-        Some(_) => {
-            let detail = format!("`limit` is a whole number from 1 to {GONE_ENDPOINTS_PAGE_COUNT_MAX}");
-            return problem(StatusCode::BAD_REQUEST, "Invalid limit", detail);
-        }
+    let limit = match query_limit(&params, GONE_ENDPOINTS_PAGE_COUNT_MAX, GONE_ENDPOINTS_PAGE_COUNT_MAX) {
+        Ok(limit) => limit,
+        Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid limit", detail),
     };
     match query_owner(&app, move |engine, _| engine.store().gone_endpoints(limit)).await {
         Ok(list) => axum::Json(
@@ -759,16 +765,9 @@ async fn events(State(app): State<App>, headers: HeaderMap, Query(query): Query<
             "give `subject`: events are listed per contact or item",
         );
     };
-    let limit = match query.get("limit").map(|v| v.parse::<usize>()) {
-        None => 100,
-        Some(Ok(n)) if (1..=EVENTS_PAGE_COUNT_MAX).contains(&n) => n,
-        Some(_) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "Invalid filter",
-                format!("`limit` must be a whole number from 1 to {EVENTS_PAGE_COUNT_MAX}"),
-            );
-        }
+    let limit = match query_limit(&query, 100, EVENTS_PAGE_COUNT_MAX) {
+        Ok(limit) => limit,
+        Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid filter", detail),
     };
     let since = match query.get("since").map(|v| chrono::DateTime::parse_from_rfc3339(v)) {
         None => Timestamp(i64::MIN),
