@@ -23,6 +23,7 @@ use cel::common::ast::{EntryExpr, Expr};
 use cel::{Context, IdedExpr, Program, Value as CelValue};
 use serde_json::Value;
 
+use crate::guard::guarded;
 use crate::limits::CONDITION_LENGTH_MAX;
 
 /// A compiled CEL condition.
@@ -87,7 +88,12 @@ impl Condition {
         if source.len() > CONDITION_LENGTH_MAX {
             return Err(CompileError::TooLong { length: source.len() });
         }
-        let program = Program::compile(source).map_err(|errors| {
+        let compiled = guarded(|| Program::compile(source)).ok_or_else(|| CompileError::Syntax {
+            message: "the expression could not be read (the CEL parser failed on it)".to_owned(),
+            line: 1,
+            column: 1,
+        })?;
+        let program = compiled.map_err(|errors| {
             let first = errors.errors.first();
             let (line, column) = first.map_or((1, 1), |e| {
                 (usize::try_from(e.pos.0).unwrap_or(0).max(1), usize::try_from(e.pos.1).unwrap_or(0) + 1)
@@ -170,10 +176,11 @@ impl Condition {
             for name in self.roots.iter() {
                 context.add_variable_from_value(name.clone(), json_to_cel(&project(name, inputs)));
             }
-            match self.program.execute(&context) {
-                Ok(CelValue::Bool(b)) => Ok(b),
-                Ok(other) => Err(EvalError::NotBool(format!("{other:?}"))),
-                Err(error) => Err(EvalError::Execution(error.to_string())),
+            match guarded(|| self.program.execute(&context)) {
+                Some(Ok(CelValue::Bool(b))) => Ok(b),
+                Some(Ok(other)) => Err(EvalError::NotBool(format!("{other:?}"))),
+                Some(Err(error)) => Err(EvalError::Execution(error.to_string())),
+                None => Err(EvalError::Execution("the CEL interpreter failed on these values".to_owned())),
             }
         })
     }

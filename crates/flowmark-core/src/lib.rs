@@ -22,6 +22,7 @@
 pub mod diagnostic;
 pub mod engine;
 pub mod expr;
+mod guard;
 pub mod limits;
 pub mod model;
 pub mod parse;

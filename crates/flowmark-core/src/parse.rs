@@ -14,6 +14,7 @@ use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Source, Span, did_you_mean};
 use crate::expr::{CompileError, Condition};
+use crate::guard::guarded;
 use crate::limits;
 use crate::model::*;
 use crate::template::{Template, TemplateError};
@@ -690,7 +691,15 @@ impl<'s> Decoder<'s> {
             ));
             return None;
         }
-        let documents = match MarkedYaml::load_from_str(&source.text) {
+        let Some(loaded) = guarded(|| MarkedYaml::load_from_str(&source.text)) else {
+            self.error(
+                Diagnostic::error("flowmark::yaml-syntax", Span::new(0, 0), "this YAML could not be read")
+                    .label("the YAML parser failed on this file")
+                    .help("check the file's structure; if it is valid YAML, please report it"),
+            );
+            return None;
+        };
+        let documents = match loaded {
             Ok(documents) => documents,
             Err(error) => {
                 let offset = self.byte_offset(error.marker().index());

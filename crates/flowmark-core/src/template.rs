@@ -13,6 +13,7 @@ use liquid::model::{KString, Value as LiquidValue};
 use serde_json::Value;
 
 use crate::expr::Scope;
+use crate::guard::guarded;
 use crate::limits::TEMPLATE_LENGTH_MAX;
 
 #[derive(Clone)]
@@ -243,31 +244,6 @@ pub fn output_variables(source: &str) -> (Vec<OutputVariable>, Vec<String>) {
         }
     }
     (variables, locals)
-}
-
-thread_local! {
-    /// Set while Liquid runs on this thread: a panic then is Liquid's, caught and reported as
-    /// an error, and not printed.
-    static IN_LIQUID: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs Liquid, turning a panic inside it into `None`. The liquid crates assert internal
-/// invariants that some inputs break (fuzzing found two); a bad template must be an error,
-/// never a crash of `validate` or of the server's owner thread.
-fn guarded<T>(work: impl FnOnce() -> T) -> Option<T> {
-    static HOOK: OnceLock<()> = OnceLock::new();
-    HOOK.get_or_init(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !IN_LIQUID.with(std::cell::Cell::get) {
-                previous(info);
-            }
-        }));
-    });
-    IN_LIQUID.with(|flag| flag.set(true));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
-    IN_LIQUID.with(|flag| flag.set(false));
-    result.ok()
 }
 
 /// Where a run of digits inside `{{ … }}` or `{% … %}` (outside quotes, not part of a name)

@@ -137,8 +137,9 @@ pub fn is_private(ip: IpAddr) -> bool {
     }
 }
 
-/// Gone URLs kept in memory at most; past it, a new one is still stored (and refused after
-/// the next start, which loads the newest) but may be called again until then.
+/// Gone URLs refused from memory at most. Past it, a URL that answers `410` is still stored,
+/// but refused only until the process ends: a start loads the newest this many, and an older
+/// one may be called again (once: it answers `410` again).
 pub const GONE_ENDPOINTS_IN_MEMORY_MAX: usize = 100_000;
 
 /// Webhook URLs that answered `410 Gone`, shared by the webhook connectors (which refuse
@@ -146,7 +147,9 @@ pub const GONE_ENDPOINTS_IN_MEMORY_MAX: usize = 100_000;
 /// and the API (which lists them and enables one again). Loaded from the store at start.
 ///
 /// Invariant: a URL marked gone is refused by every connector sharing the record from that
-/// moment on, and stays refused across restarts once stored, until it is forgotten.
+/// moment on, and, once stored, after every restart too (up to
+/// [`GONE_ENDPOINTS_IN_MEMORY_MAX`] URLs), until it is forgotten. What waits to be stored
+/// holds each URL once, and no more than that many.
 #[derive(Clone, Default)]
 pub struct GoneEndpoints(Arc<Mutex<GoneState>>);
 
@@ -164,40 +167,54 @@ impl GoneEndpoints {
         GoneEndpoints(Arc::new(Mutex::new(GoneState { urls, new: Vec::new() })))
     }
 
-    /// Is `url` disabled?
-    pub fn contains(&self, url: &str) -> bool {
-        self.0.lock().is_ok_and(|state| state.urls.contains(url))
+    /// The state; a panic elsewhere while it was held leaves it usable (each change to it is
+    /// one step), so a poisoned lock is taken as it is rather than forgetting gone URLs.
+    fn state(&self) -> std::sync::MutexGuard<'_, GoneState> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Disables `url` from now on, and keeps it to be stored.
-    pub fn mark(&self, url: &str, since: Timestamp, reason: String) {
-        if let Ok(mut state) = self.0.lock() {
-            if state.urls.len() < GONE_ENDPOINTS_IN_MEMORY_MAX {
-                state.urls.insert(url.to_owned());
-            }
-            state.new.push(GoneEndpoint { url: url.to_owned(), since, reason });
+    /// Is `url` disabled?
+    pub fn contains(&self, url: &str) -> bool {
+        self.state().urls.contains(url)
+    }
+
+    /// Disables `url` from now on, and keeps it to be stored (once, however often it is marked
+    /// before the next `take_new`).
+    pub fn mark(&self, url: &str, gone_at: Timestamp, reason: String) {
+        let mut state = self.state();
+        let fresh = if state.urls.len() < GONE_ENDPOINTS_IN_MEMORY_MAX {
+            state.urls.insert(url.to_owned())
+        } else {
+            !state.urls.contains(url) && !state.new.iter().any(|e| e.url == url)
+        };
+        if fresh && state.new.len() < GONE_ENDPOINTS_IN_MEMORY_MAX {
+            state.new.push(GoneEndpoint { url: url.to_owned(), gone_at, reason });
         }
     }
 
     /// What was marked since the last call, to store; give it back (`keep`) if storing fails.
     pub fn take_new(&self) -> Vec<GoneEndpoint> {
-        self.0.lock().map(|mut state| std::mem::take(&mut state.new)).unwrap_or_default()
+        std::mem::take(&mut self.state().new)
     }
 
     /// Puts back what could not be stored, to be taken again after the next round.
     pub fn keep(&self, endpoints: Vec<GoneEndpoint>) {
-        if let Ok(mut state) = self.0.lock() {
-            state.new.extend(endpoints);
+        let mut state = self.state();
+        for endpoint in endpoints {
+            if state.new.len() < GONE_ENDPOINTS_IN_MEMORY_MAX && !state.new.iter().any(|e| e.url == endpoint.url) {
+                state.new.push(endpoint);
+            }
         }
     }
 
-    /// Enables `url` again (in memory; the store is the caller's); `true` when it was disabled.
+    /// Enables `url` again in memory, and drops it from what waits to be stored; `true` when
+    /// it was disabled. The store is the caller's: forget it there in the same step on the
+    /// owner thread, so a dispatcher round cannot store it again in between.
     pub fn forget(&self, url: &str) -> bool {
-        self.0.lock().is_ok_and(|mut state| {
-            let before = state.new.len();
-            state.new.retain(|e| e.url != url);
-            state.urls.remove(url) || state.new.len() != before
-        })
+        let mut state = self.state();
+        let before = state.new.len();
+        state.new.retain(|e| e.url != url);
+        state.urls.remove(url) || state.new.len() != before
     }
 }
 
@@ -436,7 +453,7 @@ mod tests {
         // The new entry is handed over once, to be stored.
         let new = gone.take_new();
         assert_eq!(new.len(), 1);
-        assert_eq!((new[0].url.as_str(), new[0].since), (url.as_str(), Timestamp(1_000)));
+        assert_eq!((new[0].url.as_str(), new[0].gone_at), (url.as_str(), Timestamp(1_000)));
         assert!(gone.take_new().is_empty());
         assert!(gone.forget(&url));
         assert!(!gone.forget(&url));
@@ -447,15 +464,18 @@ mod tests {
     #[test]
     fn a_record_loaded_from_the_store_refuses_its_urls_and_keeps_what_failed_to_store() {
         let stored =
-            GoneEndpoint { url: "https://gone.example/hook".into(), since: Timestamp(5), reason: "410".into() };
+            GoneEndpoint { url: "https://gone.example/hook".into(), gone_at: Timestamp(5), reason: "410".into() };
         let gone = GoneEndpoints::loaded(vec![stored.clone()]);
         assert!(gone.contains("https://gone.example/hook"));
         assert!(!gone.contains("https://live.example/hook"));
         assert!(gone.take_new().is_empty(), "what was loaded is stored already");
         gone.mark("https://live.example/hook", Timestamp(9), "410".into());
+        gone.mark("https://live.example/hook", Timestamp(10), "410 again".into());
         let new = gone.take_new();
+        assert_eq!(new.len(), 1, "stored once: {new:?}");
         gone.keep(new.clone());
-        assert_eq!(gone.take_new(), new, "given back to be stored next round");
+        gone.keep(new.clone());
+        assert_eq!(gone.take_new(), new, "given back to be stored next round, once");
     }
 
     #[test]

@@ -352,7 +352,7 @@ async fn gone_endpoints(
     match query_owner(&app, move |engine, _| engine.store().gone_endpoints(limit)).await {
         Ok(list) => axum::Json(
             list.into_iter()
-                .map(|e| json!({ "url": e.url, "since": e.since.ms(), "reason": e.reason }))
+                .map(|e| json!({ "url": e.url, "gone_at": e.gone_at.ms(), "reason": e.reason }))
                 .collect::<Vec<_>>(),
         )
         .into_response(),
@@ -373,14 +373,18 @@ async fn enable_endpoint(
     let Some(url) = params.get("url").cloned() else {
         return problem(StatusCode::BAD_REQUEST, "Missing URL", "say which URL to enable: `?url=…`");
     };
-    let forget = url.clone();
-    let stored = match query_owner(&app, move |engine, _| engine.store_mut().forget_gone_endpoint(&forget)).await {
-        Ok(stored) => stored,
+    // Store and memory in one step on the owner thread: a dispatcher round in between could
+    // otherwise store the URL again after it was forgotten here.
+    let (forget, gone) = (url.clone(), app.config.gone_endpoints.clone());
+    let forgotten = query_owner(&app, move |engine, _| {
+        let stored = engine.store_mut().forget_gone_endpoint(&forget)?;
+        Ok(gone.forget(&forget) || stored)
+    });
+    let forgotten = match forgotten.await {
+        Ok(forgotten) => forgotten,
         Err(response) => return response,
     };
-    // Also one a connector marked this round, which the dispatcher has not stored yet.
-    let in_memory = app.config.gone_endpoints.forget(&url);
-    if stored || in_memory {
+    if forgotten {
         StatusCode::NO_CONTENT.into_response()
     } else {
         problem(StatusCode::NOT_FOUND, "Not disabled", format!("`{url}` is not a disabled webhook URL"))

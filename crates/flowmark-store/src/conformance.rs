@@ -416,7 +416,7 @@ pub fn tokens_are_found_by_hash(mut store: Box<dyn Store>) -> Result<(), Error> 
 pub fn gone_endpoints_stay_gone_until_forgotten(mut store: Box<dyn Store>) -> Result<(), Error> {
     let gone = |url: &str, at: i64| crate::GoneEndpoint {
         url: url.to_owned(),
-        since: Timestamp(T0.ms() + at),
+        gone_at: Timestamp(T0.ms() + at),
         reason: format!("{url} answered 410 Gone"),
     };
     assert_eq!(store.gone_endpoints(10)?, Vec::new());

@@ -166,7 +166,7 @@ pub struct Token {
 pub struct GoneEndpoint {
     pub url: String,
     /// When it first answered `410`.
-    pub since: Timestamp,
+    pub gone_at: Timestamp,
     /// What the connector recorded (the answer).
     pub reason: String,
 }

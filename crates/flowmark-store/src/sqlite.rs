@@ -268,10 +268,10 @@ ALTER TABLE start_keys ADD COLUMN request TEXT;
     r#"
 CREATE TABLE gone_endpoints (
     url TEXT PRIMARY KEY,
-    since INTEGER NOT NULL,
+    gone_at INTEGER NOT NULL,
     reason TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX gone_endpoints_by_since ON gone_endpoints (since);
+CREATE INDEX gone_endpoints_by_time ON gone_endpoints (gone_at);
 "#,
 ];
 
@@ -1532,9 +1532,9 @@ impl Store for SqliteStore {
     fn gone_endpoints(&self, limit: usize) -> Result<Vec<GoneEndpoint>, Error> {
         let mut statement = self
             .conn
-            .prepare_cached("SELECT url, since, reason FROM gone_endpoints ORDER BY since DESC, url LIMIT ?1")?;
+            .prepare_cached("SELECT url, gone_at, reason FROM gone_endpoints ORDER BY gone_at DESC, url LIMIT ?1")?;
         let rows = statement.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
-            Ok(GoneEndpoint { url: row.get(0)?, since: Timestamp(row.get(1)?), reason: row.get(2)? })
+            Ok(GoneEndpoint { url: row.get(0)?, gone_at: Timestamp(row.get(1)?), reason: row.get(2)? })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -1543,10 +1543,10 @@ impl Store for SqliteStore {
         let tx = self.conn.unchecked_transaction()?;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO gone_endpoints (url, since, reason) VALUES (?1, ?2, ?3) ON CONFLICT (url) DO NOTHING",
+                "INSERT INTO gone_endpoints (url, gone_at, reason) VALUES (?1, ?2, ?3) ON CONFLICT (url) DO NOTHING",
             )?;
             for endpoint in endpoints {
-                insert.execute(params![endpoint.url, endpoint.since.ms(), endpoint.reason])?;
+                insert.execute(params![endpoint.url, endpoint.gone_at.ms(), endpoint.reason])?;
             }
         }
         tx.commit()?;

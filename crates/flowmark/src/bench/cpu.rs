@@ -40,7 +40,9 @@ impl CpuTimes {
         Some(CpuTimes { process, by_thread })
     }
 
-    /// What was used between `before` and `self`. A thread born in between counts from zero.
+    /// What was used between `before` and `self`. A thread born in between counts from zero;
+    /// one that ended in between drops out of its name's sum, so a name's figure is clamped at
+    /// zero rather than shown negative (the process's own figure keeps every thread's time).
     pub(super) fn since(&self, before: &CpuTimes) -> CpuTimes {
         let by_thread = self
             .by_thread
@@ -64,7 +66,7 @@ impl Spent {
     }
 
     fn since(self, before: Spent) -> Spent {
-        Spent { user: self.user - before.user, system: self.system - before.system }
+        Spent { user: (self.user - before.user).max(0.0), system: (self.system - before.system).max(0.0) }
     }
 }
 

@@ -456,8 +456,8 @@ pub fn run(args: &Args, dir: &Path, fsync: &Fsync) -> anyhow::Result<()> {
             }
             _ => None,
         };
-        // The bound: what no schedule of syncs could beat with this CPU per request. The
-        // checkpointer's time is left out, as it runs beside the requests, not between them.
+        // The bound: an estimate, from this CPU per request, of the most any schedule of syncs
+        // could reach. The checkpointer's time is left out, as it runs beside the requests.
         let bound = cpu.as_ref().map(|cpu| {
             let sync_s = if syncs.syncs > 0 { syncs.seconds / syncs.syncs as f64 } else { fsync.p50_ms / 1000.0 };
             let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -480,7 +480,7 @@ pub fn run(args: &Args, dir: &Path, fsync: &Fsync) -> anyhow::Result<()> {
             "fsync_ceiling_requests_per_s": ceiling.round(),
             "ratio_to_ceiling": round2(requests_per_s / ceiling),
             "ratio_bound": bound,
-            "cpu_us_per_request": cpu.map(|cpu| cpu.json),
+            "cpu_per_request_us": cpu.map(|cpu| cpu.json),
             "deferred": syncs.json(total.requests),
         }));
     }

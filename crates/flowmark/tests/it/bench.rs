@@ -73,13 +73,13 @@ fn a_short_ingestion_is_answered_and_reports_its_figures() {
         assert!(figures["deferred"]["groups"].is_u64(), "{figures}");
         assert!(figures["deferred"]["syncs"].is_u64(), "{figures}");
         // What a request cost both processes, by the server's threads, and the bound it sets.
-        let cpu = &figures["cpu_us_per_request"];
+        let cpu = &figures["cpu_per_request_us"];
         assert!(cpu["on_path"].as_f64().unwrap() > 0.0, "{figures}");
         let owner = &cpu["server_threads"]["flowmark-owner"];
         assert!(owner["all"].as_f64().unwrap() >= owner["kernel"].as_f64().unwrap(), "{figures}");
         assert!(cpu["client"]["kernel"].as_f64().is_some(), "{figures}");
-        let bound = figures["ratio_bound"].as_f64().unwrap();
-        assert!(bound > 0.0 && bound <= 1.0, "{figures}");
+        // At most fsync ÷ sync, which is over 1 when the server's syncs beat the probe's.
+        assert!(figures["ratio_bound"].as_f64().unwrap() > 0.0, "{figures}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
