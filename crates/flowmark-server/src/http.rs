@@ -955,7 +955,7 @@ async fn why(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>)
 /// Contacts from a CSV body (the rules of `flowmark import contacts`): every row is checked
 /// first and a bad file is refused whole with each row's errors (422); a good one is written
 /// 1 000 rows per commit with a checkpoint, so sending the same file again after a failure
-/// resumes it, and after a success changes nothing.
+/// resumes it, and after a success changes nothing. A segment sweep pass starts right after.
 async fn import_contacts(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
         return response;
@@ -978,7 +978,10 @@ async fn import_contacts(State(app): State<App>, headers: HeaderMap, body: Bytes
     let checkpoint = format!("import:contacts:{digest}");
     let count = rows.len();
     match query_owner(&app, move |engine, now| {
-        flowmark_runtime::import::write_rows(engine.store_mut(), &rows, &checkpoint, now, |_| {})
+        let imported = flowmark_runtime::import::write_rows(engine.store_mut(), &rows, &checkpoint, now, |_| {})?;
+        // The rows bypassed the engine: a sweep pass puts them in their segments now.
+        engine.restart_segment_sweep(now);
+        Ok(imported)
     })
     .await
     {

@@ -576,8 +576,16 @@ impl<S: Store> Engine<S> {
     pub fn set_segments(&mut self, source: SegmentsSource, now: Timestamp) -> Result<Result<(), Vec<String>>, Error> {
         Ok(self.store_document(SEGMENTS_SETTING, source, segments::Segments::compile, now)?.map(|compiled| {
             self.segments = compiled;
-            self.sweep = Sweep { cursor: None, next_at: now };
+            self.restart_segment_sweep(now);
         }))
+    }
+
+    /// Starts a pass of the segment sweep over every contact at once, from the first, for
+    /// contacts written without the engine (a CSV import): they join their segments within one
+    /// pass, not at the next one (`SEGMENT_SWEEP_EVERY_MS`). A pass under way starts over, so
+    /// contacts before its cursor are not missed.
+    pub fn restart_segment_sweep(&mut self, now: Timestamp) {
+        self.sweep = Sweep { cursor: None, next_at: now };
     }
 
     /// Re-evaluates every segment for the next `limit` contacts of the current pass, when a

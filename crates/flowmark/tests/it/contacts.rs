@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::Digest;
 
 use super::serve::Server;
@@ -106,5 +106,28 @@ fn contacts_import_over_the_api() {
     assert_eq!(body["outcome"]["created"], 1);
     let (_, _, contact) = server.api("GET", "/api/contacts/ada@example.com", b"");
     assert_eq!(contact["traits"]["first_name"], "Ada");
+
+    // Imported contacts join their segments at once, not at the next sweep (15 minutes on):
+    // the segments' own first pass is long over when the import comes.
+    let segments = json!({ "segments": [{ "name": "pro", "where": "contact.plan == 'pro'" }] });
+    assert_eq!(server.api("PUT", "/api/segments", segments.to_string().as_bytes()).0, 200);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (status, _, body) = server.api(
+        "POST",
+        "/api/contacts/import",
+        b"email,plan
+bo@example.com,pro
+",
+    );
+    assert_eq!(status, 200, "{body}");
+    let started = std::time::Instant::now();
+    loop {
+        let (_, _, contact) = server.api("GET", "/api/contacts/bo@example.com", b"");
+        if contact["traits"]["segments"] == json!(["pro"]) {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 10, "the imported contact never joined `pro`: {contact}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     server.stop();
 }
