@@ -235,7 +235,7 @@ async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: Heade
             format!("the body is {} bytes; the limit is {BATCH_SIZE_BYTES_MAX} bytes (500 KB) per batch", body.len()),
         );
     }
-    let value: Value = match serde_json::from_slice(&body) {
+    let mut value: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
         Err(error) => {
             return problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}"));
@@ -245,30 +245,33 @@ async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: Heade
         return response;
     }
     let received_at = now();
-    let items: Vec<(&str, &Value)> = if kind == "batch" {
-        let Some(Value::Array(batch)) = value.get("batch") else {
+    // Each item is taken out of the body and becomes its event's payload without a copy.
+    let batch = kind == "batch";
+    let batch_context = if batch { value.get("context").cloned() } else { None };
+    let items: Vec<Value> = if batch {
+        let Some(Value::Array(items)) = value.get_mut("batch").map(Value::take) else {
             return problem(StatusCode::BAD_REQUEST, "Invalid batch", "a batch needs a `batch` array");
         };
-        batch.iter().map(|item| (item.get("type").and_then(Value::as_str).unwrap_or_default(), item)).collect()
+        items
     } else if segment::KINDS.contains(&kind.as_str()) {
-        vec![(kind.as_str(), &value)]
+        vec![value]
     } else {
         return problem(StatusCode::NOT_FOUND, "Unknown call", format!("`/v1/{kind}` is not a Segment call"));
     };
-    let batch_context = value.get("context").filter(|_| kind == "batch");
     let mut messages = Vec::with_capacity(items.len());
-    for (index, (item_kind, item)) in items.iter().enumerate() {
-        if !segment::KINDS.contains(item_kind) {
+    for (index, item) in items.into_iter().enumerate() {
+        let item_kind = if batch { item.get("type").and_then(Value::as_str).unwrap_or_default() } else { &kind };
+        let Some(item_kind) = segment::KINDS.iter().copied().find(|known| *known == item_kind) else {
             return problem(
                 StatusCode::BAD_REQUEST,
                 "Invalid event",
                 format!("batch item {index}: unknown type `{item_kind}`"),
             );
-        }
-        match segment::read(item_kind, item, batch_context, received_at) {
+        };
+        match segment::read(item_kind, item, batch_context.as_ref(), received_at) {
             Ok(message) => messages.push(message),
             Err(error) => {
-                let detail = if kind == "batch" { format!("batch item {index}: {error}") } else { error };
+                let detail = if batch { format!("batch item {index}: {error}") } else { error };
                 return problem(StatusCode::BAD_REQUEST, "Invalid event", detail);
             }
         }

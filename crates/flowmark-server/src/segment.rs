@@ -18,18 +18,22 @@ use serde_json::{Map, Value};
 pub const KINDS: [&str; 6] = ["track", "identify", "page", "screen", "group", "alias"];
 
 /// Reads one message of kind `kind` (`track`, …) received at `received_at`. `batch_context`
-/// is the enclosing batch's `context`, merged under the item's own.
+/// is the enclosing batch's `context`, merged under the item's own. The item becomes the
+/// event's payload as it is (no copy), with `type`, the merged `context` and `receivedAt` set.
 pub fn read(
     kind: &str,
-    item: &Value,
+    item: Value,
     batch_context: Option<&Value>,
     received_at: Timestamp,
 ) -> Result<Incoming, String> {
-    let Value::Object(fields) = item else { return Err(format!("a {kind} call must be a JSON object")) };
-    let size = serialized_size(item);
+    if !item.is_object() {
+        return Err(format!("a {kind} call must be a JSON object"));
+    }
+    let size = serialized_size(&item);
     if size > EVENT_SIZE_BYTES_MAX {
         return Err(format!("an event is {size} bytes; the limit is {EVENT_SIZE_BYTES_MAX} bytes (32 KB) per event"));
     }
+    let Value::Object(mut fields) = item else { return Err(format!("a {kind} call must be a JSON object")) };
     let id_of = |key: &str| match fields.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
@@ -57,44 +61,46 @@ pub fn read(
         },
         other => other.to_owned(),
     };
-    let mut payload = fields.clone();
-    payload.insert("type".to_owned(), Value::String(kind.to_owned()));
-    if let Some(Value::Object(outer)) = batch_context {
-        let mut context: Map<String, Value> = outer.clone();
-        if let Some(Value::Object(inner)) = fields.get("context") {
-            context.extend(inner.clone());
-        }
-        payload.insert("context".to_owned(), Value::Object(context));
-    }
-    let at = corrected_timestamp(fields, received_at)?;
+    // Everything read from the item as it came, before it becomes the payload.
+    let at = corrected_timestamp(&fields, received_at)?;
     let id = match fields.get("messageId") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         // No messageId: derive one from the content, so a resent copy is still a duplicate.
-        _ => format!("flowmark-{:016x}", fnv1a(&serde_json::to_string(item).unwrap_or_default())),
+        _ => format!("flowmark-{:016x}", fnv1a(&serde_json::to_string(&fields).unwrap_or_default())),
     };
-    payload.insert("receivedAt".to_owned(), Value::String(received_at.rfc3339()));
+    let identify_traits = (kind == "identify").then(|| fields.get("traits").cloned());
+    fields.insert("type".to_owned(), Value::String(kind.to_owned()));
+    if let Some(Value::Object(outer)) = batch_context {
+        let mut context: Map<String, Value> = outer.clone();
+        if let Some(Value::Object(inner)) = fields.get_mut("context") {
+            context.extend(std::mem::take(inner));
+        }
+        fields.insert("context".to_owned(), Value::Object(context));
+    }
+    fields.insert("receivedAt".to_owned(), Value::String(received_at.rfc3339()));
     // A call's `context.timezone` (analytics.js sends the browser's) gives the contact its time
     // zone; an identify's traits and time zone are merged into the contact.
-    let context_timezone = payload
+    let context_timezone = fields
         .get("context")
         .and_then(|c| c.get("timezone"))
         .and_then(Value::as_str)
         .filter(|tz| tz.parse::<chrono_tz::Tz>().is_ok())
         .map(str::to_owned);
-    let traits = if kind == "identify" {
-        let traits = fields.get("traits").cloned().unwrap_or(Value::Object(Map::new()));
-        let timezone = context_timezone.or_else(|| {
-            traits
-                .get("timezone")
-                .and_then(Value::as_str)
-                .filter(|tz| tz.parse::<chrono_tz::Tz>().is_ok())
-                .map(str::to_owned)
-        });
-        Some((traits, timezone))
-    } else {
-        context_timezone.map(|tz| (Value::Object(Map::new()), Some(tz)))
+    let traits = match identify_traits {
+        Some(traits) => {
+            let traits = traits.unwrap_or(Value::Object(Map::new()));
+            let timezone = context_timezone.or_else(|| {
+                traits
+                    .get("timezone")
+                    .and_then(Value::as_str)
+                    .filter(|tz| tz.parse::<chrono_tz::Tz>().is_ok())
+                    .map(str::to_owned)
+            });
+            Some((traits, timezone))
+        }
+        None => context_timezone.map(|tz| (Value::Object(Map::new()), Some(tz))),
     };
-    let event = Event { id, name, at, payload: Value::Object(payload).into() };
+    let event = Event { id, name, at, payload: Value::Object(fields).into() };
     Ok(Incoming { subject_id, event, traits, anonymous, merge_from })
 }
 
@@ -156,35 +162,35 @@ mod tests {
     fn the_server_corrects_the_client_clock() {
         // The client's clock is 10 minutes fast: it says it sent at 12:10 an event of 12:09.
         let item = json!({ "userId": "u", "event": "E", "timestamp": "2026-01-05T12:09:00Z", "sentAt": "2026-01-05T12:10:00Z" });
-        let message = read("track", &item, None, NOW).unwrap();
+        let message = read("track", item.clone(), None, NOW).unwrap();
         assert_eq!(message.event.at, Timestamp(NOW.ms() - 60_000));
     }
 
     #[test]
     fn batch_context_is_merged_under_the_item() {
         let item = json!({ "userId": "u", "event": "E", "context": { "ip": "1.1.1.1" } });
-        let message = read("track", &item, Some(&json!({ "ip": "0.0.0.0", "locale": "fr" })), NOW).unwrap();
+        let message = read("track", item.clone(), Some(&json!({ "ip": "0.0.0.0", "locale": "fr" })), NOW).unwrap();
         assert_eq!(message.event.payload["context"], json!({ "ip": "1.1.1.1", "locale": "fr" }));
     }
 
     #[test]
     fn refusals_say_why() {
         assert!(
-            read("track", &json!({ "event": "E" }), None, NOW).unwrap_err().contains("`userId` or an `anonymousId`")
+            read("track", json!({ "event": "E" }), None, NOW).unwrap_err().contains("`userId` or an `anonymousId`")
         );
-        assert!(read("track", &json!({ "userId": "u" }), None, NOW).unwrap_err().contains("`event` name"));
+        assert!(read("track", json!({ "userId": "u" }), None, NOW).unwrap_err().contains("`event` name"));
         let big = json!({ "userId": "u", "event": "E", "properties": { "x": "y".repeat(40_000) } });
-        assert!(read("track", &big, None, NOW).unwrap_err().contains("(32 KB) per event"));
+        assert!(read("track", big, None, NOW).unwrap_err().contains("(32 KB) per event"));
         let bad_time = json!({ "userId": "u", "event": "E", "timestamp": "yesterday" });
-        assert!(read("track", &bad_time, None, NOW).unwrap_err().contains("ISO-8601"));
+        assert!(read("track", bad_time, None, NOW).unwrap_err().contains("ISO-8601"));
     }
 
     #[test]
     fn a_missing_message_id_is_derived_from_the_content() {
         let item = json!({ "userId": "u", "event": "E" });
         assert_eq!(
-            read("track", &item, None, NOW).unwrap().event.id,
-            read("track", &item, None, NOW).unwrap().event.id
+            read("track", item.clone(), None, NOW).unwrap().event.id,
+            read("track", item.clone(), None, NOW).unwrap().event.id
         );
     }
 }
