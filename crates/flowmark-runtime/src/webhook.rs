@@ -160,6 +160,16 @@ struct GoneState {
     new: Vec<GoneEndpoint>,
 }
 
+impl GoneState {
+    /// Keeps `endpoint` to be stored, unless its URL waits already or the queue is full (what
+    /// waits is stored after every dispatcher round, so it is short unless the store fails).
+    fn queue(&mut self, endpoint: GoneEndpoint) {
+        if self.new.len() < GONE_ENDPOINTS_IN_MEMORY_MAX && !self.new.iter().any(|e| e.url == endpoint.url) {
+            self.new.push(endpoint);
+        }
+    }
+}
+
 impl GoneEndpoints {
     /// A record holding `stored` (the store's newest first, as `Store::gone_endpoints` gives).
     pub fn loaded(stored: Vec<GoneEndpoint>) -> GoneEndpoints {
@@ -182,14 +192,10 @@ impl GoneEndpoints {
     /// before the next `take_new`).
     pub fn mark(&self, url: &str, gone_at: Timestamp, reason: String) {
         let mut state = self.state();
-        let fresh = if state.urls.len() < GONE_ENDPOINTS_IN_MEMORY_MAX {
-            state.urls.insert(url.to_owned())
-        } else {
-            !state.urls.contains(url) && !state.new.iter().any(|e| e.url == url)
-        };
-        if fresh && state.new.len() < GONE_ENDPOINTS_IN_MEMORY_MAX {
-            state.new.push(GoneEndpoint { url: url.to_owned(), gone_at, reason });
+        if state.urls.len() < GONE_ENDPOINTS_IN_MEMORY_MAX {
+            state.urls.insert(url.to_owned());
         }
+        state.queue(GoneEndpoint { url: url.to_owned(), gone_at, reason });
     }
 
     /// What was marked since the last call, to store; give it back (`keep`) if storing fails.
@@ -201,9 +207,7 @@ impl GoneEndpoints {
     pub fn keep(&self, endpoints: Vec<GoneEndpoint>) {
         let mut state = self.state();
         for endpoint in endpoints {
-            if state.new.len() < GONE_ENDPOINTS_IN_MEMORY_MAX && !state.new.iter().any(|e| e.url == endpoint.url) {
-                state.new.push(endpoint);
-            }
+            state.queue(endpoint);
         }
     }
 

@@ -383,14 +383,10 @@ async fn enable_endpoint(
         let stored = engine.store_mut().forget_gone_endpoint(&forget)?;
         Ok(gone.forget(&forget) || stored)
     });
-    let forgotten = match forgotten.await {
-        Ok(forgotten) => forgotten,
-        Err(response) => return response,
-    };
-    if forgotten {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        problem(StatusCode::NOT_FOUND, "Not disabled", format!("`{url}` is not a disabled webhook URL"))
+    match forgotten.await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => problem(StatusCode::NOT_FOUND, "Not disabled", format!("`{url}` is not a disabled webhook URL")),
+        Err(response) => response,
     }
 }
 

@@ -40,6 +40,11 @@ impl CpuTimes {
         Some(CpuTimes { process, by_thread })
     }
 
+    /// The server process `pid` and this process (the client) now, or neither.
+    pub(super) fn sample_both(pid: u32) -> Option<(CpuTimes, CpuTimes)> {
+        Some((CpuTimes::sample(Some(pid))?, CpuTimes::sample(None)?))
+    }
+
     /// What was used between `before` and `self`. A thread born in between counts from zero;
     /// one that ended in between drops out of its name's sum, so a name's figure is clamped at
     /// zero rather than shown negative (the process's own figure keeps every thread's time).

@@ -433,10 +433,10 @@ pub fn run(args: &Args, dir: &Path, fsync: &Fsync) -> anyhow::Result<()> {
         eprintln!("ingest: {connections} connections for {} s …", args.seconds);
         let before = Syncs::read(&server.address)?;
         let shape = Shape { mode: args.mode, batch_size: args.batch_size };
-        let cpu_before = (CpuTimes::sample(Some(server.child.id())), CpuTimes::sample(None));
+        let cpu_before = CpuTimes::sample_both(server.child.id());
         let (tallies, elapsed) =
             run_async_clients(&server.address, &auth, connections, round, args.seconds, args.client_threads, shape)?;
-        let cpu_after = (CpuTimes::sample(Some(server.child.id())), CpuTimes::sample(None));
+        let cpu_after = CpuTimes::sample_both(server.child.id());
         let mut total = Tally::default();
         for tally in tallies {
             total.requests += tally.requests;
@@ -450,12 +450,10 @@ pub fn run(args: &Args, dir: &Path, fsync: &Fsync) -> anyhow::Result<()> {
         // One request per connection per fsync is the most a server that syncs each request
         // alone could do; group commit is how Flowmark gets near or past it.
         let ceiling = connections as f64 / (fsync.p50_ms / 1000.0);
-        let cpu = match (cpu_before, cpu_after) {
-            ((Some(server_before), Some(client_before)), (Some(server_after), Some(client_after))) => {
+        let cpu =
+            cpu_before.zip(cpu_after).and_then(|((server_before, client_before), (server_after, client_after))| {
                 cpu_json(&server_after.since(&server_before), &client_after.since(&client_before), total.requests)
-            }
-            _ => None,
-        };
+            });
         // The bound: an estimate, from this CPU per request, of the most any schedule of syncs
         // could reach. The checkpointer's time is left out, as it runs beside the requests.
         let bound = cpu.as_ref().map(|cpu| {
