@@ -476,7 +476,7 @@ pub struct Update {
 }
 
 /// RACI on a task or approval. Exactly one accountable role; at least one responsible.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Raci {
     pub responsible: Vec<String>,
     pub accountable: String,

@@ -50,7 +50,7 @@ impl Connector for SimConnector {
     fn perform(&self, job: &Job<'_>) -> Outcome {
         let call = Call {
             key: job.key.to_owned(),
-            effect: job.effect.to_string(),
+            effect: job.effect.to_json(),
             attempt: job.attempt,
             subject_id: job.subject_id.to_owned(),
         };

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{Event, Run, RunId, Sent};
 use flowmark_store::{
-    Attempt, Batch, Comment, Contact, DueTimer, Error, GoneEndpoint, KeyedStart, Notification, OutboxEntry, Position,
+    Attempt, Batch, Comment, Contact, DueTimer, Error, GoneEndpoint, KeyedStart, Notification, Position, ReadyEffects,
     RunFilter, Schedule, ScoreRecord, Session, Store, Token, WorkItem, WorkKind, WorkflowStatus, WorkflowSummary,
 };
 use rand_chacha::ChaCha8Rng;
@@ -136,7 +136,7 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.due_timers(now, limit)
     }
 
-    fn ready_effects(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxEntry>, Error> {
+    fn ready_effects(&self, now: Timestamp, limit: usize) -> Result<ReadyEffects, Error> {
         self.inner.ready_effects(now, limit)
     }
 

@@ -2,10 +2,10 @@
 //! registry that routes effects to them within each connector's limits.
 //!
 //! A connector gets the effect's key (the idempotency key to pass on, e.g. as `webhook-id`
-//! or `Message-ID`), its kind as JSON, and for messages the rendered [`Message`]; it answers
+//! or `Message-ID`), the typed effect, and for messages the rendered [`Message`]; it answers
 //! with an [`Outcome`]. Adding a connector is implementing [`Connector`] and registering it
-//! in [`Connectors`] for the effect kinds it performs (`send_email`, `call_webhook`,
-//! `notify`, `create_task`, …), with its [`Limits`].
+//! in [`Connectors`] for the kinds of outbound work it performs ([`Outbound`]), with its
+//! [`Limits`].
 //!
 //! Invariant: a connector never panics on any input; failures are outcomes. A connector is
 //! called from several threads at once when its `concurrency` is above 1.
@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use flowmark_core::render::Message;
 use flowmark_core::{Duration, Timestamp};
+use flowmark_store::OutboxEffect;
 use serde_json::Value;
 
 use crate::webhook::GoneEndpoints;
@@ -41,8 +42,8 @@ pub enum Outcome {
 pub struct Job<'a> {
     /// The effect's idempotency key: the same across retries and restarts.
     pub key: &'a str,
-    /// The effect as stored in the outbox (`{"effect": "send_message", …}`).
-    pub effect: &'a Value,
+    /// The effect, as the outbox holds it.
+    pub effect: &'a OutboxEffect,
     /// The rendered message, for message effects.
     pub message: Option<&'a Message>,
     /// The contact or item the effect is about.
@@ -81,8 +82,36 @@ impl Default for Limits {
     }
 }
 
-/// Connectors by the effect kinds they perform, each with its limits; a fallback takes the
-/// rest. Rate limits are token buckets refilled by the `now` the dispatcher is given, so a
+/// What kind of work leaves Flowmark, as connectors are registered for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbound {
+    /// An email: a run's message, or a notification or digest to a person.
+    Email,
+    /// A run's webhook call.
+    Webhook,
+    /// A notification posted to a person's chat (a Slack-compatible incoming webhook).
+    Chat,
+    /// A run's message on a channel no connector is registered for by kind (`notify`, `sms`,
+    /// `push`).
+    Notify,
+    /// A run's effect that asks nobody inside Flowmark (a task or approval without anyone in
+    /// its roles, a conversion): the fallback records it.
+    Other,
+}
+
+impl Outbound {
+    /// The kind of outbound work a rendered message is.
+    pub fn of_message(message: &Message) -> Outbound {
+        match message {
+            Message::Email { .. } => Outbound::Email,
+            Message::Webhook { .. } => Outbound::Webhook,
+            Message::Notify { .. } => Outbound::Notify,
+        }
+    }
+}
+
+/// Connectors by the kinds of outbound work they perform, each with its limits; a fallback
+/// takes the rest. Rate limits are token buckets refilled by the `now` the dispatcher is given, so a
 /// virtual clock drives them as the system clock does.
 pub struct Connectors {
     routes: Vec<Route>,
@@ -93,8 +122,8 @@ pub struct Connectors {
 
 struct Route {
     name: String,
-    /// Effect kinds; empty for the fallback.
-    kinds: Vec<String>,
+    /// What it performs; empty for the fallback.
+    kinds: Vec<Outbound>,
     connector: Arc<dyn Connector>,
     limits: Limits,
     tokens: f64,
@@ -131,16 +160,21 @@ impl Connectors {
         self.gone.as_ref()
     }
 
-    /// Sends the effect kinds `kinds` to `connector`, within `limits`.
-    pub fn route(mut self, name: &str, kinds: &[&str], connector: Arc<dyn Connector>, limits: Limits) -> Connectors {
-        let kinds = kinds.iter().map(|k| (*k).to_owned()).collect();
-        self.routes.insert(self.routes.len() - 1, Route::new(name, kinds, connector, limits));
+    /// Sends the outbound work `kinds` to `connector`, within `limits`.
+    pub fn route(
+        mut self,
+        name: &str,
+        kinds: &[Outbound],
+        connector: Arc<dyn Connector>,
+        limits: Limits,
+    ) -> Connectors {
+        self.routes.insert(self.routes.len() - 1, Route::new(name, kinds.to_vec(), connector, limits));
         self
     }
 
-    /// The route for an effect kind.
-    pub(crate) fn route_of(&self, kind: &str) -> usize {
-        self.routes.iter().position(|r| r.kinds.iter().any(|k| k == kind)).unwrap_or(self.routes.len() - 1)
+    /// The route for a kind of outbound work: the first registered for it, or the fallback.
+    pub(crate) fn route_of(&self, kind: Outbound) -> usize {
+        self.routes.iter().position(|r| r.kinds.contains(&kind)).unwrap_or(self.routes.len() - 1)
     }
 
     pub(crate) fn name(&self, route: usize) -> &str {
@@ -185,7 +219,7 @@ impl Connectors {
 }
 
 impl Route {
-    fn new(name: &str, kinds: Vec<String>, connector: Arc<dyn Connector>, limits: Limits) -> Route {
+    fn new(name: &str, kinds: Vec<Outbound>, connector: Arc<dyn Connector>, limits: Limits) -> Route {
         Route {
             name: name.to_owned(),
             kinds,
@@ -238,7 +272,8 @@ impl Connector for LogConnector {
     }
 }
 
-/// Keeps what it was asked to perform and answers from a script: for tests and simulations.
+/// Keeps what it was asked to perform (each effect in its stored JSON form) and answers from
+/// a script: for tests and simulations.
 #[derive(Debug, Default)]
 pub struct RecordingConnector {
     performed: Mutex<Vec<(String, Value, Option<Message>)>>,
@@ -263,7 +298,8 @@ impl RecordingConnector {
 impl Connector for RecordingConnector {
     fn perform(&self, job: &Job<'_>) -> Outcome {
         if let Ok(mut performed) = self.performed.lock() {
-            performed.push((job.key.to_owned(), job.effect.clone(), job.message.cloned()));
+            let effect = serde_json::to_value(job.effect).unwrap_or(Value::Null);
+            performed.push((job.key.to_owned(), effect, job.message.cloned()));
         }
         self.script.lock().ok().and_then(|mut s| s.pop_front()).unwrap_or(Outcome::Done { detail: None })
     }
@@ -292,8 +328,8 @@ mod tests {
     #[test]
     fn effects_go_to_the_connector_registered_for_their_kind() {
         let log: Arc<dyn Connector> = Arc::new(LogConnector::default());
-        let connectors = Connectors::new(log.clone()).route("webhooks", &["call_webhook"], log, Limits::default());
-        assert_eq!(connectors.name(connectors.route_of("call_webhook")), "webhooks");
-        assert_eq!(connectors.name(connectors.route_of("send_email")), "fallback");
+        let connectors = Connectors::new(log.clone()).route("webhooks", &[Outbound::Webhook], log, Limits::default());
+        assert_eq!(connectors.name(connectors.route_of(Outbound::Webhook)), "webhooks");
+        assert_eq!(connectors.name(connectors.route_of(Outbound::Email)), "fallback");
     }
 }

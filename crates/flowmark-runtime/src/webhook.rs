@@ -431,7 +431,11 @@ mod tests {
     fn call(connector: &WebhookConnector, url: &str) -> Outcome {
         let message =
             Message::Webhook { url: url.to_owned(), method: "POST".to_owned(), headers: Vec::new(), body: None };
-        let effect = serde_json::json!({ "effect": "call_webhook" });
+        let effect = flowmark_store::OutboxEffect::Run(flowmark_core::engine::EffectKind::SendMessage {
+            channel: flowmark_core::model::Channel::Webhook,
+            transactional: false,
+            context: Default::default(),
+        });
         let job = Job {
             key: "1-crm",
             effect: &effect,

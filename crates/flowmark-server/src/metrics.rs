@@ -24,6 +24,11 @@ pub fn render(stats: &Stats, outbox_depth: u64, wal: Option<&WalSync>) -> String
     counter("effects_retried_total", "Effect attempts that failed and were scheduled again.", stats.effects_retried);
     counter("effects_failed_total", "Effects given up on.", stats.effects_failed);
     counter("effects_deferred_total", "Effects a connector's rate limit held back for later.", stats.effects_deferred);
+    counter(
+        "effects_unreadable_total",
+        "Times an effect this version cannot read (written by a newer one) was held back.",
+        stats.effects_unreadable,
+    );
     if let Some(wal) = wal {
         let (deferred, syncs, took) = wal.counts();
         counter("commit_groups_deferred_total", "Groups committed with their sync deferred to the syncer.", deferred);

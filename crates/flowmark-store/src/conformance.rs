@@ -90,9 +90,13 @@ pub fn commit_then_read_back(mut store: Box<dyn Store>) -> Result<(), Error> {
     assert!(store.due_timers(Timestamp(timer.due_at.ms() - 1), 10)?.is_empty(), "not due a millisecond early");
     let ready = store.ready_effects(T0, 10)?;
     assert_eq!(ready.len(), 1);
-    assert_eq!(ready[0].key, t.effects[0].key);
-    assert_eq!(ready[0].step, "hello");
-    assert_eq!(ready[0].effect["effect"], "send_message");
+    assert_eq!(ready.entries[0].key, t.effects[0].key);
+    assert_eq!(ready.entries[0].step, "hello");
+    assert_eq!(
+        ready.entries[0].effect,
+        crate::OutboxEffect::Run(t.effects[0].kind.clone()),
+        "the effect reads back equal"
+    );
     assert_eq!(store.outbox_depth()?, 1);
     assert_eq!(store.active_runs_of_subject("c-1")?.len(), 1);
     assert_eq!(store.latest_run("conformance", "c-1")?.map(|r| r.id), Some(RunId(1)));
@@ -223,7 +227,7 @@ pub fn a_runs_transitions_in_one_batch_read_back_in_order(mut store: Box<dyn Sto
     assert!(store.due_timers(Timestamp(i64::MAX), 10)?.is_empty(), "the fired timer is not stored");
     let ready = store.ready_effects(Timestamp(i64::MAX), 10)?;
     assert_eq!(ready.len(), 1, "only the goodbye email is pending: {ready:?}");
-    assert_ne!(ready[0].key, key);
+    assert_ne!(ready.entries[0].key, key);
     assert_eq!(store.outbox_depth()?, 1);
     // The same outcome recorded again changes nothing: the effect stays finished.
     store.record_attempt(&key, &Attempt::Failed { error: "late".into() }, timer.due_at)?;
@@ -231,7 +235,7 @@ pub fn a_runs_transitions_in_one_batch_read_back_in_order(mut store: Box<dyn Sto
     // A later batch appends after the gathered row.
     let timer = fired.run.timers.first().cloned();
     assert!(timer.is_none(), "the run waits for nothing more");
-    let goodbye = ready[0].key.clone();
+    let goodbye = ready.entries[0].key.clone();
     let input = Input::EffectCompleted { key: goodbye, ok: true, detail: None };
     let last = handle(&workflow, fired.run.clone(), &input, &Facts::empty(), T0);
     store.commit(&[&last], T0)?;
@@ -249,14 +253,19 @@ pub fn results_join_the_trail_without_the_run(mut store: Box<dyn Store>) -> Resu
         key: "orphan/email".into(),
         run: RunId(99),
         step: "s".into(),
-        effect: json!({ "effect": "deliver" }),
+        effect: crate::OutboxEffect::Deliver(crate::Delivery::Email {
+            to: "sam@example.com".into(),
+            subject: "s".into(),
+            text: "t".into(),
+            link: "l".into(),
+        }),
         attempts: 0,
         next_attempt_at: T0,
         owner: None,
     };
     store.write(&Batch { transitions: vec![&started], outbox: vec![&orphan], ..Batch::default() }, T0)?;
     let ready = store.ready_effects(T0, 10)?;
-    let owner_of = |key: &str| ready.iter().find(|e| e.key == key).map(|e| e.owner.clone());
+    let owner_of = |key: &str| ready.entries.iter().find(|e| e.key == key).map(|e| e.owner.clone());
     let owner = crate::EffectOwner { workflow_id: "conformance".into(), version: 1, subject_id: "c-1".into() };
     assert_eq!(owner_of(&started.effects[0].key), Some(Some(owner)), "an effect comes with its run");
     assert_eq!(owner_of("orphan/email"), Some(None), "an effect whose run is gone comes without one");
@@ -376,7 +385,7 @@ pub fn the_outbox_retries_and_completes(mut store: Box<dyn Store>) -> Result<(),
     store.record_attempt(&key, &Attempt::Retry { at: later, error: "421 try again".into() }, T0)?;
     assert!(store.ready_effects(T0, 10)?.is_empty(), "not before its retry time");
     let ready = store.ready_effects(later, 10)?;
-    assert_eq!((ready.len(), ready[0].attempts), (1, 1));
+    assert_eq!((ready.len(), ready.entries[0].attempts), (1, 1));
     store.record_attempt(&key, &Attempt::Done { detail: Some("250 ok".into()) }, later)?;
     assert!(store.ready_effects(Timestamp(i64::MAX), 10)?.is_empty());
     assert_eq!(store.outbox_depth()?, 0);

@@ -14,6 +14,7 @@
 
 mod cache;
 pub mod conformance;
+mod effect;
 mod sqlite;
 mod wal_sync;
 mod work;
@@ -22,6 +23,7 @@ use flowmark_core::Timestamp;
 use flowmark_core::engine::{Event, HistoryEntry, Run, RunId, RunStatus, Sent, TimerId, TimerPurpose, Transition};
 use serde_json::Value;
 
+pub use effect::{DELIVERY_TAG, Delivery, EFFECT_VERSION, EffectError, OutboxEffect};
 pub use sqlite::SqliteStore;
 pub use wal_sync::WalSync;
 pub use work::{Comment, Notification, Session, WorkChange, WorkItem, WorkKind};
@@ -55,14 +57,43 @@ pub struct OutboxEntry {
     pub key: String,
     pub run: RunId,
     pub step: String,
-    /// The effect as JSON (`engine::EffectKind`'s serialization).
-    pub effect: Value,
+    /// What the effect does.
+    pub effect: OutboxEffect,
     pub attempts: u32,
     pub next_attempt_at: Timestamp,
     /// The run the effect belongs to, as `ready_effects` reads it beside the effect: all the
     /// dispatcher needs of it, without reading the run's state. `None` when the run is gone,
     /// and on entries the engine makes itself.
     pub owner: Option<EffectOwner>,
+}
+
+/// What `Store::ready_effects` found: the effects to attempt, and those this version cannot
+/// read (written by a newer Flowmark), which stay in the outbox untouched until the
+/// dispatcher decides what to do with them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReadyEffects {
+    pub entries: Vec<OutboxEntry>,
+    pub unreadable: Vec<UnreadableEffect>,
+}
+
+impl ReadyEffects {
+    /// How many rows were read, readable or not.
+    pub fn len(&self) -> usize {
+        self.entries.len() + self.unreadable.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An outbox row whose effect this version cannot read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnreadableEffect {
+    pub key: String,
+    pub run: RunId,
+    pub attempts: u32,
+    pub error: EffectError,
 }
 
 /// Which run an effect in the outbox belongs to.
@@ -374,8 +405,10 @@ pub trait Store {
     /// due time: never a scan over runs.
     fn due_timers(&self, now: Timestamp, limit: usize) -> Result<Vec<DueTimer>, Error>;
 
-    /// Effects ready to be attempted at `now`, oldest first, at most `limit`.
-    fn ready_effects(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxEntry>, Error>;
+    /// Effects ready to be attempted at `now`, oldest first, at most `limit` rows in all.
+    /// A row whose effect this version cannot read comes back in `unreadable`, not as an
+    /// error of the whole call: the others still go.
+    fn ready_effects(&self, now: Timestamp, limit: usize) -> Result<ReadyEffects, Error>;
 
     /// Records what an attempt at an effect gave (see `write` to record it together with
     /// what it caused).

@@ -26,8 +26,9 @@ use serde_json::Value;
 use crate::cache::ContactCache;
 use crate::wal_sync::WalSync;
 use crate::{
-    Attempt, Batch, Contact, ContactChange, DueTimer, EffectOwner, Error, GoneEndpoint, KeyedStart, OutboxEntry,
-    Position, RunFilter, Schedule, ScheduleChange, Scope, ScoreRecord, Store, Token, WorkflowStatus, WorkflowSummary,
+    Attempt, Batch, Contact, ContactChange, DueTimer, EffectOwner, Error, GoneEndpoint, KeyedStart, OutboxEffect,
+    OutboxEntry, Position, ReadyEffects, RunFilter, Schedule, ScheduleChange, Scope, ScoreRecord, Store, Token,
+    UnreadableEffect, WorkflowStatus, WorkflowSummary,
 };
 use crate::{Comment, Notification, Session, WorkItem, WorkKind};
 
@@ -632,7 +633,7 @@ fn write_batch<'b>(
                 effect.key,
                 id,
                 &*effect.step,
-                to_json(&effect.kind)?,
+                crate::effect::run_effect_json(&effect.kind),
                 now.ms(),
                 tried,
                 status,
@@ -729,7 +730,7 @@ fn write_batch<'b>(
             entry.key,
             run_id(entry.run),
             entry.step,
-            to_json(&entry.effect)?,
+            entry.effect.to_json(),
             now.ms(),
             entry.next_attempt_at.ms()
         ])?;
@@ -1268,7 +1269,7 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    fn ready_effects(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxEntry>, Error> {
+    fn ready_effects(&self, now: Timestamp, limit: usize) -> Result<ReadyEffects, Error> {
         // The run's columns come with the effect (a lookup by its key), never its state.
         let mut statement = self.conn.prepare_cached(
             "SELECT o.key, o.run_id, o.step, o.effect, o.attempts, o.next_attempt_at,
@@ -1293,20 +1294,24 @@ impl Store for SqliteStore {
                 owner,
             ))
         })?;
-        rows.take(limit)
-            .map(|row| {
-                let (key, run, step, effect, attempts, next_attempt_at, owner) = row?;
-                Ok(OutboxEntry {
+        let mut ready = ReadyEffects::default();
+        for row in rows.take(limit) {
+            let (key, run, step, effect, attempts, next_attempt_at, owner) = row?;
+            let run = RunId(run as u64);
+            match OutboxEffect::from_json(&effect) {
+                Ok(effect) => ready.entries.push(OutboxEntry {
                     key,
-                    run: RunId(run as u64),
+                    run,
                     step,
-                    effect: from_json(&effect)?,
+                    effect,
                     attempts,
                     next_attempt_at: Timestamp(next_attempt_at),
                     owner,
-                })
-            })
-            .collect()
+                }),
+                Err(error) => ready.unreadable.push(UnreadableEffect { key, run, attempts, error }),
+            }
+        }
+        Ok(ready)
     }
 
     fn outbox_depth(&self) -> Result<u64, Error> {

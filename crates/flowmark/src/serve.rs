@@ -15,7 +15,7 @@ use flowmark_runtime::smtp::{SmtpConnector, SmtpSettings};
 use flowmark_runtime::webhook::{
     GONE_ENDPOINTS_IN_MEMORY_MAX, GoneEndpoints, Secret, WebhookConnector, WebhookSettings,
 };
-use flowmark_runtime::{Connectors, Engine, Limits, LogConnector};
+use flowmark_runtime::{Connectors, Engine, Limits, LogConnector, Outbound};
 use flowmark_server::owner::Command;
 use flowmark_server::{Config, Owner, router};
 use flowmark_store::{SqliteStore, Store};
@@ -250,7 +250,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let smtp = SmtpConnector::new(settings).context("cannot set up email")?;
         connectors = connectors.route(
             "smtp",
-            &["send_email"],
+            &[Outbound::Email],
             Arc::new(smtp),
             limits(args.smtp_concurrency, args.smtp_per_second),
         );
@@ -260,7 +260,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let chat = WebhookSettings { secrets: webhook_secrets.clone(), allow_private: args.webhook_allow_private };
     connectors = connectors.route(
         "chat",
-        &[flowmark_runtime::CHAT_EFFECT],
+        &[Outbound::Chat],
         Arc::new(WebhookConnector::new(chat).with_gone_endpoints(gone.clone())),
         limits(args.webhook_concurrency, args.webhook_per_second),
     );
@@ -268,7 +268,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let settings = WebhookSettings { secrets: webhook_secrets, allow_private: args.webhook_allow_private };
         connectors = connectors.route(
             "webhooks",
-            &["call_webhook"],
+            &[Outbound::Webhook],
             Arc::new(WebhookConnector::new(settings).with_gone_endpoints(gone)),
             limits(args.webhook_concurrency, args.webhook_per_second),
         );

@@ -397,7 +397,9 @@ pub struct Effect {
     pub kind: EffectKind,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// Serialized with its kind as the `effect` tag (`{"effect": "send_message", …}`): the form
+/// the outbox keeps, so a tag or field renamed here is a change of the stored format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum EffectKind {
     /// Perform the message action (email, webhook, notification) of the effect's step. The
@@ -443,6 +445,19 @@ pub enum EffectKind {
 }
 
 impl EffectKind {
+    /// Every kind's `effect` tag, as serialized: what a reader knows how to read back.
+    pub const TAGS: [&'static str; 8] = [
+        "send_message",
+        "notify",
+        "adjust_score",
+        "update_subject",
+        "create_task",
+        "request_approval",
+        "start_run",
+        "record_conversion",
+    ];
+
+    /// The name the run's history gives the effect (`effect_emitted`): messages by channel.
     pub fn name(&self) -> &'static str {
         match self {
             EffectKind::SendMessage { channel: Channel::Email, .. } => "send_email",
@@ -471,7 +486,7 @@ pub struct RenderContext {
     pub run: Option<Value>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NotifyReason {
     Message,

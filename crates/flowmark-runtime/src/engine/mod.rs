@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use flowmark_core::diagnostic::DiagnosticJson;
 use flowmark_core::engine::{
-    Event, Facts, HistoryKind, Input, ParentRun, RenderContext, Run, RunId, RunStatus, Sent, TimerId, Transition,
-    apply_update, effect_result, handle, timer_reach,
+    EffectKind, Event, Facts, HistoryKind, Input, ParentRun, RenderContext, Run, RunId, RunStatus, Sent, TimerId,
+    Transition, apply_update, effect_result, handle, timer_reach,
 };
 pub use flowmark_core::engine::{SUPPRESSED_REASON_TRAIT, UNSUBSCRIBED_TRAIT};
 use flowmark_core::limits::{RECENT_EVENTS_COUNT_MAX, WAIT_LOOKBACK_MS};
@@ -27,13 +27,14 @@ use flowmark_core::render::render_step_message;
 use flowmark_core::schedule::next_occurrence;
 use flowmark_core::{Severity, Source, Timestamp, compile};
 use flowmark_store::{
-    Attempt, Batch, KeyedStart, RunFilter, Schedule, ScheduleChange, ScoreRecord, Store, WorkChange, WorkflowStatus,
+    Attempt, Batch, Delivery, KeyedStart, OutboxEffect, ReadyEffects, RunFilter, Schedule, ScheduleChange, ScoreRecord,
+    Store, WorkChange, WorkflowStatus,
 };
 
 use crate::scoring::{Models, ModelsSource};
 use serde_json::{Value, json};
 
-use crate::connector::{Connector, Connectors, Job, Outcome};
+use crate::connector::{Connector, Connectors, Job, Outbound, Outcome};
 use crate::directory::{DIRECTORY_SETTING, Directory};
 use crate::retry;
 use crate::segments::{Change, Segments};
@@ -43,7 +44,7 @@ mod people;
 
 pub use ingest::{SEGMENT_SWEEP_EVERY_MS, SEGMENT_SWEEP_PAGE_COUNT, SEGMENTS_SETTING};
 use ingest::{Sweep, Unit};
-pub use people::{CHAT_EFFECT, DELIVERY_EFFECT, WorkAction, WorkRefusal};
+pub use people::{WorkAction, WorkRefusal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -164,6 +165,9 @@ pub struct Stats {
     pub effects_failed: u64,
     /// Effects a connector's rate limit held back for later (not attempts).
     pub effects_deferred: u64,
+    /// Rounds in which an effect this version cannot read was held back (a row written by a
+    /// newer Flowmark).
+    pub effects_unreadable: u64,
 }
 
 /// Contacts a schedule trigger starts runs for per round (and so per commit) when its
@@ -686,8 +690,8 @@ impl<S: Store> Engine<S> {
     }
 
     fn dispatch_unit(&mut self, now: Timestamp, limit: usize, connectors: &mut Connectors) -> Result<usize, Error> {
-        let ready = self.store.ready_effects(now, limit)?;
-        if ready.is_empty() {
+        let ReadyEffects { entries: ready, unreadable } = self.store.ready_effects(now, limit)?;
+        if ready.is_empty() && unreadable.is_empty() {
             return Ok(0);
         }
         // What an effect does outside cannot be taken back: the commit that queued it must
@@ -706,19 +710,20 @@ impl<S: Store> Engine<S> {
         // The run each effect's result goes back to (none for deliveries and gone runs).
         let mut owners: Vec<Option<RunRef<'_>>> = Vec::with_capacity(ready.len());
         for (index, entry) in ready.iter().enumerate() {
-            let kind = entry.effect.get("effect").and_then(Value::as_str).unwrap_or_default();
-            if kind == DELIVERY_EFFECT {
-                // A notification's delivery: to its person, whatever became of the run.
-                match people::delivery_message(&entry.effect) {
-                    Ok((route, message)) => {
-                        let to = entry.effect["to"].as_str().unwrap_or_default().to_owned();
-                        jobs[connectors.route_of(route)].push((index, Some(message), to));
-                    }
-                    Err(error) => outcomes[index] = Some(Ok(Outcome::Permanent { error })),
+            let kind = match &entry.effect {
+                OutboxEffect::Deliver(delivery) => {
+                    // A notification's delivery: to its person, whatever became of the run.
+                    let (route, message) = people::delivery_message(delivery);
+                    let to = match delivery {
+                        Delivery::Email { to, .. } => to.clone(),
+                        Delivery::Chat { .. } => String::new(),
+                    };
+                    jobs[connectors.route_of(route)].push((index, Some(message), to));
+                    owners.push(None);
+                    continue;
                 }
-                owners.push(None);
-                continue;
-            }
+                OutboxEffect::Run(kind) => kind,
+            };
             let Some(run) = RunRef::owning(entry) else {
                 outcomes[index] = Some(Ok(Outcome::Permanent { error: format!("run {} is gone", entry.run.0) }));
                 owners.push(None);
@@ -726,8 +731,8 @@ impl<S: Store> Engine<S> {
             };
             let mut subject = self.subject_in(&mut unit, run.subject_id)?.0.clone();
             let asks = match kind {
-                "create_task" | "request_approval" | "notify" => {
-                    self.recipients(run, &entry.key, &entry.step, &entry.effect, &subject, now)?
+                EffectKind::CreateTask { .. } | EffectKind::RequestApproval { .. } | EffectKind::Notify { .. } => {
+                    self.recipients(run, &entry.key, &entry.step, kind, &subject, now)?
                 }
                 _ => Vec::new(),
             };
@@ -745,41 +750,48 @@ impl<S: Store> Engine<S> {
                 continue;
             }
             match kind {
-                "adjust_score" => {
-                    outcomes[index] = Some(Ok(match self.score_effect(run, entry, &mut subject, now) {
-                        Ok((change, record, crossings)) => {
-                            unit.contact_changes.push((run.subject_id.to_owned(), change, None));
-                            self.subject_in(&mut unit, run.subject_id)?.0 = subject;
-                            touched.push((run.subject_id.to_owned(), entry.key.clone()));
-                            unit.score_records.push(record);
-                            thresholds.extend(crossings);
-                            Outcome::Done { detail: None }
-                        }
-                        Err(error) => Outcome::Permanent { error },
-                    }));
-                }
-                "update_subject" => {
-                    let change = apply_update_effect(&mut subject, &entry.effect);
+                EffectKind::AdjustScore { model, change } => {
+                    let (change, record, crossings) =
+                        self.apply_score(run, &entry.step, model, *change, &mut subject, now);
                     unit.contact_changes.push((run.subject_id.to_owned(), change, None));
+                    self.subject_in(&mut unit, run.subject_id)?.0 = subject;
+                    touched.push((run.subject_id.to_owned(), entry.key.clone()));
+                    unit.score_records.push(record);
+                    thresholds.extend(crossings);
+                    outcomes[index] = Some(Ok(Outcome::Done { detail: None }));
+                }
+                EffectKind::UpdateSubject { set } => {
+                    apply_update(&mut subject, set);
+                    unit.contact_changes.push((run.subject_id.to_owned(), Value::Object(set.clone()), None));
                     self.subject_in(&mut unit, run.subject_id)?.0 = subject;
                     touched.push((run.subject_id.to_owned(), entry.key.clone()));
                     outcomes[index] = Some(Ok(Outcome::Done { detail: None }));
                 }
-                "start_run" => {
-                    outcomes[index] = Some(Ok(self.start_subflow(run, entry, now, &mut unit)?));
+                EffectKind::StartRun { workflow, wait } => {
+                    outcomes[index] = Some(Ok(self.start_subflow(run, entry, workflow, *wait, now, &mut unit)?));
                 }
-                "send_message" if let Some(error) = refused(&subject, &entry.effect) => {
-                    outcomes[index] = Some(Ok(Outcome::Permanent { error }));
+                EffectKind::SendMessage { channel, transactional, context } => {
+                    let refusal =
+                        if *transactional { None } else { flowmark_core::engine::refusal(&subject, *channel) };
+                    if let Some(error) = refusal {
+                        outcomes[index] = Some(Ok(Outcome::Permanent { error }));
+                    } else {
+                        match self.render(run, &entry.key, &entry.step, context, &subject)? {
+                            Ok(message) => jobs[connectors.route_of(Outbound::of_message(&message))].push((
+                                index,
+                                Some(message),
+                                run.subject_id.to_owned(),
+                            )),
+                            Err(error) => outcomes[index] = Some(Ok(Outcome::Permanent { error })),
+                        }
+                    }
                 }
-                "send_message" => match self.render(run, &entry.key, &entry.step, &entry.effect, &subject)? {
-                    Ok(message) => jobs[connectors.route_of(kind_of_message(&message))].push((
-                        index,
-                        Some(message),
-                        run.subject_id.to_owned(),
-                    )),
-                    Err(error) => outcomes[index] = Some(Ok(Outcome::Permanent { error })),
-                },
-                other => jobs[connectors.route_of(other)].push((index, None, run.subject_id.to_owned())),
+                EffectKind::CreateTask { .. }
+                | EffectKind::RequestApproval { .. }
+                | EffectKind::Notify { .. }
+                | EffectKind::RecordConversion { .. } => {
+                    jobs[connectors.route_of(Outbound::Other)].push((index, None, run.subject_id.to_owned()))
+                }
             }
             owners.push(Some(run));
         }
@@ -811,6 +823,15 @@ impl<S: Store> Engine<S> {
         // results as transitions too, so its history keeps outbox order.
         let mut moved: HashSet<RunId> = HashSet::new();
         let mut attempts: Vec<(String, Attempt, u32)> = Vec::new();
+        // What this version cannot read stays in the outbox for the version that wrote it:
+        // held back, loudly, never dropped or read as something else.
+        for effect in &unreadable {
+            let at = Timestamp(now.ms().saturating_add(UNREADABLE_EFFECT_HOLD_MS));
+            tracing::error!(effect = %effect.key, run = effect.run.0, error = %effect.error, retry_at = %at,
+                "an effect in the outbox cannot be read by this version; it is held, not performed");
+            self.stats.effects_unreadable += 1;
+            attempts.push((effect.key.clone(), Attempt::Deferred { at }, effect.attempts));
+        }
         for (((entry, outcome), owner), schedule) in ready.iter().zip(outcomes).zip(owners).zip(schedules) {
             let attempt_number = entry.attempts + 1;
             let outcome = match outcome {
@@ -853,8 +874,8 @@ impl<S: Store> Engine<S> {
             // A subflow that could not start ends, for a parent waiting on it, as failed: the
             // parent moves on, so it reads its state and facts (its results come first in the
             // history this commit writes for it).
-            let kind = entry.effect.get("effect").and_then(Value::as_str);
-            if kind == Some("start_run") && !ok && entry.effect.get("wait").and_then(Value::as_bool) == Some(true) {
+            let waited = matches!(entry.effect, OutboxEffect::Run(EffectKind::StartRun { wait: true, .. }));
+            if waited && !ok {
                 let Some(run) = self.run_in(&unit, owner.id)? else { continue };
                 let known = unit.subjects.get(owner.subject_id);
                 let facts = self.load_facts(owner.subject_id, known, now, &Needs::of(&workflow))?;
@@ -900,22 +921,7 @@ impl<S: Store> Engine<S> {
                 }
             }
         }
-        Ok(ready.len())
-    }
-
-    /// A workflow's score step: the change applied with the model's decay; returns the traits
-    /// to merge, the history record and the threshold events it crossed.
-    fn score_effect(
-        &self,
-        run: RunRef<'_>,
-        entry: &flowmark_store::OutboxEntry,
-        subject: &mut Value,
-        now: Timestamp,
-    ) -> Result<(Value, ScoreRecord, Vec<Incoming>), String> {
-        let model = entry.effect.get("model").and_then(Value::as_str).unwrap_or("score");
-        let change = serde_json::from_value::<ScoreChange>(entry.effect["change"].clone())
-            .map_err(|_| format!("unreadable score change {}", entry.effect["change"]))?;
-        Ok(self.apply_score(run, &entry.step, model, change, subject, now))
+        Ok(ready.len() + unreadable.len())
     }
 
     /// Applies a score step's change to `subject` (the model's decay first); returns the
@@ -956,12 +962,11 @@ impl<S: Store> Engine<S> {
         &mut self,
         parent: RunRef<'_>,
         entry: &flowmark_store::OutboxEntry,
+        name: &str,
+        wait: bool,
         now: Timestamp,
         unit: &mut Unit,
     ) -> Result<Outcome, Error> {
-        let Some(name) = entry.effect.get("workflow").and_then(Value::as_str) else {
-            return Ok(Outcome::Permanent { error: "the subflow effect names no workflow".to_owned() });
-        };
         let workflow = match self.workflow(name, None) {
             Ok(workflow) => workflow,
             Err(Error::UnknownWorkflow(_)) => {
@@ -969,7 +974,6 @@ impl<S: Store> Engine<S> {
             }
             Err(error) => return Err(error),
         };
-        let wait = entry.effect.get("wait").and_then(Value::as_bool).unwrap_or(true);
         let id = self.allocate_run_id();
         let mut child = Run::new(id, &workflow, version_of(&self.compiled, &workflow), parent.subject_id, now);
         if wait {
@@ -1124,15 +1128,11 @@ impl<S: Store> Engine<S> {
         run: RunRef<'_>,
         key: &str,
         step: &str,
-        effect: &Value,
+        context: &RenderContext,
         subject: &Value,
     ) -> Result<Result<flowmark_core::render::Message, String>, Error> {
         let workflow = self.workflow(run.workflow_id, Some(run.version))?;
-        let context: RenderContext = match effect.get("context").cloned().map(serde_json::from_value).transpose() {
-            Ok(context) => context.unwrap_or_default(),
-            Err(error) => return Ok(Err(format!("the stored context is unreadable: {error}"))),
-        };
-        Ok(render_step_message(&workflow, key, step, &context, subject, &self.env).map_err(|e| e.to_string()))
+        Ok(render_step_message(&workflow, key, step, context, subject, &self.env).map_err(|e| e.to_string()))
     }
 
     /// Runs matching `filter`, newest first; `step` keeps those with a token at that step.
@@ -1376,12 +1376,9 @@ fn load_document<S: Store, Src: serde::de::DeserializeOwned, T: Default>(
     Ok(compiled.map_err(|errors| flowmark_store::Error::Corrupt(format!("the stored {key}: {}", errors.join("; "))))?)
 }
 
-fn apply_update_effect(subject: &mut Value, effect: &Value) -> Value {
-    let empty = serde_json::Map::new();
-    let set = effect.get("set").and_then(Value::as_object).unwrap_or(&empty);
-    apply_update(subject, set);
-    Value::Object(set.clone())
-}
+/// How long an effect this version cannot read is held before it is looked at again (an
+/// hour): long enough not to fill the log, short enough for a rolled-back upgrade.
+pub const UNREADABLE_EFFECT_HOLD_MS: i64 = 3_600_000;
 
 /// The setting the workspace's score models are stored under (JSON).
 pub const SCORE_MODELS_SETTING: &str = "score_models";
@@ -1409,25 +1406,6 @@ fn suppression_of(event: &Event) -> Option<&'static str> {
             }
         }
         _ => None,
-    }
-}
-
-/// Why a marketing message may not go now, if it may not: checked when it is about to go, so
-/// it holds for messages queued before an unsubscribe or a withdrawn consent too.
-fn refused(subject: &Value, effect: &Value) -> Option<String> {
-    if effect.get("transactional").and_then(Value::as_bool) == Some(true) {
-        return None;
-    }
-    let channel: flowmark_core::model::Channel = serde_json::from_value(effect.get("channel")?.clone()).ok()?;
-    flowmark_core::engine::refusal(subject, channel)
-}
-
-/// The effect kind a rendered message is routed by.
-fn kind_of_message(message: &flowmark_core::render::Message) -> &'static str {
-    match message {
-        flowmark_core::render::Message::Email { .. } => "send_email",
-        flowmark_core::render::Message::Webhook { .. } => "call_webhook",
-        flowmark_core::render::Message::Notify { .. } => "notify",
     }
 }
 

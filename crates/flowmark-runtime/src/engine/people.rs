@@ -12,13 +12,16 @@
 //! (an assignment's history entry with the new people; a completion with the inbox closing).
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{Decision, HistoryKind, Input, RunId, Transition};
+use flowmark_core::engine::{Decision, EffectKind, HistoryKind, Input, NotifyReason, RunId, Transition};
 use flowmark_core::render::Message;
-use flowmark_store::{Batch, Comment, Notification, OutboxEntry, Store, WorkChange, WorkItem, WorkKind};
+use flowmark_store::{
+    Batch, Comment, Delivery, Notification, OutboxEffect, OutboxEntry, Store, WorkChange, WorkItem, WorkKind,
+};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use super::{Engine, Error, Unit};
+use crate::connector::Outbound;
 use crate::directory::{Directory, DirectorySource};
 use crate::work::{subject_title, url_part};
 
@@ -29,13 +32,9 @@ pub const ATTACHMENT_TITLE_BYTES_MAX: usize = 300;
 pub const ATTACHMENT_URL_BYTES_MAX: usize = 2_048;
 /// Undigested notifications one digest round reads.
 pub const DIGEST_ROUND_MAX: usize = 10_000;
-/// The effect kind of one notification's delivery on one channel.
-pub const DELIVERY_EFFECT: &str = "deliver_notification";
 /// The run a delivery names when no single run caused it (a digest, a mention outside work);
 /// deliveries are dispatched without their run.
 const NO_RUN: RunId = RunId(0);
-/// The effect kind chat deliveries are routed by (a Slack-compatible incoming webhook).
-pub const CHAT_EFFECT: &str = "post_chat";
 
 /// Whom an effect asks for input, why, and what to tell them.
 pub(super) struct Ask {
@@ -416,12 +415,12 @@ impl<S: Store> Engine<S> {
         if prefs.digest {
             return;
         }
-        let mut deliver = |channel: &str, effect: Value| {
+        let mut deliver = |channel: &str, delivery: Delivery| {
             unit.outbox.push(OutboxEntry {
                 key: format!("{key}/{channel}"),
                 run,
                 step: step.to_owned(),
-                effect,
+                effect: OutboxEffect::Deliver(delivery),
                 attempts: 0,
                 next_attempt_at: now,
                 owner: None,
@@ -429,16 +428,11 @@ impl<S: Store> Engine<S> {
         };
         if prefs.email {
             let subject = excerpt(text, 120);
-            deliver(
-                "email",
-                json!({ "effect": DELIVERY_EFFECT, "channel": "email", "to": person, "subject": subject, "text": text, "link": link }),
-            );
+            let (to, text, link) = (person.to_owned(), text.to_owned(), link.clone());
+            deliver("email", Delivery::Email { to, subject, text, link });
         }
         if let Some(url) = &prefs.chat {
-            deliver(
-                "chat",
-                json!({ "effect": DELIVERY_EFFECT, "channel": "chat", "url": url, "text": text, "link": link }),
-            );
+            deliver("chat", Delivery::Chat { url: url.clone(), text: text.to_owned(), link });
         }
     }
 
@@ -450,46 +444,37 @@ impl<S: Store> Engine<S> {
         run: super::RunRef<'_>,
         key: &str,
         step: &str,
-        effect: &Value,
+        effect: &EffectKind,
         subject: &Value,
         now: Timestamp,
     ) -> Result<Vec<Ask>, Error> {
         let workflow = self.workflow(run.workflow_id, Some(run.version))?;
-        let strings = |v: &Value| -> Vec<String> {
-            v.as_array().map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect()).unwrap_or_default()
-        };
         let title = subject_title(subject, run.subject_id);
         let item_link = format!("/ui/items/{}", url_part(run.subject_id));
         // (roles, reason, text, link) per ask.
-        let asks: Vec<(Vec<String>, &str, String, String)> = match effect
-            .get("effect")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-        {
-            "create_task" => {
-                let task = effect["title"].as_str().unwrap_or(step);
-                let due = effect["due_at"].as_i64().map(|ms| format!(" (due {})", Timestamp(ms))).unwrap_or_default();
+        let asks: Vec<(Vec<String>, &str, String, String)> = match effect {
+            EffectKind::CreateTask { title: task, raci, due_at, .. } => {
+                let due = due_at.map(|at| format!(" (due {at})")).unwrap_or_default();
                 let link = format!("/ui/work/{}", url_part(key));
-                vec![(strings(&effect["raci"]["responsible"]), "task_assigned", format!("New task: {task}{due}"), link)]
+                vec![(raci.responsible.clone(), "task_assigned", format!("New task: {task}{due}"), link)]
             }
-            "request_approval" => strings(&effect["approvers"])
-                .into_iter()
+            EffectKind::RequestApproval { approvers, .. } => approvers
+                .iter()
                 .map(|role| {
                     let text = format!("Your approval is needed on “{title}” ({step})");
                     let link = format!("/ui/work/{}", url_part(&format!("{key}:{role}")));
-                    (vec![role], "approval_requested", text, link)
+                    (vec![role.clone()], "approval_requested", text, link)
                 })
                 .collect(),
-            "notify" => {
-                let reason = match effect["reason"].as_str().unwrap_or("message") {
-                    "approval_reminder" => "reminder",
-                    "escalation" => "escalation",
-                    "task_overdue" => "overdue",
-                    "task_completed" => "completed",
-                    _ => "message",
+            EffectKind::Notify { to, message, reason } => {
+                let reason = match reason {
+                    NotifyReason::ApprovalReminder => "reminder",
+                    NotifyReason::Escalation => "escalation",
+                    NotifyReason::TaskOverdue => "overdue",
+                    NotifyReason::TaskCompleted => "completed",
+                    NotifyReason::Message => "message",
                 };
-                let text = format!("{} — “{title}”", effect["message"].as_str().unwrap_or_default());
-                vec![(strings(&json!([effect["to"]])), reason, text, item_link)]
+                vec![(vec![to.clone()], reason, format!("{message} — “{title}”"), item_link)]
             }
             _ => Vec::new(),
         };
@@ -541,8 +526,12 @@ impl<S: Store> Engine<S> {
                 key: key.clone(),
                 run: NO_RUN,
                 step: "digest".to_owned(),
-                effect: json!({ "effect": DELIVERY_EFFECT, "channel": "email", "to": person,
-                    "subject": format!("Flowmark digest: {} update(s)", group.len()), "text": text, "link": self.public_url }),
+                effect: OutboxEffect::Deliver(Delivery::Email {
+                    to: person.clone(),
+                    subject: format!("Flowmark digest: {} update(s)", group.len()),
+                    text,
+                    link: self.public_url.clone(),
+                }),
                 attempts: 0,
                 next_attempt_at: now,
                 owner: None,
@@ -559,41 +548,32 @@ impl<S: Store> Engine<S> {
     }
 }
 
-/// The message and the effect kind it is routed by, for one `deliver_notification` effect.
-pub(super) fn delivery_message(effect: &Value) -> Result<(&'static str, Message), String> {
-    let text = effect["text"].as_str().unwrap_or_default();
-    let link = effect["link"].as_str().unwrap_or_default();
-    match effect["channel"].as_str() {
-        Some("email") => {
-            let to = effect["to"].as_str().ok_or("a notification email without `to`")?;
+/// The message a notification's delivery sends, and the outbound work it is routed as.
+pub(super) fn delivery_message(delivery: &Delivery) -> (Outbound, Message) {
+    match delivery {
+        Delivery::Email { to, subject, text, link } => {
             let body = if link.is_empty() { text.to_owned() } else { format!("{text}\n\n{link}\n") };
-            Ok((
-                "send_email",
-                Message::Email {
-                    to: Some(to.to_owned()),
-                    template: None,
-                    subject: effect["subject"].as_str().map(str::to_owned),
-                    html: None,
-                    text: Some(body),
-                    from: None,
-                    transactional: true,
-                },
-            ))
+            let message = Message::Email {
+                to: Some(to.to_owned()),
+                template: None,
+                subject: Some(subject.to_owned()),
+                html: None,
+                text: Some(body),
+                from: None,
+                transactional: true,
+            };
+            (Outbound::Email, message)
         }
-        Some("chat") => {
-            let url = effect["url"].as_str().ok_or("a chat notification without `url`")?;
+        Delivery::Chat { url, text, link } => {
             let text = if link.is_empty() { text.to_owned() } else { format!("{text} <{link}|Open in Flowmark>") };
-            Ok((
-                CHAT_EFFECT,
-                Message::Webhook {
-                    url: url.to_owned(),
-                    method: "POST".to_owned(),
-                    headers: Vec::new(),
-                    body: Some(json!({ "text": text })),
-                },
-            ))
+            let message = Message::Webhook {
+                url: url.to_owned(),
+                method: "POST".to_owned(),
+                headers: Vec::new(),
+                body: Some(json!({ "text": text })),
+            };
+            (Outbound::Chat, message)
         }
-        other => Err(format!("unknown notification channel {other:?}")),
     }
 }
 
@@ -639,17 +619,20 @@ mod tests {
 
     #[test]
     fn a_delivery_becomes_an_email_or_a_chat_post() {
-        let email =
-            json!({ "channel": "email", "to": "a@example.com", "subject": "S", "text": "T", "link": "http://x/ui" });
-        let (kind, message) = delivery_message(&email).expect("an email delivery");
-        assert_eq!(kind, "send_email");
+        let email = Delivery::Email {
+            to: "a@example.com".into(),
+            subject: "S".into(),
+            text: "T".into(),
+            link: "http://x/ui".into(),
+        };
+        let (kind, message) = delivery_message(&email);
+        assert_eq!(kind, Outbound::Email);
         assert!(
             matches!(message, Message::Email { transactional: true, text: Some(t), .. } if t == "T\n\nhttp://x/ui\n")
         );
-        let chat = json!({ "channel": "chat", "url": "https://hooks.example.com/x", "text": "T", "link": "" });
-        let (kind, message) = delivery_message(&chat).expect("a chat delivery");
-        assert_eq!(kind, CHAT_EFFECT);
+        let chat = Delivery::Chat { url: "https://hooks.example.com/x".into(), text: "T".into(), link: "".into() };
+        let (kind, message) = delivery_message(&chat);
+        assert_eq!(kind, Outbound::Chat);
         assert!(matches!(message, Message::Webhook { body: Some(b), .. } if b == json!({ "text": "T" })));
-        assert!(delivery_message(&json!({ "channel": "pigeon" })).is_err());
     }
 }

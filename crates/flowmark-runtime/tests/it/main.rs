@@ -421,7 +421,7 @@ steps:
     engine.deploy("kit.yaml", KIT, NOON).unwrap();
     let run = engine.start("kit", "autumn", NOON).unwrap().unwrap();
     let ready = engine.store().ready_effects(NOON, 10).unwrap();
-    let keys: Vec<&str> = ready.iter().map(|e| e.step.as_str()).collect();
+    let keys: Vec<&str> = ready.entries.iter().map(|e| e.step.as_str()).collect();
     assert_eq!(keys, ["produce", "tell"], "the outbox order this test is about");
     engine.dispatch(NOON, 10, &mut recording().1).unwrap();
     assert!(engine.is_ended(run).unwrap(), "the failed subflow let the join complete");
@@ -499,7 +499,7 @@ fn a_connector_performs_up_to_its_concurrency_at_once() {
     let limits = flowmark_runtime::Limits { concurrency: 4, per_second: None, burst: 1 };
     let mut connectors = Connectors::new(Arc::new(RecordingConnector::default())).route(
         "webhooks",
-        &["call_webhook"],
+        &[flowmark_runtime::Outbound::Webhook],
         overlap.clone(),
         limits,
     );
@@ -521,7 +521,7 @@ fn a_rate_limit_defers_effects_without_counting_an_attempt() {
     assert_eq!(engine.store().ready_effects(NOON, 100).unwrap().len(), 0, "the rest wait for their turn");
     let later = NOON.plus(Duration::SECOND);
     let ready = engine.store().ready_effects(later, 100).unwrap();
-    assert_eq!((ready.len(), ready[0].attempts), (1, 0), "one more a second later, never attempted yet");
+    assert_eq!((ready.len(), ready.entries[0].attempts), (1, 0), "one more a second later, never attempted yet");
     let mut now = later;
     while engine.store().outbox_depth().unwrap() > 0 {
         engine.dispatch(now, 100, &mut connectors).unwrap();

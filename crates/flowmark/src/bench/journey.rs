@@ -114,7 +114,7 @@ pub fn run_journey(args: &JourneyArgs, dir: &Path, fsync: &Fsync) -> anyhow::Res
         std::thread::spawn(move || super::smtp::sink(listener, counter));
         let smtp = super::smtp::connector(port)?;
         let limits = flowmark_runtime::Limits { concurrency: 8, per_second: None, burst: 1 };
-        connector = connector.route("smtp", &["send_email"], std::sync::Arc::new(smtp), limits);
+        connector = connector.route("smtp", &[flowmark_runtime::Outbound::Email], std::sync::Arc::new(smtp), limits);
     }
     let started = Instant::now();
     let written_before = written_bytes();

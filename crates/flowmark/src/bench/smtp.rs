@@ -102,7 +102,11 @@ pub fn run(args: &SmtpArgs) -> anyhow::Result<()> {
         from: None,
         transactional: false,
     };
-    let effect = json!({ "effect": "send_message", "channel": "email", "transactional": false });
+    let effect = flowmark_store::OutboxEffect::Run(flowmark_core::engine::EffectKind::SendMessage {
+        channel: flowmark_core::model::Channel::Email,
+        transactional: false,
+        context: Default::default(),
+    });
     for &concurrency in &args.concurrency {
         let connector = connector(port)?;
         let before = received.load(Ordering::Relaxed);
