@@ -1,16 +1,20 @@
 //! `flowmark import contacts FILE.csv` and `flowmark export contacts`.
 //!
+//! Export writes contacts only: the items that item workflows run over (blog posts,
+//! campaigns) share the subjects' table but are not people, and stay out.
+//!
 //! Import checks every row first (errors are printed with their row numbers and nothing is
 //! written), then writes 1 000 rows per commit with a checkpoint keyed by the file's SHA-256,
 //! so an interrupted import of a large file resumes where it stopped when run again.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use flowmark_runtime::import;
-use flowmark_store::{SqliteStore, Store};
+use flowmark_store::{RunFilter, SqliteStore, Store};
 use serde_json::Value;
 use sha2::Digest;
 
@@ -22,6 +26,8 @@ pub enum ImportCommand {
 
 #[derive(clap::Args)]
 pub struct ImportArgs {
+    /// The CSV file: a header row naming `id` and/or `email` (common aliases such as `E-mail
+    /// Address` are understood), then any trait columns.
     file: PathBuf,
     /// The SQLite database file the server uses.
     #[arg(long, default_value = "flowmark.db")]
@@ -42,8 +48,11 @@ pub enum ExportCommand {
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
+    /// The SQLite database file the server uses.
     #[arg(long, default_value = "flowmark.db")]
     db: PathBuf,
+    /// `csv`: a header row, then one row per contact with a column per trait; `json`: one
+    /// JSON object per line (`id`, `timezone`, `traits`, `updated_at`).
     #[arg(long, value_enum, default_value = "csv")]
     format: Format,
     /// Write here instead of standard output.
@@ -53,7 +62,9 @@ pub struct ExportArgs {
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Format {
+    /// Comma-separated values with a header row.
     Csv,
+    /// JSON lines.
     Json,
 }
 
@@ -117,6 +128,7 @@ pub fn export(command: &ExportCommand) -> anyhow::Result<ExitCode> {
     }
     let store =
         SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?;
+    let items = item_subjects(&store)?;
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
@@ -126,7 +138,7 @@ pub fn export(command: &ExportCommand) -> anyhow::Result<ExitCode> {
     // CSV needs its columns first: one pass for the trait names, one for the rows.
     let mut columns: Vec<String> = Vec::new();
     if args.format == Format::Csv {
-        each_contact(&store, |contact| {
+        each_contact(&store, &items, |contact| {
             if let Value::Object(traits) = &contact.traits {
                 for key in traits.keys() {
                     if !columns.contains(key) {
@@ -144,7 +156,7 @@ pub fn export(command: &ExportCommand) -> anyhow::Result<ExitCode> {
             let mut header = vec!["id".to_owned(), "timezone".to_owned()];
             header.extend(columns.iter().cloned());
             csv.write_record(&header)?;
-            each_contact(&store, |contact| {
+            each_contact(&store, &items, |contact| {
                 let mut record = vec![contact.id.clone(), contact.timezone.clone().unwrap_or_default()];
                 record.extend(columns.iter().map(|key| match contact.traits.get(key) {
                     None | Some(Value::Null) => String::new(),
@@ -157,7 +169,7 @@ pub fn export(command: &ExportCommand) -> anyhow::Result<ExitCode> {
             })?;
             csv.flush()?;
         }
-        Format::Json => each_contact(&store, |contact| {
+        Format::Json => each_contact(&store, &items, |contact| {
             let line = serde_json::json!({ "id": contact.id, "timezone": contact.timezone, "traits": contact.traits, "updated_at": contact.updated_at });
             if let Err(error) = writeln!(out, "{line}") {
                 failure.get_or_insert(error.into());
@@ -171,12 +183,35 @@ pub fn export(command: &ExportCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Calls `visit` with every contact, in id order, a page at a time.
-fn each_contact(store: &SqliteStore, mut visit: impl FnMut(&flowmark_store::Contact)) -> anyhow::Result<()> {
+/// The subjects of item workflows' runs (`subject: item`, in any version): items, not
+/// contacts.
+fn item_subjects(store: &SqliteStore) -> anyhow::Result<HashSet<String>> {
+    let mut items = HashSet::new();
+    for summary in store.workflows()? {
+        for version in 1..=summary.latest_version {
+            let Some((_, source)) = store.workflow_source(&summary.id, Some(version))? else { continue };
+            let compiled = flowmark_core::compile(&flowmark_core::Source::new(summary.id.as_str(), source.as_str()));
+            if compiled.workflow.is_none_or(|w| w.subject != flowmark_core::model::SubjectKind::Item) {
+                continue;
+            }
+            let filter =
+                RunFilter { workflow_id: Some(summary.id.clone()), version: Some(version), ..Default::default() };
+            items.extend(store.runs(&filter, usize::MAX)?.into_iter().map(|run| run.subject_id));
+        }
+    }
+    Ok(items)
+}
+
+/// Calls `visit` with every contact (every subject but `items`), in id order, a page at a time.
+fn each_contact(
+    store: &SqliteStore,
+    items: &HashSet<String>,
+    mut visit: impl FnMut(&flowmark_store::Contact),
+) -> anyhow::Result<()> {
     let mut after: Option<String> = None;
     loop {
         let page = store.contact_ids_after(after.as_deref(), 1000)?;
-        for id in &page {
+        for id in page.iter().filter(|id| !items.contains(*id)) {
             if let Some(contact) = store.contact(id)? {
                 visit(&contact);
             }

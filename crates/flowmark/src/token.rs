@@ -27,6 +27,9 @@ pub struct CreateArgs {
     /// The workspace the token belongs to.
     #[arg(long, default_value = "default")]
     workspace: String,
+    /// Print the token with its name, workspace and scopes as one JSON object, for tools.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
@@ -44,7 +47,16 @@ pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
     let now = flowmark_core::Timestamp::from_chrono(&chrono::Utc::now());
     let token = Token { workspace: args.workspace.clone(), name: args.name.clone(), scopes, created_at: now };
     store.put_token(&token_hash(&text), &token).context("cannot store the token")?;
-    println!("{text}");
-    eprintln!("flowmark: token `{}` created; it is shown only this once", args.name);
+    if args.json {
+        let scopes: Vec<&str> = token.scopes.iter().map(|s| s.as_str()).collect();
+        let created = serde_json::json!({
+            "token": text, "name": token.name, "workspace": token.workspace, "scopes": scopes,
+            "created_at": token.created_at.rfc3339(),
+        });
+        println!("{created}");
+    } else {
+        println!("{text}");
+        eprintln!("flowmark: token `{}` created; it is shown only this once", args.name);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,6 @@
-//! House rules as tests: the pure core depends on no async runtime, database or network crate.
-//!
-//! Reads the workspace's `Cargo.lock`, walks the dependency closure of `flowmark-core`, and
-//! fails if a crate that does I/O on its own appears in it.
+//! House rules as tests: the pure core depends on no async runtime, database or network crate
+//! (a walk of `Cargo.lock` from `flowmark-core` finds no crate that does I/O on its own), and
+//! the README names every blueprint.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -50,4 +49,23 @@ fn the_core_depends_on_no_runtime_database_or_network_crate() {
     assert!(seen.contains("cel") && seen.contains("liquid"), "the walk found the core's real dependencies");
     let found: Vec<&&str> = FORBIDDEN.iter().filter(|f| seen.contains(**f)).collect();
     assert!(found.is_empty(), "flowmark-core must stay pure, but depends on {found:?}");
+}
+
+/// The README's list of blueprints names every file in `blueprints/`, so a new one is not
+/// left out of what a newcomer reads.
+#[test]
+fn the_readme_names_every_blueprint() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let line = readme.lines().position(|l| l.starts_with("- Blueprints in")).expect("the README lists blueprints");
+    let list: String = readme.lines().skip(line).take_while(|l| !l.is_empty()).take(6).collect();
+    let mut names: Vec<String> = std::fs::read_dir(format!("{root}/blueprints"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 3, "{names:?}");
+    let missing: Vec<&String> = names.iter().filter(|name| !list.contains(&format!("`{name}`"))).collect();
+    assert!(missing.is_empty(), "the README's blueprint list leaves out {missing:?}");
 }

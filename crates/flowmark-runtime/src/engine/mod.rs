@@ -737,9 +737,14 @@ impl<S: Store> Engine<S> {
                 _ => Vec::new(),
             };
             if !asks.is_empty() {
-                let mut notified = Vec::new();
+                // One notification per person and effect: the first ask that names them (a
+                // person both responsible and consulted hears of the task once, as assigned).
+                let mut notified: Vec<&str> = Vec::new();
                 for ask in &asks {
                     for person in &ask.people {
+                        if notified.contains(&person.as_str()) {
+                            continue;
+                        }
                         self.notify_person(&mut unit, (&entry.key, run.id, &entry.step), person, ask, now);
                         notified.push(person.as_str());
                     }

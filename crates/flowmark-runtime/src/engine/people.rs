@@ -456,7 +456,15 @@ impl<S: Store> Engine<S> {
             EffectKind::CreateTask { title: task, raci, due_at, .. } => {
                 let due = due_at.map(|at| format!(" (due {at})")).unwrap_or_default();
                 let link = format!("/ui/work/{}", url_part(key));
-                vec![(raci.responsible.clone(), "task_assigned", format!("New task: {task}{due}"), link)]
+                let mut asks =
+                    vec![(raci.responsible.clone(), "task_assigned", format!("New task: {task}{due}"), link)];
+                if !raci.consulted.is_empty() {
+                    // Their input is sought: they are told, and comment on the item's page; the
+                    // task itself stays the responsible people's.
+                    let text = format!("Your input is sought on the task “{task}”{due}, for “{title}”");
+                    asks.push((raci.consulted.clone(), "consulted", text, item_link));
+                }
+                asks
             }
             EffectKind::RequestApproval { approvers, .. } => approvers
                 .iter()

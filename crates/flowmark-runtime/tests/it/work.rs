@@ -343,3 +343,33 @@ steps:
     engine.fire_due_timers(monday, 100).unwrap();
     assert!(escalated(&engine));
 }
+
+/// The draft's RACI consults `seo`: when the draft opens, Sia is told her input is sought,
+/// with a link to the item's page (where she comments); the task stays the writer's.
+#[test]
+fn consulted_people_are_told_when_the_task_opens_and_may_comment() {
+    let (mut engine, _run) = setup();
+    let research = inbox(&engine, "sia@example.com");
+    let fields = json!({ "keywords": "workflow" }).as_object().unwrap().clone();
+    engine.act_on_work(&research[0].id, "sia@example.com", WorkAction::Complete { fields }, MONDAY).unwrap().unwrap();
+    let recorder = Arc::new(RecordingConnector::default());
+    let mut connectors = Connectors::new(recorder.clone());
+    engine.dispatch(MONDAY, 100, &mut connectors).unwrap();
+    let sia = engine.store().notifications("sia@example.com", 10).unwrap();
+    let consulted: Vec<_> = sia.iter().filter(|n| n.reason == "consulted").collect();
+    assert_eq!(consulted.len(), 1, "{sia:?}");
+    assert!(
+        consulted[0].text.starts_with("Your input is sought on the task “Draft Ten tips”"),
+        "{}",
+        consulted[0].text
+    );
+    assert_eq!(consulted[0].link.as_deref(), Some("https://flowmark.example.com/ui/items/post-1"));
+    assert_eq!(ids(&inbox(&engine, "sam@example.com")), ["draft:writer"]);
+    assert!(inbox(&engine, "sia@example.com").is_empty(), "consulted is not responsible: nothing to act on");
+    let claim =
+        engine.act_on_work(&inbox(&engine, "sam@example.com")[0].id, "sia@example.com", WorkAction::Claim, MONDAY);
+    assert!(matches!(claim.unwrap(), Err(WorkRefusal::NotYours(_))), "she may not claim the task");
+    let draft = inbox(&engine, "sam@example.com")[0].id.clone();
+    let comment = engine.add_comment("post-1", Some(&draft), "sia@example.com", "Use 'approval workflow'", MONDAY);
+    assert_eq!(comment.unwrap().unwrap().by, "sia@example.com", "she comments on the draft");
+}

@@ -131,3 +131,56 @@ bo@example.com,pro
     }
     server.stop();
 }
+
+/// Items (the subjects of item workflows, such as a blog post) share the subjects' table
+/// with contacts, but an export of contacts leaves them out.
+#[test]
+fn an_export_of_contacts_leaves_items_out() {
+    let dir = super::validate::fresh_dir("export-items");
+    let db = dir.join("flowmark.db");
+    let server = Server::start(&db);
+    let blueprint = std::fs::read(crate::repo_path("blueprints/blog-post.yaml")).unwrap();
+    assert_eq!(server.api("POST", "/api/workflows", &blueprint).0, 201);
+    let item = json!({ "traits": { "title": "Spring launch" } });
+    assert_eq!(server.api("PUT", "/api/contacts/post-1", item.to_string().as_bytes()).0, 200);
+    let (status, _, started) = server.api("POST", "/api/workflows/blog-post/runs", br#"{"subject":"post-1"}"#);
+    assert!(status < 300, "{started}");
+    let ada = json!({ "traits": { "email": "ada@example.com" } });
+    assert_eq!(server.api("PUT", "/api/contacts/ada", ada.to_string().as_bytes()).0, 200);
+    server.stop();
+    let ids: Vec<Value> = export_json(&db).into_iter().map(|c| c["id"].clone()).collect();
+    assert_eq!(ids, [json!("ada")], "the blog post is an item, not a contact");
+    let (code, csv, err) = flowmark(&["export", "contacts", "--format", "csv"], &db);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(csv.lines().collect::<Vec<_>>(), ["id,timezone,email", "ada,,ada@example.com"]);
+}
+
+#[test]
+fn import_export_and_token_options_say_what_they_are() {
+    let help = |args: &[&str]| {
+        let output = Command::new(assert_cmd::cargo::cargo_bin("flowmark")).args(args).arg("--help").output().unwrap();
+        assert!(output.status.success());
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let export = help(&["export", "contacts"]);
+    assert!(export.contains("The SQLite database file the server uses"), "{export}");
+    assert!(export.contains("one JSON object per line"), "{export}");
+    let import = help(&["import", "contacts"]);
+    assert!(import.contains("a header row naming `id` and/or `email`"), "{import}");
+    let token = help(&["token", "create"]);
+    assert!(token.contains("--json"), "{token}");
+}
+
+#[test]
+fn token_create_prints_json_for_tools() {
+    let dir = super::validate::fresh_dir("token-json");
+    let db = dir.join("flowmark.db");
+    let (code, out, err) = flowmark(&["token", "create", "--name", "ci", "--scope", "ingest,admin", "--json"], &db);
+    assert_eq!(code, 0, "{err}");
+    let created: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!((created["name"].as_str(), created["workspace"].as_str()), (Some("ci"), Some("default")));
+    assert_eq!(created["scopes"], json!(["ingest", "admin"]));
+    let token = created["token"].as_str().unwrap();
+    assert!(token.len() >= 32, "{token}");
+    assert!(err.is_empty(), "JSON output says nothing on standard error: {err}");
+}
