@@ -380,7 +380,7 @@ async fn enable_endpoint(
     // otherwise store the URL again after it was forgotten here.
     let (forget, gone) = (url.clone(), app.config.gone_endpoints.clone());
     let forgotten = query_owner(&app, move |engine, _| {
-        let stored = engine.store_mut().forget_gone_endpoint(&forget)?;
+        let stored = engine.forget_gone_endpoint(&forget)?;
         Ok(gone.forget(&forget) || stored)
     });
     match forgotten.await {
@@ -502,8 +502,8 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
         return response;
     }
     let page = query_owner(&app, |engine, _| {
-        let wal = engine.store().wal_sync();
-        engine.store().outbox_depth().map(|depth| crate::metrics::render(engine.stats(), depth, wal.as_ref()))
+        let durability = engine.store().durability();
+        engine.store().outbox_depth().map(|depth| crate::metrics::render(engine.stats(), depth, durability.as_deref()))
     });
     match page.await {
         Ok(text) => {
@@ -535,7 +535,7 @@ async fn run(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>)
 /// Runs `work` on the owner thread with the engine and the time, and awaits its answer.
 pub(crate) async fn query<T: Send + 'static>(
     owner: &Owner,
-    work: impl FnOnce(&mut flowmark_runtime::Engine<flowmark_store::SqliteStore>, Timestamp) -> T + Send + 'static,
+    work: impl FnOnce(&mut flowmark_runtime::Engine<crate::owner::ServerStore>, Timestamp) -> T + Send + 'static,
 ) -> Result<T, Response> {
     ask(owner, |reply| {
         Command::Query(Box::new(move |engine, now| {
@@ -664,7 +664,7 @@ pub(crate) fn status_name(status: WorkflowStatus) -> &'static str {
 pub(crate) async fn query_owner<T: Send + 'static>(
     app: &App,
     work: impl FnOnce(
-        &mut flowmark_runtime::Engine<flowmark_store::SqliteStore>,
+        &mut flowmark_runtime::Engine<crate::owner::ServerStore>,
         Timestamp,
     ) -> Result<T, flowmark_store::Error>
     + Send
@@ -977,10 +977,8 @@ async fn import_contacts(State(app): State<App>, headers: HeaderMap, body: Bytes
     let checkpoint = format!("import:contacts:{digest}");
     let count = rows.len();
     match query_owner(&app, move |engine, now| {
-        let imported = flowmark_runtime::import::write_rows(engine.store_mut(), &rows, &checkpoint, now, |_| {})?;
-        // The rows bypassed the engine: a sweep pass puts them in their segments now.
-        engine.restart_segment_sweep(now);
-        Ok(imported)
+        // The engine restarts the segment sweep: the rows join their segments now.
+        engine.import_contacts(&rows, &checkpoint, now)
     })
     .await
     {
@@ -989,7 +987,7 @@ async fn import_contacts(State(app): State<App>, headers: HeaderMap, body: Bytes
     }
 }
 
-pub(crate) type Eng = flowmark_runtime::Engine<flowmark_store::SqliteStore>;
+pub(crate) type Eng = flowmark_runtime::Engine<crate::owner::ServerStore>;
 /// How a workspace document (score models, segments) is replaced: checked whole, then stored.
 pub(crate) type SetDocument<T> = fn(&mut Eng, T, Timestamp) -> Result<Result<(), Vec<String>>, flowmark_runtime::Error>;
 

@@ -18,4 +18,4 @@ pub mod syncer;
 mod ui;
 
 pub use http::{Config, OPENAPI, ROUTES, router};
-pub use owner::Owner;
+pub use owner::{Owner, ServerStore};

@@ -7,9 +7,9 @@
 use std::fmt::Write;
 
 use flowmark_runtime::{LATENESS_BUCKETS_MS, Stats};
-use flowmark_store::WalSync;
+use flowmark_store::Durability;
 
-pub fn render(stats: &Stats, outbox_depth: u64, wal: Option<&WalSync>) -> String {
+pub fn render(stats: &Stats, outbox_depth: u64, wal: Option<&dyn Durability>) -> String {
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, value: u64| {
         let _ = writeln!(out, "# HELP flowmark_{name} {help}\n# TYPE flowmark_{name} counter\nflowmark_{name} {value}");

@@ -29,7 +29,7 @@ use flowmark_core::Timestamp;
 use flowmark_runtime::{
     Connectors, Engine, Error, Incoming, Ingested, SEGMENT_SWEEP_PAGE_COUNT, StartRequest, Started,
 };
-use flowmark_store::{SqliteStore, Store};
+use flowmark_store::Store;
 use tokio::sync::oneshot;
 
 use crate::syncer::Syncer;
@@ -71,7 +71,10 @@ const DIGESTS_EVERY: StdDuration = StdDuration::from_secs(60);
 pub type Reply<T> = oneshot::Sender<Result<Vec<T>, String>>;
 
 /// Work run on the owner thread with the engine and the time.
-pub type Work = Box<dyn FnOnce(&mut Engine<SqliteStore>, Timestamp) + Send>;
+/// The store the server runs on: whichever backend the binary that starts it picks.
+pub type ServerStore = Box<dyn Store + Send>;
+
+pub type Work = Box<dyn FnOnce(&mut Engine<ServerStore>, Timestamp) + Send>;
 
 pub enum Command {
     /// Events in order, each with its subject and the traits to merge first (`identify`);
@@ -97,7 +100,7 @@ pub(crate) fn now() -> Timestamp {
 
 impl Owner {
     /// Starts the owner thread over `engine`; it runs until every `Owner` handle is dropped.
-    pub fn start(mut engine: Engine<SqliteStore>, mut connectors: Connectors) -> (Owner, thread::JoinHandle<()>) {
+    pub fn start(mut engine: Engine<ServerStore>, mut connectors: Connectors) -> (Owner, thread::JoinHandle<()>) {
         let (commands, inbox) = mpsc::sync_channel::<Command>(QUEUE_COUNT_MAX);
         let handle = thread::Builder::new()
             .name("flowmark-owner".to_owned())
@@ -106,7 +109,7 @@ impl Owner {
                 // when the loop ends, before the engine and its store.
                 let running_syncer = engine
                     .store()
-                    .wal_sync()
+                    .durability()
                     .map(|wal| Syncer::start(move || wal.sync().map_err(|e| e.to_string()), || std::process::exit(70)));
                 let syncer = running_syncer.as_ref();
                 let mut last_housekeeping = std::time::Instant::now();
@@ -164,9 +167,9 @@ impl Owner {
 /// and the store's open transaction rolled back: nothing the work did is committed, and the
 /// replies it held are dropped, so its callers get an error.
 fn survive<T>(
-    engine: &mut Engine<SqliteStore>,
+    engine: &mut Engine<ServerStore>,
     what: &str,
-    work: impl FnOnce(&mut Engine<SqliteStore>) -> T,
+    work: impl FnOnce(&mut Engine<ServerStore>) -> T,
 ) -> Option<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(engine))) {
         Ok(done) => Some(done),
@@ -203,7 +206,7 @@ const DISPATCH_WHILE_DEFERRED_EVERY: StdDuration = StdDuration::from_millis(100)
 /// Fires due schedules and timers, sends digests, sweeps segments and dispatches the outbox;
 /// `true` when a round was full and the next should start at once.
 fn housekeeping(
-    engine: &mut Engine<SqliteStore>,
+    engine: &mut Engine<ServerStore>,
     connectors: &mut Connectors,
     last_digests: &mut Option<std::time::Instant>,
     dispatching: &mut Dispatching,
@@ -229,7 +232,7 @@ fn housekeeping(
         tracing::error!(%error, "firing timers failed");
         0
     });
-    let deferred = engine.store().wal_sync().is_some_and(|wal| wal.pending());
+    let deferred = engine.store().durability().is_some_and(|wal| wal.pending());
     if deferred && !dispatching.full && dispatching.last.elapsed() < DISPATCH_WHILE_DEFERRED_EVERY {
         return fired == TIMERS_PER_ROUND_MAX || swept == SEGMENT_SWEEP_PAGE_COUNT;
     }
@@ -246,7 +249,7 @@ fn housekeeping(
 /// the engine applies many in one commit.
 struct Group<T, R> {
     take: fn(Command) -> Result<Grouped<T, R>, Command>,
-    apply: fn(&mut Engine<SqliteStore>, Vec<T>, Timestamp) -> Applied<R>,
+    apply: fn(&mut Engine<ServerStore>, Vec<T>, Timestamp) -> Applied<R>,
 }
 
 /// A grouped command's items and where their answers go.
@@ -280,7 +283,7 @@ impl Group<StartRequest, Started> {
 /// command is tried alone, so one bad request cannot fail the others. A command of another
 /// kind ends the group and is applied right after it, keeping arrival order.
 fn grouped<T: Clone, R: Send + 'static>(
-    engine: &mut Engine<SqliteStore>,
+    engine: &mut Engine<ServerStore>,
     inbox: &mpsc::Receiver<Command>,
     (items, reply): Grouped<T, R>,
     kind: Group<T, R>,
@@ -377,7 +380,7 @@ fn grouped<T: Clone, R: Send + 'static>(
 /// Makes every deferred commit durable before something that depends on it leaves the
 /// process (a no-op when none waits). A failed sync stops the process: after it, what is on
 /// disk is unknown, and a restart recovers from what is.
-fn durable_now(engine: &mut Engine<SqliteStore>) {
+fn durable_now(engine: &mut Engine<ServerStore>) {
     if let Err(error) = engine.store_mut().make_durable() {
         tracing::error!(%error, "syncing the write-ahead log failed; stopping the server");
         std::process::exit(70);
@@ -387,7 +390,7 @@ fn durable_now(engine: &mut Engine<SqliteStore>) {
 /// Starts or ends deferred durability; `false` when it could not start one (commits then
 /// sync as usual). Failing to end one stops the process: commits would go on without their
 /// syncs, and answers with them.
-fn defer_durability(engine: &mut Engine<SqliteStore>, defer: bool) -> bool {
+fn defer_durability(engine: &mut Engine<ServerStore>, defer: bool) -> bool {
     match engine.store_mut().defer_durability(defer) {
         Ok(()) => true,
         Err(error) if defer => {
@@ -404,7 +407,7 @@ fn defer_durability(engine: &mut Engine<SqliteStore>, defer: bool) -> bool {
 /// Applies one command with its commits synced (a group's kind outside a group: a start
 /// behind an ingestion); a query first waits until what deferred commits wrote is durable,
 /// so it can neither show nor act on what a crash could still take back.
-fn apply(engine: &mut Engine<SqliteStore>, command: Command) {
+fn apply(engine: &mut Engine<ServerStore>, command: Command) {
     let now = now();
     match command {
         Command::Ingest { messages, reply } => {

@@ -10,9 +10,10 @@ use std::sync::{Arc, mpsc};
 use base64::Engine as _;
 use flowmark_core::Timestamp;
 use flowmark_runtime::{Connectors, Engine, LogConnector};
-use flowmark_server::owner::{Command, Owner};
+use flowmark_server::owner::{Command, Owner, ServerStore};
 use flowmark_server::{Config, router};
-use flowmark_store::{SqliteStore, Store};
+use flowmark_sqlite::SqliteStore;
+use flowmark_store::Store;
 
 fn track(address: &str, message_id: &str) -> String {
     let body = serde_json::json!({ "userId": "ada", "event": "Page Viewed", "messageId": message_id }).to_string();
@@ -34,7 +35,7 @@ fn track(address: &str, message_id: &str) -> String {
 /// of what the owner is catching up on, tries again.
 fn on_owner<T: Send + 'static>(
     owner: &Owner,
-    work: impl Fn(&mut Engine<SqliteStore>, Timestamp) -> T + Clone + Send + 'static,
+    work: impl Fn(&mut Engine<ServerStore>, Timestamp) -> T + Clone + Send + 'static,
 ) -> T {
     let (reply, answer) = mpsc::channel();
     for _ in 0..1000 {
@@ -52,7 +53,8 @@ fn on_owner<T: Send + 'static>(
 /// An owner on an in-memory store behind the HTTP API (write key `wk`): the owner, its
 /// thread, the runtime serving HTTP, and the address.
 fn serve() -> (Owner, std::thread::JoinHandle<()>, tokio::runtime::Runtime, String) {
-    let engine = Engine::new(SqliteStore::open_in_memory().unwrap(), serde_json::json!({})).unwrap();
+    let store: ServerStore = Box::new(SqliteStore::open_in_memory().unwrap());
+    let engine = Engine::new(store, serde_json::json!({})).unwrap();
     let (owner, owner_thread) = Owner::start(engine, Connectors::new(Arc::new(LogConnector::default())));
     let config = Config { write_keys: vec!["wk".to_owned()], ..Config::default() };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();

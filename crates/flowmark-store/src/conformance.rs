@@ -33,7 +33,8 @@ steps:
 
 const T0: Timestamp = Timestamp(1_767_610_800_000); // 2026-01-05T11:00:00Z
 
-pub(crate) fn workflow() -> Workflow {
+/// The workflow the suite's runs follow: a start, a wait, an email (for backends' own tests too).
+pub fn workflow() -> Workflow {
     compile(&Source::new("conformance.yaml", WORKFLOW)).workflow.expect("the conformance workflow is valid")
 }
 
@@ -45,7 +46,8 @@ fn good_and_refused(workflow: &Workflow) -> (Transition, Transition) {
     (good, bad)
 }
 
-pub(crate) fn start(workflow: &Workflow, id: u64, subject: &str) -> Transition {
+/// The transition that starts run `id` of `workflow` for `subject` (for backends' own tests too).
+pub fn start(workflow: &Workflow, id: u64, subject: &str) -> Transition {
     let run = Run::new(RunId(id), workflow, 1, subject, T0);
     handle(workflow, run, &Input::Start { event: None }, &Facts::empty(), T0)
 }

@@ -1,9 +1,10 @@
-//! Flowmark's durable store: where workflows, runs, histories, timers, the outbox, events
-//! and contacts live.
+//! Flowmark's durable store, as a contract: where workflows, runs, histories, timers, the
+//! outbox, events and contacts live, and what a backend must keep true of them.
 //!
-//! [`Store`] is the one interface the runtime talks to; [`SqliteStore`] is the embedded
-//! default (WAL, migrations). A PostgreSQL backend will implement the same trait, and every
-//! backend must pass [`conformance::run_all`].
+//! [`Store`] is the one interface the runtime talks to, and this crate names no database:
+//! backends are sibling crates (`flowmark-sqlite`, the embedded default), each implementing
+//! the trait and passing [`conformance::run_all`]. The row types the trait reads and writes
+//! live here too.
 //!
 //! The heart is [`Store::commit`]: a batch of transitions, each with its run's next state,
 //! history entries, decision records, armed timers and outbox effects, written in **one**
@@ -12,28 +13,28 @@
 //! Invariant: after a commit, a run's rows in `timers` are exactly its `Run::timers`, and every
 //! effect of a committed transition is in the outbox under its idempotency key, once.
 
-mod cache;
+mod boxed;
 pub mod conformance;
 mod effect;
-mod sqlite;
-mod wal_sync;
 mod work;
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{Event, HistoryEntry, Run, RunId, RunStatus, Sent, TimerId, TimerPurpose, Transition};
 use serde_json::Value;
 
-pub use effect::{DELIVERY_TAG, Delivery, EFFECT_VERSION, EffectError, OutboxEffect};
-pub use sqlite::SqliteStore;
-pub use wal_sync::WalSync;
+pub use effect::{DELIVERY_TAG, Delivery, EFFECT_VERSION, EffectError, OutboxEffect, run_effect_json};
 pub use work::{Comment, Notification, Session, WorkChange, WorkItem, WorkKind};
+
+/// What a backend's failure is, whichever database it talks to.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The database itself failed (a constraint, a full disk, a lost connection).
     #[error("the database failed: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Backend(BackendError),
     #[error("the database schema could not be brought up to date: {0}")]
-    Migration(#[from] rusqlite_migration::Error),
+    Schema(BackendError),
     #[error("a stored value could not be read back: {0}")]
     Corrupt(String),
     #[error("effect {key} is already in the outbox for another run")]
@@ -326,6 +327,20 @@ pub struct Position {
 
 /// The durable state of a deployment. Methods take `&mut self` where they write: one owner
 /// writes through one handle (the partition owner, the ingestion path), readers open their own.
+/// Makes a backend's deferred commits durable, from any thread (see
+/// `Store::defer_durability`).
+pub trait Durability: Send + Sync {
+    /// Makes every commit that returned before this call durable. Once a sync has failed,
+    /// every later one fails too.
+    fn sync(&self) -> Result<(), Error>;
+
+    /// Has a deferral ended since the latest sync began (so commits may wait for one)?
+    fn pending(&self) -> bool;
+
+    /// What this handle did so far: deferrals ended, syncs made, and the time they took.
+    fn counts(&self) -> (u64, u64, std::time::Duration);
+}
+
 pub trait Store {
     /// Starts a unit of work: a transaction that the next `write` commits (with what it
     /// writes) and `finish` rolls back if `write` has not run. Reads and `insert_event`s in
@@ -346,11 +361,27 @@ pub trait Store {
     fn write(&mut self, batch: &Batch<'_>, now: Timestamp) -> Result<(), Error>;
 
     /// Makes durable every commit that returned without its own sync, when the backend was
-    /// told to defer syncs (`SqliteStore::defer_durability`); a no-op otherwise. Called
+    /// told to defer syncs (`defer_durability`); a no-op otherwise. Called
     /// before anything leaves the process on the strength of what is stored: effects
     /// performed, answers given.
     fn make_durable(&mut self) -> Result<(), Error> {
         Ok(())
+    }
+
+    /// Starts or ends deferred durability: while on, a commit may return before what it wrote
+    /// is durable. Whoever defers must not act on what such commits hold (answer, perform an
+    /// effect) before a [`Durability::sync`] that began after they returned, or
+    /// `make_durable`. A backend that cannot defer keeps the default: it ignores this, and
+    /// every commit is durable when it returns.
+    fn defer_durability(&mut self, defer: bool) -> Result<(), Error> {
+        let _ = defer;
+        Ok(())
+    }
+
+    /// The handle that makes deferred commits durable from another thread than the writer's
+    /// (`None` for a backend that never defers, or a database in memory).
+    fn durability(&self) -> Option<std::sync::Arc<dyn Durability>> {
+        None
     }
 
     /// Writes a batch of transitions in one transaction (see `write`).

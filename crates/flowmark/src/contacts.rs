@@ -14,7 +14,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use flowmark_runtime::import;
-use flowmark_store::{RunFilter, SqliteStore, Store};
+use flowmark_sqlite::SqliteStore;
+use flowmark_store::{RunFilter, Store};
 use serde_json::Value;
 use sha2::Digest;
 

@@ -17,8 +17,9 @@ use flowmark_runtime::webhook::{
 };
 use flowmark_runtime::{Connectors, Engine, Limits, LogConnector, Outbound};
 use flowmark_server::owner::Command;
-use flowmark_server::{Config, Owner, router};
-use flowmark_store::{SqliteStore, Store};
+use flowmark_server::{Config, Owner, ServerStore, router};
+use flowmark_sqlite::SqliteStore;
+use flowmark_store::Store;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -169,8 +170,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(url) = &args.smtp_url {
         SmtpConnector::check(url, &args.email_from).context("cannot set up email")?;
     }
-    let store =
-        SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?;
+    // The one place that picks the backend: everything past it talks to the `Store` trait.
+    let store: ServerStore = Box::new(
+        SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?,
+    );
     let mut engine = Engine::new(store, serde_json::json!({})).context("cannot start the engine")?;
     let started = flowmark_core::Timestamp::from_chrono(&chrono::Utc::now());
     engine.sync_all_schedules(started).context("cannot arm the workflows' schedules")?;
@@ -310,7 +313,7 @@ const DEMO_PASSWORD: &str = "flowmark-demo";
 
 /// The demo team: a directory, an account per person, and a blog post on its way through the
 /// blog-post workflow (started once; a restart keeps the run it has).
-fn seed_team(engine: &mut Engine<SqliteStore>, now: flowmark_core::Timestamp) -> anyhow::Result<()> {
+fn seed_team(engine: &mut Engine<ServerStore>, now: flowmark_core::Timestamp) -> anyhow::Result<()> {
     let people = [
         ("sam@example.com", "Sam (writer)"),
         ("sia@example.com", "Sia (SEO)"),

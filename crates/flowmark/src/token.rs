@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use flowmark_server::auth::{new_token, token_hash};
-use flowmark_store::{Scope, SqliteStore, Store, Token};
+use flowmark_sqlite::SqliteStore;
+use flowmark_store::{Scope, Store, Token};
 
 #[derive(clap::Subcommand)]
 pub enum Command {

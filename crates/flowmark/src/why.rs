@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use flowmark_core::engine::RunId;
-use flowmark_store::{SqliteStore, Store};
+use flowmark_sqlite::SqliteStore;
+use flowmark_store::Store;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -1,6 +1,7 @@
 //! House rules as tests: the pure core depends on no async runtime, database or network crate
-//! (a walk of `Cargo.lock` from `flowmark-core` finds no crate that does I/O on its own), and
-//! the README names every blueprint.
+//! (a walk of `Cargo.lock` from `flowmark-core` finds no crate that does I/O on its own); the
+//! store is a contract that names no database, and only the binary, the simulation harness
+//! and the SQLite backend itself name that backend; and the README names every blueprint.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -68,4 +69,43 @@ fn the_readme_names_every_blueprint() {
     assert!(names.len() >= 3, "{names:?}");
     let missing: Vec<&String> = names.iter().filter(|name| !list.contains(&format!("`{name}`"))).collect();
     assert!(missing.is_empty(), "the README's blueprint list leaves out {missing:?}");
+}
+
+/// Each workspace crate's normal dependencies (its `[dependencies]` table, not dev- or build-),
+/// by crate directory name.
+fn normal_dependencies() -> BTreeMap<String, BTreeSet<String>> {
+    let crates = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut found = BTreeMap::new();
+    for entry in std::fs::read_dir(crates).unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(manifest) = std::fs::read_to_string(dir.join("Cargo.toml")) else { continue };
+        let mut names = BTreeSet::new();
+        let mut in_dependencies = false;
+        for line in manifest.lines() {
+            let line = line.trim();
+            if line.starts_with('[') {
+                in_dependencies = line == "[dependencies]";
+            } else if in_dependencies && let Some((key, _)) = line.split_once('=') {
+                // `name = …` or `name.workspace = true`.
+                names.insert(key.trim().split('.').next().unwrap_or_default().to_owned());
+            }
+        }
+        found.insert(dir.file_name().unwrap().to_string_lossy().into_owned(), names);
+    }
+    found
+}
+
+#[test]
+fn only_the_binary_the_harness_and_the_sqlite_crate_name_sqlite() {
+    let dependencies = normal_dependencies();
+    assert!(dependencies.len() >= 8 && dependencies["flowmark-sqlite"].contains("rusqlite"), "{dependencies:?}");
+    let on = |dependency: &str| -> Vec<&str> {
+        dependencies.iter().filter(|(_, names)| names.contains(dependency)).map(|(name, _)| name.as_str()).collect()
+    };
+    assert_eq!(on("rusqlite"), ["flowmark", "flowmark-sqlite"], "who depends on rusqlite");
+    assert_eq!(on("flowmark-sqlite"), ["flowmark", "flowmark-dst"], "who picks the SQLite backend");
+    for contract in ["flowmark-store", "flowmark-runtime", "flowmark-server"] {
+        let names = &dependencies[contract];
+        assert!(!names.iter().any(|n| n.contains("sqlite") || n.contains("postgres")), "{contract} names a backend");
+    }
 }

@@ -39,6 +39,7 @@ use crate::directory::{DIRECTORY_SETTING, Directory};
 use crate::retry;
 use crate::segments::{Change, Segments};
 
+mod admin;
 mod ingest;
 mod people;
 

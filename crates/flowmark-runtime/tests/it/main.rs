@@ -7,7 +7,8 @@ use flowmark_core::{Duration, Timestamp};
 use std::sync::Arc;
 
 use flowmark_runtime::{Connectors, Engine, Incoming, Outcome, RecordingConnector, retry};
-use flowmark_store::{RunFilter, SqliteStore, Store, WorkflowStatus};
+use flowmark_sqlite::SqliteStore;
+use flowmark_store::{RunFilter, Store, WorkflowStatus};
 use serde_json::json;
 
 mod segments;

@@ -6,7 +6,8 @@ use flowmark_core::Timestamp;
 use flowmark_core::engine::RunStatus;
 use flowmark_runtime::segments::SegmentsSource;
 use flowmark_runtime::{Engine, SEGMENT_SWEEP_EVERY_MS};
-use flowmark_store::{RunFilter, SqliteStore, Store};
+use flowmark_sqlite::SqliteStore;
+use flowmark_store::{RunFilter, Store};
 use serde_json::json;
 
 use super::{NOON, recording, track};

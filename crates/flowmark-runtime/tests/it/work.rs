@@ -6,7 +6,8 @@ use flowmark_core::engine::Decision;
 use flowmark_core::{Duration, Timestamp};
 use flowmark_runtime::directory::DirectorySource;
 use flowmark_runtime::{Connectors, Engine, RecordingConnector, WorkAction, WorkRefusal};
-use flowmark_store::{SqliteStore, Store, WorkKind};
+use flowmark_sqlite::SqliteStore;
+use flowmark_store::{Store, WorkKind};
 use serde_json::json;
 use std::sync::Arc;
 

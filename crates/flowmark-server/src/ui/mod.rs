@@ -96,7 +96,7 @@ async fn put_account(State(app): State<App>, headers: HeaderMap, Path(email): Pa
         }
         Err(error) => return internal(error),
     };
-    match query(&app.owner, move |engine, now| engine.store_mut().put_account(&email, &hash, now)).await {
+    match query(&app.owner, move |engine, now| engine.put_account(&email, &hash, now)).await {
         Ok(Ok(())) => axum::Json(serde_json::json!({ "updated": true })).into_response(),
         Ok(Err(error)) => internal(error),
         Err(response) => response,
@@ -216,7 +216,7 @@ async fn login(
     let secure = app.config.secure_cookies;
     let answer = query(&app.owner, move |engine, now| {
         let session = Session { email, csrf, expires_at: Timestamp(now.ms() + SESSION_MS) };
-        engine.store_mut().put_session(&hash, &session, now)
+        engine.start_session(&hash, &session, now)
     })
     .await;
     match answer {
@@ -254,7 +254,7 @@ async fn logout(
         && csrf_ok(&form, &session)
     {
         let hash = token_hash(&session_cookie(&headers).unwrap_or_default());
-        let _ = query(&app.owner, move |engine, _| engine.store_mut().end_session(&hash)).await;
+        let _ = query(&app.owner, move |engine, _| engine.end_session(&hash)).await;
     }
     let mut response = Redirect::to("/ui/login").into_response();
     response

@@ -16,7 +16,8 @@ use anyhow::Context;
 use flowmark_core::Timestamp;
 use flowmark_core::engine::Event;
 use flowmark_runtime::{Connector, Connectors, Engine, Incoming, Job, Outcome};
-use flowmark_store::{SqliteStore, Store};
+use flowmark_sqlite::SqliteStore;
+use flowmark_store::Store;
 use serde_json::json;
 
 use super::{Fsync, emit, fresh_db, remove_db, round2, rss_bytes, written_bytes};

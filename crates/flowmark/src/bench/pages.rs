@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use flowmark_core::Timestamp;
 use flowmark_core::engine::Event;
 use flowmark_runtime::{Engine, Incoming};
-use flowmark_store::SqliteStore;
+use flowmark_sqlite::SqliteStore;
 use serde_json::json;
 
 use super::http::{API_TOKEN, Connection, start_server};

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use flowmark_core::Timestamp;
 use flowmark_core::engine::Event;
 use flowmark_runtime::{Connectors, Engine, RecordingConnector, UNREADABLE_EFFECT_HOLD_MS};
-use flowmark_store::{EffectError, SqliteStore, Store};
+use flowmark_sqlite::SqliteStore;
+use flowmark_store::{EffectError, Store};
 use serde_json::json;
 
 const NOON: Timestamp = Timestamp(1_767_614_400_000); // 2026-01-05T12:00:00Z

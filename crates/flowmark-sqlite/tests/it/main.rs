@@ -3,7 +3,8 @@
 
 use flowmark_core::engine::{Facts, Input, Run, RunId, handle};
 use flowmark_core::{Source, Timestamp, compile};
-use flowmark_store::{SqliteStore, Store, conformance};
+use flowmark_sqlite::SqliteStore;
+use flowmark_store::{Store, conformance};
 
 fn temp_path(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("flowmark-store-{}-{name}", std::process::id()));

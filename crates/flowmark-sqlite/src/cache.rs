@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use crate::Contact;
+use flowmark_store::Contact;
 
 /// Contacts per generation.
 const GENERATION_ENTRIES: usize = 4096;

@@ -25,12 +25,30 @@ use serde_json::Value;
 
 use crate::cache::ContactCache;
 use crate::wal_sync::WalSync;
-use crate::{
+use flowmark_store::{
     Attempt, Batch, Contact, ContactChange, DueTimer, EffectOwner, Error, GoneEndpoint, KeyedStart, OutboxEffect,
     OutboxEntry, Position, ReadyEffects, RunFilter, Schedule, ScheduleChange, Scope, ScoreRecord, Store, Token,
     UnreadableEffect, WorkflowStatus, WorkflowSummary,
 };
-use crate::{Comment, Notification, Session, WorkItem, WorkKind};
+use flowmark_store::{Comment, Notification, Session, WorkItem, WorkKind};
+
+/// rusqlite's and the migration library's errors as the store's: the contract names no
+/// database, so this backend wraps its own.
+pub(crate) trait Db<T> {
+    fn db(self) -> Result<T, Error>;
+}
+
+impl<T> Db<T> for Result<T, rusqlite::Error> {
+    fn db(self) -> Result<T, Error> {
+        self.map_err(|e| Error::Backend(Box::new(e)))
+    }
+}
+
+impl<T> Db<T> for Result<T, rusqlite_migration::Error> {
+    fn db(self) -> Result<T, Error> {
+        self.map_err(|e| Error::Schema(Box::new(e)))
+    }
+}
 
 /// The schema, one migration per release that changes it; never edit a shipped one.
 const MIGRATIONS: &[&str] = &[
@@ -306,8 +324,8 @@ const CHECKPOINT_BACKSTOP_PAGES: i64 = 16_384;
 
 impl Checkpointer {
     fn start(path: &Path) -> Result<Checkpointer, Error> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let conn = Connection::open(path).db()?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).db()?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::Builder::new()
@@ -345,8 +363,8 @@ const STATEMENT_CACHE_COUNT: usize = 64;
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, Error> {
-        let mut store = SqliteStore::setup(Connection::open(path.as_ref())?)?;
-        store.conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_BACKSTOP_PAGES)?;
+        let mut store = SqliteStore::setup(Connection::open(path.as_ref()).db()?)?;
+        store.conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_BACKSTOP_PAGES).db()?;
         store.checkpointer = Some(Checkpointer::start(path.as_ref())?);
         store.wal = Some(WalSync::new(path.as_ref()));
         Ok(store)
@@ -356,33 +374,15 @@ impl SqliteStore {
     /// write (`flowmark bench journey --keep-wal`): every frame stays in the write-ahead log,
     /// which grows without bound. Not for serving.
     pub fn open_without_checkpoints(path: impl AsRef<Path>) -> Result<SqliteStore, Error> {
-        let mut store = SqliteStore::setup(Connection::open(path.as_ref())?)?;
-        store.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let mut store = SqliteStore::setup(Connection::open(path.as_ref()).db()?)?;
+        store.conn.pragma_update(None, "wal_autocheckpoint", 0).db()?;
         store.wal = Some(WalSync::new(path.as_ref()));
         Ok(store)
     }
 
     /// A private database in memory, for tests and dry runs.
     pub fn open_in_memory() -> Result<SqliteStore, Error> {
-        SqliteStore::setup(Connection::open_in_memory()?)
-    }
-
-    /// Starts or ends deferred durability: while on, a commit returns once its frames are in
-    /// the write-ahead log (`synchronous = NORMAL`), before they are synced. Whoever defers
-    /// must not act on what such commits hold (answer, perform an effect) before a
-    /// [`WalSync::sync`] that began after they returned, or `make_durable`. A database in
-    /// memory is never durable, and ignores this.
-    pub fn defer_durability(&mut self, defer: bool) -> Result<(), Error> {
-        let Some(wal) = &self.wal else { return Ok(()) };
-        if defer == self.deferring {
-            return Ok(());
-        }
-        self.conn.pragma_update(None, "synchronous", if defer { "NORMAL" } else { "FULL" })?;
-        self.deferring = defer;
-        if !defer {
-            wal.deferral_ended();
-        }
-        Ok(())
+        SqliteStore::setup(Connection::open_in_memory().db()?)
     }
 
     /// The handle that syncs this database's write-ahead log, from any thread (`None` in
@@ -401,24 +401,27 @@ impl SqliteStore {
         limit: usize,
         keep: impl Fn(&str) -> bool,
     ) -> Result<Vec<Event>, Error> {
-        let mut statement = self.conn.prepare_cached(
-            "SELECT name, message_id, at, payload FROM events WHERE subject_id = ?1 AND at >= ?2
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT name, message_id, at, payload FROM events WHERE subject_id = ?1 AND at >= ?2
              ORDER BY at DESC, message_id DESC",
-        )?;
-        let mut rows = statement.query(params![subject_id, since.ms()])?;
+            )
+            .db()?;
+        let mut rows = statement.query(params![subject_id, since.ms()]).db()?;
         let mut events = Vec::new();
         while events.len() < limit {
-            let Some(row) = rows.next()? else { break };
-            let name = row.get_ref(0)?.as_str().map_err(|e| Error::Corrupt(e.to_string()))?;
+            let Some(row) = rows.next().db()? else { break };
+            let name = row.get_ref(0).db()?.as_str().map_err(|e| Error::Corrupt(e.to_string()))?;
             if !keep(name) {
                 continue;
             }
             let name = name.to_owned();
-            let payload: String = row.get(3)?;
+            let payload: String = row.get(3).db()?;
             events.push(Event {
-                id: row.get(1)?,
+                id: row.get(1).db()?,
                 name,
-                at: Timestamp(row.get(2)?),
+                at: Timestamp(row.get(2).db()?),
                 payload: from_json::<Value>(&payload)?.into(),
             });
         }
@@ -428,7 +431,8 @@ impl SqliteStore {
 
     /// Drops the contact cache if another connection committed since it was last checked.
     fn check_cache(&self) -> Result<(), Error> {
-        let version: i64 = self.conn.prepare_cached("PRAGMA data_version")?.query_row([], |row| row.get(0))?;
+        let version: i64 =
+            self.conn.prepare_cached("PRAGMA data_version").db()?.query_row([], |row| row.get(0)).db()?;
         if version != self.data_version.get() {
             *self.contacts.borrow_mut() = ContactCache::default();
             self.data_version.set(version);
@@ -437,15 +441,15 @@ impl SqliteStore {
     }
 
     fn setup(mut conn: Connection) -> Result<SqliteStore, Error> {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL").db()?;
+        conn.pragma_update(None, "synchronous", "FULL").db()?;
+        conn.pragma_update(None, "foreign_keys", "ON").db()?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).db()?;
         // Every statement the store runs stays prepared (rusqlite keeps 16 by default, fewer
         // than the store uses, and re-preparing them was a tenth of the journey benchmark).
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_COUNT);
         let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
-        migrations.to_latest(&mut conn)?;
+        migrations.to_latest(&mut conn).db()?;
         Ok(SqliteStore {
             conn,
             checkpointer: None,
@@ -479,9 +483,11 @@ fn purpose_name(purpose: TimerPurpose) -> Result<String, Error> {
 /// A contact's traits and time zone as stored, inside a transaction.
 fn contact_row(tx: &Connection, id: &str) -> Result<Option<(Value, Option<String>)>, Error> {
     let row: Option<(String, Option<String>)> = tx
-        .prepare_cached("SELECT traits, timezone FROM contacts WHERE id = ?1")?
+        .prepare_cached("SELECT traits, timezone FROM contacts WHERE id = ?1")
+        .db()?
         .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
-        .optional()?;
+        .optional()
+        .db()?;
     row.map(|(traits, timezone)| Ok((from_json(&traits)?, timezone))).transpose()
 }
 
@@ -499,8 +505,10 @@ fn put_contact_row(
         "INSERT INTO contacts (id, traits, timezone, updated_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (id) DO UPDATE SET traits = excluded.traits, timezone = excluded.timezone,
              updated_at = excluded.updated_at",
-    )?
-    .execute(params![id, traits, timezone, now.ms()])?;
+    )
+    .db()?
+    .execute(params![id, traits, timezone, now.ms()])
+    .db()?;
     Ok(traits.len())
 }
 
@@ -563,19 +571,16 @@ fn write_batch<'b>(
         let contact = merge_contact(tx, cache, &written, change, now)?;
         written.insert(change.id, contact);
     }
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO events (message_id, subject_id, name, at, received_at, payload)
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO events (message_id, subject_id, name, at, received_at, payload)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (message_id) DO NOTHING",
-    )?;
+        )
+        .db()?;
     for (subject_id, event) in events {
-        insert.execute(params![
-            event.id,
-            subject_id,
-            event.name,
-            event.at.ms(),
-            now.ms(),
-            to_json(&*event.payload)?
-        ])?;
+        insert
+            .execute(params![event.id, subject_id, event.name, event.at.ms(), now.ms(), to_json(&*event.payload)?])
+            .db()?;
     }
     drop(insert);
     // Outcomes recorded in this batch for effects it also adds: such a row is inserted with
@@ -609,11 +614,11 @@ fn write_batch<'b>(
             // The timers table mirrors the run's armed timers: fired and cancelled ones go (a
             // run the batch starts has none stored).
             if !run.fresh {
-                statements.delete_timers.execute([id])?;
+                statements.delete_timers.execute([id]).db()?;
             }
             for timer in &run.state.timers {
                 let purpose = purpose_name(timer.purpose)?;
-                statements.insert_timer.execute(params![id, timer.id.0, timer.due_at.ms(), purpose])?;
+                statements.insert_timer.execute(params![id, timer.id.0, timer.due_at.ms(), purpose]).db()?;
             }
         }
         // Rows written as single objects by earlier versions read back the same.
@@ -629,17 +634,19 @@ fn write_batch<'b>(
                 Some(Attempt::Failed { error }) => (1, "failed", Some(error.as_str())),
                 _ => (0, "pending", None),
             };
-            let inserted = insert.execute(params![
-                effect.key,
-                id,
-                &*effect.step,
-                crate::effect::run_effect_json(&effect.kind),
-                now.ms(),
-                tried,
-                status,
-                result,
-                sent_channel(&effect.kind),
-            ])?;
+            let inserted = insert
+                .execute(params![
+                    effect.key,
+                    id,
+                    &*effect.step,
+                    flowmark_store::run_effect_json(&effect.kind),
+                    now.ms(),
+                    tried,
+                    status,
+                    result,
+                    sent_channel(&effect.kind),
+                ])
+                .db()?;
             if inserted == 1 && outcome.is_some() {
                 outcomes.remove(effect.key.as_str());
                 recorded.insert(effect.key.as_str());
@@ -648,8 +655,10 @@ fn write_batch<'b>(
                 // The same key again: a retried commit of the same run is harmless; another
                 // run's effect under this key is a bug, and the whole batch is refused.
                 let owner: i64 = tx
-                    .prepare_cached("SELECT run_id FROM outbox WHERE key = ?1")?
-                    .query_row([&effect.key], |r| r.get(0))?;
+                    .prepare_cached("SELECT run_id FROM outbox WHERE key = ?1")
+                    .db()?
+                    .query_row([&effect.key], |r| r.get(0))
+                    .db()?;
                 if owner != id {
                     return Err(Error::DuplicateEffect { key: effect.key.clone() });
                 }
@@ -667,20 +676,26 @@ fn write_batch<'b>(
     for (workflow_id, key, run, request) in start_keys {
         tx.prepare_cached(
             "INSERT INTO start_keys (workflow_id, key, run_id, created_at, request) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![workflow_id, key, run_id(*run), now.ms(), request])?;
+        )
+        .db()?
+        .execute(params![workflow_id, key, run_id(*run), now.ms(), request])
+        .db()?;
     }
-    let mut record = tx.prepare_cached(
-        "UPDATE outbox SET status = ?2, next_attempt_at = ?3, result = ?4, attempts = attempts + 1
+    let mut record = tx
+        .prepare_cached(
+            "UPDATE outbox SET status = ?2, next_attempt_at = ?3, result = ?4, attempts = attempts + 1
          WHERE key = ?1 AND status = 'pending'",
-    )?;
+        )
+        .db()?;
     for (key, attempt) in attempts {
         if recorded.contains(key) {
             continue;
         }
         if let Attempt::Deferred { at } = attempt {
-            tx.prepare_cached("UPDATE outbox SET next_attempt_at = ?2 WHERE key = ?1 AND status = 'pending'")?
-                .execute(params![key, at.ms()])?;
+            tx.prepare_cached("UPDATE outbox SET next_attempt_at = ?2 WHERE key = ?1 AND status = 'pending'")
+                .db()?
+                .execute(params![key, at.ms()])
+                .db()?;
             continue;
         }
         let (status, next, result) = match attempt {
@@ -689,14 +704,15 @@ fn write_batch<'b>(
             Attempt::Failed { error } => ("failed", now, Some(error.clone())),
             Attempt::Deferred { .. } => continue,
         };
-        record.execute(params![key, status, next.ms(), result])?;
+        record.execute(params![key, status, next.ms(), result]).db()?;
     }
     drop(record);
     for (seq, record) in score_changes.iter().enumerate() {
         tx.prepare_cached(
             "INSERT OR REPLACE INTO score_changes (subject_id, at, seq, model, before, delta, after, reason)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
+        )
+        .db()?
         .execute(params![
             record.subject_id,
             record.at.ms(),
@@ -706,13 +722,16 @@ fn write_batch<'b>(
             record.delta,
             record.after,
             record.reason
-        ])?;
+        ])
+        .db()?;
     }
     for (key, value) in settings {
         tx.prepare_cached(
             "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )?
-        .execute([key, value])?;
+        )
+        .db()?
+        .execute([key, value])
+        .db()?;
     }
     for (from, into) in merges {
         merge_identity(tx, from, into, now)?;
@@ -725,7 +744,8 @@ fn write_batch<'b>(
         tx.prepare_cached(
             "INSERT INTO outbox (key, run_id, step, effect, created_at, attempts, next_attempt_at, status)
              VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, 'pending') ON CONFLICT (key) DO NOTHING",
-        )?
+        )
+        .db()?
         .execute(params![
             entry.key,
             run_id(entry.run),
@@ -733,7 +753,8 @@ fn write_batch<'b>(
             entry.effect.to_json(),
             now.ms(),
             entry.next_attempt_at.ms()
-        ])?;
+        ])
+        .db()?;
     }
     for change in schedules {
         match change {
@@ -742,17 +763,19 @@ fn write_batch<'b>(
                     "INSERT INTO schedules (workflow_id, trigger, spec, due_at, cursor) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (workflow_id, trigger) DO UPDATE SET spec = excluded.spec, due_at = excluded.due_at,
                          cursor = excluded.cursor",
-                )?
+                )
+                .db()?
                 .execute(params![
                     schedule.workflow_id,
                     schedule.trigger,
                     schedule.spec,
                     schedule.due_at.ms(),
                     schedule.cursor
-                ])?;
+                ])
+                .db()?;
             }
             ScheduleChange::RemoveWorkflow(id) => {
-                tx.prepare_cached("DELETE FROM schedules WHERE workflow_id = ?1")?.execute([id])?;
+                tx.prepare_cached("DELETE FROM schedules WHERE workflow_id = ?1").db()?.execute([id]).db()?;
             }
         }
     }
@@ -770,22 +793,25 @@ fn write_run(statements: &mut RunStatements<'_>, state: &Run, fresh: bool, now: 
     // and end are as they were: leaving them out of the update leaves `runs_by_subject`,
     // which holds the status, untouched.
     let written = if fresh {
-        statements.insert_run.execute(params![
-            run_id(state.id),
-            state.workflow_id,
-            state.version,
-            state.subject_id,
-            status,
-            state.started_at.ms(),
-            ended_at,
-            state_json,
-            now.ms(),
-            at,
-        ])?
+        statements
+            .insert_run
+            .execute(params![
+                run_id(state.id),
+                state.workflow_id,
+                state.version,
+                state.subject_id,
+                status,
+                state.started_at.ms(),
+                ended_at,
+                state_json,
+                now.ms(),
+                at,
+            ])
+            .db()?
     } else if state.status == RunStatus::Active {
-        statements.update_active_run.execute(params![run_id(state.id), state_json, now.ms(), at])?
+        statements.update_active_run.execute(params![run_id(state.id), state_json, now.ms(), at]).db()?
     } else {
-        statements.update_run.execute(params![run_id(state.id), status, ended_at, state_json, now.ms(), at])?
+        statements.update_run.execute(params![run_id(state.id), status, ended_at, state_json, now.ms(), at]).db()?
     };
     if written != 1 {
         return Err(Error::Corrupt(format!("run {} is not stored, yet the batch does not start it", state.id.0)));
@@ -909,28 +935,38 @@ struct RunStatements<'c> {
 impl<'c> RunStatements<'c> {
     fn prepare(tx: &'c Connection) -> Result<RunStatements<'c>, Error> {
         Ok(RunStatements {
-            insert_run: tx.prepare_cached(
-                "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, ended_at, state,
+            insert_run: tx
+                .prepare_cached(
+                    "INSERT INTO runs (id, workflow_id, version, subject_id, status, started_at, ended_at, state,
                      updated_at, at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?,
-            update_run: tx.prepare_cached(
-                "UPDATE runs SET status = ?2, ended_at = ?3, state = ?4, updated_at = ?5, at = ?6 WHERE id = ?1",
-            )?,
+                )
+                .db()?,
+            update_run: tx
+                .prepare_cached(
+                    "UPDATE runs SET status = ?2, ended_at = ?3, state = ?4, updated_at = ?5, at = ?6 WHERE id = ?1",
+                )
+                .db()?,
             update_active_run: tx
-                .prepare_cached("UPDATE runs SET state = ?2, updated_at = ?3, at = ?4 WHERE id = ?1")?,
-            delete_timers: tx.prepare_cached("DELETE FROM timers WHERE run_id = ?1")?,
+                .prepare_cached("UPDATE runs SET state = ?2, updated_at = ?3, at = ?4 WHERE id = ?1")
+                .db()?,
+            delete_timers: tx.prepare_cached("DELETE FROM timers WHERE run_id = ?1").db()?,
             insert_timer: tx
-                .prepare_cached("INSERT INTO timers (run_id, timer_id, due_at, purpose) VALUES (?1, ?2, ?3, ?4)")?,
+                .prepare_cached("INSERT INTO timers (run_id, timer_id, due_at, purpose) VALUES (?1, ?2, ?3, ?4)")
+                .db()?,
             insert_history: tx
-                .prepare_cached("INSERT INTO history (run_id, at, step, entry) VALUES (?1, ?2, ?3, ?4)")?,
+                .prepare_cached("INSERT INTO history (run_id, at, step, entry) VALUES (?1, ?2, ?3, ?4)")
+                .db()?,
             insert_decision: tx
-                .prepare_cached("INSERT INTO decisions (run_id, at, step, record) VALUES (?1, ?2, ?3, ?4)")?,
-            insert_effect: tx.prepare_cached(
-                "INSERT INTO outbox (key, run_id, step, effect, created_at, attempts, next_attempt_at, status,
+                .prepare_cached("INSERT INTO decisions (run_id, at, step, record) VALUES (?1, ?2, ?3, ?4)")
+                .db()?,
+            insert_effect: tx
+                .prepare_cached(
+                    "INSERT INTO outbox (key, run_id, step, effect, created_at, attempts, next_attempt_at, status,
                      result, sent_channel)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5, ?7, ?8, ?9) ON CONFLICT (key) DO NOTHING",
-            )?,
+                )
+                .db()?,
         })
     }
 }
@@ -995,7 +1031,7 @@ fn append_chunk<T: serde::Serialize>(
     let Some(first) = items.first() else { return Ok(()) };
     let (at, step) = key(first);
     let step = step.filter(|step| items.iter().all(|item| key(item).1 == Some(*step)));
-    insert.execute(params![run, at.ms(), step, to_json(items)?])?;
+    insert.execute(params![run, at.ms(), step, to_json(items)?]).db()?;
     Ok(())
 }
 
@@ -1004,7 +1040,7 @@ fn append_chunk<T: serde::Serialize>(
 fn spread_chunks(rows: impl Iterator<Item = rusqlite::Result<String>>) -> Result<Vec<Value>, Error> {
     let mut items = Vec::new();
     for row in rows {
-        match from_json::<Value>(&row?)? {
+        match from_json::<Value>(&row.db()?)? {
             Value::Array(chunk) => items.extend(chunk),
             single => items.push(single),
         }
@@ -1021,9 +1057,9 @@ fn merge_identity(tx: &Connection, from: &str, into: &str, now: Timestamp) -> Re
     }
     tx.prepare_cached(
         "INSERT INTO aliases (alias, canonical) VALUES (?1, ?2) ON CONFLICT (alias) DO UPDATE SET canonical = excluded.canonical",
-    )?
-    .execute([from, into])?;
-    tx.prepare_cached("UPDATE aliases SET canonical = ?2 WHERE canonical = ?1")?.execute([from, into])?;
+    ).db()?
+    .execute([from, into]).db()?;
+    tx.prepare_cached("UPDATE aliases SET canonical = ?2 WHERE canonical = ?1").db()?.execute([from, into]).db()?;
     if let Some((old_traits, old_timezone)) = contact_row(tx, from)? {
         // The anonymous identity fills the known one's gaps; the known values win.
         let (traits, timezone) = match contact_row(tx, into)? {
@@ -1031,10 +1067,10 @@ fn merge_identity(tx: &Connection, from: &str, into: &str, now: Timestamp) -> Re
             None => (old_traits, old_timezone),
         };
         let _ = put_contact_row(tx, into, &traits, timezone.as_deref(), now)?;
-        tx.prepare_cached("DELETE FROM contacts WHERE id = ?1")?.execute([from])?;
+        tx.prepare_cached("DELETE FROM contacts WHERE id = ?1").db()?.execute([from]).db()?;
     }
-    tx.prepare_cached("UPDATE events SET subject_id = ?2 WHERE subject_id = ?1")?.execute([from, into])?;
-    tx.prepare_cached("UPDATE runs SET subject_id = ?2 WHERE subject_id = ?1")?.execute([from, into])?;
+    tx.prepare_cached("UPDATE events SET subject_id = ?2 WHERE subject_id = ?1").db()?.execute([from, into]).db()?;
+    tx.prepare_cached("UPDATE runs SET subject_id = ?2 WHERE subject_id = ?1").db()?.execute([from, into]).db()?;
     Ok(())
 }
 
@@ -1071,7 +1107,7 @@ impl Store for SqliteStore {
     /// error and the caller retries the unit.
     fn begin(&mut self) -> Result<(), Error> {
         if self.conn.is_autocommit() {
-            self.conn.prepare_cached("BEGIN DEFERRED")?.execute([])?;
+            self.conn.prepare_cached("BEGIN DEFERRED").db()?.execute([]).db()?;
             // The unit's snapshot starts here: what the cache holds is checked against it.
             self.check_cache()?;
         }
@@ -1089,11 +1125,11 @@ impl Store for SqliteStore {
             return Ok(());
         }
         if self.conn.is_autocommit() {
-            self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+            self.conn.prepare_cached("BEGIN IMMEDIATE").db()?.execute([]).db()?;
         }
         let cache = self.contacts.get_mut();
         let result = write_batch(&self.conn, cache, batch, now)
-            .and_then(|written| Ok(self.conn.prepare_cached("COMMIT")?.execute([]).map(|_| written)?));
+            .and_then(|written| self.conn.prepare_cached("COMMIT").db()?.execute([]).map(|_| written).db());
         match result {
             Ok(written) => {
                 let cache = self.contacts.get_mut();
@@ -1114,6 +1150,26 @@ impl Store for SqliteStore {
         }
     }
 
+    /// While deferring, a commit returns once its frames are in the write-ahead log
+    /// (`synchronous = NORMAL`), before they are synced; [`WalSync::sync`] or `make_durable`
+    /// syncs them. A database in memory is never durable, and ignores this.
+    fn defer_durability(&mut self, defer: bool) -> Result<(), Error> {
+        let Some(wal) = &self.wal else { return Ok(()) };
+        if defer == self.deferring {
+            return Ok(());
+        }
+        self.conn.pragma_update(None, "synchronous", if defer { "NORMAL" } else { "FULL" }).db()?;
+        self.deferring = defer;
+        if !defer {
+            wal.deferral_ended();
+        }
+        Ok(())
+    }
+
+    fn durability(&self) -> Option<std::sync::Arc<dyn flowmark_store::Durability>> {
+        self.wal.clone().map(|wal| std::sync::Arc::new(wal) as std::sync::Arc<dyn flowmark_store::Durability>)
+    }
+
     fn make_durable(&mut self) -> Result<(), Error> {
         match &self.wal {
             Some(wal) if self.deferring || wal.pending() => wal.sync(),
@@ -1124,25 +1180,30 @@ impl Store for SqliteStore {
     fn run(&self, id: RunId) -> Result<Option<Run>, Error> {
         let row = self
             .conn
-            .prepare_cached(concat!("SELECT ", run_columns!(), " FROM runs WHERE id = ?1"))?
+            .prepare_cached(concat!("SELECT ", run_columns!(), " FROM runs WHERE id = ?1"))
+            .db()?
             .query_row([run_id(id)], RunRow::read)
-            .optional()?;
+            .optional()
+            .db()?;
         row.map(RunRow::into_run).transpose()
     }
 
     fn next_run_id(&self) -> Result<RunId, Error> {
-        let next: i64 = self.conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM runs", [], |row| row.get(0))?;
+        let next: i64 = self.conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM runs", [], |row| row.get(0)).db()?;
         Ok(RunId(next as u64))
     }
 
     fn active_runs_of_subject(&self, subject_id: &str) -> Result<Vec<Run>, Error> {
-        let mut statement = self.conn.prepare_cached(concat!(
-            "SELECT ",
-            run_columns!(),
-            " FROM runs WHERE subject_id = ?1 AND status = 'active' ORDER BY id"
-        ))?;
-        let rows = statement.query_map([subject_id], RunRow::read)?;
-        rows.map(|row| row?.into_run()).collect()
+        let mut statement = self
+            .conn
+            .prepare_cached(concat!(
+                "SELECT ",
+                run_columns!(),
+                " FROM runs WHERE subject_id = ?1 AND status = 'active' ORDER BY id"
+            ))
+            .db()?;
+        let rows = statement.query_map([subject_id], RunRow::read).db()?;
+        rows.map(|row| row.db()?.into_run()).collect()
     }
 
     fn runs(&self, filter: &RunFilter, limit: usize) -> Result<Vec<Run>, Error> {
@@ -1182,21 +1243,26 @@ impl Store for SqliteStore {
         let filter = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
         let limit = limit.min(i64::MAX as usize);
         let sql = format!("SELECT {} FROM runs {filter} ORDER BY id DESC LIMIT {limit}", run_columns!());
-        let mut statement = self.conn.prepare_cached(&sql)?;
-        let rows = statement.query_map(rusqlite::params_from_iter(values), RunRow::read)?;
-        rows.map(|row| row?.into_run()).collect()
+        let mut statement = self.conn.prepare_cached(&sql).db()?;
+        let rows = statement.query_map(rusqlite::params_from_iter(values), RunRow::read).db()?;
+        rows.map(|row| row.db()?.into_run()).collect()
     }
 
     fn positions(&self, workflow_id: &str) -> Result<Vec<Position>, Error> {
-        let mut statement = self.conn.prepare_cached(
-            "SELECT version, at, count(*) FROM runs WHERE workflow_id = ?1 AND status = 'active'
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT version, at, count(*) FROM runs WHERE workflow_id = ?1 AND status = 'active'
              GROUP BY version, at ORDER BY version, at",
-        )?;
-        let rows = statement.query_map([workflow_id], |row| {
-            Ok((row.get::<_, u32>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
-        })?;
+            )
+            .db()?;
+        let rows = statement
+            .query_map([workflow_id], |row| {
+                Ok((row.get::<_, u32>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+            })
+            .db()?;
         rows.map(|row| {
-            let (version, at, runs) = row?;
+            let (version, at, runs) = row.db()?;
             let steps = at.split(' ').filter_map(|s| s.parse().ok()).collect();
             Ok(Position { version, steps, runs: runs as u64 })
         })
@@ -1206,9 +1272,11 @@ impl Store for SqliteStore {
     fn start_key(&self, workflow_id: &str, key: &str) -> Result<Option<KeyedStart>, Error> {
         let keyed = self
             .conn
-            .prepare_cached("SELECT run_id, request FROM start_keys WHERE workflow_id = ?1 AND key = ?2")?
+            .prepare_cached("SELECT run_id, request FROM start_keys WHERE workflow_id = ?1 AND key = ?2")
+            .db()?
             .query_row([workflow_id, key], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Option<String>>(1)?)))
-            .optional()?;
+            .optional()
+            .db()?;
         Ok(keyed.map(|(run, request)| KeyedStart { run: RunId(run as u64), request }))
     }
 
@@ -1219,7 +1287,7 @@ impl Store for SqliteStore {
             "DELETE FROM start_keys WHERE (workflow_id, key) IN
              (SELECT workflow_id, key FROM start_keys WHERE created_at < ?1 ORDER BY created_at LIMIT {limit})"
         );
-        Ok(self.conn.execute(&sql, [before.ms()])?)
+        self.conn.execute(&sql, [before.ms()]).db()
     }
 
     fn latest_run(&self, workflow_id: &str, subject_id: &str) -> Result<Option<Run>, Error> {
@@ -1229,35 +1297,43 @@ impl Store for SqliteStore {
                 "SELECT ",
                 run_columns!(),
                 " FROM runs WHERE workflow_id = ?1 AND subject_id = ?2 ORDER BY id DESC LIMIT 1"
-            ))?
+            ))
+            .db()?
             .query_row([workflow_id, subject_id], RunRow::read)
-            .optional()?;
+            .optional()
+            .db()?;
         row.map(RunRow::into_run).transpose()
     }
 
     fn history(&self, id: RunId) -> Result<Vec<Value>, Error> {
-        let mut statement = self.conn.prepare_cached("SELECT entry FROM history WHERE run_id = ?1 ORDER BY id")?;
-        let entries = statement.query_map([run_id(id)], |row| row.get::<_, String>(0))?;
+        let mut statement = self.conn.prepare_cached("SELECT entry FROM history WHERE run_id = ?1 ORDER BY id").db()?;
+        let entries = statement.query_map([run_id(id)], |row| row.get::<_, String>(0)).db()?;
         spread_chunks(entries)
     }
 
     fn decisions(&self, id: RunId) -> Result<Vec<Value>, Error> {
-        let mut statement = self.conn.prepare_cached("SELECT record FROM decisions WHERE run_id = ?1 ORDER BY id")?;
-        let records = statement.query_map([run_id(id)], |row| row.get::<_, String>(0))?;
+        let mut statement =
+            self.conn.prepare_cached("SELECT record FROM decisions WHERE run_id = ?1 ORDER BY id").db()?;
+        let records = statement.query_map([run_id(id)], |row| row.get::<_, String>(0)).db()?;
         spread_chunks(records)
     }
 
     fn due_timers(&self, now: Timestamp, limit: usize) -> Result<Vec<DueTimer>, Error> {
-        let mut statement = self.conn.prepare_cached(
-            "SELECT run_id, timer_id, due_at, purpose FROM timers WHERE due_at <= ?1
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT run_id, timer_id, due_at, purpose FROM timers WHERE due_at <= ?1
              ORDER BY due_at, run_id, timer_id",
-        )?;
-        let rows = statement.query_map(params![now.ms()], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, u32>(1)?, row.get::<_, i64>(2)?, row.get::<_, String>(3)?))
-        })?;
+            )
+            .db()?;
+        let rows = statement
+            .query_map(params![now.ms()], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, u32>(1)?, row.get::<_, i64>(2)?, row.get::<_, String>(3)?))
+            })
+            .db()?;
         rows.take(limit)
             .map(|row| {
-                let (run, timer, due_at, purpose) = row?;
+                let (run, timer, due_at, purpose) = row.db()?;
                 Ok(DueTimer {
                     run: RunId(run as u64),
                     timer: TimerId(timer),
@@ -1271,32 +1347,37 @@ impl Store for SqliteStore {
 
     fn ready_effects(&self, now: Timestamp, limit: usize) -> Result<ReadyEffects, Error> {
         // The run's columns come with the effect (a lookup by its key), never its state.
-        let mut statement = self.conn.prepare_cached(
-            "SELECT o.key, o.run_id, o.step, o.effect, o.attempts, o.next_attempt_at,
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT o.key, o.run_id, o.step, o.effect, o.attempts, o.next_attempt_at,
                     r.workflow_id, r.version, r.subject_id
              FROM outbox o LEFT JOIN runs r ON r.id = o.run_id
              WHERE o.status = 'pending' AND o.next_attempt_at <= ?1 ORDER BY o.next_attempt_at, o.created_at, o.key",
-        )?;
-        let rows = statement.query_map(params![now.ms()], |row| {
-            let owner = match (row.get::<_, Option<String>>(6)?, row.get::<_, Option<u32>>(7)?, row.get(8)?) {
-                (Some(workflow_id), Some(version), Some(subject_id)) => {
-                    Some(EffectOwner { workflow_id, version, subject_id })
-                }
-                _ => None,
-            };
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-                row.get::<_, u32>(4)?,
-                row.get::<_, i64>(5)?,
-                owner,
-            ))
-        })?;
+            )
+            .db()?;
+        let rows = statement
+            .query_map(params![now.ms()], |row| {
+                let owner = match (row.get::<_, Option<String>>(6)?, row.get::<_, Option<u32>>(7)?, row.get(8)?) {
+                    (Some(workflow_id), Some(version), Some(subject_id)) => {
+                        Some(EffectOwner { workflow_id, version, subject_id })
+                    }
+                    _ => None,
+                };
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, u32>(4)?,
+                    row.get::<_, i64>(5)?,
+                    owner,
+                ))
+            })
+            .db()?;
         let mut ready = ReadyEffects::default();
         for row in rows.take(limit) {
-            let (key, run, step, effect, attempts, next_attempt_at, owner) = row?;
+            let (key, run, step, effect, attempts, next_attempt_at, owner) = row.db()?;
             let run = RunId(run as u64);
             match OutboxEffect::from_json(&effect) {
                 Ok(effect) => ready.entries.push(OutboxEntry {
@@ -1316,26 +1397,31 @@ impl Store for SqliteStore {
 
     fn outbox_depth(&self) -> Result<u64, Error> {
         let depth: i64 =
-            self.conn.query_row("SELECT COUNT(*) FROM outbox WHERE status = 'pending'", [], |row| row.get(0))?;
+            self.conn.query_row("SELECT COUNT(*) FROM outbox WHERE status = 'pending'", [], |row| row.get(0)).db()?;
         Ok(depth as u64)
     }
 
     fn sent_messages(&self, subject_id: &str, since: Timestamp) -> Result<Vec<Sent>, Error> {
-        let mut statement = self.conn.prepare_cached(
-            "SELECT o.created_at FROM outbox o JOIN runs r ON r.id = o.run_id
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT o.created_at FROM outbox o JOIN runs r ON r.id = o.run_id
              WHERE r.subject_id = ?1 AND o.created_at >= ?2 AND o.sent_channel = 'email'
              ORDER BY o.created_at",
-        )?;
-        let rows = statement.query_map(params![subject_id, since.ms()], |row| row.get::<_, i64>(0))?;
-        rows.map(|at| Ok(Sent { channel: Channel::Email, at: Timestamp(at?) })).collect()
+            )
+            .db()?;
+        let rows = statement.query_map(params![subject_id, since.ms()], |row| row.get::<_, i64>(0)).db()?;
+        rows.map(|at| Ok(Sent { channel: Channel::Email, at: Timestamp(at.db()?) })).collect()
     }
 
     fn has_event(&self, message_id: &str) -> Result<bool, Error> {
         let found: Option<i64> = self
             .conn
-            .prepare_cached("SELECT 1 FROM events WHERE message_id = ?1")?
+            .prepare_cached("SELECT 1 FROM events WHERE message_id = ?1")
+            .db()?
             .query_row([message_id], |row| row.get(0))
-            .optional()?;
+            .optional()
+            .db()?;
         Ok(found.is_some())
     }
 
@@ -1345,7 +1431,8 @@ impl Store for SqliteStore {
             .prepare_cached(
                 "INSERT INTO events (message_id, subject_id, name, at, received_at, payload)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (message_id) DO NOTHING",
-            )?
+            )
+            .db()?
             .execute(params![
                 event.id,
                 subject_id,
@@ -1353,7 +1440,8 @@ impl Store for SqliteStore {
                 event.at.ms(),
                 received_at.ms(),
                 to_json(&*event.payload)?
-            ])?;
+            ])
+            .db()?;
         Ok(inserted == 1)
     }
 
@@ -1377,26 +1465,32 @@ impl Store for SqliteStore {
     fn count_events(&self, subject_id: &str, name: &str, since: Timestamp) -> Result<u64, Error> {
         let count: i64 = self
             .conn
-            .prepare_cached("SELECT count(*) FROM events WHERE subject_id = ?1 AND at >= ?2 AND name = ?3")?
-            .query_row(params![subject_id, since.ms(), name], |row| row.get(0))?;
+            .prepare_cached("SELECT count(*) FROM events WHERE subject_id = ?1 AND at >= ?2 AND name = ?3")
+            .db()?
+            .query_row(params![subject_id, since.ms(), name], |row| row.get(0))
+            .db()?;
         Ok(count.max(0) as u64)
     }
 
     fn put_workflow(&mut self, id: &str, source: &str, now: Timestamp) -> Result<u32, Error> {
-        let tx = self.conn.transaction()?;
-        let latest: Option<u32> =
-            tx.query_row("SELECT latest_version FROM workflows WHERE id = ?1", [id], |row| row.get(0)).optional()?;
+        let tx = self.conn.transaction().db()?;
+        let latest: Option<u32> = tx
+            .query_row("SELECT latest_version FROM workflows WHERE id = ?1", [id], |row| row.get(0))
+            .optional()
+            .db()?;
         let version = latest.map_or(1, |v| v + 1);
         tx.execute(
             "INSERT INTO workflows (id, status, latest_version, updated_at) VALUES (?1, 'active', ?2, ?3)
              ON CONFLICT (id) DO UPDATE SET latest_version = excluded.latest_version, updated_at = excluded.updated_at",
             params![id, version, now.ms()],
-        )?;
+        )
+        .db()?;
         tx.execute(
             "INSERT INTO workflow_versions (workflow_id, version, source, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![id, version, source, now.ms()],
-        )?;
-        tx.commit()?;
+        )
+        .db()?;
+        tx.commit().db()?;
         Ok(version)
     }
 
@@ -1409,7 +1503,7 @@ impl Store for SqliteStore {
                     params![id, v],
                     |row| Ok((row.get(0)?, row.get(1)?)),
                 )
-                .optional()?,
+                .optional().db()?,
             None => self
                 .conn
                 .query_row(
@@ -1417,19 +1511,23 @@ impl Store for SqliteStore {
                     [id],
                     |row| Ok((row.get(0)?, row.get(1)?)),
                 )
-                .optional()?,
+                .optional().db()?,
         };
         Ok(row)
     }
 
     fn workflows(&self) -> Result<Vec<WorkflowSummary>, Error> {
-        let mut statement =
-            self.conn.prepare_cached("SELECT id, latest_version, status, updated_at FROM workflows ORDER BY id")?;
-        let rows = statement.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, u32>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(3)?))
-        })?;
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT id, latest_version, status, updated_at FROM workflows ORDER BY id")
+            .db()?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, u32>(1)?, row.get::<_, String>(2)?, row.get::<_, i64>(3)?))
+            })
+            .db()?;
         rows.map(|row| {
-            let (id, latest_version, status, updated_at) = row?;
+            let (id, latest_version, status, updated_at) = row.db()?;
             let status = match status.as_str() {
                 "active" => WorkflowStatus::Active,
                 "paused" => WorkflowStatus::Paused,
@@ -1447,127 +1545,148 @@ impl Store for SqliteStore {
         };
         let changed = self
             .conn
-            .execute("UPDATE workflows SET status = ?2, updated_at = ?3 WHERE id = ?1", params![id, name, now.ms()])?;
+            .execute("UPDATE workflows SET status = ?2, updated_at = ?3 WHERE id = ?1", params![id, name, now.ms()])
+            .db()?;
         Ok(changed == 1)
     }
 
     fn contact_ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
-        let mut statement = self.conn.prepare_cached("SELECT id FROM contacts WHERE id > ?1 ORDER BY id")?;
-        let rows = statement.query_map([after.unwrap_or("")], |row| row.get::<_, String>(0))?;
-        Ok(rows.take(limit).collect::<Result<Vec<String>, _>>()?)
+        let mut statement = self.conn.prepare_cached("SELECT id FROM contacts WHERE id > ?1 ORDER BY id").db()?;
+        let rows = statement.query_map([after.unwrap_or("")], |row| row.get::<_, String>(0)).db()?;
+        rows.take(limit).collect::<Result<Vec<String>, _>>().db()
     }
 
     fn due_schedules(&self, now: Timestamp, limit: usize) -> Result<Vec<Schedule>, Error> {
-        let mut statement = self.conn.prepare_cached(
-            "SELECT workflow_id, trigger, spec, due_at, cursor FROM schedules WHERE due_at <= ?1 ORDER BY due_at",
-        )?;
-        let rows = statement.query_map([now.ms()], schedule_row)?;
-        Ok(rows.take(limit).collect::<Result<Vec<Schedule>, _>>()?)
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT workflow_id, trigger, spec, due_at, cursor FROM schedules WHERE due_at <= ?1 ORDER BY due_at",
+            )
+            .db()?;
+        let rows = statement.query_map([now.ms()], schedule_row).db()?;
+        rows.take(limit).collect::<Result<Vec<Schedule>, _>>().db()
     }
 
     fn schedules(&self, workflow_id: &str) -> Result<Vec<Schedule>, Error> {
         let mut statement = self.conn.prepare_cached(
             "SELECT workflow_id, trigger, spec, due_at, cursor FROM schedules WHERE workflow_id = ?1 ORDER BY trigger",
-        )?;
-        let rows = statement.query_map([workflow_id], schedule_row)?;
-        Ok(rows.collect::<Result<Vec<Schedule>, _>>()?)
+        ).db()?;
+        let rows = statement.query_map([workflow_id], schedule_row).db()?;
+        rows.collect::<Result<Vec<Schedule>, _>>().db()
     }
 
     fn contact_id_by_email(&self, email: &str) -> Result<Option<String>, Error> {
-        Ok(self
-            .conn
+        self.conn
             .prepare_cached(
                 "SELECT id FROM contacts WHERE lower(json_extract(traits, '$.email')) = lower(?1) ORDER BY id LIMIT 1",
-            )?
+            )
+            .db()?
             .query_row([email], |row| row.get(0))
-            .optional()?)
+            .optional()
+            .db()
     }
 
     fn score_history(&self, subject_id: &str, limit: usize) -> Result<Vec<ScoreRecord>, Error> {
-        let mut statement = self.conn.prepare_cached(
-            "SELECT model, at, before, delta, after, reason FROM score_changes WHERE subject_id = ?1
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT model, at, before, delta, after, reason FROM score_changes WHERE subject_id = ?1
              ORDER BY at DESC, seq DESC",
-        )?;
-        let rows = statement.query_map([subject_id], |row| {
-            Ok(ScoreRecord {
-                subject_id: subject_id.to_owned(),
-                model: row.get(0)?,
-                at: Timestamp(row.get(1)?),
-                before: row.get(2)?,
-                delta: row.get(3)?,
-                after: row.get(4)?,
-                reason: row.get(5)?,
+            )
+            .db()?;
+        let rows = statement
+            .query_map([subject_id], |row| {
+                Ok(ScoreRecord {
+                    subject_id: subject_id.to_owned(),
+                    model: row.get(0)?,
+                    at: Timestamp(row.get(1)?),
+                    before: row.get(2)?,
+                    delta: row.get(3)?,
+                    after: row.get(4)?,
+                    reason: row.get(5)?,
+                })
             })
-        })?;
-        Ok(rows.take(limit).collect::<Result<Vec<_>, _>>()?)
+            .db()?;
+        rows.take(limit).collect::<Result<Vec<_>, _>>().db()
     }
 
     fn canonical_id(&self, id: &str) -> Result<Option<String>, Error> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT canonical FROM aliases WHERE alias = ?1")?
+        self.conn
+            .prepare_cached("SELECT canonical FROM aliases WHERE alias = ?1")
+            .db()?
             .query_row([id], |row| row.get(0))
-            .optional()?)
+            .optional()
+            .db()
     }
 
     fn setting(&self, key: &str) -> Result<Option<String>, Error> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+        self.conn
+            .prepare_cached("SELECT value FROM settings WHERE key = ?1")
+            .db()?
             .query_row([key], |row| row.get(0))
-            .optional()?)
+            .optional()
+            .db()
     }
 
     fn put_setting_once(&mut self, key: &str, value: &str) -> Result<String, Error> {
         self.conn
-            .prepare_cached("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING")?
-            .execute([key, value])?;
+            .prepare_cached("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING")
+            .db()?
+            .execute([key, value])
+            .db()?;
         self.setting(key)?.ok_or_else(|| Error::Corrupt(format!("setting {key} is missing right after it was written")))
     }
 
     fn put_token(&mut self, hash: &str, token: &Token) -> Result<(), Error> {
         let scopes: Vec<&str> = token.scopes.iter().map(|s| s.as_str()).collect();
-        self.conn.execute(
-            "INSERT INTO tokens (hash, workspace, name, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![hash, token.workspace, token.name, scopes.join(","), token.created_at.ms()],
-        )?;
+        self.conn
+            .execute(
+                "INSERT INTO tokens (hash, workspace, name, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![hash, token.workspace, token.name, scopes.join(","), token.created_at.ms()],
+            )
+            .db()?;
         Ok(())
     }
 
     fn gone_endpoints(&self, limit: usize) -> Result<Vec<GoneEndpoint>, Error> {
         let mut statement = self
             .conn
-            .prepare_cached("SELECT url, gone_at, reason FROM gone_endpoints ORDER BY gone_at DESC, url LIMIT ?1")?;
-        let rows = statement.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
-            Ok(GoneEndpoint { url: row.get(0)?, gone_at: Timestamp(row.get(1)?), reason: row.get(2)? })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .prepare_cached("SELECT url, gone_at, reason FROM gone_endpoints ORDER BY gone_at DESC, url LIMIT ?1")
+            .db()?;
+        let rows = statement
+            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
+                Ok(GoneEndpoint { url: row.get(0)?, gone_at: Timestamp(row.get(1)?), reason: row.get(2)? })
+            })
+            .db()?;
+        rows.collect::<Result<_, _>>().db()
     }
 
     fn put_gone_endpoints(&mut self, endpoints: &[GoneEndpoint]) -> Result<(), Error> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.conn.unchecked_transaction().db()?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO gone_endpoints (url, gone_at, reason) VALUES (?1, ?2, ?3) ON CONFLICT (url) DO NOTHING",
-            )?;
+            ).db()?;
             for endpoint in endpoints {
-                insert.execute(params![endpoint.url, endpoint.gone_at.ms(), endpoint.reason])?;
+                insert.execute(params![endpoint.url, endpoint.gone_at.ms(), endpoint.reason]).db()?;
             }
         }
-        tx.commit()?;
+        tx.commit().db()?;
         Ok(())
     }
 
     fn forget_gone_endpoint(&mut self, url: &str) -> Result<bool, Error> {
-        Ok(self.conn.prepare_cached("DELETE FROM gone_endpoints WHERE url = ?1")?.execute([url])? > 0)
+        Ok(self.conn.prepare_cached("DELETE FROM gone_endpoints WHERE url = ?1").db()?.execute([url]).db()? > 0)
     }
 
     fn token(&self, hash: &str) -> Result<Option<Token>, Error> {
         let row: Option<(String, String, String, i64)> = self
             .conn
-            .prepare_cached("SELECT workspace, name, scopes, created_at FROM tokens WHERE hash = ?1")?
+            .prepare_cached("SELECT workspace, name, scopes, created_at FROM tokens WHERE hash = ?1")
+            .db()?
             .query_row([hash], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
-            .optional()?;
+            .optional()
+            .db()?;
         row.map(|(workspace, name, scopes, created_at)| {
             let scopes = scopes
                 .split(',')
@@ -1589,9 +1708,11 @@ impl Store for SqliteStore {
         }
         let row: Option<(String, Option<String>, i64)> = self
             .conn
-            .prepare_cached("SELECT traits, timezone, updated_at FROM contacts WHERE id = ?1")?
+            .prepare_cached("SELECT traits, timezone, updated_at FROM contacts WHERE id = ?1")
+            .db()?
             .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-            .optional()?;
+            .optional()
+            .db()?;
         let Some((traits, timezone, updated_at)) = row else { return Ok(None) };
         let contact =
             Contact { id: id.to_owned(), traits: from_json(&traits)?, timezone, updated_at: Timestamp(updated_at) };
@@ -1663,7 +1784,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Store;
+    use flowmark_store::Store;
 
     /// A database migrated up to, not including, the first migration whose SQL holds `marker`.
     fn migrated_to_before(marker: &str) -> Connection {
@@ -1786,8 +1907,8 @@ mod tests {
     /// not.
     #[test]
     fn a_run_stored_whole_reads_back_and_is_rewritten_compact() {
-        let workflow = crate::conformance::workflow();
-        let started = crate::conformance::start(&workflow, 1, "c-1");
+        let workflow = flowmark_store::conformance::workflow();
+        let started = flowmark_store::conformance::start(&workflow, 1, "c-1");
         let mut store = SqliteStore::open_in_memory().unwrap();
         let run = &started.run;
         store

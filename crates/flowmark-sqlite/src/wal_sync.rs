@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::Error;
+use flowmark_store::{Durability, Error};
 
 /// Syncs a database's write-ahead log; cheap to clone, shared by the store and a syncer.
 #[derive(Clone)]
@@ -124,5 +124,19 @@ impl WalSync {
     /// A deferral ended: what it committed waits for the next sync.
     pub(crate) fn deferral_ended(&self) {
         self.0.deferred.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl Durability for WalSync {
+    fn sync(&self) -> Result<(), Error> {
+        WalSync::sync(self)
+    }
+
+    fn pending(&self) -> bool {
+        WalSync::pending(self)
+    }
+
+    fn counts(&self) -> (u64, u64, std::time::Duration) {
+        WalSync::counts(self)
     }
 }

@@ -1,0 +1,44 @@
+//! The writes the server's handlers ask for that are not a run's: web UI accounts and
+//! sessions, contacts imported from CSV, a disabled webhook URL enabled again.
+//!
+//! They are here so a handler never writes through the store itself: handlers run on the
+//! owner thread and may read `Engine::store()`, but every write goes through an `Engine`
+//! method, which keeps what the engine holds in memory (segment sweep, gone URLs) in step
+//! with what it stores. A tidy test in `flowmark-server` holds the server to this.
+
+use flowmark_core::Timestamp;
+use flowmark_store::{Error, Session, Store};
+
+use super::Engine;
+use crate::import::{Imported, Row};
+
+impl<S: Store> Engine<S> {
+    /// Sets a web UI account's password hash (the account is made if new).
+    pub fn put_account(&mut self, email: &str, password_hash: &str, now: Timestamp) -> Result<(), Error> {
+        self.store.put_account(email, password_hash, now)
+    }
+
+    /// Stores a web UI session under the hash of its cookie.
+    pub fn start_session(&mut self, hash: &str, session: &Session, now: Timestamp) -> Result<(), Error> {
+        self.store.put_session(hash, session, now)
+    }
+
+    /// Ends a web UI session (signing out); a session already gone is no error.
+    pub fn end_session(&mut self, hash: &str) -> Result<(), Error> {
+        self.store.end_session(hash)
+    }
+
+    /// Writes checked CSV rows as contacts (resumable under `checkpoint`), then restarts the
+    /// segment sweep: the rows did not pass through ingestion, so a pass puts them in their
+    /// segments now rather than at the next one.
+    pub fn import_contacts(&mut self, rows: &[Row], checkpoint: &str, now: Timestamp) -> Result<Imported, Error> {
+        let imported = crate::import::write_rows(&mut self.store, rows, checkpoint, now, |_| {})?;
+        self.restart_segment_sweep(now);
+        Ok(imported)
+    }
+
+    /// Forgets a stored gone webhook URL; `true` when it was stored.
+    pub fn forget_gone_endpoint(&mut self, url: &str) -> Result<bool, Error> {
+        self.store.forget_gone_endpoint(url)
+    }
+}
