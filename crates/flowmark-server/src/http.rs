@@ -168,6 +168,19 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
         .map(|t| t.trim().to_owned())
 }
 
+/// An API request made with a token that has the `admin` scope: taking it as a handler's
+/// argument is the check (`401` without credentials or with unknown ones, `403` without the
+/// scope), so no handler repeats it.
+pub(crate) struct Admin;
+
+impl axum::extract::FromRequestParts<App> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, app: &App) -> Result<Admin, Response> {
+        authorize(app, bearer(&parts.headers), Scope::Admin).await.map(|()| Admin)
+    }
+}
+
 /// Checks a presented key or token for a scope: the keys given on the command line first,
 /// then the tokens stored (by hash). `401` when unknown, `403` when it lacks the scope.
 pub(crate) async fn authorize(app: &App, presented: Option<String>, scope: Scope) -> Result<(), Response> {
@@ -285,10 +298,7 @@ async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: Heade
     axum::Json(json!({ "success": true })).into_response()
 }
 
-async fn deploy(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn deploy(State(app): State<App>, _admin: Admin, headers: HeaderMap, body: Bytes) -> Response {
     let Ok(source) = String::from_utf8(body.to_vec()) else {
         return problem(StatusCode::BAD_REQUEST, "Not text", "the workflow must be UTF-8 YAML");
     };
@@ -308,10 +318,7 @@ async fn deploy(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Resp
     }
 }
 
-async fn workflows(State(app): State<App>, headers: HeaderMap) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn workflows(State(app): State<App>, _admin: Admin) -> Response {
     match query_owner(&app, |engine, _| engine.store().workflows()).await {
         Ok(list) => axum::Json(
             list.into_iter()
@@ -342,12 +349,9 @@ pub const GONE_ENDPOINTS_PAGE_COUNT_MAX: usize = 1000;
 /// called any more, newest first.
 async fn gone_endpoints(
     State(app): State<App>,
-    headers: HeaderMap,
+    _admin: Admin,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
     let limit = match query_limit(&params, GONE_ENDPOINTS_PAGE_COUNT_MAX, GONE_ENDPOINTS_PAGE_COUNT_MAX) {
         Ok(limit) => limit,
         Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid limit", detail),
@@ -367,12 +371,9 @@ async fn gone_endpoints(
 /// when it is not disabled.
 async fn enable_endpoint(
     State(app): State<App>,
-    headers: HeaderMap,
+    _admin: Admin,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
     let Some(url) = params.get("url").cloned() else {
         return problem(StatusCode::BAD_REQUEST, "Missing URL", "say which URL to enable: `?url=…`");
     };
@@ -394,10 +395,7 @@ async fn enable_endpoint(
 pub const RUNS_PAGE_COUNT_MAX: usize = 1000;
 const RUNS_PAGE_COUNT_DEFAULT: usize = 100;
 
-async fn runs(State(app): State<App>, headers: HeaderMap, Query(params): Query<HashMap<String, String>>) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn runs(State(app): State<App>, _admin: Admin, Query(params): Query<HashMap<String, String>>) -> Response {
     const KNOWN: [&str; 6] = ["workflow", "version", "status", "subject", "step", "limit"];
     if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return problem(
@@ -469,14 +467,7 @@ async fn runs(State(app): State<App>, headers: HeaderMap, Query(params): Query<H
     }
 }
 
-async fn set_status(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Path((id, action)): Path<(String, String)>,
-) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn set_status(State(app): State<App>, _admin: Admin, Path((id, action)): Path<(String, String)>) -> Response {
     let status = match action.as_str() {
         "activate" => WorkflowStatus::Active,
         "pause" => WorkflowStatus::Paused,
@@ -497,10 +488,7 @@ async fn set_status(
     }
 }
 
-async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn metrics(State(app): State<App>, _admin: Admin) -> Response {
     let page = query_owner(&app, |engine, _| {
         let durability = engine.store().durability();
         engine.store().outbox_depth().map(|depth| crate::metrics::render(engine.stats(), depth, durability.as_deref()))
@@ -515,10 +503,7 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn run(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn run(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
     let Some(id) = id.parse::<u64>().ok() else { return invalid_run_id(&id) };
     let detail = query_owner(&app, move |engine, _| {
         let store = engine.store();
@@ -616,13 +601,10 @@ pub(crate) fn internal(error: impl std::fmt::Display) -> Response {
 
 async fn workflow(
     State(app): State<App>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
     let version = match query.get("version").map(|v| v.parse::<u32>()) {
         None => None,
         Some(Ok(v)) => Some(v),
@@ -682,10 +664,7 @@ fn contact_json(contact: &flowmark_store::Contact) -> Value {
     })
 }
 
-async fn contact(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn contact(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
     let wanted = id.clone();
     match query_owner(&app, move |engine, _| engine.store().contact(&wanted)).await {
         Ok(Some(contact)) => axum::Json(contact_json(&contact)).into_response(),
@@ -695,10 +674,7 @@ async fn contact(State(app): State<App>, headers: HeaderMap, Path(id): Path<Stri
 }
 
 /// Creates a contact or merges traits into it: `{"traits": {...}, "timezone": "Europe/Paris"}`.
-async fn upsert_contact(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn upsert_contact(State(app): State<App>, _admin: Admin, Path(id): Path<String>, body: Bytes) -> Response {
     if let Some(response) = over_event_size("Contact too large", &body) {
         return response;
     }
@@ -749,10 +725,7 @@ async fn upsert_contact(State(app): State<App>, headers: HeaderMap, Path(id): Pa
 pub const EVENTS_PAGE_COUNT_MAX: usize = 1000;
 
 /// A subject's events, oldest first: the newest `limit` (default 100) at or after `since`.
-async fn events(State(app): State<App>, headers: HeaderMap, Query(query): Query<HashMap<String, String>>) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn events(State(app): State<App>, _admin: Admin, Query(query): Query<HashMap<String, String>>) -> Response {
     const KNOWN: [&str; 3] = ["subject", "since", "limit"];
     if let Some(unknown) = query.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return problem(
@@ -928,10 +901,7 @@ async fn inbound_webhook(
 }
 
 /// A run explained step by step: `{"run": …, "lines": [{"at", "step", "text", "decision"}], "text": "…"}`.
-async fn why(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn why(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
     let Some(number) = id.parse::<u64>().ok() else { return invalid_run_id(&id) };
     let answer = query_owner(&app, move |engine, _| {
         let store = engine.store();
@@ -955,10 +925,7 @@ async fn why(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>)
 /// first and a bad file is refused whole with each row's errors (422); a good one is written
 /// 1 000 rows per commit with a checkpoint, so sending the same file again after a failure
 /// resumes it, and after a success changes nothing. A segment sweep pass starts right after.
-async fn import_contacts(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn import_contacts(State(app): State<App>, _admin: Admin, body: Bytes) -> Response {
     let rows = match flowmark_runtime::import::read(body.as_ref()) {
         Ok(rows) => rows,
         Err(rejected) => {
@@ -1059,10 +1026,7 @@ async fn put_segments(State(app): State<App>, headers: HeaderMap, body: Bytes) -
 
 /// A contact's segments: whether it is a member of each, and what each condition says now
 /// with the values it read.
-async fn contact_segments(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn contact_segments(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
     let wanted = id.clone();
     match query_owner(&app, move |engine, now| engine.explain_segments(&wanted, now)).await {
         Ok(Some(body)) => axum::Json(body).into_response(),
@@ -1072,10 +1036,7 @@ async fn contact_segments(State(app): State<App>, headers: HeaderMap, Path(id): 
 }
 
 /// A contact's scores as they stand now (decayed) and its score history, newest first.
-async fn contact_scores(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn contact_scores(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
     let wanted = id.clone();
     let answer = query_owner(&app, move |engine, now| {
         let Some(contact) = engine.store().contact(&wanted)? else { return Ok(None) };
@@ -1254,10 +1215,7 @@ async fn decide_approval(
 }
 
 /// Cancels a run: `{"reason": "…"}` (optional). The run ends as exited.
-async fn cancel_run(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn cancel_run(State(app): State<App>, _admin: Admin, Path(id): Path<String>, body: Bytes) -> Response {
     let reason = if body.is_empty() {
         "cancelled over the API".to_owned()
     } else {
@@ -1276,10 +1234,13 @@ async fn cancel_run(State(app): State<App>, headers: HeaderMap, Path(id): Path<S
 /// the workflow). Answers once the run's first commit is durable, with where it stands then
 /// (`status`, and `steps`, what its steps produced): a workflow without waits has run to its
 /// end, so a caller gets its result in the response. Concurrent starts share a commit.
-async fn start_run(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn start_run(
+    State(app): State<App>,
+    _admin: Admin,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     if let Some(response) = over_event_size("Start too large", &body) {
         return response;
     }

@@ -18,12 +18,10 @@ use axum::routing::{get, post};
 use flowmark_core::Timestamp;
 use flowmark_core::engine::Decision;
 use flowmark_runtime::{WorkAction, WorkRefusal, ical};
-use flowmark_store::{Scope, Store, WorkKind};
+use flowmark_store::{Store, WorkKind};
 use serde_json::{Value, json};
 
-use crate::http::{
-    App, Eng, admin_object, authorize, bearer, get_document, internal, problem, put_document, query, query_owner,
-};
+use crate::http::{Admin, App, Eng, admin_object, get_document, internal, problem, put_document, query, query_owner};
 
 /// Most work items or notifications one list answers.
 pub const LIST_MAX: usize = 500;
@@ -62,13 +60,10 @@ struct WorkQuery {
 /// approval" (`?kind=approval`).
 async fn person_work(
     State(app): State<App>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(email): Path<String>,
     Query(q): Query<WorkQuery>,
 ) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
     let kind = match q.kind.as_deref() {
         None => None,
         Some(text) => match WorkKind::parse(text) {
@@ -83,10 +78,7 @@ async fn person_work(
     }
 }
 
-async fn person_notifications(State(app): State<App>, headers: HeaderMap, Path(email): Path<String>) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn person_notifications(State(app): State<App>, _admin: Admin, Path(email): Path<String>) -> Response {
     match query_owner(&app, move |engine, _| engine.store().notifications(&email, LIST_MAX)).await {
         Ok(items) => axum::Json(json!({ "notifications": items })).into_response(),
         Err(response) => response,
@@ -94,10 +86,7 @@ async fn person_notifications(State(app): State<App>, headers: HeaderMap, Path(e
 }
 
 /// The URL of a person's calendar feed (an admin hands it to them).
-async fn person_calendar_url(State(app): State<App>, headers: HeaderMap, Path(email): Path<String>) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn person_calendar_url(State(app): State<App>, _admin: Admin, Path(email): Path<String>) -> Response {
     let Some(secret) = app.config.unsubscribe_secret.as_deref() else {
         return problem(StatusCode::NOT_FOUND, "No feeds", "this server has no secret to sign feed links with");
     };
@@ -111,10 +100,7 @@ pub(crate) fn feed_paths(secret: &[u8], email: &str) -> (String, String) {
     (person, format!("/cal/workspace/{}", ical::token(secret, "workspace")))
 }
 
-async fn work_item(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn work_item(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
     let wanted = id.clone();
     match query_owner(&app, move |engine, _| engine.store().work_item(&wanted)).await {
         Ok(Some(item)) => axum::Json(item).into_response(),
@@ -195,20 +181,14 @@ pub(crate) async fn act_as(app: &App, id: String, by: String, action: WorkAction
 }
 
 /// An item's work, open and closed, oldest first.
-async fn item_work(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn item_work(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
     match query_owner(&app, move |engine, _| engine.store().work_of_subject(&id, LIST_MAX)).await {
         Ok(items) => axum::Json(json!({ "work": items })).into_response(),
         Err(response) => response,
     }
 }
 
-async fn item_comments(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = authorize(&app, bearer(&headers), Scope::Admin).await {
-        return response;
-    }
+async fn item_comments(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
     match query_owner(&app, move |engine, _| engine.store().comments(&id, LIST_MAX)).await {
         Ok(comments) => axum::Json(json!({ "comments": comments })).into_response(),
         Err(response) => response,
