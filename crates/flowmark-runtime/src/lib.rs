@@ -35,10 +35,10 @@ pub mod why;
 pub mod work;
 
 pub use connector::{Connector, Connectors, Job, Limits, LogConnector, Outbound, Outcome, RecordingConnector};
+pub use engine::{Attachment, WorkAction, WorkRefusal};
 pub use engine::{
     CASCADE_DEPTH_MAX, DeployError, Engine, Error, Incoming, Ingested, LATENESS_BUCKETS_MS, SCHEDULE_PAGE_COUNT,
     SCHEDULED_EVENT, SEGMENT_SWEEP_EVERY_MS, SEGMENT_SWEEP_PAGE_COUNT, SEGMENTS_SETTING, START_KEY_RETENTION_MS,
     SUPPRESSED_REASON_TRAIT, StartRequest, Started, Stats, UNREADABLE_EFFECT_HOLD_MS, UNSUBSCRIBED_TRAIT,
 };
-pub use engine::{WorkAction, WorkRefusal};
 pub use work::url_part;

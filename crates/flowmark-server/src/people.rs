@@ -239,8 +239,18 @@ async fn attach(State(app): State<App>, headers: HeaderMap, Path(id): Path<Strin
     };
     let work = text("work");
     created(
-        query(&app.owner, move |engine, now| engine.attach(&id, work.as_deref(), &by, &title, &url, new_version, now))
-            .await,
+        query(&app.owner, move |engine, now| {
+            let attachment = flowmark_runtime::Attachment {
+                subject_id: &id,
+                work_id: work.as_deref(),
+                by: &by,
+                title: &title,
+                url: &url,
+                new_version,
+            };
+            engine.attach(attachment, now)
+        })
+        .await,
     )
 }
 

@@ -36,6 +36,22 @@ pub const DIGEST_ROUND_MAX: usize = 10_000;
 /// deliveries are dispatched without their run.
 const NO_RUN: RunId = RunId(0);
 
+/// A link someone attaches to an item (`Engine::attach`).
+#[derive(Debug, Clone, Copy)]
+pub struct Attachment<'a> {
+    /// The item.
+    pub subject_id: &'a str,
+    /// The work item of the item it is about, if one.
+    pub work_id: Option<&'a str>,
+    /// Who attaches it (an email).
+    pub by: &'a str,
+    pub title: &'a str,
+    /// An http(s) link.
+    pub url: &'a str,
+    /// The link is the next version of the item's deliverable (reviews start a new round).
+    pub new_version: bool,
+}
+
 /// Whom an effect asks for input, why, and what to tell them.
 pub(super) struct Ask {
     pub people: Vec<String>,
@@ -276,17 +292,12 @@ impl<S: Store> Engine<S> {
     /// `new_version`, the link is the next version of the item's deliverable: every approval
     /// its runs wait on starts a new round in the same commit, so decisions given on the old
     /// version no longer count.
-    #[allow(clippy::too_many_arguments)]
     pub fn attach(
         &mut self,
-        subject_id: &str,
-        work_id: Option<&str>,
-        by: &str,
-        title: &str,
-        url: &str,
-        new_version: bool,
+        attachment: Attachment<'_>,
         now: Timestamp,
     ) -> Result<Result<Comment, WorkRefusal>, Error> {
+        let Attachment { subject_id, work_id, by, title, url, new_version } = attachment;
         let (title, url) = (title.trim(), url.trim());
         if title.is_empty() || title.len() > ATTACHMENT_TITLE_BYTES_MAX {
             return Ok(Err(WorkRefusal::Invalid(format!("a title has 1 to {ATTACHMENT_TITLE_BYTES_MAX} bytes"))));

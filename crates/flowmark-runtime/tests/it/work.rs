@@ -275,7 +275,15 @@ fn a_new_deliverable_version_restarts_the_review_and_plain_links_do_not() {
     engine.act_on_work(&editor.id, "dana@example.com", approve, MONDAY).unwrap().unwrap();
     assert!(inbox(&engine, "dana@example.com").is_empty(), "the editor has decided");
     let attach = |engine: &mut Engine<SqliteStore>, url: &str, new_version: bool| {
-        engine.attach("post-1", None, "sam@example.com", "Draft", url, new_version, MONDAY).unwrap()
+        let attachment = flowmark_runtime::Attachment {
+            subject_id: "post-1",
+            work_id: None,
+            by: "sam@example.com",
+            title: "Draft",
+            url,
+            new_version,
+        };
+        engine.attach(attachment, MONDAY).unwrap()
     };
     // Bad links are refused, nothing stored.
     for bad in ["javascript:alert(1)", "ftp://x", "https://a b", ""] {

@@ -781,7 +781,9 @@ async fn item_attachment(
         let title = form_value(form, "title").unwrap_or_default();
         let url = form_value(form, "url").unwrap_or_default();
         let new_version = form_value(form, "new_version").is_some();
-        engine.attach(id, work, who, title, url, new_version, now)
+        let attachment =
+            flowmark_runtime::Attachment { subject_id: id, work_id: work, by: who, title, url, new_version };
+        engine.attach(attachment, now)
     })
     .await
 }

@@ -135,7 +135,10 @@ mod tests {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
             }
             let spent = CpuTimes::sample(None).unwrap().since(&before);
-            if spent.process.total() > 0.0 || started.elapsed().as_secs() >= 10 {
+            // The process's and its threads' times move in clock ticks, not together: wait
+            // for both to show the spinning.
+            let by_threads: f64 = spent.by_thread.values().map(|thread| thread.total()).sum();
+            if (spent.process.total() > 0.0 && by_threads > 0.0) || started.elapsed().as_secs() >= 10 {
                 break spent;
             }
         };
