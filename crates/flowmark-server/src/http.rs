@@ -6,6 +6,10 @@
 //!
 //! Invariant: a request is answered `2xx` only after the owner has committed its effect.
 
+use crate::api::{
+    Admin, App, Eng, admin_object, ask, authorize, get_document, internal, json_object, problem, problem_with,
+    put_document, query, query_owner, status_name,
+};
 use std::sync::Arc;
 
 use axum::Router;
@@ -25,9 +29,7 @@ use flowmark_core::limits::{
 use flowmark_runtime::{DeployError, StartRequest, Started};
 use flowmark_store::{RunFilter, Scope, Store, WorkflowStatus};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
-use crate::auth::{constant_time_eq, token_hash};
 use crate::owner::{Command, Owner, now};
 use crate::segment;
 
@@ -47,12 +49,6 @@ pub struct Config {
     /// The webhook URLs that answered `410 Gone`, shared with the webhook connectors:
     /// `/api/webhooks/gone` lists them and enables one again.
     pub gone_endpoints: flowmark_runtime::webhook::GoneEndpoints,
-}
-
-#[derive(Clone)]
-pub(crate) struct App {
-    pub(crate) owner: Owner,
-    pub(crate) config: Arc<Config>,
 }
 
 pub fn router(owner: Owner, config: Config) -> Router {
@@ -129,25 +125,6 @@ async fn log_request(request: axum::extract::Request, next: axum::middleware::Ne
     response
 }
 
-pub(crate) fn problem(status: StatusCode, title: &str, detail: impl Into<String>) -> Response {
-    problem_with(status, title, detail, Value::Null)
-}
-
-pub(crate) fn problem_with(status: StatusCode, title: &str, detail: impl Into<String>, extra: Value) -> Response {
-    let mut body = json!({
-        "type": format!("https://flowmark.dev/problems/{}", title.to_lowercase().replace(' ', "-")),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail.into(),
-    });
-    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
-        body.extend(extra);
-    }
-    let mut response = (status, axum::Json(body)).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-    response
-}
-
 /// The write key from HTTP Basic (user part) or from the body's `writeKey`.
 fn write_key(headers: &HeaderMap, body: &Value) -> Option<String> {
     let from_header = headers
@@ -158,78 +135,6 @@ fn write_key(headers: &HeaderMap, body: &Value) -> Option<String> {
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .map(|userpass| userpass.split(':').next().unwrap_or_default().to_owned());
     from_header.or_else(|| body.get("writeKey").and_then(Value::as_str).map(str::to_owned))
-}
-
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned())
-}
-
-/// An API request made with a token that has the `admin` scope: taking it as a handler's
-/// argument is the check (`401` without credentials or with unknown ones, `403` without the
-/// scope), so no handler repeats it.
-pub(crate) struct Admin;
-
-impl axum::extract::FromRequestParts<App> for Admin {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, app: &App) -> Result<Admin, Response> {
-        authorize(app, bearer(&parts.headers), Scope::Admin).await.map(|()| Admin)
-    }
-}
-
-/// Checks a presented key or token for a scope: the keys given on the command line first,
-/// then the tokens stored (by hash). `401` when unknown, `403` when it lacks the scope.
-pub(crate) async fn authorize(app: &App, presented: Option<String>, scope: Scope) -> Result<(), Response> {
-    let Some(presented) = presented else {
-        let how = match scope {
-            Scope::Ingest => "send the write key as the HTTP Basic user (empty password) or as `writeKey` in the body",
-            Scope::Admin => "send an API token as `Authorization: Bearer <token>`",
-        };
-        return Err(problem(StatusCode::UNAUTHORIZED, "Missing credentials", how));
-    };
-    let configured = match scope {
-        Scope::Ingest => &app.config.write_keys,
-        Scope::Admin => &app.config.admin_tokens,
-    };
-    if configured.iter().chain(&app.config.admin_tokens).any(|k| constant_time_eq(k.as_bytes(), presented.as_bytes())) {
-        return Ok(());
-    }
-    let hash = token_hash(&presented);
-    match query_owner(app, move |engine, _| engine.store().token(&hash)).await? {
-        Some(token) if token.scopes.contains(&scope) => Ok(()),
-        Some(_) => Err(problem(
-            StatusCode::FORBIDDEN,
-            "Missing scope",
-            format!("this token does not have the `{}` scope", scope.as_str()),
-        )),
-        None => Err(problem(
-            StatusCode::UNAUTHORIZED,
-            "Unknown credentials",
-            "the key or token is not one of this server's",
-        )),
-    }
-}
-
-async fn ask<T>(owner: &Owner, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Response> {
-    let (reply, answer) = oneshot::channel();
-    if !owner.send(make(reply)) {
-        let mut response =
-            problem(StatusCode::TOO_MANY_REQUESTS, "Overloaded", "the server is busy; try again shortly");
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Err(response);
-    }
-    // The owner drops a reply only when the work failed on a bug (it logged the panic).
-    answer.await.map_err(|_| {
-        problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal error",
-            "the server failed on this request; its log says why",
-        )
-    })
 }
 
 /// A 400 for a body over the size of one event (`EVENT_SIZE_BYTES_MAX`), titled `title`.
@@ -517,19 +422,6 @@ async fn run(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> R
     }
 }
 
-/// Runs `work` on the owner thread with the engine and the time, and awaits its answer.
-pub(crate) async fn query<T: Send + 'static>(
-    owner: &Owner,
-    work: impl FnOnce(&mut flowmark_runtime::Engine<crate::owner::ServerStore>, Timestamp) -> T + Send + 'static,
-) -> Result<T, Response> {
-    ask(owner, |reply| {
-        Command::Query(Box::new(move |engine, now| {
-            let _ = reply.send(work(engine, now));
-        }))
-    })
-    .await
-}
-
 /// The OpenAPI 3.1 document of this API. Public, like `/healthz`: it describes the API and
 /// holds no data.
 async fn openapi() -> Response {
@@ -595,10 +487,6 @@ fn invalid_run_id(id: &str) -> Response {
     problem(StatusCode::BAD_REQUEST, "Invalid run id", format!("`{id}` is not a run id (a positive integer)"))
 }
 
-pub(crate) fn internal(error: impl std::fmt::Display) -> Response {
-    problem(StatusCode::INTERNAL_SERVER_ERROR, "Store failed", error.to_string())
-}
-
 async fn workflow(
     State(app): State<App>,
     _admin: Admin,
@@ -633,26 +521,6 @@ async fn workflow(
         }
         Err(response) => response,
     }
-}
-
-pub(crate) fn status_name(status: WorkflowStatus) -> &'static str {
-    match status {
-        WorkflowStatus::Active => "active",
-        WorkflowStatus::Paused => "paused",
-    }
-}
-
-/// `query`, for work that reads or writes the store: a store error becomes a 500.
-pub(crate) async fn query_owner<T: Send + 'static>(
-    app: &App,
-    work: impl FnOnce(
-        &mut flowmark_runtime::Engine<crate::owner::ServerStore>,
-        Timestamp,
-    ) -> Result<T, flowmark_store::Error>
-    + Send
-    + 'static,
-) -> Result<T, Response> {
-    query(&app.owner, work).await?.map_err(internal)
 }
 
 fn contact_json(contact: &flowmark_store::Contact) -> Value {
@@ -954,57 +822,6 @@ async fn import_contacts(State(app): State<App>, _admin: Admin, body: Bytes) -> 
     }
 }
 
-pub(crate) type Eng = flowmark_runtime::Engine<crate::owner::ServerStore>;
-/// How a workspace document (score models, segments) is replaced: checked whole, then stored.
-pub(crate) type SetDocument<T> = fn(&mut Eng, T, Timestamp) -> Result<Result<(), Vec<String>>, flowmark_runtime::Error>;
-
-/// A workspace document as written, or `empty` when none was ever set.
-pub(crate) async fn get_document<T: serde::Serialize + Send + 'static>(
-    app: &App,
-    headers: &HeaderMap,
-    read: fn(&Eng) -> Option<T>,
-    empty: Value,
-) -> Response {
-    if let Err(response) = authorize(app, bearer(headers), Scope::Admin).await {
-        return response;
-    }
-    match query(&app.owner, move |engine, _| read(engine)).await {
-        Ok(Some(document)) => axum::Json(document).into_response(),
-        Ok(None) => axum::Json(empty).into_response(),
-        Err(response) => response,
-    }
-}
-
-/// Replaces a workspace document: `400` when the body is not one (`what`), `422` listing every
-/// problem when any part is wrong — nothing changes then.
-pub(crate) async fn put_document<T: serde::de::DeserializeOwned + Send + 'static>(
-    app: &App,
-    headers: &HeaderMap,
-    body: &[u8],
-    what: &'static str,
-    set: SetDocument<T>,
-) -> Response {
-    if let Err(response) = authorize(app, bearer(headers), Scope::Admin).await {
-        return response;
-    }
-    let title = format!("Invalid {what}");
-    let source: T = match serde_json::from_slice(body) {
-        Ok(source) => source,
-        Err(error) => return problem(StatusCode::BAD_REQUEST, &title, format!("the body is not {what}: {error}")),
-    };
-    match query(&app.owner, move |engine, now| set(engine, source, now).map_err(|e| e.to_string())).await {
-        Ok(Ok(Ok(()))) => (StatusCode::OK, axum::Json(json!({ "updated": true }))).into_response(),
-        Ok(Ok(Err(errors))) => problem_with(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &title,
-            format!("{} problem(s)", errors.len()),
-            json!({ "errors": errors }),
-        ),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
-    }
-}
-
 async fn score_models(State(app): State<App>, headers: HeaderMap) -> Response {
     get_document(&app, &headers, |engine| engine.score_models().cloned(), json!({ "models": [] })).await
 }
@@ -1144,25 +961,6 @@ async fn deliver(app: &App, id: &str, input: flowmark_core::engine::Input) -> Re
         Ok(Err(error)) => internal(error),
         Err(response) => response,
     }
-}
-
-/// The body as a JSON object, or the title and detail of the `400` that says why not.
-pub(crate) fn json_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, (&'static str, String)> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(fields)) => Ok(fields),
-        Ok(_) => Err(("Invalid input", "the body must be a JSON object".to_owned())),
-        Err(error) => Err(("Invalid JSON", format!("the body is not JSON: {error}"))),
-    }
-}
-
-/// An admin request's JSON object body, or the `401`/`403`/`400` that refuses it.
-pub(crate) async fn admin_object(
-    app: &App,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<serde_json::Map<String, Value>, Response> {
-    authorize(app, bearer(headers), Scope::Admin).await?;
-    json_object(body).map_err(|(title, detail)| problem(StatusCode::BAD_REQUEST, title, detail))
 }
 
 /// Completes a task: `{"by": "sam@example.com", "fields": {"keywords": "…"}}`.

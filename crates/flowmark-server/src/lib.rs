@@ -6,8 +6,10 @@
 //!
 //! An event is answered `200` only after the owner committed it: acknowledged means durable.
 //!
-//! Invariant: no handler touches the store; every write goes through the owner.
+//! Invariant: handlers run their work on the owner thread; they read through
+//! `Engine::store()` and write only through `Engine` methods (a tidy test checks it).
 
+mod api;
 pub mod auth;
 mod http;
 mod metrics;

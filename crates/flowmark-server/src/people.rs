@@ -21,7 +21,7 @@ use flowmark_runtime::{WorkAction, WorkRefusal, ical};
 use flowmark_store::{Store, WorkKind};
 use serde_json::{Value, json};
 
-use crate::http::{Admin, App, Eng, admin_object, get_document, internal, problem, put_document, query, query_owner};
+use crate::api::{Admin, App, Eng, admin_object, get_document, internal, problem, put_document, query, query_owner};
 
 /// Most work items or notifications one list answers.
 pub const LIST_MAX: usize = 500;

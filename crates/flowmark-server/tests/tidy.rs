@@ -27,3 +27,18 @@ fn handlers_write_only_through_the_engine() {
     assert!(read >= 8, "read the server's sources ({read} files)");
     assert!(offenders.is_empty(), "handlers write through the store:\n{}", offenders.join("\n"));
 }
+
+/// The shared plumbing lives in `api`: route modules import from it, never from `http`.
+/// (The UI still borrows three helpers of `people`: calendar feeds, publications, actions.)
+#[test]
+fn route_modules_do_not_import_from_each_other() {
+    let src = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
+    let mut offenders = Vec::new();
+    for file in ["people.rs", "ui/mod.rs", "ui/explore.rs", "ui/calendar.rs", "api.rs"] {
+        let text = std::fs::read_to_string(src.join(file)).unwrap();
+        if text.contains("crate::http::") {
+            offenders.push(file);
+        }
+    }
+    assert!(offenders.is_empty(), "route modules reaching into each other: {offenders:?}");
+}

@@ -23,7 +23,7 @@ use flowmark_store::{Store, WorkItem};
 
 use super::html::{esc, seg};
 use super::{html, signed_in};
-use crate::http::{App, internal, query};
+use crate::api::{App, internal, query};
 
 /// The most work items, and the most publications, one calendar page reads.
 pub const ENTRIES_MAX: usize = 2_000;

@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use super::html::{esc, seg, time};
 use super::{html, signed_in};
-use crate::http::{App, internal, query, status_name};
+use crate::api::{App, internal, query, status_name};
 
 /// The most runs a list shows, and the most history entries or decision records a run page shows.
 pub const LIST_MAX: usize = 200;

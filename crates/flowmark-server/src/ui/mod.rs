@@ -27,8 +27,8 @@ use flowmark_store::{Session, Store, WorkItem, WorkKind};
 use serde_json::Value;
 use std::fmt::Write as _;
 
+use crate::api::{App, admin_object, internal, problem, query};
 use crate::auth::{constant_time_eq, hash_password, new_token, token_hash, verify_password};
-use crate::http::{App, admin_object, internal, problem, query};
 use html::{due, esc, page, seg, time};
 
 /// How long a session lasts.
@@ -726,7 +726,7 @@ async fn item_form<T: Send + 'static>(
     id: String,
     form: Vec<(String, String)>,
     act: impl FnOnce(
-        &mut crate::http::Eng,
+        &mut crate::api::Eng,
         &str,
         &str,
         Option<&str>,
