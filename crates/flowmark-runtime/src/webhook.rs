@@ -1,7 +1,8 @@
 //! Webhooks the Standard Webhooks way (standardwebhooks.com), out and in.
 //!
-//! Out: `WebhookConnector` sends `call_webhook` effects with `webhook-id` (the effect's key,
-//! the same on every retry), `webhook-timestamp` (Unix seconds) and `webhook-signature`
+//! Out: `WebhookConnector` performs webhook calls (`Outbound::Webhook`, and chat posts) with
+//! `webhook-id` (the effect's key, the same on every retry), `webhook-timestamp` (Unix
+//! seconds) and `webhook-signature`
 //! (`v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, one per active secret, so a secret can be
 //! rotated without a gap). Secrets are `whsec_<base64>`. It retries on the spec's schedule
 //! (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), honours `Retry-After` on 429 and 503, treats
