@@ -1,6 +1,6 @@
 //! Flowmark's embedded store: [`SqliteStore`], the `flowmark_store::Store` contract on one
-//! SQLite file (WAL mode, schema by migrations, a cache of parsed contacts) or in memory, and
-//! [`WalSync`], which makes its deferred commits durable from another thread.
+//! SQLite file (WAL mode, schema by migrations, a cache of parsed contacts) or in memory; its
+//! `Store::durability` handle (`WalSync`) makes deferred commits durable from another thread.
 //!
 //! Only this crate and the binary that picks it depend on rusqlite (a tidy test in
 //! `flowmark-core` checks it): everything else talks to the trait. The conformance suite runs
@@ -12,4 +12,3 @@ mod wal_sync;
 mod work;
 
 pub use sqlite::SqliteStore;
-pub use wal_sync::WalSync;

@@ -30,7 +30,7 @@ use flowmark_store::{
     OutboxEntry, Position, ReadyEffects, RunFilter, Schedule, ScheduleChange, Scope, ScoreRecord, Store, Token,
     UnreadableEffect, WorkflowStatus, WorkflowSummary,
 };
-use flowmark_store::{Comment, Notification, Session, WorkItem, WorkKind};
+use flowmark_store::{Comment, Durability as _, Notification, Session, WorkItem, WorkKind};
 
 /// rusqlite's and the migration library's errors as the store's: the contract names no
 /// database, so this backend wraps its own.
@@ -383,12 +383,6 @@ impl SqliteStore {
     /// A private database in memory, for tests and dry runs.
     pub fn open_in_memory() -> Result<SqliteStore, Error> {
         SqliteStore::setup(Connection::open_in_memory().db()?)
-    }
-
-    /// The handle that syncs this database's write-ahead log, from any thread (`None` in
-    /// memory).
-    pub fn wal_sync(&self) -> Option<WalSync> {
-        self.wal.clone()
     }
 
     /// A subject's events at or after `since` whose name `keep` accepts, oldest first, at

@@ -60,8 +60,19 @@ impl WalSync {
         }))
     }
 
+    fn io_error(&self, doing: &'static str, source: std::io::Error) -> Error {
+        Error::Io { doing, path: self.0.path.clone(), source }
+    }
+
+    /// A deferral ended: what it committed waits for the next sync.
+    pub(crate) fn deferral_ended(&self) {
+        self.0.deferred.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl Durability for WalSync {
     /// Makes every commit that returned before this call durable: one fsync of the log.
-    pub fn sync(&self) -> Result<(), Error> {
+    fn sync(&self) -> Result<(), Error> {
         let covers = self.0.deferred.load(Ordering::Acquire);
         let mut file = self.0.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.0.failed.load(Ordering::Acquire) {
@@ -104,7 +115,7 @@ impl WalSync {
     }
 
     /// What this handle did so far: deferrals ended, syncs made, and the time they took.
-    pub fn counts(&self) -> (u64, u64, std::time::Duration) {
+    fn counts(&self) -> (u64, u64, std::time::Duration) {
         (
             self.0.deferred.load(Ordering::Relaxed),
             self.0.syncs.load(Ordering::Relaxed),
@@ -113,30 +124,7 @@ impl WalSync {
     }
 
     /// Has a deferral ended since the latest sync began?
-    pub fn pending(&self) -> bool {
-        self.0.synced.load(Ordering::Acquire) < self.0.deferred.load(Ordering::Acquire)
-    }
-
-    fn io_error(&self, doing: &'static str, source: std::io::Error) -> Error {
-        Error::Io { doing, path: self.0.path.clone(), source }
-    }
-
-    /// A deferral ended: what it committed waits for the next sync.
-    pub(crate) fn deferral_ended(&self) {
-        self.0.deferred.fetch_add(1, Ordering::AcqRel);
-    }
-}
-
-impl Durability for WalSync {
-    fn sync(&self) -> Result<(), Error> {
-        WalSync::sync(self)
-    }
-
     fn pending(&self) -> bool {
-        WalSync::pending(self)
-    }
-
-    fn counts(&self) -> (u64, u64, std::time::Duration) {
-        WalSync::counts(self)
+        self.0.synced.load(Ordering::Acquire) < self.0.deferred.load(Ordering::Acquire)
     }
 }

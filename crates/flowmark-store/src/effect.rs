@@ -98,14 +98,6 @@ impl OutboxEffect {
         }
         serde_json::from_str(text).map(OutboxEffect::Run).map_err(malformed)
     }
-
-    /// The run's effect, when a run decided it.
-    pub fn as_run(&self) -> Option<&EffectKind> {
-        match self {
-            OutboxEffect::Run(kind) => Some(kind),
-            OutboxEffect::Deliver(_) => None,
-        }
-    }
 }
 
 /// The stored form of a run's effect, written without a copy of it.

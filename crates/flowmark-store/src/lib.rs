@@ -325,8 +325,6 @@ pub struct Position {
     pub runs: u64,
 }
 
-/// The durable state of a deployment. Methods take `&mut self` where they write: one owner
-/// writes through one handle (the partition owner, the ingestion path), readers open their own.
 /// Makes a backend's deferred commits durable, from any thread (see
 /// `Store::defer_durability`).
 pub trait Durability: Send + Sync {
@@ -341,6 +339,8 @@ pub trait Durability: Send + Sync {
     fn counts(&self) -> (u64, u64, std::time::Duration);
 }
 
+/// The durable state of a deployment. Methods take `&mut self` where they write: one owner
+/// writes through one handle (the partition owner, the ingestion path), readers open their own.
 pub trait Store {
     /// Starts a unit of work: a transaction that the next `write` commits (with what it
     /// writes) and `finish` rolls back if `write` has not run. Reads and `insert_event`s in

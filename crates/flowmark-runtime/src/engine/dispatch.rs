@@ -12,7 +12,22 @@
 //! performed or dropped; a crash before the round's commit repeats its attempts under the
 //! same keys, a crash after it leaves nothing to redo.
 
-use super::*;
+use std::collections::HashSet;
+
+use flowmark_core::Timestamp;
+use flowmark_core::engine::{
+    EffectKind, Event, Facts, Input, ParentRun, RenderContext, Run, RunId, RunStatus, apply_update, effect_result,
+    handle,
+};
+use flowmark_core::render::{Message, render_step_message};
+use flowmark_store::{Attempt, OutboxEffect, OutboxEntry, ReadyEffects, Store};
+use serde_json::Value;
+
+use super::ingest::Unit;
+use super::{Engine, Error, Incoming, Needs, RunRef, people, version_of};
+use crate::connector::{Connector, Connectors, Job, Outbound, Outcome};
+use crate::retry;
+use crate::segments::Change;
 
 /// How long an effect this version cannot read is held before it is looked at again (an
 /// hour): long enough not to fill the log, short enough for a rolled-back upgrade.
@@ -67,19 +82,14 @@ impl<S: Store> Engine<S> {
         // Phase 1, in outbox order: internal effects are applied, messages rendered; what
         // leaves Flowmark becomes a job for its connector.
         let mut outcomes: Vec<Option<Result<Outcome, Timestamp>>> = vec![None; ready.len()];
-        let mut jobs: Vec<Vec<(usize, Option<flowmark_core::render::Message>, String)>> =
-            vec![Vec::new(); connectors.count()];
+        let mut jobs: Vec<Vec<(usize, Option<Message>, String)>> = vec![Vec::new(); connectors.count()];
         // The run each effect's result goes back to (none for deliveries and gone runs).
         let mut owners: Vec<Option<RunRef<'_>>> = Vec::with_capacity(ready.len());
         for (index, entry) in ready.iter().enumerate() {
             let kind = match &entry.effect {
                 OutboxEffect::Deliver(delivery) => {
                     // A notification's delivery: to its person, whatever became of the run.
-                    let (route, message) = people::delivery_message(delivery);
-                    let to = match delivery {
-                        Delivery::Email { to, .. } => to.clone(),
-                        Delivery::Chat { .. } => String::new(),
-                    };
+                    let (route, message, to) = people::delivery_message(delivery);
                     jobs[connectors.route_of(route)].push((index, Some(message), to));
                     owners.push(None);
                     continue;
@@ -172,7 +182,7 @@ impl<S: Store> Engine<S> {
             for (job, at) in admitted.later {
                 outcomes[route_jobs[job].0] = Some(Err(at));
             }
-            let going: Vec<&(usize, Option<flowmark_core::render::Message>, String)> =
+            let going: Vec<&(usize, Option<Message>, String)> =
                 admitted.now.iter().map(|&job| &route_jobs[job]).collect();
             let connector = connectors.connector(route).clone();
             if let Some(delays) = connector.retry_delays_ms() {
@@ -192,12 +202,11 @@ impl<S: Store> Engine<S> {
         let mut attempts: Vec<(String, Attempt, u32)> = Vec::new();
         // What this version cannot read stays in the outbox for the version that wrote it:
         // held back, loudly, never dropped or read as something else.
+        let hold = Attempt::Deferred { at: Timestamp(now.ms().saturating_add(UNREADABLE_EFFECT_HOLD_MS)) };
         for effect in &unreadable {
-            let at = Timestamp(now.ms().saturating_add(UNREADABLE_EFFECT_HOLD_MS));
-            tracing::error!(effect = %effect.key, run = effect.run.0, error = %effect.error, retry_at = %at,
+            tracing::error!(effect = %effect.key, run = effect.run.0, error = %effect.error, attempts = effect.attempts,
                 "an effect in the outbox cannot be read by this version; it is held, not performed");
             self.stats.effects_unreadable += 1;
-            attempts.push((effect.key.clone(), Attempt::Deferred { at }, effect.attempts));
         }
         for (((entry, outcome), owner), schedule) in ready.iter().zip(outcomes).zip(owners).zip(schedules) {
             let attempt_number = entry.attempts + 1;
@@ -265,8 +274,9 @@ impl<S: Store> Engine<S> {
                 caused.extend(self.segment_edges(&mut unit, &subject_id, Change::Contact, &key, now)?);
             }
         }
+        let held = unreadable.iter().map(|effect| (effect.key.as_str(), &hold));
         let recorded: Vec<(&str, &Attempt)> =
-            attempts.iter().map(|(key, attempt, _)| (key.as_str(), attempt)).collect();
+            attempts.iter().map(|(key, attempt, _)| (key.as_str(), attempt)).chain(held).collect();
         self.commit_unit(&mut unit, caused, &recorded, now)?;
         for (key, attempt, number) in &attempts {
             match attempt {
@@ -298,7 +308,7 @@ impl<S: Store> Engine<S> {
     fn start_subflow(
         &mut self,
         parent: RunRef<'_>,
-        entry: &flowmark_store::OutboxEntry,
+        entry: &OutboxEntry,
         name: &str,
         wait: bool,
         now: Timestamp,
@@ -340,7 +350,7 @@ impl<S: Store> Engine<S> {
         step: &str,
         context: &RenderContext,
         subject: &Value,
-    ) -> Result<Result<flowmark_core::render::Message, String>, Error> {
+    ) -> Result<Result<Message, String>, Error> {
         let workflow = self.workflow(run.workflow_id, Some(run.version))?;
         Ok(render_step_message(&workflow, key, step, context, subject, &self.env).map_err(|e| e.to_string()))
     }
@@ -352,10 +362,10 @@ fn perform_all(
     connector: &dyn Connector,
     concurrency: usize,
     now: Timestamp,
-    ready: &[flowmark_store::OutboxEntry],
-    jobs: &[&(usize, Option<flowmark_core::render::Message>, String)],
+    ready: &[OutboxEntry],
+    jobs: &[&(usize, Option<Message>, String)],
 ) -> Vec<(usize, Outcome)> {
-    let perform = |(index, message, subject_id): &(usize, Option<flowmark_core::render::Message>, String)| {
+    let perform = |(index, message, subject_id): &(usize, Option<Message>, String)| {
         let entry = &ready[*index];
         let job = Job {
             key: &entry.key,

@@ -17,34 +17,26 @@
 //! asks for); this file keeps deployment, hand starts, timers, delivered inputs and the
 //! follow-ups of runs that end.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use flowmark_core::diagnostic::DiagnosticJson;
 use flowmark_core::engine::{
-    EffectKind, Event, Facts, HistoryKind, Input, ParentRun, RenderContext, Run, RunId, RunStatus, Sent, TimerId,
-    Transition, apply_update, effect_result, handle, timer_reach,
+    Event, Facts, HistoryKind, Input, ParentRun, Run, RunId, RunStatus, Sent, TimerId, Transition, handle, timer_reach,
 };
 pub use flowmark_core::engine::{SUPPRESSED_REASON_TRAIT, UNSUBSCRIBED_TRAIT};
 use flowmark_core::limits::{RECENT_EVENTS_COUNT_MAX, WAIT_LOOKBACK_MS};
+use flowmark_core::model::RunOutcomeFilter;
 use flowmark_core::model::ScoreChange;
 use flowmark_core::model::{Entry, StepKind, Trigger, Wait, Workflow};
-use flowmark_core::model::{RunOutcomeFilter, SubjectKind};
-use flowmark_core::render::render_step_message;
-use flowmark_core::schedule::next_occurrence;
 use flowmark_core::{Severity, Source, Timestamp, compile};
-use flowmark_store::{
-    Attempt, Batch, Delivery, KeyedStart, OutboxEffect, ReadyEffects, RunFilter, Schedule, ScheduleChange, ScoreRecord,
-    Store, WorkChange, WorkflowStatus,
-};
+use flowmark_store::{Batch, KeyedStart, RunFilter, ScoreRecord, Store, WorkChange, WorkflowStatus};
 
 use crate::scoring::{Models, ModelsSource};
 use serde_json::{Value, json};
 
-use crate::connector::{Connector, Connectors, Job, Outbound, Outcome};
 use crate::directory::{DIRECTORY_SETTING, Directory};
-use crate::retry;
-use crate::segments::{Change, Segments};
+use crate::segments::Segments;
 
 mod admin;
 mod dispatch;
@@ -176,8 +168,8 @@ pub struct Stats {
     pub effects_failed: u64,
     /// Effects a connector's rate limit held back for later (not attempts).
     pub effects_deferred: u64,
-    /// Rounds in which an effect this version cannot read was held back (a row written by a
-    /// newer Flowmark).
+    /// Times an effect this version cannot read (a row written by a newer Flowmark) was held
+    /// back; a held effect counts once per hold.
     pub effects_unreadable: u64,
 }
 

@@ -567,8 +567,9 @@ impl<S: Store> Engine<S> {
     }
 }
 
-/// The message a notification's delivery sends, and the outbound work it is routed as.
-pub(super) fn delivery_message(delivery: &Delivery) -> (Outbound, Message) {
+/// The message a notification's delivery sends, the outbound work it is routed as, and whom
+/// it is for (the person's address; none for a chat post).
+pub(super) fn delivery_message(delivery: &Delivery) -> (Outbound, Message, String) {
     match delivery {
         Delivery::Email { to, subject, text, link } => {
             let body = if link.is_empty() { text.to_owned() } else { format!("{text}\n\n{link}\n") };
@@ -581,7 +582,7 @@ pub(super) fn delivery_message(delivery: &Delivery) -> (Outbound, Message) {
                 from: None,
                 transactional: true,
             };
-            (Outbound::Email, message)
+            (Outbound::Email, message, to.to_owned())
         }
         Delivery::Chat { url, text, link } => {
             let text = if link.is_empty() { text.to_owned() } else { format!("{text} <{link}|Open in Flowmark>") };
@@ -591,7 +592,7 @@ pub(super) fn delivery_message(delivery: &Delivery) -> (Outbound, Message) {
                 headers: Vec::new(),
                 body: Some(json!({ "text": text })),
             };
-            (Outbound::Chat, message)
+            (Outbound::Chat, message, String::new())
         }
     }
 }
@@ -644,14 +645,14 @@ mod tests {
             text: "T".into(),
             link: "http://x/ui".into(),
         };
-        let (kind, message) = delivery_message(&email);
-        assert_eq!(kind, Outbound::Email);
+        let (kind, message, to) = delivery_message(&email);
+        assert_eq!((kind, to.as_str()), (Outbound::Email, "a@example.com"));
         assert!(
             matches!(message, Message::Email { transactional: true, text: Some(t), .. } if t == "T\n\nhttp://x/ui\n")
         );
         let chat = Delivery::Chat { url: "https://hooks.example.com/x".into(), text: "T".into(), link: "".into() };
-        let (kind, message) = delivery_message(&chat);
-        assert_eq!(kind, Outbound::Chat);
+        let (kind, message, to) = delivery_message(&chat);
+        assert_eq!((kind, to.as_str()), (Outbound::Chat, ""));
         assert!(matches!(message, Message::Webhook { body: Some(b), .. } if b == json!({ "text": "T" })));
     }
 }

@@ -6,7 +6,15 @@
 //! occurrence (or that brings it in line with a new version), so a restart neither skips nor
 //! repeats an occurrence.
 
-use super::*;
+use std::collections::HashMap;
+
+use flowmark_core::Timestamp;
+use flowmark_core::engine::{Event, Input, Run, RunId, Transition, handle};
+use flowmark_core::model::{SubjectKind, Trigger};
+use flowmark_core::schedule::next_occurrence;
+use flowmark_store::{Batch, Schedule, ScheduleChange, Store, WorkflowStatus};
+
+use super::{Engine, Error, Needs, SCHEDULE_PAGE_COUNT, SCHEDULED_EVENT, version_of};
 
 impl<S: Store> Engine<S> {
     /// Brings a workflow's schedules in line with its latest version and status: one per

@@ -69,7 +69,7 @@ fn deferred_commits_wait_for_a_sync_and_then_are_covered() {
         )
     };
     let mut store = SqliteStore::open(&path).unwrap();
-    let wal = store.wal_sync().expect("a file database has a log to sync");
+    let wal = store.durability().expect("a file database has a log to sync");
 
     store.defer_durability(true).unwrap();
     store.commit(&[&start(1)], now).unwrap();
@@ -108,6 +108,6 @@ fn deferred_commits_wait_for_a_sync_and_then_are_covered() {
     // In memory there is nothing to sync, and deferring changes nothing.
     let mut memory = SqliteStore::open_in_memory().unwrap();
     memory.defer_durability(true).unwrap();
-    assert!(memory.wal_sync().is_none());
+    assert!(memory.durability().is_none());
     memory.make_durable().unwrap();
 }
