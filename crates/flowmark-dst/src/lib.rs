@@ -151,7 +151,7 @@ fn run_in(seed: u64, options: &Options, path: PathBuf) -> Result<Report, String>
         calls: Mutex::new(Vec::new()),
     });
     let limits = if rng.next_u64().is_multiple_of(3) {
-        Limits { concurrency: 1, per_second: Some(2.0), burst: 3 }
+        Limits { concurrency: 1, per_second: Some(2.0), burst: 3, ..Limits::default() }
     } else {
         Limits::default()
     };

@@ -17,7 +17,9 @@ use flowmark_core::{Duration, Timestamp};
 use flowmark_store::OutboxEffect;
 use serde_json::Value;
 
+use crate::suppressions::Suppressions;
 use crate::webhook::GoneEndpoints;
+use flowmark_core::model::Channel;
 
 /// What one attempt gave.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +39,23 @@ pub enum Outcome {
     },
 }
 
+/// The last check before a message leaves: whether its contact was suppressed (an
+/// unsubscribe, a bounce, a complaint, consent withdrawn) since the send was claimed. A
+/// connector asks it as late as it can, just before the message is handed over.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    pub(crate) suppressions: Suppressions,
+    pub(crate) subject_id: String,
+    pub(crate) channel: Channel,
+}
+
+impl Guard {
+    /// Why the message must not go now; `None` when it may.
+    pub fn refusal(&self) -> Option<String> {
+        self.suppressions.refusal(&self.subject_id, self.channel)
+    }
+}
+
 /// One effect to perform.
 #[derive(Debug, Clone, Copy)]
 pub struct Job<'a> {
@@ -50,8 +69,18 @@ pub struct Job<'a> {
     pub subject_id: &'a str,
     /// Which attempt this is (1 for the first).
     pub attempt: u32,
-    /// The time the dispatcher works at (what a signature's timestamp says).
+    /// The time the attempt starts at (what a signature's timestamp says).
     pub now: Timestamp,
+    /// For a marketing message to a contact: the check to make just before it leaves.
+    pub guard: Option<&'a Guard>,
+}
+
+impl Job<'_> {
+    /// Why the message must not go now (its contact was suppressed since it was claimed);
+    /// `None` when it may, or when nothing is to be checked.
+    pub fn refusal(&self) -> Option<String> {
+        self.guard.and_then(Guard::refusal)
+    }
 }
 
 pub trait Connector: Send + Sync {
@@ -74,11 +103,21 @@ pub struct Limits {
     pub per_second: Option<f64>,
     /// Effects that may start at once after a quiet spell (the token bucket's size).
     pub burst: u32,
+    /// How long one attempt may take before it counts as failed and is retried (at most
+    /// `ATTEMPT_TIMEOUT_MAX`): a peer that hangs holds one worker slot this long at most.
+    pub timeout: Duration,
 }
+
+/// The default per-attempt timeout (a minute): above SMTP's and webhooks' own timeouts per
+/// request, so they answer first.
+pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration(60_000);
+/// The longest per-attempt timeout (ten minutes): a claim lives no longer than this plus its
+/// batch allowance and lease margin (`LEASE_MARGIN_MS`).
+pub const ATTEMPT_TIMEOUT_MAX: Duration = Duration(600_000);
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { concurrency: 1, per_second: None, burst: 1 }
+        Limits { concurrency: 1, per_second: None, burst: 1, timeout: ATTEMPT_TIMEOUT_DEFAULT }
     }
 }
 
@@ -181,7 +220,7 @@ impl Connectors {
         &self.routes[route].name
     }
 
-    pub(crate) fn connector(&self, route: usize) -> &Arc<dyn Connector> {
+    pub fn connector(&self, route: usize) -> &Arc<dyn Connector> {
         &self.routes[route].connector
     }
 
@@ -189,7 +228,14 @@ impl Connectors {
         self.routes[route].limits.concurrency.max(1)
     }
 
-    pub(crate) fn count(&self) -> usize {
+    /// How long one attempt of a route may take (`Limits::timeout`, at most
+    /// `ATTEMPT_TIMEOUT_MAX`, at least a second).
+    pub(crate) fn timeout(&self, route: usize) -> Duration {
+        Duration(self.routes[route].limits.timeout.0.clamp(1_000, ATTEMPT_TIMEOUT_MAX.0))
+    }
+
+    /// How many routes the registry has (the fallback included).
+    pub fn count(&self) -> usize {
         self.routes.len()
     }
 
@@ -313,7 +359,7 @@ mod tests {
     fn the_bucket_admits_a_burst_then_spaces_the_rest_at_the_rate() {
         let mut connectors = Connectors::with_limits(
             Arc::new(LogConnector::default()),
-            Limits { concurrency: 1, per_second: Some(2.0), burst: 3 },
+            Limits { concurrency: 1, per_second: Some(2.0), burst: 3, ..Limits::default() },
         );
         let t0 = Timestamp(1_000_000);
         let first = connectors.admit(0, 5, t0);

@@ -28,13 +28,21 @@ pub mod retry;
 pub mod scoring;
 pub mod segments;
 pub mod smtp;
+pub mod suppressions;
 pub mod tracking;
 pub mod unsubscribe;
 pub mod webhook;
 pub mod why;
 pub mod work;
+pub mod workers;
 
-pub use connector::{Connector, Connectors, Job, Limits, LogConnector, Outbound, Outcome, RecordingConnector};
+pub use connector::{
+    ATTEMPT_TIMEOUT_DEFAULT, ATTEMPT_TIMEOUT_MAX, Connector, Connectors, Guard, Job, Limits, LogConnector, Outbound,
+    Outcome, RecordingConnector,
+};
+pub use engine::{
+    ATTEMPT_BUCKETS_MS, Claim, Claimed, ConnectorStats, LEASE_MARGIN_MS, NO_WORKER_HOLD_MS, Performed, Slots,
+};
 pub use engine::{Attachment, WorkAction, WorkRefusal};
 pub use engine::{
     CASCADE_DEPTH_MAX, DeployError, Engine, Error, Incoming, Ingested, LATENESS_BUCKETS_MS, SCHEDULE_PAGE_COUNT,

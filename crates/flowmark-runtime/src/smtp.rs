@@ -189,6 +189,17 @@ impl Connector for SmtpConnector {
                 Err(error) => return Outcome::Retryable { error: format!("SMTP: {error}"), retry_after: None },
             },
         };
+        // The last check before the message is handed over: the contact may have been
+        // suppressed while the connection was being made. From here to the end of DATA is the
+        // one window left (a few round trips on an open connection).
+        if let Some(error) = job.refusal() {
+            if let Ok(mut pool) = self.pool.lock()
+                && pool.len() < POOL_IDLE_MAX
+            {
+                pool.push(connection);
+            }
+            return Outcome::Permanent { error };
+        }
         let sent = send(&mut connection, &email);
         let reusable = !connection.has_broken() && sent.is_ok();
         match self.pool.lock() {

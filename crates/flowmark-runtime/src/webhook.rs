@@ -444,6 +444,7 @@ mod tests {
             subject_id: "c1",
             attempt: 1,
             now: Timestamp(1_000),
+            guard: None,
         };
         connector.perform(&job)
     }

@@ -396,7 +396,9 @@ async fn set_status(State(app): State<App>, _admin: Admin, Path((id, action)): P
 async fn metrics(State(app): State<App>, _admin: Admin) -> Response {
     let page = query_owner(&app, |engine, _| {
         let durability = engine.store().durability();
-        engine.store().outbox_depth().map(|depth| crate::metrics::render(engine.stats(), depth, durability.as_deref()))
+        let dispatch = crate::metrics::Dispatch { in_flight: engine.in_flight(), connectors: engine.connector_stats() };
+        let depth = engine.store().outbox_depth()?;
+        Ok(crate::metrics::render(engine.stats(), depth, &dispatch, durability.as_deref()))
     });
     match page.await {
         Ok(text) => {

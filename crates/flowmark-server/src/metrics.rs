@@ -6,10 +6,19 @@
 
 use std::fmt::Write;
 
-use flowmark_runtime::{LATENESS_BUCKETS_MS, Stats};
+use std::collections::BTreeMap;
+
+use flowmark_runtime::{ATTEMPT_BUCKETS_MS, ConnectorStats, LATENESS_BUCKETS_MS, Stats};
 use flowmark_store::Durability;
 
-pub fn render(stats: &Stats, outbox_depth: u64, wal: Option<&dyn Durability>) -> String {
+/// What the dispatcher has out at the workers: claims in flight, and each connector's
+/// attempts so far.
+pub struct Dispatch<'a> {
+    pub in_flight: usize,
+    pub connectors: &'a BTreeMap<String, ConnectorStats>,
+}
+
+pub fn render(stats: &Stats, outbox_depth: u64, dispatch: &Dispatch<'_>, wal: Option<&dyn Durability>) -> String {
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, value: u64| {
         let _ = writeln!(out, "# HELP flowmark_{name} {help}\n# TYPE flowmark_{name} counter\nflowmark_{name} {value}");
@@ -42,6 +51,31 @@ pub fn render(stats: &Stats, outbox_depth: u64, wal: Option<&dyn Durability>) ->
         "# HELP flowmark_outbox_depth Effects waiting to be performed.\n# TYPE flowmark_outbox_depth gauge"
     );
     let _ = writeln!(out, "flowmark_outbox_depth {outbox_depth}");
+    let _ = writeln!(
+        out,
+        "# HELP flowmark_effects_in_flight Effects claimed and being performed by workers.\n\
+         # TYPE flowmark_effects_in_flight gauge\nflowmark_effects_in_flight {}",
+        dispatch.in_flight
+    );
+    let name = "flowmark_effect_attempt_seconds";
+    let _ = writeln!(out, "# HELP {name} How long connectors' attempts took, by connector.\n# TYPE {name} histogram");
+    for (connector, counts) in dispatch.connectors {
+        for (count, bound_ms) in counts.latency_buckets.iter().zip(ATTEMPT_BUCKETS_MS) {
+            let le = bound_ms as f64 / 1000.0;
+            let _ = writeln!(out, "{name}_bucket{{connector=\"{connector}\",le=\"{le}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{connector=\"{connector}\",le=\"+Inf\"}} {}", counts.attempts);
+        let _ = writeln!(out, "{name}_sum{{connector=\"{connector}\"}} {}", counts.latency_ms_sum as f64 / 1000.0);
+        let _ = writeln!(out, "{name}_count{{connector=\"{connector}\"}} {}", counts.attempts);
+    }
+    let name = "flowmark_effect_timeouts_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Attempts that got no answer within the connector's timeout.\n# TYPE {name} counter"
+    );
+    for (connector, counts) in dispatch.connectors {
+        let _ = writeln!(out, "{name}{{connector=\"{connector}\"}} {}", counts.timeouts);
+    }
     let name = "flowmark_timer_lateness_seconds";
     let _ = writeln!(out, "# HELP {name} How long after their due time timers fired.\n# TYPE {name} histogram");
     for (count, bound_ms) in stats.timer_lateness_buckets.iter().zip(LATENESS_BUCKETS_MS) {
@@ -66,7 +100,20 @@ mod tests {
             timer_lateness_ms_sum: 205,
             ..Stats::default()
         };
-        let text = render(&stats, 4, None);
+        let mut connectors = BTreeMap::new();
+        let smtp = ConnectorStats {
+            attempts: 2,
+            timeouts: 1,
+            latency_buckets: [0, 0, 0, 1, 1, 1, 1, 1],
+            latency_ms_sum: 61_200,
+        };
+        connectors.insert("smtp".to_owned(), smtp);
+        let text = render(&stats, 4, &Dispatch { in_flight: 3, connectors: &connectors }, None);
+        assert!(text.contains("flowmark_effects_in_flight 3\n"));
+        assert!(text.contains("flowmark_effect_attempt_seconds_bucket{connector=\"smtp\",le=\"0.5\"} 1\n"));
+        assert!(text.contains("flowmark_effect_attempt_seconds_bucket{connector=\"smtp\",le=\"+Inf\"} 2\n"));
+        assert!(text.contains("flowmark_effect_attempt_seconds_sum{connector=\"smtp\"} 61.2\n"));
+        assert!(text.contains("flowmark_effect_timeouts_total{connector=\"smtp\"} 1\n"));
         assert!(text.contains("# TYPE flowmark_events_ingested_total counter\nflowmark_events_ingested_total 3\n"));
         assert!(text.contains("flowmark_outbox_depth 4\n"));
         assert!(text.contains("flowmark_timer_lateness_seconds_bucket{le=\"0.01\"} 1\n"));

@@ -26,8 +26,9 @@ use std::thread;
 use std::time::Duration as StdDuration;
 
 use flowmark_core::Timestamp;
+use flowmark_runtime::workers::Workers;
 use flowmark_runtime::{
-    Connectors, Engine, Error, Incoming, Ingested, SEGMENT_SWEEP_PAGE_COUNT, StartRequest, Started,
+    Connectors, Engine, Error, Incoming, Ingested, SEGMENT_SWEEP_PAGE_COUNT, Slots, StartRequest, Started,
 };
 use flowmark_store::Store;
 use tokio::sync::oneshot;
@@ -41,10 +42,14 @@ pub const TICK: StdDuration = StdDuration::from_millis(200);
 /// Timers fired per round; when a round is full, the next one starts at once instead of
 /// after `TICK`.
 const TIMERS_PER_ROUND_MAX: usize = 2000;
-/// Effects attempted per round, and so per commit. Effects are performed before the commit
-/// that records them, so a crash repeats at most one round (under the same keys): kept small,
-/// because a repeated email is a visible mistake.
+/// Outbox rows one claim round reads, and so applies, claims or holds in one commit.
 const EFFECTS_PER_ROUND_MAX: usize = 256;
+/// How often the owner looks for the workers' outcomes while effects are in flight and no
+/// command arrives: an outcome waits this long at most to be committed.
+const IN_FLIGHT_POLL: StdDuration = StdDuration::from_millis(2);
+/// How long a stopping owner waits for the effects in flight to come back, so a restart does
+/// not repeat them; what is still out then is claimed again once its lease passes.
+const STOP_GRACE: StdDuration = StdDuration::from_secs(10);
 /// Schedules worked on per round (each starts up to `SCHEDULE_PAGE_COUNT` runs).
 const SCHEDULES_PER_TICK_MAX: usize = 4;
 /// Events (or runs to start) one group commit takes from the queue: ingestion commands
@@ -115,9 +120,18 @@ impl Owner {
                 let mut last_housekeeping = std::time::Instant::now();
                 let mut last_digests: Option<std::time::Instant> = None;
                 let mut dispatching = Dispatching { last: std::time::Instant::now(), full: false };
+                // Effects leave through workers: the owner claims them, the workers perform
+                // them on their own threads, and their outcomes come back here to be committed.
+                let workers = Workers::new(&connectors, now);
                 let mut busy = false;
                 loop {
-                    let wait = if busy { StdDuration::ZERO } else { TICK };
+                    let wait = if busy {
+                        StdDuration::ZERO
+                    } else if engine.in_flight() > 0 {
+                        IN_FLIGHT_POLL
+                    } else {
+                        TICK
+                    };
                     match inbox.recv_timeout(wait) {
                         Ok(Command::Ingest { messages, reply }) => {
                             let _ = survive(&mut engine, "ingestion", |engine| {
@@ -137,12 +151,27 @@ impl Owner {
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
+                    let Some(freed) = survive(&mut engine, "recording effects", |engine| record(engine, &workers))
+                    else {
+                        tracing::error!("recording the workers' outcomes failed on a bug; stopping the server");
+                        std::process::exit(70);
+                    };
+                    if freed {
+                        // Workers came free: the next effects go to them now, not at the next tick.
+                        let round = survive(&mut engine, "dispatching", |engine| {
+                            dispatch_round(engine, &mut connectors, &workers, &mut dispatching)
+                        });
+                        if round.is_none() {
+                            tracing::error!("dispatching effects failed on a bug; stopping the server");
+                            std::process::exit(70);
+                        }
+                    }
                     if !busy && last_housekeeping.elapsed() < HOUSEKEEPING_EVERY {
                         continue;
                     }
                     last_housekeeping = std::time::Instant::now();
                     let round = survive(&mut engine, "housekeeping", |engine| {
-                        housekeeping(engine, &mut connectors, &mut last_digests, &mut dispatching)
+                        housekeeping(engine, &mut connectors, &workers, &mut last_digests, &mut dispatching)
                     });
                     match round {
                         Some(full) => busy = full,
@@ -151,6 +180,20 @@ impl Owner {
                             std::process::exit(70);
                         }
                     }
+                }
+                // Stopping: what is in flight comes back first, so a restart need not repeat it.
+                let stop_by = std::time::Instant::now() + STOP_GRACE;
+                while engine.in_flight() > 0 && std::time::Instant::now() < stop_by {
+                    thread::sleep(IN_FLIGHT_POLL);
+                    if survive(&mut engine, "recording effects", |engine| record(engine, &workers)).is_none() {
+                        break;
+                    }
+                }
+                if engine.in_flight() > 0 {
+                    tracing::warn!(
+                        in_flight = engine.in_flight(),
+                        "stopping with effects in flight; they are claimed again once their leases pass"
+                    );
                 }
             })
             .expect("the owner thread starts");
@@ -208,6 +251,7 @@ const DISPATCH_WHILE_DEFERRED_EVERY: StdDuration = StdDuration::from_millis(100)
 fn housekeeping(
     engine: &mut Engine<ServerStore>,
     connectors: &mut Connectors,
+    workers: &Workers,
     last_digests: &mut Option<std::time::Instant>,
     dispatching: &mut Dispatching,
 ) -> bool {
@@ -236,13 +280,46 @@ fn housekeeping(
     if deferred && !dispatching.full && dispatching.last.elapsed() < DISPATCH_WHILE_DEFERRED_EVERY {
         return fired == TIMERS_PER_ROUND_MAX || swept == SEGMENT_SWEEP_PAGE_COUNT;
     }
-    dispatching.last = std::time::Instant::now();
-    let dispatched = engine.dispatch(now, EFFECTS_PER_ROUND_MAX, connectors).unwrap_or_else(|error| {
-        tracing::error!(%error, "dispatching effects failed");
-        0
-    });
-    dispatching.full = dispatched == EFFECTS_PER_ROUND_MAX;
+    dispatch_round(engine, connectors, workers, dispatching);
     fired == TIMERS_PER_ROUND_MAX || dispatching.full || swept == SEGMENT_SWEEP_PAGE_COUNT
+}
+
+/// Claims what the connectors' free workers can take and hands it to them; the owner does
+/// not wait for them. A round is full when it read as many rows as it may and found workers
+/// for them: the next starts at once.
+fn dispatch_round(
+    engine: &mut Engine<ServerStore>,
+    connectors: &mut Connectors,
+    workers: &Workers,
+    dispatching: &mut Dispatching,
+) {
+    dispatching.last = std::time::Instant::now();
+    match engine.claim(now(), EFFECTS_PER_ROUND_MAX, connectors, Slots::Free) {
+        Ok(claimed) => {
+            dispatching.full = claimed.read == EFFECTS_PER_ROUND_MAX && claimed.held == 0;
+            workers.start(claimed.batches());
+        }
+        Err(error) => {
+            tracing::error!(%error, "claiming effects failed");
+            dispatching.full = false;
+        }
+    }
+}
+
+/// Commits what the workers gave since the last look, and the attempts past their deadline
+/// as failed; `true` when something was recorded (workers came free).
+fn record(engine: &mut Engine<ServerStore>, workers: &Workers) -> bool {
+    let now = now();
+    let mut performed = workers.collect();
+    performed.extend(engine.timed_out(now));
+    if performed.is_empty() {
+        return false;
+    }
+    if let Err(error) = engine.record_performed(performed, now) {
+        // The effects stay claimed; once their leases pass they are claimed again.
+        tracing::error!(%error, "recording the outcomes of effects failed");
+    }
+    true
 }
 
 /// A kind of command that is committed in groups: how to take one from the queue, and how

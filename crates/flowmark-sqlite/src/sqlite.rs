@@ -535,6 +535,17 @@ fn merge_contact(
     Ok((Contact { id: change.id.to_owned(), traits, timezone, updated_at: now }, bytes))
 }
 
+/// The columns an attempt's outcome writes: status, when it is next ready, result. `None`
+/// for what is not an outcome (a deferral, a claim).
+fn outcome_columns(attempt: &Attempt, now: Timestamp) -> Option<(&'static str, Timestamp, Option<String>)> {
+    match attempt {
+        Attempt::Done { detail } => Some(("done", now, detail.clone())),
+        Attempt::Retry { at, error } => Some(("pending", *at, Some(error.clone()))),
+        Attempt::Failed { error } => Some(("failed", now, Some(error.clone()))),
+        Attempt::Deferred { .. } | Attempt::Claimed { .. } => None,
+    }
+}
+
 /// The statements of `Store::write`, run inside the caller's transaction. Returns the contacts
 /// as the batch wrote them, for the cache once the batch is committed.
 fn write_batch<'b>(
@@ -549,6 +560,7 @@ fn write_batch<'b>(
         transitions,
         trail,
         attempts,
+        outcomes: claimed,
         schedules,
         score_changes,
         settings,
@@ -692,15 +704,32 @@ fn write_batch<'b>(
                 .db()?;
             continue;
         }
-        let (status, next, result) = match attempt {
-            Attempt::Done { detail } => ("done", now, detail.clone()),
-            Attempt::Retry { at, error } => ("pending", *at, Some(error.clone())),
-            Attempt::Failed { error } => ("failed", now, Some(error.clone())),
-            Attempt::Deferred { .. } => continue,
-        };
+        if let Attempt::Claimed { until } = attempt {
+            tx.prepare_cached(
+                "UPDATE outbox SET next_attempt_at = ?2, attempts = attempts + 1 WHERE key = ?1 AND status = 'pending'",
+            )
+            .db()?
+            .execute(params![key, until.ms()])
+            .db()?;
+            continue;
+        }
+        let Some((status, next, result)) = outcome_columns(attempt, now) else { continue };
         record.execute(params![key, status, next.ms(), result]).db()?;
     }
     drop(record);
+    // A claimed attempt's outcome counts only while that attempt is the latest: a worker
+    // that answers after its lease passed finds the effect claimed again, and changes nothing.
+    let mut performed = tx
+        .prepare_cached(
+            "UPDATE outbox SET status = ?2, next_attempt_at = ?3, result = ?4
+         WHERE key = ?1 AND status = 'pending' AND attempts = ?5",
+        )
+        .db()?;
+    for (key, number, attempt) in claimed {
+        let Some((status, next, result)) = outcome_columns(attempt, now) else { continue };
+        performed.execute(params![key, status, next.ms(), result, number]).db()?;
+    }
+    drop(performed);
     for (seq, record) in score_changes.iter().enumerate() {
         tx.prepare_cached(
             "INSERT OR REPLACE INTO score_changes (subject_id, at, seq, model, before, delta, after, reason)
@@ -1860,7 +1889,13 @@ mod tests {
         let result = HistoryEntry {
             at: Timestamp(20),
             step: None,
-            kind: HistoryKind::EffectResult { key: "1-s-1".into(), ok: true, detail: None },
+            kind: HistoryKind::EffectResult {
+                key: "1-s-1".into(),
+                ok: true,
+                detail: None,
+                started: None,
+                attempt: None,
+            },
         };
         store.write(&Batch { trail: vec![(RunId(1), &result)], ..Batch::default() }, Timestamp(20)).unwrap();
         let whats: Vec<Value> = store.history(RunId(1)).unwrap().iter().map(|h| h["what"].clone()).collect();

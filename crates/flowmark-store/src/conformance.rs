@@ -60,6 +60,7 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
     attempts_contacts_and_results_commit_together(make()).expect("attempts_contacts_and_results_commit_together");
     events_are_deduplicated_by_message_id(make()).expect("events_are_deduplicated_by_message_id");
     the_outbox_retries_and_completes(make()).expect("the_outbox_retries_and_completes");
+    claimed_effects_wait_for_their_lease(make()).expect("claimed_effects_wait_for_their_lease");
     start_keys_find_the_run_they_started(make()).expect("start_keys_find_the_run_they_started");
     a_runs_transitions_in_one_batch_read_back_in_order(make())
         .expect("a_runs_transitions_in_one_batch_read_back_in_order");
@@ -393,6 +394,38 @@ pub fn the_outbox_retries_and_completes(mut store: Box<dyn Store>) -> Result<(),
     assert_eq!(store.outbox_depth()?, 0);
     store.record_attempt(&key, &Attempt::Failed { error: "late".into() }, later)?;
     assert_eq!(store.outbox_depth()?, 0, "a finished effect stays finished");
+    Ok(())
+}
+
+/// A claimed effect is not ready before its lease passes; after it, it is ready again under
+/// the same key with the attempt counted; a late outcome of the earlier attempt changes
+/// nothing, the latest attempt's outcome finishes it.
+pub fn claimed_effects_wait_for_their_lease(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let workflow = workflow();
+    let t = start(&workflow, 1, "c-1");
+    store.commit(&[&t], T0)?;
+    let key = t.effects[0].key.clone();
+    let lease = Timestamp(T0.ms() + 90_000);
+    store.record_attempt(&key, &Attempt::Claimed { until: lease }, T0)?;
+    assert!(store.ready_effects(Timestamp(lease.ms() - 1), 10)?.is_empty(), "not while the lease holds");
+    assert_eq!(store.outbox_depth()?, 1, "a claimed effect is still owed");
+    let ready = store.ready_effects(lease, 10)?;
+    assert_eq!((ready.len(), ready.entries[0].key.as_str(), ready.entries[0].attempts), (1, key.as_str(), 1));
+    // Claimed again (attempt 2); attempt 1's worker answers late: nothing changes.
+    let second = Timestamp(lease.ms() + 90_000);
+    store.record_attempt(&key, &Attempt::Claimed { until: second }, lease)?;
+    let late = Attempt::Failed { error: "late".into() };
+    store.write(&Batch { outcomes: vec![(key.as_str(), 1, &late)], ..Batch::default() }, lease)?;
+    assert_eq!(store.outbox_depth()?, 1, "a stale outcome does not finish the effect");
+    let retry = Attempt::Retry { at: Timestamp(lease.ms() + 5), error: "421 busy".into() };
+    store.write(&Batch { outcomes: vec![(key.as_str(), 2, &retry)], ..Batch::default() }, lease)?;
+    let ready = store.ready_effects(Timestamp(lease.ms() + 5), 10)?;
+    assert_eq!(ready.entries[0].attempts, 2, "an outcome is not counted as another attempt");
+    store.record_attempt(&key, &Attempt::Claimed { until: second }, lease)?;
+    let done = Attempt::Done { detail: Some("250 ok".into()) };
+    store.write(&Batch { outcomes: vec![(key.as_str(), 3, &done)], ..Batch::default() }, lease)?;
+    assert_eq!(store.outbox_depth()?, 0);
+    assert!(store.ready_effects(Timestamp(i64::MAX), 10)?.is_empty());
     Ok(())
 }
 

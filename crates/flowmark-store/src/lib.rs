@@ -134,6 +134,14 @@ pub enum Attempt {
     Deferred {
         at: Timestamp,
     },
+    /// Handed to a worker, which performs it apart from the writer: counted as an attempt
+    /// (the entry's `attempts` becomes this attempt's number), and not ready again before
+    /// `until` (the lease). The worker's outcome is recorded with `Batch::outcomes`; should
+    /// none come (the worker died, the process stopped), the effect is ready again once the
+    /// lease has passed, under the same key.
+    Claimed {
+        until: Timestamp,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +268,11 @@ pub struct Batch<'a> {
     pub trail: Vec<(RunId, &'a HistoryEntry)>,
     /// Outcomes of effect attempts, by effect key; only a pending effect is updated.
     pub attempts: Vec<(&'a str, &'a Attempt)>,
+    /// Outcomes of claimed attempts (`Attempt::Claimed`), as `(key, attempt number,
+    /// outcome)`, applied after `attempts`: one is recorded only while the effect is pending
+    /// and its latest attempt is that number, so a worker that answers after its lease passed
+    /// and the effect was claimed again changes nothing. Not counted again as an attempt.
+    pub outcomes: Vec<(&'a str, u32, &'a Attempt)>,
     /// Applied after the attempts, in order.
     pub schedules: Vec<ScheduleChange<'a>>,
     /// Score changes appended to the score history.
@@ -291,6 +304,7 @@ impl Batch<'_> {
             && self.transitions.is_empty()
             && self.trail.is_empty()
             && self.attempts.is_empty()
+            && self.outcomes.is_empty()
             && self.schedules.is_empty()
             && self.merges.is_empty()
             && self.settings.is_empty()

@@ -37,7 +37,7 @@ enum Command {
     /// Dry-run a workflow over a synthetic population in virtual time and report per step.
     Simulate(simulate::Args),
     /// Run the server: Segment-compatible ingestion, the HTTP API, timers and effects, on SQLite.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Measure: ingestion over HTTP, durable journeys, timer storms, fsync (JSON lines out).
     Bench(bench::Args),
     /// Explain a run step by step: conditions, the values they read, paths taken, holds and skips.

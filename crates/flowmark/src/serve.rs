@@ -87,6 +87,10 @@ pub struct Args {
     /// Webhook requests started per second at most; unlimited when left out.
     #[arg(long, value_name = "RATE", value_parser = positive_rate)]
     webhook_per_second: Option<f64>,
+    /// Seconds one attempt at an effect (an email, a webhook call) may take before it counts
+    /// as failed and is retried; the peer's slow answer never holds up anything else.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
+    effect_timeout: u64,
     /// Accept signed webhooks at `POST /hooks/{source}`, verified with this secret (`whsec_…`;
     /// repeat or comma-separate for several).
     #[arg(long = "inbound-webhook-secret", env = "FLOWMARK_INBOUND_WEBHOOK_SECRET", value_delimiter = ',')]
@@ -219,10 +223,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             LogConnector::to_file(path).with_context(|| format!("cannot open the effects log {}", path.display()))?
         }
     };
+    let timeout = flowmark_core::Duration(args.effect_timeout * 1000);
     let limits = |concurrency: u64, per_second: Option<f64>| Limits {
         concurrency: concurrency as usize,
         per_second,
         burst: per_second.map_or(1, |rate| rate.ceil() as u32),
+        timeout,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;

@@ -523,6 +523,13 @@ pub enum HistoryKind {
         key: String,
         ok: bool,
         detail: Option<String>,
+        /// When the attempt that gave this result started (the entry's `at` is when it
+        /// ended); absent for effects applied inside Flowmark.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        started: Option<Timestamp>,
+        /// Which attempt gave it (1 for the first).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
     },
     Waiting {
         until: Option<Timestamp>,
@@ -692,7 +699,38 @@ pub fn effect_result(
         .and_then(|rest| rest.rsplit_once('-'))
         .and_then(|(step, _)| workflow.step_index(step))
         .map(|at| workflow.step(at).id.clone());
-    HistoryEntry { at: now, step, kind: HistoryKind::EffectResult { key: key.to_owned(), ok, detail } }
+    HistoryEntry {
+        at: now,
+        step,
+        kind: HistoryKind::EffectResult { key: key.to_owned(), ok, detail, started: None, attempt: None },
+    }
+}
+
+/// When and on which attempt a performed effect's result came: a connector's attempt, timed
+/// as it happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EffectTiming {
+    pub started: Timestamp,
+    pub ended: Timestamp,
+    pub attempt: u32,
+}
+
+/// `effect_result` for an attempt a connector performed: the entry is at the attempt's end
+/// and says when it started and which attempt it was.
+pub fn timed_effect_result(
+    workflow: &Workflow,
+    run: RunId,
+    key: &str,
+    ok: bool,
+    detail: Option<String>,
+    timing: EffectTiming,
+) -> HistoryEntry {
+    let mut entry = effect_result(workflow, run, key, ok, detail, timing.ended);
+    if let HistoryKind::EffectResult { started, attempt, .. } = &mut entry.kind {
+        *started = Some(timing.started);
+        *attempt = Some(timing.attempt);
+    }
+    entry
 }
 
 /// Applies a score change to a subject's data (`scores.<model>`): what the runtime's

@@ -88,7 +88,13 @@ impl Driver<'_> {
                 std::slice::from_ref(&expected),
                 "a result adds exactly its `effect_result` entry"
             );
-            let kind = HistoryKind::EffectResult { key: key.clone(), ok: *ok, detail: detail.clone() };
+            let kind = HistoryKind::EffectResult {
+                key: key.clone(),
+                ok: *ok,
+                detail: detail.clone(),
+                started: None,
+                attempt: None,
+            };
             assert_eq!((expected.at, expected.kind), (self.now, kind), "the entry records the input");
             // Keys here are `<run>-<step>-<n>`, of steps the workflow has.
             let step = key.split_once('-').and_then(|(_, rest)| rest.rsplit_once('-')).map(|(step, _)| step);

@@ -9,8 +9,11 @@
 use flowmark_core::Timestamp;
 use flowmark_store::{Error, Session, Store};
 
+use serde_json::Value;
+
 use super::Engine;
 use crate::import::{Imported, Row};
+use crate::suppressions::Suppressions;
 
 impl<S: Store> Engine<S> {
     /// Sets a web UI account's password hash (the account is made if new).
@@ -33,6 +36,24 @@ impl<S: Store> Engine<S> {
     /// segments now rather than at the next one.
     pub fn import_contacts(&mut self, rows: &[Row], checkpoint: &str, now: Timestamp) -> Result<Imported, Error> {
         let imported = crate::import::write_rows(&mut self.store, rows, checkpoint, now, |_| {})?;
+        // Sends already handed to workers are checked against the suppressions it imported.
+        for row in rows {
+            let mut change = Value::Object(row.traits.clone());
+            if let Some(dnc) = row.do_not_contact {
+                change[crate::UNSUBSCRIBED_TRAIT] = Value::Bool(dnc);
+            }
+            if !Suppressions::concerns(&change) {
+                continue;
+            }
+            let id = match (&row.id, &row.email) {
+                (Some(id), _) => Some(id.clone()),
+                (None, Some(email)) => self.store.contact_id_by_email(email)?,
+                (None, None) => None,
+            };
+            if let Some(contact) = id.map(|id| self.store.contact(&id)).transpose()?.flatten() {
+                self.suppressions.note(&contact.id, &contact.traits, now);
+            }
+        }
         self.restart_segment_sweep(now);
         Ok(imported)
     }

@@ -1,31 +1,40 @@
 //! The dispatcher: effects from the outbox performed through the connectors, after the
-//! commit that queued them.
+//! commit that queued them, by workers apart from the writer.
 //!
-//! A round reads the ready effects, applies the internal ones (score changes, subject
-//! updates, subflow starts) and the notifications of people's work in its own unit, renders
-//! messages from the subject's data at that moment, hands what leaves Flowmark to each
-//! connector within its limits, and commits every attempt's outcome, the results fed back to
-//! the runs and what they cause in one transaction.
+//! A dispatch is two units of work with the network between them. **Claiming** reads the
+//! ready effects, applies the internal ones (score changes, subject updates, subflow starts)
+//! and the notifications of people's work, renders messages from the subject's data at that
+//! moment, and marks each effect that leaves Flowmark claimed, with a lease, within its
+//! connector's concurrency and rate: all committed in one transaction. The claims then go to
+//! workers, which perform them off the writer (the server's), or on the spot (`dispatch`,
+//! for the CLI, tests and simulations). **Recording** commits what the attempts gave, as they
+//! come back, with the results fed back to their runs, timed as they happened.
 //!
 //! Invariants: nothing is performed on the strength of a commit that is not durable yet
 //! (`Store::make_durable` first); an effect this version cannot read is held, never
-//! performed or dropped; a crash before the round's commit repeats its attempts under the
-//! same keys, a crash after it leaves nothing to redo.
+//! performed or dropped; an effect is performed by at most one claim at a time while its
+//! lease holds, and one whose worker never answered (it hung, died, or the process stopped)
+//! is claimed again once its lease passes, under the same key; an outcome counts only for the
+//! attempt that is in flight (a late answer after a timeout or a new claim changes nothing);
+//! a marketing message is checked against the suppressions committed since its claim just
+//! before it leaves.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{
-    EffectKind, Event, Facts, Input, ParentRun, RenderContext, Run, RunId, RunStatus, apply_update, effect_result,
-    handle,
+    EffectKind, EffectTiming, Event, Facts, Input, ParentRun, RenderContext, Run, RunId, RunStatus, apply_update,
+    effect_result, handle, timed_effect_result,
 };
+use flowmark_core::model::Channel;
 use flowmark_core::render::{Message, render_step_message};
 use flowmark_store::{Attempt, OutboxEffect, OutboxEntry, ReadyEffects, Store};
 use serde_json::Value;
 
 use super::ingest::Unit;
 use super::{Engine, Error, Incoming, Needs, RunRef, people, version_of};
-use crate::connector::{Connector, Connectors, Job, Outbound, Outcome};
+use crate::connector::{Connector, Connectors, Guard, Job, Outbound, Outcome};
 use crate::retry;
 use crate::segments::Change;
 
@@ -33,27 +42,225 @@ use crate::segments::Change;
 /// hour): long enough not to fill the log, short enough for a rolled-back upgrade.
 pub const UNREADABLE_EFFECT_HOLD_MS: i64 = 3_600_000;
 
+/// How long a claim's lease outlasts its attempt's deadline (5 s): the writer records a
+/// timeout within milliseconds of the deadline, so a lease passes only when the writer itself
+/// stopped (a crash, a restart) or stalled; then the effect is claimed again, under its key.
+pub const LEASE_MARGIN_MS: i64 = 5_000;
+
+/// What each claim ahead of one in its batch adds to its deadline (half a second): batches
+/// are sized to about `WORKER_BATCH_MS` of work, so this is generous, and a hanging claim
+/// holds those behind it at most this much longer each.
+const TURN_ALLOWANCE_MS: u64 = 500;
+
+/// How long an effect whose connector has no free worker waits before it is read again (a
+/// second): it goes behind the effects of other connectors, so a long queue of emails cannot
+/// hold up a webhook.
+pub const NO_WORKER_HOLD_MS: i64 = 1_000;
+
+/// How many effects a claim may hand to each connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slots {
+    /// As many as the rate admits: they are performed on the spot, `concurrency` at a time.
+    All,
+    /// As many as the connector has workers free (its concurrency less what is in flight).
+    Free,
+}
+
+/// An effect claimed for a worker: all it takes to perform it, owned.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The idempotency key, the same on every attempt.
+    pub key: String,
+    /// Which attempt this claim is (1 for the first).
+    pub attempt: u32,
+    /// The connector's route in the registry, and its name.
+    pub route: usize,
+    /// The batch it is performed in: one worker performs a batch's claims in turn.
+    pub batch: u64,
+    pub connector: String,
+    pub effect: OutboxEffect,
+    pub message: Option<Message>,
+    pub subject_id: String,
+    /// For a marketing message to a contact: checked again just before it leaves.
+    pub guard: Option<Guard>,
+    pub claimed_at: Timestamp,
+    /// When the attempt counts as failed (its connector's timeout).
+    pub deadline: Timestamp,
+    /// The run its result goes back to; `None` for a person's notification.
+    run: Option<ClaimedRun>,
+    retry_delays: Option<&'static [u64]>,
+}
+
+#[derive(Debug, Clone)]
+struct ClaimedRun {
+    id: RunId,
+    workflow_id: String,
+    version: u32,
+}
+
+impl Claim {
+    /// The job a connector performs for this claim, starting at `now`.
+    pub fn job(&self, now: Timestamp) -> Job<'_> {
+        Job {
+            key: &self.key,
+            effect: &self.effect,
+            message: self.message.as_ref(),
+            subject_id: &self.subject_id,
+            attempt: self.attempt,
+            now,
+            guard: self.guard.as_ref(),
+        }
+    }
+
+    /// Performs the claim through `connector`: refused without calling it when its contact
+    /// was suppressed since the claim.
+    pub fn perform(&self, connector: &dyn Connector, now: Timestamp) -> Outcome {
+        let job = self.job(now);
+        if let Some(error) = job.refusal() {
+            return Outcome::Permanent { error };
+        }
+        connector.perform(&job)
+    }
+}
+
+/// An effect bound for a connector, before it is claimed: its index among the ready
+/// entries, its rendered message, its subject, and the channel to check before it leaves.
+type Outgoing = (usize, Option<Message>, String, Option<Channel>);
+
+/// What one claimed attempt gave, timed as it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Performed {
+    pub key: String,
+    pub attempt: u32,
+    pub started: Timestamp,
+    pub ended: Timestamp,
+    pub outcome: Outcome,
+    /// No answer came within the connector's timeout (`Engine::timed_out`).
+    pub timed_out: bool,
+}
+
+/// What a claim took from the outbox.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// The effects to perform, handed to workers.
+    pub claims: Vec<Arc<Claim>>,
+    /// How many outbox rows the claim read (applied, deferred, held or claimed).
+    pub read: usize,
+    /// How many of them found no free worker (`NO_WORKER_HOLD_MS`).
+    pub held: usize,
+}
+
+impl Claimed {
+    /// The claims by batch, each in the order its worker performs them.
+    pub fn batches(self) -> Vec<Vec<Arc<Claim>>> {
+        let mut batches: BTreeMap<u64, Vec<Arc<Claim>>> = BTreeMap::new();
+        for claim in self.claims {
+            batches.entry(claim.batch).or_default().push(claim);
+        }
+        batches.into_values().collect()
+    }
+}
+
+/// What each connector's attempts did, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectorStats {
+    /// Attempts that came back (timeouts included).
+    pub attempts: u64,
+    /// Attempts that took longer than the connector's timeout.
+    pub timeouts: u64,
+    /// How long attempts took, cumulative counts per `ATTEMPT_BUCKETS_MS` bound, and the sum.
+    pub latency_buckets: [u64; ATTEMPT_BUCKETS_MS.len()],
+    pub latency_ms_sum: u64,
+}
+
+/// The upper bounds (ms) of the attempt latency histogram.
+pub const ATTEMPT_BUCKETS_MS: [u64; 8] = [10, 50, 100, 500, 1_000, 5_000, 15_000, 60_000];
+
+/// The effects in flight at the workers, by key, and what their attempts did.
+#[derive(Debug, Default)]
+pub(super) struct Dispatching {
+    in_flight: HashMap<String, Arc<Claim>>,
+    connectors: BTreeMap<String, ConnectorStats>,
+    /// How long each route's attempts took lately (ms, a moving average), by route.
+    latency_ms: HashMap<usize, f64>,
+    next_batch: u64,
+}
+
+/// The most claims one worker takes in a batch.
+pub const WORKER_BATCH_MAX: usize = 32;
+/// About how long one batch should keep a worker busy (ms): a connector that answers in a
+/// millisecond takes batches of `WORKER_BATCH_MAX`, one that takes a second one at a time.
+const WORKER_BATCH_MS: f64 = 250.0;
+
+impl Dispatching {
+    /// How many claims a worker of `route` takes at once, by how fast it answered lately:
+    /// one until it has answered.
+    fn batch_size(&self, route: usize) -> usize {
+        match self.latency_ms.get(&route) {
+            None => 1,
+            Some(ms) => ((WORKER_BATCH_MS / ms.max(1.0)) as usize).clamp(1, WORKER_BATCH_MAX),
+        }
+    }
+
+    fn observe(&mut self, route: usize, took_ms: u64) {
+        let took = took_ms as f64;
+        let average = self.latency_ms.entry(route).or_insert(took);
+        *average = 0.8 * *average + 0.2 * took;
+    }
+}
+
 impl<S: Store> Engine<S> {
-    /// Attempts up to `limit` ready effects through `connectors`; returns how many it took
-    /// from the outbox. Internal effects (score changes, subject updates, subflow starts) are
-    /// applied here; the others go to the connector registered for their kind, within its
-    /// concurrency and rate limit (effects the rate holds back are deferred, not attempted).
-    ///
-    /// What the attempts gave, the subject changes, the results fed back to the runs, and what
-    /// those cause (a parent whose subflow could not start moves on) are committed in one
-    /// transaction: a crash after it leaves nothing to redo, a crash before it redoes the
-    /// attempts under the same keys.
+    /// Claims up to `limit` ready effects and performs them on the spot through
+    /// `connectors`, `concurrency` at a time; returns how many it took from the outbox. The
+    /// claims and what the attempts gave are committed in two units of work (`claim`,
+    /// `record_performed`): a crash between them repeats the attempts once their leases pass,
+    /// under the same keys.
     pub fn dispatch(&mut self, now: Timestamp, limit: usize, connectors: &mut Connectors) -> Result<usize, Error> {
-        self.store.begin()?;
-        let result = self.dispatch_unit(now, limit, connectors);
-        self.store.finish();
+        let claimed = self.claim(now, limit, connectors, Slots::All)?;
+        if claimed.claims.is_empty() {
+            return Ok(claimed.read);
+        }
+        let mut by_route: Vec<Vec<&Claim>> = vec![Vec::new(); connectors.count()];
+        for claim in &claimed.claims {
+            by_route[claim.route].push(claim);
+        }
+        let mut performed = Vec::with_capacity(claimed.claims.len());
+        for (route, claims) in by_route.into_iter().enumerate() {
+            if claims.is_empty() {
+                continue;
+            }
+            let connector = connectors.connector(route).clone();
+            performed.extend(perform_all(&*connector, connectors.concurrency(route), now, &claims));
+            tracing::trace!(connector = connectors.name(route), performed = claims.len(), "dispatched");
+        }
+        self.record_performed(performed, now)?;
         self.store_gone_endpoints(connectors);
+        Ok(claimed.read)
+    }
+
+    /// Claims up to `limit` ready effects: applies the internal ones and notifications,
+    /// renders messages, and marks each effect that leaves Flowmark claimed until its
+    /// connector's timeout plus `LEASE_MARGIN_MS`, within its rate and `slots`; commits all of
+    /// it in one transaction and returns the claims, which are now in flight. What a
+    /// connector's rate holds back is deferred; what finds no free worker waits
+    /// `NO_WORKER_HOLD_MS`.
+    pub fn claim(
+        &mut self,
+        now: Timestamp,
+        limit: usize,
+        connectors: &mut Connectors,
+        slots: Slots,
+    ) -> Result<Claimed, Error> {
+        self.store_gone_endpoints(connectors);
+        self.store.begin()?;
+        let result = self.claim_unit(now, limit, connectors, slots);
+        self.store.finish();
         result
     }
 
-    /// Stores the webhook URLs that answered `410 Gone` in this round, so they stay disabled
-    /// after a restart. A failure keeps them for the next round: in memory they are refused
-    /// already, and a crash before they are stored costs at most one more `410` each.
+    /// Stores the webhook URLs that answered `410 Gone` since the last round, so they stay
+    /// disabled after a restart. A failure keeps them for the next round: in memory they are
+    /// refused already, and a crash before they are stored costs at most one more `410` each.
     fn store_gone_endpoints(&mut self, connectors: &Connectors) {
         let Some(gone) = connectors.gone_endpoints() else { return };
         let new = gone.take_new();
@@ -66,10 +273,61 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    fn dispatch_unit(&mut self, now: Timestamp, limit: usize, connectors: &mut Connectors) -> Result<usize, Error> {
+    /// How many claims are in flight, in all and for one connector's route.
+    pub fn in_flight(&self) -> usize {
+        self.dispatching.in_flight.len()
+    }
+
+    /// How many of a route's workers are busy: the batches with a claim in flight.
+    fn busy_workers(&self, route: usize) -> usize {
+        let batches: HashSet<u64> =
+            self.dispatching.in_flight.values().filter(|claim| claim.route == route).map(|claim| claim.batch).collect();
+        batches.len()
+    }
+
+    /// What each connector's attempts did since the engine started, by connector name.
+    pub fn connector_stats(&self) -> &BTreeMap<String, ConnectorStats> {
+        &self.dispatching.connectors
+    }
+
+    /// The claims in flight whose deadline has passed at `now`, as failed attempts to record
+    /// (`record_performed`): a worker that answers later is not listened to.
+    pub fn timed_out(&self, now: Timestamp) -> Vec<Performed> {
+        let mut late: Vec<Performed> = self
+            .dispatching
+            .in_flight
+            .values()
+            .filter(|claim| claim.deadline <= now)
+            .map(|claim| Performed {
+                key: claim.key.clone(),
+                attempt: claim.attempt,
+                started: claim.claimed_at,
+                ended: now,
+                outcome: Outcome::Retryable {
+                    error: format!(
+                        "no answer from the connector `{}` within {} s",
+                        claim.connector,
+                        claim.deadline.since(claim.claimed_at).ms() / 1000
+                    ),
+                    retry_after: None,
+                },
+                timed_out: true,
+            })
+            .collect();
+        late.sort_by(|a, b| a.key.cmp(&b.key));
+        late
+    }
+
+    fn claim_unit(
+        &mut self,
+        now: Timestamp,
+        limit: usize,
+        connectors: &mut Connectors,
+        slots: Slots,
+    ) -> Result<Claimed, Error> {
         let ReadyEffects { entries: ready, unreadable } = self.store.ready_effects(now, limit)?;
         if ready.is_empty() && unreadable.is_empty() {
-            return Ok(0);
+            return Ok(Claimed::default());
         }
         // What an effect does outside cannot be taken back: the commit that queued it must
         // survive a crash first, or a restart could queue something else in its place.
@@ -81,8 +339,8 @@ impl<S: Store> Engine<S> {
         let mut touched: Vec<(String, String)> = Vec::new();
         // Phase 1, in outbox order: internal effects are applied, messages rendered; what
         // leaves Flowmark becomes a job for its connector.
-        let mut outcomes: Vec<Option<Result<Outcome, Timestamp>>> = vec![None; ready.len()];
-        let mut jobs: Vec<Vec<(usize, Option<Message>, String)>> = vec![Vec::new(); connectors.count()];
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; ready.len()];
+        let mut jobs: Vec<Vec<Outgoing>> = vec![Vec::new(); connectors.count()];
         // The run each effect's result goes back to (none for deliveries and gone runs).
         let mut owners: Vec<Option<RunRef<'_>>> = Vec::with_capacity(ready.len());
         for (index, entry) in ready.iter().enumerate() {
@@ -90,14 +348,14 @@ impl<S: Store> Engine<S> {
                 OutboxEffect::Deliver(delivery) => {
                     // A notification's delivery: to its person, whatever became of the run.
                     let (route, message, to) = people::delivery_message(delivery);
-                    jobs[connectors.route_of(route)].push((index, Some(message), to));
+                    jobs[connectors.route_of(route)].push((index, Some(message), to, None));
                     owners.push(None);
                     continue;
                 }
                 OutboxEffect::Run(kind) => kind,
             };
             let Some(run) = RunRef::owning(entry) else {
-                outcomes[index] = Some(Ok(Outcome::Permanent { error: format!("run {} is gone", entry.run.0) }));
+                outcomes[index] = Some(Outcome::Permanent { error: format!("run {} is gone", entry.run.0) });
                 owners.push(None);
                 continue;
             };
@@ -122,7 +380,7 @@ impl<S: Store> Engine<S> {
                     }
                 }
                 let detail = format!("notified {}", notified.join(", "));
-                outcomes[index] = Some(Ok(Outcome::Done { detail: Some(detail) }));
+                outcomes[index] = Some(Outcome::Done { detail: Some(detail) });
                 owners.push(Some(run));
                 continue;
             }
@@ -135,31 +393,35 @@ impl<S: Store> Engine<S> {
                     touched.push((run.subject_id.to_owned(), entry.key.clone()));
                     unit.score_records.push(record);
                     thresholds.extend(crossings);
-                    outcomes[index] = Some(Ok(Outcome::Done { detail: None }));
+                    outcomes[index] = Some(Outcome::Done { detail: None });
                 }
                 EffectKind::UpdateSubject { set } => {
                     apply_update(&mut subject, set);
                     unit.contact_changes.push((run.subject_id.to_owned(), Value::Object(set.clone()), None));
                     self.subject_in(&mut unit, run.subject_id)?.0 = subject;
                     touched.push((run.subject_id.to_owned(), entry.key.clone()));
-                    outcomes[index] = Some(Ok(Outcome::Done { detail: None }));
+                    outcomes[index] = Some(Outcome::Done { detail: None });
                 }
                 EffectKind::StartRun { workflow, wait } => {
-                    outcomes[index] = Some(Ok(self.start_subflow(run, entry, workflow, *wait, now, &mut unit)?));
+                    outcomes[index] = Some(self.start_subflow(run, entry, workflow, *wait, now, &mut unit)?);
                 }
                 EffectKind::SendMessage { channel, transactional, context } => {
                     let refusal =
                         if *transactional { None } else { flowmark_core::engine::refusal(&subject, *channel) };
                     if let Some(error) = refusal {
-                        outcomes[index] = Some(Ok(Outcome::Permanent { error }));
+                        outcomes[index] = Some(Outcome::Permanent { error });
                     } else {
                         match self.render(run, &entry.key, &entry.step, context, &subject)? {
-                            Ok(message) => jobs[connectors.route_of(Outbound::of_message(&message))].push((
-                                index,
-                                Some(message),
-                                run.subject_id.to_owned(),
-                            )),
-                            Err(error) => outcomes[index] = Some(Ok(Outcome::Permanent { error })),
+                            Ok(message) => {
+                                let guarded = (!*transactional).then_some(*channel);
+                                jobs[connectors.route_of(Outbound::of_message(&message))].push((
+                                    index,
+                                    Some(message),
+                                    run.subject_id.to_owned(),
+                                    guarded,
+                                ))
+                            }
+                            Err(error) => outcomes[index] = Some(Outcome::Permanent { error }),
                         }
                     }
                 }
@@ -167,39 +429,86 @@ impl<S: Store> Engine<S> {
                 | EffectKind::RequestApproval { .. }
                 | EffectKind::Notify { .. }
                 | EffectKind::RecordConversion { .. } => {
-                    jobs[connectors.route_of(Outbound::Other)].push((index, None, run.subject_id.to_owned()))
+                    jobs[connectors.route_of(Outbound::Other)].push((index, None, run.subject_id.to_owned(), None))
                 }
             }
             owners.push(Some(run));
         }
-        // Phase 2: each connector performs what its rate admits, `concurrency` at a time.
-        let mut schedules: Vec<Option<&'static [u64]>> = vec![None; ready.len()];
-        for (route, route_jobs) in jobs.into_iter().enumerate() {
+        // Phase 2: each connector takes what its free workers and its rate admit.
+        let mut attempts: Vec<(String, Attempt, u32)> = Vec::new();
+        let mut claims: Vec<Arc<Claim>> = Vec::new();
+        let mut no_worker = 0;
+        for (route, mut route_jobs) in jobs.into_iter().enumerate() {
             if route_jobs.is_empty() {
                 continue;
             }
-            let admitted = connectors.admit(route, route_jobs.len(), now);
-            for (job, at) in admitted.later {
-                outcomes[route_jobs[job].0] = Some(Err(at));
-            }
-            let going: Vec<&(usize, Option<Message>, String)> =
-                admitted.now.iter().map(|&job| &route_jobs[job]).collect();
-            let connector = connectors.connector(route).clone();
-            if let Some(delays) = connector.retry_delays_ms() {
-                for (index, _, _) in &route_jobs {
-                    schedules[*index] = Some(delays);
+            // With workers, each free one takes a batch, performed in turn: one claim when
+            // the peer is slow, more when it answers fast (`batch_size`), so a fast connector
+            // is not held to one commit per effect.
+            let per_worker = match slots {
+                Slots::All => route_jobs.len(),
+                Slots::Free => self.dispatching.batch_size(route),
+            };
+            if slots == Slots::Free {
+                let free = connectors.concurrency(route).saturating_sub(self.busy_workers(route));
+                let hold = Attempt::Deferred { at: Timestamp(now.ms().saturating_add(NO_WORKER_HOLD_MS)) };
+                for (index, ..) in route_jobs.drain((free * per_worker).min(route_jobs.len())..) {
+                    attempts.push((ready[index].key.clone(), hold.clone(), ready[index].attempts));
+                    no_worker += 1;
                 }
             }
-            for (index, outcome) in perform_all(&*connector, connectors.concurrency(route), now, &ready, &going) {
-                outcomes[index] = Some(Ok(outcome));
+            let admitted = connectors.admit(route, route_jobs.len(), now);
+            for (job, at) in admitted.later {
+                let entry = &ready[route_jobs[job].0];
+                attempts.push((entry.key.clone(), Attempt::Deferred { at }, entry.attempts));
+                self.stats.effects_deferred += 1;
+                tracing::debug!(effect = %entry.key, until = %at, "effect held back by its connector's rate");
             }
-            tracing::trace!(connector = connectors.name(route), performed = going.len(), "dispatched");
+            let taken = admitted.now.len();
+            let workers = taken.div_ceil(per_worker.max(1)).max(1);
+            let first_batch = self.dispatching.next_batch;
+            self.dispatching.next_batch += workers as u64;
+            let timeout = connectors.timeout(route);
+            let retry_delays = connectors.connector(route).retry_delays_ms();
+            for (job, (index, message, subject_id, guarded)) in route_jobs.drain(..taken).enumerate() {
+                let entry = &ready[index];
+                // Claims are dealt to the batches in turn; one waits for those before it in
+                // its batch, and its deadline and lease say so.
+                let ahead = (job / workers) as u64;
+                let deadline = now.plus(flowmark_core::Duration(timeout.0 + ahead * TURN_ALLOWANCE_MS));
+                let lease = Attempt::Claimed { until: Timestamp(deadline.ms().saturating_add(LEASE_MARGIN_MS)) };
+                let guard = guarded.map(|channel| Guard {
+                    suppressions: self.suppressions.clone(),
+                    subject_id: subject_id.clone(),
+                    channel,
+                });
+                let run = owners[index].map(|run| ClaimedRun {
+                    id: run.id,
+                    workflow_id: run.workflow_id.to_owned(),
+                    version: run.version,
+                });
+                attempts.push((entry.key.clone(), lease, entry.attempts + 1));
+                claims.push(Arc::new(Claim {
+                    key: entry.key.clone(),
+                    attempt: entry.attempts + 1,
+                    route,
+                    batch: first_batch + (job % workers) as u64,
+                    connector: connectors.name(route).to_owned(),
+                    effect: entry.effect.clone(),
+                    message,
+                    subject_id,
+                    guard,
+                    claimed_at: now,
+                    deadline,
+                    run,
+                    retry_delays,
+                }));
+            }
         }
-        // Phase 3, in outbox order: attempts recorded, final results fed back to the runs.
-        // A run this phase moved (a parent whose subflow could not start) takes its later
-        // results as transitions too, so its history keeps outbox order.
+        // Phase 3, in outbox order: what was applied here is recorded, its results fed back
+        // to the runs. A run this phase moved (a parent whose subflow could not start) takes
+        // its later results as transitions too, so its history keeps outbox order.
         let mut moved: HashSet<RunId> = HashSet::new();
-        let mut attempts: Vec<(String, Attempt, u32)> = Vec::new();
         // What this version cannot read stays in the outbox for the version that wrote it:
         // held back, loudly, never dropped or read as something else.
         let hold = Attempt::Deferred { at: Timestamp(now.ms().saturating_add(UNREADABLE_EFFECT_HOLD_MS)) };
@@ -208,33 +517,11 @@ impl<S: Store> Engine<S> {
                 "an effect in the outbox cannot be read by this version; it is held, not performed");
             self.stats.effects_unreadable += 1;
         }
-        for (((entry, outcome), owner), schedule) in ready.iter().zip(outcomes).zip(owners).zip(schedules) {
+        for ((entry, outcome), owner) in ready.iter().zip(outcomes).zip(&owners) {
+            let Some(outcome) = outcome else { continue };
             let attempt_number = entry.attempts + 1;
-            let outcome = match outcome {
-                Some(Ok(outcome)) => outcome,
-                Some(Err(at)) => {
-                    attempts.push((entry.key.clone(), Attempt::Deferred { at }, entry.attempts));
-                    continue;
-                }
-                None => Outcome::Permanent { error: "no connector answered".to_owned() },
-            };
-            let (attempt, final_result) = match outcome {
-                Outcome::Done { detail } => (Attempt::Done { detail: detail.clone() }, Some((true, detail))),
-                Outcome::Permanent { error } => (Attempt::Failed { error: error.clone() }, Some((false, Some(error)))),
-                Outcome::Retryable { error, retry_after } => {
-                    let next = match schedule {
-                        Some(delays) => retry::next_attempt_on(delays, &entry.key, attempt_number, now, retry_after),
-                        None => retry::next_attempt_at(&entry.key, attempt_number, now, retry_after),
-                    };
-                    match next {
-                        Some(at) => (Attempt::Retry { at, error }, None),
-                        None => {
-                            let error = format!("gave up after {attempt_number} attempts: {error}");
-                            (Attempt::Failed { error: error.clone() }, Some((false, Some(error))))
-                        }
-                    }
-                }
-            };
+            let (attempt, final_result) = settle(outcome, None, &entry.key, attempt_number, now);
+            self.count_attempt(&entry.key, &attempt, attempt_number);
             attempts.push((entry.key.clone(), attempt, attempt_number));
             let (Some((ok, detail)), Some(owner)) = (final_result, owner) else { continue };
             // The result goes back to the run, committed with the attempt. It only adds to the
@@ -278,27 +565,70 @@ impl<S: Store> Engine<S> {
         let recorded: Vec<(&str, &Attempt)> =
             attempts.iter().map(|(key, attempt, _)| (key.as_str(), attempt)).chain(held).collect();
         self.commit_unit(&mut unit, caused, &recorded, now)?;
-        for (key, attempt, number) in &attempts {
-            match attempt {
-                Attempt::Done { .. } => {
-                    self.stats.effects_done += 1;
-                    tracing::debug!(effect = %key, "effect done");
-                }
-                Attempt::Retry { at, error } => {
-                    self.stats.effects_retried += 1;
-                    tracing::warn!(effect = %key, attempt = number, %error, retry_at = %at, "effect failed; will retry");
-                }
-                Attempt::Failed { error } => {
-                    self.stats.effects_failed += 1;
-                    tracing::error!(effect = %key, attempt = number, %error, "effect failed for good");
-                }
-                Attempt::Deferred { at } => {
-                    self.stats.effects_deferred += 1;
-                    tracing::debug!(effect = %key, until = %at, "effect held back by its connector's rate");
-                }
-            }
+        for claim in &claims {
+            self.dispatching.in_flight.insert(claim.key.clone(), claim.clone());
         }
-        Ok(ready.len() + unreadable.len())
+        Ok(Claimed { claims, read: ready.len() + unreadable.len(), held: no_worker })
+    }
+
+    /// Commits what claimed attempts gave, in one transaction: each attempt's outcome, and
+    /// for a final one its result in its run's history, at the time the attempt ended. An
+    /// outcome for an attempt no longer in flight (it timed out, or was claimed again) is
+    /// dropped: its effect's fate was decided without it.
+    pub fn record_performed(&mut self, performed: Vec<Performed>, now: Timestamp) -> Result<(), Error> {
+        let mut unit = Unit::default();
+        let mut outcomes: Vec<(String, u32, Attempt)> = Vec::with_capacity(performed.len());
+        for done in performed {
+            let current = self.dispatching.in_flight.get(&done.key).filter(|claim| claim.attempt == done.attempt);
+            let Some(claim) = current.cloned() else {
+                tracing::debug!(effect = %done.key, attempt = done.attempt, "an answer for an attempt no longer in flight is dropped");
+                continue;
+            };
+            self.dispatching.in_flight.remove(&done.key);
+            let took = done.ended.since(done.started).0;
+            self.dispatching.observe(claim.route, took);
+            let stats = self.dispatching.connectors.entry(claim.connector.clone()).or_default();
+            stats.attempts += 1;
+            stats.timeouts += u64::from(done.timed_out);
+            stats.latency_ms_sum += took;
+            for (count, bound) in stats.latency_buckets.iter_mut().zip(ATTEMPT_BUCKETS_MS) {
+                *count += u64::from(took <= bound);
+            }
+            let (attempt, final_result) =
+                settle(done.outcome, claim.retry_delays, &claim.key, claim.attempt, done.ended);
+            self.count_attempt(&claim.key, &attempt, claim.attempt);
+            outcomes.push((claim.key.clone(), claim.attempt, attempt));
+            let (Some((ok, detail)), Some(run)) = (final_result, &claim.run) else { continue };
+            let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+            let timing = EffectTiming { started: done.started, ended: done.ended, attempt: claim.attempt };
+            unit.results.push((run.id, timed_effect_result(&workflow, run.id, &claim.key, ok, detail, timing)));
+        }
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        unit.outcomes = outcomes;
+        self.store.begin()?;
+        let committed = self.commit_unit(&mut unit, Vec::new(), &[], now);
+        self.store.finish();
+        committed
+    }
+
+    fn count_attempt(&mut self, key: &str, attempt: &Attempt, number: u32) {
+        match attempt {
+            Attempt::Done { .. } => {
+                self.stats.effects_done += 1;
+                tracing::debug!(effect = %key, "effect done");
+            }
+            Attempt::Retry { at, error } => {
+                self.stats.effects_retried += 1;
+                tracing::warn!(effect = %key, attempt = number, %error, retry_at = %at, "effect failed; will retry");
+            }
+            Attempt::Failed { error } => {
+                self.stats.effects_failed += 1;
+                tracing::error!(effect = %key, attempt = number, %error, "effect failed for good");
+            }
+            Attempt::Deferred { .. } | Attempt::Claimed { .. } => {}
+        }
     }
 
     /// Performs a `start_run` effect: a run of the named workflow (its latest version) for the
@@ -356,45 +686,66 @@ impl<S: Store> Engine<S> {
     }
 }
 
-/// Performs `jobs` (indexes into `ready`, with their rendered messages) through `connector`,
-/// at most `concurrency` at a time, on scoped threads when that is more than one.
-fn perform_all(
-    connector: &dyn Connector,
-    concurrency: usize,
+/// What an attempt's outcome means for its effect: the attempt to record, and the result
+/// to give its run when the outcome is final (`(ok, detail)`). A retryable failure is tried
+/// again on the connector's schedule, or `retry`'s, until it is spent.
+fn settle(
+    outcome: Outcome,
+    schedule: Option<&'static [u64]>,
+    key: &str,
+    attempt_number: u32,
     now: Timestamp,
-    ready: &[OutboxEntry],
-    jobs: &[&(usize, Option<Message>, String)],
-) -> Vec<(usize, Outcome)> {
-    let perform = |(index, message, subject_id): &(usize, Option<Message>, String)| {
-        let entry = &ready[*index];
-        let job = Job {
-            key: &entry.key,
-            effect: &entry.effect,
-            message: message.as_ref(),
-            subject_id,
-            attempt: entry.attempts + 1,
-            now,
-        };
-        (*index, connector.perform(&job))
+) -> (Attempt, Option<(bool, Option<String>)>) {
+    match outcome {
+        Outcome::Done { detail } => (Attempt::Done { detail: detail.clone() }, Some((true, detail))),
+        Outcome::Permanent { error } => (Attempt::Failed { error: error.clone() }, Some((false, Some(error)))),
+        Outcome::Retryable { error, retry_after } => {
+            let next = match schedule {
+                Some(delays) => retry::next_attempt_on(delays, key, attempt_number, now, retry_after),
+                None => retry::next_attempt_at(key, attempt_number, now, retry_after),
+            };
+            match next {
+                Some(at) => (Attempt::Retry { at, error }, None),
+                None => {
+                    let error = format!("gave up after {attempt_number} attempts: {error}");
+                    (Attempt::Failed { error: error.clone() }, Some((false, Some(error))))
+                }
+            }
+        }
+    }
+}
+
+/// Performs `claims` through `connector` at `now`, at most `concurrency` at a time, on
+/// scoped threads when that is more than one (the dispatcher's on-the-spot mode).
+fn perform_all(connector: &dyn Connector, concurrency: usize, now: Timestamp, claims: &[&Claim]) -> Vec<Performed> {
+    let perform = |claim: &Claim| Performed {
+        key: claim.key.clone(),
+        attempt: claim.attempt,
+        started: now,
+        ended: now,
+        outcome: claim.perform(connector, now),
+        timed_out: false,
     };
-    let workers = concurrency.min(jobs.len());
+    let workers = concurrency.min(claims.len());
     if workers <= 1 {
-        return jobs.iter().map(|job| perform(job)).collect();
+        return claims.iter().map(|claim| perform(claim)).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|scope| {
+    let mut done: Vec<(usize, Performed)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
                     let mut done = Vec::new();
                     loop {
-                        let job = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(job) = jobs.get(job) else { return done };
-                        done.push(perform(job));
+                        let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(claim) = claims.get(at) else { return done };
+                        done.push((at, perform(claim)));
                     }
                 })
             })
             .collect();
         handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-    })
+    });
+    done.sort_by_key(|(at, _)| *at);
+    done.into_iter().map(|(_, performed)| performed).collect()
 }

@@ -28,6 +28,7 @@ use super::{
 };
 use crate::scoring::Models;
 use crate::segments::{self, Change, MEMBERSHIP_TRAIT, SegmentsSource};
+use crate::suppressions::Suppressions;
 
 /// Contacts the segment sweep re-evaluates per round (and so per commit).
 pub const SEGMENT_SWEEP_PAGE_COUNT: usize = 1000;
@@ -77,6 +78,8 @@ pub(super) struct Unit {
     /// Idempotency keys of the hand starts in this unit: `(workflow, key, run, request)`,
     /// the last the start's fingerprint (`engine::start_fingerprint`).
     pub start_keys: Vec<(String, String, RunId, String)>,
+    /// Outcomes of claimed attempts: `(key, attempt number, outcome)` (`Batch::outcomes`).
+    pub outcomes: Vec<(String, u32, flowmark_store::Attempt)>,
 }
 
 impl Unit {
@@ -127,6 +130,7 @@ impl Unit {
                 .iter()
                 .map(|(workflow, key, run, request)| (workflow.as_str(), key.as_str(), *run, request.as_str()))
                 .collect(),
+            outcomes: self.outcomes.iter().map(|(key, number, attempt)| (key.as_str(), *number, attempt)).collect(),
             ..Batch::default()
         }
     }
@@ -235,6 +239,15 @@ impl<S: Store> Engine<S> {
         let mut attempts = attempts.to_vec();
         attempts.extend(applied.iter().map(|(key, attempt)| (key.as_str(), attempt)));
         self.store.write(&Batch { attempts, work: work.iter().collect(), ..unit.batch() }, now)?;
+        // Sends already handed to workers are checked against what this commit suppressed,
+        // before anyone is told it is done.
+        for (subject_id, change, _) in &unit.contact_changes {
+            if Suppressions::concerns(change)
+                && let Some((subject, _)) = unit.subjects.get(subject_id)
+            {
+                self.suppressions.note(subject_id, subject, now);
+            }
+        }
         self.stats.events_ingested += unit.accepted.len() as u64;
         // A result recorded without its run is still a transition of that run (its input
         // handled, its history grown), only a cheaper one to make.

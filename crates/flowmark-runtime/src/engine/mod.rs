@@ -37,6 +37,7 @@ use serde_json::{Value, json};
 
 use crate::directory::{DIRECTORY_SETTING, Directory};
 use crate::segments::Segments;
+use crate::suppressions::Suppressions;
 
 mod admin;
 mod dispatch;
@@ -44,7 +45,10 @@ mod ingest;
 mod people;
 mod schedules;
 
-pub use dispatch::UNREADABLE_EFFECT_HOLD_MS;
+pub use dispatch::{
+    ATTEMPT_BUCKETS_MS, Claim, Claimed, ConnectorStats, LEASE_MARGIN_MS, NO_WORKER_HOLD_MS, Performed, Slots,
+    UNREADABLE_EFFECT_HOLD_MS,
+};
 pub use ingest::{SEGMENT_SWEEP_EVERY_MS, SEGMENT_SWEEP_PAGE_COUNT, SEGMENTS_SETTING};
 use ingest::{Sweep, Unit};
 pub use people::{Attachment, WorkAction, WorkRefusal};
@@ -205,6 +209,10 @@ pub struct Engine<S: Store> {
     directory: Directory,
     /// Where links in notifications point (no trailing slash); empty for relative links.
     public_url: String,
+    /// The effects in flight at the workers, and what their connectors' attempts did.
+    dispatching: dispatch::Dispatching,
+    /// Suppressions committed lately, which the workers check before a message leaves.
+    suppressions: Suppressions,
 }
 
 /// The parts of a run that performing its effects reads: never its state, so the dispatcher
@@ -319,6 +327,8 @@ impl<S: Store> Engine<S> {
             sweep: Sweep::default(),
             directory,
             public_url: String::new(),
+            dispatching: dispatch::Dispatching::default(),
+            suppressions: Suppressions::default(),
         })
     }
 
@@ -354,6 +364,12 @@ impl<S: Store> Engine<S> {
         };
         self.store.write(&Batch { settings: vec![(key, text.as_str())], ..Batch::default() }, now)?;
         Ok(Ok(compiled))
+    }
+
+    /// The suppressions this engine commits, as the workers that perform its effects read
+    /// them (every clone is the same set).
+    pub fn suppressions(&self) -> Suppressions {
+        self.suppressions.clone()
     }
 
     pub fn stats(&self) -> &Stats {

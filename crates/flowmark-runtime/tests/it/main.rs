@@ -497,7 +497,7 @@ fn a_connector_performs_up_to_its_concurrency_at_once() {
     let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
     blast(&mut engine, 8);
     let overlap = Arc::new(Overlap { target: 4, ..Overlap::default() });
-    let limits = flowmark_runtime::Limits { concurrency: 4, per_second: None, burst: 1 };
+    let limits = flowmark_runtime::Limits { concurrency: 4, per_second: None, burst: 1, ..Default::default() };
     let mut connectors = Connectors::new(Arc::new(RecordingConnector::default())).route(
         "webhooks",
         &[flowmark_runtime::Outbound::Webhook],
@@ -514,7 +514,7 @@ fn a_rate_limit_defers_effects_without_counting_an_attempt() {
     let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
     blast(&mut engine, 5);
     let recorder = Arc::new(RecordingConnector::default());
-    let limits = flowmark_runtime::Limits { concurrency: 1, per_second: Some(1.0), burst: 2 };
+    let limits = flowmark_runtime::Limits { concurrency: 1, per_second: Some(1.0), burst: 2, ..Default::default() };
     let mut connectors = Connectors::with_limits(recorder.clone(), limits);
     engine.dispatch(NOON, 100, &mut connectors).unwrap();
     assert_eq!(recorder.performed().len(), 2, "the burst goes at once");

@@ -114,7 +114,7 @@ pub fn run_journey(args: &JourneyArgs, dir: &Path, fsync: &Fsync) -> anyhow::Res
         let counter = delivered.clone();
         std::thread::spawn(move || super::smtp::sink(listener, counter));
         let smtp = super::smtp::connector(port)?;
-        let limits = flowmark_runtime::Limits { concurrency: 8, per_second: None, burst: 1 };
+        let limits = flowmark_runtime::Limits { concurrency: 8, per_second: None, burst: 1, ..Default::default() };
         connector = connector.route("smtp", &[flowmark_runtime::Outbound::Email], std::sync::Arc::new(smtp), limits);
     }
     let started = Instant::now();

@@ -129,6 +129,7 @@ pub fn run(args: &SmtpArgs) -> anyhow::Result<()> {
                             subject_id: "ada",
                             attempt: 1,
                             now: Timestamp(0),
+                            guard: None,
                         };
                         if !matches!(connector.perform(&job), Outcome::Done { .. }) {
                             failures.fetch_add(1, Ordering::Relaxed);
