@@ -380,6 +380,11 @@ impl<S: Store> Engine<S> {
         &self.store
     }
 
+    /// Gives the store back (what a restart on the same store starts from).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
     pub fn store_mut(&mut self) -> &mut S {
         &mut self.store
     }

@@ -11,6 +11,7 @@ use flowmark_sqlite::SqliteStore;
 use flowmark_store::{RunFilter, Store, WorkflowStatus};
 use serde_json::json;
 
+mod claims;
 mod segments;
 mod work;
 

@@ -15,7 +15,7 @@ use crate::PythonPeer;
 
 const AIOSMTPD: &str = "aiosmtpd==1.4.6";
 
-fn install_aiosmtpd() -> PathBuf {
+pub fn install_aiosmtpd() -> PathBuf {
     crate::pip_install(AIOSMTPD, "aiosmtpd")
 }
 
@@ -90,7 +90,7 @@ pub fn raw_get(url: &str) -> String {
     response
 }
 
-fn post_form(url: &str, body: &str) -> (u16, String) {
+pub fn post_form(url: &str, body: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
     let mut stream = TcpStream::connect(host).unwrap();

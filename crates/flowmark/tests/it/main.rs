@@ -12,6 +12,7 @@ mod people;
 mod segment_client;
 mod serve;
 mod simulate;
+mod slow_peer;
 mod ui;
 mod validate;
 mod webhooks;
