@@ -19,6 +19,12 @@
 //!   timeout, a person, a child run, a sibling branch), never on a timer that will not fire;
 //! - every effect reached a final outcome; everything the peer was asked to do was committed
 //!   first; one key always carried one effect; every effect that succeeded reached the peer.
+//!
+//! Effects go to the peer two ways, as the CLI and the server send them: performed on the
+//! spot (`Engine::dispatch`), or claimed for simulated workers (`Engine::claim`), which
+//! answer after a latency the seed picks: fast, after their deadline and lease (so the effect
+//! was claimed again meanwhile), never (a hang, timed out by the engine), or not at all (the
+//! worker died); claims from before a restart answer an engine that no longer has them.
 
 mod check;
 pub mod connector;
@@ -33,7 +39,7 @@ use std::sync::{Arc, Mutex};
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::RunId;
-use flowmark_runtime::{Connectors, Engine, Incoming, Limits};
+use flowmark_runtime::{Claim, Connectors, Engine, Incoming, Limits, Performed, Slots};
 use flowmark_sqlite::SqliteStore;
 use flowmark_store::Store;
 use rand_chacha::ChaCha8Rng;
@@ -74,6 +80,9 @@ pub struct Report {
     /// Faults injected: writes failed before their commit, after it, units that failed to
     /// start, event inserts that failed.
     pub faults: [u64; 4],
+    /// Claims handed to simulated workers; of those, workers that died before answering,
+    /// hung (never answered), and answered only after their lease had passed.
+    pub workers: [u64; 4],
     /// A digest of the final state (runs, histories, what the peer was asked): equal for two
     /// runs of one seed.
     pub digest: u64,
@@ -119,6 +128,10 @@ struct Sim {
     engine: Option<SimEngine>,
     client: Client,
     restarts: u64,
+    /// Claims at simulated workers, each with when its worker answers (`None`: it hangs).
+    at_workers: Vec<(Arc<Claim>, Option<Timestamp>)>,
+    /// Claims, deaths, hangs and answers past the lease (`Report::workers`).
+    workers: [u64; 4],
 }
 
 /// Runs one seed; `Err` names the first broken invariant.
@@ -157,8 +170,19 @@ fn run_in(seed: u64, options: &Options, path: PathBuf) -> Result<Report, String>
     };
     let connectors = Connectors::with_limits(peer.clone(), limits);
     let faults = Rc::new(RefCell::new(faults));
-    let mut sim =
-        Sim { rng, now: START, path, faults, peer, connectors, engine: None, client: Client::default(), restarts: 0 };
+    let mut sim = Sim {
+        rng,
+        now: START,
+        path,
+        faults,
+        peer,
+        connectors,
+        engine: None,
+        client: Client::default(),
+        restarts: 0,
+        at_workers: Vec::new(),
+        workers: [0; 4],
+    };
     sim.open()?;
     sim.setup()?;
     for _ in 0..options.steps {
@@ -177,6 +201,7 @@ fn run_in(seed: u64, options: &Options, path: PathBuf) -> Result<Report, String>
         peer_calls: calls.len() as u64,
         restarts: sim.restarts,
         faults,
+        workers: sim.workers,
         digest: summary.digest,
     })
 }
@@ -254,11 +279,13 @@ impl Sim {
                 let _ = self.engine().fire_due_timers(now, 100);
                 Ok(())
             }
-            55..75 => {
+            55..65 => {
                 let engine = self.engine.as_mut().expect("open");
                 let _ = engine.dispatch(self.now, 50, &mut self.connectors);
                 Ok(())
             }
+            65..70 => self.claim_for_workers(),
+            70..75 => self.workers_answer(),
             75..80 => {
                 let now = self.now;
                 let _ = self.engine().sweep_segments(now, 50);
@@ -275,6 +302,65 @@ impl Sim {
             }
             _ => self.restart(),
         }
+    }
+
+    /// Claims effects for simulated workers, as the server does: each answers after a
+    /// latency from milliseconds to past its lease (a slow peer), or never (a hang).
+    fn claim_for_workers(&mut self) -> Result<(), String> {
+        let now = self.now;
+        let engine = self.engine.as_mut().expect("open");
+        let Ok(claimed) = engine.claim(now, 50, &mut self.connectors, Slots::Free) else { return Ok(()) };
+        for claim in claimed.claims {
+            self.workers[0] += 1;
+            let answer = match self.rng.next_u64() % 10 {
+                0 => {
+                    self.workers[2] += 1;
+                    None
+                }
+                1 => {
+                    self.workers[3] += 1;
+                    Some(Timestamp(claim.deadline.ms() + 120_000 + (self.rng.next_u64() % 3_600_000) as i64))
+                }
+                _ => Some(Timestamp(now.ms() + (self.rng.next_u64() % 5_000) as i64)),
+            };
+            self.at_workers.push((claim, answer));
+        }
+        Ok(())
+    }
+
+    /// Workers whose answer is due give it (some die first, and their answer is lost), and
+    /// attempts past their deadline are recorded as timeouts. Claims made before a restart
+    /// answer an engine that no longer has them in flight: their answers change nothing.
+    fn workers_answer(&mut self) -> Result<(), String> {
+        self.answer_due().map(|_| ())
+    }
+
+    /// `workers_answer`; returns how many answers and timeouts were recorded.
+    fn answer_due(&mut self) -> Result<usize, String> {
+        let now = self.now;
+        let mut performed = Vec::new();
+        let mut waiting = Vec::new();
+        for (claim, answer) in std::mem::take(&mut self.at_workers) {
+            match answer {
+                Some(at) if at <= now => {
+                    if self.rng.next_u64().is_multiple_of(8) {
+                        self.workers[1] += 1;
+                        continue; // the worker died mid-attempt
+                    }
+                    let started = claim.claimed_at;
+                    let outcome = claim.perform(&*self.peer, started);
+                    let (key, attempt) = (claim.key.clone(), claim.attempt);
+                    performed.push(Performed { key, attempt, started, ended: at, outcome, timed_out: false });
+                }
+                _ => waiting.push((claim, answer)),
+            }
+        }
+        self.at_workers = waiting;
+        let engine = self.engine.as_mut().expect("open");
+        performed.extend(engine.timed_out(now));
+        let recorded = performed.len();
+        let _ = engine.record_performed(performed, now);
+        Ok(recorded)
     }
 
     /// Sends a batch as a client would; on an error nothing is acknowledged and every event
@@ -346,6 +432,13 @@ impl Sim {
             let engine = self.engine.as_mut().expect("open");
             let mut worked = 0;
             worked += engine.fire_due_timers(now, 10_000).map_err(|e| format!("timers: {e}"))?;
+            // Workers still out answer now or never (a hung one is left to time out).
+            self.at_workers.retain(|(_, answer)| answer.is_some());
+            for (_, answer) in &mut self.at_workers {
+                *answer = answer.map(|at| at.min(now));
+            }
+            worked += self.answer_due()?;
+            let engine = self.engine.as_mut().expect("open");
             worked += engine.dispatch(now, 1_000, &mut self.connectors).map_err(|e| format!("dispatch: {e}"))?;
             worked += engine.sweep_segments(now, 1_000).map_err(|e| format!("sweep: {e}"))?;
             let depth = self.engine().store().outbox_depth().map_err(|e| e.to_string())?;
@@ -384,6 +477,10 @@ pub fn totals(reports: &[Report]) -> BTreeMap<&'static str, u64> {
         *totals.entry("faults_write_after").or_default() += r.faults[1];
         *totals.entry("faults_begin").or_default() += r.faults[2];
         *totals.entry("faults_insert_event").or_default() += r.faults[3];
+        *totals.entry("worker_claims").or_default() += r.workers[0];
+        *totals.entry("worker_deaths").or_default() += r.workers[1];
+        *totals.entry("worker_hangs").or_default() += r.workers[2];
+        *totals.entry("worker_answers_after_lease").or_default() += r.workers[3];
     }
     totals
 }

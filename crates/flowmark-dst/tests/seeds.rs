@@ -14,6 +14,10 @@ fn every_ci_seed_holds_every_invariant() {
     assert!(totals["faults_write_before"] > 0 && totals["faults_write_after"] > 0, "{totals:?}");
     assert!(totals["restarts"] > 0 && totals["peer_calls"] > 0 && totals["runs"] > 0, "{totals:?}");
     assert!(totals["events_acknowledged"] < totals["events_sent"] + 1, "{totals:?}");
+    // Workers die, hang and answer after their lease.
+    for kind in ["worker_claims", "worker_deaths", "worker_hangs", "worker_answers_after_lease"] {
+        assert!(totals[kind] > 0, "{kind}: {totals:?}");
+    }
 }
 
 #[test]
