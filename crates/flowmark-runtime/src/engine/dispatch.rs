@@ -240,7 +240,8 @@ impl<S: Store> Engine<S> {
 
     /// Claims up to `limit` ready effects: applies the internal ones and notifications,
     /// renders messages, and marks each effect that leaves Flowmark claimed until its
-    /// connector's timeout plus `LEASE_MARGIN_MS`, within its rate and `slots`; commits all of
+    /// deadline (its connector's timeout, plus `TURN_ALLOWANCE_MS` for each claim ahead of it
+    /// in its batch) plus `LEASE_MARGIN_MS`, within its rate and `slots`; commits all of
     /// it in one transaction and returns the claims, which are now in flight. What a
     /// connector's rate holds back is deferred; what finds no free worker waits
     /// `NO_WORKER_HOLD_MS`.
