@@ -691,6 +691,20 @@ pub fn effect_result(
     detail: Option<String>,
     now: Timestamp,
 ) -> HistoryEntry {
+    result_entry(workflow, run, key, ok, detail, now, None)
+}
+
+/// The entry of an effect's result at `at`, with the attempt that gave it when a connector
+/// performed it.
+fn result_entry(
+    workflow: &Workflow,
+    run: RunId,
+    key: &str,
+    ok: bool,
+    detail: Option<String>,
+    at: Timestamp,
+    timing: Option<EffectTiming>,
+) -> HistoryEntry {
     // The key is `<run>-<step>-<n>` (`effect_key`); the step is named when it still exists.
     let mut digits = itoa::Buffer::new();
     let step = key
@@ -699,11 +713,8 @@ pub fn effect_result(
         .and_then(|rest| rest.rsplit_once('-'))
         .and_then(|(step, _)| workflow.step_index(step))
         .map(|at| workflow.step(at).id.clone());
-    HistoryEntry {
-        at: now,
-        step,
-        kind: HistoryKind::EffectResult { key: key.to_owned(), ok, detail, started: None, attempt: None },
-    }
+    let (started, attempt) = (timing.map(|t| t.started), timing.map(|t| t.attempt));
+    HistoryEntry { at, step, kind: HistoryKind::EffectResult { key: key.to_owned(), ok, detail, started, attempt } }
 }
 
 /// When and on which attempt a performed effect's result came: a connector's attempt, timed
@@ -725,12 +736,7 @@ pub fn timed_effect_result(
     detail: Option<String>,
     timing: EffectTiming,
 ) -> HistoryEntry {
-    let mut entry = effect_result(workflow, run, key, ok, detail, timing.ended);
-    if let HistoryKind::EffectResult { started, attempt, .. } = &mut entry.kind {
-        *started = Some(timing.started);
-        *attempt = Some(timing.attempt);
-    }
-    entry
+    result_entry(workflow, run, key, ok, detail, timing.ended, Some(timing))
 }
 
 /// Applies a score change to a subject's data (`scores.<model>`): what the runtime's

@@ -588,7 +588,11 @@ impl<S: Store> Engine<S> {
             self.dispatching.in_flight.remove(&done.key);
             let took = done.ended.since(done.started).0;
             self.dispatching.observe(claim.route, took);
-            let stats = self.dispatching.connectors.entry(claim.connector.clone()).or_default();
+            let connectors = &mut self.dispatching.connectors;
+            if !connectors.contains_key(&claim.connector) {
+                connectors.insert(claim.connector.clone(), ConnectorStats::default());
+            }
+            let Some(stats) = connectors.get_mut(&claim.connector) else { continue };
             stats.attempts += 1;
             stats.timeouts += u64::from(done.timed_out);
             stats.latency_ms_sum += took;

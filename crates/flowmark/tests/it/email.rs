@@ -15,14 +15,15 @@ use crate::PythonPeer;
 
 const AIOSMTPD: &str = "aiosmtpd==1.4.6";
 
-pub fn install_aiosmtpd() -> PathBuf {
+fn install_aiosmtpd() -> PathBuf {
     crate::pip_install(AIOSMTPD, "aiosmtpd")
 }
 
 /// An SMTP sink that parses every message with Python's `email` package and appends what it
-/// found as a JSON line.
+/// found as a JSON line, with the time it arrived (`at`), then takes `argv[3]` seconds (none
+/// when not given) to answer it.
 const SINK: &str = r#"
-import email, email.policy, json, sys
+import asyncio, email, email.policy, json, sys, time
 from aiosmtpd.controller import Controller
 
 class Handler:
@@ -40,9 +41,11 @@ class Handler:
             "list_unsubscribe_post": str(message["List-Unsubscribe-Post"]) if message["List-Unsubscribe-Post"] else None,
             "text": text.get_content() if text else None,
             "html": html.get_content() if html else None,
+            "at": time.time(),
         }
         with open(sys.argv[2], "a") as out:
             out.write(json.dumps(found) + "\n")
+        await asyncio.sleep(float(sys.argv[3]) if len(sys.argv) > 3 else 0)
         return "250 Message accepted for delivery"
 
 controller = Controller(Handler(), hostname="127.0.0.1", port=int(sys.argv[1]))
@@ -55,6 +58,11 @@ controller.stop()
 /// A real SMTP server for a test: a `PythonPeer` running `SINK`.
 pub fn smtp_sink(dir: &Path) -> PythonPeer {
     PythonPeer::start(SINK, &install_aiosmtpd(), dir.join("received.jsonl"), &[])
+}
+
+/// `smtp_sink`, taking `delay_s` seconds to answer each message once it has arrived.
+pub fn slow_smtp_sink(dir: &Path, delay_s: &str) -> PythonPeer {
+    PythonPeer::start(SINK, &install_aiosmtpd(), dir.join("received.jsonl"), &[delay_s])
 }
 
 const WELCOME: &str = r#"

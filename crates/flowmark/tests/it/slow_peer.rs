@@ -11,28 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use crate::PythonPeer;
 use crate::serve::Server;
-
-/// An SMTP server that records each message when its data has arrived (the moment it reaches
-/// the server), then takes `argv[3]` seconds to answer it.
-const SLOW_SINK: &str = r#"
-import asyncio, json, sys, time
-from aiosmtpd.controller import Controller
-
-class Handler:
-    async def handle_DATA(self, server, session, envelope):
-        with open(sys.argv[2], "a") as out:
-            out.write(json.dumps({"to": envelope.rcpt_tos, "at": time.time()}) + "\n")
-        await asyncio.sleep(float(sys.argv[3]))
-        return "250 Message accepted for delivery"
-
-controller = Controller(Handler(), hostname="127.0.0.1", port=int(sys.argv[1]))
-controller.start()
-print("ready", flush=True)
-sys.stdin.read()
-controller.stop()
-"#;
 
 const SMTP_DELAY_S: &str = "8";
 const WEBHOOK_DELAY: Duration = Duration::from_secs(15);
@@ -80,8 +59,7 @@ fn timed<T>(what: &str, latencies: &mut Vec<(String, Duration)>, request: impl F
 #[test]
 fn the_api_ingestion_and_unsubscribe_answer_at_once_while_peers_are_slow() {
     let dir = super::validate::fresh_dir("slow-peer");
-    let sink =
-        PythonPeer::start(SLOW_SINK, &super::email::install_aiosmtpd(), dir.join("received.jsonl"), &[SMTP_DELAY_S]);
+    let sink = super::email::slow_smtp_sink(&dir, SMTP_DELAY_S);
     let peer = slow_receiver();
     let smtp = format!("smtp://127.0.0.1:{}", sink.port);
     let db = dir.join("flowmark.db");
@@ -168,7 +146,7 @@ fn the_api_ingestion_and_unsubscribe_answer_at_once_while_peers_are_slow() {
     assert_eq!(result["ok"], false, "Vic's email was refused: {result}");
     assert!(result["detail"].as_str().unwrap().contains("suppressed"), "{result}");
     for message in sink.received() {
-        if message["to"] == json!(["vic@example.com"]) {
+        if message["envelope_to"] == json!(["vic@example.com"]) {
             assert!(
                 message["at"].as_f64().unwrap() < unsubscribed_at,
                 "an email reached the SMTP server after Vic's unsubscribe was answered"
@@ -177,11 +155,11 @@ fn the_api_ingestion_and_unsubscribe_answer_at_once_while_peers_are_slow() {
     }
     // The queue goes on: Bob's email is sent once Ann's is answered.
     let started = Instant::now();
-    while !sink.received().iter().any(|m| m["to"] == json!(["bob@example.com"])) {
+    while !sink.received().iter().any(|m| m["envelope_to"] == json!(["bob@example.com"])) {
         assert!(started.elapsed() < Duration::from_secs(30), "Bob's email was never sent");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(sink.received().iter().all(|m| m["to"] != json!(["vic@example.com"])), "nothing ever went to Vic");
+    assert!(sink.received().iter().all(|m| m["envelope_to"] != json!(["vic@example.com"])), "nothing ever went to Vic");
     let (_, _, metrics) = server.request_text("GET", "/metrics", &[("Authorization", "Bearer tok".to_owned())], b"");
     assert!(metrics.contains("flowmark_effects_in_flight "), "{metrics}");
     assert!(metrics.contains("flowmark_effect_attempt_seconds_count{connector=\"smtp\"}"), "{metrics}");
