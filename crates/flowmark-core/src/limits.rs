@@ -60,6 +60,12 @@ pub const BATCH_SIZE_BYTES_MAX: usize = 500 * 1024;
 /// Largest workflow definition accepted over HTTP (the same as from a file).
 pub const REQUEST_SIZE_BYTES_MAX: usize = DEFINITION_SIZE_BYTES_MAX;
 
+/// Longest chain of `emit`s: an event a run emits while it handles an event that was itself
+/// emitted is one deeper. A chain this long is a loop between workflows (A emits what starts
+/// B, B emits what starts A); the emit that would go deeper fails with a `step_failed` entry
+/// instead of running forever.
+pub const EMIT_DEPTH_MAX: u32 = 8;
+
 /// Characters in the `Idempotency-Key` of a hand start (`POST /api/workflows/{id}/runs`).
 pub const IDEMPOTENCY_KEY_LENGTH_MAX: usize = 255;
 

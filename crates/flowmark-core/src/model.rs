@@ -358,6 +358,7 @@ pub enum Action {
     Notify(Notify),
     Score(Score),
     Update(Update),
+    Emit(Emit),
 }
 
 impl Action {
@@ -368,6 +369,7 @@ impl Action {
             Action::Notify(_) => "notify",
             Action::Score(_) => "score",
             Action::Update(_) => "update",
+            Action::Emit(_) => "emit",
         }
     }
 
@@ -405,6 +407,7 @@ impl Action {
             }
             Action::Notify(n) => visit(&n.message),
             Action::Update(u) => u.set.iter().any(|(_, v)| walk(v, visit)),
+            Action::Emit(e) => e.properties.as_ref().is_some_and(|p| walk(p, visit)),
             Action::Score(_) => false,
         }
     }
@@ -415,7 +418,7 @@ impl Action {
             Action::Email(_) => Some(Channel::Email),
             Action::Webhook(_) => Some(Channel::Webhook),
             Action::Notify(_) => Some(Channel::Notify),
-            Action::Score(_) | Action::Update(_) => None,
+            Action::Score(_) | Action::Update(_) | Action::Emit(_) => None,
         }
     }
 }
@@ -473,6 +476,16 @@ pub enum ScoreChange {
 #[derive(Debug, Clone)]
 pub struct Update {
     pub set: Vec<(String, TemplateValue)>,
+}
+
+/// Record an event about the subject, as if it had arrived: it starts workflows, satisfies
+/// waits and moves scores and segments, in the same unit of work as the step.
+#[derive(Debug, Clone)]
+pub struct Emit {
+    /// The event's name (`Lead Qualified`).
+    pub event: String,
+    /// Its properties, a mapping whose string leaves are Liquid templates.
+    pub properties: Option<TemplateValue>,
 }
 
 /// RACI on a task or approval. Exactly one accountable role; at least one responsible.

@@ -1279,7 +1279,7 @@ impl<'s> Decoder<'s> {
     }
 
     fn action<'n>(&mut self, node: &'n Node<'n>) -> Option<Action> {
-        let fields = self.fields(node, "an action", &["email", "webhook", "notify", "score", "update"])?;
+        let fields = self.fields(node, "an action", &["email", "webhook", "notify", "score", "update", "emit"])?;
         if fields.entries.len() != 1 {
             self.error(
                 Diagnostic::error(
@@ -1287,7 +1287,7 @@ impl<'s> Decoder<'s> {
                     first_line(self.source, fields.span),
                     "an action does exactly one thing",
                 )
-                .expected("exactly one of: email, webhook, notify, score, update")
+                .expected("exactly one of: email, webhook, notify, score, update, emit")
                 .help("use one step per action"),
             );
             return None;
@@ -1384,6 +1384,31 @@ impl<'s> Decoder<'s> {
                     return None;
                 }
                 Some(Action::Score(Score { model: model?, change: changes[0] }))
+            }
+            "emit" => {
+                let f = self.fields(body, "an emitted event", &["event", "properties"])?;
+                let event_node = self.require(&f, "event", "an emitted event");
+                let event = event_node.and_then(|n| self.string(n, "an event name"));
+                if let (Some(name), Some(n)) = (&event, event_node)
+                    && name.trim().is_empty()
+                {
+                    self.error(
+                        Diagnostic::error("flowmark::empty-event-name", self.span(n), "an emitted event needs a name")
+                            .label("name the event, e.g. `Lead Qualified`"),
+                    );
+                    return None;
+                }
+                let properties = match f.get("properties") {
+                    Some(n) if matches!(unwrap_tagged(n).data, YamlData::Mapping(_)) => {
+                        Some(self.template_value(n, "a property value")?)
+                    }
+                    Some(n) => {
+                        self.expected(n, "a mapping of property names to values");
+                        return None;
+                    }
+                    None => None,
+                };
+                Some(Action::Emit(Emit { event: event?, properties }))
             }
             _ => {
                 let f = self.fields(body, "an update", &["set"])?;

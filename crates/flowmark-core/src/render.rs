@@ -108,7 +108,7 @@ pub fn render_step_message(
         Action::Notify(notify) => {
             Ok(Message::Notify { to: notify.to.clone(), message: text(&notify.message, "message")? })
         }
-        Action::Score(_) | Action::Update(_) => Err(unknown()),
+        Action::Score(_) | Action::Update(_) | Action::Emit(_) => Err(unknown()),
     }
 }
 

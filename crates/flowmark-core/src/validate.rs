@@ -1,4 +1,5 @@
-//! Checks that need the whole graph: reachability, loops that never wait, parallel joins.
+//! Checks that need the whole graph: reachability, loops that never wait, parallel joins,
+//! and an `emit` of the event that starts its own workflow.
 //!
 //! Runs after decoding succeeded, so every target is resolved. Finds each parallel step's
 //! join and records it in the model.
@@ -7,7 +8,7 @@
 //! cycle passes through a step that waits, and every parallel branch reaches the same join.
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Span};
-use crate::model::{StepIndex, StepKind, Target, Workflow};
+use crate::model::{Action, StepIndex, StepKind, Target, Trigger, Workflow};
 use crate::parse::StepSpans;
 
 pub(crate) fn check(workflow: &mut Workflow, spans: &[StepSpans], _roles_span: Span, diagnostics: &mut Diagnostics) {
@@ -15,6 +16,32 @@ pub(crate) fn check(workflow: &mut Workflow, spans: &[StepSpans], _roles_span: S
     reachability(workflow, spans, diagnostics);
     loops_without_wait(workflow, spans, diagnostics);
     parallel_joins(workflow, spans, diagnostics);
+    emits_own_trigger(workflow, spans, diagnostics);
+}
+
+/// An `emit` of the event that starts this workflow: each run may start the next, a chain
+/// that only the entry rules or `EMIT_DEPTH_MAX` end. Legal (a reminder loop can mean it),
+/// so a warning.
+fn emits_own_trigger(workflow: &Workflow, spans: &[StepSpans], diagnostics: &mut Diagnostics) {
+    for (index, step) in workflow.steps.iter().enumerate() {
+        let StepKind::Action(Action::Emit(emit)) = &step.kind else { continue };
+        let starts_here =
+            workflow.triggers.iter().any(|t| matches!(t, Trigger::Event { name, .. } if *name == emit.event));
+        if starts_here {
+            diagnostics.push(
+                Diagnostic::warning(
+                    "flowmark::emit-own-trigger",
+                    spans[index].id,
+                    format!("step `{}` emits `{}`, the event that starts this workflow", step.id, emit.event),
+                )
+                .label("each run may start another")
+                .help(format!(
+                    "the entry rules decide whether the same contact enters again; a chain of emits stops after {} events",
+                    crate::limits::EMIT_DEPTH_MAX
+                )),
+            );
+        }
+    }
 }
 
 fn successors(workflow: &Workflow, index: usize) -> impl Iterator<Item = usize> + '_ {

@@ -24,6 +24,7 @@ pub mod directory;
 mod engine;
 pub mod ical;
 pub mod import;
+pub mod own_address;
 pub mod retry;
 pub mod scoring;
 pub mod segments;

@@ -137,6 +137,8 @@ enum Pending {
         email: Option<std::sync::Arc<str>>,
     },
     Recorded(usize),
+    /// An event the run emitted (`emit`): its position in `Simulation::emitted`.
+    Emitted(usize),
     TaskDone {
         step: StepIndex,
     },
@@ -202,6 +204,8 @@ struct Simulation<'a> {
     /// Subjects named by recorded events beyond the synthetic population, in order of first
     /// appearance.
     recorded_only: Vec<String>,
+    /// The current subject's emitted events, delivered after the transition that emitted them.
+    emitted: Vec<Event>,
 }
 
 impl<'a> Simulation<'a> {
@@ -224,6 +228,7 @@ impl<'a> Simulation<'a> {
             population: Population::new(workflow, &config.behaviour),
             recorded,
             recorded_only,
+            emitted: Vec::new(),
         }
     }
 
@@ -255,6 +260,7 @@ impl<'a> Simulation<'a> {
             self.deliver(at, sequence, index, &mut subject, pending);
         }
         self.queue.clear();
+        self.emitted.clear();
         if let Some(run) = &subject.run {
             self.report.run_unfinished(run);
         }
@@ -334,9 +340,14 @@ impl<'a> Simulation<'a> {
                 remember(subject, &event);
                 Input::Event { event }
             }
-            Pending::Recorded(position) => {
-                let events = self.config.events.as_ref().expect("recorded events were given");
-                let event = events[position].event.clone();
+            Pending::Recorded(_) | Pending::Emitted(_) => {
+                let event = match pending {
+                    Pending::Recorded(position) => {
+                        self.config.events.as_ref().expect("recorded events were given")[position].event.clone()
+                    }
+                    Pending::Emitted(position) => self.emitted[position].clone(),
+                    _ => unreachable!("matched above"),
+                };
                 remember(subject, &event);
                 if subject.ended {
                     return;
@@ -388,6 +399,15 @@ impl<'a> Simulation<'a> {
         for effect in &transition.effects {
             if matches!(effect.kind, EffectKind::SendMessage { .. }) {
                 self.render_sample(subject, effect);
+            }
+            // An emitted event reaches the subject right after this transition, as in the
+            // runtime's unit of work.
+            let run = &transition.run;
+            if let Some(event) =
+                flowmark_core::engine::emitted_event(run.id, &workflow.id, &run.subject_id, effect, now)
+            {
+                self.emitted.push(event);
+                self.schedule(now, Pending::Emitted(self.emitted.len() - 1));
             }
             self.respond(now, subject, &effect.key, &effect.step, &effect.kind);
         }
@@ -740,6 +760,18 @@ mod tests {
         let mut report = sim.report.finish(workflow, config);
         report.subjects = 0;
         report
+    }
+
+    #[test]
+    fn an_emitted_event_reaches_the_run_that_waits_for_it_at_once() {
+        let source = "id: self-signal\nsubject: contact\ntrigger: { event: Signed Up }\nsteps:\n  - id: signal\n    action: { emit: { event: Ready, properties: { n: 1 } } }\n  - id: heard\n    wait: { event: Ready, where: 'event.properties.n == 1', timeout: 1d }\n    on_timeout: missed\n  - id: done\n    exit: { reason: heard }\n  - id: missed\n    exit: { reason: missed }\n";
+        let workflow = compile(&Source::new("self-signal.yaml", source)).workflow.unwrap();
+        let report = simulate(&workflow, &config(20, 1), |_, _| {}).unwrap();
+        let step = |id: &str| report.steps.iter().find(|s| s.id == id).unwrap().entered;
+        assert_eq!(step("signal"), 20);
+        assert_eq!(step("done"), 20, "every run heard its own event: {report:?}");
+        assert_eq!(step("missed"), 0);
+        assert_eq!(report.effects.get("emit_event"), Some(&20));
     }
 
     #[test]

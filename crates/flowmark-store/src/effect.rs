@@ -181,8 +181,15 @@ mod tests {
                 model,
                 change: if add { ScoreChange::Add(n) } else { ScoreChange::Set(n) },
             }),
-            prop::collection::vec((text(), json_value), 0..4)
+            prop::collection::vec((text(), json_value.clone()), 0..4)
                 .prop_map(|set| EffectKind::UpdateSubject { set: set.into_iter().collect() }),
+            (text(), prop::collection::vec((text(), json_value), 0..4), any::<u32>()).prop_map(
+                |(event, properties, depth)| EffectKind::EmitEvent {
+                    event,
+                    properties: serde_json::Value::Object(properties.into_iter().collect()),
+                    depth,
+                }
+            ),
             (text(), prop::option::of(text()), roles(), text(), roles(), roles(), timestamp()).prop_map(
                 |(title, description, responsible, accountable, consulted, informed, due_at)| EffectKind::CreateTask {
                     title,

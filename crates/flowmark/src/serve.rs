@@ -238,6 +238,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let address = listener.local_addr()?;
     let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{address}"));
     engine.set_public_url(&public_url);
+    engine.set_own_addresses(flowmark_runtime::own_address::OwnAddresses::new(&public_url, address));
     // Webhook URLs that answered `410 Gone` stay disabled across restarts: every webhook
     // connector shares the stored record, the dispatcher stores what they add.
     let gone = GoneEndpoints::loaded(

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::expr::{Condition, Scope};
-use crate::limits::{STEPS_PER_TRANSITION_MAX, TOKENS_COUNT_MAX, WAIT_LOOKBACK_MS};
+use crate::limits::{EMIT_DEPTH_MAX, STEPS_PER_TRANSITION_MAX, TOKENS_COUNT_MAX, WAIT_LOOKBACK_MS};
 use crate::model::{
     Action, Approval, ApprovalMode, CapAction, EscalationAction, JoinMode, QuietAction, StepKind, Target,
     TemplateValue, TimezoneSource, Wait,
@@ -675,6 +675,24 @@ impl<'a> Machine<'a> {
                 super::apply_update(self.subject.to_mut(), &set);
                 EffectKind::UpdateSubject { set }
             }
+            Action::Emit(emit) => {
+                let properties = match &emit.properties {
+                    Some(properties) => self.render_value(at, properties)?,
+                    None => Value::Object(serde_json::Map::new()),
+                };
+                let depth = self.out.run.event.as_ref().map_or(0, super::emit_depth).saturating_add(1);
+                if depth > EMIT_DEPTH_MAX {
+                    let error = format!(
+                        "emit `{}`: this run is handling an event {} emits deep, and a chain of emits stops at \
+                         {EMIT_DEPTH_MAX} (do two workflows emit what starts each other?)",
+                        emit.event,
+                        depth - 1
+                    );
+                    self.history(Some(at), HistoryKind::StepFailed { error });
+                    return None;
+                }
+                EffectKind::EmitEvent { event: emit.event.clone(), properties, depth }
+            }
         };
         // An update's values are readable after it, as `steps.<id>.set`.
         let set = match &kind {
@@ -683,9 +701,11 @@ impl<'a> Machine<'a> {
         };
         let key = self.emit(at, kind);
         let step_id = workflow.step(at).id.clone();
-        let output = match set {
-            Some(set) => json!({ "effect_id": key, "set": set }),
-            None => json!({ "effect_id": key }),
+        let emitted = matches!(action, Action::Emit(_)).then(|| super::emitted_event_id(&key));
+        let output = match (set, emitted) {
+            (Some(set), _) => json!({ "effect_id": key, "set": set }),
+            (None, Some(event_id)) => json!({ "effect_id": key, "event_id": event_id }),
+            (None, None) => json!({ "effect_id": key }),
         };
         self.set_output(&step_id, output);
         None

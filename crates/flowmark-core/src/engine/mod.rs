@@ -442,11 +442,18 @@ pub enum EffectKind {
         value: Option<f64>,
         currency: Option<String>,
     },
+    /// Record an event about the run's subject (`emit`), applied inside Flowmark like one
+    /// that arrived: `depth` is its place in a chain of emits (see [`emit_depth`]).
+    EmitEvent {
+        event: String,
+        properties: Value,
+        depth: u32,
+    },
 }
 
 impl EffectKind {
     /// Every kind's `effect` tag, as serialized: what a reader knows how to read back.
-    pub const TAGS: [&'static str; 8] = [
+    pub const TAGS: [&'static str; 9] = [
         "send_message",
         "notify",
         "adjust_score",
@@ -455,6 +462,7 @@ impl EffectKind {
         "request_approval",
         "start_run",
         "record_conversion",
+        "emit_event",
     ];
 
     /// The name the run's history gives the effect (`effect_emitted`): messages by channel.
@@ -470,6 +478,7 @@ impl EffectKind {
             EffectKind::RequestApproval { .. } => "request_approval",
             EffectKind::StartRun { .. } => "start_run",
             EffectKind::RecordConversion { .. } => "record_conversion",
+            EffectKind::EmitEvent { .. } => "emit_event",
         }
     }
 }
@@ -750,6 +759,51 @@ pub fn apply_score(subject: &mut Value, model: &str, change: ScoreChange) {
         ScoreChange::Set(value) => value,
     };
     scores.insert(model.to_owned(), json_number(next));
+}
+
+/// The id of the event an `emit` records: one per effect, so applying the effect again (a
+/// unit retried, the dispatcher after a crash) records the event once.
+pub fn emitted_event_id(effect_key: &str) -> String {
+    format!("emitted:{effect_key}")
+}
+
+/// How deep in a chain of emits an event is: 0 for one that came from outside, and one more
+/// than the event the emitting run was handling for one a run emitted.
+pub fn emit_depth(event: &Event) -> u32 {
+    event
+        .payload
+        .pointer("/context/flowmark/emit_depth")
+        .and_then(Value::as_u64)
+        .map_or(0, |depth| u32::try_from(depth).unwrap_or(u32::MAX))
+}
+
+/// The event an `EmitEvent` effect records for the subject of run `run_id` (of workflow
+/// `workflow_id`): a `track` event whose `context.flowmark` says which run and step emitted
+/// it and how deep in a chain of emits it is. `None` for any other kind of effect.
+pub fn emitted_event(
+    run_id: RunId,
+    workflow_id: &str,
+    subject_id: &str,
+    effect: &Effect,
+    at: Timestamp,
+) -> Option<Event> {
+    let EffectKind::EmitEvent { event, properties, depth } = &effect.kind else { return None };
+    let id = emitted_event_id(&effect.key);
+    let payload = serde_json::json!({
+        "type": "track",
+        "event": event,
+        "userId": subject_id,
+        "messageId": id,
+        "timestamp": at.rfc3339(),
+        "properties": properties,
+        "context": {
+            "flowmark": {
+                "emitted_by": { "workflow": workflow_id, "run": run_id.0, "step": &*effect.step },
+                "emit_depth": depth,
+            },
+        },
+    });
+    Some(Event { id, name: event.clone(), at, payload: Arc::new(payload) })
 }
 
 /// Sets fields of a subject's data: what an `UpdateSubject` effect does.

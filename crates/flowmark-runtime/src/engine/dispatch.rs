@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{
-    EffectKind, EffectTiming, Event, Facts, Input, ParentRun, RenderContext, Run, RunId, RunStatus, apply_update,
-    effect_result, handle, timed_effect_result,
+    Effect, EffectKind, EffectTiming, Event, Facts, Input, ParentRun, RenderContext, Run, RunId, RunStatus,
+    apply_update, effect_result, emitted_event, handle, timed_effect_result,
 };
 use flowmark_core::model::Channel;
 use flowmark_core::render::{Message, render_step_message};
@@ -52,10 +52,25 @@ pub const LEASE_MARGIN_MS: i64 = 5_000;
 /// holds those behind it at most this much longer each.
 const TURN_ALLOWANCE_MS: u64 = 500;
 
-/// How long an effect whose connector has no free worker waits before it is read again (a
-/// second): it goes behind the effects of other connectors, so a long queue of emails cannot
-/// hold up a webhook.
+/// How long an effect whose connector has no free worker waits at least before it is read
+/// again (a second): it goes behind the effects of other connectors, so a long queue of
+/// emails cannot hold up a webhook. Further back in the line it waits for about its turn
+/// (`no_worker_hold_ms`), so a backlog behind a slow peer is not read and rewritten every
+/// second while its connector gets through a few effects.
 pub const NO_WORKER_HOLD_MS: i64 = 1_000;
+
+/// The longest an effect waits for a free worker before it is read again (a minute), however
+/// long the line ahead of it: a peer that speeds up is not kept waiting on a stale estimate.
+pub const NO_WORKER_HOLD_MAX_MS: i64 = 60_000;
+
+/// How long the effect at `place` (0 first) in the line for a connector's `workers` waits for
+/// its turn, when an attempt takes `latency_ms` (unknown: the minimum): the line moves
+/// `workers` effects per attempt's time.
+fn no_worker_hold_ms(place: usize, workers: usize, latency_ms: Option<f64>) -> i64 {
+    let Some(latency_ms) = latency_ms else { return NO_WORKER_HOLD_MS };
+    let turns = (place / workers.max(1)) as f64 + 1.0;
+    ((latency_ms * turns) as i64).clamp(NO_WORKER_HOLD_MS, NO_WORKER_HOLD_MAX_MS)
+}
 
 /// How many effects a claim may hand to each connector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -406,6 +421,17 @@ impl<S: Store> Engine<S> {
                 EffectKind::StartRun { workflow, wait } => {
                     outcomes[index] = Some(self.start_subflow(run, entry, workflow, *wait, now, &mut unit)?);
                 }
+                EffectKind::EmitEvent { .. } => {
+                    // Left over from a unit whose cascade went too deep: recorded here, in this
+                    // dispatch's unit, with what it causes.
+                    let effect =
+                        Effect { key: entry.key.clone(), step: entry.step.as_str().into(), kind: kind.clone() };
+                    let event = emitted_event(run.id, run.workflow_id, run.subject_id, &effect, now)
+                        .expect("an EmitEvent effect makes an event");
+                    let detail = format!("recorded `{}` ({})", event.name, event.id);
+                    thresholds.push(Incoming::event(run.subject_id, event));
+                    outcomes[index] = Some(Outcome::Done { detail: Some(detail) });
+                }
                 EffectKind::SendMessage { channel, transactional, context } => {
                     let refusal =
                         if *transactional { None } else { flowmark_core::engine::refusal(&subject, *channel) };
@@ -451,10 +477,14 @@ impl<S: Store> Engine<S> {
                 Slots::Free => self.dispatching.batch_size(route),
             };
             if slots == Slots::Free {
-                let free = connectors.concurrency(route).saturating_sub(self.busy_workers(route));
-                let hold = Attempt::Deferred { at: Timestamp(now.ms().saturating_add(NO_WORKER_HOLD_MS)) };
-                for (index, ..) in route_jobs.drain((free * per_worker).min(route_jobs.len())..) {
-                    attempts.push((ready[index].key.clone(), hold.clone(), ready[index].attempts));
+                let workers = connectors.concurrency(route);
+                let free = workers.saturating_sub(self.busy_workers(route));
+                let latency_ms = self.dispatching.latency_ms.get(&route).copied();
+                let held = route_jobs.drain((free * per_worker).min(route_jobs.len())..);
+                for (place, (index, ..)) in held.enumerate() {
+                    let hold_ms = no_worker_hold_ms(place, workers, latency_ms);
+                    let hold = Attempt::Deferred { at: Timestamp(now.ms().saturating_add(hold_ms)) };
+                    attempts.push((ready[index].key.clone(), hold, ready[index].attempts));
                     no_worker += 1;
                 }
             }
@@ -753,4 +783,25 @@ fn perform_all(connector: &dyn Connector, concurrency: usize, now: Timestamp, cl
     });
     done.sort_by_key(|(at, _)| *at);
     done.into_iter().map(|(_, performed)| performed).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_effect_waits_for_about_its_turn_in_a_slow_connectors_line() {
+        // Unknown latency: the minimum hold, whatever the place.
+        assert_eq!(no_worker_hold_ms(500, 8, None), NO_WORKER_HOLD_MS);
+        // A fast peer: the minimum too.
+        assert_eq!(no_worker_hold_ms(100, 8, Some(2.0)), NO_WORKER_HOLD_MS);
+        // 8 workers, 1 s per attempt: the first 8 wait a second, the next 8 two, …
+        assert_eq!(no_worker_hold_ms(0, 8, Some(1000.0)), 1_000);
+        assert_eq!(no_worker_hold_ms(7, 8, Some(1000.0)), 1_000);
+        assert_eq!(no_worker_hold_ms(8, 8, Some(1000.0)), 2_000);
+        assert_eq!(no_worker_hold_ms(80, 8, Some(1000.0)), 11_000);
+        // However long the line, at most a minute; no workers at all counts as one.
+        assert_eq!(no_worker_hold_ms(100_000, 8, Some(1000.0)), NO_WORKER_HOLD_MAX_MS);
+        assert_eq!(no_worker_hold_ms(3, 0, Some(1000.0)), 4_000);
+    }
 }

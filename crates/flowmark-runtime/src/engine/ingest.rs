@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{
-    Effect, EffectKind, Event, Facts, HistoryEntry, Input, Run, RunId, Transition, apply_update, handle,
+    Effect, EffectKind, Event, Facts, HistoryEntry, Input, Run, RunId, Transition, apply_update, emitted_event, handle,
 };
 use flowmark_core::expr::Scope;
 use flowmark_core::model::{SegmentEdge, Trigger, Workflow};
@@ -255,11 +255,11 @@ impl<S: Store> Engine<S> {
         Ok(())
     }
 
-    /// Applies the internal effects of `unit.transitions[range]` — `update` and `score` — to
-    /// their subjects in this unit: they change nothing outside Flowmark, so they take effect
+    /// Applies the internal effects of `unit.transitions[range]` — `update`, `score` and
+    /// `emit` — to their subjects in this unit: they change nothing outside Flowmark, so they take effect
     /// in the commit of the step that ran them (exactly once), their outbox rows are recorded
     /// done in that commit, and their results go back to their runs there too. Returns what
-    /// the changes cause: thresholds crossed and segment edges.
+    /// the changes cause: events emitted, thresholds crossed and segment edges.
     fn apply_internal_effects(
         &mut self,
         unit: &mut Unit,
@@ -273,7 +273,12 @@ impl<S: Store> Engine<S> {
                 t.effects
                     .iter()
                     .filter(|effect| {
-                        matches!(effect.kind, EffectKind::UpdateSubject { .. } | EffectKind::AdjustScore { .. })
+                        matches!(
+                            effect.kind,
+                            EffectKind::UpdateSubject { .. }
+                                | EffectKind::AdjustScore { .. }
+                                | EffectKind::EmitEvent { .. }
+                        )
                     })
                     .map(|effect| (t.run.id, t.run.subject_id.clone(), effect.clone()))
             })
@@ -281,6 +286,28 @@ impl<S: Store> Engine<S> {
         let mut caused = Vec::new();
         for (run_id, subject_id, effect) in internal {
             let Some(run) = self.run_in(unit, run_id)? else { continue };
+            if matches!(effect.kind, EffectKind::EmitEvent { .. }) {
+                // The event is applied right after this round, in this unit, like a threshold.
+                let event = emitted_event(run.id, &run.workflow_id, &subject_id, &effect, now)
+                    .expect("an EmitEvent effect makes an event");
+                let (ok, detail) = if unit.generate(&event) {
+                    let detail = format!("recorded `{}` ({})", event.name, event.id);
+                    caused.push(Incoming::event(&subject_id, event));
+                    (true, detail)
+                } else {
+                    (false, format!("not recorded: this unit of work already made {GENERATED_EVENTS_MAX} events"))
+                };
+                let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+                let input = Input::EffectCompleted { key: effect.key.clone(), ok, detail: Some(detail.clone()) };
+                unit.push(handle(&workflow, run, &input, &Facts::empty(), now));
+                let attempt = if ok {
+                    flowmark_store::Attempt::Done { detail: Some(detail) }
+                } else {
+                    flowmark_store::Attempt::Failed { error: detail }
+                };
+                applied.push((effect.key.clone(), attempt));
+                continue;
+            }
             let (data, _) = self.subject_in(unit, &subject_id)?;
             match effect.kind {
                 EffectKind::UpdateSubject { set } => {

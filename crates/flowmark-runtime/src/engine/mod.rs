@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use flowmark_core::diagnostic::DiagnosticJson;
+use flowmark_core::diagnostic::{Diagnostic, DiagnosticJson, Span};
 use flowmark_core::engine::{
     Event, Facts, HistoryKind, Input, ParentRun, Run, RunId, RunStatus, Sent, TimerId, Transition, handle, timer_reach,
 };
@@ -28,7 +28,7 @@ pub use flowmark_core::engine::{SUPPRESSED_REASON_TRAIT, UNSUBSCRIBED_TRAIT};
 use flowmark_core::limits::{RECENT_EVENTS_COUNT_MAX, WAIT_LOOKBACK_MS};
 use flowmark_core::model::RunOutcomeFilter;
 use flowmark_core::model::ScoreChange;
-use flowmark_core::model::{Entry, StepKind, Trigger, Wait, Workflow};
+use flowmark_core::model::{Action, Entry, StepKind, Trigger, Wait, Workflow};
 use flowmark_core::{Severity, Source, Timestamp, compile};
 use flowmark_store::{Batch, KeyedStart, RunFilter, ScoreRecord, Store, WorkChange, WorkflowStatus};
 
@@ -36,6 +36,7 @@ use crate::scoring::{Models, ModelsSource};
 use serde_json::{Value, json};
 
 use crate::directory::{DIRECTORY_SETTING, Directory};
+use crate::own_address::OwnAddresses;
 use crate::segments::Segments;
 use crate::suppressions::Suppressions;
 
@@ -213,6 +214,8 @@ pub struct Engine<S: Store> {
     dispatching: dispatch::Dispatching,
     /// Suppressions committed lately, which the workers check before a message leaves.
     suppressions: Suppressions,
+    /// Where this server takes events in (none known by default): webhooks there are refused.
+    own_addresses: OwnAddresses,
 }
 
 /// The parts of a run that performing its effects reads: never its state, so the dispatcher
@@ -329,6 +332,7 @@ impl<S: Store> Engine<S> {
             public_url: String::new(),
             dispatching: dispatch::Dispatching::default(),
             suppressions: Suppressions::default(),
+            own_addresses: OwnAddresses::default(),
         })
     }
 
@@ -398,6 +402,12 @@ impl<S: Store> Engine<S> {
         let Some(workflow) = compiled.workflow else {
             return Err(DeployError::Invalid(compiled.diagnostics.iter().map(|d| d.to_json(&source_file)).collect()));
         };
+        let calls_itself = self.calls_to_self(&workflow, source);
+        if !calls_itself.is_empty() {
+            return Err(DeployError::Invalid(
+                compiled.diagnostics.iter().chain(&calls_itself).map(|d| d.to_json(&source_file)).collect(),
+            ));
+        }
         // Uploading the same source again is not a new version.
         if let Some((latest, stored)) = self.store.workflow_source(&workflow.id, None)?
             && stored == source
@@ -412,6 +422,39 @@ impl<S: Store> Engine<S> {
             other => DeployError::Store(flowmark_store::Error::Corrupt(other.to_string())),
         })?;
         Ok((id, version))
+    }
+
+    /// Where this server takes events in, so no workflow is deployed that calls it over HTTP.
+    pub fn set_own_addresses(&mut self, own: OwnAddresses) {
+        self.own_addresses = own;
+    }
+
+    /// An error for each webhook of `workflow` to this server's own ingestion, located at its
+    /// URL in `source`.
+    fn calls_to_self(&self, workflow: &Workflow, source: &str) -> Vec<Diagnostic> {
+        let mut found = Vec::new();
+        for step in &workflow.steps {
+            let StepKind::Action(Action::Webhook(webhook)) = &step.kind else { continue };
+            let url = webhook.url.source();
+            if !self.own_addresses.is_own_ingestion(url) {
+                continue;
+            }
+            let span = source.find(url).map_or(Span { offset: 0, len: 0 }, |offset| Span { offset, len: url.len() });
+            found.push(
+                Diagnostic::error(
+                    "flowmark::webhook-to-self",
+                    span,
+                    format!("step `{}` calls this Flowmark's own ingestion over HTTP", step.id),
+                )
+                .label("this is Flowmark itself")
+                .help(
+                    "record the event with `emit: { event: \"…\", properties: { … } }` instead: it starts \
+                     workflows, satisfies waits and moves scores in the same unit of work, with no request \
+                     to time out or retry",
+                ),
+            );
+        }
+        found
     }
 
     /// A stored version, compiled (cached).

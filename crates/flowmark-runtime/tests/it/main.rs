@@ -12,6 +12,7 @@ use flowmark_store::{RunFilter, Store, WorkflowStatus};
 use serde_json::json;
 
 mod claims;
+mod emit;
 mod segments;
 mod work;
 

@@ -47,6 +47,14 @@ pub struct Args {
     /// connection would compete with the server's own threads for the same two cores.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
+    /// Also call a webhook for every run started, and measure each level twice, each on a
+    /// fresh server: the webhook's receiver answering at once, then taking `--peer-delay-ms`
+    /// per call. The ratio of the two throughputs is what a slow peer costs ingestion.
+    #[arg(long)]
+    slow_peer: bool,
+    /// How long the slow receiver takes per call, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    peer_delay_ms: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -72,10 +80,16 @@ impl Drop for Server {
 }
 
 pub(super) fn start_server(db: &Path) -> anyhow::Result<Server> {
+    start_server_with(db, &[])
+}
+
+/// [`start_server`] with more `serve` arguments.
+fn start_server_with(db: &Path, extra: &[&str]) -> anyhow::Result<Server> {
     let exe = std::env::current_exe().context("cannot find the flowmark executable")?;
     let mut child = Command::new(exe)
         .args(["serve", "--bind", "127.0.0.1:0", "--write-key", WRITE_KEY, "--api-token", API_TOKEN, "--db"])
         .arg(db)
+        .args(extra)
         .env("FLOWMARK_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -191,22 +205,11 @@ struct Syncs {
 
 impl Syncs {
     fn read(address: &str) -> anyhow::Result<Syncs> {
-        let (status, body) =
-            Connection::open(address)?.request("GET", "/metrics", &format!("Bearer {API_TOKEN}"), b"")?;
-        if status != 200 {
-            bail!("/metrics answered {status}");
-        }
-        let text = String::from_utf8_lossy(&body);
-        let value = |name: &str| {
-            text.lines()
-                .find_map(|line| line.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
+        let text = metrics(address)?;
         Ok(Syncs {
-            groups: value("flowmark_commit_groups_deferred_total") as u64,
-            syncs: value("flowmark_wal_syncs_total") as u64,
-            seconds: value("flowmark_wal_sync_seconds_total"),
+            groups: metric(&text, "flowmark_commit_groups_deferred_total") as u64,
+            syncs: metric(&text, "flowmark_wal_syncs_total") as u64,
+            seconds: metric(&text, "flowmark_wal_sync_seconds_total"),
         })
     }
 
@@ -415,74 +418,233 @@ struct Tally {
     latencies: Vec<Duration>,
 }
 
-pub fn run(args: &Args, dir: &Path, fsync: &Fsync) -> anyhow::Result<()> {
-    let db = fresh_db(dir, "ingest");
-    let server = start_server(&db)?;
-    let blueprint = include_str!("../../../../blueprints/whitepaper-nurture.yaml");
-    let (status, _) = Connection::open(&server.address)?.request(
+/// The webhook secret of `--slow-peer` runs (any `whsec_` secret does: nothing checks it).
+const PEER_SECRET: &str = "whsec_YmVuY2gtc2xvdy1wZWVyLXNlY3JldA==";
+
+/// The workflow `--slow-peer` deploys beside the nurture: a webhook call for every download
+/// (a run each time, so the line for the slow peer grows all through the measurement).
+fn peer_workflow(address: &str) -> String {
+    format!(
+        "id: bench-peer\nsubject: contact\ntrigger: {{ event: Whitepaper Downloaded }}\nentry: {{ reentry: always }}\nsteps:\n  - id: tell\n    action:\n      webhook: {{ url: \"http://{address}/leads\", body: {{ source: bench, topic: \"{{{{ event.properties.topic }}}}\" }} }}\n"
+    )
+}
+
+/// The benchmark's webhook receiver: a thread per connection, each request answered `200`
+/// after `delay_ms`; counts the calls it answered.
+struct Peer {
+    address: String,
+    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Peer {
+    fn start(delay_ms: u64) -> anyhow::Result<Peer> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let address = listener.local_addr()?.to_string();
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = answered.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let _ = answer(stream, delay_ms, &count);
+                });
+            }
+        });
+        Ok(Peer { address, answered })
+    }
+}
+
+/// Answers the requests of one keep-alive connection until it closes.
+fn answer(stream: TcpStream, delay_ms: u64, answered: &std::sync::atomic::AtomicU64) -> std::io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        std::io::copy(&mut (&mut reader).take(length as u64), &mut std::io::sink())?;
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        answered.fetch_add(1, Ordering::Relaxed);
+        writer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")?;
+    }
+}
+
+/// The server's `/metrics` page.
+fn metrics(address: &str) -> anyhow::Result<String> {
+    let (status, body) = Connection::open(address)?.request("GET", "/metrics", &format!("Bearer {API_TOKEN}"), b"")?;
+    if status != 200 {
+        bail!("/metrics answered {status}");
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One unlabelled value of a `/metrics` page (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+fn deploy(address: &str, workflow: &str) -> anyhow::Result<()> {
+    let (status, body) = Connection::open(address)?.request(
         "POST",
         "/api/workflows",
         &format!("Bearer {API_TOKEN}"),
-        blueprint.as_bytes(),
+        workflow.as_bytes(),
     )?;
     if status != 201 {
-        bail!("the blueprint did not deploy: {status}");
+        bail!("a workflow did not deploy: {status} {}", String::from_utf8_lossy(&body));
     }
-    let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:")));
+    Ok(())
+}
+
+const NURTURE: &str = include_str!("../../../../blueprints/whitepaper-nurture.yaml");
+
+pub fn run(args: &Args, dir: &Path, fsync: &Fsync) -> anyhow::Result<()> {
+    if args.slow_peer {
+        return run_with_peers(args, dir, fsync);
+    }
+    let db = fresh_db(dir, "ingest");
+    let server = start_server(&db)?;
+    deploy(&server.address, NURTURE)?;
     for (round, &connections) in args.connections.iter().enumerate() {
-        eprintln!("ingest: {connections} connections for {} s …", args.seconds);
-        let before = Syncs::read(&server.address)?;
-        let shape = Shape { mode: args.mode, batch_size: args.batch_size };
-        let cpu_before = CpuTimes::sample_both(server.child.id());
-        let (tallies, elapsed) =
-            run_async_clients(&server.address, &auth, connections, round, args.seconds, args.client_threads, shape)?;
-        let cpu_after = CpuTimes::sample_both(server.child.id());
-        let mut total = Tally::default();
-        for tally in tallies {
-            total.requests += tally.requests;
-            total.events += tally.events;
-            total.rejected += tally.rejected;
-            total.errors += tally.errors;
-            total.latencies.extend(tally.latencies);
-        }
-        let syncs = Syncs::read(&server.address)?.since(&before);
-        let requests_per_s = total.requests as f64 / elapsed;
-        // One request per connection per fsync is the most a server that syncs each request
-        // alone could do; group commit is how Flowmark gets near or past it.
-        let ceiling = connections as f64 / (fsync.p50_ms / 1000.0);
-        let cpu =
-            cpu_before.zip(cpu_after).and_then(|((server_before, client_before), (server_after, client_after))| {
-                cpu_json(&server_after.since(&server_before), &client_after.since(&client_before), total.requests)
-            });
-        // The bound: an estimate, from this CPU per request, of the most any schedule of syncs
-        // could reach. The checkpointer's time is left out, as it runs beside the requests.
-        let bound = cpu.as_ref().map(|cpu| {
-            let sync_s = if syncs.syncs > 0 { syncs.seconds / syncs.syncs as f64 } else { fsync.p50_ms / 1000.0 };
-            let cores = std::thread::available_parallelism().map_or(1, usize::from);
-            round2(ratio_bound(connections, fsync.p50_ms / 1000.0, sync_s, cpu.on_path_us / 1e6, cores))
-        });
-        emit(&json!({
-            "scenario": "ingest",
-            "mode": match args.mode { Mode::Track => "track", Mode::Batch => "batch" },
-            "connections": connections,
-            "batch_size": if args.mode == Mode::Batch { Some(args.batch_size) } else { None },
-            "seconds": round2(elapsed),
-            "requests": total.requests,
-            "events": total.events,
-            "events_per_s": (total.events as f64 / elapsed).round(),
-            "requests_per_s": requests_per_s.round(),
-            "rejected_429": total.rejected,
-            "errors": total.errors,
-            "latency_ms": latency_json(&mut total.latencies),
-            "fsync": fsync.json(),
-            "fsync_ceiling_requests_per_s": ceiling.round(),
-            "ratio_to_ceiling": round2(requests_per_s / ceiling),
-            "ratio_bound": bound,
-            "cpu_per_request_us": cpu.map(|cpu| cpu.json),
-            "deferred": syncs.json(total.requests),
-        }));
+        emit(&measure(args, &server, connections, round, fsync)?);
     }
     drop(server);
     remove_db(&db);
     Ok(())
+}
+
+/// `--slow-peer`: each level against a receiver that answers at once, then one that takes
+/// `--peer-delay-ms`, each on a fresh server and database; then the ratio.
+fn run_with_peers(args: &Args, dir: &Path, fsync: &Fsync) -> anyhow::Result<()> {
+    for (round, &connections) in args.connections.iter().enumerate() {
+        let mut throughput = Vec::new();
+        for delay_ms in [0, args.peer_delay_ms] {
+            let peer = Peer::start(delay_ms)?;
+            let db = fresh_db(dir, "ingest-peer");
+            let server = start_server_with(&db, &["--webhook-secret", PEER_SECRET, "--webhook-allow-private"])?;
+            deploy(&server.address, NURTURE)?;
+            deploy(&server.address, &peer_workflow(&peer.address))?;
+            let mut figures = measure(args, &server, connections, round, fsync)?;
+            let requests_per_s = figures["requests_per_s"].as_f64().unwrap_or(0.0);
+            figures["peer_delay_ms"] = json!(delay_ms);
+            figures["webhooks_answered"] = json!(peer.answered.load(Ordering::Relaxed));
+            let after = metrics(&server.address)?;
+            figures["outbox_depth_after"] = json!(metric(&after, "flowmark_outbox_depth"));
+            figures["effects_in_flight_after"] = json!(metric(&after, "flowmark_effects_in_flight"));
+            emit(&figures);
+            throughput.push(requests_per_s);
+            drop(server);
+            remove_db(&db);
+        }
+        emit(&json!({
+            "scenario": "ingest-slow-peer",
+            "connections": connections,
+            "peer_delay_ms": args.peer_delay_ms,
+            "requests_per_s": { "peer_at_once": throughput[0], "peer_slow": throughput[1] },
+            "slow_to_normal": if throughput[0] > 0.0 { round2(throughput[1] / throughput[0]) } else { 0.0 },
+        }));
+    }
+    Ok(())
+}
+
+/// One level: `connections` clients for `--seconds` against `server`, as one JSON object.
+fn measure(
+    args: &Args,
+    server: &Server,
+    connections: usize,
+    round: usize,
+    fsync: &Fsync,
+) -> anyhow::Result<serde_json::Value> {
+    let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:")));
+    eprintln!("ingest: {connections} connections for {} s …", args.seconds);
+    let before = Syncs::read(&server.address)?;
+    let shape = Shape { mode: args.mode, batch_size: args.batch_size };
+    let cpu_before = CpuTimes::sample_both(server.child.id());
+    let (tallies, elapsed) =
+        run_async_clients(&server.address, &auth, connections, round, args.seconds, args.client_threads, shape)?;
+    let cpu_after = CpuTimes::sample_both(server.child.id());
+    let mut total = Tally::default();
+    for tally in tallies {
+        total.requests += tally.requests;
+        total.events += tally.events;
+        total.rejected += tally.rejected;
+        total.errors += tally.errors;
+        total.latencies.extend(tally.latencies);
+    }
+    let syncs = Syncs::read(&server.address)?.since(&before);
+    let requests_per_s = total.requests as f64 / elapsed;
+    // One request per connection per fsync is the most a server that syncs each request
+    // alone could do; group commit is how Flowmark gets near or past it.
+    let ceiling = connections as f64 / (fsync.p50_ms / 1000.0);
+    let cpu = cpu_before.zip(cpu_after).and_then(|((server_before, client_before), (server_after, client_after))| {
+        cpu_json(&server_after.since(&server_before), &client_after.since(&client_before), total.requests)
+    });
+    // The bound: an estimate, from this CPU per request, of the most any schedule of syncs
+    // could reach. The checkpointer's time is left out, as it runs beside the requests.
+    let bound = cpu.as_ref().map(|cpu| {
+        let sync_s = if syncs.syncs > 0 { syncs.seconds / syncs.syncs as f64 } else { fsync.p50_ms / 1000.0 };
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        round2(ratio_bound(connections, fsync.p50_ms / 1000.0, sync_s, cpu.on_path_us / 1e6, cores))
+    });
+    Ok(json!({
+        "scenario": "ingest",
+        "mode": match args.mode { Mode::Track => "track", Mode::Batch => "batch" },
+        "connections": connections,
+        "batch_size": if args.mode == Mode::Batch { Some(args.batch_size) } else { None },
+        "seconds": round2(elapsed),
+        "requests": total.requests,
+        "events": total.events,
+        "events_per_s": (total.events as f64 / elapsed).round(),
+        "requests_per_s": requests_per_s.round(),
+        "rejected_429": total.rejected,
+        "errors": total.errors,
+        "latency_ms": latency_json(&mut total.latencies),
+        "fsync": fsync.json(),
+        "fsync_ceiling_requests_per_s": ceiling.round(),
+        "ratio_to_ceiling": round2(requests_per_s / ceiling),
+        "ratio_bound": bound,
+        "cpu_per_request_us": cpu.map(|cpu| cpu.json),
+        "deferred": syncs.json(total.requests),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_answers_every_request_of_a_keep_alive_connection_after_its_delay() {
+        let peer = Peer::start(20).unwrap();
+        let mut connection = Connection::open(&peer.address).unwrap();
+        let started = Instant::now();
+        for _ in 0..2 {
+            let (status, _) = connection.request("POST", "/leads", "", br#"{"user":"u1"}"#).unwrap();
+            assert_eq!(status, 200);
+        }
+        assert!(started.elapsed() >= Duration::from_millis(40));
+        assert_eq!(peer.answered.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn metrics_are_read_by_exact_name() {
+        let text = "flowmark_outbox_depth_x 9\nflowmark_outbox_depth 12\n";
+        assert_eq!(metric(text, "flowmark_outbox_depth"), 12.0);
+        assert_eq!(metric(text, "flowmark_effects_in_flight"), 0.0);
+    }
 }

@@ -124,6 +124,14 @@ fn events_in_runs_out_and_everything_acknowledged_survives_a_restart() {
     let (status, content_type, body) = server.api("POST", "/api/workflows", b"id: bad\nsubject: contact\nsteps: []\n");
     assert_eq!((status, content_type.as_str()), (422, "application/problem+json"));
     assert_eq!(body["diagnostics"][0]["code"], "flowmark::no-steps");
+    // A webhook back to this very server is refused, wherever it says so.
+    let to_self = format!(
+        "id: loop\nsubject: contact\ntrigger: {{ event: Signed Up }}\nsteps:\n  - id: tell\n    action:\n      webhook: {{ url: \"http://{}/v1/track\" }}\n",
+        server.address.replace("127.0.0.1", "localhost")
+    );
+    let (status, _, body) = server.api("POST", "/api/workflows", to_self.as_bytes());
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["diagnostics"][0]["code"], "flowmark::webhook-to-self");
     assert_eq!(server.request("GET", "/api/workflows", &[], b"").0, 401, "the API needs a token");
 
     let download = json!({ "userId": "ada", "event": "Whitepaper Downloaded", "messageId": "m-1", "properties": { "topic": "automation" } });
