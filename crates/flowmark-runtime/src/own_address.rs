@@ -46,11 +46,9 @@ impl OwnAddresses {
     /// paths. Only the part before the first Liquid tag is read.
     pub fn is_own_ingestion(&self, url: &str) -> bool {
         let literal = url.split("{{").next().unwrap_or_default().split("{%").next().unwrap_or_default();
+        // A host written as a template leaves no host (`http://`) or one that ends where the
+        // tag begins, before any path: neither is one of ours.
         let Ok(parsed) = Url::parse(literal) else { return false };
-        // A host that ends where a tag begins (`http://{{ host }}/v1/…`) is not known.
-        if literal.len() < parsed.scheme().len() + 3 + parsed.host_str().map_or(0, str::len) {
-            return false;
-        }
         let Some((host, port)) = origin(&parsed) else { return false };
         let ours = self.origins.iter().any(|(h, p)| *h == host && *p == port)
             || (self.loopback_port == Some(port) && is_loopback(&host));
