@@ -22,6 +22,8 @@ use tokio::sync::oneshot;
 pub(crate) struct App {
     pub(crate) owner: Owner,
     pub(crate) config: Arc<Config>,
+    /// The OpenAPI document, built once from the routers.
+    pub(crate) openapi: Arc<str>,
 }
 
 /// The engine as the server runs it, on whichever store the binary picked.

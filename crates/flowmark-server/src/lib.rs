@@ -13,11 +13,12 @@ mod api;
 pub mod auth;
 mod http;
 mod metrics;
+mod openapi;
 pub mod owner;
 mod people;
 pub mod segment;
 pub mod syncer;
 mod ui;
 
-pub use http::{Config, OPENAPI, ROUTES, router};
+pub use http::{Config, openapi_document, router};
 pub use owner::{Owner, ServerStore};

@@ -9,43 +9,74 @@
 //! Invariant: a refused action changes nothing and says why (`403` not theirs, `404` no such
 //! item, `409` closed or not taken by the run, `422` invalid).
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use flowmark_core::Timestamp;
 use flowmark_core::engine::Decision;
 use flowmark_runtime::{WorkAction, WorkRefusal, ical};
 use flowmark_store::{Store, WorkKind};
 use serde_json::{Value, json};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::{Admin, App, Eng, admin_object, get_document, internal, problem, put_document, query, query_owner};
+use crate::openapi::schema;
 
 /// Most work items or notifications one list answers.
 pub const LIST_MAX: usize = 500;
 
-pub(crate) fn routes() -> Router<App> {
-    Router::new()
-        .route("/api/directory", get(directory).put(put_directory))
-        .route("/api/people/{email}/work", get(person_work))
-        .route("/api/people/{email}/notifications", get(person_notifications))
-        .route("/api/people/{email}/calendar", get(person_calendar_url))
-        .route("/api/work/{id}", get(work_item))
-        .route("/api/work/{id}/{action}", post(act))
-        .route("/api/items/{id}/work", get(item_work))
-        .route("/api/items/{id}/comments", get(item_comments).post(comment))
-        .route("/api/items/{id}/attachments", post(attach))
-        .route("/cal/people/{email}/{token}", get(person_feed))
-        .route("/cal/workspace/{token}", get(workspace_feed))
+pub(crate) fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(directory, put_directory))
+        .routes(routes!(person_work))
+        .routes(routes!(person_notifications))
+        .routes(routes!(person_calendar_url))
+        .routes(routes!(work_item))
+        .routes(routes!(act))
+        .routes(routes!(item_work))
+        .routes(routes!(item_comments, comment))
+        .routes(routes!(attach))
+        .routes(routes!(person_feed))
+        .routes(routes!(workspace_feed))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/directory",
+    operation_id = "getDirectory",
+    tag = "people",
+    summary = "The workspace's directory of people, teams and role bindings",
+    responses(
+        (status = 200, description = "The directory as written.", body = schema::Directory),
+        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn directory(State(app): State<App>, headers: HeaderMap) -> Response {
     get_document(&app, &headers, |engine| engine.directory().source.clone(), json!({ "people": [] })).await
 }
 
 /// Replaces the directory: `{"people": [...], "teams": {...}, "roles": {...}}`.
+#[utoipa::path(
+    put,
+    path = "/api/directory",
+    operation_id = "putDirectory",
+    tag = "people",
+    summary = "Replace the directory",
+    request_body(content = schema::Directory, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored; open work is handed to the people its roles now name.", body = schema::Updated),
+        (status = 400, description = "Not a directory (JSON, unknown fields).", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A directory with problems: `errors` lists each; nothing changed.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn put_directory(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     put_document(&app, &headers, &body, "directory", Eng::set_directory).await
 }
@@ -58,6 +89,26 @@ struct WorkQuery {
 
 /// A person's open work, soonest due first: "My tasks" (`?kind=task`) and "Waiting for my
 /// approval" (`?kind=approval`).
+#[utoipa::path(
+    get,
+    path = "/api/people/{email}/work",
+    operation_id = "listPersonWork",
+    tag = "people",
+    summary = "A person's open work, soonest due first",
+    params(
+        ("email" = String, Path, description = "A person's email address."),
+        ("kind" = Option<schema::WorkKind>, Query),
+        ("limit" = Option<u64>, Query, maximum = 500),
+    ),
+    responses(
+        (status = 200, description = "`work`: the items.", body = schema::WorkList),
+        (status = 400, description = "`kind` is not task or approval.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn person_work(
     State(app): State<App>,
     _admin: Admin,
@@ -78,6 +129,23 @@ async fn person_work(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/people/{email}/notifications",
+    operation_id = "listPersonNotifications",
+    tag = "people",
+    summary = "A person's notifications, newest first",
+    params(
+        ("email" = String, Path, description = "A person's email address."),
+    ),
+    responses(
+        (status = 200, description = "`notifications`.", body = schema::NotificationList),
+        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn person_notifications(State(app): State<App>, _admin: Admin, Path(email): Path<String>) -> Response {
     match query_owner(&app, move |engine, _| engine.store().notifications(&email, LIST_MAX)).await {
         Ok(items) => axum::Json(json!({ "notifications": items })).into_response(),
@@ -86,6 +154,24 @@ async fn person_notifications(State(app): State<App>, _admin: Admin, Path(email)
 }
 
 /// The URL of a person's calendar feed (an admin hands it to them).
+#[utoipa::path(
+    get,
+    path = "/api/people/{email}/calendar",
+    operation_id = "getPersonCalendarUrl",
+    tag = "people",
+    summary = "The paths of a person's and the workspace's calendar feeds",
+    params(
+        ("email" = String, Path, description = "A person's email address."),
+    ),
+    responses(
+        (status = 200, description = "`person` and `workspace`: paths with their tokens.", body = schema::CalendarFeeds),
+        (status = 404, description = "The server has no secret to sign feeds with.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn person_calendar_url(State(app): State<App>, _admin: Admin, Path(email): Path<String>) -> Response {
     let Some(secret) = app.config.unsubscribe_secret.as_deref() else {
         return problem(StatusCode::NOT_FOUND, "No feeds", "this server has no secret to sign feed links with");
@@ -100,6 +186,24 @@ pub(crate) fn feed_paths(secret: &[u8], email: &str) -> (String, String) {
     (person, format!("/cal/workspace/{}", ical::token(secret, "workspace")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/work/{id}",
+    operation_id = "getWorkItem",
+    tag = "work",
+    summary = "A work item",
+    params(
+        ("id" = String, Path, description = "A work item's id."),
+    ),
+    responses(
+        (status = 200, description = "The item.", body = schema::WorkItem),
+        (status = 404, description = "No such work item.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn work_item(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
     let wanted = id.clone();
     match query_owner(&app, move |engine, _| engine.store().work_item(&wanted)).await {
@@ -150,6 +254,29 @@ pub(crate) fn refusal(refusal: &WorkRefusal) -> Response {
 
 /// Acts on a work item: `claim`, `release`, `reassign` (`to`), `complete` (`fields`),
 /// `decide` (`decision`, `comment`); the body names who acts: `by`.
+#[utoipa::path(
+    post,
+    path = "/api/work/{id}/{action}",
+    operation_id = "actOnWorkItem",
+    tag = "work",
+    summary = "Act on a work item as a person",
+    params(
+        ("id" = String, Path, description = "A work item's id."),
+        ("action" = schema::WorkAction, Path),
+    ),
+    request_body(content = schema::WorkActionRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The item afterwards.", body = schema::WorkItem),
+        (status = 400, description = "No `by`, or a malformed action.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such work item.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The item is closed, or its run did not take the input (a required field missing).", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input (an unknown person to reassign to).", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn act(
     State(app): State<App>,
     headers: HeaderMap,
@@ -181,6 +308,23 @@ pub(crate) async fn act_as(app: &App, id: String, by: String, action: WorkAction
 }
 
 /// An item's work, open and closed, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/items/{id}/work",
+    operation_id = "listItemWork",
+    tag = "work",
+    summary = "An item's work, open and closed",
+    params(
+        ("id" = String, Path, description = "An item's id (the subject of a work workflow)."),
+    ),
+    responses(
+        (status = 200, description = "`work`.", body = schema::WorkList),
+        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn item_work(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
     match query_owner(&app, move |engine, _| engine.store().work_of_subject(&id, LIST_MAX)).await {
         Ok(items) => axum::Json(json!({ "work": items })).into_response(),
@@ -188,6 +332,23 @@ async fn item_work(State(app): State<App>, _admin: Admin, Path(id): Path<String>
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/items/{id}/comments",
+    operation_id = "listItemComments",
+    tag = "work",
+    summary = "An item's comments, oldest first",
+    params(
+        ("id" = String, Path, description = "An item's id (the subject of a work workflow)."),
+    ),
+    responses(
+        (status = 200, description = "`comments`.", body = schema::CommentList),
+        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn item_comments(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
     match query_owner(&app, move |engine, _| engine.store().comments(&id, LIST_MAX)).await {
         Ok(comments) => axum::Json(json!({ "comments": comments })).into_response(),
@@ -197,6 +358,27 @@ async fn item_comments(State(app): State<App>, _admin: Admin, Path(id): Path<Str
 
 /// Comments on an item: `{"by": email, "body": text, "work": work id (optional)}`; people
 /// mentioned as `@email` are notified.
+#[utoipa::path(
+    post,
+    path = "/api/items/{id}/comments",
+    operation_id = "addItemComment",
+    tag = "work",
+    summary = "Comment on an item; `@email` mentions are notified",
+    params(
+        ("id" = String, Path, description = "An item's id (the subject of a work workflow)."),
+    ),
+    request_body(content = schema::NewComment, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The comment.", body = schema::Comment),
+        (status = 400, description = "No `by` or `body`.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The work item named is not this item's.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An empty or too long comment.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn comment(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
     let fields = match admin_object(&app, &headers, &body).await {
         Ok(fields) => fields,
@@ -223,6 +405,27 @@ fn created<T: serde::Serialize>(
 }
 
 /// Attaches a link: `{"by", "title", "url", "work"?, "new_version"?}`.
+#[utoipa::path(
+    post,
+    path = "/api/items/{id}/attachments",
+    operation_id = "attachToItem",
+    tag = "work",
+    summary = "Attach a link to an item; with `new_version`, it is the next version of the item's deliverable and every approval waiting on the item starts a new round",
+    params(
+        ("id" = String, Path, description = "An item's id (the subject of a work workflow)."),
+    ),
+    request_body(content = schema::NewAttachment, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The comment.", body = schema::Comment),
+        (status = 400, description = "No `by` or `body`.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The work item named is not this item's.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An empty or too long comment.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn attach(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
     let fields = match admin_object(&app, &headers, &body).await {
         Ok(fields) => fields,
@@ -308,6 +511,21 @@ pub(crate) fn publications_between(
 }
 
 /// A person's feed: their open work as to-dos, and the publications of the items it is on.
+#[utoipa::path(
+    get,
+    path = "/cal/people/{email}/{token}",
+    operation_id = "personCalendarFeed",
+    tag = "calendar",
+    summary = "A person's calendar feed: open work as VTODOs, publications as VEVENTs",
+    params(
+        ("email" = String, Path, description = "A person's email address."),
+        ("token" = String, Path, description = "The feed's token (`.ics` may follow)."),
+    ),
+    responses(
+        (status = 200, description = "An iCalendar (RFC 5545) feed.", body = String, content_type = "text/calendar"),
+        (status = 404, description = "A wrong or revoked feed link.", body = schema::Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn person_feed(State(app): State<App>, Path((email, token)): Path<(String, String)>) -> Response {
     let token = token.trim_end_matches(".ics").to_owned();
     let Some(secret) = app.config.unsubscribe_secret.as_deref() else { return feed_refused() };
@@ -329,6 +547,20 @@ async fn person_feed(State(app): State<App>, Path((email, token)): Path<(String,
 }
 
 /// The workspace's feed: all open work and every scheduled publication.
+#[utoipa::path(
+    get,
+    path = "/cal/workspace/{token}",
+    operation_id = "workspaceCalendarFeed",
+    tag = "calendar",
+    summary = "The workspace's calendar feed",
+    params(
+        ("token" = String, Path, description = "The feed's token (`.ics` may follow)."),
+    ),
+    responses(
+        (status = 200, description = "An iCalendar (RFC 5545) feed.", body = String, content_type = "text/calendar"),
+        (status = 404, description = "A wrong or revoked feed link.", body = schema::Problem, content_type = "application/problem+json"),
+    ),
+)]
 async fn workspace_feed(State(app): State<App>, Path(token): Path<String>) -> Response {
     let token = token.trim_end_matches(".ics").to_owned();
     let Some(secret) = app.config.unsubscribe_secret.as_deref() else { return feed_refused() };

@@ -29,6 +29,7 @@ use std::fmt::Write as _;
 
 use crate::api::{App, admin_object, internal, problem, query};
 use crate::auth::{constant_time_eq, hash_password, new_token, token_hash, verify_password};
+use crate::openapi::schema;
 use html::{due, esc, page, seg, time};
 
 /// How long a session lasts.
@@ -48,7 +49,6 @@ pub(crate) fn routes() -> Router<App> {
         .route("/ui/items/{id}/comments", post(item_comment))
         .route("/ui/items/{id}/attachments", post(item_attachment))
         .route("/ui/app.js", get(js))
-        .route("/api/accounts/{email}", axum::routing::put(put_account))
         .merge(explore::routes())
         .merge(calendar::routes())
 }
@@ -68,7 +68,33 @@ async fn css() -> Response {
     response
 }
 
+/// The API route the web UI owns: setting a person's password.
+pub(crate) fn api_routes() -> utoipa_axum::router::OpenApiRouter<App> {
+    utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(put_account))
+}
+
 /// Creates or replaces a web UI account: `{"password": "…"}` (an API token is needed).
+#[utoipa::path(
+    put,
+    path = "/api/accounts/{email}",
+    operation_id = "putAccount",
+    tag = "people",
+    summary = "Create or replace a person's web UI account",
+    description = "Sets the password the person signs in to the web UI with.",
+    params(
+        ("email" = String, Path, description = "The person's email address (compared case-insensitively)."),
+    ),
+    request_body(content = schema::Account, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored.", body = schema::Updated),
+        (status = 400, description = "Not a JSON object, or no `password`.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not an email address, or a password too short or too long.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn put_account(State(app): State<App>, headers: HeaderMap, Path(email): Path<String>, body: Bytes) -> Response {
     let fields = match admin_object(&app, &headers, &body).await {
         Ok(fields) => fields,

@@ -7,6 +7,7 @@ mod durability;
 mod email;
 mod graph;
 mod nurture;
+mod openapi;
 mod outbox;
 mod people;
 mod segment_client;

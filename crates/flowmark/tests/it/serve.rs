@@ -176,7 +176,12 @@ fn events_in_runs_out_and_everything_acknowledged_survives_a_restart() {
     assert_eq!(server.track("wk", &grace).0, 200);
     let (_, _, graces) = server.api("GET", "/api/runs?subject=grace", b"");
     assert_eq!(graces, json!([]), "a paused workflow starts no run");
-    assert_eq!(server.api("POST", "/api/workflows/whitepaper-nurture/activate", b"").0, 200);
+    let (status, _, body) = server.api("POST", "/api/workflows/whitepaper-nurture/activate", b"");
+    assert_eq!(
+        (status, body),
+        (200, json!({ "id": "whitepaper-nurture", "status": "active" })),
+        "the status as listed"
+    );
     assert_eq!(server.api("POST", "/api/workflows/missing/pause", b"").0, 404);
 
     let (status, content_type, metrics) =
