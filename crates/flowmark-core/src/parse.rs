@@ -3,7 +3,8 @@
 //! The YAML is loaded into a tree that keeps each node's position (saphyr's `MarkedYaml`),
 //! then decoded by hand so that each mistake becomes a `Diagnostic` at the exact place, with
 //! "did you mean" for unknown keys, and decoding goes on after a mistake to find the next one.
-//! A JSON Schema of the same language lives in `schema/workflow.schema.json` for editors.
+//! A JSON Schema of the same language lives in `schema/workflow.schema.json` for editors; a test
+//! of the binary checks that it refuses a document exactly when this decoder finds a shape error.
 //!
 //! Invariant: `compile` returns a `Workflow` only when it found no error; it never panics on
 //! any input (a property test feeds it arbitrary text).

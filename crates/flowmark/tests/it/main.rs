@@ -10,6 +10,7 @@ mod nurture;
 mod openapi;
 mod outbox;
 mod people;
+mod schema;
 mod segment_client;
 mod serve;
 mod simulate;
