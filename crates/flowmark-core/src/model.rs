@@ -581,6 +581,12 @@ pub struct Approval {
     pub on_reject: Option<Target>,
     /// Where a request for changes goes; defaults to `on_reject`.
     pub on_changes: Option<Target>,
+    /// Whoever completed the work under review (the task completed last before the approval)
+    /// may decide it too.
+    /// Off by default: an author never approves their own work.
+    pub allow_self_approval: bool,
+    /// One person may decide only one stage (or one approver role) of a round. On by default.
+    pub distinct_approvers: bool,
 }
 
 impl Approval {

@@ -1559,6 +1559,8 @@ impl<'s> Decoder<'s> {
                 "business_days",
                 "on_reject",
                 "on_changes",
+                "allow_self_approval",
+                "distinct_approvers",
             ],
         )?;
         let mode = match f.get("mode") {
@@ -1708,6 +1710,14 @@ impl<'s> Decoder<'s> {
             Some(n) => Some(self.target(n, targets)?),
             None => None,
         };
+        let allow_self_approval = match f.get("allow_self_approval") {
+            Some(n) => self.bool(n, "`allow_self_approval`")?,
+            None => false,
+        };
+        let distinct_approvers = match f.get("distinct_approvers") {
+            Some(n) => self.bool(n, "`distinct_approvers`")?,
+            None => true,
+        };
         Some(Approval {
             mode,
             quorum,
@@ -1719,6 +1729,8 @@ impl<'s> Decoder<'s> {
             business_days,
             on_reject,
             on_changes,
+            allow_self_approval,
+            distinct_approvers,
         })
     }
 

@@ -1412,6 +1412,38 @@ async fn deliver(app: &App, id: &str, input: flowmark_core::engine::Input) -> Re
     }
 }
 
+/// A person acts on the open work of a run's step, with every check the inbox makes (the
+/// person holds the role or was handed the work, separation of duties): the API's run-centred
+/// routes and the inbox agree on who may act.
+async fn act_at_step(
+    app: &App,
+    id: &str,
+    step: String,
+    role: Option<String>,
+    by: String,
+    action: flowmark_runtime::WorkAction,
+) -> Response {
+    let Some(number) = id.parse::<u64>().ok() else { return invalid_run_id(id) };
+    let answer =
+        query(&app.owner, move |engine, now| -> Result<Result<Value, flowmark_runtime::WorkRefusal>, String> {
+            let acted = engine.act_at_step(RunId(number), &step, role.as_deref(), &by, action, now);
+            if let Err(refusal) = acted.map_err(|e| e.to_string())? {
+                return Ok(Err(refusal));
+            }
+            let run = engine.store().run(RunId(number)).map_err(|e| e.to_string())?.ok_or("the run is gone")?;
+            let workflow = engine.workflow(&run.workflow_id, Some(run.version)).map_err(|e| e.to_string())?;
+            let steps: Vec<String> = run.current_steps().map(|at| workflow.step(at).id.to_string()).collect();
+            Ok(Ok(json!({ "id": run.id, "status": run.status, "steps": steps })))
+        })
+        .await;
+    match answer {
+        Ok(Ok(Ok(run))) => axum::Json(run).into_response(),
+        Ok(Ok(Err(refusal))) => crate::people::refusal(&refusal),
+        Ok(Err(error)) => internal(error),
+        Err(response) => response,
+    }
+}
+
 /// Completes a task: `{"by": "sam@example.com", "fields": {"keywords": "…"}}`.
 #[utoipa::path(
     post,
@@ -1428,9 +1460,9 @@ async fn deliver(app: &App, id: &str, input: flowmark_core::engine::Input) -> Re
         (status = 200, description = "The run as it stands.", body = schema::RunState),
         (status = 400, description = "Not a run id, or the body is not what the step needs.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The run ignored the input, and `detail` says why (not waiting at that step, not that role, already decided, ended).", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Nothing is open at that step (for that role), or the run ignored the input; `detail` says why.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or `by` may not act here: they do not hold the role and were not handed the work, or separation of duties forbids it (an author deciding their own work, one person deciding two stages of a round).", body = schema::Problem, content_type = "application/problem+json"),
         (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
@@ -1450,7 +1482,8 @@ async fn complete_task(
     };
     match crate::people::parse_action("complete", &fields) {
         Ok(flowmark_runtime::WorkAction::Complete { fields }) => {
-            deliver(&app, &id, flowmark_core::engine::Input::TaskCompleted { step, by, fields }).await
+            let action = flowmark_runtime::WorkAction::Complete { fields };
+            act_at_step(&app, &id, step, None, by, action).await
         }
         Ok(_) => internal("`complete` parsed as another action"),
         Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid input", detail),
@@ -1474,9 +1507,9 @@ async fn complete_task(
         (status = 200, description = "The run as it stands.", body = schema::RunState),
         (status = 400, description = "Not a run id, or the body is not what the step needs.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The run ignored the input, and `detail` says why (not waiting at that step, not that role, already decided, ended).", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Nothing is open at that step (for that role), or the run ignored the input; `detail` says why.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or `by` may not act here: they do not hold the role and were not handed the work, or separation of duties forbids it (an author deciding their own work, one person deciding two stages of a round).", body = schema::Problem, content_type = "application/problem+json"),
         (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
@@ -1496,9 +1529,8 @@ async fn decide_approval(
         return problem(StatusCode::BAD_REQUEST, "Invalid input", "say who decides and in which role: `by`, `role`");
     };
     match crate::people::parse_action("decide", &fields) {
-        Ok(flowmark_runtime::WorkAction::Decide { decision, comment }) => {
-            let input = flowmark_core::engine::Input::ApprovalDecided { step, role, by, decision, comment };
-            deliver(&app, &id, input).await
+        Ok(action @ flowmark_runtime::WorkAction::Decide { .. }) => {
+            act_at_step(&app, &id, step, Some(role), by, action).await
         }
         Ok(_) => internal("`decide` parsed as another action"),
         Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid input", detail),

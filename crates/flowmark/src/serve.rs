@@ -324,13 +324,14 @@ fn seed_team(engine: &mut Engine<ServerStore>, now: flowmark_core::Timestamp) ->
     let people = [
         ("sam@example.com", "Sam (writer)"),
         ("sia@example.com", "Sia (SEO)"),
+        ("omar@example.com", "Omar (SEO)"),
         ("dana@example.com", "Dana (editor)"),
         ("bea@example.com", "Bea (brand)"),
         ("lee@example.com", "Lee (lead)"),
     ];
     let directory = serde_json::json!({
         "people": people.iter().map(|(email, name)| serde_json::json!({ "email": email, "name": name })).collect::<Vec<_>>(),
-        "teams": { "content": ["sam@example.com"], "seo": ["sia@example.com"], "brand": ["bea@example.com"] },
+        "teams": { "content": ["sam@example.com"], "seo": ["sia@example.com", "omar@example.com"], "brand": ["bea@example.com"] },
     });
     let source = serde_json::from_value(directory).context("the demo directory")?;
     engine

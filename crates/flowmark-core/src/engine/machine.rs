@@ -261,7 +261,7 @@ impl<'a> Machine<'a> {
             self.cancel_timer(timer);
         }
         let step_id = self.workflow.step(at).id.clone();
-        self.set_output(&step_id, json!({ "completed_by": by, "fields": fields }));
+        self.set_output(&step_id, json!({ "completed_by": by, "completed_at": self.now.ms(), "fields": fields }));
         self.history(Some(at), HistoryKind::TaskCompleted { by: by.to_owned() });
         for informed in task.raci.informed.clone() {
             let message = format!("`{step_id}` was completed by {by}");
@@ -305,7 +305,13 @@ impl<'a> Machine<'a> {
             self.ignore(&input(), format!("`{role}` has no pending decision at `{step}`"));
             return;
         };
+        let as_delegate = deciding_for != role;
+        if let Some(reason) = super::separation_of_duties(self.workflow, &self.out.run, at, &state, by, as_delegate) {
+            self.ignore(&input(), reason);
+            return;
+        }
         state.decisions.push((deciding_for.clone(), decision));
+        state.deciders.push(by.to_owned());
         self.history(
             Some(at),
             HistoryKind::ApprovalDecision {
@@ -497,7 +503,14 @@ impl<'a> Machine<'a> {
                     timers.push(self.arm(token, TimerPurpose::ApprovalEscalation, at));
                 }
                 self.history(Some(at), HistoryKind::Waiting { until: due_at, reason: "approval" });
-                let state = ApprovalState { round, stage: 0, decisions: Vec::new(), delegate: None, timers };
+                let state = ApprovalState {
+                    round,
+                    stage: 0,
+                    decisions: Vec::new(),
+                    delegate: None,
+                    timers,
+                    deciders: Vec::new(),
+                };
                 self.set_state(token, TokenState::AwaitingApproval(Box::new(state)));
                 Flow::Block
             }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::{Channel, Raci, ScoreChange, StepIndex, Workflow};
+use crate::model::{Channel, Raci, ScoreChange, StepIndex, StepKind, Workflow};
 use crate::time::{Duration, Timestamp};
 
 pub use calendar::{add_working_time, in_quiet_hours, next_time_of_day};
@@ -178,6 +178,70 @@ pub struct ApprovalState {
     /// After a `reassign` escalation, this role decides for anyone who has not.
     pub delegate: Option<String>,
     pub timers: Vec<TimerId>,
+    /// Who gave this round's decisions, in order (for `distinct_approvers`). Runs stored
+    /// before it was kept read it as empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deciders: Vec<String>,
+}
+
+/// Why `person` may not decide the approval at `at` now under separation of duties, or `None`
+/// when they may: an author (whoever completed the task the approval reviews, the one completed
+/// last before it) never decides their own
+/// work unless the approval says `allow_self_approval: true`, and one person decides at most
+/// one stage of a round unless it says `distinct_approvers: false` — except the delegate an
+/// escalation handed the open decisions to (`as_delegate`), who decides in the others' place.
+/// People are compared without regard to ASCII case (they are email addresses).
+pub fn separation_of_duties(
+    workflow: &Workflow,
+    run: &Run,
+    at: StepIndex,
+    state: &ApprovalState,
+    person: &str,
+    as_delegate: bool,
+) -> Option<String> {
+    let step = workflow.step(at);
+    let StepKind::Approval(approval) = &step.kind else { return None };
+    if !approval.allow_self_approval {
+        // The work under review: the task completed last before the approval (the draft the
+        // review reads, also for a sign-off after it); runs stored before completions carried
+        // their time count every completed task.
+        let completed: Vec<(usize, &str, &str, Option<u64>)> = workflow
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.kind, StepKind::Task(_)))
+            .filter_map(|(index, task)| {
+                let output = run.outputs.get(&*task.id)?;
+                let by = output.get("completed_by").and_then(Value::as_str)?;
+                Some((index, &*task.id, by, output.get("completed_at").and_then(Value::as_u64)))
+            })
+            .collect();
+        // Completed last; at the same millisecond, the one nearest before the approval.
+        let order = |&(index, _, _, completed_at): &(usize, &str, &str, Option<u64>)| {
+            (completed_at.unwrap_or(0), index < at.0 as usize, index)
+        };
+        let dated = completed.iter().all(|(_, _, _, completed_at)| completed_at.is_some());
+        let reviewed: Vec<&(usize, &str, &str, Option<u64>)> = if dated {
+            completed.iter().max_by_key(|c| order(c)).into_iter().collect()
+        } else {
+            completed.iter().collect()
+        };
+        if let Some((_, task, _, _)) = reviewed.into_iter().find(|(_, _, by, _)| by.eq_ignore_ascii_case(person)) {
+            return Some(format!(
+                "{person} completed `{task}`, the work `{}` reviews, and may not approve their own work \
+                 (separation of duties; the approval may say `allow_self_approval: true`)",
+                step.id
+            ));
+        }
+    }
+    if approval.distinct_approvers && !as_delegate && state.deciders.iter().any(|d| d.eq_ignore_ascii_case(person)) {
+        return Some(format!(
+            "{person} has already decided a stage of round {} of `{}`; another person must decide this one \
+             (separation of duties; the approval may say `distinct_approvers: false`)",
+            state.round, step.id
+        ));
+    }
+    None
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -481,3 +481,75 @@ fn without_business_days_a_deadline_counts_every_hour() {
     let EffectKind::CreateTask { due_at: Some(due_at), .. } = &t.effects[0].kind else { panic!("{:?}", t.effects) };
     assert_eq!(*due_at, Timestamp(friday.ms() + 2 * 24 * 60 * 60 * 1000));
 }
+
+/// The reason an input was ignored, if it was.
+fn ignored_reason(t: &Transition) -> Option<&str> {
+    t.history.iter().find_map(|h| match &h.kind {
+        HistoryKind::InputIgnored { reason, .. } => Some(reason.as_str()),
+        _ => None,
+    })
+}
+
+#[test]
+fn an_author_never_approves_their_own_work_and_one_person_decides_one_stage() {
+    let wf = workflow(include_str!("../../../../blueprints/blog-post.yaml"));
+    let item = json!({ "title": "Flows" });
+    let facts = Facts { subject: &item, ..Facts::empty() };
+    let now = Timestamp(NOON);
+    let mut t = handle(&wf, Run::new(RunId(5), &wf, 1, "post-1", now), &Input::Start { event: None }, &facts, now);
+    for (step, field, by) in [("research", "keywords", "sam@x.com"), ("draft", "draft_url", "wes@x.com")] {
+        let fields = [(field.to_owned(), json!("x"))].into_iter().collect();
+        t = handle(&wf, t.run, &Input::TaskCompleted { step: step.into(), by: by.into(), fields }, &facts, now);
+    }
+    let decide = |run: Run, role: &str, by: &str| {
+        let input = Input::ApprovalDecided {
+            step: "review".into(),
+            role: role.into(),
+            by: by.into(),
+            decision: Decision::Approve,
+            comment: None,
+        };
+        handle(&wf, run, &input, &facts, now)
+    };
+    // The writer of the draft under review, in any case of their address.
+    let refused = decide(t.run.clone(), "editor", "WES@x.com");
+    let reason = ignored_reason(&refused).expect("refused");
+    assert!(reason.contains("completed `draft`") && reason.contains("may not approve their own work"), "{reason}");
+    assert_eq!(refused.run.tokens, t.run.tokens, "nothing moved");
+    let t = decide(t.run, "editor", "dana@x.com");
+    assert_eq!(ignored_reason(&t), None);
+    let twice = decide(t.run.clone(), "seo", "Dana@x.com");
+    assert!(ignored_reason(&twice).expect("refused").contains("has already decided a stage of round 1"));
+    let t = decide(t.run, "seo", "omar@x.com");
+    assert_eq!(ignored_reason(&t), None, "another person decides the second role");
+}
+
+#[test]
+fn separation_of_duties_can_be_turned_off_per_approval() {
+    let source = "id: relaxed\nsubject: item\nroles:\n  writer: { team: content }\n  editor: { person: e@x.com }\nsteps:\n  - id: draft\n    task: { title: Draft, responsible: writer, accountable: editor }\n  - id: review\n    approval:\n      mode: sequential\n      approvers: [editor, writer]\n      allow_self_approval: true\n      distinct_approvers: false\n";
+    let wf = workflow(source);
+    let facts = Facts::empty();
+    let now = Timestamp(NOON);
+    let t = handle(&wf, Run::new(RunId(6), &wf, 1, "i", now), &Input::Start { event: None }, &facts, now);
+    let t = handle(
+        &wf,
+        t.run,
+        &Input::TaskCompleted { step: "draft".into(), by: "wes".into(), fields: Default::default() },
+        &facts,
+        now,
+    );
+    let mut run = t.run;
+    for role in ["editor", "writer"] {
+        let input = Input::ApprovalDecided {
+            step: "review".into(),
+            role: role.into(),
+            by: "wes".into(),
+            decision: Decision::Approve,
+            comment: None,
+        };
+        let t = handle(&wf, run, &input, &facts, now);
+        assert_eq!(ignored_reason(&t), None, "{role}");
+        run = t.run;
+    }
+    assert_eq!(run.status, RunStatus::Completed);
+}

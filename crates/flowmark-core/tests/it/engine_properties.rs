@@ -160,7 +160,9 @@ impl Driver<'_> {
                 let decision =
                     [Decision::Approve, Decision::ApproveWithChanges, Decision::RequestChanges, Decision::Reject]
                         [usize::from(*d) % 4];
-                Input::ApprovalDecided { step: step.id.to_string(), role, by: "p".into(), decision, comment: None }
+                // One person per role, none of them an author: separation of duties holds.
+                let by = format!("{role}-person");
+                Input::ApprovalDecided { step: step.id.to_string(), role, by, decision, comment: None }
             }
             Action::Wait(seconds) => {
                 self.now = self.now.plus(Duration(u64::from(*seconds) * 1000));
@@ -277,8 +279,8 @@ fn drain(workflow: &Workflow, subject: Value, mut run: Run, now: Timestamp) -> O
                     };
                     Input::ApprovalDecided {
                         step: step.id.to_string(),
+                        by: format!("{role}-person"),
                         role,
-                        by: "p".into(),
                         decision: Decision::Approve,
                         comment: None,
                     }

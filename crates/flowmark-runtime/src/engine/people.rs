@@ -12,7 +12,10 @@
 //! (an assignment's history entry with the new people; a completion with the inbox closing).
 
 use flowmark_core::Timestamp;
-use flowmark_core::engine::{Decision, EffectKind, HistoryKind, Input, NotifyReason, RunId, Transition};
+use flowmark_core::engine::{
+    Decision, EffectKind, HistoryKind, Input, NotifyReason, RunId, TokenState, Transition, separation_of_duties,
+};
+use flowmark_core::model::StepKind;
 use flowmark_core::render::Message;
 use flowmark_store::{
     Batch, Comment, Delivery, Notification, OutboxEffect, OutboxEntry, Store, WorkChange, WorkItem, WorkKind,
@@ -166,6 +169,72 @@ impl<S: Store> Engine<S> {
         Ok(self.directory.resolve_all(roles, &workflow.roles, &subject, now))
     }
 
+    /// Why `person` may not decide the approval work item `item` under separation of duties
+    /// (`core::engine::separation_of_duties`), read from its run as it stands.
+    fn duty_conflict(&mut self, item: &WorkItem, person: &str) -> Result<Option<String>, Error> {
+        if item.kind != WorkKind::Approval {
+            return Ok(None);
+        }
+        let Some(run) = self.store.run(item.run)? else { return Ok(None) };
+        let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+        let Some(at) = workflow.step_index(&item.step) else { return Ok(None) };
+        let state = run.tokens.iter().find_map(|token| match &token.state {
+            TokenState::AwaitingApproval(state) if token.at == at => Some(state),
+            _ => None,
+        });
+        Ok(state.and_then(|state| separation_of_duties(&workflow, &run, at, state, person, false)))
+    }
+
+    /// The people responsible for or accountable for some work of `subject_id`'s active runs:
+    /// who may start a new round of its reviews with a new version of the deliverable.
+    fn item_owners(&mut self, subject_id: &str, now: Timestamp) -> Result<Vec<String>, Error> {
+        let mut owners = Vec::new();
+        for run in self.store.active_runs_of_subject(subject_id)? {
+            let workflow = self.workflow(&run.workflow_id, Some(run.version))?;
+            let mut roles: Vec<String> = Vec::new();
+            for step in &workflow.steps {
+                match &step.kind {
+                    StepKind::Task(task) => {
+                        roles.extend(task.raci.responsible.iter().cloned());
+                        roles.push(task.raci.accountable.clone());
+                    }
+                    StepKind::Approval(approval) => roles.extend(approval.accountable.iter().cloned()),
+                    _ => {}
+                }
+            }
+            roles.sort();
+            roles.dedup();
+            owners.extend(self.resolve_roles(&run.id, &roles, now)?);
+        }
+        Ok(owners)
+    }
+
+    /// A person acts on the open work of run `run` at `step` (the approval asked of `role`, when
+    /// given): the run-centred form of `act_on_work`, with the same checks. `NotFound` when the
+    /// run is unknown, `Ignored` when nothing of that step (and role) is open.
+    pub fn act_at_step(
+        &mut self,
+        run: RunId,
+        step: &str,
+        role: Option<&str>,
+        person: &str,
+        action: WorkAction,
+        now: Timestamp,
+    ) -> Result<Result<WorkItem, WorkRefusal>, Error> {
+        let Some(stored) = self.store.run(run)? else {
+            return Ok(Err(WorkRefusal::NotFound(format!("run {}", run.0))));
+        };
+        let open =
+            self.store.work_of_subject(&stored.subject_id, usize::MAX)?.into_iter().find(|w| {
+                w.run == run && w.step == step && w.status == "open" && role.is_none_or(|role| w.role == role)
+            });
+        let Some(item) = open else {
+            let what = role.map(|role| format!(" for `{role}`")).unwrap_or_default();
+            return Ok(Err(WorkRefusal::Ignored(format!("nothing is open at `{step}`{what} in run {}", run.0))));
+        };
+        self.act_on_work(&item.id, person, action, now)
+    }
+
     /// A person acts on a work item; returns the item as it is afterwards.
     pub fn act_on_work(
         &mut self,
@@ -199,6 +268,9 @@ impl<S: Store> Engine<S> {
                 if !may_act {
                     return not_yours();
                 }
+                if let Some(reason) = self.duty_conflict(&item, &person)? {
+                    return Ok(Err(WorkRefusal::NotYours(reason)));
+                }
                 let change = WorkChange::People {
                     id: id.to_owned(),
                     assignee: Some(person.clone()),
@@ -225,6 +297,9 @@ impl<S: Store> Engine<S> {
                 if !crate::directory::looks_like_email(&to) || !self.directory.knows(&to) {
                     return Ok(Err(WorkRefusal::Invalid(format!("`{to}` is not a person in the directory"))));
                 }
+                if let Some(reason) = self.duty_conflict(&item, &to)? {
+                    return Ok(Err(WorkRefusal::NotYours(format!("`{id}` cannot be handed to {to}: {reason}"))));
+                }
                 let change =
                     WorkChange::People { id: id.to_owned(), assignee: Some(to.clone()), people: vec![to.clone()] };
                 (Input::WorkAssigned { step: item.step.clone(), to: Some(to), by: person.clone() }, Some(change))
@@ -244,6 +319,9 @@ impl<S: Store> Engine<S> {
                 }
                 if !may_act {
                     return not_yours();
+                }
+                if let Some(reason) = self.duty_conflict(&item, &person)? {
+                    return Ok(Err(WorkRefusal::NotYours(reason)));
                 }
                 let input = Input::ApprovalDecided {
                     step: item.step.clone(),
@@ -318,6 +396,15 @@ impl<S: Store> Engine<S> {
             return Ok(Err(WorkRefusal::NotFound(id.to_owned())));
         }
         let by = by.trim().to_lowercase();
+        if !self.directory.knows(&by) {
+            return Ok(Err(WorkRefusal::NotYours(format!("`{by}` is not a person in the directory"))));
+        }
+        if new_version && !self.item_owners(subject_id, now)?.contains(&by) {
+            return Ok(Err(WorkRefusal::NotYours(format!(
+                "{by} may not attach a new version of `{subject_id}`: only the people responsible or accountable \
+                 for its work may, since a new version starts its reviews over"
+            ))));
+        }
         let version = if new_version { Some(self.store.deliverable_version(subject_id)? + 1) } else { None };
         let comment = Comment {
             subject_id: subject_id.to_owned(),
@@ -362,6 +449,10 @@ impl<S: Store> Engine<S> {
         if body.is_empty() || body.len() > COMMENT_BYTES_MAX {
             return Ok(Err(WorkRefusal::Invalid(format!("a comment has 1 to {COMMENT_BYTES_MAX} bytes"))));
         }
+        let by = by.trim().to_lowercase();
+        if !self.directory.knows(&by) {
+            return Ok(Err(WorkRefusal::NotYours(format!("`{by}` is not a person in the directory"))));
+        }
         let run = match work_id {
             Some(id) => match self.store.work_item(id)? {
                 Some(item) if item.subject_id == subject_id => Some(item.run),
@@ -372,7 +463,7 @@ impl<S: Store> Engine<S> {
         let comment = Comment {
             subject_id: subject_id.to_owned(),
             work_id: work_id.map(str::to_owned),
-            by: by.trim().to_lowercase(),
+            by,
             body: body.to_owned(),
             at: now,
             link: None,

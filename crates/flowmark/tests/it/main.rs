@@ -4,6 +4,7 @@ mod bench;
 mod contacts;
 mod crash;
 mod durability;
+mod duties;
 mod email;
 mod graph;
 mod nurture;

@@ -512,47 +512,66 @@ fn oversized_batches_unknown_calls_and_forged_pixels_change_nothing() {
     server.stop();
 }
 
+/// The blog post's team: writers, two SEO people (one researches, the other reviews), brand.
+pub const BLOG_TEAM: &str = r#"{
+  "people": [
+    { "email": "wes@example.com" }, { "email": "sia@example.com" }, { "email": "omar@example.com" },
+    { "email": "dana@example.com" }, { "email": "bea@example.com" }, { "email": "lee@example.com" },
+    { "email": "rex@example.com" }
+  ],
+  "teams": {
+    "content": ["wes@example.com"], "seo": ["sia@example.com", "omar@example.com"], "brand": ["bea@example.com"]
+  }
+}"#;
+
 #[test]
 fn the_blog_post_blueprint_is_driven_through_tasks_and_approvals_over_the_api() {
     let dir = super::validate::fresh_dir("blog-post");
     let server = Server::start(&dir.join("flowmark.db"));
     let blueprint = std::fs::read(crate::repo_path("blueprints/blog-post.yaml")).unwrap();
     assert_eq!(server.api("POST", "/api/workflows", &blueprint).0, 201);
+    assert_eq!(server.api("PUT", "/api/directory", BLOG_TEAM.as_bytes()).0, 200);
     assert_eq!(server.api("PUT", "/api/contacts/post-1", br#"{"traits":{"title":"Spring launch"}}"#).0, 200);
     let (_, _, started) = server.api("POST", "/api/workflows/blog-post/runs", br#"{"subject":"post-1"}"#);
     let run = started["run"].as_u64().unwrap();
     let post =
         |path: &str, body: Value| server.api("POST", &format!("/api/runs/{run}/{path}"), body.to_string().as_bytes());
 
-    let (status, _, problem) = post("tasks/draft", json!({ "by": "wes" }));
+    let (status, _, problem) = post("tasks/draft", json!({ "by": "wes@example.com" }));
     assert_eq!((status, problem["title"].as_str()), (409, Some("Input ignored")), "the run is at research, not draft");
     let (status, _, at) =
-        post("tasks/research", json!({ "by": "sam", "fields": { "keywords": "workflow automation" } }));
+        post("tasks/research", json!({ "by": "sia@example.com", "fields": { "keywords": "workflow automation" } }));
     assert_eq!((status, at["steps"].clone()), (200, json!(["draft"])));
-    post("tasks/draft", json!({ "by": "wes", "fields": { "draft_url": "https://docs.example.com/d/1" } }));
-    assert_eq!(post("approvals/review", json!({ "role": "editor", "by": "dana", "decision": "maybe" })).0, 400);
-    let (_, _, at) = post("approvals/review", json!({ "role": "editor", "by": "dana", "decision": "approve" }));
+    post("tasks/draft", json!({ "by": "wes@example.com", "fields": { "draft_url": "https://docs.example.com/d/1" } }));
+    assert_eq!(
+        post("approvals/review", json!({ "role": "editor", "by": "dana@example.com", "decision": "maybe" })).0,
+        400
+    );
+    let (_, _, at) =
+        post("approvals/review", json!({ "role": "editor", "by": "dana@example.com", "decision": "approve" }));
     assert_eq!(at["steps"], json!(["review"]), "parallel review waits for SEO too");
     let (_, _, at) = post(
         "approvals/review",
-        json!({ "role": "seo", "by": "sam", "decision": "request_changes", "comment": "More keywords" }),
+        json!({ "role": "seo", "by": "omar@example.com", "decision": "request_changes", "comment": "More keywords" }),
     );
     assert_eq!(at["steps"], json!(["draft"]), "changes requested: back to the draft");
-    post("tasks/draft", json!({ "by": "wes", "fields": { "draft_url": "https://docs.example.com/d/2" } }));
-    post("approvals/review", json!({ "role": "editor", "by": "dana", "decision": "approve" }));
-    let (_, _, at) = post("approvals/review", json!({ "role": "seo", "by": "sam", "decision": "approve" }));
+    post("tasks/draft", json!({ "by": "wes@example.com", "fields": { "draft_url": "https://docs.example.com/d/2" } }));
+    post("approvals/review", json!({ "role": "editor", "by": "dana@example.com", "decision": "approve" }));
+    let (_, _, at) =
+        post("approvals/review", json!({ "role": "seo", "by": "omar@example.com", "decision": "approve" }));
     assert_eq!(at["steps"], json!(["brand-check"]), "a fresh round, approved by both");
-    let (_, _, at) = post("approvals/brand-check", json!({ "role": "brand", "by": "bea", "decision": "approve" }));
+    let (_, _, at) =
+        post("approvals/brand-check", json!({ "role": "brand", "by": "bea@example.com", "decision": "approve" }));
     assert_eq!(
         at["steps"],
         json!(["done", "social"]),
         "published; the newsletter is notified and waits at the join, social waits"
     );
-    let (_, _, at) = post("tasks/social", json!({ "by": "wes" }));
+    let (_, _, at) = post("tasks/social", json!({ "by": "wes@example.com" }));
     assert_eq!(at["status"], "completed");
     let (_, _, why) = server.api("GET", &format!("/api/runs/{run}/why"), b"");
     let text = why["text"].as_str().unwrap();
-    assert!(text.contains("sam (seo) decided: request changes — \"More keywords\""), "{text}");
+    assert!(text.contains("omar@example.com (seo) decided: request changes — \"More keywords\""), "{text}");
     assert_eq!(post("cancel", json!({})).0, 409, "an ended run takes no more input");
     server.stop();
 }

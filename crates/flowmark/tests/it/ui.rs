@@ -67,9 +67,11 @@ fn the_blog_post_runs_through_the_web_ui_with_approvals_a_loop_back_and_an_escal
     let directory = json!({
         "people": [
             { "email": "sam@example.com" }, { "email": "sia@example.com" }, { "email": "dana@example.com" },
-            { "email": "bea@example.com" }, { "email": "lee@example.com" }
+            { "email": "bea@example.com" }, { "email": "lee@example.com" }, { "email": "omar@example.com" }
         ],
-        "teams": { "content": ["sam@example.com"], "seo": ["sia@example.com"], "brand": ["bea@example.com"] }
+        "teams": {
+            "content": ["sam@example.com"], "seo": ["sia@example.com", "omar@example.com"], "brand": ["bea@example.com"]
+        }
     });
     assert_eq!(server.api("PUT", "/api/directory", directory.to_string().as_bytes()).0, 200);
     for person in ["sam", "sia", "dana", "bea", "lee"] {
@@ -84,10 +86,11 @@ fn the_blog_post_runs_through_the_web_ui_with_approvals_a_loop_back_and_an_escal
     let post = json!({ "traits": { "title": "Spring launch", "publish_at": publish_at } }).to_string();
     assert_eq!(server.api("PUT", "/api/contacts/post-1", post.as_bytes()).0, 200);
     assert_eq!(server.api("POST", "/api/workflows/blog-post/runs", br#"{"subject":"post-1"}"#).0, 201);
-    // The research is done over the API; the rest happens in the browser.
-    let (_, _, work) = server.api("GET", "/api/people/sia@example.com/work", b"");
+    // The research is done over the API, by the SEO person who will not review it (separation
+    // of duties); the rest happens in the browser.
+    let (_, _, work) = server.api("GET", "/api/people/omar@example.com/work", b"");
     let research = work["work"][0]["id"].as_str().unwrap().to_owned();
-    let done = json!({ "by": "sia@example.com", "fields": { "keywords": "spring, launch" } }).to_string();
+    let done = json!({ "by": "omar@example.com", "fields": { "keywords": "spring, launch" } }).to_string();
     assert_eq!(server.api("POST", &format!("/api/work/{research}/complete"), done.as_bytes()).0, 200);
 
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");

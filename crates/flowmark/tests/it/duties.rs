@@ -1,0 +1,102 @@
+//! Approvals a team can trust, over the real server's API: separation of duties (an author
+//! never approves their own work, one person decides one stage of a round), actors that are
+//! people of the directory holding the role, and resets by new versions only from the people
+//! responsible or accountable for the item.
+
+use serde_json::{Value, json};
+
+use super::serve::Server;
+
+/// Wes writes and is also in SEO; Dana edits and is also in SEO; Rex has no role.
+const TEAM: &str = r#"{
+  "people": [
+    { "email": "wes@example.com" }, { "email": "sia@example.com" }, { "email": "omar@example.com" },
+    { "email": "dana@example.com" }, { "email": "bea@example.com" }, { "email": "lee@example.com" },
+    { "email": "rex@example.com" }
+  ],
+  "teams": {
+    "content": ["wes@example.com"],
+    "seo": ["sia@example.com", "omar@example.com", "wes@example.com", "dana@example.com"],
+    "brand": ["bea@example.com"]
+  }
+}"#;
+
+fn open_work(server: &Server, step: &str) -> Vec<Value> {
+    let (_, _, work) = server.api("GET", "/api/items/post-1/work", b"");
+    work["work"].as_array().unwrap().iter().filter(|w| w["step"] == step && w["status"] == "open").cloned().collect()
+}
+
+#[test]
+fn authors_outsiders_and_strangers_cannot_decide_or_reset_an_approval() {
+    let dir = super::validate::fresh_dir("duties");
+    let server = Server::start(&dir.join("flowmark.db"));
+    let blueprint = std::fs::read(crate::repo_path("blueprints/blog-post.yaml")).unwrap();
+    assert_eq!(server.api("POST", "/api/workflows", &blueprint).0, 201);
+    assert_eq!(server.api("PUT", "/api/directory", TEAM.as_bytes()).0, 200);
+    assert_eq!(server.api("PUT", "/api/contacts/post-1", br#"{"traits":{"title":"Launch"}}"#).0, 200);
+    let (_, _, started) = server.api("POST", "/api/workflows/blog-post/runs", br#"{"subject":"post-1"}"#);
+    let run = started["run"].as_u64().unwrap();
+    let post = |path: &str, body: Value| server.api("POST", path, body.to_string().as_bytes());
+    let at_run = |path: &str, body: Value| post(&format!("/api/runs/{run}/{path}"), body);
+
+    assert_eq!(at_run("tasks/research", json!({ "by": "sia@example.com", "fields": { "keywords": "k" } })).0, 200);
+    let (status, _, problem) =
+        at_run("tasks/draft", json!({ "by": "ghost", "fields": { "draft_url": "https://d/1" } }));
+    assert_eq!(status, 403, "a `by` who is nobody completes nothing: {problem}");
+    let (status, _, _) =
+        at_run("tasks/draft", json!({ "by": "wes@example.com", "fields": { "draft_url": "https://d/1" } }));
+    assert_eq!(status, 200);
+    let review = open_work(&server, "review");
+    let seo = review.iter().find(|w| w["role"] == "seo").unwrap()["id"].as_str().unwrap().to_owned();
+
+    // 1. The writer holds the SEO role too, and may not approve the draft they wrote: not
+    //    from the inbox, not over the run's route, not by being handed the approval.
+    let (status, _, problem) =
+        post(&format!("/api/work/{seo}/decide"), json!({ "by": "wes@example.com", "decision": "approve" }));
+    assert_eq!(status, 403, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("may not approve their own work"), "{problem}");
+    let decide_as =
+        |role: &str, by: &str| at_run("approvals/review", json!({ "role": role, "by": by, "decision": "approve" }));
+    let (status, _, problem) = decide_as("seo", "wes@example.com");
+    assert_eq!(status, 403, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("may not approve their own work"), "{problem}");
+    let (status, _, problem) =
+        post(&format!("/api/work/{seo}/reassign"), json!({ "by": "lee@example.com", "to": "wes@example.com" }));
+    assert_eq!(status, 403, "the accountable lead cannot hand it to the author: {problem}");
+    // Any `role` and any `by`: the run's route checks the person like the inbox does.
+    assert_eq!(decide_as("editor", "wes@example.com").0, 403, "wes is not the editor");
+    assert_eq!(decide_as("editor", "ghost").0, 403, "nobody");
+    assert_eq!(decide_as("legal", "dana@example.com").0, 409, "no approval of that role is open");
+
+    // 2. One person decides one stage of a round: Dana edits and is in SEO.
+    assert_eq!(decide_as("editor", "dana@example.com").0, 200);
+    let (status, _, problem) = decide_as("seo", "dana@example.com");
+    assert_eq!(status, 403, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("already decided a stage of round 1"), "{problem}");
+
+    // 3. A new version resets the round: not from someone with no role, nor from nobody.
+    let attach = |by: &str| {
+        post(
+            "/api/items/post-1/attachments",
+            json!({ "by": by, "title": "v2", "url": "https://d/2", "new_version": true }),
+        )
+    };
+    let (status, _, problem) = attach("rex@example.com");
+    assert_eq!(status, 403, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("only the people responsible or accountable"), "{problem}");
+    assert_eq!(attach("ghost").0, 403);
+    let (status, _, problem) = post("/api/items/post-1/comments", json!({ "by": "ghost", "body": "hi" }));
+    assert_eq!(status, 403, "a comment by nobody: {problem}");
+    let (_, _, history) = server.api("GET", &format!("/api/runs/{run}"), b"");
+    let resets = |history: &Value| {
+        history["history"].as_array().unwrap().iter().filter(|h| h["what"] == "approval_reset").count()
+    };
+    assert_eq!(resets(&history), 0, "the refused attempts changed nothing");
+    assert_eq!(decide_as("seo", "omar@example.com").0, 200, "the editor's decision still counts");
+    assert_eq!(open_work(&server, "brand-check").len(), 1, "review approved by two people");
+    // The writer, responsible for the draft, may send a new version: brand's round starts over.
+    assert_eq!(attach("wes@example.com").0, 201);
+    let (_, _, history) = server.api("GET", &format!("/api/runs/{run}"), b"");
+    assert_eq!(resets(&history), 1, "{history}");
+    server.stop();
+}
