@@ -67,14 +67,15 @@ fn the_blog_post_runs_through_the_web_ui_with_approvals_a_loop_back_and_an_escal
     let directory = json!({
         "people": [
             { "email": "sam@example.com" }, { "email": "sia@example.com" }, { "email": "dana@example.com" },
-            { "email": "bea@example.com" }, { "email": "lee@example.com" }, { "email": "omar@example.com" }
+            { "email": "bea@example.com" }, { "email": "lee@example.com" }, { "email": "omar@example.com" },
+            { "email": "rex@example.com" }
         ],
         "teams": {
             "content": ["sam@example.com"], "seo": ["sia@example.com", "omar@example.com"], "brand": ["bea@example.com"]
         }
     });
     assert_eq!(server.api("PUT", "/api/directory", directory.to_string().as_bytes()).0, 200);
-    for person in ["sam", "sia", "dana", "bea", "lee"] {
+    for person in ["sam", "sia", "dana", "bea", "lee", "rex"] {
         let body = json!({ "password": PASSWORD }).to_string();
         assert_eq!(server.api("PUT", &format!("/api/accounts/{person}@example.com"), body.as_bytes()).0, 200);
     }

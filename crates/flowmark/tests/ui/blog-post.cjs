@@ -111,6 +111,16 @@ async function openWork(page, section, title) {
     check(escalated, 'the escalation reached the accountable person');
     await shot(lee, '05-accountable-escalation');
 
+    // Someone with no role in the workflow cannot start the review over with a "new version".
+    const rex = await signIn(browser, 'rex@example.com');
+    await rex.goto(`${base}/ui/items/post-1`);
+    await rex.getByLabel('Title').fill('My version');
+    await rex.getByLabel('Link').fill('https://docs.example.com/rex');
+    await rex.getByLabel('A new version of the deliverable').check();
+    await rex.getByRole('button', { name: 'Attach' }).click();
+    await rex.getByRole('alert').filter({ hasText: 'only the people responsible or accountable' }).waitFor();
+    await shot(rex, '05b-outsider-reset-refused');
+
     // Keyboard shortcuts: `g f` goes to the workflows, each shown with its graph.
     await lee.keyboard.press('g');
     await lee.keyboard.press('f');
