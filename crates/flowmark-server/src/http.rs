@@ -172,9 +172,7 @@ fn over_event_size(title: &str, body: &[u8]) -> Option<Response> {
         (status = 200, description = "Stored.", body = schema::Acknowledged),
         (status = 400, description = "Invalid JSON, a missing field, or a crossed size limit (32 KB per event, 500 KB per batch); nothing of the call was stored.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not a Segment call.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("writeKey" = [])),
 )]
@@ -250,9 +248,7 @@ async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: Heade
         (status = 201, description = "Stored (or the same as the latest version, which is returned).", body = schema::Deployed),
         (status = 400, description = "Not UTF-8.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid: the problem lists the validator's diagnostics.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -284,9 +280,7 @@ async fn deploy(State(app): State<App>, _admin: Admin, headers: HeaderMap, body:
     summary = "List workflows",
     responses(
         (status = 200, description = "Every workflow with its latest version.", body = [schema::WorkflowSummary]),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -332,8 +326,7 @@ pub const GONE_ENDPOINTS_PAGE_COUNT_MAX: usize = 1000;
     responses(
         (status = 200, description = "The disabled URLs.", body = [schema::GoneEndpoint]),
         (status = 400, description = "An invalid limit.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -372,9 +365,8 @@ async fn gone_endpoints(
     responses(
         (status = 204, description = "Enabled."),
         (status = 400, description = "No `url` given.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "The URL is not disabled.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -421,9 +413,7 @@ const RUNS_PAGE_COUNT_DEFAULT: usize = 100;
     responses(
         (status = 200, description = "The runs.", body = [schema::RunSummary]),
         (status = 400, description = "An unknown or invalid filter.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -513,9 +503,7 @@ async fn runs(State(app): State<App>, _admin: Admin, Query(params): Query<HashMa
     responses(
         (status = 200, description = "Done.", body = schema::StatusChanged),
         (status = 404, description = "No such workflow or action.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -548,9 +536,7 @@ async fn set_status(State(app): State<App>, _admin: Admin, Path((id, action)): P
     summary = "Prometheus metrics",
     responses(
         (status = 200, description = "Counters, the outbox depth and the timer-lateness histogram, in Prometheus' text format.", body = String, content_type = "text/plain"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -584,9 +570,7 @@ async fn metrics(State(app): State<App>, _admin: Admin) -> Response {
         (status = 200, description = "The run.", body = schema::RunDetail),
         (status = 400, description = "Not a run id.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -654,9 +638,7 @@ fn invalid_run_id(id: &str) -> Response {
         (status = 200, description = "The version's source.", body = schema::WorkflowVersion),
         (status = 400, description = "A bad version.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such workflow or version.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -717,9 +699,7 @@ fn contact_json(contact: &flowmark_store::Contact) -> Value {
     responses(
         (status = 200, description = "The contact.", body = schema::Contact),
         (status = 404, description = "No such contact.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -746,9 +726,7 @@ async fn contact(State(app): State<App>, _admin: Admin, Path(id): Path<String>) 
     responses(
         (status = 200, description = "The contact as stored.", body = schema::Contact),
         (status = 400, description = "Invalid JSON, an unknown field, traits not an object, an unknown time zone, or over 32 KB.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -817,9 +795,7 @@ pub const EVENTS_PAGE_COUNT_MAX: usize = 1000;
     responses(
         (status = 200, description = "The events.", body = [schema::Event]),
         (status = 400, description = "A missing subject or an invalid filter.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -1068,9 +1044,7 @@ async fn inbound_webhook(
         (status = 200, description = "The explanation.", body = schema::Why),
         (status = 400, description = "Not a run id.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -1109,9 +1083,7 @@ async fn why(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> R
     responses(
         (status = 200, description = "Imported.", body = schema::ImportReport),
         (status = 422, description = "Rows with problems: `errors` lists each with its row number and column; nothing was imported.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -1152,9 +1124,7 @@ async fn import_contacts(State(app): State<App>, _admin: Admin, body: Bytes) -> 
     summary = "The workspace's score models",
     responses(
         (status = 200, description = "The models.", body = schema::ScoreModels),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -1175,9 +1145,7 @@ async fn score_models(State(app): State<App>, headers: HeaderMap) -> Response {
         (status = 200, description = "Stored; they apply to events from now on.", body = schema::Updated),
         (status = 400, description = "Not score models (JSON, unknown fields).", body = schema::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Score models with problems: `errors` lists each.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -1193,9 +1161,7 @@ async fn put_score_models(State(app): State<App>, headers: HeaderMap, body: Byte
     summary = "The workspace's segments",
     responses(
         (status = 200, description = "The segments, as written.", body = schema::Segments),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -1215,9 +1181,7 @@ async fn segments(State(app): State<App>, headers: HeaderMap) -> Response {
         (status = 200, description = "Stored; events from now on move membership, and a sweep over every contact starts at once.", body = schema::Updated),
         (status = 400, description = "Not segments (JSON, unknown fields).", body = schema::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Segments with problems: `errors` lists each; nothing was changed.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -1239,9 +1203,7 @@ async fn put_segments(State(app): State<App>, headers: HeaderMap, body: Bytes) -
     responses(
         (status = 200, description = "One entry per segment: `segment`, `where`, `member`, `now` (true, false, or `{error}`), `inputs`.", body = [schema::SegmentMembership]),
         (status = 404, description = "No such contact.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -1267,9 +1229,7 @@ async fn contact_segments(State(app): State<App>, _admin: Admin, Path(id): Path<
     responses(
         (status = 200, description = "Scores decayed to now, and every change (model, time, before, delta, after, reason), newest first.", body = schema::ContactScores),
         (status = 404, description = "No such contact.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -1386,9 +1346,9 @@ async fn track_open(State(app): State<App>, Path(token): Path<String>) -> Respon
     ([(header::CONTENT_TYPE, "image/gif"), (header::CACHE_CONTROL, "no-store")], GIF).into_response()
 }
 
-/// Delivers a person's input to a run and answers with the run as it stands, or `409` with
-/// the reason the run gave for ignoring it (not waiting at that step, not that person's role,
-/// already decided, the run has ended).
+/// Delivers an input that names no person (a cancellation) to a run and answers with the run as
+/// it stands, or `409` with the reason the run gave for ignoring it (the run has ended). A
+/// person's input goes through `act_at_step`, with the inbox's checks.
 async fn deliver(app: &App, id: &str, input: flowmark_core::engine::Input) -> Response {
     let Some(number) = id.parse::<u64>().ok() else { return invalid_run_id(id) };
     let answer = query(&app.owner, move |engine, now| -> Result<Option<(Option<String>, Value)>, String> {
@@ -1398,9 +1358,7 @@ async fn deliver(app: &App, id: &str, input: flowmark_core::engine::Input) -> Re
             flowmark_core::engine::HistoryKind::InputIgnored { reason, .. } => Some(reason.clone()),
             _ => None,
         });
-        let workflow = engine.workflow(&t.run.workflow_id, Some(t.run.version)).map_err(|e| e.to_string())?;
-        let steps: Vec<String> = t.run.current_steps().map(|at| workflow.step(at).id.to_string()).collect();
-        Ok(Some((ignored, json!({ "id": t.run.id, "status": t.run.status, "steps": steps }))))
+        Ok(Some((ignored, run_state(engine, &t.run)?)))
     })
     .await;
     match answer {
@@ -1410,6 +1368,13 @@ async fn deliver(app: &App, id: &str, input: flowmark_core::engine::Input) -> Re
         Ok(Err(error)) => internal(error),
         Err(response) => response,
     }
+}
+
+/// A run as the run routes answer it: `{"id", "status", "steps"}` (where its tokens stand).
+fn run_state(engine: &mut Eng, run: &flowmark_core::engine::Run) -> Result<Value, String> {
+    let workflow = engine.workflow(&run.workflow_id, Some(run.version)).map_err(|e| e.to_string())?;
+    let steps: Vec<String> = run.current_steps().map(|at| workflow.step(at).id.to_string()).collect();
+    Ok(json!({ "id": run.id, "status": run.status, "steps": steps }))
 }
 
 /// A person acts on the open work of a run's step, with every check the inbox makes (the
@@ -1431,9 +1396,7 @@ async fn act_at_step(
                 return Ok(Err(refusal));
             }
             let run = engine.store().run(RunId(number)).map_err(|e| e.to_string())?.ok_or("the run is gone")?;
-            let workflow = engine.workflow(&run.workflow_id, Some(run.version)).map_err(|e| e.to_string())?;
-            let steps: Vec<String> = run.current_steps().map(|at| workflow.step(at).id.to_string()).collect();
-            Ok(Ok(json!({ "id": run.id, "status": run.status, "steps": steps })))
+            Ok(Ok(run_state(engine, &run)?))
         })
         .await;
     match answer {
@@ -1461,9 +1424,8 @@ async fn act_at_step(
         (status = 400, description = "Not a run id, or the body is not what the step needs.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Nothing is open at that step (for that role), or the run ignored the input; `detail` says why.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks the scope, or `by` may not act here: they do not hold the role and were not handed the work, or separation of duties forbids it (an author deciding their own work, one person deciding two stages of a round).", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Unauthenticated,
     ),
     security(("bearer" = [])),
 )]
@@ -1508,9 +1470,8 @@ async fn complete_task(
         (status = 400, description = "Not a run id, or the body is not what the step needs.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Nothing is open at that step (for that role), or the run ignored the input; `detail` says why.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks the scope, or `by` may not act here: they do not hold the role and were not handed the work, or separation of duties forbids it (an author deciding their own work, one person deciding two stages of a round).", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Unauthenticated,
     ),
     security(("bearer" = [])),
 )]
@@ -1553,9 +1514,7 @@ async fn decide_approval(
         (status = 400, description = "Not a run id, or the body is not what the step needs.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The run ignored the input, and `detail` says why (not waiting at that step, not that role, already decided, ended).", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -1593,12 +1552,10 @@ async fn cancel_run(State(app): State<App>, _admin: Admin, Path(id): Path<String
     responses(
         (status = 201, description = "Started.", body = schema::RunStarted, headers(("Idempotent-Replayed" = String, description = "`true` when an earlier start with the same `Idempotency-Key` started this run and this call started nothing."))),
         (status = 400, description = "Not `{\"subject\": …, \"event\"?: {\"name\": …, \"properties\"?: {…}}}`, or over 32 KiB; or an `Idempotency-Key` that is empty, longer than 255 characters or not visible ASCII.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such workflow.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The workflow is paused, or its entry rule refuses this subject.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 422, description = "The `Idempotency-Key` already started a run for another subject, or with another event (name or properties): a retry must repeat the start as it was.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]

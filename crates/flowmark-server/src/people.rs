@@ -49,9 +49,7 @@ pub(crate) fn routes() -> OpenApiRouter<App> {
     summary = "The workspace's directory of people, teams and role bindings",
     responses(
         (status = 200, description = "The directory as written.", body = schema::Directory),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -71,9 +69,7 @@ async fn directory(State(app): State<App>, headers: HeaderMap) -> Response {
         (status = 200, description = "Stored; open work is handed to the people its roles now name.", body = schema::Updated),
         (status = 400, description = "Not a directory (JSON, unknown fields).", body = schema::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A directory with problems: `errors` lists each; nothing changed.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -103,9 +99,7 @@ struct WorkQuery {
     responses(
         (status = 200, description = "`work`: the items.", body = schema::WorkList),
         (status = 400, description = "`kind` is not task or approval.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -140,9 +134,7 @@ async fn person_work(
     ),
     responses(
         (status = 200, description = "`notifications`.", body = schema::NotificationList),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -166,9 +158,7 @@ async fn person_notifications(State(app): State<App>, _admin: Admin, Path(email)
     responses(
         (status = 200, description = "`person` and `workspace`: paths with their tokens.", body = schema::CalendarFeeds),
         (status = 404, description = "The server has no secret to sign feeds with.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -198,9 +188,7 @@ pub(crate) fn feed_paths(secret: &[u8], email: &str) -> (String, String) {
     responses(
         (status = 200, description = "The item.", body = schema::WorkItem),
         (status = 404, description = "No such work item.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -268,12 +256,10 @@ pub(crate) fn refusal(refusal: &WorkRefusal) -> Response {
     responses(
         (status = 200, description = "The item afterwards.", body = schema::WorkItem),
         (status = 400, description = "No `by`, or a malformed action.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such work item.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The item is closed, or its run did not take the input (a required field missing).", body = schema::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid input (an unknown person to reassign to).", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -319,9 +305,7 @@ pub(crate) async fn act_as(app: &App, id: String, by: String, action: WorkAction
     ),
     responses(
         (status = 200, description = "`work`.", body = schema::WorkList),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -343,9 +327,7 @@ async fn item_work(State(app): State<App>, _admin: Admin, Path(id): Path<String>
     ),
     responses(
         (status = 200, description = "`comments`.", body = schema::CommentList),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -373,9 +355,7 @@ async fn item_comments(State(app): State<App>, _admin: Admin, Path(id): Path<Str
         (status = 400, description = "No `by` or `body`.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "The work item named is not this item's.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 422, description = "An empty or too long comment.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
@@ -420,9 +400,7 @@ fn created<T: serde::Serialize>(
         (status = 400, description = "No `by` or `body`.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "The work item named is not this item's.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 422, description = "An empty or too long comment.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]

@@ -185,12 +185,11 @@ pub struct ApprovalState {
 }
 
 /// Why `person` may not decide the approval at `at` now under separation of duties, or `None`
-/// when they may: an author (whoever completed the task the approval reviews, the one completed
-/// last before it) never decides their own
-/// work unless the approval says `allow_self_approval: true`, and one person decides at most
-/// one stage of a round unless it says `distinct_approvers: false` — except the delegate an
-/// escalation handed the open decisions to (`as_delegate`), who decides in the others' place.
-/// People are compared without regard to ASCII case (they are email addresses).
+/// when they may. An author — whoever completed the work under review, the task completed last
+/// before the approval — never decides it unless the approval says `allow_self_approval: true`;
+/// one person decides at most one stage of a round unless it says `distinct_approvers: false`,
+/// except the delegate an escalation handed the open decisions to (`as_delegate`), who decides
+/// in the others' place. People are compared without regard to ASCII case (email addresses).
 pub fn separation_of_duties(
     workflow: &Workflow,
     run: &Run,
@@ -201,38 +200,14 @@ pub fn separation_of_duties(
 ) -> Option<String> {
     let step = workflow.step(at);
     let StepKind::Approval(approval) = &step.kind else { return None };
-    if !approval.allow_self_approval {
-        // The work under review: the task completed last before the approval (the draft the
-        // review reads, also for a sign-off after it); runs stored before completions carried
-        // their time count every completed task.
-        let completed: Vec<(usize, &str, &str, Option<u64>)> = workflow
-            .steps
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| matches!(s.kind, StepKind::Task(_)))
-            .filter_map(|(index, task)| {
-                let output = run.outputs.get(&*task.id)?;
-                let by = output.get("completed_by").and_then(Value::as_str)?;
-                Some((index, &*task.id, by, output.get("completed_at").and_then(Value::as_u64)))
-            })
-            .collect();
-        // Completed last; at the same millisecond, the one nearest before the approval.
-        let order = |&(index, _, _, completed_at): &(usize, &str, &str, Option<u64>)| {
-            (completed_at.unwrap_or(0), index < at.0 as usize, index)
-        };
-        let dated = completed.iter().all(|(_, _, _, completed_at)| completed_at.is_some());
-        let reviewed: Vec<&(usize, &str, &str, Option<u64>)> = if dated {
-            completed.iter().max_by_key(|c| order(c)).into_iter().collect()
-        } else {
-            completed.iter().collect()
-        };
-        if let Some((_, task, _, _)) = reviewed.into_iter().find(|(_, _, by, _)| by.eq_ignore_ascii_case(person)) {
-            return Some(format!(
-                "{person} completed `{task}`, the work `{}` reviews, and may not approve their own work \
-                 (separation of duties; the approval may say `allow_self_approval: true`)",
-                step.id
-            ));
-        }
+    if !approval.allow_self_approval
+        && let Some(task) = reviewed_work(workflow, run, at).into_iter().find(|c| c.by.eq_ignore_ascii_case(person))
+    {
+        return Some(format!(
+            "{person} completed `{}`, the work `{}` reviews, and may not approve their own work \
+             (separation of duties; the approval may say `allow_self_approval: true`)",
+            task.step, step.id
+        ));
     }
     if approval.distinct_approvers && !as_delegate && state.deciders.iter().any(|d| d.eq_ignore_ascii_case(person)) {
         return Some(format!(
@@ -242,6 +217,36 @@ pub fn separation_of_duties(
         ));
     }
     None
+}
+
+/// A task of the run as its output records it: who completed it and when.
+struct Completion<'a> {
+    index: usize,
+    step: &'a str,
+    by: &'a str,
+    at: Option<u64>,
+}
+
+/// The work the approval at `at` reviews: the task completed last (at the same millisecond,
+/// the one nearest before the approval). Runs stored before completions carried their time
+/// give every completed task.
+fn reviewed_work<'a>(workflow: &'a Workflow, run: &'a Run, at: StepIndex) -> Vec<Completion<'a>> {
+    let completed: Vec<Completion> = workflow
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s.kind, StepKind::Task(_)))
+        .filter_map(|(index, task)| {
+            let output = run.outputs.get(&*task.id)?;
+            let by = output.get("completed_by").and_then(Value::as_str)?;
+            Some(Completion { index, step: &task.id, by, at: output.get("completed_at").and_then(Value::as_u64) })
+        })
+        .collect();
+    if completed.iter().any(|c| c.at.is_none()) {
+        return completed;
+    }
+    let before = usize::from(at.0);
+    completed.into_iter().max_by_key(|c| (c.at, c.index < before, c.index)).into_iter().collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -516,6 +516,9 @@ fn an_author_never_approves_their_own_work_and_one_person_decides_one_stage() {
     let reason = ignored_reason(&refused).expect("refused");
     assert!(reason.contains("completed `draft`") && reason.contains("may not approve their own work"), "{reason}");
     assert_eq!(refused.run.tokens, t.run.tokens, "nothing moved");
+    // The researcher's task was done in the same millisecond; the draft, nearer the review, is
+    // the work under review, so the researcher is not its author.
+    assert_eq!(ignored_reason(&decide(t.run.clone(), "editor", "sam@x.com")), None);
     let t = decide(t.run, "editor", "dana@x.com");
     assert_eq!(ignored_reason(&t), None);
     let twice = decide(t.run.clone(), "seo", "Dana@x.com");

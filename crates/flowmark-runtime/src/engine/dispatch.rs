@@ -428,7 +428,7 @@ impl<S: Store> Engine<S> {
                         Effect { key: entry.key.clone(), step: entry.step.as_str().into(), kind: kind.clone() };
                     let event = emitted_event(run.id, run.workflow_id, run.subject_id, &effect, now)
                         .expect("an EmitEvent effect makes an event");
-                    let detail = format!("recorded `{}` ({})", event.name, event.id);
+                    let detail = super::ingest::emitted_detail(&event);
                     thresholds.push(Incoming::event(run.subject_id, event));
                     outcomes[index] = Some(Outcome::Done { detail: Some(detail) });
                 }

@@ -291,7 +291,7 @@ impl<S: Store> Engine<S> {
                 let event = emitted_event(run.id, &run.workflow_id, &subject_id, &effect, now)
                     .expect("an EmitEvent effect makes an event");
                 let (ok, detail) = if unit.generate(&event) {
-                    let detail = format!("recorded `{}` ({})", event.name, event.id);
+                    let detail = emitted_detail(&event);
                     caused.push(Incoming::event(&subject_id, event));
                     (true, detail)
                 } else {
@@ -672,4 +672,9 @@ impl<S: Store> Engine<S> {
             self.segments.explain(&data, now, |event, since| self.store.count_events(subject_id, event, since))?;
         Ok(Some(explained))
     }
+}
+
+/// What an `emit` effect's result says: the event recorded, with its id.
+pub(super) fn emitted_detail(event: &Event) -> String {
+    format!("recorded `{}` ({})", event.name, event.id)
 }

@@ -57,6 +57,43 @@ pub(crate) mod schema {
     }
 }
 
+/// A problem-detail response with `description`.
+fn problem_response(description: &str) -> RefOr<utoipa::openapi::response::Response> {
+    let schema = utoipa::openapi::Ref::from_schema_name("Problem");
+    let content = utoipa::openapi::content::Content::new(Some(schema));
+    RefOr::T(
+        utoipa::openapi::ResponseBuilder::new()
+            .description(description)
+            .content("application/problem+json", content)
+            .build(),
+    )
+}
+
+/// The refusals of every route behind credentials whose missing scope is all a `403` means
+/// there: `401`, `403` and `429` (the owner's queue is full; every such route asks it).
+pub(crate) struct Refusals;
+
+impl utoipa::IntoResponses for Refusals {
+    fn responses() -> std::collections::BTreeMap<String, RefOr<utoipa::openapi::response::Response>> {
+        let mut responses = Unauthenticated::responses();
+        responses.insert("403".into(), problem_response("The token lacks the scope."));
+        responses
+    }
+}
+
+/// `401` and `429`, for the routes that say themselves what their `403` means.
+pub(crate) struct Unauthenticated;
+
+impl utoipa::IntoResponses for Unauthenticated {
+    fn responses() -> std::collections::BTreeMap<String, RefOr<utoipa::openapi::response::Response>> {
+        [
+            ("401".to_owned(), problem_response("No credentials, or unknown ones.")),
+            ("429".to_owned(), problem_response("The server's queue is full; retry after `Retry-After` seconds.")),
+        ]
+        .into()
+    }
+}
+
 /// The body schemas, by name.
 const SCHEMAS: &str = include_str!("schemas.json");
 

@@ -89,9 +89,7 @@ pub(crate) fn api_routes() -> utoipa_axum::router::OpenApiRouter<App> {
         (status = 200, description = "Stored.", body = schema::Updated),
         (status = 400, description = "Not a JSON object, or no `password`.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not an email address, or a password too short or too long.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No credentials, or unknown ones.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The server's queue is full; retry after `Retry-After` seconds.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
 )]
