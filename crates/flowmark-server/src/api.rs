@@ -1,7 +1,8 @@
 //! The plumbing every route module shares: the handlers' state (`App`), the `Admin`
-//! extractor and the credentials check, problem-detail answers, and the way a handler asks
-//! the owner thread to run a closure on the engine (`query`, `query_owner`) or to read and
-//! write a stored document.
+//! extractor and the credentials check, the one error handlers refuse with (`Problem`, an
+//! RFC 9457 problem detail; handlers return `Answer` and pass refusals up with `?`), and the
+//! way a handler asks the owner thread to run a closure on the engine (`query`,
+//! `query_owner`) or to read and write a stored document.
 //!
 //! Route modules (`http`, `people`, `ui`) import from here, never from each other.
 
@@ -29,13 +30,67 @@ pub(crate) struct App {
 /// The engine as the server runs it, on whichever store the binary picked.
 pub(crate) type Eng = flowmark_runtime::Engine<crate::owner::ServerStore>;
 
-/// An RFC 9457 problem detail with `status`, `title` and `detail`.
-pub(crate) fn problem(status: StatusCode, title: &str, detail: impl Into<String>) -> Response {
+/// The one error every handler answers with: an RFC 9457 problem detail
+/// (`application/problem+json`) with `status`, `title`, `detail` and any extra members.
+/// Handlers return [`Answer`] and pass refusals up with `?`.
+#[derive(Debug)]
+pub(crate) struct Problem(Box<Detail>);
+
+#[derive(Debug)]
+struct Detail {
+    status: StatusCode,
+    title: String,
+    detail: String,
+    extra: Value,
+    retry_after: Option<&'static str>,
+}
+
+/// What an API handler answers: its response, or the problem that refused the request.
+pub(crate) type Answer = Result<Response, Problem>;
+
+/// What a web page answers: the page, or what stands in for it (the redirect to sign in, an
+/// error page, a problem detail).
+pub(crate) type Page = Result<Response, Response>;
+
+impl From<Problem> for Response {
+    fn from(problem: Problem) -> Response {
+        problem.into_response()
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let Detail { status, title, detail, extra, retry_after } = *self.0;
+        let mut body = json!({
+            "type": format!("https://flowmark.dev/problems/{}", title.to_lowercase().replace(' ', "-")),
+            "title": title,
+            "status": status.as_u16(),
+            "detail": detail,
+        });
+        if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+            body.extend(extra);
+        }
+        let mut response = (status, axum::Json(body)).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+        }
+        response
+    }
+}
+
+/// A problem detail with `status`, `title` and `detail`.
+pub(crate) fn problem(status: StatusCode, title: &str, detail: impl Into<String>) -> Problem {
     problem_with(status, title, detail, Value::Null)
 }
 
+/// A problem detail with extra members (`extra` is a JSON object: `errors`, `diagnostics`, …).
+pub(crate) fn problem_with(status: StatusCode, title: &str, detail: impl Into<String>, extra: Value) -> Problem {
+    Problem(Box::new(Detail { status, title: title.to_owned(), detail: detail.into(), extra, retry_after: None }))
+}
+
 /// A `500` for a store that failed.
-pub(crate) fn internal(error: impl std::fmt::Display) -> Response {
+pub(crate) fn internal(error: impl std::fmt::Display) -> Problem {
     problem(StatusCode::INTERNAL_SERVER_ERROR, "Store failed", error.to_string())
 }
 
@@ -54,16 +109,16 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
 pub(crate) struct Admin;
 
 impl axum::extract::FromRequestParts<App> for Admin {
-    type Rejection = Response;
+    type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, app: &App) -> Result<Admin, Response> {
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, app: &App) -> Result<Admin, Problem> {
         authorize(app, bearer(&parts.headers), Scope::Admin).await.map(|()| Admin)
     }
 }
 
 /// Checks a presented key or token for a scope: the keys given on the command line first,
 /// then the tokens stored (by hash). `401` when unknown, `403` when it lacks the scope.
-pub(crate) async fn authorize(app: &App, presented: Option<String>, scope: Scope) -> Result<(), Response> {
+pub(crate) async fn authorize(app: &App, presented: Option<String>, scope: Scope) -> Result<(), Problem> {
     let Some(presented) = presented else {
         let how = match scope {
             Scope::Ingest => "send the write key as the HTTP Basic user (empty password) or as `writeKey` in the body",
@@ -96,13 +151,13 @@ pub(crate) async fn authorize(app: &App, presented: Option<String>, scope: Scope
 
 /// Sends the owner a command made with the reply channel and awaits the answer (`429` when its
 /// queue is full, `500` when the work failed on a bug).
-pub(crate) async fn ask<T>(owner: &Owner, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Response> {
+pub(crate) async fn ask<T>(owner: &Owner, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Problem> {
     let (reply, answer) = oneshot::channel();
     if !owner.send(make(reply)) {
-        let mut response =
+        let mut overloaded =
             problem(StatusCode::TOO_MANY_REQUESTS, "Overloaded", "the server is busy; try again shortly");
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Err(response);
+        overloaded.0.retry_after = Some("1");
+        return Err(overloaded);
     }
     // The owner drops a reply only when the work failed on a bug (it logged the panic).
     answer.await.map_err(|_| {
@@ -118,7 +173,7 @@ pub(crate) async fn ask<T>(owner: &Owner, make: impl FnOnce(oneshot::Sender<T>) 
 pub(crate) async fn query<T: Send + 'static>(
     owner: &Owner,
     work: impl FnOnce(&mut flowmark_runtime::Engine<crate::owner::ServerStore>, Timestamp) -> T + Send + 'static,
-) -> Result<T, Response> {
+) -> Result<T, Problem> {
     ask(owner, |reply| {
         Command::Query(Box::new(move |engine, now| {
             let _ = reply.send(work(engine, now));
@@ -136,7 +191,7 @@ pub(crate) async fn query_owner<T: Send + 'static>(
     ) -> Result<T, flowmark_store::Error>
     + Send
     + 'static,
-) -> Result<T, Response> {
+) -> Result<T, Problem> {
     query(&app.owner, work).await?.map_err(internal)
 }
 
@@ -146,14 +201,11 @@ pub(crate) async fn get_document<T: serde::Serialize + Send + 'static>(
     headers: &HeaderMap,
     read: fn(&Eng) -> Option<T>,
     empty: Value,
-) -> Response {
-    if let Err(response) = authorize(app, bearer(headers), Scope::Admin).await {
-        return response;
-    }
-    match query(&app.owner, move |engine, _| read(engine)).await {
-        Ok(Some(document)) => axum::Json(document).into_response(),
-        Ok(None) => axum::Json(empty).into_response(),
-        Err(response) => response,
+) -> Answer {
+    authorize(app, bearer(headers), Scope::Admin).await?;
+    match query(&app.owner, move |engine, _| read(engine)).await? {
+        Some(document) => Ok(axum::Json(document).into_response()),
+        None => Ok(axum::Json(empty).into_response()),
     }
 }
 
@@ -165,25 +217,22 @@ pub(crate) async fn put_document<T: serde::de::DeserializeOwned + Send + 'static
     body: &[u8],
     what: &'static str,
     set: SetDocument<T>,
-) -> Response {
-    if let Err(response) = authorize(app, bearer(headers), Scope::Admin).await {
-        return response;
-    }
+) -> Answer {
+    authorize(app, bearer(headers), Scope::Admin).await?;
     let title = format!("Invalid {what}");
     let source: T = match serde_json::from_slice(body) {
         Ok(source) => source,
-        Err(error) => return problem(StatusCode::BAD_REQUEST, &title, format!("the body is not {what}: {error}")),
+        Err(error) => return Err(problem(StatusCode::BAD_REQUEST, &title, format!("the body is not {what}: {error}"))),
     };
-    match query(&app.owner, move |engine, now| set(engine, source, now).map_err(|e| e.to_string())).await {
-        Ok(Ok(Ok(()))) => (StatusCode::OK, axum::Json(json!({ "updated": true }))).into_response(),
-        Ok(Ok(Err(errors))) => problem_with(
+    match query(&app.owner, move |engine, now| set(engine, source, now).map_err(|e| e.to_string())).await? {
+        Ok(Ok(())) => Ok((StatusCode::OK, axum::Json(json!({ "updated": true }))).into_response()),
+        Ok(Err(errors)) => Err(problem_with(
             StatusCode::UNPROCESSABLE_ENTITY,
             &title,
             format!("{} problem(s)", errors.len()),
             json!({ "errors": errors }),
-        ),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+        )),
+        Err(error) => Err(internal(error)),
     }
 }
 
@@ -192,7 +241,7 @@ pub(crate) async fn admin_object(
     app: &App,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<serde_json::Map<String, Value>, Response> {
+) -> Result<serde_json::Map<String, Value>, Problem> {
     authorize(app, bearer(headers), Scope::Admin).await?;
     json_object(body).map_err(|(title, detail)| problem(StatusCode::BAD_REQUEST, title, detail))
 }
@@ -203,21 +252,6 @@ pub(crate) fn status_name(status: WorkflowStatus) -> &'static str {
         WorkflowStatus::Active => "active",
         WorkflowStatus::Paused => "paused",
     }
-}
-
-pub(crate) fn problem_with(status: StatusCode, title: &str, detail: impl Into<String>, extra: Value) -> Response {
-    let mut body = json!({
-        "type": format!("https://flowmark.dev/problems/{}", title.to_lowercase().replace(' ', "-")),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail.into(),
-    });
-    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
-        body.extend(extra);
-    }
-    let mut response = (status, axum::Json(body)).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-    response
 }
 
 /// How a workspace document (score models, segments) is replaced: checked whole, then stored.

@@ -7,8 +7,8 @@
 //! Invariant: a request is answered `2xx` only after the owner has committed its effect.
 
 use crate::api::{
-    Admin, App, Eng, admin_object, ask, authorize, get_document, internal, json_object, problem, problem_with,
-    put_document, query, query_owner, status_name,
+    Admin, Answer, App, Eng, Problem, admin_object, ask, authorize, get_document, internal, json_object, problem,
+    problem_with, put_document, query, query_owner, status_name,
 };
 use std::sync::Arc;
 
@@ -118,6 +118,7 @@ async fn too_large_as_problem(request: axum::extract::Request, next: axum::middl
         "Request too large",
         format!("the body is over {REQUEST_SIZE_BYTES_MAX} bytes (1 MiB), the limit for any request"),
     )
+    .into_response()
 }
 
 /// Logs each request with its outcome: server errors as errors, refusals at `info`, the rest
@@ -150,7 +151,7 @@ fn write_key(headers: &HeaderMap, body: &Value) -> Option<String> {
 }
 
 /// A 400 for a body over the size of one event (`EVENT_SIZE_BYTES_MAX`), titled `title`.
-fn over_event_size(title: &str, body: &[u8]) -> Option<Response> {
+fn over_event_size(title: &str, body: &[u8]) -> Option<Problem> {
     (body.len() > EVENT_SIZE_BYTES_MAX).then(|| {
         let detail = format!("the body is {} bytes; the limit is {EVENT_SIZE_BYTES_MAX} bytes", body.len());
         problem(StatusCode::BAD_REQUEST, title, detail)
@@ -176,62 +177,59 @@ fn over_event_size(title: &str, body: &[u8]) -> Option<Response> {
     ),
     security(("writeKey" = [])),
 )]
-async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: HeaderMap, body: Bytes) -> Answer {
     if body.len() > BATCH_SIZE_BYTES_MAX {
-        return problem(
+        return Err(problem(
             StatusCode::BAD_REQUEST,
             "Batch too large",
             format!("the body is {} bytes; the limit is {BATCH_SIZE_BYTES_MAX} bytes (500 KB) per batch", body.len()),
-        );
+        ));
     }
     let mut value: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
         Err(error) => {
-            return problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}"));
+            return Err(problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}")));
         }
     };
-    if let Err(response) = authorize(&app, write_key(&headers, &value), Scope::Ingest).await {
-        return response;
-    }
+    authorize(&app, write_key(&headers, &value), Scope::Ingest).await?;
     let received_at = now();
     // Each item is taken out of the body and becomes its event's payload without a copy.
     let batch = kind == "batch";
     let batch_context = if batch { value.get("context").cloned() } else { None };
     let items: Vec<Value> = if batch {
         let Some(Value::Array(items)) = value.get_mut("batch").map(Value::take) else {
-            return problem(StatusCode::BAD_REQUEST, "Invalid batch", "a batch needs a `batch` array");
+            return Err(problem(StatusCode::BAD_REQUEST, "Invalid batch", "a batch needs a `batch` array"));
         };
         items
     } else if segment::KINDS.contains(&kind.as_str()) {
         vec![value]
     } else {
-        return problem(StatusCode::NOT_FOUND, "Unknown call", format!("`/v1/{kind}` is not a Segment call"));
+        return Err(problem(StatusCode::NOT_FOUND, "Unknown call", format!("`/v1/{kind}` is not a Segment call")));
     };
     let mut messages = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
         let item_kind = if batch { item.get("type").and_then(Value::as_str).unwrap_or_default() } else { &kind };
         let Some(item_kind) = segment::KINDS.iter().copied().find(|known| *known == item_kind) else {
-            return problem(
+            return Err(problem(
                 StatusCode::BAD_REQUEST,
                 "Invalid event",
                 format!("batch item {index}: unknown type `{item_kind}`"),
-            );
+            ));
         };
         match segment::read(item_kind, item, batch_context.as_ref(), received_at) {
             Ok(message) => messages.push(message),
             Err(error) => {
                 let detail = if batch { format!("batch item {index}: {error}") } else { error };
-                return problem(StatusCode::BAD_REQUEST, "Invalid event", detail);
+                return Err(problem(StatusCode::BAD_REQUEST, "Invalid event", detail));
             }
         }
     }
     // One command, one commit: the whole call is durable before it is acknowledged.
-    match ask(&app.owner, |reply| Command::Ingest { messages, reply }).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error),
-        Err(response) => return response,
+    match ask(&app.owner, |reply| Command::Ingest { messages, reply }).await? {
+        Ok(_) => {}
+        Err(error) => return Err(problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error)),
     }
-    axum::Json(json!({ "success": true })).into_response()
+    Ok(axum::Json(json!({ "success": true })).into_response())
 }
 
 #[utoipa::path(
@@ -252,23 +250,22 @@ async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: Heade
     ),
     security(("bearer" = [])),
 )]
-async fn deploy(State(app): State<App>, _admin: Admin, headers: HeaderMap, body: Bytes) -> Response {
+async fn deploy(State(app): State<App>, _admin: Admin, headers: HeaderMap, body: Bytes) -> Answer {
     let Ok(source) = String::from_utf8(body.to_vec()) else {
-        return problem(StatusCode::BAD_REQUEST, "Not text", "the workflow must be UTF-8 YAML");
+        return Err(problem(StatusCode::BAD_REQUEST, "Not text", "the workflow must be UTF-8 YAML"));
     };
     let name = headers.get("x-flowmark-filename").and_then(|v| v.to_str().ok()).unwrap_or("workflow.yaml").to_owned();
-    match query(&app.owner, move |engine, now| engine.deploy(&name, &source, now)).await {
-        Ok(Ok((id, version))) => {
-            (StatusCode::CREATED, axum::Json(json!({ "id": id, "version": version }))).into_response()
+    match query(&app.owner, move |engine, now| engine.deploy(&name, &source, now)).await? {
+        Ok((id, version)) => {
+            Ok((StatusCode::CREATED, axum::Json(json!({ "id": id, "version": version }))).into_response())
         }
-        Ok(Err(DeployError::Invalid(diagnostics))) => problem_with(
+        Err(DeployError::Invalid(diagnostics)) => Err(problem_with(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Invalid workflow",
             format!("the workflow has {} problem(s)", diagnostics.len()),
             json!({ "diagnostics": diagnostics }),
-        ),
-        Ok(Err(error)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error.to_string()),
-        Err(response) => response,
+        )),
+        Err(error) => Err(problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error.to_string())),
     }
 }
 
@@ -284,18 +281,16 @@ async fn deploy(State(app): State<App>, _admin: Admin, headers: HeaderMap, body:
     ),
     security(("bearer" = [])),
 )]
-async fn workflows(State(app): State<App>, _admin: Admin) -> Response {
-    match query_owner(&app, |engine, _| engine.store().workflows()).await {
-        Ok(list) => axum::Json(
+async fn workflows(State(app): State<App>, _admin: Admin) -> Answer {
+    let list = query_owner(&app, |engine, _| engine.store().workflows()).await?;
+    Ok(axum::Json(
             list.into_iter()
                 .map(|w| {
                     json!({ "id": w.id, "version": w.latest_version, "status": status_name(w.status), "updated_at": w.updated_at })
                 })
                 .collect::<Vec<_>>(),
         )
-        .into_response(),
-        Err(response) => response,
-    }
+        .into_response())
 }
 
 /// A listing's `limit` parameter: `default` when absent; what is wrong with it when it is not
@@ -334,20 +329,18 @@ async fn gone_endpoints(
     State(app): State<App>,
     _admin: Admin,
     Query(params): Query<HashMap<String, String>>,
-) -> Response {
+) -> Answer {
     let limit = match query_limit(&params, GONE_ENDPOINTS_PAGE_COUNT_MAX, GONE_ENDPOINTS_PAGE_COUNT_MAX) {
         Ok(limit) => limit,
-        Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid limit", detail),
+        Err(detail) => return Err(problem(StatusCode::BAD_REQUEST, "Invalid limit", detail)),
     };
-    match query_owner(&app, move |engine, _| engine.store().gone_endpoints(limit)).await {
-        Ok(list) => axum::Json(
-            list.into_iter()
-                .map(|e| json!({ "url": e.url, "gone_at": e.gone_at.ms(), "reason": e.reason }))
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
-        Err(response) => response,
-    }
+    let list = query_owner(&app, move |engine, _| engine.store().gone_endpoints(limit)).await?;
+    Ok(axum::Json(
+        list.into_iter()
+            .map(|e| json!({ "url": e.url, "gone_at": e.gone_at.ms(), "reason": e.reason }))
+            .collect::<Vec<_>>(),
+    )
+    .into_response())
 }
 
 /// `DELETE /api/webhooks/gone?url=URL`: calls the URL again from the next effect on; `404`
@@ -374,9 +367,9 @@ async fn enable_endpoint(
     State(app): State<App>,
     _admin: Admin,
     Query(params): Query<HashMap<String, String>>,
-) -> Response {
+) -> Answer {
     let Some(url) = params.get("url").cloned() else {
-        return problem(StatusCode::BAD_REQUEST, "Missing URL", "say which URL to enable: `?url=…`");
+        return Err(problem(StatusCode::BAD_REQUEST, "Missing URL", "say which URL to enable: `?url=…`"));
     };
     // Store and memory in one step on the owner thread: a dispatcher round in between could
     // otherwise store the URL again after it was forgotten here.
@@ -385,10 +378,9 @@ async fn enable_endpoint(
         let stored = engine.forget_gone_endpoint(&forget)?;
         Ok(gone.forget(&forget) || stored)
     });
-    match forgotten.await {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) => problem(StatusCode::NOT_FOUND, "Not disabled", format!("`{url}` is not a disabled webhook URL")),
-        Err(response) => response,
+    match forgotten.await? {
+        true => Ok(StatusCode::NO_CONTENT.into_response()),
+        false => Err(problem(StatusCode::NOT_FOUND, "Not disabled", format!("`{url}` is not a disabled webhook URL"))),
     }
 }
 
@@ -417,43 +409,43 @@ const RUNS_PAGE_COUNT_DEFAULT: usize = 100;
     ),
     security(("bearer" = [])),
 )]
-async fn runs(State(app): State<App>, _admin: Admin, Query(params): Query<HashMap<String, String>>) -> Response {
+async fn runs(State(app): State<App>, _admin: Admin, Query(params): Query<HashMap<String, String>>) -> Answer {
     const KNOWN: [&str; 6] = ["workflow", "version", "status", "subject", "step", "limit"];
     if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return problem(
+        return Err(problem(
             StatusCode::BAD_REQUEST,
             "Unknown filter",
             format!("`{unknown}` is not a filter; use {}", KNOWN.join(", ")),
-        );
+        ));
     }
     let number = |key: &str| {
         params.get(key).map(|v| v.parse::<u64>().map_err(|_| format!("`{key}` must be a whole number, not `{v}`")))
     };
     let version = match number("version").transpose() {
         Ok(v) => v.map(|v| v as u32),
-        Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid filter", detail),
+        Err(detail) => return Err(problem(StatusCode::BAD_REQUEST, "Invalid filter", detail)),
     };
     let limit = match number("limit").transpose() {
         Ok(Some(n)) if (1..=RUNS_PAGE_COUNT_MAX as u64).contains(&n) => n as usize,
         Ok(Some(n)) => {
-            return problem(
+            return Err(problem(
                 StatusCode::BAD_REQUEST,
                 "Invalid filter",
                 format!("`limit` is {n}; it must be from 1 to {RUNS_PAGE_COUNT_MAX}"),
-            );
+            ));
         }
         Ok(None) => RUNS_PAGE_COUNT_DEFAULT,
-        Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid filter", detail),
+        Err(detail) => return Err(problem(StatusCode::BAD_REQUEST, "Invalid filter", detail)),
     };
     let status = match params.get("status").map(String::as_str) {
         None => None,
         Some(name) if RunStatus::parse(name).is_some() => RunStatus::parse(name),
         Some(other) => {
-            return problem(
+            return Err(problem(
                 StatusCode::BAD_REQUEST,
                 "Invalid filter",
                 format!("`status` is `{other}`; use active, completed, converted, exited or failed"),
-            );
+            ));
         }
     };
     let filter = RunFilter {
@@ -482,10 +474,9 @@ async fn runs(State(app): State<App>, _admin: Admin, Query(params): Query<HashMa
         }
         Ok(list)
     });
-    match listing.await {
-        Ok(Ok(list)) => axum::Json(list).into_response(),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+    match listing.await? {
+        Ok(list) => Ok(axum::Json(list).into_response()),
+        Err(error) => Err(internal(error)),
     }
 }
 
@@ -507,24 +498,23 @@ async fn runs(State(app): State<App>, _admin: Admin, Query(params): Query<HashMa
     ),
     security(("bearer" = [])),
 )]
-async fn set_status(State(app): State<App>, _admin: Admin, Path((id, action)): Path<(String, String)>) -> Response {
+async fn set_status(State(app): State<App>, _admin: Admin, Path((id, action)): Path<(String, String)>) -> Answer {
     let status = match action.as_str() {
         "activate" => WorkflowStatus::Active,
         "pause" => WorkflowStatus::Paused,
         other => {
-            return problem(
+            return Err(problem(
                 StatusCode::NOT_FOUND,
                 "Unknown action",
                 format!("`{other}` is not an action; use activate or pause"),
-            );
+            ));
         }
     };
     let wanted = id.clone();
-    match query(&app.owner, move |engine, now| engine.set_status(&wanted, status, now)).await {
-        Ok(Ok(true)) => axum::Json(json!({ "id": id, "status": status_name(status) })).into_response(),
-        Ok(Ok(false)) => problem(StatusCode::NOT_FOUND, "No such workflow", format!("there is no workflow `{id}`")),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+    match query(&app.owner, move |engine, now| engine.set_status(&wanted, status, now)).await? {
+        Ok(true) => Ok(axum::Json(json!({ "id": id, "status": status_name(status) })).into_response()),
+        Ok(false) => Err(problem(StatusCode::NOT_FOUND, "No such workflow", format!("there is no workflow `{id}`"))),
+        Err(error) => Err(internal(error)),
     }
 }
 
@@ -540,21 +530,17 @@ async fn set_status(State(app): State<App>, _admin: Admin, Path((id, action)): P
     ),
     security(("bearer" = [])),
 )]
-async fn metrics(State(app): State<App>, _admin: Admin) -> Response {
+async fn metrics(State(app): State<App>, _admin: Admin) -> Answer {
     let page = query_owner(&app, |engine, _| {
         let durability = engine.store().durability();
         let dispatch = crate::metrics::Dispatch { in_flight: engine.in_flight(), connectors: engine.connector_stats() };
         let depth = engine.store().outbox_depth()?;
         Ok(crate::metrics::render(engine.stats(), depth, &dispatch, durability.as_deref()))
     });
-    match page.await {
-        Ok(text) => {
-            let mut response = text.into_response();
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
-            response
-        }
-        Err(response) => response,
-    }
+    let text = page.await?;
+    let mut response = text.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    Ok(response)
 }
 
 #[utoipa::path(
@@ -574,17 +560,16 @@ async fn metrics(State(app): State<App>, _admin: Admin) -> Response {
     ),
     security(("bearer" = [])),
 )]
-async fn run(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
-    let Some(id) = id.parse::<u64>().ok() else { return invalid_run_id(&id) };
+async fn run(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
+    let Some(id) = id.parse::<u64>().ok() else { return Err(invalid_run_id(&id)) };
     let detail = query_owner(&app, move |engine, _| {
         let store = engine.store();
         let Some(run) = store.run(RunId(id))? else { return Ok(None) };
         Ok(Some(json!({ "run": run, "history": store.history(run.id)?, "decisions": store.decisions(run.id)? })))
     });
-    match detail.await {
-        Ok(Some(run)) => axum::Json(run).into_response(),
-        Ok(None) => problem(StatusCode::NOT_FOUND, "No such run", format!("there is no run {id}")),
-        Err(response) => response,
+    match detail.await? {
+        Some(run) => Ok(axum::Json(run).into_response()),
+        None => Err(problem(StatusCode::NOT_FOUND, "No such run", format!("there is no run {id}"))),
     }
 }
 
@@ -620,7 +605,7 @@ async fn openapi(State(app): State<App>) -> Response {
     response
 }
 
-fn invalid_run_id(id: &str) -> Response {
+fn invalid_run_id(id: &str) -> Problem {
     problem(StatusCode::BAD_REQUEST, "Invalid run id", format!("`{id}` is not a run id (a positive integer)"))
 }
 
@@ -647,12 +632,12 @@ async fn workflow(
     _admin: Admin,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Response {
+) -> Answer {
     let version = match query.get("version").map(|v| v.parse::<u32>()) {
         None => None,
         Some(Ok(v)) => Some(v),
         Some(Err(_)) => {
-            return problem(StatusCode::BAD_REQUEST, "Invalid version", "`version` must be a whole number");
+            return Err(problem(StatusCode::BAD_REQUEST, "Invalid version", "`version` must be a whole number"));
         }
     };
     let wanted = id.clone();
@@ -669,12 +654,13 @@ async fn workflow(
         })))
     })
     .await;
-    match answer {
-        Ok(Some(body)) => axum::Json(body).into_response(),
-        Ok(None) => {
-            problem(StatusCode::NOT_FOUND, "No such workflow", format!("there is no workflow `{id}` at that version"))
-        }
-        Err(response) => response,
+    match answer? {
+        Some(body) => Ok(axum::Json(body).into_response()),
+        None => Err(problem(
+            StatusCode::NOT_FOUND,
+            "No such workflow",
+            format!("there is no workflow `{id}` at that version"),
+        )),
     }
 }
 
@@ -703,12 +689,11 @@ fn contact_json(contact: &flowmark_store::Contact) -> Value {
     ),
     security(("bearer" = [])),
 )]
-async fn contact(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
+async fn contact(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
     let wanted = id.clone();
-    match query_owner(&app, move |engine, _| engine.store().contact(&wanted)).await {
-        Ok(Some(contact)) => axum::Json(contact_json(&contact)).into_response(),
-        Ok(None) => problem(StatusCode::NOT_FOUND, "No such contact", format!("there is no contact `{id}`")),
-        Err(response) => response,
+    match query_owner(&app, move |engine, _| engine.store().contact(&wanted)).await? {
+        Some(contact) => Ok(axum::Json(contact_json(&contact)).into_response()),
+        None => Err(problem(StatusCode::NOT_FOUND, "No such contact", format!("there is no contact `{id}`"))),
     }
 }
 
@@ -730,50 +715,49 @@ async fn contact(State(app): State<App>, _admin: Admin, Path(id): Path<String>) 
     ),
     security(("bearer" = [])),
 )]
-async fn upsert_contact(State(app): State<App>, _admin: Admin, Path(id): Path<String>, body: Bytes) -> Response {
-    if let Some(response) = over_event_size("Contact too large", &body) {
-        return response;
+async fn upsert_contact(State(app): State<App>, _admin: Admin, Path(id): Path<String>, body: Bytes) -> Answer {
+    if let Some(too_large) = over_event_size("Contact too large", &body) {
+        return Err(too_large);
     }
     let value: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
         Err(error) => {
-            return problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}"));
+            return Err(problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}")));
         }
     };
     let Value::Object(fields) = &value else {
-        return problem(
+        return Err(problem(
             StatusCode::BAD_REQUEST,
             "Invalid contact",
             "the body must be an object with `traits` and/or `timezone`",
-        );
+        ));
     };
     if let Some(unknown) = fields.keys().find(|k| !["traits", "timezone"].contains(&k.as_str())) {
-        return problem(
+        return Err(problem(
             StatusCode::BAD_REQUEST,
             "Invalid contact",
             format!("`{unknown}` is not a field; use traits, timezone"),
-        );
+        ));
     }
     let traits = match fields.get("traits") {
         None => json!({}),
         Some(traits @ Value::Object(_)) => traits.clone(),
-        Some(_) => return problem(StatusCode::BAD_REQUEST, "Invalid contact", "`traits` must be an object"),
+        Some(_) => return Err(problem(StatusCode::BAD_REQUEST, "Invalid contact", "`traits` must be an object")),
     };
     let timezone = match fields.get("timezone") {
         None | Some(Value::Null) => None,
         Some(Value::String(tz)) if tz.parse::<chrono_tz::Tz>().is_ok() => Some(tz.clone()),
         Some(other) => {
-            return problem(
+            return Err(problem(
                 StatusCode::BAD_REQUEST,
                 "Invalid contact",
                 format!("`timezone` is {other}; it must be an IANA time zone such as `Europe/Paris`"),
-            );
+            ));
         }
     };
-    match query(&app.owner, move |engine, now| engine.put_contact(&id, &traits, timezone.as_deref(), now)).await {
-        Ok(Ok(contact)) => axum::Json(contact_json(&contact)).into_response(),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+    match query(&app.owner, move |engine, now| engine.put_contact(&id, &traits, timezone.as_deref(), now)).await? {
+        Ok(contact) => Ok(axum::Json(contact_json(&contact)).into_response()),
+        Err(error) => Err(internal(error)),
     }
 }
 
@@ -799,47 +783,45 @@ pub const EVENTS_PAGE_COUNT_MAX: usize = 1000;
     ),
     security(("bearer" = [])),
 )]
-async fn events(State(app): State<App>, _admin: Admin, Query(query): Query<HashMap<String, String>>) -> Response {
+async fn events(State(app): State<App>, _admin: Admin, Query(query): Query<HashMap<String, String>>) -> Answer {
     const KNOWN: [&str; 3] = ["subject", "since", "limit"];
     if let Some(unknown) = query.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return problem(
+        return Err(problem(
             StatusCode::BAD_REQUEST,
             "Unknown filter",
             format!("`{unknown}` is not a filter; use {}", KNOWN.join(", ")),
-        );
+        ));
     }
     let Some(subject) = query.get("subject").cloned() else {
-        return problem(
+        return Err(problem(
             StatusCode::BAD_REQUEST,
             "Missing subject",
             "give `subject`: events are listed per contact or item",
-        );
+        ));
     };
     let limit = match query_limit(&query, 100, EVENTS_PAGE_COUNT_MAX) {
         Ok(limit) => limit,
-        Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid filter", detail),
+        Err(detail) => return Err(problem(StatusCode::BAD_REQUEST, "Invalid filter", detail)),
     };
     let since = match query.get("since").map(|v| chrono::DateTime::parse_from_rfc3339(v)) {
         None => Timestamp(i64::MIN),
         Some(Ok(at)) => Timestamp::from_chrono(&at.with_timezone(&chrono::Utc)),
         Some(Err(_)) => {
-            return problem(
+            return Err(problem(
                 StatusCode::BAD_REQUEST,
                 "Invalid filter",
                 "`since` must be an RFC 3339 time such as 2026-01-31T09:00:00Z",
-            );
+            ));
         }
     };
-    match query_owner(&app, move |engine, _| engine.store().events_of_subject(&subject, since, limit)).await {
-        Ok(events) => axum::Json(json!(
-            events
-                .iter()
-                .map(|e| json!({ "messageId": e.id, "event": e.name, "at": e.at, "payload": e.payload }))
-                .collect::<Vec<_>>()
-        ))
-        .into_response(),
-        Err(response) => response,
-    }
+    let events = query_owner(&app, move |engine, _| engine.store().events_of_subject(&subject, since, limit)).await?;
+    Ok(axum::Json(json!(
+        events
+            .iter()
+            .map(|e| json!({ "messageId": e.id, "event": e.name, "at": e.at, "payload": e.payload }))
+            .collect::<Vec<_>>()
+    ))
+    .into_response())
 }
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
@@ -906,9 +888,9 @@ async fn unsubscribe_page(State(app): State<App>, Path((subject, signature)): Pa
         (status = 404, description = "The link is not valid.", body = String, content_type = "text/html"),
     ),
 )]
-async fn unsubscribe(State(app): State<App>, Path((subject, signature)): Path<(String, String)>) -> Response {
+async fn unsubscribe(State(app): State<App>, Path((subject, signature)): Path<(String, String)>) -> Answer {
     if !signed(&app, &subject, &signature) {
-        return page(StatusCode::NOT_FOUND, "Link not recognised", "<p>This unsubscribe link is not valid.</p>");
+        return Ok(page(StatusCode::NOT_FOUND, "Link not recognised", "<p>This unsubscribe link is not valid.</p>"));
     }
     let at = now();
     let event = flowmark_core::engine::Event {
@@ -921,12 +903,8 @@ async fn unsubscribe(State(app): State<App>, Path((subject, signature)): Path<(S
     };
     let traits = json!({ flowmark_runtime::UNSUBSCRIBED_TRAIT: true });
     let incoming = flowmark_runtime::Incoming::with_traits(&subject, event, traits, None);
-    match ingest_one(&app, incoming).await {
-        Ok(()) => {
-            page(StatusCode::OK, "You are unsubscribed", "<p>You will not receive marketing email from us again.</p>")
-        }
-        Err(response) => response,
-    }
+    ingest_one(&app, incoming).await?;
+    Ok(page(StatusCode::OK, "You are unsubscribed", "<p>You will not receive marketing email from us again.</p>"))
 }
 
 /// An inbound webhook, signed the Standard Webhooks way: verified against the configured
@@ -960,28 +938,28 @@ async fn inbound_webhook(
     Path(source): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> Answer {
     if app.config.inbound_webhook_secrets.is_empty() {
-        return problem(StatusCode::NOT_FOUND, "No inbound webhooks", "this server has no inbound webhook secret");
+        return Err(problem(StatusCode::NOT_FOUND, "No inbound webhooks", "this server has no inbound webhook secret"));
     }
-    if let Some(response) = over_event_size("Webhook too large", &body) {
-        return response;
+    if let Some(too_large) = over_event_size("Webhook too large", &body) {
+        return Err(too_large);
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let (id, timestamp, signature) = (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
     if id.is_empty() {
-        return problem(StatusCode::BAD_REQUEST, "Unsigned webhook", "a `webhook-id` header is required");
+        return Err(problem(StatusCode::BAD_REQUEST, "Unsigned webhook", "a `webhook-id` header is required"));
     }
     let now_s = now().ms().div_euclid(1000);
     let secrets = &app.config.inbound_webhook_secrets;
     if let Err(error) = flowmark_runtime::webhook::verify(secrets, &id, &timestamp, &signature, &body, now_s) {
-        return problem(StatusCode::UNAUTHORIZED, "Bad signature", error.to_string());
+        return Err(problem(StatusCode::UNAUTHORIZED, "Bad signature", error.to_string()));
     }
     let value: Value = match serde_json::from_slice(&body) {
         Ok(value @ Value::Object(_)) => value,
-        Ok(_) => return problem(StatusCode::BAD_REQUEST, "Invalid webhook", "the body must be a JSON object"),
+        Ok(_) => return Err(problem(StatusCode::BAD_REQUEST, "Invalid webhook", "the body must be a JSON object")),
         Err(error) => {
-            return problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}"));
+            return Err(problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}")));
         }
     };
     let subject = ["userId", "anonymousId"]
@@ -994,24 +972,23 @@ async fn inbound_webhook(
         (Some(subject), _) => subject,
         (None, Some(email)) => {
             let wanted = email.to_owned();
-            match query_owner(&app, move |engine, _| engine.store().contact_id_by_email(&wanted)).await {
-                Ok(Some(id)) => id,
-                Ok(None) => {
-                    return problem(
+            match query_owner(&app, move |engine, _| engine.store().contact_id_by_email(&wanted)).await? {
+                Some(id) => id,
+                None => {
+                    return Err(problem(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "Unknown contact",
                         format!("no contact has the email `{email}`"),
-                    );
+                    ));
                 }
-                Err(response) => return response,
             }
         }
         (None, None) => {
-            return problem(
+            return Err(problem(
                 StatusCode::BAD_REQUEST,
                 "Invalid webhook",
                 "the body needs a `userId`, an `anonymousId` or the contact's `email`",
-            );
+            ));
         }
     };
     let name = value.get("event").and_then(Value::as_str).unwrap_or("Webhook Received").to_owned();
@@ -1023,10 +1000,8 @@ async fn inbound_webhook(
     }
     let event = flowmark_core::engine::Event { id, name, at: now(), payload: payload.into() };
     let incoming = flowmark_runtime::Incoming::event(&subject, event);
-    match ingest_one(&app, incoming).await {
-        Ok(()) => (StatusCode::NO_CONTENT, ()).into_response(),
-        Err(response) => response,
-    }
+    ingest_one(&app, incoming).await?;
+    Ok((StatusCode::NO_CONTENT, ()).into_response())
 }
 
 /// A run explained step by step: `{"run": …, "lines": [{"at", "step", "text", "decision"}], "text": "…"}`.
@@ -1048,8 +1023,8 @@ async fn inbound_webhook(
     ),
     security(("bearer" = [])),
 )]
-async fn why(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
-    let Some(number) = id.parse::<u64>().ok() else { return invalid_run_id(&id) };
+async fn why(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
+    let Some(number) = id.parse::<u64>().ok() else { return Err(invalid_run_id(&id)) };
     let answer = query_owner(&app, move |engine, _| {
         let store = engine.store();
         let Some(run) = store.run(RunId(number))? else { return Ok(None) };
@@ -1061,10 +1036,9 @@ async fn why(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> R
         })))
     })
     .await;
-    match answer {
-        Ok(Some(body)) => axum::Json(body).into_response(),
-        Ok(None) => problem(StatusCode::NOT_FOUND, "No such run", format!("there is no run {number}")),
-        Err(response) => response,
+    match answer? {
+        Some(body) => Ok(axum::Json(body).into_response()),
+        None => Err(problem(StatusCode::NOT_FOUND, "No such run", format!("there is no run {number}"))),
     }
 }
 
@@ -1087,16 +1061,16 @@ async fn why(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> R
     ),
     security(("bearer" = [])),
 )]
-async fn import_contacts(State(app): State<App>, _admin: Admin, body: Bytes) -> Response {
+async fn import_contacts(State(app): State<App>, _admin: Admin, body: Bytes) -> Answer {
     let rows = match flowmark_runtime::import::read(body.as_ref()) {
         Ok(rows) => rows,
         Err(rejected) => {
-            return problem_with(
+            return Err(problem_with(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "Invalid contacts",
                 format!("{} problem(s); nothing was imported", rejected.total),
                 json!({ "errors": rejected.errors, "total": rejected.total }),
-            );
+            ));
         }
     };
     let digest: String = {
@@ -1105,15 +1079,12 @@ async fn import_contacts(State(app): State<App>, _admin: Admin, body: Bytes) -> 
     };
     let checkpoint = format!("import:contacts:{digest}");
     let count = rows.len();
-    match query_owner(&app, move |engine, now| {
+    let imported = query_owner(&app, move |engine, now| {
         // The engine restarts the segment sweep: the rows join their segments now.
         engine.import_contacts(&rows, &checkpoint, now)
     })
-    .await
-    {
-        Ok(imported) => axum::Json(json!({ "rows": count, "outcome": imported })).into_response(),
-        Err(response) => response,
-    }
+    .await?;
+    Ok(axum::Json(json!({ "rows": count, "outcome": imported })).into_response())
 }
 
 #[utoipa::path(
@@ -1128,7 +1099,7 @@ async fn import_contacts(State(app): State<App>, _admin: Admin, body: Bytes) -> 
     ),
     security(("bearer" = [])),
 )]
-async fn score_models(State(app): State<App>, headers: HeaderMap) -> Response {
+async fn score_models(State(app): State<App>, headers: HeaderMap) -> Answer {
     get_document(&app, &headers, |engine| engine.score_models().cloned(), json!({ "models": [] })).await
 }
 
@@ -1149,7 +1120,7 @@ async fn score_models(State(app): State<App>, headers: HeaderMap) -> Response {
     ),
     security(("bearer" = [])),
 )]
-async fn put_score_models(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+async fn put_score_models(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Answer {
     put_document(&app, &headers, &body, "score models", Eng::set_score_models).await
 }
 
@@ -1165,7 +1136,7 @@ async fn put_score_models(State(app): State<App>, headers: HeaderMap, body: Byte
     ),
     security(("bearer" = [])),
 )]
-async fn segments(State(app): State<App>, headers: HeaderMap) -> Response {
+async fn segments(State(app): State<App>, headers: HeaderMap) -> Answer {
     get_document(&app, &headers, |engine| engine.segments().cloned(), json!({ "segments": [] })).await
 }
 
@@ -1185,7 +1156,7 @@ async fn segments(State(app): State<App>, headers: HeaderMap) -> Response {
     ),
     security(("bearer" = [])),
 )]
-async fn put_segments(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+async fn put_segments(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Answer {
     put_document(&app, &headers, &body, "segments", Eng::set_segments).await
 }
 
@@ -1207,12 +1178,11 @@ async fn put_segments(State(app): State<App>, headers: HeaderMap, body: Bytes) -
     ),
     security(("bearer" = [])),
 )]
-async fn contact_segments(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
+async fn contact_segments(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
     let wanted = id.clone();
-    match query_owner(&app, move |engine, now| engine.explain_segments(&wanted, now)).await {
-        Ok(Some(body)) => axum::Json(body).into_response(),
-        Ok(None) => problem(StatusCode::NOT_FOUND, "No such contact", format!("there is no contact `{id}`")),
-        Err(response) => response,
+    match query_owner(&app, move |engine, now| engine.explain_segments(&wanted, now)).await? {
+        Some(body) => Ok(axum::Json(body).into_response()),
+        None => Err(problem(StatusCode::NOT_FOUND, "No such contact", format!("there is no contact `{id}`"))),
     }
 }
 
@@ -1233,7 +1203,7 @@ async fn contact_segments(State(app): State<App>, _admin: Admin, Path(id): Path<
     ),
     security(("bearer" = [])),
 )]
-async fn contact_scores(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
+async fn contact_scores(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
     let wanted = id.clone();
     let answer = query_owner(&app, move |engine, now| {
         let Some(contact) = engine.store().contact(&wanted)? else { return Ok(None) };
@@ -1243,10 +1213,9 @@ async fn contact_scores(State(app): State<App>, _admin: Admin, Path(id): Path<St
         Ok(Some(json!({ "scores": traits.get("scores").cloned().unwrap_or(json!({})), "history": history })))
     })
     .await;
-    match answer {
-        Ok(Some(body)) => axum::Json(body).into_response(),
-        Ok(None) => problem(StatusCode::NOT_FOUND, "No such contact", format!("there is no contact `{id}`")),
-        Err(response) => response,
+    match answer? {
+        Some(body) => Ok(axum::Json(body).into_response()),
+        None => Err(problem(StatusCode::NOT_FOUND, "No such contact", format!("there is no contact `{id}`"))),
     }
 }
 
@@ -1257,7 +1226,7 @@ async fn record_engagement(
     tracked: &flowmark_runtime::tracking::Tracked,
     name: &str,
     id: String,
-) -> Result<(), Response> {
+) -> Result<(), Problem> {
     let mut properties = json!({ "email_id": tracked.key });
     if !tracked.url.is_empty() {
         properties["url"] = json!(tracked.url);
@@ -1273,11 +1242,10 @@ async fn record_engagement(
 
 /// Ingests one event the server made itself (an unsubscribe, a click, an inbound webhook),
 /// committed before the answer.
-async fn ingest_one(app: &App, incoming: flowmark_runtime::Incoming) -> Result<(), Response> {
-    match ask(&app.owner, |reply| Command::Ingest { messages: vec![incoming], reply }).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error)),
-        Err(response) => Err(response),
+async fn ingest_one(app: &App, incoming: flowmark_runtime::Incoming) -> Result<(), Problem> {
+    match ask(&app.owner, |reply| Command::Ingest { messages: vec![incoming], reply }).await? {
+        Ok(_) => Ok(()),
+        Err(error) => Err(problem(StatusCode::INTERNAL_SERVER_ERROR, "Not stored", error)),
     }
 }
 
@@ -1349,8 +1317,8 @@ async fn track_open(State(app): State<App>, Path(token): Path<String>) -> Respon
 /// Delivers an input that names no person (a cancellation) to a run and answers with the run as
 /// it stands, or `409` with the reason the run gave for ignoring it (the run has ended). A
 /// person's input goes through `act_at_step`, with the inbox's checks.
-async fn deliver(app: &App, id: &str, input: flowmark_core::engine::Input) -> Response {
-    let Some(number) = id.parse::<u64>().ok() else { return invalid_run_id(id) };
+async fn deliver(app: &App, id: &str, input: flowmark_core::engine::Input) -> Answer {
+    let Some(number) = id.parse::<u64>().ok() else { return Err(invalid_run_id(id)) };
     let answer = query(&app.owner, move |engine, now| -> Result<Option<(Option<String>, Value)>, String> {
         let transition = engine.deliver(RunId(number), &input, now).map_err(|e| e.to_string())?;
         let Some(t) = transition else { return Ok(None) };
@@ -1361,12 +1329,11 @@ async fn deliver(app: &App, id: &str, input: flowmark_core::engine::Input) -> Re
         Ok(Some((ignored, run_state(engine, &t.run)?)))
     })
     .await;
-    match answer {
-        Ok(Ok(Some((None, run)))) => axum::Json(run).into_response(),
-        Ok(Ok(Some((Some(reason), _)))) => problem(StatusCode::CONFLICT, "Input ignored", reason),
-        Ok(Ok(None)) => problem(StatusCode::NOT_FOUND, "No such run", format!("there is no run {number}")),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+    match answer? {
+        Ok(Some((None, run))) => Ok(axum::Json(run).into_response()),
+        Ok(Some((Some(reason), _))) => Err(problem(StatusCode::CONFLICT, "Input ignored", reason)),
+        Ok(None) => Err(problem(StatusCode::NOT_FOUND, "No such run", format!("there is no run {number}"))),
+        Err(error) => Err(internal(error)),
     }
 }
 
@@ -1387,8 +1354,8 @@ async fn act_at_step(
     role: Option<String>,
     by: String,
     action: flowmark_runtime::WorkAction,
-) -> Response {
-    let Some(number) = id.parse::<u64>().ok() else { return invalid_run_id(id) };
+) -> Answer {
+    let Some(number) = id.parse::<u64>().ok() else { return Err(invalid_run_id(id)) };
     let answer =
         query(&app.owner, move |engine, now| -> Result<Result<Value, flowmark_runtime::WorkRefusal>, String> {
             let acted = engine.act_at_step(RunId(number), &step, role.as_deref(), &by, action, now);
@@ -1399,11 +1366,10 @@ async fn act_at_step(
             Ok(Ok(run_state(engine, &run)?))
         })
         .await;
-    match answer {
-        Ok(Ok(Ok(run))) => axum::Json(run).into_response(),
-        Ok(Ok(Err(refusal))) => crate::people::refusal(&refusal),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+    match answer? {
+        Ok(Ok(run)) => Ok(axum::Json(run).into_response()),
+        Ok(Err(refusal)) => Err(crate::people::refusal(&refusal)),
+        Err(error) => Err(internal(error)),
     }
 }
 
@@ -1434,21 +1400,18 @@ async fn complete_task(
     headers: HeaderMap,
     Path((id, step)): Path<(String, String)>,
     body: Bytes,
-) -> Response {
-    let fields = match admin_object(&app, &headers, &body).await {
-        Ok(fields) => fields,
-        Err(response) => return response,
-    };
+) -> Answer {
+    let fields = admin_object(&app, &headers, &body).await?;
     let Some(by) = fields.get("by").and_then(Value::as_str).filter(|b| !b.is_empty()).map(str::to_owned) else {
-        return problem(StatusCode::BAD_REQUEST, "Invalid input", "say who completed the task: `by`");
+        return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", "say who completed the task: `by`"));
     };
     match crate::people::parse_action("complete", &fields) {
         Ok(flowmark_runtime::WorkAction::Complete { fields }) => {
             let action = flowmark_runtime::WorkAction::Complete { fields };
             act_at_step(&app, &id, step, None, by, action).await
         }
-        Ok(_) => internal("`complete` parsed as another action"),
-        Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid input", detail),
+        Ok(_) => Err(internal("`complete` parsed as another action")),
+        Err(detail) => Err(problem(StatusCode::BAD_REQUEST, "Invalid input", detail)),
     }
 }
 
@@ -1480,21 +1443,22 @@ async fn decide_approval(
     headers: HeaderMap,
     Path((id, step)): Path<(String, String)>,
     body: Bytes,
-) -> Response {
-    let fields = match admin_object(&app, &headers, &body).await {
-        Ok(fields) => fields,
-        Err(response) => return response,
-    };
+) -> Answer {
+    let fields = admin_object(&app, &headers, &body).await?;
     let text = |key: &str| fields.get(key).and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_owned);
     let (Some(role), Some(by)) = (text("role"), text("by")) else {
-        return problem(StatusCode::BAD_REQUEST, "Invalid input", "say who decides and in which role: `by`, `role`");
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "Invalid input",
+            "say who decides and in which role: `by`, `role`",
+        ));
     };
     match crate::people::parse_action("decide", &fields) {
         Ok(action @ flowmark_runtime::WorkAction::Decide { .. }) => {
             act_at_step(&app, &id, step, Some(role), by, action).await
         }
-        Ok(_) => internal("`decide` parsed as another action"),
-        Err(detail) => problem(StatusCode::BAD_REQUEST, "Invalid input", detail),
+        Ok(_) => Err(internal("`decide` parsed as another action")),
+        Err(detail) => Err(problem(StatusCode::BAD_REQUEST, "Invalid input", detail)),
     }
 }
 
@@ -1518,13 +1482,13 @@ async fn decide_approval(
     ),
     security(("bearer" = [])),
 )]
-async fn cancel_run(State(app): State<App>, _admin: Admin, Path(id): Path<String>, body: Bytes) -> Response {
+async fn cancel_run(State(app): State<App>, _admin: Admin, Path(id): Path<String>, body: Bytes) -> Answer {
     let reason = if body.is_empty() {
         "cancelled over the API".to_owned()
     } else {
         match json_object(&body) {
             Ok(fields) => fields.get("reason").and_then(Value::as_str).unwrap_or("cancelled over the API").to_owned(),
-            Err((title, detail)) => return problem(StatusCode::BAD_REQUEST, title, detail),
+            Err((title, detail)) => return Err(problem(StatusCode::BAD_REQUEST, title, detail)),
         }
     };
     deliver(&app, &id, flowmark_core::engine::Input::Cancel { reason }).await
@@ -1565,28 +1529,27 @@ async fn start_run(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
-) -> Response {
-    if let Some(response) = over_event_size("Start too large", &body) {
-        return response;
+) -> Answer {
+    if let Some(too_large) = over_event_size("Start too large", &body) {
+        return Err(too_large);
     }
     let idempotency_key = match idempotency_key(&headers) {
         Ok(key) => key,
-        Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid idempotency key", detail),
+        Err(detail) => return Err(problem(StatusCode::BAD_REQUEST, "Invalid idempotency key", detail)),
     };
     let request = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(fields)) => match start_request(&id, fields) {
             Ok(request) => StartRequest { idempotency_key, ..request },
-            Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid start", detail),
+            Err(detail) => return Err(problem(StatusCode::BAD_REQUEST, "Invalid start", detail)),
         },
-        Ok(_) => return problem(StatusCode::BAD_REQUEST, "Invalid start", "the body must be a JSON object"),
+        Ok(_) => return Err(problem(StatusCode::BAD_REQUEST, "Invalid start", "the body must be a JSON object")),
         Err(error) => {
-            return problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}"));
+            return Err(problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}")));
         }
     };
-    let answer = match ask(&app.owner, |reply| Command::Start { requests: vec![request], reply }).await {
-        Ok(Ok(mut answers)) => answers.pop(),
-        Ok(Err(error)) => return internal(error),
-        Err(response) => return response,
+    let answer = match ask(&app.owner, |reply| Command::Start { requests: vec![request], reply }).await? {
+        Ok(mut answers) => answers.pop(),
+        Err(error) => return Err(internal(error)),
     };
     match answer {
         Some(Started::Run { id: run, status, outputs, replayed }) => {
@@ -1596,9 +1559,9 @@ async fn start_run(
                 // The answer to a retry: the run an earlier call with this key started.
                 response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             }
-            response
+            Ok(response)
         }
-        Some(Started::KeyReused { run }) => problem(
+        Some(Started::KeyReused { run }) => Err(problem(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Idempotency key reused",
             format!(
@@ -1606,19 +1569,19 @@ async fn start_run(
                  repeat the start as it was, and a new start needs a new key",
                 run.0
             ),
-        ),
-        Some(Started::EntryRefused) => problem(
+        )),
+        Some(Started::EntryRefused) => Err(problem(
             StatusCode::CONFLICT,
             "Entry refused",
             format!("the entry rule of `{id}` does not let this subject start again now"),
-        ),
+        )),
         Some(Started::UnknownWorkflow) => {
-            problem(StatusCode::NOT_FOUND, "No such workflow", format!("there is no workflow `{id}`"))
+            Err(problem(StatusCode::NOT_FOUND, "No such workflow", format!("there is no workflow `{id}`")))
         }
         Some(Started::Paused) => {
-            problem(StatusCode::CONFLICT, "Workflow paused", format!("`{id}` is paused; activate it first"))
+            Err(problem(StatusCode::CONFLICT, "Workflow paused", format!("`{id}` is paused; activate it first")))
         }
-        None => internal("the engine gave no answer for the start"),
+        None => Err(internal("the engine gave no answer for the start")),
     }
 }
 

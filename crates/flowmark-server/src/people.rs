@@ -20,7 +20,9 @@ use flowmark_store::{Store, WorkKind};
 use serde_json::{Value, json};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::api::{Admin, App, Eng, admin_object, get_document, internal, problem, put_document, query, query_owner};
+use crate::api::{
+    Admin, Answer, App, Eng, Problem, admin_object, get_document, internal, problem, put_document, query, query_owner,
+};
 use crate::openapi::schema;
 
 /// Most work items or notifications one list answers.
@@ -53,7 +55,7 @@ pub(crate) fn routes() -> OpenApiRouter<App> {
     ),
     security(("bearer" = [])),
 )]
-async fn directory(State(app): State<App>, headers: HeaderMap) -> Response {
+async fn directory(State(app): State<App>, headers: HeaderMap) -> Answer {
     get_document(&app, &headers, |engine| engine.directory().source.clone(), json!({ "people": [] })).await
 }
 
@@ -73,7 +75,7 @@ async fn directory(State(app): State<App>, headers: HeaderMap) -> Response {
     ),
     security(("bearer" = [])),
 )]
-async fn put_directory(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+async fn put_directory(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Answer {
     put_document(&app, &headers, &body, "directory", Eng::set_directory).await
 }
 
@@ -108,19 +110,17 @@ async fn person_work(
     _admin: Admin,
     Path(email): Path<String>,
     Query(q): Query<WorkQuery>,
-) -> Response {
+) -> Answer {
     let kind = match q.kind.as_deref() {
         None => None,
         Some(text) => match WorkKind::parse(text) {
             Some(kind) => Some(kind),
-            None => return problem(StatusCode::BAD_REQUEST, "Invalid input", "`kind` is task or approval"),
+            None => return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", "`kind` is task or approval")),
         },
     };
     let limit = q.limit.unwrap_or(100).min(LIST_MAX);
-    match query_owner(&app, move |engine, _| engine.store().work_of_person(&email, kind, limit)).await {
-        Ok(items) => axum::Json(json!({ "work": items })).into_response(),
-        Err(response) => response,
-    }
+    let items = query_owner(&app, move |engine, _| engine.store().work_of_person(&email, kind, limit)).await?;
+    Ok(axum::Json(json!({ "work": items })).into_response())
 }
 
 #[utoipa::path(
@@ -138,11 +138,9 @@ async fn person_work(
     ),
     security(("bearer" = [])),
 )]
-async fn person_notifications(State(app): State<App>, _admin: Admin, Path(email): Path<String>) -> Response {
-    match query_owner(&app, move |engine, _| engine.store().notifications(&email, LIST_MAX)).await {
-        Ok(items) => axum::Json(json!({ "notifications": items })).into_response(),
-        Err(response) => response,
-    }
+async fn person_notifications(State(app): State<App>, _admin: Admin, Path(email): Path<String>) -> Answer {
+    let items = query_owner(&app, move |engine, _| engine.store().notifications(&email, LIST_MAX)).await?;
+    Ok(axum::Json(json!({ "notifications": items })).into_response())
 }
 
 /// The URL of a person's calendar feed (an admin hands it to them).
@@ -162,12 +160,12 @@ async fn person_notifications(State(app): State<App>, _admin: Admin, Path(email)
     ),
     security(("bearer" = [])),
 )]
-async fn person_calendar_url(State(app): State<App>, _admin: Admin, Path(email): Path<String>) -> Response {
+async fn person_calendar_url(State(app): State<App>, _admin: Admin, Path(email): Path<String>) -> Answer {
     let Some(secret) = app.config.unsubscribe_secret.as_deref() else {
-        return problem(StatusCode::NOT_FOUND, "No feeds", "this server has no secret to sign feed links with");
+        return Err(problem(StatusCode::NOT_FOUND, "No feeds", "this server has no secret to sign feed links with"));
     };
     let (path, workspace) = feed_paths(secret, &email.trim().to_lowercase());
-    axum::Json(json!({ "person": path, "workspace": workspace })).into_response()
+    Ok(axum::Json(json!({ "person": path, "workspace": workspace })).into_response())
 }
 
 /// The paths of a person's calendar feed and of the workspace's, signed with `secret`.
@@ -192,12 +190,11 @@ pub(crate) fn feed_paths(secret: &[u8], email: &str) -> (String, String) {
     ),
     security(("bearer" = [])),
 )]
-async fn work_item(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
+async fn work_item(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
     let wanted = id.clone();
-    match query_owner(&app, move |engine, _| engine.store().work_item(&wanted)).await {
-        Ok(Some(item)) => axum::Json(item).into_response(),
-        Ok(None) => problem(StatusCode::NOT_FOUND, "No such work", format!("there is no work item `{id}`")),
-        Err(response) => response,
+    match query_owner(&app, move |engine, _| engine.store().work_item(&wanted)).await? {
+        Some(item) => Ok(axum::Json(item).into_response()),
+        None => Err(problem(StatusCode::NOT_FOUND, "No such work", format!("there is no work item `{id}`"))),
     }
 }
 
@@ -229,7 +226,7 @@ pub(crate) fn parse_action(action: &str, fields: &serde_json::Map<String, Value>
 }
 
 /// A refusal as its problem response.
-pub(crate) fn refusal(refusal: &WorkRefusal) -> Response {
+pub(crate) fn refusal(refusal: &WorkRefusal) -> Problem {
     let (status, title) = match refusal {
         WorkRefusal::NotFound(_) => (StatusCode::NOT_FOUND, "No such work"),
         WorkRefusal::Closed(..) => (StatusCode::CONFLICT, "Work closed"),
@@ -268,28 +265,24 @@ async fn act(
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
     body: Bytes,
-) -> Response {
-    let fields = match admin_object(&app, &headers, &body).await {
-        Ok(fields) => fields,
-        Err(response) => return response,
-    };
+) -> Answer {
+    let fields = admin_object(&app, &headers, &body).await?;
     let Some(by) = fields.get("by").and_then(Value::as_str).map(str::to_owned).filter(|b| !b.trim().is_empty()) else {
-        return problem(StatusCode::BAD_REQUEST, "Invalid input", "say who acts: `by`");
+        return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", "say who acts: `by`"));
     };
     let action = match parse_action(&action, &fields) {
         Ok(action) => action,
-        Err(detail) => return problem(StatusCode::BAD_REQUEST, "Invalid input", detail),
+        Err(detail) => return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", detail)),
     };
     act_as(&app, id, by, action).await
 }
 
 /// Runs an action as `by` and answers with the item afterwards, or the refusal.
-pub(crate) async fn act_as(app: &App, id: String, by: String, action: WorkAction) -> Response {
-    match query(&app.owner, move |engine, now| engine.act_on_work(&id, &by, action, now)).await {
-        Ok(Ok(Ok(item))) => axum::Json(item).into_response(),
-        Ok(Ok(Err(refused))) => refusal(&refused),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+pub(crate) async fn act_as(app: &App, id: String, by: String, action: WorkAction) -> Answer {
+    match query(&app.owner, move |engine, now| engine.act_on_work(&id, &by, action, now)).await? {
+        Ok(Ok(item)) => Ok(axum::Json(item).into_response()),
+        Ok(Err(refused)) => Err(refusal(&refused)),
+        Err(error) => Err(internal(error)),
     }
 }
 
@@ -309,11 +302,9 @@ pub(crate) async fn act_as(app: &App, id: String, by: String, action: WorkAction
     ),
     security(("bearer" = [])),
 )]
-async fn item_work(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
-    match query_owner(&app, move |engine, _| engine.store().work_of_subject(&id, LIST_MAX)).await {
-        Ok(items) => axum::Json(json!({ "work": items })).into_response(),
-        Err(response) => response,
-    }
+async fn item_work(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
+    let items = query_owner(&app, move |engine, _| engine.store().work_of_subject(&id, LIST_MAX)).await?;
+    Ok(axum::Json(json!({ "work": items })).into_response())
 }
 
 #[utoipa::path(
@@ -331,11 +322,9 @@ async fn item_work(State(app): State<App>, _admin: Admin, Path(id): Path<String>
     ),
     security(("bearer" = [])),
 )]
-async fn item_comments(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Response {
-    match query_owner(&app, move |engine, _| engine.store().comments(&id, LIST_MAX)).await {
-        Ok(comments) => axum::Json(json!({ "comments": comments })).into_response(),
-        Err(response) => response,
-    }
+async fn item_comments(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
+    let comments = query_owner(&app, move |engine, _| engine.store().comments(&id, LIST_MAX)).await?;
+    Ok(axum::Json(json!({ "comments": comments })).into_response())
 }
 
 /// Comments on an item: `{"by": email, "body": text, "work": work id (optional)}`; people
@@ -359,14 +348,11 @@ async fn item_comments(State(app): State<App>, _admin: Admin, Path(id): Path<Str
     ),
     security(("bearer" = [])),
 )]
-async fn comment(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
-    let fields = match admin_object(&app, &headers, &body).await {
-        Ok(fields) => fields,
-        Err(response) => return response,
-    };
+async fn comment(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Answer {
+    let fields = admin_object(&app, &headers, &body).await?;
     let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_owned);
     let (Some(by), Some(body)) = (text("by"), text("body")) else {
-        return problem(StatusCode::BAD_REQUEST, "Invalid input", "say who comments and what: `by`, `body`");
+        return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", "say who comments and what: `by`, `body`"));
     };
     let work = text("work");
     created(query(&app.owner, move |engine, now| engine.add_comment(&id, work.as_deref(), &by, &body, now)).await)
@@ -374,13 +360,12 @@ async fn comment(State(app): State<App>, headers: HeaderMap, Path(id): Path<Stri
 
 /// An engine answer that creates something: `201` with it, or the refusal as a problem.
 fn created<T: serde::Serialize>(
-    answer: Result<Result<Result<T, WorkRefusal>, flowmark_runtime::Error>, Response>,
-) -> Response {
-    match answer {
-        Ok(Ok(Ok(made))) => (StatusCode::CREATED, axum::Json(made)).into_response(),
-        Ok(Ok(Err(refused))) => refusal(&refused),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+    answer: Result<Result<Result<T, WorkRefusal>, flowmark_runtime::Error>, Problem>,
+) -> Answer {
+    match answer? {
+        Ok(Ok(made)) => Ok((StatusCode::CREATED, axum::Json(made)).into_response()),
+        Ok(Err(refused)) => Err(refusal(&refused)),
+        Err(error) => Err(internal(error)),
     }
 }
 
@@ -404,19 +389,16 @@ fn created<T: serde::Serialize>(
     ),
     security(("bearer" = [])),
 )]
-async fn attach(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
-    let fields = match admin_object(&app, &headers, &body).await {
-        Ok(fields) => fields,
-        Err(response) => return response,
-    };
+async fn attach(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Answer {
+    let fields = admin_object(&app, &headers, &body).await?;
     let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_owned);
     let (Some(by), Some(title), Some(url)) = (text("by"), text("title"), text("url")) else {
-        return problem(StatusCode::BAD_REQUEST, "Invalid input", "say who attaches what: `by`, `title`, `url`");
+        return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", "say who attaches what: `by`, `title`, `url`"));
     };
     let new_version = match fields.get("new_version") {
         None => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return problem(StatusCode::BAD_REQUEST, "Invalid input", "`new_version` is true or false"),
+        Some(_) => return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", "`new_version` is true or false")),
     };
     let work = text("work");
     created(
@@ -443,7 +425,7 @@ fn calendar(body: String) -> Response {
     response
 }
 
-fn feed_refused() -> Response {
+fn feed_refused() -> Problem {
     problem(StatusCode::NOT_FOUND, "No such feed", "the feed link is wrong or was revoked")
 }
 
@@ -504,11 +486,11 @@ pub(crate) fn publications_between(
         (status = 404, description = "A wrong or revoked feed link.", body = schema::Problem, content_type = "application/problem+json"),
     ),
 )]
-async fn person_feed(State(app): State<App>, Path((email, token)): Path<(String, String)>) -> Response {
+async fn person_feed(State(app): State<App>, Path((email, token)): Path<(String, String)>) -> Answer {
     let token = token.trim_end_matches(".ics").to_owned();
-    let Some(secret) = app.config.unsubscribe_secret.as_deref() else { return feed_refused() };
+    let Some(secret) = app.config.unsubscribe_secret.as_deref() else { return Err(feed_refused()) };
     if !ical::verify_token(secret, &email, &token) {
-        return feed_refused();
+        return Err(feed_refused());
     }
     let answer = query(&app.owner, move |engine, now| -> Result<String, String> {
         let work = engine.store().work_of_person(&email, None, ical::FEED_ENTRIES_MAX).map_err(|e| e.to_string())?;
@@ -517,10 +499,9 @@ async fn person_feed(State(app): State<App>, Path((email, token)): Path<(String,
         Ok(ical::feed(&format!("Flowmark — {email}"), &work, &publications, engine.public_url(), now))
     })
     .await;
-    match answer {
-        Ok(Ok(body)) => calendar(body),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+    match answer? {
+        Ok(body) => Ok(calendar(body)),
+        Err(error) => Err(internal(error)),
     }
 }
 
@@ -539,11 +520,11 @@ async fn person_feed(State(app): State<App>, Path((email, token)): Path<(String,
         (status = 404, description = "A wrong or revoked feed link.", body = schema::Problem, content_type = "application/problem+json"),
     ),
 )]
-async fn workspace_feed(State(app): State<App>, Path(token): Path<String>) -> Response {
+async fn workspace_feed(State(app): State<App>, Path(token): Path<String>) -> Answer {
     let token = token.trim_end_matches(".ics").to_owned();
-    let Some(secret) = app.config.unsubscribe_secret.as_deref() else { return feed_refused() };
+    let Some(secret) = app.config.unsubscribe_secret.as_deref() else { return Err(feed_refused()) };
     if !ical::verify_token(secret, "workspace", &token) {
-        return feed_refused();
+        return Err(feed_refused());
     }
     let answer = query(&app.owner, move |engine, now| -> Result<String, String> {
         let work = engine.store().open_work_after(None, ical::FEED_ENTRIES_MAX).map_err(|e| e.to_string())?;
@@ -551,9 +532,8 @@ async fn workspace_feed(State(app): State<App>, Path(token): Path<String>) -> Re
         Ok(ical::feed("Flowmark — workspace", &work, &publications, engine.public_url(), now))
     })
     .await;
-    match answer {
-        Ok(Ok(body)) => calendar(body),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+    match answer? {
+        Ok(body) => Ok(calendar(body)),
+        Err(error) => Err(internal(error)),
     }
 }

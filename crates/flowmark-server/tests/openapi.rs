@@ -82,25 +82,16 @@ fn every_documented_operation_is_served() {
 /// A plain `axum` route bypasses the document: only the web UI's pages may be one.
 #[test]
 fn only_web_ui_pages_are_routed_outside_the_document() {
-    let src = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
-    let mut files = vec![src.to_path_buf()];
+    let src = source_dir();
     let mut offenders = Vec::new();
     let mut plain = 0;
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-            continue;
-        }
-        if path.extension().is_none_or(|e| e != "rs") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).unwrap();
+    for (path, text) in sources() {
         for (number, line) in text.lines().enumerate() {
             for call in [".route(", ".route_service(", ".nest(", ".nest_service(", ".fallback("] {
                 let Some(at) = line.find(call) else { continue };
                 plain += 1;
                 let rest = &line[at + call.len()..];
-                let in_ui = path.strip_prefix(src).is_ok_and(|p| p.starts_with("ui"));
+                let in_ui = path.strip_prefix(&src).is_ok_and(|p| p.starts_with("ui"));
                 if call != ".route(" || !in_ui || !rest.starts_with("\"/ui") {
                     offenders.push(format!("{}:{}: {}", path.display(), number + 1, line.trim()));
                 }
@@ -109,4 +100,44 @@ fn only_web_ui_pages_are_routed_outside_the_document() {
     }
     assert!(plain >= 10, "found the UI's routes ({plain})");
     assert!(offenders.is_empty(), "routes outside the OpenAPI document:\n{}", offenders.join("\n"));
+}
+
+/// Handlers refuse with `api::Problem` and pass refusals up with `?`: no handler matches a
+/// refusal only to hand it back (`Err(response) => response`), and no API handler answers a
+/// bare `Response` that could hide a refusal answered some other way.
+#[test]
+fn handlers_refuse_through_the_one_problem_type() {
+    let mut offenders = Vec::new();
+    for (path, text) in sources() {
+        let lines: Vec<&str> = text.lines().collect();
+        for (number, line) in lines.iter().enumerate() {
+            let handed_back = line.contains("Err(response) => response") || line.contains("Err(response) => return");
+            // An API handler takes the `Admin` extractor; its signature ends within a few lines.
+            let api_handler =
+                line.contains("_admin: Admin") && lines[number..].iter().take(8).any(|l| l.contains("-> Response {"));
+            if handed_back || api_handler {
+                offenders.push(format!("{}:{}: {}", path.display(), number + 1, line.trim()));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "refusals not passed up as a Problem:\n{}", offenders.join("\n"));
+}
+
+fn source_dir() -> std::path::PathBuf {
+    std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")).to_path_buf()
+}
+
+/// Every Rust source file of the server, with its text.
+fn sources() -> Vec<(std::path::PathBuf, String)> {
+    let mut files = vec![source_dir()];
+    let mut found = Vec::new();
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            found.push((path, text));
+        }
+    }
+    found
 }

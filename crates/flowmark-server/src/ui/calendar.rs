@@ -14,7 +14,6 @@ use std::fmt::Write as _;
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use axum::routing::get;
 use chrono::{Datelike, Duration, NaiveDate, TimeZone};
 use chrono_tz::Tz;
@@ -23,7 +22,7 @@ use flowmark_store::{Store, WorkItem};
 
 use super::html::{esc, seg};
 use super::{html, signed_in};
-use crate::api::{App, internal, query};
+use crate::api::{App, Page, internal, query};
 
 /// The most work items, and the most publications, one calendar page reads.
 pub const ENTRIES_MAX: usize = 2_000;
@@ -148,11 +147,8 @@ async fn calendar_page(
     State(app): State<App>,
     headers: HeaderMap,
     Query(params): Query<BTreeMap<String, String>>,
-) -> Response {
-    let (email, session) = match signed_in(&app, &headers, "/ui/calendar").await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+) -> Page {
+    let (email, session) = signed_in(&app, &headers, "/ui/calendar").await?;
     let view = match params.get("view").map(String::as_str) {
         Some("week") => View::Week,
         Some("day") => View::Day,
@@ -297,10 +293,9 @@ async fn calendar_page(
         Ok(with_feeds(body, feed_secret.as_deref(), &who))
     })
     .await;
-    match answer {
-        Ok(Ok(body)) => html(StatusCode::OK, super::html::page("Calendar", Some((&email, &session.csrf)), &body)),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+    match answer? {
+        Ok(body) => Ok(html(StatusCode::OK, super::html::page("Calendar", Some((&email, &session.csrf)), &body))),
+        Err(error) => Err(internal(error).into()),
     }
 }
 

@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use super::html::{esc, seg, time};
 use super::{html, signed_in};
-use crate::api::{App, internal, query, status_name};
+use crate::api::{App, Page, internal, query, status_name};
 
 /// The most runs a list shows, and the most history entries or decision records a run page shows.
 pub const LIST_MAX: usize = 200;
@@ -57,11 +57,8 @@ fn waiting_by_step(workflow: &Workflow, positions: &[flowmark_store::Position]) 
     counts
 }
 
-async fn workflows_page(State(app): State<App>, headers: HeaderMap) -> Response {
-    let (email, session) = match signed_in(&app, &headers, "/ui/workflows").await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+async fn workflows_page(State(app): State<App>, headers: HeaderMap) -> Page {
+    let (email, session) = signed_in(&app, &headers, "/ui/workflows").await?;
     let answer = query(&app.owner, move |engine, _| -> Result<String, flowmark_runtime::Error> {
         let summaries = engine.store().workflows()?;
         let mut body = String::from("<h1>Workflows</h1>");
@@ -104,10 +101,9 @@ async fn workflows_page(State(app): State<App>, headers: HeaderMap) -> Response 
         Ok(body)
     })
     .await;
-    match answer {
-        Ok(Ok(body)) => html(StatusCode::OK, super::html::page("Workflows", Some((&email, &session.csrf)), &body)),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+    match answer? {
+        Ok(body) => Ok(html(StatusCode::OK, super::html::page("Workflows", Some((&email, &session.csrf)), &body))),
+        Err(error) => Err(internal(error).into()),
     }
 }
 
@@ -126,11 +122,8 @@ async fn workflow_page(
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(params): Query<BTreeMap<String, String>>,
-) -> Response {
-    let (email, session) = match signed_in(&app, &headers, &format!("/ui/workflows/{}", seg(&id))).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+) -> Page {
+    let (email, session) = signed_in(&app, &headers, &format!("/ui/workflows/{}", seg(&id))).await?;
     let version = version_param(&params);
     let answer = query(&app.owner, move |engine, _| -> Result<Option<(String, String)>, flowmark_runtime::Error> {
         let Some(summary) = engine.store().workflows()?.into_iter().find(|w| w.id == id) else { return Ok(None) };
@@ -198,13 +191,12 @@ async fn workflow_page(
         Ok(Some((title, body)))
     })
     .await;
-    match answer {
-        Ok(Ok(Some((title, body)))) => {
-            html(StatusCode::OK, super::html::page(&title, Some((&email, &session.csrf)), &body))
+    match answer? {
+        Ok(Some((title, body))) => {
+            Ok(html(StatusCode::OK, super::html::page(&title, Some((&email, &session.csrf)), &body)))
         }
-        Ok(Ok(None)) => not_found(&email, &session.csrf, "No such workflow"),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+        Ok(None) => Ok(not_found(&email, &session.csrf, "No such workflow")),
+        Err(error) => Err(internal(error).into()),
     }
 }
 
@@ -230,7 +222,7 @@ fn svg_response(svg: String) -> Response {
 async fn draw(workflow: Arc<Workflow>, marks: Marks) -> Response {
     match tokio::task::spawn_blocking(move || flowmark_graph::svg(&workflow, &marks)).await {
         Ok(svg) => svg_response(svg),
-        Err(error) => internal(error),
+        Err(error) => internal(error).into_response(),
     }
 }
 
@@ -239,10 +231,8 @@ async fn workflow_graph(
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(params): Query<BTreeMap<String, String>>,
-) -> Response {
-    if let Err(response) = signed_in(&app, &headers, "/ui/workflows").await {
-        return response;
-    }
+) -> Page {
+    signed_in(&app, &headers, "/ui/workflows").await?;
     let version = version_param(&params);
     let counts = params.contains_key("counts");
     let answer =
@@ -259,24 +249,16 @@ async fn workflow_graph(
             Ok(Some((workflow, marks)))
         })
         .await;
-    match answer {
-        Ok(Ok(Some((workflow, marks)))) => draw(workflow, marks).await,
-        Ok(Ok(None)) => (StatusCode::NOT_FOUND, "no such workflow").into_response(),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+    match answer? {
+        Ok(Some((workflow, marks))) => Ok(draw(workflow, marks).await),
+        Ok(None) => Ok((StatusCode::NOT_FOUND, "no such workflow").into_response()),
+        Err(error) => Err(internal(error).into()),
     }
 }
 
 /// The run explorer: a filter form (GET, so a filtered view is a link) and the newest runs.
-async fn runs_page(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Query(params): Query<BTreeMap<String, String>>,
-) -> Response {
-    let (email, session) = match signed_in(&app, &headers, "/ui/runs").await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+async fn runs_page(State(app): State<App>, headers: HeaderMap, Query(params): Query<BTreeMap<String, String>>) -> Page {
+    let (email, session) = signed_in(&app, &headers, "/ui/runs").await?;
     let text = |key: &str| params.get(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
     let filter = RunFilter {
         workflow_id: text("workflow"),
@@ -351,10 +333,9 @@ async fn runs_page(
         Ok(body)
     })
     .await;
-    match answer {
-        Ok(Ok(body)) => html(StatusCode::OK, super::html::page("Runs", Some((&email, &session.csrf)), &body)),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+    match answer? {
+        Ok(body) => Ok(html(StatusCode::OK, super::html::page("Runs", Some((&email, &session.csrf)), &body))),
+        Err(error) => Err(internal(error).into()),
     }
 }
 
@@ -376,12 +357,9 @@ fn plain(value: &Value) -> String {
     }
 }
 
-async fn run_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let (email, session) = match signed_in(&app, &headers, &format!("/ui/runs/{}", seg(&id))).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    let Ok(run_id) = id.parse::<u64>() else { return not_found(&email, &session.csrf, "No such run") };
+async fn run_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Page {
+    let (email, session) = signed_in(&app, &headers, &format!("/ui/runs/{}", seg(&id))).await?;
+    let Ok(run_id) = id.parse::<u64>() else { return Ok(not_found(&email, &session.csrf, "No such run")) };
     let answer = query(&app.owner, move |engine, now| -> Result<Option<String>, flowmark_runtime::Error> {
         let Some(run) = engine.store().run(RunId(run_id))? else { return Ok(None) };
         let workflow = engine.workflow(&run.workflow_id, Some(run.version))?;
@@ -437,13 +415,12 @@ async fn run_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<Str
         Ok(Some(body))
     })
     .await;
-    match answer {
-        Ok(Ok(Some(body))) => {
-            html(StatusCode::OK, super::html::page(&format!("Run #{id}"), Some((&email, &session.csrf)), &body))
+    match answer? {
+        Ok(Some(body)) => {
+            Ok(html(StatusCode::OK, super::html::page(&format!("Run #{id}"), Some((&email, &session.csrf)), &body)))
         }
-        Ok(Ok(None)) => not_found(&email, &session.csrf, "No such run"),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+        Ok(None) => Ok(not_found(&email, &session.csrf, "No such run")),
+        Err(error) => Err(internal(error).into()),
     }
 }
 
@@ -521,11 +498,9 @@ fn decisions_table(decisions: &[Value]) -> String {
     out
 }
 
-async fn run_graph(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = signed_in(&app, &headers, "/ui/runs").await {
-        return response;
-    }
-    let Ok(run_id) = id.parse::<u64>() else { return (StatusCode::NOT_FOUND, "no such run").into_response() };
+async fn run_graph(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Page {
+    signed_in(&app, &headers, "/ui/runs").await?;
+    let Ok(run_id) = id.parse::<u64>() else { return Ok((StatusCode::NOT_FOUND, "no such run").into_response()) };
     let answer =
         query(&app.owner, move |engine, _| -> Result<Option<(Arc<Workflow>, Marks)>, flowmark_runtime::Error> {
             let Some(run) = engine.store().run(RunId(run_id))? else { return Ok(None) };
@@ -537,10 +512,9 @@ async fn run_graph(State(app): State<App>, headers: HeaderMap, Path(id): Path<St
             Ok(Some((workflow, marks)))
         })
         .await;
-    match answer {
-        Ok(Ok(Some((workflow, marks)))) => draw(workflow, marks).await,
-        Ok(Ok(None)) => (StatusCode::NOT_FOUND, "no such run").into_response(),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+    match answer? {
+        Ok(Some((workflow, marks))) => Ok(draw(workflow, marks).await),
+        Ok(None) => Ok((StatusCode::NOT_FOUND, "no such run").into_response()),
+        Err(error) => Err(internal(error).into()),
     }
 }

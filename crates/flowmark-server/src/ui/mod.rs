@@ -27,7 +27,7 @@ use flowmark_store::{Session, Store, WorkItem, WorkKind};
 use serde_json::Value;
 use std::fmt::Write as _;
 
-use crate::api::{App, admin_object, internal, problem, query};
+use crate::api::{Answer, App, Page, admin_object, internal, problem, query};
 use crate::auth::{constant_time_eq, hash_password, new_token, token_hash, verify_password};
 use crate::openapi::schema;
 use html::{due, esc, page, seg, time};
@@ -93,37 +93,33 @@ pub(crate) fn api_routes() -> utoipa_axum::router::OpenApiRouter<App> {
     ),
     security(("bearer" = [])),
 )]
-async fn put_account(State(app): State<App>, headers: HeaderMap, Path(email): Path<String>, body: Bytes) -> Response {
-    let fields = match admin_object(&app, &headers, &body).await {
-        Ok(fields) => fields,
-        Err(response) => return response,
-    };
+async fn put_account(State(app): State<App>, headers: HeaderMap, Path(email): Path<String>, body: Bytes) -> Answer {
+    let fields = admin_object(&app, &headers, &body).await?;
     let email = email.trim().to_lowercase();
     if !flowmark_runtime::directory::looks_like_email(&email) {
-        return problem(
+        return Err(problem(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Invalid input",
             format!("`{email}` is not an email address"),
-        );
+        ));
     }
     let Some(password) = fields.get("password").and_then(Value::as_str) else {
-        return problem(StatusCode::BAD_REQUEST, "Invalid input", "send the password as `password`");
+        return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", "send the password as `password`"));
     };
     let hash = match hash_password(password) {
         Ok(hash) => hash,
         Err(crate::auth::PasswordError::Length) => {
-            return problem(
+            return Err(problem(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "Invalid input",
                 crate::auth::PasswordError::Length.to_string(),
-            );
+            ));
         }
-        Err(error) => return internal(error),
+        Err(error) => return Err(internal(error)),
     };
-    match query(&app.owner, move |engine, now| engine.put_account(&email, &hash, now)).await {
-        Ok(Ok(())) => axum::Json(serde_json::json!({ "updated": true })).into_response(),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+    match query(&app.owner, move |engine, now| engine.put_account(&email, &hash, now)).await? {
+        Ok(()) => Ok(axum::Json(serde_json::json!({ "updated": true })).into_response()),
+        Err(error) => Err(internal(error)),
     }
 }
 
@@ -211,18 +207,17 @@ async fn login(
     State(app): State<App>,
     headers: HeaderMap,
     axum::Form(form): axum::Form<Vec<(String, String)>>,
-) -> Response {
+) -> Page {
     if !same_origin(&headers) {
-        return html(StatusCode::FORBIDDEN, login_form("/ui", Some("This form was sent from another site.")));
+        return Ok(html(StatusCode::FORBIDDEN, login_form("/ui", Some("This form was sent from another site."))));
     }
     let email = form_value(&form, "email").unwrap_or_default().trim().to_lowercase();
     let password = form_value(&form, "password").unwrap_or_default().to_owned();
     let next = safe_next(form_value(&form, "next").unwrap_or("/ui"));
     let wanted = email.clone();
-    let stored = match query(&app.owner, move |engine, _| engine.store().account(&wanted)).await {
-        Ok(Ok(stored)) => stored,
-        Ok(Err(error)) => return internal(error),
-        Err(response) => return response,
+    let stored = match query(&app.owner, move |engine, _| engine.store().account(&wanted)).await? {
+        Ok(stored) => stored,
+        Err(error) => return Err(internal(error).into()),
     };
     // Verify against a dummy hash when there is no account, so timing does not tell.
     let valid = match &stored {
@@ -233,9 +228,11 @@ async fn login(
         }
     };
     if !valid {
-        return html(StatusCode::UNAUTHORIZED, login_form(&next, Some("Wrong email or password.")));
+        return Ok(html(StatusCode::UNAUTHORIZED, login_form(&next, Some("Wrong email or password."))));
     }
-    let (Ok(cookie), Ok(csrf)) = (new_token(), new_token()) else { return internal("no randomness for a session") };
+    let (Ok(cookie), Ok(csrf)) = (new_token(), new_token()) else {
+        return Err(internal("no randomness for a session").into());
+    };
     let hash = token_hash(&cookie);
     let secure = app.config.secure_cookies;
     let answer = query(&app.owner, move |engine, now| {
@@ -243,8 +240,8 @@ async fn login(
         engine.start_session(&hash, &session, now)
     })
     .await;
-    match answer {
-        Ok(Ok(())) => {
+    match answer? {
+        Ok(()) => {
             let mut response = Redirect::to(&next).into_response();
             let cookie = format!(
                 "{COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
@@ -254,10 +251,9 @@ async fn login(
             if let Ok(value) = HeaderValue::from_str(&cookie) {
                 response.headers_mut().insert(header::SET_COOKIE, value);
             }
-            response
+            Ok(response)
         }
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+        Err(error) => Err(internal(error).into()),
     }
 }
 
@@ -315,8 +311,8 @@ fn work_rows(items: &[WorkItem], now: Timestamp, empty: &str) -> String {
 }
 
 /// My work: what waits for the signed-in person, and what they were told.
-async fn home(State(app): State<App>, headers: HeaderMap) -> Response {
-    let Some((email, session)) = session(&app, &headers).await else { return to_login("/ui") };
+async fn home(State(app): State<App>, headers: HeaderMap) -> Page {
+    let Some((email, session)) = session(&app, &headers).await else { return Ok(to_login("/ui")) };
     let who = email.clone();
     let answer = query(&app.owner, move |engine, now| -> Result<String, flowmark_store::Error> {
         let tasks = engine.store().work_of_person(&who, Some(WorkKind::Task), 200)?;
@@ -353,10 +349,9 @@ async fn home(State(app): State<App>, headers: HeaderMap) -> Response {
         Ok(body)
     })
     .await;
-    match answer {
-        Ok(Ok(body)) => html(StatusCode::OK, page("My work", Some((&email, &session.csrf)), &body)),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+    match answer? {
+        Ok(body) => Ok(html(StatusCode::OK, page("My work", Some((&email, &session.csrf)), &body))),
+        Err(error) => Err(internal(error).into()),
     }
 }
 
@@ -571,9 +566,9 @@ fn work_html(item: &WorkItem, email: &str, csrf: &str, now: Timestamp, error: Op
     body
 }
 
-async fn work_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn work_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Page {
     let Some((email, session)) = session(&app, &headers).await else {
-        return to_login(&format!("/ui/work/{}", seg(&id)));
+        return Err(to_login(&format!("/ui/work/{}", seg(&id))));
     };
     render_work(&app, id, email, session, None, StatusCode::OK).await
 }
@@ -585,7 +580,7 @@ async fn render_work(
     session: Session,
     error: Option<String>,
     status: StatusCode,
-) -> Response {
+) -> Page {
     let csrf = session.csrf.clone();
     let who = email.clone();
     let answer = query(&app.owner, move |engine, now| -> Result<Option<(String, String)>, flowmark_store::Error> {
@@ -596,13 +591,13 @@ async fn render_work(
         Ok(Some((item.title, body)))
     })
     .await;
-    match answer {
-        Ok(Ok(Some((title, body)))) => html(status, page(&title, Some((&email, &session.csrf)), &body)),
-        Ok(Ok(None)) => {
-            html(StatusCode::NOT_FOUND, page("Not found", Some((&email, &session.csrf)), "<h1>No such work item</h1>"))
-        }
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+    match answer? {
+        Ok(Some((title, body))) => Ok(html(status, page(&title, Some((&email, &session.csrf)), &body))),
+        Ok(None) => Ok(html(
+            StatusCode::NOT_FOUND,
+            page("Not found", Some((&email, &session.csrf)), "<h1>No such work item</h1>"),
+        )),
+        Err(error) => Err(internal(error).into()),
     }
 }
 
@@ -632,26 +627,25 @@ async fn work_action(
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
     axum::Form(form): axum::Form<Vec<(String, String)>>,
-) -> Response {
+) -> Page {
     let Some((email, session)) = session(&app, &headers).await else {
-        return to_login(&format!("/ui/work/{}", seg(&id)));
+        return Ok(to_login(&format!("/ui/work/{}", seg(&id))));
     };
     if !csrf_ok(&form, &session) {
-        return html(
+        return Ok(html(
             StatusCode::FORBIDDEN,
             page(
                 "Refused",
                 Some((&email, &session.csrf)),
                 "<h1>This form has expired</h1><p>Go back, reload the page and try again.</p>",
             ),
-        );
+        ));
     }
     let wanted = id.clone();
-    let item = match query(&app.owner, move |engine, _| engine.store().work_item(&wanted)).await {
-        Ok(Ok(Some(item))) => item,
-        Ok(Ok(None)) => return render_work(&app, id, email, session, None, StatusCode::NOT_FOUND).await,
-        Ok(Err(error)) => return internal(error),
-        Err(response) => return response,
+    let item = match query(&app.owner, move |engine, _| engine.store().work_item(&wanted)).await? {
+        Ok(Some(item)) => item,
+        Ok(None) => return render_work(&app, id, email, session, None, StatusCode::NOT_FOUND).await,
+        Err(error) => return Err(internal(error).into()),
     };
     let mut values = serde_json::Map::new();
     for key in ["to", "decision", "comment", "reason"] {
@@ -667,11 +661,11 @@ async fn work_action(
         Err(error) => return render_work(&app, id, email, session, Some(error), StatusCode::BAD_REQUEST).await,
     };
     let (who, target) = (email.clone(), id.clone());
-    let answer = query(&app.owner, move |engine, now| engine.act_on_work(&target, &who, action, now)).await;
+    let answer = query(&app.owner, move |engine, now| engine.act_on_work(&target, &who, action, now)).await?;
     match answer {
         // A reopened task answers with its new work item.
-        Ok(Ok(Ok(item))) => Redirect::to(&format!("/ui/work/{}", seg(&item.id))).into_response(),
-        Ok(Ok(Err(refused))) => {
+        Ok(Ok(item)) => Ok(Redirect::to(&format!("/ui/work/{}", seg(&item.id))).into_response()),
+        Ok(Err(refused)) => {
             let status = match refused {
                 WorkRefusal::NotFound(_) => StatusCode::NOT_FOUND,
                 WorkRefusal::NotYours(_) => StatusCode::FORBIDDEN,
@@ -680,15 +674,14 @@ async fn work_action(
             };
             render_work(&app, id, email, session, Some(refused.to_string()), status).await
         }
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+        Err(error) => Err(internal(error).into()),
     }
 }
 
 /// An item's page: its fields, its work (open and closed, with outcomes) and comments.
-async fn item_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn item_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Page {
     let Some((email, session)) = session(&app, &headers).await else {
-        return to_login(&format!("/ui/items/{}", seg(&id)));
+        return Ok(to_login(&format!("/ui/items/{}", seg(&id))));
     };
     let csrf = session.csrf.clone();
     let answer = query(&app.owner, move |engine, now| -> Result<Option<String>, flowmark_store::Error> {
@@ -730,13 +723,12 @@ async fn item_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<St
         Ok(Some(body))
     })
     .await;
-    match answer {
-        Ok(Ok(Some(body))) => html(StatusCode::OK, page("Item", Some((&email, &session.csrf)), &body)),
-        Ok(Ok(None)) => {
-            html(StatusCode::NOT_FOUND, page("Not found", Some((&email, &session.csrf)), "<h1>No such item</h1>"))
+    match answer? {
+        Ok(Some(body)) => Ok(html(StatusCode::OK, page("Item", Some((&email, &session.csrf)), &body))),
+        Ok(None) => {
+            Ok(html(StatusCode::NOT_FOUND, page("Not found", Some((&email, &session.csrf)), "<h1>No such item</h1>")))
         }
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+        Err(error) => Err(internal(error).into()),
     }
 }
 
@@ -759,15 +751,15 @@ async fn item_form<T: Send + 'static>(
     ) -> Result<Result<T, WorkRefusal>, flowmark_runtime::Error>
     + Send
     + 'static,
-) -> Response {
+) -> Page {
     let Some((email, session)) = session(app, headers).await else {
-        return to_login(&format!("/ui/items/{}", seg(&id)));
+        return Ok(to_login(&format!("/ui/items/{}", seg(&id))));
     };
     if !csrf_ok(&form, &session) {
-        return html(
+        return Ok(html(
             StatusCode::FORBIDDEN,
             page("Refused", Some((&email, &session.csrf)), "<h1>This form has expired</h1>"),
-        );
+        ));
     }
     let work = form_value(&form, "work").map(str::to_owned);
     let back = match &work {
@@ -776,9 +768,9 @@ async fn item_form<T: Send + 'static>(
     };
     let who = email.clone();
     let answer = query(&app.owner, move |engine, now| act(engine, &who, &id, work.as_deref(), &form, now)).await;
-    match answer {
-        Ok(Ok(Ok(_))) => Redirect::to(&back).into_response(),
-        Ok(Ok(Err(refused))) => html(
+    match answer? {
+        Ok(Ok(_)) => Ok(Redirect::to(&back).into_response()),
+        Ok(Err(refused)) => Ok(html(
             StatusCode::UNPROCESSABLE_ENTITY,
             page(
                 "Refused",
@@ -789,9 +781,8 @@ async fn item_form<T: Send + 'static>(
                     esc(&back)
                 ),
             ),
-        ),
-        Ok(Err(error)) => internal(error),
-        Err(response) => response,
+        )),
+        Err(error) => Err(internal(error).into()),
     }
 }
 
@@ -800,7 +791,7 @@ async fn item_attachment(
     headers: HeaderMap,
     Path(id): Path<String>,
     axum::Form(form): axum::Form<Vec<(String, String)>>,
-) -> Response {
+) -> Page {
     item_form(&app, &headers, id, form, |engine, who, id, work, form, now| {
         let title = form_value(form, "title").unwrap_or_default();
         let url = form_value(form, "url").unwrap_or_default();
@@ -817,7 +808,7 @@ async fn item_comment(
     headers: HeaderMap,
     Path(id): Path<String>,
     axum::Form(form): axum::Form<Vec<(String, String)>>,
-) -> Response {
+) -> Page {
     item_form(&app, &headers, id, form, |engine, who, id, work, form, now| {
         engine.add_comment(id, work, who, form_value(form, "body").unwrap_or_default(), now)
     })
