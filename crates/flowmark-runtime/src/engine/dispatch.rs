@@ -380,6 +380,32 @@ impl<S: Store> Engine<S> {
                 EffectKind::CreateTask { .. } | EffectKind::RequestApproval { .. } | EffectKind::Notify { .. } => {
                     self.recipients(run, &entry.key, &entry.step, kind, &subject, now)?
                 }
+                // A workflow's own `notify` step: rendered now, then told to its people by their
+                // channels and digests, as the engine's own notices are.
+                EffectKind::SendMessage { channel: Channel::Notify, context, .. } => {
+                    let asked = match self.render(run, &entry.key, &entry.step, context, &subject)? {
+                        Ok(Message::Notify { to, message }) => {
+                            self.message_recipients(run, &to, &message, &subject, now).map(Ok)?
+                        }
+                        Ok(_) => Err(format!("step `{}` is not a notify step", entry.step)),
+                        Err(error) => Err(error),
+                    };
+                    let asked = asked.and_then(|asks| {
+                        if asks.is_empty() {
+                            Err("notify: its `to` names no one in the directory".to_owned())
+                        } else {
+                            Ok(asks)
+                        }
+                    });
+                    match asked {
+                        Ok(asks) => asks,
+                        Err(error) => {
+                            outcomes[index] = Some(Outcome::Permanent { error });
+                            owners.push(Some(run));
+                            continue;
+                        }
+                    }
+                }
                 _ => Vec::new(),
             };
             if !asks.is_empty() {

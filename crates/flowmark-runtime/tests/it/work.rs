@@ -2,7 +2,7 @@
 //! land in the right inboxes, move as people act, loop back on a change request, escalate
 //! to the accountable person, and notify people on their channels once.
 
-use flowmark_core::engine::Decision;
+use flowmark_core::engine::{Decision, RunStatus};
 use flowmark_core::{Duration, Timestamp};
 use flowmark_runtime::directory::DirectorySource;
 use flowmark_runtime::{Connectors, Engine, RecordingConnector, WorkAction, WorkRefusal};
@@ -381,4 +381,61 @@ fn consulted_people_are_told_when_the_task_opens_and_may_comment() {
     let draft = inbox(&engine, "sam@example.com")[0].id.clone();
     let comment = engine.add_comment("post-1", Some(&draft), "sia@example.com", "Use 'approval workflow'", MONDAY);
     assert_eq!(comment.unwrap().unwrap().by, "sia@example.com", "she comments on the draft");
+}
+
+/// A workflow's own `notify` step tells its people as the engine's notices do: one
+/// notification, an email and a chat post, each once; a `to` that names no one fails, and the run's history says why.
+#[test]
+fn a_notify_step_reaches_its_people_on_their_channels_once() {
+    let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
+    let source = r#"
+id: launch-note
+subject: item
+roles:
+  lead: { person: sia@example.com }
+  ghosts: { team: ghosts }
+steps:
+  - id: tell
+    action:
+      notify: { to: lead, message: "{{ item.title }} is out" }
+"#;
+    engine.deploy("launch-note.yaml", source, MONDAY).unwrap();
+    engine
+        .deploy(
+            "ghost-note.yaml",
+            &source.replace("launch-note", "ghost-note").replace("to: lead", "to: ghosts"),
+            MONDAY,
+        )
+        .unwrap();
+    engine.set_directory(directory(), MONDAY).unwrap().expect("the directory is valid");
+    engine.set_public_url("https://flowmark.example.com/");
+    engine.store_mut().upsert_contact("post-9", &json!({ "title": "Spring launch" }), None, MONDAY).unwrap();
+    let run = engine.start("launch-note", "post-9", MONDAY).unwrap().expect("the run starts");
+    let recorder = Arc::new(RecordingConnector::default());
+    let mut connectors = Connectors::new(recorder.clone());
+    for _ in 0..3 {
+        engine.dispatch(MONDAY, 100, &mut connectors).unwrap();
+    }
+    let sia = engine.store().notifications("sia@example.com", 10).unwrap();
+    let told: Vec<_> = sia.iter().filter(|n| n.reason == "message").collect();
+    assert_eq!(told.len(), 1, "{sia:?}");
+    assert_eq!(told[0].text, "Spring launch is out — “Spring launch”");
+    assert_eq!(told[0].link.as_deref(), Some("https://flowmark.example.com/ui/items/post-9"));
+    let performed = recorder.performed();
+    let mut kinds: Vec<String> =
+        performed.iter().map(|(_, effect, _)| effect["channel"].as_str().unwrap_or("?").to_owned()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["chat", "email"], "Sia is told by email and chat, each once: {performed:#?}");
+    assert!(format!("{performed:?}").contains("Spring launch is out"), "{performed:#?}");
+    assert_eq!(engine.run(run).unwrap().unwrap().status, RunStatus::Completed);
+
+    let ghost = engine.start("ghost-note", "post-9", MONDAY).unwrap().expect("the run starts");
+    for _ in 0..3 {
+        engine.dispatch(MONDAY, 100, &mut connectors).unwrap();
+    }
+    assert_eq!(recorder.performed().len(), 2, "no one to tell: nothing sent");
+    let history = engine.store().history(ghost).unwrap();
+    let failed = history.iter().find(|entry| entry["what"] == "effect_result").expect("the effect's result");
+    assert_eq!(failed["ok"], false, "a notify that names no one fails for good: {history:#?}");
+    assert_eq!(failed["detail"], "notify: its `to` names no one in the directory");
 }
