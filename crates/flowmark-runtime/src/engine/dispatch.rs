@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{
-    Effect, EffectKind, EffectTiming, Event, Facts, Input, ParentRun, RenderContext, Run, RunId, RunStatus,
-    apply_update, effect_result, emitted_event, handle, timed_effect_result,
+    Effect, EffectKind, EffectTiming, Event, Facts, Input, NotifyReason, ParentRun, RenderContext, Run, RunId,
+    RunStatus, apply_update, effect_result, emitted_event, handle, timed_effect_result,
 };
 use flowmark_core::model::Channel;
 use flowmark_core::render::{Message, render_step_message};
@@ -385,18 +385,17 @@ impl<S: Store> Engine<S> {
                 EffectKind::SendMessage { channel: Channel::Notify, context, .. } => {
                     let asked = match self.render(run, &entry.key, &entry.step, context, &subject)? {
                         Ok(Message::Notify { to, message }) => {
-                            self.message_recipients(run, &to, &message, &subject, now).map(Ok)?
+                            let notice = EffectKind::Notify { to, message, reason: NotifyReason::Message };
+                            let asks = self.recipients(run, &entry.key, &entry.step, &notice, &subject, now)?;
+                            if asks.is_empty() {
+                                Err("notify: its `to` names no one in the directory".to_owned())
+                            } else {
+                                Ok(asks)
+                            }
                         }
                         Ok(_) => Err(format!("step `{}` is not a notify step", entry.step)),
                         Err(error) => Err(error),
                     };
-                    let asked = asked.and_then(|asks| {
-                        if asks.is_empty() {
-                            Err("notify: its `to` names no one in the directory".to_owned())
-                        } else {
-                            Ok(asks)
-                        }
-                    });
                     match asked {
                         Ok(asks) => asks,
                         Err(error) => {

@@ -600,27 +600,6 @@ impl<S: Store> Engine<S> {
             .collect())
     }
 
-    /// Whom a workflow's `notify` step tells, and what: `to` (a role of the workflow, a team or
-    /// a person) resolved through the directory as the run's own notices are, the rendered
-    /// `message` with the item's title, linked to the item's page. Empty when `to` names no one.
-    pub(super) fn message_recipients(
-        &mut self,
-        run: super::RunRef<'_>,
-        to: &str,
-        message: &str,
-        subject: &Value,
-        now: Timestamp,
-    ) -> Result<Vec<Ask>, Error> {
-        let workflow = self.workflow(run.workflow_id, Some(run.version))?;
-        let people = self.directory.resolve_all(&[to.to_owned()], &workflow.roles, subject, now);
-        if people.is_empty() {
-            return Ok(Vec::new());
-        }
-        let title = subject_title(subject, run.subject_id);
-        let link = format!("/ui/items/{}", url_part(run.subject_id));
-        Ok(vec![Ask { people, reason: "message".to_owned(), text: format!("{message} — “{title}”"), link }])
-    }
-
     /// Sends each person whose digest hour has come (in their time zone) one email with what
     /// was held for them since their last digest. Returns how many digests were queued.
     pub fn send_digests(&mut self, now: Timestamp) -> Result<usize, Error> {
