@@ -20,6 +20,35 @@ pub const CONDITION_LENGTH_MAX: usize = 4096;
 /// Longest Liquid template (a whole HTML email fits comfortably).
 pub const TEMPLATE_LENGTH_MAX: usize = 256 * 1024;
 
+/// Most items one Liquid loop goes over when it is a range (`{% for i in (1..n) %}`). Liquid
+/// builds the whole range before the first pass; a message needs tens of items, not millions.
+/// A literal range past it is refused by validation, a computed one when the message renders.
+pub const TEMPLATE_RANGE_COUNT_MAX: usize = 10_000;
+
+/// Most passes of loop bodies in one rendering of a template, all loops and nesting counted
+/// together: a product list or a digest is hundreds; a nested pair of loops over a range is
+/// the shape that goes past.
+pub const TEMPLATE_ITERATIONS_MAX: usize = 50_000;
+
+/// Largest value one rendering may build: a filter's result (`append`, `join`, `replace`, …)
+/// or a `capture`'s text. Stops `{% assign s = s | append: s %}` from doubling into gigabytes.
+pub const TEMPLATE_VALUE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Most bytes all the filters, `assign`s and `capture`s of one rendering may read and write
+/// together. It bounds memory (everything a rendering builds passes through it) and stands in
+/// for a time limit, which a deterministic core cannot have: a few tens of milliseconds of
+/// work on any machine.
+pub const TEMPLATE_WORK_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Longest text one rendering writes (a whole HTML email with its loops fits comfortably;
+/// Gmail clips a message past about 100 KB).
+pub const TEMPLATE_OUTPUT_BYTES_MAX: usize = 1024 * 1024;
+
+/// Deepest nesting of Liquid blocks (`if`, `for`, `case`, `capture`, …) in one template.
+/// Liquid's parser recurses once per level, so thousands of levels overflow its stack; real
+/// messages nest three or four.
+pub const TEMPLATE_NESTING_MAX: usize = 64;
+
 /// Most branches of one `branch`, `split` or `parallel` step.
 pub const FANOUT_COUNT_MAX: usize = 32;
 
@@ -73,5 +102,7 @@ const _: () = assert!(EVENT_SIZE_BYTES_MAX <= BATCH_SIZE_BYTES_MAX);
 const _: () = assert!(BATCH_SIZE_BYTES_MAX <= REQUEST_SIZE_BYTES_MAX);
 const _: () = assert!(TEMPLATE_LENGTH_MAX <= DEFINITION_SIZE_BYTES_MAX);
 const _: () = assert!(CONDITION_LENGTH_MAX <= TEMPLATE_LENGTH_MAX);
+const _: () = assert!(TEMPLATE_LENGTH_MAX <= TEMPLATE_OUTPUT_BYTES_MAX);
+const _: () = assert!(TEMPLATE_VALUE_BYTES_MAX <= TEMPLATE_WORK_BYTES_MAX);
 const _: () = assert!(FANOUT_COUNT_MAX <= TOKENS_COUNT_MAX);
 const _: () = assert!(WAIT_LOOKBACK_MS < DURATION_MS_MAX);

@@ -4,23 +4,32 @@
 //! built with Liquid's standard tags and filters and nothing else. A variable that does not
 //! exist is an error, never a silent blank; `| default: '…'` is how a template says otherwise.
 //!
+//! Rendering runs under a budget (`budget`): loops, ranges, the values filters build and the
+//! text written are bounded, so no template and no data can exhaust memory or loop for long.
+//!
 //! Invariant: a `Template` only exists for source that parsed.
+
+mod budget;
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use liquid::model::{KString, Value as LiquidValue};
+use liquid_core::model::{KString, Object as LiquidObject, Value as LiquidValue};
+use liquid_core::runtime::{Renderable, Runtime, RuntimeBuilder};
 use serde_json::Value;
+
+pub use self::budget::Exceeded;
+use self::budget::{Bounded, Budget};
 
 use crate::expr::Scope;
 use crate::guard::guarded;
-use crate::limits::TEMPLATE_LENGTH_MAX;
+use crate::limits::{TEMPLATE_LENGTH_MAX, TEMPLATE_NESTING_MAX, TEMPLATE_OUTPUT_BYTES_MAX};
 
 #[derive(Clone)]
 pub struct Template {
     source: Arc<str>,
     /// `None` when the source has no Liquid markup: rendering is then a copy.
-    compiled: Option<Arc<liquid::Template>>,
+    compiled: Option<Arc<liquid_core::Template>>,
     /// Variables written as `{{ path | default: … }}`: when missing they render the default.
     /// Liquid itself is strict about every missing variable; this keeps it strict only where
     /// the template gave no default.
@@ -51,13 +60,18 @@ pub enum TemplateError {
     Syntax { message: String, line: usize, column: usize },
     #[error("{0}")]
     Render(String),
+    #[error("the template is over its rendering budget: {0}")]
+    OverBudget(Exceeded),
 }
 
-fn parser() -> &'static liquid::Parser {
-    static PARSER: OnceLock<liquid::Parser> = OnceLock::new();
-    PARSER.get_or_init(|| {
-        liquid::ParserBuilder::with_stdlib().build().expect("the standard Liquid library always builds")
-    })
+/// Liquid's standard library, bounded (`budget::language`), built once.
+fn language() -> &'static liquid_core::Language {
+    static LANGUAGE: OnceLock<liquid_core::Language> = OnceLock::new();
+    LANGUAGE.get_or_init(budget::language)
+}
+
+fn parse(source: &str) -> liquid_core::Result<liquid_core::Template> {
+    liquid_core::parser::parse(source, language()).map(liquid_core::Template::new)
 }
 
 impl Template {
@@ -69,13 +83,16 @@ impl Template {
             // Liquid's parser panics on an integer literal past 64 bits (found by fuzzing):
             // refuse it first, with where it is.
             if let Some(offset) = oversized_number(source) {
-                let before = &source[..offset];
-                let line = before.matches('\n').count() + 1;
-                let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+                let (line, column) = position(source, offset);
                 let message = "this number does not fit in 64 bits".to_owned();
                 return Err(TemplateError::Syntax { message, line, column });
             }
-            let template = guarded(|| parser().parse(source))
+            if let Some(offset) = budget::too_deep(source) {
+                let (line, column) = position(source, offset);
+                let message = format!("blocks nest more than {TEMPLATE_NESTING_MAX} deep here");
+                return Err(TemplateError::Syntax { message, line, column });
+            }
+            let template = guarded(|| parse(source))
                 .ok_or_else(|| TemplateError::Syntax {
                     message: "the Liquid parser cannot read this template".to_owned(),
                     line: 1,
@@ -122,7 +139,7 @@ impl Template {
         let Some(compiled) = &self.compiled else {
             return Ok(self.source.to_string());
         };
-        let mut globals = liquid::Object::new();
+        let mut globals = LiquidObject::new();
         for (name, value) in scope.roots() {
             if self.reads(name) {
                 globals.insert(KString::from_ref(name), json_to_liquid(value));
@@ -134,11 +151,21 @@ impl Template {
         // The output is about as long as the source: Liquid's own `render` reserves 10 KB for
         // every message, which the allocator took from fresh pages each time (a tenth of the
         // journey benchmark went to the kernel zeroing them).
-        let mut out = Vec::with_capacity(self.source.len() + 64);
-        guarded(|| compiled.render_to(&mut out, &globals))
-            .ok_or_else(|| TemplateError::Render("the Liquid renderer failed on this template".to_owned()))?
-            .map_err(|e| TemplateError::Render(clean(&e.to_string())))?;
-        String::from_utf8(out).map_err(|_| TemplateError::Render("the template rendered invalid UTF-8".to_owned()))
+        let mut out = Bounded::new(self.source.len() + 64, TEMPLATE_OUTPUT_BYTES_MAX);
+        let runtime = RuntimeBuilder::new().set_globals(&globals).build();
+        let rendered = guarded(|| compiled.render_to(&mut out, &runtime))
+            .ok_or_else(|| TemplateError::Render("the Liquid renderer failed on this template".to_owned()))?;
+        if let Err(error) = rendered {
+            if let Some(exceeded) = runtime.registers().get_mut::<Budget>().exceeded.take() {
+                return Err(TemplateError::OverBudget(exceeded));
+            }
+            if out.overflowed {
+                return Err(TemplateError::OverBudget(Exceeded::Output));
+            }
+            return Err(TemplateError::Render(clean(&error.to_string())));
+        }
+        String::from_utf8(out.bytes)
+            .map_err(|_| TemplateError::Render("the template rendered invalid UTF-8".to_owned()))
     }
 
     /// Renders with the top-level keys of a JSON object as the variables.
@@ -171,14 +198,14 @@ fn json_to_liquid(value: &Value) -> LiquidValue {
 
 /// Sets `path` to nil where it is missing, creating objects on the way (a nil parent becomes
 /// an empty object); leaves a path alone where another value stands in the way.
-fn insert_nil(globals: &mut liquid::Object, path: &str) {
+fn insert_nil(globals: &mut LiquidObject, path: &str) {
     let mut parts = path.split('.');
     let Some(first) = parts.next() else { return };
     let rest: Vec<&str> = parts.collect();
     let mut current = globals.entry(KString::from_ref(first)).or_insert(LiquidValue::Nil);
     for part in rest {
         if matches!(current, LiquidValue::Nil) {
-            *current = LiquidValue::Object(liquid::Object::new());
+            *current = LiquidValue::Object(LiquidObject::new());
         }
         let LiquidValue::Object(map) = current else { return };
         current = map.entry(KString::from_ref(part)).or_insert(LiquidValue::Nil);
@@ -287,6 +314,14 @@ fn oversized_number(source: &str) -> Option<usize> {
         }
     }
     None
+}
+
+/// The 1-based line and column of a byte offset.
+fn position(source: &str, offset: usize) -> (usize, usize) {
+    let before = &source[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    (line, column)
 }
 
 /// Splits at `separator` outside quoted strings.
@@ -525,7 +560,7 @@ mod tests {
         // should fail in InvalidLiquidTokens" on this input.
         let crash = include_bytes!("../../../fuzz/regressions/template-invalid-tokens.liquid");
         let crash = String::from_utf8_lossy(crash);
-        assert!(guarded(|| parser().parse(&crash)).is_none(), "the input does make Liquid panic");
+        assert!(guarded(|| parse(&crash)).is_none(), "the input does make Liquid panic");
         assert!(matches!(Template::compile(&crash), Err(TemplateError::Syntax { .. })));
         assert!(Template::compile("still {{ 'works' }}").is_ok(), "the next template is unaffected");
     }

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `flowmark` binary: each test runs the real command.
 
 mod bench;
+mod bombs;
 mod contacts;
 mod crash;
 mod durability;

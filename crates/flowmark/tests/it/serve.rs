@@ -97,6 +97,11 @@ impl Server {
         self.request(method, path, &[("Authorization", "Bearer tok".to_owned())], body)
     }
 
+    /// Is the process still running (it has not exited or aborted)?
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     /// Kills the server with SIGKILL: no chance to drain, flush or say goodbye.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

@@ -33,6 +33,7 @@ golden! {
     branch_without_otherwise => "branch-without-otherwise.yaml",
     cel_syntax_and_unknown_variable => "cel.yaml",
     liquid_syntax => "liquid.yaml",
+    template_bombs => "template-bombs.yaml",
     unknown_roles_raci_and_impossible_quorum => "roles.yaml",
     parallel_branches_reach_different_joins => "parallel.yaml",
     raci_and_caps => "raci.yaml",
