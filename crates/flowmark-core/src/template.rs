@@ -15,11 +15,11 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use liquid_core::model::{KString, Object as LiquidObject, Value as LiquidValue};
-use liquid_core::runtime::{Renderable, Runtime, RuntimeBuilder};
+use liquid_core::runtime::{Renderable, RuntimeBuilder};
 use serde_json::Value;
 
+use self::budget::Bounded;
 pub use self::budget::Exceeded;
-use self::budget::{Bounded, Budget};
 
 use crate::expr::Scope;
 use crate::guard::guarded;
@@ -153,10 +153,11 @@ impl Template {
         // journey benchmark went to the kernel zeroing them).
         let mut out = Bounded::new(self.source.len() + 64, TEMPLATE_OUTPUT_BYTES_MAX);
         let runtime = RuntimeBuilder::new().set_globals(&globals).build();
-        let rendered = guarded(|| compiled.render_to(&mut out, &runtime))
-            .ok_or_else(|| TemplateError::Render("the Liquid renderer failed on this template".to_owned()))?;
+        let (rendered, exceeded) = budget::metered(|| guarded(|| compiled.render_to(&mut out, &runtime)));
+        let rendered =
+            rendered.ok_or_else(|| TemplateError::Render("the Liquid renderer failed on this template".to_owned()))?;
         if let Err(error) = rendered {
-            if let Some(exceeded) = runtime.registers().get_mut::<Budget>().exceeded.take() {
+            if let Some(exceeded) = exceeded {
                 return Err(TemplateError::OverBudget(exceeded));
             }
             if out.overflowed {

@@ -23,8 +23,9 @@
 //!
 //! Invariant: what a rendering allocates is bounded by the data it was given plus a small
 //! multiple of these limits, whatever the template; crossing one is an `Exceeded` naming the
-//! limit (kept in the render's `Budget` register), never an abort.
+//! limit (`metered` gives it back), never an abort.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Write};
@@ -46,7 +47,7 @@ use crate::limits::{
 };
 
 /// Which limit a rendering crossed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Exceeded {
     #[error("a loop over {count} items; the limit is {TEMPLATE_RANGE_COUNT_MAX}")]
     Range { count: i128 },
@@ -60,46 +61,61 @@ pub enum Exceeded {
     Output,
 }
 
-/// What one rendering has spent so far: a Liquid register, so it lives as long as the
-/// rendering's runtime and nested loops, captures and filters share it.
-#[derive(Debug, Default)]
-pub(super) struct Budget {
+/// What one rendering has spent so far, and the first limit it crossed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Budget {
     iterations: u64,
     work: u64,
-    pub(super) exceeded: Option<Exceeded>,
+    exceeded: Option<Exceeded>,
+}
+
+thread_local! {
+    /// The budget of the rendering running on this thread: a rendering runs on one thread from
+    /// start to end, and `metered` gives each its own. (A Liquid register would do the same at
+    /// the price of a map lookup through every stack frame per filter call: a tenth of the
+    /// time of rendering a message.)
+    static BUDGET: Cell<Budget> = const { Cell::new(Budget { iterations: 0, work: 0, exceeded: None }) };
+}
+
+/// Runs one rendering with a fresh budget; gives its result and the limit it crossed, if any.
+pub(super) fn metered<T>(render: impl FnOnce() -> T) -> (T, Option<Exceeded>) {
+    let outer = BUDGET.replace(Budget::default());
+    let result = render();
+    let spent = BUDGET.replace(outer);
+    (result, spent.exceeded)
 }
 
 /// Records that `exceeded` happened (the first crossing is the one reported) and gives the
 /// error that stops the rendering.
-fn over(runtime: &dyn Runtime, exceeded: Exceeded) -> Error {
+fn over(exceeded: Exceeded) -> Error {
     let message = exceeded.to_string();
-    runtime.registers().get_mut::<Budget>().exceeded.get_or_insert(exceeded);
+    let mut budget = BUDGET.get();
+    budget.exceeded.get_or_insert(exceeded);
+    BUDGET.set(budget);
     Error::with_msg(message)
 }
 
-fn spend_work(runtime: &dyn Runtime, bytes: usize) -> Result<()> {
-    let within = {
-        let mut budget = runtime.registers().get_mut::<Budget>();
-        budget.work = budget.work.saturating_add(bytes as u64);
-        budget.work <= TEMPLATE_WORK_BYTES_MAX as u64
-    };
-    if within { Ok(()) } else { Err(over(runtime, Exceeded::Work)) }
+fn spend_work(bytes: usize) -> Result<()> {
+    let mut budget = BUDGET.get();
+    budget.work = budget.work.saturating_add(bytes as u64);
+    BUDGET.set(budget);
+    if budget.work <= TEMPLATE_WORK_BYTES_MAX as u64 { Ok(()) } else { Err(over(Exceeded::Work)) }
 }
 
-fn spend_iteration(runtime: &dyn Runtime) -> Result<()> {
-    let within = {
-        let mut budget = runtime.registers().get_mut::<Budget>();
-        budget.iterations += 1;
-        budget.iterations <= TEMPLATE_ITERATIONS_MAX as u64
-    };
-    if within { Ok(()) } else { Err(over(runtime, Exceeded::Iterations)) }
+fn spend_iteration() -> Result<()> {
+    let mut budget = BUDGET.get();
+    budget.iterations += 1;
+    BUDGET.set(budget);
+    if budget.iterations <= TEMPLATE_ITERATIONS_MAX as u64 { Ok(()) } else { Err(over(Exceeded::Iterations)) }
 }
 
 /// About how many bytes `value` holds: its text, plus 8 per array item and object entry. Stops
 /// counting once past `cap`, so weighing a huge value costs no more than the cap.
 pub(super) fn weight(value: &dyn ValueView, cap: usize) -> usize {
     if let Some(scalar) = value.as_scalar() {
-        return scalar.to_kstr().len();
+        // A number, a boolean or a date is small; only text is worth measuring (and to
+        // measure a number would be to format it).
+        return if value.type_name() == "string" { scalar.to_kstr().len() } else { 8 };
     }
     let mut total = 0usize;
     if let Some(array) = value.as_array() {
@@ -307,14 +323,15 @@ impl fmt::Display for MeteredFilter {
 
 impl Filter for MeteredFilter {
     fn evaluate(&self, input: &dyn ValueView, runtime: &dyn Runtime) -> Result<Value> {
-        // Charged before the work is done, so a filter over a huge input is refused first.
-        spend_work(runtime, weight(input, TEMPLATE_WORK_BYTES_MAX))?;
+        // Charged once, after: what one call does is bounded by its input (a value within the
+        // limit, or the data given), except for `join` and `replace`, which check first.
+        let read = weight(input, TEMPLATE_WORK_BYTES_MAX);
         let value = self.0.evaluate(input, runtime)?;
         let written = weight(&value, TEMPLATE_VALUE_BYTES_MAX);
         if written > TEMPLATE_VALUE_BYTES_MAX {
-            return Err(over(runtime, Exceeded::Value));
+            return Err(over(Exceeded::Value));
         }
-        spend_work(runtime, written)?;
+        spend_work(read + written)?;
         Ok(value)
     }
 }
@@ -356,7 +373,7 @@ impl Filter for JoinFilter {
             let text = item.to_kstr();
             length = length.saturating_add(text.len()).saturating_add(if i > 0 { separator.len() } else { 0 });
             if length > TEMPLATE_VALUE_BYTES_MAX {
-                return Err(over(runtime, Exceeded::Value));
+                return Err(over(Exceeded::Value));
             }
             texts.push(text);
         }
@@ -407,7 +424,7 @@ impl Filter for ReplaceFilter {
             let count = input.matches(search).count();
             let length = input.len().saturating_add(count.saturating_mul(replace.len() - search.len()));
             if length > TEMPLATE_VALUE_BYTES_MAX {
-                return Err(over(runtime, Exceeded::Value));
+                return Err(over(Exceeded::Value));
             }
         }
         Ok(Value::scalar(input.replace(search, replace.as_str())))
@@ -460,7 +477,7 @@ impl Renderable for Assign {
             .source
             .evaluate(runtime)
             .trace_with(|| format!("{{% assign {} = {} %}}", self.name, self.source).into())?;
-        spend_work(runtime, weight(value.as_view(), TEMPLATE_WORK_BYTES_MAX))?;
+        spend_work(weight(value.as_view(), TEMPLATE_WORK_BYTES_MAX))?;
         runtime.set_global(self.name.clone(), value.into_owned());
         Ok(())
     }
@@ -515,11 +532,11 @@ impl Renderable for Capture {
         let mut captured = Bounded::new(256, TEMPLATE_VALUE_BYTES_MAX);
         if let Err(error) = self.body.render_to(&mut captured, runtime) {
             if captured.overflowed {
-                return Err(over(runtime, Exceeded::Value));
+                return Err(over(Exceeded::Value));
             }
             return Err(error.trace(format!("{{% capture {} %}}", self.name)));
         }
-        spend_work(runtime, captured.bytes.len())?;
+        spend_work(captured.bytes.len())?;
         let text = String::from_utf8(captured.bytes).map_err(|_| Error::with_msg("the capture is not UTF-8"))?;
         runtime.set_global(self.name.clone(), Value::scalar(text));
         Ok(())
@@ -591,7 +608,7 @@ impl Loop {
                 let skipped = i128::from(offset).min(count);
                 let taken = limit.map_or(count - skipped, |l| (count - skipped).min(i128::from(l)));
                 if taken > TEMPLATE_RANGE_COUNT_MAX as i128 {
-                    return Err(over(runtime, Exceeded::Range { count: taken }));
+                    return Err(over(Exceeded::Range { count: taken }));
                 }
                 // Within i64: every item lies between `start` and `stop`.
                 Ok(Source::Range { first: (i128::from(start) + skipped) as i64, count: taken as usize })
@@ -601,7 +618,7 @@ impl Loop {
     }
 
     /// The items of `source`, after `offset:` and `limit:` (and reversed).
-    fn items<'s>(source: &'s Source<'_>, runtime: &dyn Runtime, reversed: bool) -> Result<Vec<ValueCow<'s>>> {
+    fn items<'s>(source: &'s Source<'_>, reversed: bool) -> Result<Vec<ValueCow<'s>>> {
         let mut items: Vec<ValueCow<'s>> = match source {
             Source::Range { first, count } => (0..*count as i64).map(|i| Value::scalar(first + i).into()).collect(),
             Source::Value { value, limit, offset } => {
@@ -613,7 +630,7 @@ impl Loop {
                     // An object's entries are copied into `[key, value]` pairs (that copy is
                     // work), in key order: Liquid's objects are hash maps, whose order would
                     // change from one process to the next.
-                    spend_work(runtime, weight(value, TEMPLATE_WORK_BYTES_MAX))?;
+                    spend_work(weight(value, TEMPLATE_WORK_BYTES_MAX))?;
                     let mut entries: Vec<_> = object.iter().collect();
                     entries.sort_by(|a, b| a.0.cmp(&b.0));
                     items.extend(entries.into_iter().map(|(key, item)| {
@@ -758,7 +775,7 @@ struct ForLoop<'p> {
 impl Renderable for For {
     fn render_to(&self, writer: &mut dyn Write, runtime: &dyn Runtime) -> Result<()> {
         let source = self.looped.source(runtime)?;
-        let items = Loop::items(&source, runtime, self.reversed)?;
+        let items = Loop::items(&source, self.reversed)?;
         if items.is_empty() {
             if let Some(otherwise) = &self.otherwise {
                 otherwise.render_to(writer, runtime)?;
@@ -768,7 +785,7 @@ impl Renderable for For {
         let parent = runtime.try_get(&[liquid_core::model::Scalar::new("forloop")]);
         let length = items.len() as i64;
         for (i, item) in items.iter().enumerate() {
-            spend_iteration(runtime)?;
+            spend_iteration()?;
             let i = i as i64;
             let forloop = ForLoop {
                 length,
@@ -866,12 +883,12 @@ struct TableRowLoop {
 impl Renderable for TableRow {
     fn render_to(&self, writer: &mut dyn Write, runtime: &dyn Runtime) -> Result<()> {
         let source = self.looped.source(runtime)?;
-        let items = Loop::items(&source, runtime, false)?;
+        let items = Loop::items(&source, false)?;
         let length = items.len();
         let cols = whole_number(&self.cols, runtime)?.map_or(length, |c| c as usize).max(1);
         let failed = |_| Error::with_msg("Failed to render");
         for (i, item) in items.iter().enumerate() {
-            spend_iteration(runtime)?;
+            spend_iteration()?;
             let (column, row) = (i % cols, i / cols);
             let tablerow = TableRowLoop {
                 length: length as i64,
@@ -1058,7 +1075,7 @@ mod tests {
     #[test]
     fn weight_counts_text_and_items_and_stops_at_its_cap() {
         let value = liquid_core::model::to_value(&json!({"a": ["xy", "z"], "bb": 12})).unwrap();
-        assert_eq!(weight(&value, usize::MAX), (8 + 1 + (8 + 2) + (8 + 1)) + (8 + 2 + 2));
+        assert_eq!(weight(&value, usize::MAX), (8 + 1 + (8 + 2) + (8 + 1)) + (8 + 2 + 8), "a number weighs 8");
         let long = liquid_core::model::to_value(&json!(vec!["x"; 1000])).unwrap();
         assert!(weight(&long, 100) <= 100 + 9, "stops soon after the cap");
     }
