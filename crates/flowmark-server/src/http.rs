@@ -92,7 +92,13 @@ pub fn openapi_document() -> String {
 
 pub fn router(owner: Owner, config: Config) -> Router {
     let (api, document) = api().split_for_parts();
-    let app = App { owner, config: Arc::new(config), openapi: crate::openapi::finish(document).into() };
+    let app = App {
+        owner,
+        config: Arc::new(config),
+        openapi: crate::openapi::finish(document).into(),
+        sign_ins: Arc::default(),
+        password_checks: Arc::new(tokio::sync::Semaphore::new(crate::api::password_checks_max())),
+    };
     api.merge(crate::ui::routes())
         // Bodies past the largest limit are cut off by the framework (413); below it, each
         // endpoint checks its own limit and says which one was crossed (400).
@@ -195,7 +201,11 @@ async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: Heade
     let received_at = now();
     // Each item is taken out of the body and becomes its event's payload without a copy.
     let batch = kind == "batch";
-    let batch_context = if batch { value.get("context").cloned() } else { None };
+    let envelope = if batch {
+        segment::Batch::of(&value).map_err(|error| problem(StatusCode::BAD_REQUEST, "Invalid batch", error))?
+    } else {
+        segment::Batch::default()
+    };
     let items: Vec<Value> = if batch {
         let Some(Value::Array(items)) = value.get_mut("batch").map(Value::take) else {
             return Err(problem(StatusCode::BAD_REQUEST, "Invalid batch", "a batch needs a `batch` array"));
@@ -216,7 +226,7 @@ async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: Heade
                 format!("batch item {index}: unknown type `{item_kind}`"),
             ));
         };
-        match segment::read(item_kind, item, batch_context.as_ref(), received_at) {
+        match segment::read(item_kind, item, &envelope, received_at) {
             Ok(message) => messages.push(message),
             Err(error) => {
                 let detail = if batch { format!("batch item {index}: {error}") } else { error };
@@ -917,7 +927,7 @@ async fn unsubscribe(State(app): State<App>, Path((subject, signature)): Path<(S
     operation_id = "receiveWebhook",
     tag = "ingestion",
     summary = "Receive a signed webhook (Standard Webhooks)",
-    description = "Verified against the server's inbound secrets (`--inbound-webhook-secret`, `whsec_…`), within 5 minutes of its timestamp, then stored as an event for the body's `userId` or `anonymousId` (or, failing both, the contact whose `email` trait is the body's `email`, as an ESP's bounce or complaint names it), named by its `event` (default `Webhook Received`); `webhook-id` is the event's `messageId`, so retries are applied once.",
+    description = "Verified against the server's inbound secrets (`--inbound-webhook-secret`, `whsec_…`), within 5 minutes of its timestamp, then stored as an event for the body's `userId` or `anonymousId` (or, failing both, the contact whose `email` trait is the body's `email`, as an ESP's bounce or complaint names it), named by its `event` (default `Webhook Received`); its `messageId` is `hook:{source}:{webhook-id}`, so retries are applied once and no source's ids collide with another's or with a Segment `messageId`.",
     params(
         ("source" = String, Path, description = "Who sends it (kept in the event as `source`)."),
         ("webhook-id" = String, Header, description = "The message id."),
@@ -998,6 +1008,9 @@ async fn inbound_webhook(
         fields.insert("source".to_owned(), json!(source));
         fields.insert("event".to_owned(), json!(name));
     }
+    // Each source's `webhook-id`s are their own: namespaced so none can collide with a Segment
+    // `messageId` or with another source's id and be dropped as a duplicate.
+    let id = format!("hook:{source}:{id}");
     let event = flowmark_core::engine::Event { id, name, at: now(), payload: payload.into() };
     let incoming = flowmark_runtime::Incoming::event(&subject, event);
     ingest_one(&app, incoming).await?;

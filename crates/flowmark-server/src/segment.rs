@@ -2,9 +2,12 @@
 //! `/v1/screen`, `/v1/group`, `/v1/alias` and `/v1/batch`, turned into Flowmark events.
 //!
 //! Follows Segment's conventions: the subject is `userId`, else `anonymousId`; `messageId`
-//! deduplicates; batch `context` is merged into each item's (the item's keys win); and the
+//! deduplicates; a batch's `context` is merged into each item's (the item's keys win); and the
 //! server-corrected timestamp rule: when the client sent `sentAt`, the event happened at
-//! `receivedAt − (sentAt − timestamp)`, which cancels the client's clock skew.
+//! `receivedAt − (sentAt − timestamp)`, which cancels the client's clock skew. Segment's own
+//! libraries (`analytics-python`, `analytics-node`) send `sentAt` once, at the top of a
+//! `/v1/batch` body, so an item without its own takes the batch's; an item with
+//! `originalTimestamp` and no `timestamp` (what Segment itself forwards) is timed by it.
 //!
 //! Invariant: a payload either becomes events entirely or is refused with a reason; no
 //! partial batch is applied.
@@ -17,15 +20,27 @@ use serde_json::{Map, Value};
 
 pub const KINDS: [&str; 6] = ["track", "identify", "page", "screen", "group", "alias"];
 
-/// Reads one message of kind `kind` (`track`, …) received at `received_at`. `batch_context`
-/// is the enclosing batch's `context`, merged under the item's own. The item becomes the
-/// event's payload as it is (no copy), with `type`, the merged `context` and `receivedAt` set.
-pub fn read(
-    kind: &str,
-    item: Value,
-    batch_context: Option<&Value>,
-    received_at: Timestamp,
-) -> Result<Incoming, String> {
+/// What a `/v1/batch` body says about all of its items.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    /// The batch's `context`, merged under each item's own.
+    pub context: Option<Value>,
+    /// The batch's `sentAt`, for the items that do not carry their own.
+    pub sent_at: Option<Timestamp>,
+}
+
+impl Batch {
+    /// Reads the batch-level fields of a `/v1/batch` body.
+    pub fn of(body: &Value) -> Result<Batch, String> {
+        let Value::Object(fields) = body else { return Ok(Batch::default()) };
+        Ok(Batch { context: fields.get("context").cloned(), sent_at: parse_time(fields, "sentAt")? })
+    }
+}
+
+/// Reads one message of kind `kind` (`track`, …) received at `received_at`, from a batch
+/// (`Batch::default()` for a single call). The item becomes the event's payload as it is (no
+/// copy), with `type`, the merged `context` and `receivedAt` set.
+pub fn read(kind: &str, item: Value, batch: &Batch, received_at: Timestamp) -> Result<Incoming, String> {
     if !item.is_object() {
         return Err(format!("a {kind} call must be a JSON object"));
     }
@@ -62,7 +77,7 @@ pub fn read(
         other => other.to_owned(),
     };
     // Everything read from the item as it came, before it becomes the payload.
-    let at = corrected_timestamp(&fields, received_at)?;
+    let at = corrected_timestamp(&fields, batch.sent_at, received_at)?;
     let id = match fields.get("messageId") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         // No messageId: derive one from the content, so a resent copy is still a duplicate.
@@ -70,7 +85,7 @@ pub fn read(
     };
     let identify_traits = (kind == "identify").then(|| fields.get("traits").cloned());
     fields.insert("type".to_owned(), Value::String(kind.to_owned()));
-    if let Some(Value::Object(outer)) = batch_context {
+    if let Some(Value::Object(outer)) = &batch.context {
         let mut context: Map<String, Value> = outer.clone();
         if let Some(Value::Object(inner)) = fields.get_mut("context") {
             context.extend(std::mem::take(inner));
@@ -114,9 +129,19 @@ fn parse_time(fields: &Map<String, Value>, key: &str) -> Result<Option<Timestamp
     }
 }
 
-fn corrected_timestamp(fields: &Map<String, Value>, received_at: Timestamp) -> Result<Timestamp, String> {
-    let timestamp = parse_time(fields, "timestamp")?;
-    let sent_at = parse_time(fields, "sentAt")?;
+/// When the event happened: its `timestamp` (else its `originalTimestamp`), moved by the
+/// client's clock skew when the client said when it sent it (`sentAt`, its own or else the
+/// batch's); the time it was received when it says neither.
+fn corrected_timestamp(
+    fields: &Map<String, Value>,
+    batch_sent_at: Option<Timestamp>,
+    received_at: Timestamp,
+) -> Result<Timestamp, String> {
+    let timestamp = match parse_time(fields, "timestamp")? {
+        Some(timestamp) => Some(timestamp),
+        None => parse_time(fields, "originalTimestamp")?,
+    };
+    let sent_at = parse_time(fields, "sentAt")?.or(batch_sent_at);
     Ok(match (timestamp, sent_at) {
         (Some(t), Some(sent)) => Timestamp(received_at.ms() - (sent.ms() - t.ms())),
         (Some(t), None) => t,
@@ -162,35 +187,62 @@ mod tests {
     fn the_server_corrects_the_client_clock() {
         // The client's clock is 10 minutes fast: it says it sent at 12:10 an event of 12:09.
         let item = json!({ "userId": "u", "event": "E", "timestamp": "2026-01-05T12:09:00Z", "sentAt": "2026-01-05T12:10:00Z" });
-        let message = read("track", item.clone(), None, NOW).unwrap();
+        let message = read("track", item.clone(), &Batch::default(), NOW).unwrap();
         assert_eq!(message.event.at, Timestamp(NOW.ms() - 60_000));
+    }
+
+    #[test]
+    fn a_batch_sent_at_corrects_the_items_that_carry_none() {
+        // Segment's libraries put `sentAt` on the batch: the client's clock is 2 h fast.
+        let body = json!({ "sentAt": "2026-01-05T14:00:00Z", "context": { "locale": "fr" }, "batch": [] });
+        let batch = Batch::of(&body).unwrap();
+        let item = json!({ "userId": "u", "event": "E", "timestamp": "2026-01-05T13:59:30Z" });
+        assert_eq!(read("track", item, &batch, NOW).unwrap().event.at, Timestamp(NOW.ms() - 30_000));
+        // An item's own `sentAt` wins over the batch's.
+        let own = json!({ "userId": "u", "event": "E", "timestamp": "2026-01-05T13:59:30Z", "sentAt": "2026-01-05T13:59:40Z" });
+        assert_eq!(read("track", own, &batch, NOW).unwrap().event.at, Timestamp(NOW.ms() - 10_000));
+        // `originalTimestamp` times an item without `timestamp`, corrected the same way.
+        let original = json!({ "userId": "u", "event": "E", "originalTimestamp": "2026-01-05T13:58:00Z" });
+        assert_eq!(read("track", original.clone(), &batch, NOW).unwrap().event.at, Timestamp(NOW.ms() - 120_000));
+        let alone = read("track", original, &Batch::default(), NOW).unwrap();
+        assert_eq!(alone.event.at.rfc3339(), "2026-01-05T13:58:00.000Z", "no sentAt: taken as it is");
+        let bad = json!({ "sentAt": "soon", "batch": [] });
+        assert!(Batch::of(&bad).unwrap_err().contains("`sentAt` must be an ISO-8601 time"));
     }
 
     #[test]
     fn batch_context_is_merged_under_the_item() {
         let item = json!({ "userId": "u", "event": "E", "context": { "ip": "1.1.1.1" } });
-        let message = read("track", item.clone(), Some(&json!({ "ip": "0.0.0.0", "locale": "fr" })), NOW).unwrap();
+        let message = read(
+            "track",
+            item.clone(),
+            &Batch { context: Some(json!({ "ip": "0.0.0.0", "locale": "fr" })), sent_at: None },
+            NOW,
+        )
+        .unwrap();
         assert_eq!(message.event.payload["context"], json!({ "ip": "1.1.1.1", "locale": "fr" }));
     }
 
     #[test]
     fn refusals_say_why() {
         assert!(
-            read("track", json!({ "event": "E" }), None, NOW).unwrap_err().contains("`userId` or an `anonymousId`")
+            read("track", json!({ "event": "E" }), &Batch::default(), NOW)
+                .unwrap_err()
+                .contains("`userId` or an `anonymousId`")
         );
-        assert!(read("track", json!({ "userId": "u" }), None, NOW).unwrap_err().contains("`event` name"));
+        assert!(read("track", json!({ "userId": "u" }), &Batch::default(), NOW).unwrap_err().contains("`event` name"));
         let big = json!({ "userId": "u", "event": "E", "properties": { "x": "y".repeat(40_000) } });
-        assert!(read("track", big, None, NOW).unwrap_err().contains("(32 KB) per event"));
+        assert!(read("track", big, &Batch::default(), NOW).unwrap_err().contains("(32 KB) per event"));
         let bad_time = json!({ "userId": "u", "event": "E", "timestamp": "yesterday" });
-        assert!(read("track", bad_time, None, NOW).unwrap_err().contains("ISO-8601"));
+        assert!(read("track", bad_time, &Batch::default(), NOW).unwrap_err().contains("ISO-8601"));
     }
 
     #[test]
     fn a_missing_message_id_is_derived_from_the_content() {
         let item = json!({ "userId": "u", "event": "E" });
         assert_eq!(
-            read("track", item.clone(), None, NOW).unwrap().event.id,
-            read("track", item.clone(), None, NOW).unwrap().event.id
+            read("track", item.clone(), &Batch::default(), NOW).unwrap().event.id,
+            read("track", item.clone(), &Batch::default(), NOW).unwrap().event.id
         );
     }
 }

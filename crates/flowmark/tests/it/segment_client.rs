@@ -68,3 +68,71 @@ fn the_official_segment_python_library_sends_to_flowmark_unchanged() {
     assert!(decided, "the first email of the journey was decided: {}", run["history"]);
     server.stop();
 }
+
+/// The library with its clock two hours fast: it stamps each message's `timestamp` and the
+/// batch's `sentAt` from that clock, as on a laptop whose clock is wrong.
+const SKEWED_SCRIPT: &str = r#"
+import sys
+import time
+from datetime import datetime
+import segment.analytics as analytics
+import segment.analytics.client as client
+import segment.analytics.request as request
+
+class Fast(datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return cls.fromtimestamp(time.time() + 2 * 3600, tz)
+
+client.datetime = Fast
+request.datetime = Fast
+analytics.write_key = "wk"
+analytics.host = sys.argv[1]
+analytics.sync_mode = True
+errors = []
+analytics.on_error = lambda error, batch: errors.append(str(error))
+for i in range(20):
+    analytics.track("grace", "Page Viewed", {"n": i})
+analytics.flush()
+if errors:
+    print(errors)
+    sys.exit(1)
+"#;
+
+#[test]
+fn a_client_clock_two_hours_fast_is_corrected_by_the_batch_sent_at() {
+    let library = install_library();
+    let dir = super::validate::fresh_dir("segment-skew");
+    let server = Server::start(&dir.join("flowmark.db"));
+    let before = std::time::SystemTime::now();
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(SKEWED_SCRIPT)
+        .arg(format!("http://{}", server.address))
+        .env("PYTHONPATH", &library)
+        .output()
+        .unwrap();
+    let after = std::time::SystemTime::now();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ms = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let (_, _, events) = server.api("GET", "/api/events?subject=grace&limit=100", b"");
+    let events = events.as_array().unwrap();
+    assert_eq!(events.len(), 20, "{events:?}");
+    for event in events {
+        let at = event["at"].as_i64().unwrap_or_else(|| {
+            chrono::DateTime::parse_from_rfc3339(event["at"].as_str().unwrap()).unwrap().timestamp_millis()
+        });
+        assert!(
+            at >= ms(before) - 1_000 && at <= ms(after) + 1_000,
+            "stored at {} — within a second of the true time, not two hours ahead: {event}",
+            event["at"]
+        );
+        assert!(event["payload"]["sentAt"].is_null(), "the library sends sentAt on the batch, not the item");
+    }
+    server.stop();
+}

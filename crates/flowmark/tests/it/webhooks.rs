@@ -128,7 +128,20 @@ steps:
     assert_eq!((status, problem["title"].as_str()), (401, Some("Bad signature")));
     let (_, _, events) = server.api("GET", "/api/events?subject=bo", b"");
     assert_eq!(events.as_array().unwrap().len(), 1, "stored once: {events}");
-    assert_eq!(events[0]["messageId"], "msg_inbound_1");
+    assert_eq!(events[0]["messageId"], "hook:crm:msg_inbound_1");
+
+    // Each source's ids are its own: the same id from Segment, from `crm` and from `esp` is three events.
+    let track = json!({ "userId": "bo", "event": "Page Viewed", "messageId": "shared-id-1" });
+    assert_eq!(server.send("track", &track).0, 200);
+    let clicked = r#"{"userId":"bo","event":"Email Clicked"}"#;
+    let headers = signed_headers(&library, "shared-id-1", clicked);
+    assert_eq!(server.request_with("POST", "/hooks/esp", &headers, clicked.as_bytes()).0, 204);
+    assert_eq!(server.request_with("POST", "/hooks/crm", &headers, clicked.as_bytes()).0, 204);
+    assert_eq!(server.request_with("POST", "/hooks/esp", &headers, clicked.as_bytes()).0, 204, "a retry");
+    let (_, _, events) = server.api("GET", "/api/events?subject=bo", b"");
+    let mut ids: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["messageId"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["hook:crm:msg_inbound_1", "hook:crm:shared-id-1", "hook:esp:shared-id-1", "shared-id-1"]);
 
     // A bounce relayed from an ESP names the address: the contact is found and suppressed.
     let identify = json!({ "userId": "cy", "traits": { "email": "Cy@Example.com" } });
