@@ -133,9 +133,33 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00 // unique local
                 || (first & 0xffc0) == 0xfe80 // link local
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
+                || (first & 0xffc0) == 0xfec0 // site local (deprecated, still routed by some)
+                || (first == 0x2001 && v6.segments()[1] == 0) // Teredo: a tunnel to any IPv4 host
+                || (first == 0x0064 && v6.segments()[1] == 0xff9b && v6.segments()[2] == 1) // local NAT64
+                || embedded_ipv4(v6).is_some_and(|v4| is_private(IpAddr::V4(v4)))
         }
     }
+}
+
+/// The IPv4 address an IPv6 address stands for, in every form that reaches one: mapped
+/// (`::ffff:a.b.c.d`), compatible (`::a.b.c.d`, deprecated but still parsed), NAT64
+/// (`64:ff9b::a.b.c.d`) and 6to4 (`2002:aabb:ccdd::`).
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let low = |hi: u16, lo: u16| std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+        return Some(low(s[6], s[7]));
+    }
+    if s[0] == 0x0064 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+        return Some(low(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        return Some(low(s[1], s[2]));
+    }
+    None
 }
 
 /// Gone URLs refused from memory at most. Past it, a URL that answers `410` is still stored,
@@ -385,10 +409,22 @@ mod tests {
             "fe80::1",
             "::ffff:10.0.0.1",
             "0.0.0.0",
+            // IPv6 forms that embed a private IPv4 address.
+            "::127.0.0.1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::10.0.0.1",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
+            "64:ff9b:1::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
         ] {
             assert!(is_private(private.parse().unwrap()), "{private}");
         }
-        for public in ["93.184.216.34", "2606:2800:220:1::1", "8.8.8.8"] {
+        for public in
+            ["93.184.216.34", "2606:2800:220:1::1", "8.8.8.8", "64:ff9b::808:808", "2002:808:808::1", "::ffff:8.8.8.8"]
+        {
             assert!(!is_private(public.parse().unwrap()), "{public}");
         }
     }

@@ -25,6 +25,30 @@ pub(crate) struct App {
     pub(crate) config: Arc<Config>,
     /// The OpenAPI document, built once from the routers.
     pub(crate) openapi: Arc<str>,
+    /// Failed sign-ins, by account and by address (`throttle`).
+    pub(crate) sign_ins: Arc<std::sync::Mutex<crate::throttle::Throttle>>,
+    /// Password checks (Argon2, tens of milliseconds of CPU each) run on blocking threads, at
+    /// most this many at once, so a flood of sign-ins cannot take every core.
+    pub(crate) password_checks: Arc<tokio::sync::Semaphore>,
+}
+
+/// Most password checks at once: half the cores (at least one), so requests that need no
+/// password always find a core.
+pub(crate) fn password_checks_max() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// The client's address, when the server was started with it (`serve` is; a router in a test
+/// may not be).
+pub(crate) struct PeerAddress(pub(crate) Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let connected = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+        Ok(PeerAddress(connected.map(|c| c.0.ip())))
+    }
 }
 
 /// The engine as the server runs it, on whichever store the binary picked.

@@ -18,6 +18,7 @@ pub mod owner;
 mod people;
 pub mod segment;
 pub mod syncer;
+pub mod throttle;
 mod ui;
 
 pub use http::{Config, openapi_document, router};

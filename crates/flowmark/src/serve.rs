@@ -301,7 +301,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let mut stdout = std::io::stdout().lock();
         let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
         drop(stdout);
-        axum::serve(listener, router(owner, config))
+        let service = router(owner, config).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, service)
             .with_graceful_shutdown(async {
                 stop_signal().await;
                 tracing::info!("stopping: no new requests; draining what is queued");

@@ -27,9 +27,10 @@ use flowmark_store::{Session, Store, WorkItem, WorkKind};
 use serde_json::Value;
 use std::fmt::Write as _;
 
-use crate::api::{Answer, App, Page, admin_object, internal, problem, query};
+use crate::api::{Answer, App, Page, PeerAddress, admin_object, internal, problem, query};
 use crate::auth::{constant_time_eq, hash_password, new_token, token_hash, verify_password};
 use crate::openapi::schema;
+use crate::owner::now;
 use html::{due, esc, page, seg, time};
 
 /// How long a session lasts.
@@ -205,6 +206,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 
 async fn login(
     State(app): State<App>,
+    PeerAddress(address): PeerAddress,
     headers: HeaderMap,
     axum::Form(form): axum::Form<Vec<(String, String)>>,
 ) -> Page {
@@ -214,20 +216,29 @@ async fn login(
     let email = form_value(&form, "email").unwrap_or_default().trim().to_lowercase();
     let password = form_value(&form, "password").unwrap_or_default().to_owned();
     let next = safe_next(form_value(&form, "next").unwrap_or("/ui"));
-    let wanted = email.clone();
-    let stored = match query(&app.owner, move |engine, _| engine.store().account(&wanted)).await? {
-        Ok(stored) => stored,
-        Err(error) => return Err(internal(error).into()),
-    };
-    // Verify against a dummy hash when there is no account, so timing does not tell.
-    let valid = match &stored {
-        Some(hash) => verify_password(&password, hash),
-        None => {
-            let _ = verify_password(&password, &DUMMY_HASH);
-            false
-        }
-    };
-    if !valid {
+    let begun = app.sign_ins.lock().map_err(|_| internal("the sign-in throttle is poisoned"))?.begin(
+        &email,
+        address,
+        now().ms(),
+    );
+    if let Err(locked) = begun {
+        let seconds = (locked.retry_after_ms + 999) / 1000;
+        let notice = format!(
+            "Too many failed sign-ins ({} in a row). Signing in is paused for {seconds} second{}; \
+             each further failure doubles the wait.",
+            locked.failures,
+            if seconds == 1 { "" } else { "s" }
+        );
+        let mut response = html(StatusCode::TOO_MANY_REQUESTS, login_form(&next, Some(&notice)));
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        return Ok(response);
+    }
+    let valid = check_password(&app, &email, password).await;
+    let succeeded = matches!(valid, Ok(true));
+    if let Ok(mut sign_ins) = app.sign_ins.lock() {
+        sign_ins.finish(&email, address, succeeded, now().ms());
+    }
+    if !valid? {
         return Ok(html(StatusCode::UNAUTHORIZED, login_form(&next, Some("Wrong email or password."))));
     }
     let (Ok(cookie), Ok(csrf)) = (new_token(), new_token()) else {
@@ -255,6 +266,27 @@ async fn login(
         }
         Err(error) => Err(internal(error).into()),
     }
+}
+
+/// Is `password` the account's? Verified on a blocking thread under `App::password_checks`
+/// (Argon2 takes tens of milliseconds of CPU: never on the async workers), and against a dummy
+/// hash when there is no account, so timing does not tell.
+async fn check_password(app: &App, email: &str, password: String) -> Result<bool, crate::api::Problem> {
+    let wanted = email.to_owned();
+    let stored = match query(&app.owner, move |engine, _| engine.store().account(&wanted)).await? {
+        Ok(stored) => stored,
+        Err(error) => return Err(internal(error)),
+    };
+    let _permit = app.password_checks.acquire().await.map_err(|_| internal("the password checks are closed"))?;
+    tokio::task::spawn_blocking(move || match &stored {
+        Some(hash) => verify_password(&password, hash),
+        None => {
+            let _ = verify_password(&password, &DUMMY_HASH);
+            false
+        }
+    })
+    .await
+    .map_err(|_| internal("a password check failed"))
 }
 
 /// A real Argon2id hash, verified when an account does not exist (same cost either way).

@@ -869,3 +869,62 @@ fn the_server_goes_on_when_nobody_reads_its_output() {
     let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
     assert!(child.wait().unwrap().success(), "and stops cleanly");
 }
+
+/// One sign-in through the UI's form: the status, and the `Retry-After` header if any.
+fn sign_in(address: &str, email: &str, password: &str) -> (u16, Option<u64>, String) {
+    let form = format!("email={}&password={password}&next=%2Fui", email.replace('@', "%40"));
+    let (head, body) =
+        raw(address, "POST", "/ui/login", &[("Content-Type", "application/x-www-form-urlencoded")], form.as_bytes());
+    let status = head[9..12].parse().unwrap();
+    let retry = head.lines().find_map(|l| l.strip_prefix("retry-after: ")).map(|v| v.trim().parse().unwrap());
+    (status, retry, body)
+}
+
+#[test]
+fn failed_sign_ins_back_off_and_a_flood_of_them_leaves_the_server_responsive() {
+    let dir = super::validate::fresh_dir("sign-in-throttle");
+    let server = Server::start_with(&dir.join("flowmark.db"), &["--demo"]);
+    let address = server.address.clone();
+
+    // Forty wrong passwords in a row: five are checked, the rest wait out the lock unchecked.
+    let answers: Vec<(u16, Option<u64>)> =
+        (0..40).map(|i| sign_in(&address, "sam@example.com", &format!("guess-{i}"))).map(|(s, r, _)| (s, r)).collect();
+    assert!(answers[..5].iter().all(|a| a.0 == 401), "{answers:?}");
+    assert!(answers[5..].iter().all(|a| a.0 == 429 && a.1 == Some(1)), "{answers:?}");
+    let (status, retry, page) = sign_in(&address, "sam@example.com", "flowmark-demo");
+    assert_eq!((status, retry), (429, Some(1)), "the right password is not accepted while the account is locked");
+    assert!(page.contains("Too many failed sign-ins (5 in a row)"), "the form says why and for how long: {page}");
+    assert_eq!(sign_in(&address, "dana@example.com", "flowmark-demo").0, 303, "other accounts sign in");
+
+    // 128 concurrent wrong sign-ins (spread over accounts) while /healthz is asked: most are
+    // refused before any Argon2 work, and the server keeps answering.
+    let slowest_health = std::thread::scope(|scope| {
+        let flood: Vec<_> = (0..128)
+            .map(|i| {
+                let address = address.clone();
+                scope.spawn(move || sign_in(&address, &format!("user{}@example.com", i % 8), "wrong").0)
+            })
+            .collect();
+        let health = scope.spawn(|| {
+            (0..20)
+                .map(|_| {
+                    let asked = std::time::Instant::now();
+                    assert_eq!(server.get_text("/healthz").0, 200);
+                    asked.elapsed()
+                })
+                .max()
+                .unwrap()
+        });
+        let statuses: Vec<u16> = flood.into_iter().map(|h| h.join().unwrap()).collect();
+        let checked = statuses.iter().filter(|s| **s == 401).count();
+        assert!(checked <= 20, "at most the address's free failures were checked, not {checked}: {statuses:?}");
+        assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 128 - checked);
+        health.join().unwrap()
+    });
+    assert!(slowest_health < std::time::Duration::from_secs(2), "/healthz answered within {slowest_health:?}");
+
+    // Once the lock has passed, the right password works and clears the record.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    assert_eq!(sign_in(&address, "sam@example.com", "flowmark-demo").0, 303);
+    server.stop();
+}
