@@ -325,10 +325,18 @@ impl<'a> Machine<'a> {
         match outcome {
             None => {
                 if approval.mode == ApprovalMode::Sequential {
+                    // The next stage's approver is asked now: their due time, reminders and
+                    // escalation count from now, and an escalation spent on an earlier stage
+                    // (and the person it reassigned to) is theirs alone.
                     state.stage += 1;
+                    for timer in std::mem::take(&mut state.timers) {
+                        self.cancel_timer(timer);
+                    }
+                    state.delegate = None;
                     let approvers = vec![approval.approvers[usize::from(state.stage)].clone()];
                     let due_at = approval.due.map(|d| self.deadline(d, approval.business_days));
                     self.emit(at, EffectKind::RequestApproval { round: state.round, approvers, due_at });
+                    state.timers = self.arm_approval_clocks(token.id, approval);
                 }
                 self.set_state(token.id, TokenState::AwaitingApproval(state));
             }
@@ -493,15 +501,7 @@ impl<'a> Machine<'a> {
                 };
                 let due_at = approval.due.map(|d| self.deadline(d, approval.business_days));
                 self.emit(at, EffectKind::RequestApproval { round, approvers, due_at });
-                let mut timers = Vec::new();
-                for remind in &approval.remind {
-                    let at = self.deadline(*remind, approval.business_days);
-                    timers.push(self.arm(token, TimerPurpose::ApprovalReminder, at));
-                }
-                if let Some(escalation) = &approval.escalate {
-                    let at = self.deadline(escalation.after, approval.business_days);
-                    timers.push(self.arm(token, TimerPurpose::ApprovalEscalation, at));
-                }
+                let timers = self.arm_approval_clocks(token, approval);
                 self.history(Some(at), HistoryKind::Waiting { until: due_at, reason: "approval" });
                 let state = ApprovalState {
                     round,
@@ -808,6 +808,21 @@ impl<'a> Machine<'a> {
                 Flow::Go(workflow.step(at).next.unwrap_or(Target::End))
             }
         }
+    }
+
+    /// Arms an approval's reminders and escalation, counted from now: at the step's entry, and
+    /// again for each stage of a sequential approval.
+    fn arm_approval_clocks(&mut self, token: u32, approval: &Approval) -> Vec<TimerId> {
+        let mut timers = Vec::new();
+        for remind in &approval.remind {
+            let at = self.deadline(*remind, approval.business_days);
+            timers.push(self.arm(token, TimerPurpose::ApprovalReminder, at));
+        }
+        if let Some(escalation) = &approval.escalate {
+            let at = self.deadline(escalation.after, approval.business_days);
+            timers.push(self.arm(token, TimerPurpose::ApprovalEscalation, at));
+        }
+        timers
     }
 
     fn escalate(&mut self, token: u32, at: StepIndex) {

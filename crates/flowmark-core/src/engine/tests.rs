@@ -556,3 +556,95 @@ fn separation_of_duties_can_be_turned_off_per_approval() {
     }
     assert_eq!(run.status, RunStatus::Completed);
 }
+
+#[test]
+fn each_stage_of_a_sequential_approval_has_its_own_clock() {
+    let wf = workflow(
+        r#"
+id: launch
+subject: item
+roles:
+  legal: { person: lea@x.com }
+  brand: { person: bo@x.com }
+  vp: { person: vi@x.com }
+  lead: { person: li@x.com }
+steps:
+  - id: signoff
+    approval:
+      mode: sequential
+      approvers: [legal, brand, vp]
+      accountable: lead
+      due: 1d
+      remind: 4h
+      escalate: { after: 1d, to: accountable, action: reassign }
+"#,
+    );
+    let item = json!({ "title": "Launch" });
+    let facts = Facts { subject: &item, ..Facts::empty() };
+    const HOUR: i64 = 60 * 60 * 1000;
+    let now = Timestamp(NOON);
+    let t = handle(&wf, Run::new(RunId(3), &wf, 1, "launch-1", now), &Input::Start { event: None }, &facts, now);
+    let armed = |t: &Transition, purpose: TimerPurpose| t.timers.iter().find(|r| r.purpose == purpose).unwrap().clone();
+    let first_escalation = armed(&t, TimerPurpose::ApprovalEscalation);
+    assert_eq!(first_escalation.due_at, Timestamp(NOON + 24 * HOUR));
+    let decide = |run: Run, role: &str, by: &str, at: i64| {
+        let input = Input::ApprovalDecided {
+            step: "signoff".into(),
+            role: role.into(),
+            by: by.into(),
+            decision: Decision::Approve,
+            comment: None,
+        };
+        handle(&wf, run, &input, &facts, Timestamp(at))
+    };
+
+    // Legal takes 20 hours. Brand is asked then, with a whole day of its own.
+    let t = decide(t.run, "legal", "lea@x.com", NOON + 20 * HOUR);
+    let EffectKind::RequestApproval { approvers, due_at, .. } = &t.effects[0].kind else { panic!("{:?}", t.effects) };
+    assert_eq!(
+        (approvers.as_slice(), *due_at),
+        ([String::from("brand")].as_slice(), Some(Timestamp(NOON + 44 * HOUR)))
+    );
+    assert_eq!(
+        armed(&t, TimerPurpose::ApprovalReminder).due_at,
+        Timestamp(NOON + 24 * HOUR),
+        "4 h after brand was asked"
+    );
+    let brand_escalation = armed(&t, TimerPurpose::ApprovalEscalation);
+    assert_eq!(brand_escalation.due_at, Timestamp(NOON + 44 * HOUR));
+    assert!(t.timers_cancelled.contains(&first_escalation.timer), "legal's clock is stopped");
+    let stale = handle(
+        &wf,
+        t.run.clone(),
+        &Input::TimerFired { timer: first_escalation.timer },
+        &facts,
+        Timestamp(NOON + 24 * HOUR),
+    );
+    assert_eq!(
+        ignored_reason(&stale),
+        Some("the timer is no longer armed"),
+        "legal's escalation does not fire on brand"
+    );
+
+    // Brand is silent: its escalation reassigns to the lead, who decides in its place.
+    let t =
+        handle(&wf, t.run, &Input::TimerFired { timer: brand_escalation.timer }, &facts, Timestamp(NOON + 44 * HOUR));
+    assert!(
+        t.history
+            .iter()
+            .any(|h| matches!(&h.kind, HistoryKind::ApprovalEscalated { to, action: "reassign" } if to == "lead"))
+    );
+    let t = decide(t.run, "lead", "li@x.com", NOON + 45 * HOUR);
+    assert_eq!(ignored_reason(&t), None, "the escalated person decides brand's stage");
+
+    // The VP gets a fresh day and a fresh escalation; the lead's delegation was brand's only.
+    let vp_escalation = armed(&t, TimerPurpose::ApprovalEscalation);
+    assert_eq!(vp_escalation.due_at, Timestamp(NOON + 69 * HOUR));
+    let early = decide(t.run.clone(), "lead", "li@x.com", NOON + 46 * HOUR);
+    assert!(ignored_reason(&early).is_some(), "the lead may not decide for the VP before the VP is escalated");
+    let t = handle(&wf, t.run, &Input::TimerFired { timer: vp_escalation.timer }, &facts, Timestamp(NOON + 69 * HOUR));
+    let escalations = t.history.iter().filter(|h| matches!(h.kind, HistoryKind::ApprovalEscalated { .. })).count();
+    assert_eq!(escalations, 1, "the VP's stage is escalated in its turn");
+    let t = decide(t.run, "lead", "li@x.com", NOON + 70 * HOUR);
+    assert_eq!(t.run.status, RunStatus::Completed);
+}
