@@ -143,6 +143,16 @@ impl axum::extract::FromRequestParts<App> for Admin {
 /// Checks a presented key or token for a scope: the keys given on the command line first,
 /// then the tokens stored (by hash). `401` when unknown, `403` when it lacks the scope.
 pub(crate) async fn authorize(app: &App, presented: Option<String>, scope: Scope) -> Result<(), Problem> {
+    credential(app, presented, scope).await.map(|_| ())
+}
+
+/// As `authorize`, giving the stored token that was presented (`None` for a key given on the
+/// command line, which acts for the operator).
+pub(crate) async fn credential(
+    app: &App,
+    presented: Option<String>,
+    scope: Scope,
+) -> Result<Option<flowmark_store::Token>, Problem> {
     let Some(presented) = presented else {
         let how = match scope {
             Scope::Ingest => "send the write key as the HTTP Basic user (empty password) or as `writeKey` in the body",
@@ -155,11 +165,11 @@ pub(crate) async fn authorize(app: &App, presented: Option<String>, scope: Scope
         Scope::Admin => &app.config.admin_tokens,
     };
     if configured.iter().chain(&app.config.admin_tokens).any(|k| constant_time_eq(k.as_bytes(), presented.as_bytes())) {
-        return Ok(());
+        return Ok(None);
     }
     let hash = token_hash(&presented);
     match query_owner(app, move |engine, _| engine.store().token(&hash)).await? {
-        Some(token) if token.scopes.contains(&scope) => Ok(()),
+        Some(token) if token.scopes.contains(&scope) => Ok(Some(token)),
         Some(_) => Err(problem(
             StatusCode::FORBIDDEN,
             "Missing scope",
@@ -268,6 +278,41 @@ pub(crate) async fn admin_object(
 ) -> Result<serde_json::Map<String, Value>, Problem> {
     authorize(app, bearer(headers), Scope::Admin).await?;
     json_object(body).map_err(|(title, detail)| problem(StatusCode::BAD_REQUEST, title, detail))
+}
+
+/// Who a request acts as in the team's work: the person its token is bound to, if it is.
+pub(crate) struct Acting {
+    person: Option<String>,
+}
+
+impl Acting {
+    /// The person acting: a personal token's own person (the body's `by` may repeat it, in any
+    /// case, and may not name anyone else: `403`), or else the body's `by` (`400` with
+    /// `missing` when there is none).
+    pub(crate) fn by(&self, fields: &serde_json::Map<String, Value>, missing: &str) -> Result<String, Problem> {
+        let by = fields.get("by").and_then(Value::as_str).map(str::trim).filter(|b| !b.is_empty());
+        match (&self.person, by) {
+            (Some(person), Some(by)) if !by.eq_ignore_ascii_case(person) => Err(problem(
+                StatusCode::FORBIDDEN,
+                "Not yours to act as",
+                format!("this token acts as `{person}` only; it may not act as `{by}`"),
+            )),
+            (Some(person), _) => Ok(person.clone()),
+            (None, Some(by)) => Ok(by.to_owned()),
+            (None, None) => Err(problem(StatusCode::BAD_REQUEST, "Invalid input", missing)),
+        }
+    }
+}
+
+/// As `admin_object`, with who the request may act as.
+pub(crate) async fn admin_acting(
+    app: &App,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(serde_json::Map<String, Value>, Acting), Problem> {
+    let token = credential(app, bearer(headers), Scope::Admin).await?;
+    let fields = json_object(body).map_err(|(title, detail)| problem(StatusCode::BAD_REQUEST, title, detail))?;
+    Ok((fields, Acting { person: token.and_then(|t| t.person) }))
 }
 
 /// A workflow status as the API spells it.

@@ -7,8 +7,8 @@
 //! Invariant: a request is answered `2xx` only after the owner has committed its effect.
 
 use crate::api::{
-    Admin, Answer, App, Eng, Problem, admin_object, ask, authorize, get_document, internal, json_object, problem,
-    problem_with, put_document, query, query_owner, status_name,
+    Admin, Answer, App, Eng, Problem, ask, authorize, get_document, internal, json_object, problem, problem_with,
+    put_document, query, query_owner, status_name,
 };
 use std::sync::Arc;
 
@@ -1403,7 +1403,7 @@ async fn act_at_step(
         (status = 400, description = "Not a run id, or the body is not what the step needs.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Nothing is open at that step (for that role), or the run ignored the input; `detail` says why.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope, or `by` may not act here: they do not hold the role and were not handed the work, or separation of duties forbids it (an author deciding their own work, one person deciding two stages of a round).", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or is bound to another person than `by`, or `by` may not act here: they do not hold the role and were not handed the work, or separation of duties forbids it (an author deciding their own work, one person deciding two stages of a round).", body = schema::Problem, content_type = "application/problem+json"),
         crate::openapi::Unauthenticated,
     ),
     security(("bearer" = [])),
@@ -1414,10 +1414,8 @@ async fn complete_task(
     Path((id, step)): Path<(String, String)>,
     body: Bytes,
 ) -> Answer {
-    let fields = admin_object(&app, &headers, &body).await?;
-    let Some(by) = fields.get("by").and_then(Value::as_str).filter(|b| !b.is_empty()).map(str::to_owned) else {
-        return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", "say who completed the task: `by`"));
-    };
+    let (fields, acting) = crate::api::admin_acting(&app, &headers, &body).await?;
+    let by = acting.by(&fields, "say who completed the task: `by`")?;
     match crate::people::parse_action("complete", &fields) {
         Ok(flowmark_runtime::WorkAction::Complete { fields }) => {
             let action = flowmark_runtime::WorkAction::Complete { fields };
@@ -1446,7 +1444,7 @@ async fn complete_task(
         (status = 400, description = "Not a run id, or the body is not what the step needs.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run.", body = schema::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Nothing is open at that step (for that role), or the run ignored the input; `detail` says why.", body = schema::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope, or `by` may not act here: they do not hold the role and were not handed the work, or separation of duties forbids it (an author deciding their own work, one person deciding two stages of a round).", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope, or is bound to another person than `by`, or `by` may not act here: they do not hold the role and were not handed the work, or separation of duties forbids it (an author deciding their own work, one person deciding two stages of a round).", body = schema::Problem, content_type = "application/problem+json"),
         crate::openapi::Unauthenticated,
     ),
     security(("bearer" = [])),
@@ -1457,14 +1455,12 @@ async fn decide_approval(
     Path((id, step)): Path<(String, String)>,
     body: Bytes,
 ) -> Answer {
-    let fields = admin_object(&app, &headers, &body).await?;
+    let (fields, acting) = crate::api::admin_acting(&app, &headers, &body).await?;
     let text = |key: &str| fields.get(key).and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_owned);
-    let (Some(role), Some(by)) = (text("role"), text("by")) else {
-        return Err(problem(
-            StatusCode::BAD_REQUEST,
-            "Invalid input",
-            "say who decides and in which role: `by`, `role`",
-        ));
+    let missing = "say who decides and in which role: `by`, `role`";
+    let by = acting.by(&fields, missing)?;
+    let Some(role) = text("role") else {
+        return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", missing));
     };
     match crate::people::parse_action("decide", &fields) {
         Ok(action @ flowmark_runtime::WorkAction::Decide { .. }) => {

@@ -20,9 +20,7 @@ use flowmark_store::{Store, WorkKind};
 use serde_json::{Value, json};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::api::{
-    Admin, Answer, App, Eng, Problem, admin_object, get_document, internal, problem, put_document, query, query_owner,
-};
+use crate::api::{Admin, Answer, App, Eng, Problem, get_document, internal, problem, put_document, query, query_owner};
 use crate::openapi::schema;
 
 /// Most work items or notifications one list answers.
@@ -266,10 +264,8 @@ async fn act(
     Path((id, action)): Path<(String, String)>,
     body: Bytes,
 ) -> Answer {
-    let fields = admin_object(&app, &headers, &body).await?;
-    let Some(by) = fields.get("by").and_then(Value::as_str).map(str::to_owned).filter(|b| !b.trim().is_empty()) else {
-        return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", "say who acts: `by`"));
-    };
+    let (fields, acting) = crate::api::admin_acting(&app, &headers, &body).await?;
+    let by = acting.by(&fields, "say who acts: `by`")?;
     let action = match parse_action(&action, &fields) {
         Ok(action) => action,
         Err(detail) => return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", detail)),
@@ -349,10 +345,12 @@ async fn item_comments(State(app): State<App>, _admin: Admin, Path(id): Path<Str
     security(("bearer" = [])),
 )]
 async fn comment(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Answer {
-    let fields = admin_object(&app, &headers, &body).await?;
+    let (fields, acting) = crate::api::admin_acting(&app, &headers, &body).await?;
     let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_owned);
-    let (Some(by), Some(body)) = (text("by"), text("body")) else {
-        return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", "say who comments and what: `by`, `body`"));
+    let missing = "say who comments and what: `by`, `body`";
+    let by = acting.by(&fields, missing)?;
+    let Some(body) = text("body") else {
+        return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", missing));
     };
     let work = text("work");
     created(query(&app.owner, move |engine, now| engine.add_comment(&id, work.as_deref(), &by, &body, now)).await)
@@ -390,10 +388,12 @@ fn created<T: serde::Serialize>(
     security(("bearer" = [])),
 )]
 async fn attach(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Answer {
-    let fields = admin_object(&app, &headers, &body).await?;
+    let (fields, acting) = crate::api::admin_acting(&app, &headers, &body).await?;
     let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_owned);
-    let (Some(by), Some(title), Some(url)) = (text("by"), text("title"), text("url")) else {
-        return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", "say who attaches what: `by`, `title`, `url`"));
+    let missing = "say who attaches what: `by`, `title`, `url`";
+    let by = acting.by(&fields, missing)?;
+    let (Some(title), Some(url)) = (text("title"), text("url")) else {
+        return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", missing));
     };
     let new_version = match fields.get("new_version") {
         None => false,

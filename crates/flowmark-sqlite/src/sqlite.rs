@@ -292,6 +292,10 @@ CREATE TABLE gone_endpoints (
 ) WITHOUT ROWID;
 CREATE INDEX gone_endpoints_by_time ON gone_endpoints (gone_at);
 "#,
+    // The person a token acts as (NULL: a service token, which names who acts).
+    r#"
+ALTER TABLE tokens ADD COLUMN person TEXT;
+"#,
 ];
 
 pub struct SqliteStore {
@@ -1664,8 +1668,8 @@ impl Store for SqliteStore {
         let scopes: Vec<&str> = token.scopes.iter().map(|s| s.as_str()).collect();
         self.conn
             .execute(
-                "INSERT INTO tokens (hash, workspace, name, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![hash, token.workspace, token.name, scopes.join(","), token.created_at.ms()],
+                "INSERT INTO tokens (hash, workspace, name, scopes, created_at, person) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![hash, token.workspace, token.name, scopes.join(","), token.created_at.ms(), token.person],
             )
             .db()?;
         Ok(())
@@ -1703,20 +1707,20 @@ impl Store for SqliteStore {
     }
 
     fn token(&self, hash: &str) -> Result<Option<Token>, Error> {
-        let row: Option<(String, String, String, i64)> = self
+        let row: Option<(String, String, String, i64, Option<String>)> = self
             .conn
-            .prepare_cached("SELECT workspace, name, scopes, created_at FROM tokens WHERE hash = ?1")
+            .prepare_cached("SELECT workspace, name, scopes, created_at, person FROM tokens WHERE hash = ?1")
             .db()?
-            .query_row([hash], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+            .query_row([hash], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))
             .optional()
             .db()?;
-        row.map(|(workspace, name, scopes, created_at)| {
+        row.map(|(workspace, name, scopes, created_at, person)| {
             let scopes = scopes
                 .split(',')
                 .filter(|s| !s.is_empty())
                 .map(|s| Scope::parse(s).ok_or_else(|| Error::Corrupt(format!("token scope `{s}`"))))
                 .collect::<Result<_, Error>>()?;
-            Ok(Token { workspace, name, scopes, created_at: Timestamp(created_at) })
+            Ok(Token { workspace, name, scopes, created_at: Timestamp(created_at), person })
         })
         .transpose()
     }

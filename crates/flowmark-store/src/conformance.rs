@@ -449,9 +449,13 @@ pub fn tokens_are_found_by_hash(mut store: Box<dyn Store>) -> Result<(), Error> 
         name: "ci".into(),
         scopes: vec![crate::Scope::Ingest, crate::Scope::Admin],
         created_at: T0,
+        person: None,
     };
     store.put_token("ab12", &token)?;
     assert_eq!(store.token("ab12")?, Some(token.clone()));
+    let personal = crate::Token { name: "dana's".into(), person: Some("dana@example.com".into()), ..token.clone() };
+    store.put_token("cd34", &personal)?;
+    assert_eq!(store.token("cd34")?, Some(personal), "the person a token acts as is kept");
     assert_eq!(store.token("ab13")?, None);
     assert!(store.put_token("ab12", &token).is_err(), "a hash is stored once");
     Ok(())

@@ -199,6 +199,9 @@ pub struct Token {
     pub name: String,
     pub scopes: Vec<Scope>,
     pub created_at: Timestamp,
+    /// The person (an email, lower case) the token acts as: its holder may act in the team's
+    /// work as that person only. `None` is a service token, which names who acts (`by`).
+    pub person: Option<String>,
 }
 
 /// A webhook URL that answered `410 Gone`, and so is not called again until it is enabled.

@@ -28,6 +28,10 @@ pub struct CreateArgs {
     /// The workspace the token belongs to.
     #[arg(long, default_value = "default")]
     workspace: String,
+    /// The person (an email) the token acts as: in the team's work (tasks, approvals, comments,
+    /// attachments) it may act as that person only. Without it, a service token names who acts.
+    #[arg(long)]
+    person: Option<String>,
     /// Print the token with its name, workspace and scopes as one JSON object, for tools.
     #[arg(long)]
     json: bool,
@@ -46,13 +50,17 @@ pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
         SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?;
     let text = new_token().map_err(|e| anyhow::anyhow!("the operating system gave no randomness: {e}"))?;
     let now = flowmark_core::Timestamp::from_chrono(&chrono::Utc::now());
-    let token = Token { workspace: args.workspace.clone(), name: args.name.clone(), scopes, created_at: now };
+    let person = match args.person.as_deref().map(str::trim) {
+        Some(person) if !person.contains('@') => anyhow::bail!("`--person {person}` is not an email address"),
+        other => other.map(str::to_lowercase),
+    };
+    let token = Token { workspace: args.workspace.clone(), name: args.name.clone(), scopes, created_at: now, person };
     store.put_token(&token_hash(&text), &token).context("cannot store the token")?;
     if args.json {
         let scopes: Vec<&str> = token.scopes.iter().map(|s| s.as_str()).collect();
         let created = serde_json::json!({
             "token": text, "name": token.name, "workspace": token.workspace, "scopes": scopes,
-            "created_at": token.created_at.rfc3339(),
+            "created_at": token.created_at.rfc3339(), "person": token.person,
         });
         println!("{created}");
     } else {

@@ -92,7 +92,36 @@ fn authors_outsiders_and_strangers_cannot_decide_or_reset_an_approval() {
         history["history"].as_array().unwrap().iter().filter(|h| h["what"] == "approval_reset").count()
     };
     assert_eq!(resets(&history), 0, "the refused attempts changed nothing");
-    assert_eq!(decide_as("seo", "omar@example.com").0, 200, "the editor's decision still counts");
+    // 4. A token bound to a person acts as that person only, whatever the body says.
+    let output = std::process::Command::new(assert_cmd::cargo::cargo_bin("flowmark"))
+        .args(["token", "create", "--name", "omar", "--scope", "admin", "--person", "Omar@Example.com", "--db"])
+        .arg(dir.join("flowmark.db"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let omar = [("Authorization", format!("Bearer {}", String::from_utf8(output.stdout).unwrap().trim()))];
+    let as_omar = |body: Value| {
+        server.request_with("POST", &format!("/api/runs/{run}/approvals/review"), &omar, body.to_string().as_bytes())
+    };
+    let (status, _, problem) = as_omar(json!({ "role": "seo", "by": "dana@example.com", "decision": "approve" }));
+    assert_eq!((status, problem["title"].as_str()), (403, Some("Not yours to act as")), "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("acts as `omar@example.com` only"), "{problem}");
+    let (status, _, problem) = server.request_with(
+        "POST",
+        "/api/items/post-1/comments",
+        &omar,
+        json!({ "by": "wes@example.com", "body": "as someone else" }).to_string().as_bytes(),
+    );
+    assert_eq!(status, 403, "{problem}");
+    let (status, _, answer) = as_omar(json!({ "role": "seo", "decision": "approve" }));
+    assert_eq!(status, 200, "no `by`: the token's person decides, and the editor's decision still counts: {answer}");
+    let (_, _, history) = server.api("GET", &format!("/api/runs/{run}"), b"");
+    let decided = history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["what"] == "approval_decision" && h["by"] == "omar@example.com");
+    assert!(decided, "the history names the token's person: {history}");
     assert_eq!(open_work(&server, "brand-check").len(), 1, "review approved by two people");
     // The writer, responsible for the draft, may send a new version: brand's round starts over.
     assert_eq!(attach("wes@example.com").0, 201);
