@@ -13,8 +13,9 @@ use std::rc::Rc;
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{Event, Run, RunId, Sent};
 use flowmark_store::{
-    Attempt, Batch, Comment, Contact, DueTimer, Error, GoneEndpoint, KeyedStart, Notification, Position, ReadyEffects,
-    RunFilter, Schedule, ScoreRecord, Session, Store, Token, WorkItem, WorkKind, WorkflowStatus, WorkflowSummary,
+    Attempt, Batch, Comment, Contact, DueTimer, Erasure, Error, GoneEndpoint, KeyedStart, Notification, Position,
+    ReadyEffects, RunFilter, Schedule, ScoreRecord, Session, Store, Token, WorkItem, WorkKind, WorkflowStatus,
+    WorkflowSummary,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::Rng;
@@ -296,6 +297,18 @@ impl<S: Store> Store for FaultyStore<S> {
 
     fn put_setting_once(&mut self, key: &str, value: &str) -> Result<String, Error> {
         self.inner.put_setting_once(key, value)
+    }
+
+    fn aliases_of(&self, canonical: &str) -> Result<Vec<String>, Error> {
+        self.inner.aliases_of(canonical)
+    }
+
+    fn erase_subject(&mut self, ids: &[String], tombstones: &[String], now: Timestamp) -> Result<Erasure, Error> {
+        self.inner.erase_subject(ids, tombstones, now)
+    }
+
+    fn tombstones(&self) -> Result<Vec<String>, Error> {
+        self.inner.tombstones()
     }
 
     fn put_token(&mut self, hash: &str, token: &Token) -> Result<(), Error> {

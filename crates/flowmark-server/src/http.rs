@@ -74,7 +74,7 @@ fn api() -> OpenApiRouter<App> {
         .routes(routes!(score_models, put_score_models))
         .routes(routes!(segments, put_segments))
         .routes(routes!(contact_segments))
-        .routes(routes!(contact, upsert_contact))
+        .routes(routes!(contact, upsert_contact, erase_contact))
         .routes(routes!(events))
         .routes(routes!(gone_endpoints, enable_endpoint))
         .routes(routes!(unsubscribe_page, unsubscribe))
@@ -707,6 +707,34 @@ async fn contact(State(app): State<App>, _admin: Admin, Path(id): Path<String>) 
     }
 }
 
+/// Erases a contact and everything held about it (GDPR Art. 17, CCPA deletion).
+#[utoipa::path(
+    delete,
+    path = "/api/contacts/{id}",
+    operation_id = "eraseContact",
+    tag = "contacts",
+    summary = "Erase a contact and everything held about it",
+    description = "Removes the contact under every id it is known by (its own and its aliases') from every table, in one transaction: its row, events, aliases, score history, runs with their histories, decision records, timers and effects (pending ones are never sent), notifications and the team's work about it. Deleted pages are overwritten. A tombstone (a one-way hash of each id) is kept, so events that name the contact later, re-sent old ones included, are dropped. Idempotent. The erasure is written to the server's log with the token that asked for it.",
+    params(
+        ("id" = String, Path, description = "The contact id, or one of its aliases."),
+    ),
+    responses(
+        (status = 200, description = "What was removed.", body = schema::Erasure),
+        crate::openapi::Refusals,
+    ),
+    security(("bearer" = [])),
+)]
+async fn erase_contact(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
+    let token = crate::api::credential(&app, crate::api::bearer(&headers), flowmark_store::Scope::Admin).await?;
+    let asked = id.clone();
+    let erasure = query(&app.owner, move |engine, now| engine.erase_contact(&asked, now)).await?.map_err(internal)?;
+    let by = token.map_or_else(|| "a command-line token".to_owned(), |t| format!("token `{}`", t.name));
+    tracing::warn!(audit = "contact_erased", by = %by, runs = erasure.runs.len(), events = erasure.events, "a contact was erased");
+    let mut answer = serde_json::to_value(&erasure).map_err(internal)?;
+    answer["erased"] = json!(id);
+    Ok(axum::Json(answer).into_response())
+}
+
 /// Creates a contact or merges traits into it: `{"traits": {...}, "timezone": "Europe/Paris"}`.
 #[utoipa::path(
     put,
@@ -721,6 +749,7 @@ async fn contact(State(app): State<App>, _admin: Admin, Path(id): Path<String>) 
     responses(
         (status = 200, description = "The contact as stored.", body = schema::Contact),
         (status = 400, description = "Invalid JSON, an unknown field, traits not an object, an unknown time zone, or over 32 KB.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The id was erased; an erased id is not used again.", body = schema::Problem, content_type = "application/problem+json"),
         crate::openapi::Refusals,
     ),
     security(("bearer" = [])),
@@ -765,9 +794,18 @@ async fn upsert_contact(State(app): State<App>, _admin: Admin, Path(id): Path<St
             ));
         }
     };
-    match query(&app.owner, move |engine, now| engine.put_contact(&id, &traits, timezone.as_deref(), now)).await? {
-        Ok(contact) => Ok(axum::Json(contact_json(&contact)).into_response()),
-        Err(error) => Err(internal(error)),
+    let asked = id.clone();
+    let put = move |engine: &mut Eng, now| {
+        (!engine.is_erased(&asked)).then(|| engine.put_contact(&asked, &traits, timezone.as_deref(), now))
+    };
+    match query(&app.owner, put).await? {
+        Some(Ok(contact)) => Ok(axum::Json(contact_json(&contact)).into_response()),
+        Some(Err(error)) => Err(internal(error)),
+        None => Err(problem(
+            StatusCode::CONFLICT,
+            "Contact erased",
+            format!("`{id}` was erased; an erased id is not used again (give the person a new id)"),
+        )),
     }
 }
 

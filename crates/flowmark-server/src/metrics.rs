@@ -25,6 +25,7 @@ pub fn render(stats: &Stats, outbox_depth: u64, dispatch: &Dispatch<'_>, wal: Op
     };
     counter("events_ingested_total", "Events stored and applied.", stats.events_ingested);
     counter("events_duplicate_total", "Events refused as duplicates of a stored messageId.", stats.events_duplicate);
+    counter("events_erased_total", "Events dropped because they name an erased contact.", stats.events_erased);
     counter("runs_started_total", "Runs started by triggers.", stats.runs_started);
     counter("transitions_total", "Run transitions committed.", stats.transitions_committed);
     counter("timers_fired_total", "Timers fired.", stats.timers_fired);

@@ -26,9 +26,9 @@ use serde_json::Value;
 use crate::cache::ContactCache;
 use crate::wal_sync::WalSync;
 use flowmark_store::{
-    Attempt, Batch, Contact, ContactChange, DueTimer, EffectOwner, Error, GoneEndpoint, KeyedStart, OutboxEffect,
-    OutboxEntry, Position, ReadyEffects, RunFilter, Schedule, ScheduleChange, Scope, ScoreRecord, Store, Token,
-    UnreadableEffect, WorkflowStatus, WorkflowSummary,
+    Attempt, Batch, Contact, ContactChange, DueTimer, EffectOwner, Erasure, Error, GoneEndpoint, KeyedStart,
+    OutboxEffect, OutboxEntry, Position, ReadyEffects, RunFilter, Schedule, ScheduleChange, Scope, ScoreRecord, Store,
+    Token, UnreadableEffect, WorkflowStatus, WorkflowSummary,
 };
 use flowmark_store::{Comment, Durability as _, Notification, Session, WorkItem, WorkKind};
 
@@ -296,6 +296,13 @@ CREATE INDEX gone_endpoints_by_time ON gone_endpoints (gone_at);
     r#"
 ALTER TABLE tokens ADD COLUMN person TEXT;
 "#,
+    // Erased contacts: a one-way hash of each id, so their old events are not stored again.
+    r#"
+CREATE TABLE tombstones (
+    hash TEXT PRIMARY KEY,
+    erased_at INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 pub struct SqliteStore {
@@ -425,6 +432,68 @@ impl SqliteStore {
         }
         events.reverse();
         Ok(events)
+    }
+
+    /// `erase_subject`'s deletions, in one transaction.
+    fn erase_in_transaction(
+        &mut self,
+        ids: &[String],
+        tombstones: &[String],
+        now: Timestamp,
+    ) -> Result<Erasure, Error> {
+        let tx = self.conn.unchecked_transaction().db()?;
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS erase_ids (id TEXT PRIMARY KEY);
+             CREATE TEMP TABLE IF NOT EXISTS erase_runs (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE IF NOT EXISTS erase_work (id TEXT PRIMARY KEY);
+             DELETE FROM erase_ids; DELETE FROM erase_runs; DELETE FROM erase_work;",
+        )
+        .db()?;
+        for id in ids {
+            tx.execute("INSERT OR IGNORE INTO erase_ids (id) VALUES (?1)", [id]).db()?;
+        }
+        tx.execute_batch(
+            "INSERT INTO erase_runs (id) SELECT id FROM runs WHERE subject_id IN (SELECT id FROM erase_ids);
+             INSERT INTO erase_work (id) SELECT id FROM work
+               WHERE subject_id IN (SELECT id FROM erase_ids) OR run_id IN (SELECT id FROM erase_runs);",
+        )
+        .db()?;
+        let mut runs: Vec<RunId> = Vec::new();
+        {
+            let mut statement = tx.prepare("SELECT id FROM erase_runs ORDER BY id").db()?;
+            let rows = statement.query_map([], |row| row.get::<_, i64>(0)).db()?;
+            for row in rows {
+                runs.push(RunId(row.db()? as u64));
+            }
+        }
+        let count = |sql: &str| -> Result<u64, Error> { Ok(tx.execute(sql, []).db()? as u64) };
+        let effects = count("DELETE FROM outbox WHERE run_id IN (SELECT id FROM erase_runs)")?;
+        count("DELETE FROM history WHERE run_id IN (SELECT id FROM erase_runs)")?;
+        count("DELETE FROM decisions WHERE run_id IN (SELECT id FROM erase_runs)")?;
+        count("DELETE FROM timers WHERE run_id IN (SELECT id FROM erase_runs)")?;
+        count("DELETE FROM start_keys WHERE run_id IN (SELECT id FROM erase_runs)")?;
+        // A notification's key starts with the key of the effect that made it: `{run}-…`.
+        count(
+            "DELETE FROM notifications WHERE EXISTS
+               (SELECT 1 FROM erase_runs WHERE notifications.key LIKE erase_runs.id || '-%')",
+        )?;
+        count("DELETE FROM work_people WHERE work_id IN (SELECT id FROM erase_work)")?;
+        let work_items = count("DELETE FROM work WHERE id IN (SELECT id FROM erase_work)")?;
+        count("DELETE FROM comments WHERE subject_id IN (SELECT id FROM erase_ids)")?;
+        count("DELETE FROM runs WHERE id IN (SELECT id FROM erase_runs)")?;
+        let events = count("DELETE FROM events WHERE subject_id IN (SELECT id FROM erase_ids)")?;
+        let score_changes = count("DELETE FROM score_changes WHERE subject_id IN (SELECT id FROM erase_ids)")?;
+        count(
+            "DELETE FROM aliases WHERE alias IN (SELECT id FROM erase_ids) OR canonical IN (SELECT id FROM erase_ids)",
+        )?;
+        let contact = count("DELETE FROM contacts WHERE id IN (SELECT id FROM erase_ids)")? > 0;
+        for hash in tombstones {
+            tx.execute("INSERT OR IGNORE INTO tombstones (hash, erased_at) VALUES (?1, ?2)", params![hash, now.ms()])
+                .db()?;
+        }
+        tx.execute_batch("DELETE FROM erase_ids; DELETE FROM erase_runs; DELETE FROM erase_work;").db()?;
+        tx.commit().db()?;
+        Ok(Erasure { ids: ids.to_vec(), runs, events, effects, work_items, score_changes, contact })
     }
 
     /// Drops the contact cache if another connection committed since it was last checked.
@@ -1635,6 +1704,31 @@ impl Store for SqliteStore {
             })
             .db()?;
         rows.take(limit).collect::<Result<Vec<_>, _>>().db()
+    }
+
+    fn aliases_of(&self, canonical: &str) -> Result<Vec<String>, Error> {
+        let mut statement =
+            self.conn.prepare_cached("SELECT alias FROM aliases WHERE canonical = ?1 ORDER BY alias").db()?;
+        let rows = statement.query_map([canonical], |row| row.get(0)).db()?;
+        rows.collect::<Result<_, _>>().db()
+    }
+
+    fn erase_subject(&mut self, ids: &[String], tombstones: &[String], now: Timestamp) -> Result<Erasure, Error> {
+        // Deleted content is overwritten, not left in free pages (the setting is this
+        // connection's, for this erasure only).
+        self.conn.pragma_update(None, "secure_delete", "ON").db()?;
+        let erased = self.erase_in_transaction(ids, tombstones, now);
+        let restored = self.conn.pragma_update(None, "secure_delete", "OFF").db();
+        *self.contacts.borrow_mut() = ContactCache::default();
+        let erased = erased?;
+        restored?;
+        Ok(erased)
+    }
+
+    fn tombstones(&self) -> Result<Vec<String>, Error> {
+        let mut statement = self.conn.prepare_cached("SELECT hash FROM tombstones").db()?;
+        let rows = statement.query_map([], |row| row.get(0)).db()?;
+        rows.collect::<Result<_, _>>().db()
     }
 
     fn canonical_id(&self, id: &str) -> Result<Option<String>, Error> {

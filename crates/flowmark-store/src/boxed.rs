@@ -193,6 +193,18 @@ impl<S: Store + ?Sized> Store for Box<S> {
         (**self).put_setting_once(key, value)
     }
 
+    fn aliases_of(&self, canonical: &str) -> Result<Vec<String>, Error> {
+        (**self).aliases_of(canonical)
+    }
+
+    fn erase_subject(&mut self, ids: &[String], tombstones: &[String], now: Timestamp) -> Result<Erasure, Error> {
+        (**self).erase_subject(ids, tombstones, now)
+    }
+
+    fn tombstones(&self) -> Result<Vec<String>, Error> {
+        (**self).tombstones()
+    }
+
     fn put_token(&mut self, hash: &str, token: &Token) -> Result<(), Error> {
         (**self).put_token(hash, token)
     }

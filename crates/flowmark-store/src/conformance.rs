@@ -11,8 +11,8 @@ use flowmark_core::{Source, Timestamp, Workflow, compile};
 use serde_json::json;
 
 use crate::{
-    Attempt, Batch, ContactChange, Error, KeyedStart, Position, RunFilter, Schedule, ScheduleChange, Store, WorkChange,
-    WorkItem, WorkKind, WorkflowStatus,
+    Attempt, Batch, ContactChange, Error, KeyedStart, Position, RunFilter, Schedule, ScheduleChange, ScoreRecord,
+    Store, WorkChange, WorkItem, WorkKind, WorkflowStatus,
 };
 
 const WORKFLOW: &str = r#"
@@ -74,6 +74,54 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
     runs_are_found_by_position(make()).expect("runs_are_found_by_position");
     an_active_run_is_rewritten_whole(make()).expect("an_active_run_is_rewritten_whole");
     inboxes_read_in_due_order(make()).expect("inboxes_read_in_due_order");
+    erasure_removes_a_contact_everywhere_and_keeps_tombstones(make())
+        .expect("erasure_removes_a_contact_everywhere_and_keeps_tombstones");
+}
+
+/// Erasing a contact and its alias removes its row, events, runs, effects and score history,
+/// leaves other contacts alone, keeps the tombstones, and is idempotent.
+pub fn erasure_removes_a_contact_everywhere_and_keeps_tombstones(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let workflow = workflow();
+    store.upsert_contact("anon-1", &json!({ "utm_source": "ads" }), None, T0)?;
+    store.upsert_contact("ada", &json!({ "email": "ada@example.com" }), None, T0)?;
+    store.upsert_contact("bo", &json!({ "email": "bo@example.com" }), None, T0)?;
+    let (ada_run, bo_run) = (start(&workflow, 1, "ada"), start(&workflow, 2, "bo"));
+    let event = |id: &str| Event { id: id.into(), name: "Page Viewed".into(), at: T0, payload: json!({}).into() };
+    let (e1, e2) = (event("m-1"), event("m-2"));
+    store.commit_with_events(&[&ada_run, &bo_run], &[("anon-1", &e1), ("bo", &e2)], T0)?;
+    store.write(&Batch { merges: vec![("anon-1", "ada")], ..Batch::default() }, T0)?;
+    let score = ScoreRecord {
+        subject_id: "ada".into(),
+        model: "engagement".into(),
+        at: T0,
+        before: 0.0,
+        delta: 5.0,
+        after: 5.0,
+        reason: "opened".into(),
+    };
+    store.write(&Batch { score_changes: vec![&score], ..Batch::default() }, T0)?;
+    assert_eq!(store.aliases_of("ada")?, ["anon-1"]);
+
+    let ids = vec!["ada".to_owned(), "anon-1".to_owned()];
+    let erased = store.erase_subject(&ids, &["h-ada".into(), "h-anon".into()], T0)?;
+    assert_eq!((erased.runs.as_slice(), erased.events, erased.score_changes), ([RunId(1)].as_slice(), 1, 1));
+    assert!(erased.contact && erased.effects >= 1, "{erased:?}");
+    assert!(store.contact("ada")?.is_none() && store.contact_id_by_email("ada@example.com")?.is_none());
+    assert!(store.run(RunId(1))?.is_none() && store.history(RunId(1))?.is_empty());
+    assert!(store.events_of_subject("ada", Timestamp(0), 10)?.is_empty());
+    assert!(store.canonical_id("anon-1")?.is_none() && store.score_history("ada", 10)?.is_empty());
+    assert!(!store.has_event("m-1")?, "the event is gone, not only unlinked");
+    assert!(store.ready_effects(T0, 100)?.entries.iter().all(|e| e.run != RunId(1)), "its effects are never sent");
+    let mut tombstones = store.tombstones()?;
+    tombstones.sort();
+    assert_eq!(tombstones, ["h-ada", "h-anon"]);
+    assert!(store.contact("bo")?.is_some() && store.run(RunId(2))?.is_some(), "others are untouched");
+    assert_eq!(store.events_of_subject("bo", Timestamp(0), 10)?.len(), 1);
+
+    let again = store.erase_subject(&ids, &["h-ada".into()], T0)?;
+    assert_eq!((again.runs.len(), again.events, again.contact), (0, 0, false), "idempotent");
+    assert_eq!(store.tombstones()?.len(), 2);
+    Ok(())
 }
 
 /// A committed transition reads back: state, history, decisions, timer, outbox effect.

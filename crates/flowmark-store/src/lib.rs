@@ -192,6 +192,21 @@ impl Scope {
     }
 }
 
+/// What erasing a contact removed (`Store::erase_subject`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Erasure {
+    /// The ids erased: the contact's and its aliases'.
+    pub ids: Vec<String>,
+    /// Its runs, with their histories, decision records, timers and effects.
+    pub runs: Vec<RunId>,
+    pub events: u64,
+    pub effects: u64,
+    pub work_items: u64,
+    pub score_changes: u64,
+    /// Was there a contact row?
+    pub contact: bool,
+}
+
 /// A stored API token: only its SHA-256 is kept, never the token itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
@@ -518,6 +533,21 @@ pub trait Store {
     }
 
     fn contact(&self, id: &str) -> Result<Option<Contact>, Error>;
+
+    /// The ids merged into `canonical` (`alias` calls, `identify` with both ids).
+    fn aliases_of(&self, canonical: &str) -> Result<Vec<String>, Error>;
+
+    /// Erases the contacts `ids` (a contact and its aliases) and everything held about them,
+    /// in one transaction: the contact rows, their events, aliases, score history, runs with
+    /// their histories, decision records, timers, effects (pending ones are never sent),
+    /// notifications, hand-start keys, and the team's work about them with its comments.
+    /// Deleted pages are overwritten, not only unlinked. Keeps `tombstones` (the caller's
+    /// one-way hashes of the ids), so events sent for them later are recognised. Erasing what
+    /// is gone already removes nothing and succeeds.
+    fn erase_subject(&mut self, ids: &[String], tombstones: &[String], now: Timestamp) -> Result<Erasure, Error>;
+
+    /// Every tombstone kept by `erase_subject`.
+    fn tombstones(&self) -> Result<Vec<String>, Error>;
 
     /// Contact ids in order, the first `limit` after `after` (from the start when `None`):
     /// how a schedule reaches every contact, a page at a time.

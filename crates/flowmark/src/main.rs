@@ -6,6 +6,7 @@
 
 mod bench;
 mod contacts;
+mod erase;
 mod graph;
 mod serve;
 mod simulate;
@@ -51,6 +52,9 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(token::Command),
+    /// Erase a person's data: `flowmark erase contact ID` (GDPR Art. 17, CCPA deletion).
+    #[command(subcommand)]
+    Erase(erase::Command),
 }
 
 /// mimalloc instead of the C library's allocator: the engine makes and drops many small
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Command::Why(args) => why::run(&args),
         Command::Import(command) => contacts::import(&command),
         Command::Export(command) => contacts::export(&command),
+        Command::Erase(command) => erase::run(&command),
     };
     match result {
         Ok(code) => code,

@@ -201,6 +201,13 @@ pub(super) struct Dispatching {
     next_batch: u64,
 }
 
+impl Dispatching {
+    /// Forgets the claims of `runs` (erased): a worker's late answer for one changes nothing.
+    pub(super) fn forget_runs(&mut self, runs: &HashSet<RunId>) {
+        self.in_flight.retain(|_, claim| claim.run.as_ref().is_none_or(|run| !runs.contains(&run.id)));
+    }
+}
+
 /// The most claims one worker takes in a batch.
 pub const WORKER_BATCH_MAX: usize = 32;
 /// About how long one batch should keep a worker busy (ms): a connector that answers in a

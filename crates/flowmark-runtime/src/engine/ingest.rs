@@ -376,6 +376,15 @@ impl<S: Store> Engine<S> {
             } else {
                 subject_id
             };
+            // An erased contact stays erased: nothing naming one of its ids is stored again.
+            if !own
+                && (self.tombstones.holds(&subject_id)
+                    || merge_from.as_deref().is_some_and(|m| self.tombstones.holds(m)))
+            {
+                self.stats.events_erased += 1;
+                results.push(Ingested { erased: true, ..Ingested::default() });
+                continue;
+            }
             if let Some(from) = merge_from.filter(|from| *from != subject_id) {
                 for canonical in unit.merged.values_mut().filter(|c| **c == from) {
                     canonical.clone_from(&subject_id);

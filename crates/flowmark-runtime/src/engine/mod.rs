@@ -42,6 +42,7 @@ use crate::suppressions::Suppressions;
 
 mod admin;
 mod dispatch;
+mod erase;
 mod ingest;
 mod people;
 mod schedules;
@@ -102,6 +103,8 @@ impl Incoming {
 pub struct Ingested {
     /// The `messageId` was seen before; nothing was applied.
     pub duplicate: bool,
+    /// The event names a contact who was erased: it was dropped, nothing was applied.
+    pub erased: bool,
     pub runs_started: Vec<RunId>,
     pub runs_advanced: Vec<RunId>,
 }
@@ -160,6 +163,8 @@ pub enum Started {
 pub struct Stats {
     pub events_ingested: u64,
     pub events_duplicate: u64,
+    /// Events dropped because they name an erased contact.
+    pub events_erased: u64,
     pub runs_started: u64,
     pub schedules_fired: u64,
     pub transitions_committed: u64,
@@ -216,6 +221,8 @@ pub struct Engine<S: Store> {
     suppressions: Suppressions,
     /// Where this server takes events in (none known by default): webhooks there are refused.
     own_addresses: OwnAddresses,
+    /// Contacts erased: events naming them are dropped.
+    tombstones: erase::Tombstones,
 }
 
 /// The parts of a run that performing its effects reads: never its state, so the dispatcher
@@ -319,6 +326,7 @@ impl<S: Store> Engine<S> {
         let scoring = load_document(&store, SCORE_MODELS_SETTING, Models::compile)?;
         let segments = load_document(&store, SEGMENTS_SETTING, Segments::compile)?;
         let directory = load_document(&store, DIRECTORY_SETTING, Directory::compile)?;
+        let tombstones = erase::Tombstones::load(&store)?;
         Ok(Engine {
             store,
             stats: Stats::default(),
@@ -333,6 +341,7 @@ impl<S: Store> Engine<S> {
             dispatching: dispatch::Dispatching::default(),
             suppressions: Suppressions::default(),
             own_addresses: OwnAddresses::default(),
+            tombstones,
         })
     }
 

@@ -7,6 +7,7 @@ mod crash;
 mod durability;
 mod duties;
 mod email;
+mod erase;
 mod graph;
 mod nurture;
 mod openapi;
