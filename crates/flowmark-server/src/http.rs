@@ -50,6 +50,9 @@ pub struct Config {
     /// The webhook URLs that answered `410 Gone`, shared with the webhook connectors:
     /// `/api/webhooks/gone` lists them and enables one again.
     pub gone_endpoints: flowmark_runtime::webhook::GoneEndpoints,
+    /// How long a request's body may take to arrive once its head has (`None`:
+    /// `BODY_READ_TIMEOUT`).
+    pub body_read_timeout: Option<std::time::Duration>,
 }
 
 /// The API's routes, each described by its handler's `#[utoipa::path]`.
@@ -100,31 +103,59 @@ pub fn router(owner: Owner, config: Config) -> Router {
         password_checks: Arc::new(tokio::sync::Semaphore::new(crate::api::password_checks_max())),
     };
     api.merge(crate::ui::routes())
-        // Bodies past the largest limit are cut off by the framework (413); below it, each
-        // endpoint checks its own limit and says which one was crossed (400).
+        // Bodies past the largest limit are refused before any handler (`bounded_body`, 413,
+        // and the framework's own limit behind it); below it, each endpoint checks its own
+        // limit and says which one was crossed (400).
         .layer(DefaultBodyLimit::max(REQUEST_SIZE_BYTES_MAX))
-        .layer(axum::middleware::from_fn(too_large_as_problem))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), bounded_body))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(app)
 }
 
-/// The framework refuses a body over `REQUEST_SIZE_BYTES_MAX` with a plain-text 413; this
-/// answers it as every other refusal is answered, a problem detail that names the limit.
-async fn too_large_as_problem(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let response = next.run(request).await;
-    let is_problem = response
+/// How long a client may take to send a request's body, once its head has arrived.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a request's body before any handler sees it: refused at once with `413` when its
+/// declared `Content-Length` is over `REQUEST_SIZE_BYTES_MAX` (nothing of it is read), with
+/// `413` when it turns out longer, and with `408` when it is not all there within
+/// `BODY_READ_TIMEOUT` (a client trickling a body holds nothing longer than that).
+async fn bounded_body(
+    State(app): State<App>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let deadline = app.config.body_read_timeout.unwrap_or(BODY_READ_TIMEOUT);
+    let declared = request
         .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/problem+json"));
-    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || is_problem {
-        return response;
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let too_large = || {
+        problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request too large",
+            format!("the body is over {REQUEST_SIZE_BYTES_MAX} bytes (1 MiB), the limit for any request"),
+        )
+        .into_response()
+    };
+    if declared.is_some_and(|length| length > REQUEST_SIZE_BYTES_MAX as u64) {
+        return too_large();
     }
-    problem(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "Request too large",
-        format!("the body is over {REQUEST_SIZE_BYTES_MAX} bytes (1 MiB), the limit for any request"),
-    )
-    .into_response()
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(deadline, axum::body::to_bytes(body, REQUEST_SIZE_BYTES_MAX)).await;
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return problem(
+                StatusCode::REQUEST_TIMEOUT,
+                "Request too slow",
+                format!("the body did not arrive within {} seconds", deadline.as_secs()),
+            )
+            .into_response();
+        }
+    };
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
 }
 
 /// Logs each request with its outcome: server errors as errors, refusals at `info`, the rest

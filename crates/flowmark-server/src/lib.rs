@@ -12,6 +12,7 @@
 mod api;
 pub mod auth;
 mod http;
+pub mod listen;
 mod metrics;
 mod openapi;
 pub mod owner;

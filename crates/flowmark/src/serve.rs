@@ -91,6 +91,14 @@ pub struct Args {
     /// as failed and is retried; the peer's slow answer never holds up anything else.
     #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
     effect_timeout: u64,
+    /// Seconds a client may take to send a request's head, and a keep-alive connection may
+    /// stay idle; past it the connection is closed (a slowloris holds nothing longer).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
+    header_timeout: u64,
+    /// Seconds a client may take to send a request's body once its head has arrived; past it
+    /// the request is answered `408`.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    body_timeout: u64,
     /// Accept signed webhooks at `POST /hooks/{source}`, verified with this secret (`whsec_…`;
     /// repeat or comma-separate for several).
     #[arg(long = "inbound-webhook-secret", env = "FLOWMARK_INBOUND_WEBHOOK_SECRET", value_delimiter = ',')]
@@ -198,6 +206,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         inbound_webhook_secrets,
         secure_cookies: args.public_url.as_deref().is_some_and(|url| url.starts_with("https://")),
         gone_endpoints: GoneEndpoints::default(),
+        body_read_timeout: Some(std::time::Duration::from_secs(args.body_timeout)),
     };
     if args.demo {
         let now = flowmark_core::Timestamp(
@@ -301,14 +310,13 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let mut stdout = std::io::stdout().lock();
         let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
         drop(stdout);
-        let service = router(owner, config).into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, service)
-            .with_graceful_shutdown(async {
-                stop_signal().await;
-                tracing::info!("stopping: no new requests; draining what is queued");
-            })
-            .await
-            .context("the server failed")
+        let header_timeout = std::time::Duration::from_secs(args.header_timeout);
+        flowmark_server::listen::serve(listener, router(owner, config), header_timeout, async {
+            stop_signal().await;
+            tracing::info!("stopping: no new requests; draining what is queued");
+        })
+        .await;
+        anyhow::Ok(())
     })?;
     drop(runtime);
     owner_thread.join().map_err(|_| anyhow::anyhow!("the owner thread panicked"))?;

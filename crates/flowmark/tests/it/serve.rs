@@ -928,3 +928,64 @@ fn failed_sign_ins_back_off_and_a_flood_of_them_leaves_the_server_responsive() {
     assert_eq!(sign_in(&address, "sam@example.com", "flowmark-demo").0, 303);
     server.stop();
 }
+
+#[test]
+fn slow_heads_slow_bodies_and_huge_declared_bodies_are_cut_off() {
+    let dir = super::validate::fresh_dir("slow-clients");
+    let server = Server::start_with(
+        &dir.join("flowmark.db"),
+        &["--write-key", "wk", "--api-token", "tok", "--header-timeout", "1", "--body-timeout", "1"],
+    );
+    let address = server.address.clone();
+    // Six slowloris connections: a request head trickled one header every 200 ms, forever.
+    let held: Vec<_> = (0..6)
+        .map(|_| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let mut stream = TcpStream::connect(&address).unwrap();
+                stream.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+                let _ = stream.write_all(b"POST /v1/track HTTP/1.1\r\nHost: x\r\n");
+                loop {
+                    let mut buffer = [0u8; 256];
+                    match stream.read(&mut buffer) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::WouldBlock
+                                || e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(_) => break,
+                    }
+                    if stream.write_all(b"X-Slow: 1\r\n").is_err() || started.elapsed().as_secs() > 20 {
+                        break;
+                    }
+                }
+                started.elapsed()
+            })
+        })
+        .collect();
+    // A declared body of 100 GB is refused before a byte of it is sent.
+    let mut stream = TcpStream::connect(&address).unwrap();
+    stream
+        .write_all(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000000\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_answer(&mut BufReader::new(&mut stream));
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(body.contains("Request too large"), "{body}");
+    // A body that stops halfway is answered 408 once its second is up.
+    let mut stream = TcpStream::connect(&address).unwrap();
+    let asked = std::time::Instant::now();
+    stream
+        .write_all(b"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: Basic d2s6\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"userId\":")
+        .unwrap();
+    let (head, body) = read_answer(&mut BufReader::new(&mut stream));
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(body.contains("did not arrive within 1 seconds"), "{body}");
+    assert!(asked.elapsed() < std::time::Duration::from_secs(5));
+    for slow in held {
+        let held_for = slow.join().unwrap();
+        assert!(held_for < std::time::Duration::from_secs(5), "a slowloris connection stayed open {held_for:?}");
+    }
+    assert_eq!(server.get_text("/healthz").0, 200);
+    server.stop();
+}
