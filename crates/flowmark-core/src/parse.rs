@@ -55,8 +55,8 @@ pub fn compile(source: &Source) -> Compiled {
 
 type Node<'a> = MarkedYaml<'a>;
 
-const SUBJECT_ROOTS_CONTACT: &[&str] = &["contact", "event", "steps", "run"];
-const SUBJECT_ROOTS_ITEM: &[&str] = &["item", "event", "steps", "run"];
+const SUBJECT_ROOTS_CONTACT: &[&str] = &["contact", "event", "trigger", "steps", "run"];
+const SUBJECT_ROOTS_ITEM: &[&str] = &["item", "event", "trigger", "steps", "run"];
 
 struct Decoder<'s> {
     source: &'s Source,
@@ -526,7 +526,7 @@ impl<'s> Decoder<'s> {
                     Diagnostic::warning(
                         "flowmark::template-no-default",
                         at,
-                        format!("`{dotted}` has no default: where it is missing, the message fails to send"),
+                        format!("`{dotted}` has no default: where it is missing, this fails to render (a message is not sent, an update or emit is skipped)"),
                     )
                     .label("no `| default: …`")
                     .help(format!("write `{{{{ {dotted} | default: '…' }}}}`, or make sure every {root} has it")),

@@ -79,6 +79,7 @@ pub fn render_step_message(
     let scope = Scope::new()
         .with(workflow.subject.as_str(), subject)
         .with("event", context.event.as_ref().unwrap_or(&null))
+        .with("trigger", context.trigger.as_ref().unwrap_or(&null))
         .with("steps", context.steps.as_ref().unwrap_or(&null))
         .with("run", context.run.as_ref().unwrap_or(&null))
         .with("env", env);
@@ -113,6 +114,33 @@ pub fn render_step_message(
 }
 
 /// Renders the string leaves of a JSON template value.
+/// As `render_value`, except that a text which is one variable and nothing else
+/// (`"{{ trigger.properties.webinar_id }}"`) takes that variable's value from `scope` with its
+/// JSON type (a number stays a number, an object an object); when it is missing or `null`, the
+/// text renders as any other (a missing variable is an error).
+pub fn render_value_typed<E>(
+    value: &TemplateValue,
+    scope: &Scope<'_>,
+    text: &impl Fn(&Template, &'static str) -> Result<String, E>,
+) -> Result<Value, E> {
+    Ok(match value {
+        TemplateValue::Text(t) => match t.sole_variable().map(|path| scope.lookup(path)) {
+            Some(found) if !found.is_null() => found,
+            _ => Value::String(text(t, "body")?),
+        },
+        TemplateValue::List(items) => {
+            Value::Array(items.iter().map(|i| render_value_typed(i, scope, text)).collect::<Result<_, E>>()?)
+        }
+        TemplateValue::Map(entries) => Value::Object(
+            entries
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), render_value_typed(v, scope, text)?)))
+                .collect::<Result<_, E>>()?,
+        ),
+        TemplateValue::Literal(v) => v.clone(),
+    })
+}
+
 pub fn render_value<E>(
     value: &TemplateValue,
     text: &impl Fn(&Template, &'static str) -> Result<String, E>,

@@ -129,6 +129,20 @@ impl Template {
         &self.source
     }
 
+    /// The dotted path when the whole template is one variable and nothing else
+    /// (`{{ trigger.properties.webinar_id }}`: no text around it, no filter), which a value
+    /// that keeps its JSON type reads as it is.
+    pub fn sole_variable(&self) -> Option<&str> {
+        let inner = self.source.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+        let path = inner.trim_matches(|c: char| c == '-' || c.is_whitespace());
+        let valid = !path.is_empty()
+            && path.split('.').all(|part| {
+                part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            });
+        valid.then_some(path)
+    }
+
     /// Does the template mention this name in a tag (a root variable it may read)?
     pub fn reads(&self, root: &str) -> bool {
         self.names.iter().any(|n| n == root)

@@ -932,6 +932,8 @@ struct StateOut<'a> {
     timers: &'a [ArmedTimer],
     outputs: &'a Value,
     event: &'a Option<Event>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trigger: &'a Option<Option<Event>>,
     last_event_at: Option<Timestamp>,
     sequence: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -945,6 +947,7 @@ impl<'a> StateOut<'a> {
             timers: &run.timers,
             outputs: &run.outputs,
             event: &run.event,
+            trigger: &run.trigger,
             last_event_at: run.last_event_at,
             sequence: run.sequence,
             parent: &run.parent,
@@ -959,10 +962,17 @@ struct StateIn {
     timers: Vec<ArmedTimer>,
     outputs: Value,
     event: Option<Event>,
+    #[serde(default, deserialize_with = "present")]
+    trigger: Option<Option<Event>>,
     last_event_at: Option<Timestamp>,
     sequence: u32,
     #[serde(default)]
     parent: Option<ParentRun>,
+}
+
+/// A field that is present is `Some`, even when it is `null` (as `Run::trigger` is read).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Option<Event>>, D::Error> {
+    Ok(Some(serde::Deserialize::deserialize(deserializer)?))
 }
 
 /// A `runs` row as read (`run_columns!`), before its state is parsed.
@@ -1007,6 +1017,7 @@ impl RunRow {
             timers: state.timers,
             outputs: state.outputs,
             event: state.event,
+            trigger: state.trigger,
             last_event_at: state.last_event_at,
             sequence: state.sequence,
             parent: state.parent,

@@ -164,7 +164,7 @@ mod tests {
         // A context's `null` reads back as absent, which renders the same: not generated.
         let present = json_value.clone().prop_filter("not null", |v| !v.is_null());
         let context = (prop::option::of(present.clone()), prop::option::of(present.clone()), prop::option::of(present))
-            .prop_map(|(event, steps, run)| RenderContext { event, steps, run });
+            .prop_map(|(event, steps, run)| RenderContext { event, trigger: None, steps, run });
         let reason = prop::sample::select(vec![
             NotifyReason::Message,
             NotifyReason::TaskOverdue,

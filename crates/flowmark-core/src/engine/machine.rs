@@ -126,14 +126,14 @@ impl<'a> Machine<'a> {
         // Exit rules and goals apply from any step.
         for rule in &self.workflow.exits {
             if rule.event == event.name && self.event_filter_matches(rule.filter.as_ref(), event, None, "exit") {
-                self.out.run.event = Some(event.clone());
+                self.out.run.replace_event(event);
                 self.end(RunStatus::Exited, Some(format!("exit rule: {}", rule.event)));
                 return;
             }
         }
         for goal in &self.workflow.goals {
             if goal.event == event.name && self.event_filter_matches(goal.filter.as_ref(), event, None, "goal") {
-                self.out.run.event = Some(event.clone());
+                self.out.run.replace_event(event);
                 self.convert(None, &goal.name.clone(), goal.value, goal.currency.clone());
                 return;
             }
@@ -163,7 +163,7 @@ impl<'a> Machine<'a> {
     }
 
     fn consume_event(&mut self, token: u32, event: &Event) {
-        self.out.run.event = Some(event.clone());
+        self.out.run.replace_event(event);
         self.out.run.last_event_at = Some(event.at);
         let Some(t) = self.token(token) else { return };
         let (at, timeout) = match &t.state {
@@ -669,6 +669,8 @@ impl<'a> Machine<'a> {
                 let context = RenderContext {
                     event: reads("event")
                         .then(|| self.out.run.event.as_ref().map_or(Value::Null, |e| (*e.payload).clone())),
+                    trigger: reads("trigger")
+                        .then(|| self.out.run.trigger().map_or(Value::Null, |e| (*e.payload).clone())),
                     steps: reads("steps").then(|| self.out.run.outputs.clone()),
                     run: reads("run").then(|| self.run_json()),
                 };
@@ -764,7 +766,7 @@ impl<'a> Machine<'a> {
     }
 
     fn consume_event_inline(&mut self, at: StepIndex, event: &Event) {
-        self.out.run.event = Some(event.clone());
+        self.out.run.replace_event(event);
         self.out.run.last_event_at = Some(event.at);
         let step_id = self.workflow.step(at).id.clone();
         self.set_output(&step_id, json!({ "event_id": event.id, "matched_at": event.at }));
@@ -1061,9 +1063,11 @@ impl<'a> Machine<'a> {
     /// only when read.
     fn scope<'s>(&'s self, run: &'s Value, event: Option<&'s Event>) -> Scope<'s> {
         let event = event.or(self.out.run.event.as_ref()).map_or(&Value::Null, |e| e.payload.as_ref());
+        let trigger = self.out.run.trigger().map_or(&Value::Null, |e| e.payload.as_ref());
         Scope::new()
             .with(self.workflow.subject.as_str(), &self.subject)
             .with("event", event)
+            .with("trigger", trigger)
             .with("steps", &self.out.run.outputs)
             .with("run", run)
             .with("env", self.facts.env)
@@ -1127,7 +1131,7 @@ impl<'a> Machine<'a> {
     fn render_value(&mut self, at: StepIndex, value: &TemplateValue) -> Option<Value> {
         let run = self.run_json();
         let scope = self.scope(&run, None);
-        let rendered = crate::render::render_value(value, &|t: &Template, _| t.render(&scope));
+        let rendered = crate::render::render_value_typed(value, &scope, &|t: &Template, _| t.render(&scope));
         match rendered {
             Ok(value) => Some(value),
             Err(error) => {

@@ -66,6 +66,11 @@ pub struct Run {
     pub outputs: Value,
     /// The latest event that started or advanced the run, readable as `event`.
     pub event: Option<Event>,
+    /// The event that started the run, readable as `trigger`, kept here once a later event
+    /// has taken its place as `event` (`None` while `event` is still the trigger; `Some(None)`
+    /// for a run started without an event). Read it with `Run::trigger`.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub trigger: Option<Option<Event>>,
     /// When the latest consumed event happened: a wait never consumes an event twice.
     pub last_event_at: Option<Timestamp>,
     /// Source of run-local ids (tokens, timers, effects): each use takes the next number.
@@ -103,7 +108,28 @@ impl RunStatus {
     }
 }
 
+/// A field that is present is `Some`, even when it is `null` (serde reads `null` as `None`).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Option<Event>>, D::Error> {
+    Ok(Some(Option::deserialize(deserializer)?))
+}
+
 impl Run {
+    /// The event that started the run (`None` for a run started without one).
+    pub fn trigger(&self) -> Option<&Event> {
+        match &self.trigger {
+            Some(trigger) => trigger.as_ref(),
+            None => self.event.as_ref(),
+        }
+    }
+
+    /// Makes `event` the run's latest event, keeping the trigger it replaces.
+    pub fn replace_event(&mut self, event: &Event) {
+        if self.trigger.is_none() {
+            self.trigger = Some(self.event.take());
+        }
+        self.event = Some(event.clone());
+    }
+
     pub fn new(id: RunId, workflow: &Workflow, version: u32, subject_id: impl Into<String>, now: Timestamp) -> Run {
         Run {
             id,
@@ -117,6 +143,7 @@ impl Run {
             timers: Vec::new(),
             outputs: Value::Object(serde_json::Map::new()),
             event: None,
+            trigger: None,
             last_event_at: None,
             sequence: 0,
             parent: None,
@@ -558,6 +585,9 @@ impl EffectKind {
 pub struct RenderContext {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<Value>,
+    /// The event that started the run, when the message reads `trigger`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -648,3 +648,66 @@ steps:
     let t = decide(t.run, "lead", "li@x.com", NOON + 70 * HOUR);
     assert_eq!(t.run.status, RunStatus::Completed);
 }
+
+#[test]
+fn the_trigger_stays_in_scope_and_a_sole_variable_keeps_its_type() {
+    let wf = workflow(
+        r#"
+id: webinar
+subject: contact
+trigger: { event: Webinar Registered }
+steps:
+  - id: remember
+    action: { update: { set: { last_webinar: "{{ trigger.properties.webinar_id }}", label: "w{{ trigger.properties.webinar_id }}" } } }
+  - id: attended
+    wait: { event: Webinar Attended, where: "event.properties.webinar_id == trigger.properties.webinar_id", timeout: 2d }
+    on_timeout: sorry
+  - id: recording
+    action: { emit: { event: Recording Sent, properties: { webinar: "{{ trigger.properties.webinar_id }}", from: "{{ event.event | default: 'x' }}" } } }
+    next: end
+  - id: sorry
+    exit: {}
+"#,
+    );
+    let contact = json!({ "id": "c" });
+    let facts = Facts { subject: &contact, ..Facts::empty() };
+    let registered = event("Webinar Registered", NOON, json!({ "webinar_id": 123 }));
+    let t = handle(
+        &wf,
+        Run::new(RunId(4), &wf, 1, "c", Timestamp(NOON)),
+        &Input::Start { event: Some(registered) },
+        &facts,
+        Timestamp(NOON),
+    );
+    let EffectKind::UpdateSubject { set, .. } = &t.effects[0].kind else { panic!("{:?}", t.effects) };
+    assert_eq!(set["last_webinar"], json!(123), "a sole variable keeps its JSON type");
+    assert_eq!(set["label"], json!("w123"), "text around it makes a string");
+    let t = handle(
+        &wf,
+        t.run,
+        &Input::EffectCompleted { key: t.effects[0].key.clone(), ok: true, detail: None },
+        &facts,
+        Timestamp(NOON + 1),
+    );
+
+    // Another webinar's attendance does not match; this one's does, with the trigger still
+    // the registration although `event` moved on.
+    let other = event("Webinar Attended", NOON + 10, json!({ "webinar_id": 124 }));
+    let t = handle(&wf, t.run, &Input::Event { event: other }, &facts, Timestamp(NOON + 10));
+    assert!(t.run.tokens.iter().any(|tk| matches!(tk.state, TokenState::AwaitingEvent { .. })), "still waiting");
+    let same = event("Webinar Attended", NOON + 20, json!({ "webinar_id": 123 }));
+    let t = handle(&wf, t.run, &Input::Event { event: same }, &facts, Timestamp(NOON + 20));
+    let emitted = t.effects.iter().find_map(|e| match &e.kind {
+        EffectKind::EmitEvent { properties, .. } => Some(properties.clone()),
+        _ => None,
+    });
+    assert_eq!(emitted, Some(json!({ "webinar": 123, "from": "Webinar Attended" })), "{:?}", t.effects);
+    assert_eq!(t.run.trigger().map(|e| e.name.as_str()), Some("Webinar Registered"));
+    assert_eq!(t.run.event.as_ref().map(|e| e.name.as_str()), Some("Webinar Attended"));
+    // The trigger survives the run's state being stored and read back.
+    let stored: Run = serde_json::from_value(serde_json::to_value(&t.run).unwrap()).unwrap();
+    assert_eq!(stored.trigger().map(|e| e.name.as_str()), Some("Webinar Registered"));
+    let fresh = Run::new(RunId(5), &wf, 1, "c", Timestamp(NOON));
+    let fresh: Run = serde_json::from_value(serde_json::to_value(&fresh).unwrap()).unwrap();
+    assert_eq!(fresh.trigger, None, "a run whose event is still its trigger stores it once");
+}
