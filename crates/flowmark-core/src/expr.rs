@@ -37,6 +37,11 @@ pub struct Condition {
     roots: Arc<[String]>,
     /// The expression as plain comparisons, when it is one (see the module docs).
     fast: Option<Arc<Fast>>,
+    /// What each `has()` tests, as (the parent path, the tested path): `("contact.scores",
+    /// "contact.scores.engagement")`. Where the parent is missing or `null`, CEL sees an empty
+    /// map, and a tested field that is missing or `null` is left out of what CEL sees, so
+    /// `has()` answers `false` at any depth instead of failing on `null`.
+    tested: Arc<[(String, String)]>,
 }
 
 impl fmt::Debug for Condition {
@@ -103,6 +108,8 @@ impl Condition {
         })?;
         let mut paths = Vec::new();
         collect_paths(program.expression(), &mut Vec::new(), &mut paths);
+        let mut tested = Vec::new();
+        collect_tested(program.expression(), &mut tested);
         let mut path_roots: Vec<String> = Vec::new();
         for path in &paths {
             let root = path.split('.').next().unwrap_or(path);
@@ -120,6 +127,7 @@ impl Condition {
             paths: paths.into(),
             roots: path_roots.into(),
             fast,
+            tested: tested.into(),
         })
     }
 
@@ -173,6 +181,24 @@ impl Condition {
     fn eval_cel(&self, inputs: &BTreeMap<String, Value>) -> Result<bool, EvalError> {
         ROOT_CONTEXT.with(|root| {
             let mut context = root.new_inner_scope();
+            // What a `has()` tests is there only where it has a value (see `tested`).
+            let substituted;
+            let absent = |path: &String| inputs.get(path).is_none_or(Value::is_null);
+            let inputs = if self.tested.iter().any(|(parent, field)| absent(parent) || absent(field)) {
+                let mut copy = inputs.clone();
+                for (parent, field) in self.tested.iter() {
+                    if let Some(value @ Value::Null) = copy.get_mut(parent) {
+                        *value = Value::Object(serde_json::Map::new());
+                    }
+                    if copy.get(field).is_some_and(Value::is_null) {
+                        copy.remove(field);
+                    }
+                }
+                substituted = copy;
+                &substituted
+            } else {
+                inputs
+            };
             for name in self.roots.iter() {
                 context.add_variable_from_value(name.clone(), json_to_cel(&project(name, inputs)));
             }
@@ -611,6 +637,55 @@ fn collect_paths(expr: &IdedExpr, bound: &mut Vec<String>, out: &mut Vec<String>
     }
 }
 
+/// What each `has()` anywhere in `expr` tests: (the parent path, the tested path).
+fn collect_tested(expr: &IdedExpr, out: &mut Vec<(String, String)>) {
+    match &expr.expr {
+        Expr::Select(select) => {
+            if select.test
+                && let Some(segments) = dotted(&select.operand.expr)
+            {
+                let parent = segments.join(".");
+                let field = format!("{parent}.{}", select.field);
+                let tested = (parent, field);
+                if !out.contains(&tested) {
+                    out.push(tested);
+                }
+            }
+            collect_tested(&select.operand, out);
+        }
+        Expr::Call(call) => {
+            if let Some(target) = &call.target {
+                collect_tested(target, out);
+            }
+            for arg in &call.args {
+                collect_tested(arg, out);
+            }
+        }
+        Expr::Comprehension(c) => {
+            for part in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                collect_tested(part, out);
+            }
+        }
+        Expr::List(list) => list.elements.iter().for_each(|e| collect_tested(e, out)),
+        Expr::Map(map) => {
+            for entry in &map.entries {
+                if let EntryExpr::MapEntry(e) = &entry.expr {
+                    collect_tested(&e.key, out);
+                    collect_tested(&e.value, out);
+                }
+            }
+        }
+        Expr::Struct(s) => {
+            for entry in &s.entries {
+                if let EntryExpr::StructField(f) = &entry.expr {
+                    collect_tested(&f.value, out);
+                }
+            }
+        }
+        Expr::Unspecified | Expr::Literal(_) | Expr::Ident(_) => {}
+    }
+}
+
 fn dotted(expr: &Expr) -> Option<Vec<&str>> {
     match expr {
         Expr::Ident(name) => Some(vec![name.as_str()]),
@@ -628,6 +703,30 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn has_answers_false_for_a_missing_field_at_any_depth() {
+        let condition = |source: &str| Condition::compile(source, &["contact"]).unwrap();
+        for (contact, source, expected) in [
+            (json!({}), "has(contact.scores.engagement)", false),
+            (json!({}), "has(contact.a.b.c.d)", false),
+            (json!({ "scores": null }), "has(contact.scores.engagement)", false),
+            (json!({ "scores": {} }), "has(contact.scores.engagement)", false),
+            (json!({ "scores": { "engagement": 40 } }), "has(contact.scores.engagement)", true),
+            (json!({}), "has(contact.scores.engagement) && contact.scores.engagement >= 40", false),
+            (
+                json!({ "scores": { "engagement": 45 } }),
+                "has(contact.scores.engagement) && contact.scores.engagement >= 40",
+                true,
+            ),
+            (json!({}), "!has(contact.scores.engagement) || contact.scores.engagement < 40", true),
+        ] {
+            let evaluation = condition(source).eval(&Scope::new().with("contact", &contact));
+            assert_eq!(evaluation.result, Ok(expected), "{source} on {contact}");
+        }
+        let read = condition("has(contact.scores.engagement)").eval(&Scope::new().with("contact", &json!({})));
+        assert_eq!(read.inputs["contact.scores"], json!(null), "the decision record shows what was there");
+    }
 
     #[test]
     fn records_the_paths_it_reads() {
