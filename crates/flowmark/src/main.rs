@@ -80,6 +80,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader went away (`flowmark simulate … | head`): nothing is wrong, stop quietly.
+        Err(error) if broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(2)
@@ -98,4 +100,15 @@ pub(crate) fn load_workflow(path: &std::path::Path) -> anyhow::Result<Result<flo
             Ok(Err(ExitCode::from(1)))
         }
     }
+}
+
+/// Is this the error of writing to a pipe whose reader has closed it?
+fn broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let kind = match cause.downcast_ref::<std::io::Error>() {
+            Some(io) => Some(io.kind()),
+            None => cause.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind),
+        };
+        kind == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -71,6 +71,14 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             writeln!(stdout, "{}: ok", source.name)?;
         } else {
             print_human(&source, &compiled.diagnostics, &mut stdout)?;
+            let errors = compiled.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+            let warnings = compiled.diagnostics.len() - errors;
+            let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+            if errors == 0 {
+                writeln!(stdout, "{}: ok, with {}", source.name, plural(warnings, "warning"))?;
+            } else {
+                writeln!(stdout, "{}: {}, {}", source.name, plural(errors, "error"), plural(warnings, "warning"))?;
+            }
         }
     }
     if args.json {

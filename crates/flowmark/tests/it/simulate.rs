@@ -124,3 +124,22 @@ fn templates_that_fail_on_the_population_are_reported() {
     let example = hello["error_example"].as_str().unwrap();
     assert!(example.contains("step `hello`: the subject failed to render"), "{example}");
 }
+
+/// `flowmark simulate … | head`: the reader stops early, and the command stops quietly.
+#[test]
+fn a_reader_that_stops_early_is_not_an_error() {
+    use std::io::Read;
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("flowmark"))
+        .args(["simulate", "--contacts", "300", "--json"])
+        .arg(crate::repo_path("blueprints/whitepaper-nurture.yaml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The pipe's read end is dropped here: the rest of the report has nowhere to go.
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{:?}", output.status);
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "", "no `error: Broken pipe`");
+}

@@ -68,6 +68,19 @@ fn blueprints_are_valid() {
 }
 
 #[test]
+fn a_file_with_only_warnings_is_said_to_be_ok() {
+    let dir = tempdir();
+    let path = dir.join("warnings-only.yaml");
+    let text = "id: hello\nsubject: contact\ntrigger: { event: Signed Up }\nsteps:\n  - id: hi\n    action: { email: { subject: \"Hi {{ contact.first_name }}\", text: hello } }\n";
+    std::fs::write(&path, text).unwrap();
+    let output = flowmark().arg("validate").arg(&path).output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("flowmark::template-no-default"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("warnings-only.yaml: ok, with 1 warning"), "{stdout}");
+}
+
+#[test]
 fn unreadable_files_are_operating_errors() {
     let output = flowmark().args(["validate", "does-not-exist.yaml"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
