@@ -174,7 +174,11 @@ pub fn simulate(workflow: &Workflow, config: &Config, mut progress: impl FnMut(u
     }
     let mut sim = Simulation::new(workflow, config);
     sim.run(&mut progress);
-    Ok(sim.report.finish(workflow, config))
+    let recorded_only = u32::try_from(sim.recorded_only.len()).unwrap_or(u32::MAX);
+    let mut report = sim.report.finish(workflow, config);
+    report.subjects = report.subjects.saturating_add(recorded_only);
+    report.recorded_only_subjects = recorded_only;
+    Ok(report)
 }
 
 /// A subject's pending input: due time, then order of scheduling.
@@ -829,5 +833,13 @@ mod tests {
         let (by_subject, recorded_only) = group_by_subject(kind, 3, &events);
         assert_eq!(recorded_only, ["u2", "u1"]);
         assert_eq!(by_subject, HashMap::from([(1, vec![1]), (3, vec![0, 3]), (4, vec![2])]));
+        // The report counts every subject it simulated, and says how many only the recording named.
+        let workflow = nurture();
+        let report = simulate(&workflow, &Config { events: Some(events.to_vec()), ..config(3, 1) }, |_, _| {}).unwrap();
+        assert_eq!((report.subjects, report.recorded_only_subjects), (5, 2));
+        assert!(
+            report.to_text().contains("5 subjects")
+                && report.to_text().contains("2 of them named only by the recorded events")
+        );
     }
 }

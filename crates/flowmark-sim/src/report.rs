@@ -19,7 +19,11 @@ use crate::Config;
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
     pub workflow: String,
+    /// Every subject simulated: the synthetic ones, and those only recorded events name.
     pub subjects: u32,
+    /// Of `subjects`, those only the recorded events name (not `contact-N` of the population).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub recorded_only_subjects: u32,
     pub days: u32,
     pub seed: u64,
     pub transitions: u64,
@@ -270,6 +274,7 @@ impl Collector {
         Report {
             workflow: workflow.id.clone(),
             subjects: config.subjects,
+            recorded_only_subjects: 0,
             days: config.days,
             seed: config.seed,
             transitions: self.transitions,
@@ -294,6 +299,13 @@ impl Report {
             "Simulated `{}`: {} subjects over {} days (seed {})",
             self.workflow, self.subjects, self.days, self.seed
         );
+        if self.recorded_only_subjects > 0 {
+            let _ = writeln!(
+                out,
+                "({} of them named only by the recorded events, with no traits)",
+                self.recorded_only_subjects
+            );
+        }
         let runs: Vec<String> = self.runs.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(out, "Runs: {}", runs.join(", "));
         let _ = writeln!(out, "Conversions: {} (value {:.2})", self.conversions, self.conversion_value);
@@ -347,4 +359,8 @@ impl Report {
 
 fn opt(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
