@@ -59,6 +59,8 @@ pub struct Config {
 fn api() -> OpenApiRouter<App> {
     OpenApiRouter::with_openapi(crate::openapi::base())
         .routes(routes!(health))
+        .routes(routes!(clock))
+        .routes(routes!(advance_clock))
         .routes(routes!(openapi))
         .routes(routes!(ingest))
         .routes(routes!(deploy, workflows))
@@ -736,6 +738,64 @@ async fn contact(State(app): State<App>, _admin: Admin, Path(id): Path<String>) 
         Some(contact) => Ok(axum::Json(contact_json(&contact)).into_response()),
         None => Err(problem(StatusCode::NOT_FOUND, "No such contact", format!("there is no contact `{id}`"))),
     }
+}
+
+fn clock_json() -> Value {
+    let now = crate::clock::now();
+    json!({ "now": now.ms(), "at": now.rfc3339(), "virtual": crate::clock::is_virtual() })
+}
+
+/// The server's clock.
+#[utoipa::path(
+    get,
+    path = "/api/clock",
+    operation_id = "getClock",
+    tag = "clock",
+    summary = "Read the server's clock",
+    responses(
+        (status = 200, description = "The time the server reads, and whether it is virtual.", body = schema::Clock),
+        crate::openapi::Refusals,
+    ),
+    security(("bearer" = [])),
+)]
+async fn clock(_admin: Admin) -> Answer {
+    Ok(axum::Json(clock_json()).into_response())
+}
+
+/// Moves the virtual clock forward: `{"by": "2d"}` or `{"to": "2026-12-10T09:00:00Z"}`.
+#[utoipa::path(
+    post,
+    path = "/api/clock/advance",
+    operation_id = "advanceClock",
+    tag = "clock",
+    summary = "Move the virtual clock forward",
+    description = "Only on a server started with `--clock virtual` (for tests and demos): time then stands still until moved here, and the timers, schedules and effects that come due fire at the server's next tick (within a second). Never backwards.",
+    request_body(content = schema::ClockAdvance, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The clock after the move.", body = schema::Clock),
+        (status = 400, description = "Neither `by` nor `to`, or not a duration or a time.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The server runs on the system clock, or `to` is in the clock's past.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
+    ),
+    security(("bearer" = [])),
+)]
+async fn advance_clock(_admin: Admin, body: Bytes) -> Answer {
+    let fields = json_object(&body).map_err(|(title, detail)| problem(StatusCode::BAD_REQUEST, title, detail))?;
+    let invalid = |detail: String| problem(StatusCode::BAD_REQUEST, "Invalid clock move", detail);
+    let now = crate::clock::now();
+    let to = match (fields.get("by").and_then(Value::as_str), fields.get("to").and_then(Value::as_str)) {
+        (Some(by), None) => {
+            let by = flowmark_core::Duration::parse(by)
+                .map_err(|e| invalid(format!("`by` is not a duration like `2d` or `1h30m`: {e}")))?;
+            Timestamp(now.ms().saturating_add(i64::try_from(by.0).unwrap_or(i64::MAX)))
+        }
+        (None, Some(to)) => chrono::DateTime::parse_from_rfc3339(to)
+            .map(|t| Timestamp::from_chrono(&t))
+            .map_err(|_| invalid(format!("`to` must be an RFC 3339 time like 2026-12-10T09:00:00Z, not `{to}`")))?,
+        _ => return Err(invalid("say how far: `by` (a duration) or `to` (a time), one of the two".to_owned())),
+    };
+    crate::clock::advance_to(to).map_err(|e| problem(StatusCode::CONFLICT, "Clock not moved", e.to_string()))?;
+    Ok(axum::Json(clock_json()).into_response())
 }
 
 /// Erases a contact and everything held about it (GDPR Art. 17, CCPA deletion).

@@ -11,6 +11,7 @@
 
 mod api;
 pub mod auth;
+pub mod clock;
 mod http;
 pub mod listen;
 mod metrics;

@@ -97,10 +97,9 @@ pub struct Owner {
     commands: mpsc::SyncSender<Command>,
 }
 
-/// The system clock: the one place the server reads it.
+/// The server's clock (`clock::now`): the one place the server reads the time.
 pub(crate) fn now() -> Timestamp {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    Timestamp(ms)
+    crate::clock::now()
 }
 
 impl Owner {

@@ -40,6 +40,13 @@ pub struct Args {
     /// Deploy the blueprints and sample data, and accept the demo write key and API token.
     #[arg(long)]
     demo: bool,
+    /// `system` (the default), or `virtual`: for tests and demos, time stands still until
+    /// `POST /api/clock/advance` moves it, so a journey of days runs in seconds.
+    #[arg(long, default_value = "system", value_parser = ["system", "virtual"])]
+    clock: String,
+    /// Where the virtual clock starts (RFC 3339; default: the system clock's time at start).
+    #[arg(long, value_name = "TIME", value_parser = rfc3339)]
+    clock_start: Option<flowmark_core::Timestamp>,
     /// Append each effect the log connector performs to this file as a JSON line (default:
     /// the structured log).
     #[arg(long, value_name = "FILE")]
@@ -182,12 +189,19 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(url) = &args.smtp_url {
         SmtpConnector::check(url, &args.email_from).context("cannot set up email")?;
     }
+    if args.clock == "virtual" {
+        let start = args.clock_start.unwrap_or_else(flowmark_server::clock::now);
+        flowmark_server::clock::use_virtual(start);
+        tracing::warn!(at = %start.rfc3339(), "on a virtual clock: time moves only through POST /api/clock/advance");
+    } else if args.clock_start.is_some() {
+        anyhow::bail!("`--clock-start` needs `--clock virtual`");
+    }
     // The one place that picks the backend: everything past it talks to the `Store` trait.
     let store: ServerStore = Box::new(
         SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?,
     );
     let mut engine = Engine::new(store, serde_json::json!({})).context("cannot start the engine")?;
-    let started = flowmark_core::Timestamp::from_chrono(&chrono::Utc::now());
+    let started = flowmark_server::clock::now();
     engine.sync_all_schedules(started).context("cannot arm the workflows' schedules")?;
     // The secret unsubscribe links are signed with: made on first start, kept in the database.
     let secret = {
@@ -209,9 +223,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         body_read_timeout: Some(std::time::Duration::from_secs(args.body_timeout)),
     };
     if args.demo {
-        let now = flowmark_core::Timestamp(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
-        );
+        let now = flowmark_server::clock::now();
         for (name, source) in BLUEPRINTS {
             engine
                 .deploy(name, source, now)
@@ -378,4 +390,11 @@ fn seed_demo(owner: &Owner) {
         let message = flowmark_runtime::Incoming::with_traits(&id, event, traits, None);
         owner.send(Command::Ingest { messages: vec![message], reply });
     }
+}
+
+/// An RFC 3339 time, as a flag.
+fn rfc3339(text: &str) -> Result<flowmark_core::Timestamp, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| flowmark_core::Timestamp::from_chrono(&t))
+        .map_err(|_| format!("`{text}` is not an RFC 3339 time like 2026-12-10T09:00:00Z"))
 }

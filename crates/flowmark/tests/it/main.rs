@@ -2,6 +2,7 @@
 
 mod bench;
 mod bombs;
+mod clock;
 mod contacts;
 mod crash;
 mod durability;
