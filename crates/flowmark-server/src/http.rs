@@ -769,7 +769,7 @@ async fn clock(_admin: Admin) -> Answer {
     operation_id = "advanceClock",
     tag = "clock",
     summary = "Move the virtual clock forward",
-    description = "Only on a server started with `--clock virtual` (for tests and demos): time then stands still until moved here, and the timers, schedules and effects that come due fire at the server's next tick (within a second). Never backwards.",
+    description = "Only on a server started with `--clock virtual` (for tests and demos): time then stands still until moved here. The clock moves from one due timer or schedule to the next up to the target, firing each at its own time and letting the effects already due be performed first, so a move of days does what those days would have done. Never backwards.",
     request_body(content = schema::ClockAdvance, content_type = "application/json"),
     responses(
         (status = 200, description = "The clock after the move.", body = schema::Clock),
@@ -779,7 +779,7 @@ async fn clock(_admin: Admin) -> Answer {
     ),
     security(("bearer" = [])),
 )]
-async fn advance_clock(_admin: Admin, body: Bytes) -> Answer {
+async fn advance_clock(State(app): State<App>, _admin: Admin, body: Bytes) -> Answer {
     let fields = json_object(&body).map_err(|(title, detail)| problem(StatusCode::BAD_REQUEST, title, detail))?;
     let invalid = |detail: String| problem(StatusCode::BAD_REQUEST, "Invalid clock move", detail);
     let now = crate::clock::now();
@@ -794,8 +794,68 @@ async fn advance_clock(_admin: Admin, body: Bytes) -> Answer {
             .map_err(|_| invalid(format!("`to` must be an RFC 3339 time like 2026-12-10T09:00:00Z, not `{to}`")))?,
         _ => return Err(invalid("say how far: `by` (a duration) or `to` (a time), one of the two".to_owned())),
     };
-    crate::clock::advance_to(to).map_err(|e| problem(StatusCode::CONFLICT, "Clock not moved", e.to_string()))?;
+    let refused = |e: crate::clock::MoveError| problem(StatusCode::CONFLICT, "Clock not moved", e.to_string());
+    if !crate::clock::is_virtual() {
+        return Err(refused(crate::clock::MoveError::SystemClock));
+    }
+    if to < now {
+        return Err(refused(crate::clock::MoveError::Backwards { now: now.rfc3339(), to: to.rfc3339() }));
+    }
+    // Time moves from one due timer or schedule to the next, each fired at its own time, as
+    // it would have been on the system clock: a wait that times out during the move starts
+    // what follows it then, not at the end of the move.
+    for _ in 0..CLOCK_STEPS_MAX {
+        let next = query_owner(&app, move |engine, _| {
+            let timer = engine.store().due_timers(to, 1)?.first().map(|t| t.due_at);
+            let schedule = engine.store().due_schedules(to, 1)?.first().map(|s| s.due_at);
+            Ok(timer.into_iter().chain(schedule).min())
+        })
+        .await?;
+        let Some(next) = next.filter(|next| *next > crate::clock::now()) else { break };
+        settle(&app).await?;
+        crate::clock::advance_to(next).map_err(refused)?;
+        fire_due(&app).await?;
+    }
+    settle(&app).await?;
+    crate::clock::advance_to(to).map_err(refused)?;
+    fire_due(&app).await?;
     Ok(axum::Json(clock_json()).into_response())
+}
+
+/// How long, in real time, a move of the virtual clock waits at each step for the effects
+/// already due to be performed.
+const CLOCK_SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until no effect is due and none is at a worker, so that moving the clock cannot
+/// make an attempt in flight look timed out (which would send it twice); gives up after
+/// `CLOCK_SETTLE_MAX` (an effect stuck at a slow peer then times out, as it would anyway).
+async fn settle(app: &App) -> Result<(), Problem> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < CLOCK_SETTLE_MAX {
+        let quiet = query_owner(app, |engine, now| {
+            Ok(engine.in_flight() == 0 && engine.store().ready_effects(now, 1)?.is_empty())
+        })
+        .await?;
+        if quiet {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Most steps one move of the virtual clock takes (due times it stops at).
+const CLOCK_STEPS_MAX: usize = 100_000;
+
+/// Fires the timers and schedules due at the clock's time, on the owner.
+async fn fire_due(app: &App) -> Result<(), Problem> {
+    query(&app.owner, |engine, now| -> Result<(), flowmark_runtime::Error> {
+        while engine.fire_due_timers(now, 1_000)? == 1_000 {}
+        while engine.fire_due_schedules(now, 1_000)? == 1_000 {}
+        Ok(())
+    })
+    .await?
+    .map_err(internal)
 }
 
 /// Erases a contact and everything held about it (GDPR Art. 17, CCPA deletion).

@@ -175,10 +175,11 @@ async fn stop_signal() {
 
 const DEMO_WRITE_KEY: &str = "demo-write-key";
 const DEMO_API_TOKEN: &str = "demo-api-token";
-const BLUEPRINTS: [(&str, &str); 3] = [
+const BLUEPRINTS: [(&str, &str); 4] = [
     ("whitepaper-nurture.yaml", include_str!("../../../blueprints/whitepaper-nurture.yaml")),
     ("blog-post.yaml", include_str!("../../../blueprints/blog-post.yaml")),
     ("lead-routing.yaml", include_str!("../../../blueprints/lead-routing.yaml")),
+    ("webinar-follow-up.yaml", include_str!("../../../blueprints/webinar-follow-up.yaml")),
 ];
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {

@@ -22,6 +22,7 @@ mod slow_peer;
 mod ui;
 mod validate;
 mod webhooks;
+mod webinar;
 
 use std::path::PathBuf;
 
