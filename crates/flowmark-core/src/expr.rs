@@ -172,6 +172,17 @@ impl Condition {
         Evaluation { result, inputs }
     }
 
+    /// What a person should know about how the condition read `inputs`: each comparison of a
+    /// number with a string (`123 == "123"`), which is never equal in CEL (a webinar id stored
+    /// as text compared with one that arrived as a number, say). Said in the decision record.
+    pub fn notes(&self, inputs: &BTreeMap<String, Value>) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(fast) = &self.fast {
+            fast.mismatches(inputs, &mut notes);
+        }
+        notes
+    }
+
     /// The values the condition reads from `scope`, by path.
     fn inputs(&self, scope: &Scope<'_>) -> BTreeMap<String, Value> {
         self.paths.iter().map(|path| (path.clone(), scope.lookup(path))).collect()
@@ -285,6 +296,36 @@ impl Fast {
     }
 
     /// The result, or `None` where CEL's own rules are needed.
+    /// Notes each comparison of a number with a string (see `Condition::notes`).
+    fn mismatches(&self, inputs: &BTreeMap<String, Value>, notes: &mut Vec<String>) {
+        match self {
+            Fast::Compare { left, right, .. } => {
+                let (Some(l), Some(r)) = (left.view(inputs), right.view(inputs)) else { return };
+                let number = |v: &View<'_>| matches!(v, View::Int(_) | View::UInt(_) | View::Float(_));
+                let string = |v: &View<'_>| matches!(v, View::String(_));
+                if (number(&l) && string(&r)) || (string(&l) && number(&r)) {
+                    let say = |operand: &Operand, view: &View<'_>| {
+                        let kind = if number(view) { "the number" } else { "the string" };
+                        match operand {
+                            Operand::Path(path) => format!("`{path}` is {kind} {}", inputs[path]),
+                            Operand::Literal(_) => format!("{kind} {}", view.json()),
+                        }
+                    };
+                    notes.push(format!(
+                        "{} and {}: a number never equals a string; store both the same way (a value that is one variable, `\"{{{{ … }}}}\"`, keeps its type)",
+                        say(left, &l),
+                        say(right, &r)
+                    ));
+                }
+            }
+            Fast::And(left, right) | Fast::Or(left, right) => {
+                left.mismatches(inputs, notes);
+                right.mismatches(inputs, notes);
+            }
+            Fast::Not(operand) => operand.mismatches(inputs, notes),
+        }
+    }
+
     fn eval(&self, inputs: &BTreeMap<String, Value>) -> Option<bool> {
         match self {
             Fast::Compare { op, left, right } => compare(*op, left.view(inputs)?, right.view(inputs)?),
@@ -355,6 +396,20 @@ enum View<'a> {
     String(&'a str),
     Bool(bool),
     Null,
+}
+
+impl View<'_> {
+    /// The value as JSON text.
+    fn json(&self) -> String {
+        match self {
+            View::Int(i) => i.to_string(),
+            View::UInt(u) => u.to_string(),
+            View::Float(f) => f.to_string(),
+            View::String(s) => Value::String((*s).to_owned()).to_string(),
+            View::Bool(b) => b.to_string(),
+            View::Null => "null".to_owned(),
+        }
+    }
 }
 
 /// A comparison of two scalars of the same kind; `None` for mixed kinds, and for orderings
@@ -703,6 +758,31 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_number_compared_with_a_string_is_noted() {
+        let c =
+            Condition::compile("event.properties.id == steps.remember.id && event.name == 'x'", &["event", "steps"])
+                .unwrap();
+        let (event, steps) =
+            (json!({ "properties": { "id": 123 }, "name": "x" }), json!({ "remember": { "id": "123" } }));
+        let evaluation = c.eval(&Scope::new().with("event", &event).with("steps", &steps));
+        assert_eq!(evaluation.result, Ok(false), "CEL never equates them");
+        let notes = c.notes(&evaluation.inputs);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0]
+                .starts_with("`event.properties.id` is the number 123 and `steps.remember.id` is the string \"123\""),
+            "{}",
+            notes[0]
+        );
+        let literal = Condition::compile("contact.age == '30'", &["contact"]).unwrap();
+        let notes = literal.notes(&literal.eval(&Scope::new().with("contact", &json!({ "age": 30 }))).inputs);
+        assert!(notes[0].starts_with("`contact.age` is the number 30 and the string \"30\""), "{notes:?}");
+        let same = Condition::compile("contact.age == 30", &["contact"]).unwrap();
+        assert!(same.notes(&same.eval(&Scope::new().with("contact", &json!({ "age": "30" }))).inputs).len() == 1);
+        assert!(same.notes(&same.eval(&Scope::new().with("contact", &json!({ "age": 31 }))).inputs).is_empty());
+    }
 
     #[test]
     fn has_answers_false_for_a_missing_field_at_any_depth() {

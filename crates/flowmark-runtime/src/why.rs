@@ -158,6 +158,9 @@ fn decide(record: &Value, at: Timestamp, step: Option<String>) -> Line {
     if let Some(path) = record["path"].as_str() {
         text.push_str(&format!(", so the run went to `{path}`"));
     }
+    for note in record["notes"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        text.push_str(&format!(" (note: {note})"));
+    }
     Line { at, step, text, decision: Some(record.clone()) }
 }
 

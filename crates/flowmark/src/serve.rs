@@ -376,7 +376,7 @@ fn seed_team(engine: &mut Engine<ServerStore>, now: flowmark_core::Timestamp) ->
 
 /// A few contacts download the whitepaper, so runs, emails and timers exist at once.
 fn seed_demo(owner: &Owner) {
-    let now = chrono::Utc::now();
+    let now = flowmark_server::clock::now();
     for (index, name) in ["Ada", "Grace", "Linus"].iter().enumerate() {
         let id = format!("demo-contact-{}", index + 1);
         let traits = serde_json::json!({ "first_name": name, "email": format!("{}@example.com", name.to_lowercase()), "scores": { "engagement": 20 * index } });
@@ -384,7 +384,7 @@ fn seed_demo(owner: &Owner) {
         let event = flowmark_core::engine::Event {
             id: format!("demo-download-{id}"),
             name: "Whitepaper Downloaded".to_owned(),
-            at: flowmark_core::Timestamp::from_chrono(&now),
+            at: now,
             payload: payload.into(),
         };
         let (reply, _answer) = tokio::sync::oneshot::channel();

@@ -1015,7 +1015,16 @@ impl<'a> Machine<'a> {
         path: Option<String>,
     ) {
         let step = at.map(|at| self.workflow.step(at).id.clone());
-        self.out.decisions.push(DecisionRecord { at: self.now, step, kind, expression, inputs, result, path });
+        self.out.decisions.push(DecisionRecord {
+            at: self.now,
+            step,
+            kind,
+            expression,
+            inputs,
+            result,
+            path,
+            notes: Vec::new(),
+        });
     }
 
     fn last_decision_path(&mut self, path: String) {
@@ -1088,7 +1097,13 @@ impl<'a> Machine<'a> {
             Ok(b) => json!(b),
             Err(e) => json!({ "error": e.to_string() }),
         };
+        let notes = condition.notes(&evaluation.inputs);
         self.decision(Some(at), kind, Some(condition.source().to_owned()), evaluation.inputs, result, None);
+        if !notes.is_empty()
+            && let Some(last) = self.out.decisions.last_mut()
+        {
+            last.notes = notes;
+        }
         evaluation.result.map_err(|e| format!("{}: {e}", condition.source()))
     }
 

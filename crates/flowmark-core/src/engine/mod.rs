@@ -733,6 +733,10 @@ pub struct DecisionRecord {
     pub result: Value,
     /// Where control went: a step id, `end`, or an outcome.
     pub path: Option<String>,
+    /// What a person should know about how the expression read its inputs (a number compared
+    /// with a string, which is never equal).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The step named by effects and history entries that belong to the whole run (a conversion

@@ -710,4 +710,27 @@ steps:
     let fresh = Run::new(RunId(5), &wf, 1, "c", Timestamp(NOON));
     let fresh: Run = serde_json::from_value(serde_json::to_value(&fresh).unwrap()).unwrap();
     assert_eq!(fresh.trigger, None, "a run whose event is still its trigger stores it once");
+
+    // Registered with the id as text, attended with it as a number: no match, and the
+    // decision record says why.
+    let text_id = event("Webinar Registered", NOON, json!({ "webinar_id": "123" }));
+    let t = handle(
+        &wf,
+        Run::new(RunId(6), &wf, 1, "c", Timestamp(NOON)),
+        &Input::Start { event: Some(text_id) },
+        &facts,
+        Timestamp(NOON),
+    );
+    let t = handle(
+        &wf,
+        t.run,
+        &Input::EffectCompleted { key: t.effects[0].key.clone(), ok: true, detail: None },
+        &facts,
+        Timestamp(NOON + 1),
+    );
+    let number_id = event("Webinar Attended", NOON + 10, json!({ "webinar_id": 123 }));
+    let t = handle(&wf, t.run, &Input::Event { event: number_id }, &facts, Timestamp(NOON + 10));
+    let notes: Vec<&String> = t.decisions.iter().flat_map(|d| &d.notes).collect();
+    assert_eq!(notes.len(), 1, "{:?}", t.decisions);
+    assert!(notes[0].contains("is the number 123") && notes[0].contains("is the string \"123\""), "{}", notes[0]);
 }
