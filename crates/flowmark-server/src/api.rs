@@ -127,16 +127,18 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
         .map(|t| t.trim().to_owned())
 }
 
-/// An API request made with a token that has the `admin` scope: taking it as a handler's
-/// argument is the check (`401` without credentials or with unknown ones, `403` without the
-/// scope), so no handler repeats it.
+/// An API request made with a token that has the `admin` scope, or, for a `GET` (or
+/// `HEAD`), the `read` scope: taking it as a handler's argument is the check (`401` without
+/// credentials or with unknown ones, `403` without the scope), so no handler repeats it.
 pub(crate) struct Admin;
 
 impl axum::extract::FromRequestParts<App> for Admin {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, app: &App) -> Result<Admin, Problem> {
-        authorize(app, bearer(&parts.headers), Scope::Admin).await.map(|()| Admin)
+        let reading = parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD;
+        let scope = if reading { Scope::Read } else { Scope::Admin };
+        authorize(app, bearer(&parts.headers), scope).await.map(|()| Admin)
     }
 }
 
@@ -156,20 +158,25 @@ pub(crate) async fn credential(
     let Some(presented) = presented else {
         let how = match scope {
             Scope::Ingest => "send the write key as the HTTP Basic user (empty password) or as `writeKey` in the body",
-            Scope::Admin => "send an API token as `Authorization: Bearer <token>`",
+            Scope::Admin | Scope::Read => "send an API token as `Authorization: Bearer <token>`",
         };
         return Err(problem(StatusCode::UNAUTHORIZED, "Missing credentials", how));
     };
     let configured = match scope {
         Scope::Ingest => &app.config.write_keys,
-        Scope::Admin => &app.config.admin_tokens,
+        Scope::Admin | Scope::Read => &app.config.admin_tokens,
     };
     if configured.iter().chain(&app.config.admin_tokens).any(|k| constant_time_eq(k.as_bytes(), presented.as_bytes())) {
         return Ok(None);
     }
     let hash = token_hash(&presented);
     match query_owner(app, move |engine, _| engine.store().token(&hash)).await? {
-        Some(token) if token.scopes.contains(&scope) => Ok(Some(token)),
+        // Whatever `read` may do, `admin` may too.
+        Some(token)
+            if token.scopes.contains(&scope) || (scope == Scope::Read && token.scopes.contains(&Scope::Admin)) =>
+        {
+            Ok(Some(token))
+        }
         Some(_) => Err(problem(
             StatusCode::FORBIDDEN,
             "Missing scope",
@@ -236,7 +243,7 @@ pub(crate) async fn get_document<T: serde::Serialize + Send + 'static>(
     read: fn(&Eng) -> Option<T>,
     empty: Value,
 ) -> Answer {
-    authorize(app, bearer(headers), Scope::Admin).await?;
+    authorize(app, bearer(headers), Scope::Read).await?;
     match query(&app.owner, move |engine, _| read(engine)).await? {
         Some(document) => Ok(axum::Json(document).into_response()),
         None => Ok(axum::Json(empty).into_response()),

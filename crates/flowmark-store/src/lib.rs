@@ -173,6 +173,9 @@ pub enum Scope {
     Ingest,
     /// Everything else: deploy workflows, read runs, metrics.
     Admin,
+    /// Read what `admin` may read (every `GET` of the API), and change nothing: dashboards,
+    /// exports, a reporting tool.
+    Read,
 }
 
 impl Scope {
@@ -180,6 +183,7 @@ impl Scope {
         match self {
             Scope::Ingest => "ingest",
             Scope::Admin => "admin",
+            Scope::Read => "read",
         }
     }
 
@@ -187,6 +191,7 @@ impl Scope {
         match text {
             "ingest" => Some(Scope::Ingest),
             "admin" => Some(Scope::Admin),
+            "read" => Some(Scope::Read),
             _ => None,
         }
     }

@@ -22,7 +22,8 @@ pub struct CreateArgs {
     /// A name to recognise the token by (`ci`, `website`, …).
     #[arg(long)]
     name: String,
-    /// What the token may do: `ingest` (send events), `admin` (everything else); repeatable.
+    /// What the token may do: `ingest` (send events), `admin` (everything else), `read`
+    /// (every `GET` of the API, changing nothing); repeatable.
     #[arg(long = "scope", required = true, value_delimiter = ',')]
     scopes: Vec<String>,
     /// The workspace the token belongs to.
@@ -41,7 +42,8 @@ pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
     let Command::Create(args) = command;
     let mut scopes = Vec::new();
     for scope in &args.scopes {
-        let parsed = Scope::parse(scope).with_context(|| format!("`{scope}` is not a scope; use ingest or admin"))?;
+        let parsed =
+            Scope::parse(scope).with_context(|| format!("`{scope}` is not a scope; use ingest, admin or read"))?;
         if !scopes.contains(&parsed) {
             scopes.push(parsed);
         }

@@ -123,7 +123,8 @@ pub(crate) fn base() -> utoipa::openapi::OpenApi {
                      events, people and work under `/api`. Errors are RFC 9457 problem details. Every endpoint but \
                      `/healthz`, this document, the links sent to people (`/u`, `/t`) and the calendar feeds \
                      (`/cal`, whose URLs carry their own secret) needs credentials: a write key or a token with \
-                     the `ingest` scope for `/v1`, a bearer token with the `admin` scope for the rest.",
+                     the `ingest` scope for `/v1`, a bearer token with the `admin` scope for the rest (or the \
+                     `read` scope, for every `GET`).",
                 ))
                 .build(),
         )

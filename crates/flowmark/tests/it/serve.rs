@@ -252,6 +252,22 @@ fn stored_tokens_are_checked_by_hash_and_scope() {
     assert_eq!(server.request("GET", "/api/workflows", &bearer(&admin), b"").0, 200);
     assert_eq!(server.request("GET", "/api/workflows", &bearer(&ingest), b"").0, 403);
     assert_eq!(server.request("GET", "/api/workflows", &bearer("fm_guess"), b"").0, 401);
+    // A read token reads what admin reads, and changes nothing.
+    let read = create_token(&db, "read");
+    for path in ["/api/workflows", "/api/score-models", "/api/runs", "/metrics", "/api/clock"] {
+        assert_eq!(server.request("GET", path, &bearer(&read), b"").0, 200, "{path}");
+    }
+    let blueprint = std::fs::read(crate::repo_path("blueprints/lead-routing.yaml")).unwrap();
+    for (method, path, body) in [
+        ("POST", "/api/workflows", blueprint.as_slice()),
+        ("PUT", "/api/contacts/ada", br#"{"traits":{}}"#.as_slice()),
+        ("DELETE", "/api/contacts/ada", b"".as_slice()),
+        ("PUT", "/api/score-models", br#"{"models":[]}"#.as_slice()),
+    ] {
+        let (status, _, problem) = server.request(method, path, &bearer(&read), body);
+        assert_eq!((status, problem["title"].as_str()), (403, Some("Missing scope")), "{method} {path}");
+    }
+    assert_eq!(server.track(&read, &event).0, 403, "a read token does not ingest");
     server.stop();
     // The database and its write-ahead log hold the tokens' hashes, never their text.
     let mut stored = std::fs::read(&db).unwrap();
