@@ -269,7 +269,9 @@ async fn runs_page(State(app): State<App>, headers: HeaderMap, Query(params): Qu
     };
     let step = text("step");
     let shown = (filter.clone(), step.clone());
+    let who = email.clone();
     let answer = query(&app.owner, move |engine, _| -> Result<String, flowmark_runtime::Error> {
+        let zone = super::reader_zone(engine, &who);
         let workflows = engine.store().workflows()?;
         let runs = engine.runs(&filter, step.as_deref(), LIST_MAX)?;
         let (filter, step) = shown;
@@ -324,7 +326,7 @@ async fn runs_page(State(app): State<App>, headers: HeaderMap, Query(params): Qu
                 run.version,
                 subject_link(&workflow, &run.subject_id),
                 at.join(", "),
-                time(run.started_at),
+                time(run.started_at, zone),
                 id = run.id.0,
                 status = run.status.as_str(),
             );
@@ -360,7 +362,9 @@ fn plain(value: &Value) -> String {
 async fn run_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Page {
     let (email, session) = signed_in(&app, &headers, &format!("/ui/runs/{}", seg(&id))).await?;
     let Ok(run_id) = id.parse::<u64>() else { return Ok(not_found(&email, &session.csrf, "No such run")) };
+    let who = email.clone();
     let answer = query(&app.owner, move |engine, now| -> Result<Option<String>, flowmark_runtime::Error> {
+        let zone = super::reader_zone(engine, &who);
         let Some(run) = engine.store().run(RunId(run_id))? else { return Ok(None) };
         let workflow = engine.workflow(&run.workflow_id, Some(run.version))?;
         let history = engine.store().history(run.id)?;
@@ -378,12 +382,12 @@ async fn run_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<Str
             esc(&run.workflow_id),
             run.version,
             subject_link(&workflow, &run.subject_id),
-            time(run.started_at),
+            time(run.started_at, zone),
             status = run.status.as_str(),
         );
         match run.ended_at {
             Some(ended) => {
-                let _ = write!(body, "<dt>Ended</dt><dd>{}</dd>", time(ended));
+                let _ = write!(body, "<dt>Ended</dt><dd>{}</dd>", time(ended, zone));
             }
             None => {
                 let _ = write!(
@@ -392,7 +396,7 @@ async fn run_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<Str
                     if at.is_empty() { "—".to_owned() } else { at.join(", ") }
                 );
                 if let Some(next) = run.timers.iter().map(|t| t.due_at).min() {
-                    let _ = write!(body, "<dt>Next timer</dt><dd>{}</dd>", super::html::due(Some(next), now));
+                    let _ = write!(body, "<dt>Next timer</dt><dd>{}</dd>", super::html::due(Some(next), now, zone));
                 }
             }
         }
@@ -408,9 +412,9 @@ async fn run_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<Str
             esc(&run.current_steps().map(|s| workflow.step(s).id.to_string()).collect::<Vec<_>>().join(", "))
         );
         body.push_str("<section aria-labelledby=\"history\"><h2 id=\"history\">History</h2>");
-        body.push_str(&history_table(&history));
+        body.push_str(&history_table(&history, zone));
         body.push_str("</section><section aria-labelledby=\"decisions\"><h2 id=\"decisions\">Decision records</h2>");
-        body.push_str(&decisions_table(&decisions));
+        body.push_str(&decisions_table(&decisions, zone));
         body.push_str("</section>");
         Ok(Some(body))
     })
@@ -424,13 +428,14 @@ async fn run_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<Str
     }
 }
 
-/// A time to the second, for histories where many entries share a minute.
-fn precise(at: flowmark_core::Timestamp) -> String {
+/// A time to the second in the reader's zone, for histories where many entries share a minute.
+fn precise(at: flowmark_core::Timestamp, zone: html::Zone) -> String {
     let utc = at.to_chrono();
-    format!("<time datetime=\"{}\">{}</time>", utc.to_rfc3339(), utc.format("%d %b %Y %H:%M:%S"))
+    let local = utc.with_timezone(&zone.0);
+    format!("<time datetime=\"{}\">{}</time>", utc.to_rfc3339(), local.format("%d %b %Y %H:%M:%S %Z"))
 }
 
-fn history_table(history: &[Value]) -> String {
+fn history_table(history: &[Value], zone: html::Zone) -> String {
     if history.is_empty() {
         return "<p class=\"muted\">Nothing yet.</p>".to_owned();
     }
@@ -444,14 +449,14 @@ fn history_table(history: &[Value]) -> String {
          <th scope=\"col\">What</th><th scope=\"col\">Detail</th></tr></thead><tbody>",
     );
     for entry in &history[skipped..] {
-        let at = entry["at"].as_i64().map(|ms| precise(flowmark_core::Timestamp(ms))).unwrap_or_default();
+        let at = entry["at"].as_i64().map(|ms| precise(flowmark_core::Timestamp(ms), zone)).unwrap_or_default();
         let detail: Vec<String> = entry
             .as_object()
             .into_iter()
             .flatten()
             .filter(|(k, v)| !matches!(k.as_str(), "at" | "step" | "what") && !v.is_null())
             .map(|(k, v)| match (k.as_str(), v.as_i64()) {
-                ("until", Some(ms)) => format!("until: {}", time(flowmark_core::Timestamp(ms))),
+                ("until", Some(ms)) => format!("until: {}", time(flowmark_core::Timestamp(ms), zone)),
                 _ => format!("{}: {}", esc(&k.replace('_', " ")), esc(&plain(v))),
             })
             .collect();
@@ -467,7 +472,7 @@ fn history_table(history: &[Value]) -> String {
     out
 }
 
-fn decisions_table(decisions: &[Value]) -> String {
+fn decisions_table(decisions: &[Value], zone: html::Zone) -> String {
     if decisions.is_empty() {
         return "<p class=\"muted\">This run has made no decisions yet.</p>".to_owned();
     }
@@ -476,7 +481,7 @@ fn decisions_table(decisions: &[Value]) -> String {
          <th scope=\"col\">Decision</th><th scope=\"col\">Read</th><th scope=\"col\">Result</th><th scope=\"col\">Went to</th></tr></thead><tbody>",
     );
     for record in decisions.iter().rev().take(LIST_MAX).rev() {
-        let at = record["at"].as_i64().map(|ms| precise(flowmark_core::Timestamp(ms))).unwrap_or_default();
+        let at = record["at"].as_i64().map(|ms| precise(flowmark_core::Timestamp(ms), zone)).unwrap_or_default();
         let inputs: Vec<String> = record["inputs"]
             .as_object()
             .into_iter()

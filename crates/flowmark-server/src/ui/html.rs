@@ -182,24 +182,42 @@ pub fn page(title: &str, person: Option<(&str, &str)>, body: &str) -> String {
     out
 }
 
-/// A time as people read it, in UTC, with the `datetime` machine value.
-pub fn time(at: Timestamp) -> String {
+/// The time zone of the person reading a page: theirs in the directory, UTC when they have
+/// none (the calendar reads the same).
+#[derive(Debug, Clone, Copy)]
+pub struct Zone(pub chrono_tz::Tz);
+
+/// A time as the reader reads it, in their time zone (named: `EST`, `CET`), with the
+/// `datetime` machine value in UTC.
+pub fn time(at: Timestamp, zone: Zone) -> String {
     let utc = at.to_chrono();
-    format!("<time datetime=\"{}\">{}</time>", utc.to_rfc3339(), utc.format("%a %d %b %Y, %H:%M UTC"))
+    let local = utc.with_timezone(&zone.0);
+    format!("<time datetime=\"{}\">{}</time>", utc.to_rfc3339(), local.format("%a %d %b %Y, %H:%M %Z"))
 }
 
 /// A due time, marked when it has passed.
-pub fn due(due_at: Option<Timestamp>, now: Timestamp) -> String {
+pub fn due(due_at: Option<Timestamp>, now: Timestamp, zone: Zone) -> String {
     match due_at {
         None => "<span class=\"muted\">no due date</span>".to_owned(),
-        Some(at) if at <= now => format!("<span class=\"overdue\">overdue · {}</span>", time(at)),
-        Some(at) => time(at),
+        Some(at) if at <= now => format!("<span class=\"overdue\">overdue · {}</span>", time(at, zone)),
+        Some(at) => time(at, zone),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_read_in_the_readers_zone() {
+        let at = Timestamp(1_796_764_140_000); // 2026-12-08T21:09:00Z
+        let new_york = time(at, Zone(chrono_tz::America::New_York));
+        assert!(
+            new_york.contains(">Tue 08 Dec 2026, 16:09 EST<") && new_york.contains("2026-12-08T21:09:00+00:00"),
+            "{new_york}"
+        );
+        assert!(time(at, Zone(chrono_tz::UTC)).contains("21:09 UTC"));
+    }
 
     #[test]
     fn markup_in_values_is_escaped() {

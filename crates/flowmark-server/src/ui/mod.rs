@@ -31,7 +31,7 @@ use crate::api::{Answer, App, Page, PeerAddress, admin_object, internal, problem
 use crate::auth::{constant_time_eq, hash_password, new_token, token_hash, verify_password};
 use crate::openapi::schema;
 use crate::owner::now;
-use html::{due, esc, page, seg, time};
+use html::{Zone, due, esc, page, seg, time};
 
 /// How long a session lasts.
 pub const SESSION_MS: i64 = 12 * 3_600_000;
@@ -289,6 +289,12 @@ async fn check_password(app: &App, email: &str, password: String) -> Result<bool
     .map_err(|_| internal("a password check failed"))
 }
 
+/// The time zone the signed-in person reads times in: theirs in the directory, else UTC.
+pub(crate) fn reader_zone(engine: &crate::api::Eng, email: &str) -> Zone {
+    let zone = engine.directory().person(email).and_then(|p| p.timezone.as_deref()).and_then(|tz| tz.parse().ok());
+    Zone(zone.unwrap_or(chrono_tz::UTC))
+}
+
 /// A real Argon2id hash, verified when an account does not exist (same cost either way).
 static DUMMY_HASH: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| hash_password("no account has this password").unwrap_or_default());
@@ -315,7 +321,7 @@ async fn logout(
     response
 }
 
-fn work_rows(items: &[WorkItem], now: Timestamp, empty: &str) -> String {
+fn work_rows(items: &[WorkItem], now: Timestamp, zone: Zone, empty: &str) -> String {
     if items.is_empty() {
         return format!("<p class=\"muted\">{}</p>", esc(empty));
     }
@@ -332,7 +338,7 @@ fn work_rows(items: &[WorkItem], now: Timestamp, empty: &str) -> String {
                 .as_ref()
                 .map(|a| format!(" <span class=\"pill\">claimed by {}</span>", esc(a)))
                 .unwrap_or_default(),
-            due(item.due_at, now),
+            due(item.due_at, now, zone),
             seg(&item.subject_id),
             esc(&item.subject_id),
             esc(&item.role),
@@ -350,15 +356,16 @@ async fn home(State(app): State<App>, headers: HeaderMap) -> Page {
         let tasks = engine.store().work_of_person(&who, Some(WorkKind::Task), 200)?;
         let approvals = engine.store().work_of_person(&who, Some(WorkKind::Approval), 200)?;
         let notes = engine.store().notifications(&who, 15)?;
+        let zone = reader_zone(engine, &who);
         let mut body = String::from("<h1>My work</h1>");
         let _ = write!(body, "<section aria-labelledby=\"tasks\"><h2 id=\"tasks\">My tasks ({})</h2>", tasks.len());
-        body.push_str(&work_rows(&tasks, now, "No tasks wait for you."));
+        body.push_str(&work_rows(&tasks, now, zone, "No tasks wait for you."));
         let _ = write!(
             body,
             "</section><section aria-labelledby=\"approvals\"><h2 id=\"approvals\">Waiting for my approval ({})</h2>",
             approvals.len()
         );
-        body.push_str(&work_rows(&approvals, now, "No approvals wait for you."));
+        body.push_str(&work_rows(&approvals, now, zone, "No approvals wait for you."));
         body.push_str("</section><section aria-labelledby=\"notes\"><h2 id=\"notes\">Notifications</h2>");
         if notes.is_empty() {
             body.push_str("<p class=\"muted\">Nothing yet.</p>");
@@ -372,7 +379,7 @@ async fn home(State(app): State<App>, headers: HeaderMap) -> Page {
                     esc(&n.reason.replace('_', " ")),
                     esc(link),
                     esc(&n.text),
-                    time(n.at)
+                    time(n.at, zone)
                 );
             }
             body.push_str("</ul>");
@@ -388,7 +395,13 @@ async fn home(State(app): State<App>, headers: HeaderMap) -> Page {
 }
 
 /// The item's attachments (links; deliverable versions marked) and the form to add one.
-fn attachments_html(comments: &[flowmark_store::Comment], subject: &str, work: Option<&str>, csrf: &str) -> String {
+fn attachments_html(
+    comments: &[flowmark_store::Comment],
+    subject: &str,
+    work: Option<&str>,
+    csrf: &str,
+    zone: Zone,
+) -> String {
     let mut out = String::from(
         "<section aria-labelledby=\"attachments\"><h2 id=\"attachments\">Deliverables and attachments</h2><ul class=\"plain attachments\">",
     );
@@ -403,7 +416,7 @@ fn attachments_html(comments: &[flowmark_store::Comment], subject: &str, work: O
             esc(link),
             esc(&c.body),
             esc(&c.by),
-            time(c.at)
+            time(c.at, zone)
         );
     }
     if !any {
@@ -426,8 +439,14 @@ fn attachments_html(comments: &[flowmark_store::Comment], subject: &str, work: O
     out
 }
 
-fn comments_html(comments: &[flowmark_store::Comment], subject: &str, work: Option<&str>, csrf: &str) -> String {
-    let mut out = attachments_html(comments, subject, work, csrf);
+fn comments_html(
+    comments: &[flowmark_store::Comment],
+    subject: &str,
+    work: Option<&str>,
+    csrf: &str,
+    zone: Zone,
+) -> String {
+    let mut out = attachments_html(comments, subject, work, csrf, zone);
     out.push_str(
         "<section aria-labelledby=\"comments\"><h2 id=\"comments\">Comments</h2><ul class=\"plain comments\">",
     );
@@ -436,7 +455,7 @@ fn comments_html(comments: &[flowmark_store::Comment], subject: &str, work: Opti
             out,
             "<li><strong>{}</strong> <span class=\"muted\">{}</span><br>{}</li>",
             esc(&c.by),
-            time(c.at),
+            time(c.at, zone),
             esc(&c.body)
         );
     }
@@ -490,7 +509,7 @@ fn field_controls(detail: &Value) -> String {
     out
 }
 
-fn work_html(item: &WorkItem, email: &str, csrf: &str, now: Timestamp, error: Option<&str>) -> String {
+fn work_html(item: &WorkItem, email: &str, csrf: &str, now: Timestamp, zone: Zone, error: Option<&str>) -> String {
     let mut body = String::new();
     let _ = write!(
         body,
@@ -520,7 +539,7 @@ fn work_html(item: &WorkItem, email: &str, csrf: &str, now: Timestamp, error: Op
     if let Some(a) = item.detail["raci"]["accountable"].as_str().or(item.detail["accountable"].as_str()) {
         let _ = write!(body, "<dt>Accountable</dt><dd>{}</dd>", esc(a));
     }
-    let _ = write!(body, "<dt>Due</dt><dd>{}</dd>", due(item.due_at, now));
+    let _ = write!(body, "<dt>Due</dt><dd>{}</dd>", due(item.due_at, now, zone));
     if item.status == "open" {
         let _ = write!(body, "<dt>For</dt><dd>{}</dd>", esc(&item.people.join(", ")));
     } else {
@@ -618,8 +637,9 @@ async fn render_work(
     let answer = query(&app.owner, move |engine, now| -> Result<Option<(String, String)>, flowmark_store::Error> {
         let Some(item) = engine.store().work_item(&id)? else { return Ok(None) };
         let comments = engine.store().comments(&item.subject_id, 100)?;
-        let mut body = work_html(&item, &who, &csrf, now, error.as_deref());
-        body.push_str(&comments_html(&comments, &item.subject_id, Some(&item.id), &csrf));
+        let zone = reader_zone(engine, &who);
+        let mut body = work_html(&item, &who, &csrf, now, zone, error.as_deref());
+        body.push_str(&comments_html(&comments, &item.subject_id, Some(&item.id), &csrf, zone));
         Ok(Some((item.title, body)))
     })
     .await;
@@ -716,10 +736,12 @@ async fn item_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<St
         return Ok(to_login(&format!("/ui/items/{}", seg(&id))));
     };
     let csrf = session.csrf.clone();
+    let who = email.clone();
     let answer = query(&app.owner, move |engine, now| -> Result<Option<String>, flowmark_store::Error> {
         let Some(contact) = engine.store().contact(&id)? else { return Ok(None) };
         let work = engine.store().work_of_subject(&id, 500)?;
         let comments = engine.store().comments(&id, 100)?;
+        let zone = reader_zone(engine, &who);
         let title = flowmark_runtime::work::subject_title(&contact.traits, &id);
         let mut body = format!("<h1>{}</h1><div class=\"card\"><dl class=\"facts\">", esc(&title));
         for (key, value) in contact.traits.as_object().into_iter().flatten() {
@@ -747,11 +769,11 @@ async fn item_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<St
                 seg(&w.id),
                 esc(&w.title),
                 esc(&w.role),
-                due(w.due_at.filter(|_| w.status == "open"), now)
+                due(w.due_at.filter(|_| w.status == "open"), now, zone)
             );
         }
         body.push_str("</tbody></table></section>");
-        body.push_str(&comments_html(&comments, &id, None, &csrf));
+        body.push_str(&comments_html(&comments, &id, None, &csrf, zone));
         Ok(Some(body))
     })
     .await;

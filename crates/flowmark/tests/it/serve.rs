@@ -1005,3 +1005,40 @@ fn slow_heads_slow_bodies_and_huge_declared_bodies_are_cut_off() {
     assert_eq!(server.get_text("/healthz").0, 200);
     server.stop();
 }
+
+#[test]
+fn ui_times_read_in_the_readers_own_time_zone() {
+    let dir = super::validate::fresh_dir("ui-zones");
+    let server = Server::start(&dir.join("flowmark.db"));
+    let blueprint = std::fs::read(crate::repo_path("blueprints/blog-post.yaml")).unwrap();
+    assert_eq!(server.api("POST", "/api/workflows", &blueprint).0, 201);
+    let team = json!({
+        "people": [{ "email": "sia@example.com", "timezone": "America/New_York" }, { "email": "omar@example.com" }],
+        "teams": { "seo": ["sia@example.com", "omar@example.com"] }
+    });
+    assert_eq!(server.api("PUT", "/api/directory", team.to_string().as_bytes()).0, 200);
+    for person in ["sia@example.com", "omar@example.com"] {
+        let path = format!("/api/accounts/{person}");
+        assert_eq!(server.api("PUT", &path, br#"{"password":"correct horse"}"#).0, 200);
+    }
+    assert_eq!(server.api("PUT", "/api/contacts/post-1", br#"{"traits":{"title":"Launch"}}"#).0, 200);
+    assert_eq!(server.api("POST", "/api/workflows/blog-post/runs", br#"{"subject":"post-1"}"#).0, 201);
+    let page = |email: &str| {
+        let (head, _) = raw(
+            &server.address,
+            "POST",
+            "/ui/login",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            format!("email={}&password=correct+horse&next=%2Fui", email.replace('@', "%40")).as_bytes(),
+        );
+        let cookie =
+            head.lines().find_map(|l| l.strip_prefix("set-cookie: ")).unwrap().split(';').next().unwrap().to_owned();
+        raw(&server.address, "GET", "/ui", &[("Cookie", &cookie)], b"").1
+    };
+    // The research task is due in two days: Sia reads it in New York time, Omar in UTC.
+    let sia = page("sia@example.com");
+    assert!(sia.contains(" EST</time>") && !sia.contains(" UTC</time>"), "{sia}");
+    let omar = page("omar@example.com");
+    assert!(omar.contains(" UTC</time>"), "{omar}");
+    server.stop();
+}
