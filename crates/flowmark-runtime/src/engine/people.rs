@@ -60,9 +60,20 @@ pub(super) struct Ask {
     pub people: Vec<String>,
     /// `task_assigned`, `approval_requested`, `reminder`, `escalation`, `mention`, …
     pub reason: String,
+    /// The text; `{due}` in it is replaced by `due_at` as each person reads it (their time
+    /// zone from the directory).
     pub text: String,
+    pub due_at: Option<Timestamp>,
     /// A path under the public URL (`/ui/work/<id>`).
     pub link: String,
+}
+
+/// The placeholder in an `Ask`'s text where its due time goes.
+const DUE: &str = "{due}";
+
+/// A due time as a person reads it: ` (due Tue 08 Dec, 16:09 EST)`.
+fn due_in(at: Timestamp, zone: chrono_tz::Tz) -> String {
+    format!(" (due {})", at.to_chrono().with_timezone(&zone).format("%a %d %b, %H:%M %Z"))
 }
 
 /// What a person does to a work item.
@@ -483,6 +494,7 @@ impl<S: Store> Engine<S> {
                 people: vec![mentioned.clone()],
                 reason: "mention".to_owned(),
                 text,
+                due_at: None,
                 link: format!("/ui/items/{}", url_part(subject_id)),
             };
             self.notify_person(&mut unit, (&key, run.unwrap_or(NO_RUN), "comment"), &mentioned, &ask, now);
@@ -501,7 +513,18 @@ impl<S: Store> Engine<S> {
         ask: &Ask,
         now: Timestamp,
     ) {
-        let (reason, text) = (ask.reason.as_str(), ask.text.as_str());
+        let zone = self
+            .directory
+            .person(person)
+            .and_then(|p| p.timezone.as_deref())
+            .and_then(|tz| tz.parse().ok())
+            .unwrap_or(chrono_tz::UTC);
+        // Only a text built with a due time holds the placeholder (a comment's words never do).
+        let text = match ask.due_at {
+            Some(at) => ask.text.replace(DUE, &due_in(at, zone)),
+            None => ask.text.clone(),
+        };
+        let (reason, text) = (ask.reason.as_str(), text.as_str());
         let prefs = self.directory.person(person).map(|p| p.notify.clone()).unwrap_or_default();
         let key = format!("{key}/{person}");
         let link = format!("{}{}", self.public_url, ask.link);
@@ -553,25 +576,39 @@ impl<S: Store> Engine<S> {
         let workflow = self.workflow(run.workflow_id, Some(run.version))?;
         let title = subject_title(subject, run.subject_id);
         let item_link = format!("/ui/items/{}", url_part(run.subject_id));
-        // (roles, reason, text, link) per ask.
+        // The step as people call it: its name, else its id.
+        let step_name = workflow
+            .step_index(step)
+            .and_then(|at| workflow.step(at).name.clone())
+            .unwrap_or_else(|| step.replace(['-', '_'], " "));
+        // (roles, reason, text, link) per ask, and the due time `{due}` stands for.
+        let mut due = None;
         let asks: Vec<(Vec<String>, &str, String, String)> = match effect {
             EffectKind::CreateTask { title: task, raci, due_at, .. } => {
-                let due = due_at.map(|at| format!(" (due {at})")).unwrap_or_default();
+                due = *due_at;
+                let slot = if due.is_some() { DUE } else { "" };
                 let link = format!("/ui/work/{}", url_part(key));
                 let mut asks =
-                    vec![(raci.responsible.clone(), "task_assigned", format!("New task: {task}{due}"), link)];
+                    vec![(raci.responsible.clone(), "task_assigned", format!("New task: {task}{slot}"), link)];
                 if !raci.consulted.is_empty() {
                     // Their input is sought: they are told, and comment on the item's page; the
                     // task itself stays the responsible people's.
-                    let text = format!("Your input is sought on the task “{task}”{due}, for “{title}”");
+                    let text = format!("Your input is sought on the task “{task}”{slot}, for “{title}”");
                     asks.push((raci.consulted.clone(), "consulted", text, item_link));
                 }
                 asks
             }
-            EffectKind::RequestApproval { approvers, .. } => approvers
+            EffectKind::RequestApproval { approvers, due_at, round } => approvers
                 .iter()
                 .map(|role| {
-                    let text = format!("Your approval is needed on “{title}” ({step})");
+                    due = *due_at;
+                    let slot = if due.is_some() { DUE } else { "" };
+                    let again = if *round > 1 {
+                        format!(", round {round}, after changes were asked for")
+                    } else {
+                        String::new()
+                    };
+                    let text = format!("Your approval is needed on “{title}”: {step_name}{again}{slot}");
                     let link = format!("/ui/work/{}", url_part(&format!("{key}:{role}")));
                     (vec![role.clone()], "approval_requested", text, link)
                 })
@@ -594,6 +631,7 @@ impl<S: Store> Engine<S> {
                 people: self.directory.resolve_all(&roles, &workflow.roles, subject, now),
                 reason: reason.to_owned(),
                 text,
+                due_at: due,
                 link,
             })
             .filter(|ask| !ask.people.is_empty())

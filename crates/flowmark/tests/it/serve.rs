@@ -1038,6 +1038,10 @@ fn ui_times_read_in_the_readers_own_time_zone() {
     // The research task is due in two days: Sia reads it in New York time, Omar in UTC.
     let sia = page("sia@example.com");
     assert!(sia.contains(" EST</time>") && !sia.contains(" UTC</time>"), "{sia}");
+    // Her notification of the task says its due time as she reads it, not a raw timestamp.
+    let (_, _, notes) = server.api("GET", "/api/people/sia@example.com/notifications", b"");
+    let text = notes.to_string();
+    assert!(text.contains("(due ") && text.contains(" EST)") && !text.contains("Z)"), "{text}");
     let omar = page("omar@example.com");
     assert!(omar.contains(" UTC</time>"), "{omar}");
     server.stop();
