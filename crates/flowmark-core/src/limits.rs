@@ -58,6 +58,10 @@ pub const APPROVERS_COUNT_MAX: usize = 32;
 /// Most reminders of one approval step.
 pub const REMINDERS_COUNT_MAX: usize = 8;
 
+/// Shortest period of a repeating reminder (`remind: { every: … }`): an hour. People stop
+/// reading reminders that come more often.
+pub const REMINDER_EVERY_MS_MIN: u64 = 60 * 60 * 1000;
+
 /// Holidays in a workflow's `working_days`.
 pub const HOLIDAYS_COUNT_MAX: usize = 1_000;
 

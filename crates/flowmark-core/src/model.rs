@@ -574,6 +574,9 @@ pub struct Approval {
     pub due: Option<Duration>,
     /// Reminders, each this long after the request while no decision has come.
     pub remind: Vec<Duration>,
+    /// A reminder this often while no decision has come (`remind: { every: 1d }`), from the
+    /// request on, until the request is decided (or its stage is, in a sequential approval).
+    pub remind_every: Option<Duration>,
     pub escalate: Option<Escalation>,
     /// `due`, `remind` and `escalate.after` count only working days in the workflow's zone.
     pub business_days: bool,

@@ -1632,9 +1632,30 @@ impl<'s> Decoder<'s> {
         let accountable = self.accountable(&f, "an approval", false);
         let due = f.get("due").and_then(|n| self.duration(n));
         let mut remind = Vec::new();
+        let mut remind_every = None;
         if let Some(n) = f.get("remind") {
             match &unwrap_tagged(n).data {
                 YamlData::Sequence(items) => remind.extend(items.iter().filter_map(|i| self.duration(i))),
+                YamlData::Mapping(_) => {
+                    let r = self.fields(n, "a repeating reminder", &["every"])?;
+                    if let Some(every) =
+                        self.require(&r, "every", "a repeating reminder").and_then(|n| self.duration(n))
+                    {
+                        if every.0 < limits::REMINDER_EVERY_MS_MIN {
+                            let span = self.span(r.get("every").unwrap_or(n));
+                            self.error(
+                                Diagnostic::error(
+                                    "flowmark::reminder-too-often",
+                                    span,
+                                    "a repeating reminder at most once an hour".to_owned(),
+                                )
+                                .label("more often than hourly")
+                                .help("people stop reading reminders that come more often; use `every: 1h` or longer"),
+                            );
+                        }
+                        remind_every = Some(every);
+                    }
+                }
                 _ => remind.extend(self.duration(n)),
             }
             if remind.len() > limits::REMINDERS_COUNT_MAX {
@@ -1725,6 +1746,7 @@ impl<'s> Decoder<'s> {
             accountable,
             due,
             remind,
+            remind_every,
             escalate,
             business_days,
             on_reject,

@@ -233,6 +233,16 @@ impl<'a> Machine<'a> {
                         let message = format!("Reminder: your approval is needed on `{}`", step.id);
                         self.emit(token.at, EffectKind::Notify { to, message, reason: NotifyReason::ApprovalReminder });
                     }
+                    // A repeating reminder arms the next one in place of the one that fired.
+                    if let StepKind::Approval(approval) = &step.kind
+                        && let Some(every) = approval.remind_every
+                    {
+                        let mut state = state.clone();
+                        state.timers.retain(|t| *t != armed.id);
+                        let next = self.deadline(every, approval.business_days);
+                        state.timers.push(self.arm(token.id, TimerPurpose::ApprovalReminder, next));
+                        self.set_state(token.id, TokenState::AwaitingApproval(state));
+                    }
                 }
             }
             TimerPurpose::ApprovalEscalation => self.escalate(token.id, token.at),
@@ -816,7 +826,7 @@ impl<'a> Machine<'a> {
     /// again for each stage of a sequential approval.
     fn arm_approval_clocks(&mut self, token: u32, approval: &Approval) -> Vec<TimerId> {
         let mut timers = Vec::new();
-        for remind in &approval.remind {
+        for remind in approval.remind.iter().chain(&approval.remind_every) {
             let at = self.deadline(*remind, approval.business_days);
             timers.push(self.arm(token, TimerPurpose::ApprovalReminder, at));
         }

@@ -734,3 +734,69 @@ steps:
     assert_eq!(notes.len(), 1, "{:?}", t.decisions);
     assert!(notes[0].contains("is the number 123") && notes[0].contains("is the string \"123\""), "{}", notes[0]);
 }
+
+#[test]
+fn a_repeating_reminder_comes_back_until_the_stage_is_decided() {
+    let wf = workflow(
+        r#"
+id: nag
+subject: item
+roles:
+  legal: { person: lea@x.com }
+  vp: { person: vi@x.com }
+steps:
+  - id: signoff
+    approval:
+      mode: sequential
+      approvers: [legal, vp]
+      remind: { every: 1d }
+"#,
+    );
+    let item = json!({ "title": "Launch" });
+    let facts = Facts { subject: &item, ..Facts::empty() };
+    const DAY: i64 = 24 * 60 * 60 * 1000;
+    let t = handle(
+        &wf,
+        Run::new(RunId(7), &wf, 1, "i", Timestamp(NOON)),
+        &Input::Start { event: None },
+        &facts,
+        Timestamp(NOON),
+    );
+    let reminder =
+        |t: &Transition| t.timers.iter().find(|r| r.purpose == TimerPurpose::ApprovalReminder).unwrap().clone();
+    let first = reminder(&t);
+    assert_eq!(first.due_at, Timestamp(NOON + DAY));
+    let mut run = t.run;
+    let mut last = first;
+    for n in 1..=3 {
+        let fired = handle(&wf, run, &Input::TimerFired { timer: last.timer }, &facts, Timestamp(NOON + n * DAY));
+        assert!(
+            fired
+                .effects
+                .iter()
+                .any(|e| matches!(&e.kind, EffectKind::Notify { reason: NotifyReason::ApprovalReminder, .. }))
+        );
+        last = reminder(&fired);
+        assert_eq!(last.due_at, Timestamp(NOON + (n + 1) * DAY), "the next one a day later");
+        run = fired.run;
+    }
+    // Legal decides: the VP's stage gets a reminder of its own, a day after the VP is asked.
+    let input = Input::ApprovalDecided {
+        step: "signoff".into(),
+        role: "legal".into(),
+        by: "lea@x.com".into(),
+        decision: Decision::Approve,
+        comment: None,
+    };
+    let t = handle(&wf, run, &input, &facts, Timestamp(NOON + 3 * DAY + 5));
+    assert!(t.timers_cancelled.contains(&last.timer));
+    assert_eq!(reminder(&t).due_at, Timestamp(NOON + 4 * DAY + 5));
+
+    let too_often = "id: spam\nsubject: item\nroles:\n  legal: { person: l@x.com }\nsteps:\n  - id: s\n    approval:\n      approvers: [legal]\n      remind: { every: 10m }\n";
+    let compiled = crate::compile(&crate::Source::new("spam.yaml", too_often.to_owned()));
+    assert!(
+        compiled.diagnostics.iter().any(|d| d.code == "flowmark::reminder-too-often"),
+        "{:?}",
+        compiled.diagnostics
+    );
+}
