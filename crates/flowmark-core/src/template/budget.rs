@@ -577,6 +577,32 @@ impl Loop {
         Ok((variable, over))
     }
 
+    /// Reads a loop's head and its `limit:` and `offset:`; `own` takes the block's own words
+    /// (`reversed`, `cols: n`) and says whether it knew the word; any other is an error saying
+    /// what was `expected`. A literal range over the limit is refused here.
+    fn parse(
+        arguments: &mut TagTokenIter<'_>,
+        expected: &str,
+        mut own: impl FnMut(&str, &mut TagTokenIter<'_>) -> Result<bool>,
+    ) -> Result<Loop> {
+        let (variable, over) = Loop::parse_head(arguments)?;
+        let mut looped = Loop { variable, over, limit: None, offset: None };
+        while let Some(token) = arguments.next() {
+            match token.as_str() {
+                "limit" => looped.limit = Some(attribute(arguments)?),
+                "offset" => looped.offset = Some(attribute(arguments)?),
+                word => {
+                    if !own(word, arguments)? {
+                        return token.raise_custom_error(expected).into_err();
+                    }
+                }
+            }
+        }
+        arguments.expect_nothing()?;
+        looped.check_literal_range(arguments)?;
+        Ok(looped)
+    }
+
     /// Refuses a literal range that is over the limit, where the tag's arguments end.
     fn check_literal_range(&self, arguments: &mut TagTokenIter<'_>) -> Result<()> {
         if self.limit.is_some() {
@@ -717,19 +743,11 @@ impl ParseBlock for BoundedFor {
         mut tokens: TagBlock<'_, '_>,
         language: &Language,
     ) -> Result<Box<dyn Renderable>> {
-        let (variable, over) = Loop::parse_head(&mut arguments)?;
-        let mut looped = Loop { variable, over, limit: None, offset: None };
         let mut reversed = false;
-        while let Some(token) = arguments.next() {
-            match token.as_str() {
-                "limit" => looped.limit = Some(attribute(&mut arguments)?),
-                "offset" => looped.offset = Some(attribute(&mut arguments)?),
-                "reversed" => reversed = true,
-                _ => return token.raise_custom_error("\"limit\", \"offset\" or \"reversed\" expected.").into_err(),
-            }
-        }
-        arguments.expect_nothing()?;
-        looped.check_literal_range(&mut arguments)?;
+        let looped = Loop::parse(&mut arguments, "\"limit\", \"offset\" or \"reversed\" expected.", |word, _| {
+            reversed |= word == "reversed";
+            Ok(word == "reversed")
+        })?;
         let mut body = Vec::new();
         let mut otherwise = None;
         while let Some(element) = tokens.next()? {
@@ -835,19 +853,14 @@ impl ParseBlock for BoundedTableRow {
         mut tokens: TagBlock<'_, '_>,
         language: &Language,
     ) -> Result<Box<dyn Renderable>> {
-        let (variable, over) = Loop::parse_head(&mut arguments)?;
-        let mut looped = Loop { variable, over, limit: None, offset: None };
         let mut cols = None;
-        while let Some(token) = arguments.next() {
-            match token.as_str() {
-                "cols" => cols = Some(attribute(&mut arguments)?),
-                "limit" => looped.limit = Some(attribute(&mut arguments)?),
-                "offset" => looped.offset = Some(attribute(&mut arguments)?),
-                _ => return token.raise_custom_error("\"cols\", \"limit\" or \"offset\" expected.").into_err(),
+        let looped = Loop::parse(&mut arguments, "\"cols\", \"limit\" or \"offset\" expected.", |word, arguments| {
+            if word != "cols" {
+                return Ok(false);
             }
-        }
-        arguments.expect_nothing()?;
-        looped.check_literal_range(&mut arguments)?;
+            cols = Some(attribute(arguments)?);
+            Ok(true)
+        })?;
         let body = Template::new(tokens.parse_all(language)?);
         tokens.assert_empty();
         Ok(Box::new(TableRow { looped, body, cols }))
