@@ -17,6 +17,14 @@ pub struct Server {
     pub address: String,
 }
 
+/// A test that fails before it stops its server leaves no process behind.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Server {
     pub fn start(db: &std::path::Path) -> Server {
         Server::start_with(db, &["--write-key", "wk", "--api-token", "tok"])
