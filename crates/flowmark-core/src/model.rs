@@ -559,6 +559,9 @@ pub enum EscalationAction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Escalation {
     pub after: Duration,
+    /// Escalate again this often while the request is still undecided (`notify` and
+    /// `reassign`; `auto_approve` and `auto_reject` end the round the first time).
+    pub every: Option<Duration>,
     /// A role name, or `accountable` for the step's accountable role.
     pub to: String,
     pub action: EscalationAction,

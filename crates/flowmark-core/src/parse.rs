@@ -1669,8 +1669,23 @@ impl<'s> Decoder<'s> {
         }
         let escalate = match f.get("escalate") {
             Some(n) => {
-                let e = self.fields(n, "an escalation", &["after", "to", "action"])?;
+                let e = self.fields(n, "an escalation", &["after", "every", "to", "action"])?;
                 let after = self.require(&e, "after", "an escalation").and_then(|n| self.duration(n));
+                let every = e.get("every").and_then(|n| {
+                    let every = self.duration(n)?;
+                    if every.0 < limits::REMINDER_EVERY_MS_MIN {
+                        let span = self.span(n);
+                        self.error(
+                            Diagnostic::error(
+                                "flowmark::reminder-too-often",
+                                span,
+                                "a repeating escalation at most once an hour".to_owned(),
+                            )
+                            .label("more often than hourly"),
+                        );
+                    }
+                    Some(every)
+                });
                 let to = match e.get("to") {
                     Some(n) => {
                         let to = self.string(n, "a role or `accountable`")?;
@@ -1718,7 +1733,7 @@ impl<'s> Decoder<'s> {
                     )?,
                     None => EscalationAction::Notify,
                 };
-                Some(Escalation { after: after?, to, action })
+                Some(Escalation { after: after?, every, to, action })
             }
             None => None,
         };

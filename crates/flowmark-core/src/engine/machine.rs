@@ -245,7 +245,21 @@ impl<'a> Machine<'a> {
                     }
                 }
             }
-            TimerPurpose::ApprovalEscalation => self.escalate(token.id, token.at),
+            TimerPurpose::ApprovalEscalation => {
+                self.escalate(token.id, token.at);
+                // A repeating escalation arms the next one while the request stays open.
+                if let StepKind::Approval(approval) = &step.kind
+                    && let Some(every) = approval.escalate.as_ref().and_then(|e| e.every)
+                    && let Some(TokenState::AwaitingApproval(state)) =
+                        self.token(token.id).filter(|t| t.at == token.at).map(|t| t.state.clone())
+                {
+                    let mut state = state;
+                    state.timers.retain(|t| *t != armed.id);
+                    let next = self.deadline(every, approval.business_days);
+                    state.timers.push(self.arm(token.id, TimerPurpose::ApprovalEscalation, next));
+                    self.set_state(token.id, TokenState::AwaitingApproval(state));
+                }
+            }
         }
     }
 

@@ -800,3 +800,54 @@ steps:
         compiled.diagnostics
     );
 }
+
+#[test]
+fn a_repeating_escalation_escalates_once_per_period_while_undecided() {
+    let wf = workflow(
+        r#"
+id: chase
+subject: item
+roles:
+  vp: { person: vi@x.com }
+  lead: { person: li@x.com }
+steps:
+  - id: signoff
+    approval:
+      approvers: [vp]
+      accountable: lead
+      escalate: { after: 1d, every: 1d, to: accountable, action: notify }
+"#,
+    );
+    let item = json!({ "title": "Launch" });
+    let facts = Facts { subject: &item, ..Facts::empty() };
+    const DAY: i64 = 24 * 60 * 60 * 1000;
+    let t = handle(
+        &wf,
+        Run::new(RunId(8), &wf, 1, "i", Timestamp(NOON)),
+        &Input::Start { event: None },
+        &facts,
+        Timestamp(NOON),
+    );
+    let escalation =
+        |t: &Transition| t.timers.iter().find(|r| r.purpose == TimerPurpose::ApprovalEscalation).unwrap().clone();
+    let mut next = escalation(&t);
+    let mut run = t.run;
+    for n in 1..=3 {
+        assert_eq!(next.due_at, Timestamp(NOON + n * DAY));
+        let t = handle(&wf, run, &Input::TimerFired { timer: next.timer }, &facts, Timestamp(NOON + n * DAY));
+        let escalated = t.history.iter().filter(|h| matches!(h.kind, HistoryKind::ApprovalEscalated { .. })).count();
+        assert_eq!(escalated, 1, "once per period");
+        next = escalation(&t);
+        run = t.run;
+    }
+    let input = Input::ApprovalDecided {
+        step: "signoff".into(),
+        role: "vp".into(),
+        by: "vi@x.com".into(),
+        decision: Decision::Approve,
+        comment: None,
+    };
+    let t = handle(&wf, run, &input, &facts, Timestamp(NOON + 3 * DAY + 1));
+    assert!(t.timers_cancelled.contains(&next.timer), "decided: no more escalations");
+    assert_eq!(t.run.status, RunStatus::Completed);
+}
