@@ -80,6 +80,7 @@ fn api() -> OpenApiRouter<App> {
         .routes(routes!(segments, put_segments))
         .routes(routes!(contact_segments))
         .routes(routes!(contact, upsert_contact, erase_contact))
+        .routes(routes!(export_contact))
         .routes(routes!(events))
         .routes(routes!(gone_endpoints, enable_endpoint))
         .routes(routes!(unsubscribe_page, unsubscribe))
@@ -856,6 +857,31 @@ async fn fire_due(app: &App) -> Result<(), Problem> {
     })
     .await?
     .map_err(internal)
+}
+
+/// Everything held about a contact, as one document (GDPR Art. 15, CCPA access).
+#[utoipa::path(
+    get,
+    path = "/api/contacts/{id}/export",
+    operation_id = "exportContact",
+    tag = "contacts",
+    summary = "Export everything held about a contact",
+    params(
+        ("id" = String, Path, description = "The contact id, or one of its aliases."),
+    ),
+    responses(
+        (status = 200, description = "The contact, its ids, events, runs with histories and decisions, and score history.", body = schema::ContactExport),
+        (status = 404, description = "Nothing is held about this id.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
+    ),
+    security(("bearer" = [])),
+)]
+async fn export_contact(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
+    let asked = id.clone();
+    match query(&app.owner, move |engine, _| engine.export_contact(&asked)).await?.map_err(internal)? {
+        Some(document) => Ok(axum::Json(document).into_response()),
+        None => Err(problem(StatusCode::NOT_FOUND, "No such contact", format!("nothing is held about `{id}`"))),
+    }
 }
 
 /// Erases a contact and everything held about it (GDPR Art. 17, CCPA deletion).

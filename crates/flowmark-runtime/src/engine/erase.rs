@@ -40,7 +40,48 @@ impl Tombstones {
     }
 }
 
+/// Most events, runs and score changes one export of a person lists (each).
+pub const EXPORT_ROWS_MAX: usize = 100_000;
+
 impl<S: Store> Engine<S> {
+    /// Everything held about contact `id` (an alias finds its canonical contact), as one JSON
+    /// document (GDPR Art. 15, CCPA access): the contact (traits, scores, segments, time
+    /// zone), the ids it is known by, its events, its runs with their histories and decision
+    /// records, and its score history, each at most `EXPORT_ROWS_MAX`. `None` when nothing is
+    /// held.
+    pub fn export_contact(&self, id: &str) -> Result<Option<serde_json::Value>, Error> {
+        let canonical = self.store.canonical_id(id)?.unwrap_or_else(|| id.to_owned());
+        let contact = self.store.contact(&canonical)?;
+        let events = self.store.events_of_subject(&canonical, Timestamp(i64::MIN), EXPORT_ROWS_MAX)?;
+        let filter = flowmark_store::RunFilter { subject_id: Some(canonical.clone()), ..Default::default() };
+        let runs = self.store.runs(&filter, EXPORT_ROWS_MAX)?;
+        if contact.is_none() && events.is_empty() && runs.is_empty() {
+            return Ok(None);
+        }
+        let mut run_documents = Vec::with_capacity(runs.len());
+        for run in &runs {
+            run_documents.push(serde_json::json!({
+                "run": run,
+                "history": self.store.history(run.id)?,
+                "decisions": self.store.decisions(run.id)?,
+            }));
+        }
+        let events: Vec<serde_json::Value> = events
+            .iter()
+            .map(|e| serde_json::json!({ "messageId": e.id, "event": e.name, "at": e.at, "payload": e.payload }))
+            .collect();
+        Ok(Some(serde_json::json!({
+            "id": canonical,
+            "aliases": self.store.aliases_of(&canonical)?,
+            "contact": contact.map(|c| serde_json::json!({
+                "traits": c.traits, "timezone": c.timezone, "updated_at": c.updated_at,
+            })),
+            "events": events,
+            "runs": run_documents,
+            "score_history": self.store.score_history(&canonical, EXPORT_ROWS_MAX)?,
+        })))
+    }
+
     /// Was `id` erased (so nothing about it may be stored again)?
     pub fn is_erased(&self, id: &str) -> bool {
         self.tombstones.holds(id)

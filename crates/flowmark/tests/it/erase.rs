@@ -75,6 +75,18 @@ fn an_erased_contact_is_gone_from_every_table_and_stays_gone() {
     let (_, _, runs) = server.api("GET", &format!("/api/runs?subject={ID}"), b"");
     assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
 
+    // Access first (GDPR Art. 15): everything held about them, in one document.
+    let (status, _, export) = server.api("GET", &format!("/api/contacts/{ALIAS}/export"), b"");
+    assert_eq!(status, 200, "{export}");
+    assert_eq!((export["id"].as_str(), export["aliases"].clone()), (Some(ID), json!([ALIAS])));
+    assert_eq!(export["contact"]["traits"]["email"], EMAIL);
+    assert!(
+        export["events"].as_array().unwrap().len() >= 3 && export["runs"].as_array().unwrap().len() == 1,
+        "{export}"
+    );
+    assert!(export["runs"][0]["history"].as_array().is_some_and(|h| !h.is_empty()));
+    assert!(!export["score_history"].as_array().unwrap().is_empty(), "{export}");
+
     let (status, _, erased) = server.api("DELETE", &format!("/api/contacts/{ALIAS}"), b"");
     assert_eq!(status, 200, "{erased}");
     assert_eq!(erased["erased"], ALIAS, "an alias finds the contact");
@@ -85,6 +97,7 @@ fn an_erased_contact_is_gone_from_every_table_and_stays_gone() {
     assert!(erased["events"].as_u64().unwrap() >= 3 && erased["contact"] == true, "{erased}");
 
     assert_eq!(server.api("GET", &format!("/api/contacts/{ID}"), b"").0, 404);
+    assert_eq!(server.api("GET", &format!("/api/contacts/{ID}/export"), b"").0, 404, "nothing is held any more");
     assert_eq!(server.api("GET", &format!("/api/runs?subject={ID}"), b"").2, json!([]));
     assert_eq!(server.api("GET", &format!("/api/events?subject={ID}"), b"").2, json!([]));
     // Old events re-sent, with their old ids or new ones: acknowledged, and dropped.
