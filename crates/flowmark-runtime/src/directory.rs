@@ -225,6 +225,12 @@ impl Directory {
         self.people.get(&email.trim().to_lowercase())
     }
 
+    /// The time zone `email` reads times in: theirs in the directory, UTC for someone without
+    /// one (the directory refuses a zone that does not parse).
+    pub fn zone_of(&self, email: &str) -> chrono_tz::Tz {
+        self.person(email).and_then(|p| p.timezone.as_deref()).and_then(|tz| tz.parse().ok()).unwrap_or(chrono_tz::UTC)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.people.is_empty()
     }

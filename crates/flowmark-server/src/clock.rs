@@ -52,6 +52,15 @@ pub enum MoveError {
     Backwards { now: String, to: String },
 }
 
+/// Could the clock move to `to` now (a virtual clock, `to` not in its past)?
+pub fn check_move(to: Timestamp) -> Result<(), MoveError> {
+    match VIRTUAL_MS.load(Ordering::Acquire) {
+        SYSTEM => Err(MoveError::SystemClock),
+        now if to.ms() < now => Err(MoveError::Backwards { now: Timestamp(now).rfc3339(), to: to.rfc3339() }),
+        _ => Ok(()),
+    }
+}
+
 /// Moves the virtual clock forward to `to` (a time before now is refused); gives the time
 /// it then stands at.
 pub fn advance_to(to: Timestamp) -> Result<Timestamp, MoveError> {

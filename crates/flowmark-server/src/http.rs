@@ -796,12 +796,7 @@ async fn advance_clock(State(app): State<App>, _admin: Admin, body: Bytes) -> An
         _ => return Err(invalid("say how far: `by` (a duration) or `to` (a time), one of the two".to_owned())),
     };
     let refused = |e: crate::clock::MoveError| problem(StatusCode::CONFLICT, "Clock not moved", e.to_string());
-    if !crate::clock::is_virtual() {
-        return Err(refused(crate::clock::MoveError::SystemClock));
-    }
-    if to < now {
-        return Err(refused(crate::clock::MoveError::Backwards { now: now.rfc3339(), to: to.rfc3339() }));
-    }
+    crate::clock::check_move(to).map_err(refused)?;
     // Time moves from one due timer or schedule to the next, each fired at its own time, as
     // it would have been on the system clock: a wait that times out during the move starts
     // what follows it then, not at the end of the move.

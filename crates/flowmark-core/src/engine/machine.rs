@@ -233,34 +233,35 @@ impl<'a> Machine<'a> {
                         let message = format!("Reminder: your approval is needed on `{}`", step.id);
                         self.emit(token.at, EffectKind::Notify { to, message, reason: NotifyReason::ApprovalReminder });
                     }
-                    // A repeating reminder arms the next one in place of the one that fired.
-                    if let StepKind::Approval(approval) = &step.kind
-                        && let Some(every) = approval.remind_every
-                    {
-                        let mut state = state.clone();
-                        state.timers.retain(|t| *t != armed.id);
-                        let next = self.deadline(every, approval.business_days);
-                        state.timers.push(self.arm(token.id, TimerPurpose::ApprovalReminder, next));
-                        self.set_state(token.id, TokenState::AwaitingApproval(state));
+                    if let StepKind::Approval(approval) = &step.kind {
+                        self.repeat(&token, &armed, approval.remind_every, approval.business_days);
                     }
                 }
             }
             TimerPurpose::ApprovalEscalation => {
                 self.escalate(token.id, token.at);
-                // A repeating escalation arms the next one while the request stays open.
-                if let StepKind::Approval(approval) = &step.kind
-                    && let Some(every) = approval.escalate.as_ref().and_then(|e| e.every)
-                    && let Some(TokenState::AwaitingApproval(state)) =
-                        self.token(token.id).filter(|t| t.at == token.at).map(|t| t.state.clone())
-                {
-                    let mut state = state;
-                    state.timers.retain(|t| *t != armed.id);
-                    let next = self.deadline(every, approval.business_days);
-                    state.timers.push(self.arm(token.id, TimerPurpose::ApprovalEscalation, next));
-                    self.set_state(token.id, TokenState::AwaitingApproval(state));
+                if let StepKind::Approval(approval) = &step.kind {
+                    let every = approval.escalate.as_ref().and_then(|e| e.every);
+                    self.repeat(&token, &armed, every, approval.business_days);
                 }
             }
         }
+    }
+
+    /// A repeating approval timer (`remind` or `escalate` with `every`) arms the next one in
+    /// place of `fired`, while the token still waits on the same approval.
+    fn repeat(&mut self, token: &Token, fired: &ArmedTimer, every: Option<Duration>, business_days: bool) {
+        let Some(every) = every else { return };
+        let Some(TokenState::AwaitingApproval(state)) =
+            self.token(token.id).filter(|t| t.at == token.at).map(|t| t.state.clone())
+        else {
+            return;
+        };
+        let mut state = state;
+        state.timers.retain(|t| *t != fired.id);
+        let next = self.deadline(every, business_days);
+        state.timers.push(self.arm(token.id, fired.purpose, next));
+        self.set_state(token.id, TokenState::AwaitingApproval(state));
     }
 
     fn task_completed(&mut self, step: &str, by: &str, fields: &serde_json::Map<String, Value>) {

@@ -513,12 +513,7 @@ impl<S: Store> Engine<S> {
         ask: &Ask,
         now: Timestamp,
     ) {
-        let zone = self
-            .directory
-            .person(person)
-            .and_then(|p| p.timezone.as_deref())
-            .and_then(|tz| tz.parse().ok())
-            .unwrap_or(chrono_tz::UTC);
+        let zone = self.directory.zone_of(person);
         // Only a text built with a due time holds the placeholder (a comment's words never do).
         let text = match ask.due_at {
             Some(at) => ask.text.replace(DUE, &due_in(at, zone)),
@@ -650,12 +645,7 @@ impl<S: Store> Engine<S> {
             let group = &held[i..end];
             i = end;
             let prefs = self.directory.person(&person).map(|p| p.notify.clone()).unwrap_or_default();
-            let tz: chrono_tz::Tz = self
-                .directory
-                .person(&person)
-                .and_then(|p| p.timezone.as_deref())
-                .and_then(|tz| tz.parse().ok())
-                .unwrap_or(chrono_tz::UTC);
+            let tz = self.directory.zone_of(&person);
             let local = now.to_chrono().with_timezone(&tz);
             if chrono::Timelike::hour(&local) < u32::from(prefs.digest_hour) {
                 continue;

@@ -159,12 +159,7 @@ async fn calendar_page(
     let feed_secret = app.config.unsubscribe_secret.clone();
     let who = email.clone();
     let answer = query(&app.owner, move |engine, now| -> Result<String, flowmark_store::Error> {
-        let zone: Tz = engine
-            .directory()
-            .person(&who)
-            .and_then(|p| p.timezone.as_deref())
-            .and_then(|z| z.parse().ok())
-            .unwrap_or(Tz::UTC);
+        let zone: Tz = engine.directory().zone_of(&who);
         let today = now.to_chrono().with_timezone(&zone).date_naive();
         let date = date.unwrap_or(today);
         let (first, end, previous, next) = period(view, date);

@@ -291,8 +291,7 @@ async fn check_password(app: &App, email: &str, password: String) -> Result<bool
 
 /// The time zone the signed-in person reads times in: theirs in the directory, else UTC.
 pub(crate) fn reader_zone(engine: &crate::api::Eng, email: &str) -> Zone {
-    let zone = engine.directory().person(email).and_then(|p| p.timezone.as_deref()).and_then(|tz| tz.parse().ok());
-    Zone(zone.unwrap_or(chrono_tz::UTC))
+    Zone(engine.directory().zone_of(email))
 }
 
 /// A real Argon2id hash, verified when an account does not exist (same cost either way).
