@@ -9,19 +9,20 @@
 use crate::Config;
 use crate::auth::{constant_time_eq, token_hash};
 use crate::owner::{Command, Owner};
+use crate::workspaces::Workspaces;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flowmark_core::Timestamp;
-use flowmark_store::{Scope, Store, WorkflowStatus};
+use flowmark_store::{Scope, Store, WorkflowStatus, WorkspaceName};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-/// What every handler is given: the owner's handle and the server's settings.
+/// What the router holds: the server's workspaces and settings, shared by every request.
 #[derive(Clone)]
-pub(crate) struct App {
-    pub(crate) owner: Owner,
+pub(crate) struct Shared {
+    pub(crate) workspaces: Workspaces,
     pub(crate) config: Arc<Config>,
     /// The OpenAPI document, built once from the routers.
     pub(crate) openapi: Arc<str>,
@@ -30,6 +31,181 @@ pub(crate) struct App {
     /// Password checks (Argon2, tens of milliseconds of CPU each) run on blocking threads, at
     /// most this many at once, so a flood of sign-ins cannot take every core.
     pub(crate) password_checks: Arc<tokio::sync::Semaphore>,
+}
+
+/// What every handler is given: the one workspace the request is for (its owner, its signing
+/// secret, its disabled webhook URLs) and the server's settings (through `Deref`). Made only by
+/// `route`, from the request (see `workspaces`); a handler has no way to another workspace.
+#[derive(Clone)]
+pub(crate) struct App {
+    pub(crate) owner: Owner,
+    pub(crate) workspace: WorkspaceName,
+    /// What this workspace's links are signed with.
+    pub(crate) secret: Option<Vec<u8>>,
+    /// This workspace's webhook URLs that answered `410 Gone`.
+    pub(crate) gone: flowmark_runtime::webhook::GoneEndpoints,
+    /// Did the path name the workspace (`/w/{name}/…`)? Then no credential moves the request
+    /// to another.
+    named_by_path: bool,
+    /// The bearer or Basic credential presented, with the stored token it is (looked up once).
+    presented: Option<Arc<(String, Option<flowmark_store::Token>)>>,
+    shared: Shared,
+}
+
+impl std::ops::Deref for App {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl axum::extract::FromRequestParts<Shared> for App {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &Shared) -> Result<App, Problem> {
+        parts.extensions.get::<App>().cloned().ok_or_else(|| internal("the request was not routed to a workspace"))
+    }
+}
+
+impl Shared {
+    /// Workspace `name` as a handler's `App`, or `404` when the server has none of that name.
+    fn app(&self, name: &WorkspaceName, named_by_path: bool) -> Result<App, Problem> {
+        let Some(tenant) = self.workspaces.get(name) else {
+            return Err(problem(StatusCode::NOT_FOUND, "No such workspace", format!("there is no workspace `{name}`")));
+        };
+        Ok(App {
+            owner: tenant.owner,
+            workspace: name.clone(),
+            secret: tenant.secret,
+            gone: tenant.gone,
+            named_by_path,
+            presented: None,
+            shared: self.clone(),
+        })
+    }
+
+    /// The stored token with this text, from the catalogue (the `default` workspace's store).
+    async fn stored_token(&self, presented: &str) -> Result<Option<flowmark_store::Token>, Problem> {
+        let hash = token_hash(presented);
+        query(&self.workspaces.catalogue(), move |engine, _| engine.store().token(&hash)).await?.map_err(internal)
+    }
+
+    /// Is `presented` one of the keys given on the command line (which act for `default`)?
+    fn configured(&self, presented: &str, scope: Scope) -> bool {
+        let keys = match scope {
+            Scope::Ingest => &self.config.write_keys,
+            Scope::Admin | Scope::Read => &self.config.admin_tokens,
+        };
+        keys.iter().chain(&self.config.admin_tokens).any(|k| constant_time_eq(k.as_bytes(), presented.as_bytes()))
+    }
+}
+
+impl App {
+    /// The same request in workspace `name`: for a credential that arrives in the body (a
+    /// Segment `writeKey`, the sign-in form), which `route` could not see. A path that named
+    /// its workspace keeps it.
+    pub(crate) fn switch_to(&self, name: &WorkspaceName) -> Result<App, Problem> {
+        if self.named_by_path || *name == self.workspace {
+            return Ok(self.clone());
+        }
+        self.shared.app(name, false)
+    }
+
+    /// The workspace a key presented in a body is for, when it is a stored token.
+    pub(crate) async fn workspace_of(&self, presented: &str) -> Result<Option<WorkspaceName>, Problem> {
+        if self.shared.configured(presented, Scope::Ingest) {
+            return Ok(Some(WorkspaceName::default_workspace()));
+        }
+        let token = self.shared.stored_token(presented).await?;
+        Ok(token.and_then(|t| WorkspaceName::parse(&t.workspace).ok()))
+    }
+
+    /// `path` inside this workspace, as a link (`/w/{name}` before it unless `default`).
+    pub(crate) fn link(&self, path: &str) -> String {
+        format!("{}{path}", crate::workspaces::link_prefix(&self.workspace))
+    }
+}
+
+/// Picks the workspace a request is for (the rules are `workspaces`'s) before any route sees
+/// it: takes a `/w/{name}` prefix off the path, and hands the handlers that workspace as their
+/// `App`. `404` for a workspace the server does not have.
+pub(crate) async fn route(
+    axum::extract::State(shared): axum::extract::State<Shared>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut named = None;
+    if let Some((name, rest)) = crate::workspaces::split_prefix(request.uri().path()) {
+        let rest = match request.uri().query() {
+            Some(query) => format!("{rest}?{query}"),
+            None => rest.to_owned(),
+        };
+        match rest.parse::<axum::http::Uri>() {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(_) => {
+                return problem(StatusCode::BAD_REQUEST, "Invalid path", "the path is not a valid URI").into_response();
+            }
+        }
+        named = Some(name);
+    }
+    let presented = bearer(request.headers()).or_else(|| basic_user(request.headers()));
+    let mut token = None;
+    if let Some(text) = &presented
+        && !shared.configured(text, Scope::Ingest)
+    {
+        token = match shared.stored_token(text).await {
+            Ok(token) => token,
+            Err(problem) => return problem.into_response(),
+        };
+    }
+    let workspace = match (&named, &token, presented.is_some()) {
+        (Some(name), _, _) => name.clone(),
+        (None, Some(token), _) => match WorkspaceName::parse(&token.workspace) {
+            Ok(name) => name,
+            Err(error) => {
+                return problem(StatusCode::FORBIDDEN, "No such workspace", error.to_string()).into_response();
+            }
+        },
+        (None, None, true) => WorkspaceName::default_workspace(),
+        (None, None, false) => {
+            crate::workspaces::split_cookie(&session_cookie(request.headers()).unwrap_or_default()).0
+        }
+    };
+    let mut app = match shared.app(&workspace, named.is_some()) {
+        Ok(app) => app,
+        // A session cookie of a workspace that is gone is no session at all.
+        Err(_) if named.is_none() && token.is_none() => match shared.app(&WorkspaceName::default_workspace(), false) {
+            Ok(app) => app,
+            Err(problem) => return problem.into_response(),
+        },
+        Err(problem) => return problem.into_response(),
+    };
+    app.presented = presented.map(|text| Arc::new((text, token)));
+    request.extensions_mut().insert(app);
+    next.run(request).await
+}
+
+/// The web UI's session cookie (`fm_session`), whole, if the request has one.
+pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix("fm_session=").map(str::to_owned))
+}
+
+/// The user of an `Authorization: Basic …` header (Segment's libraries send the write key so).
+pub(crate) fn basic_user(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .map(|userpass| userpass.split(':').next().unwrap_or_default().to_owned())
 }
 
 /// Most password checks at once: half the cores (at least one), so requests that need no
@@ -132,10 +308,12 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
 /// credentials or with unknown ones, `403` without the scope), so no handler repeats it.
 pub(crate) struct Admin;
 
-impl axum::extract::FromRequestParts<App> for Admin {
+impl axum::extract::FromRequestParts<Shared> for Admin {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, app: &App) -> Result<Admin, Problem> {
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, shared: &Shared) -> Result<Admin, Problem> {
+        let app = App::from_request_parts(parts, shared).await?;
+        let app = &app;
         let reading = parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD;
         let scope = if reading { Scope::Read } else { Scope::Admin };
         authorize(app, bearer(&parts.headers), scope).await.map(|()| Admin)
@@ -162,15 +340,20 @@ pub(crate) async fn credential(
         };
         return Err(problem(StatusCode::UNAUTHORIZED, "Missing credentials", how));
     };
-    let configured = match scope {
-        Scope::Ingest => &app.config.write_keys,
-        Scope::Admin | Scope::Read => &app.config.admin_tokens,
-    };
-    if configured.iter().chain(&app.config.admin_tokens).any(|k| constant_time_eq(k.as_bytes(), presented.as_bytes())) {
+    if app.workspace.is_default() && app.configured(&presented, scope) {
         return Ok(None);
     }
-    let hash = token_hash(&presented);
-    match query_owner(app, move |engine, _| engine.store().token(&hash)).await? {
+    let token = match &app.presented {
+        Some(known) if known.0 == presented => known.1.clone(),
+        _ => app.stored_token(&presented).await?,
+    };
+    match token {
+        // A token is accepted by the workspace it was made for only.
+        Some(token) if token.workspace != app.workspace.as_str() => Err(problem(
+            StatusCode::UNAUTHORIZED,
+            "Unknown credentials",
+            format!("the key or token is not one of workspace `{}`'s", app.workspace),
+        )),
         // Whatever `read` may do, `admin` may too.
         Some(token)
             if token.scopes.contains(&scope) || (scope == Scope::Read && token.scopes.contains(&Scope::Admin)) =>

@@ -7,17 +7,16 @@
 //! Invariant: a request is answered `2xx` only after the owner has committed its effect.
 
 use crate::api::{
-    Admin, Answer, App, Eng, Problem, ask, authorize, get_document, internal, json_object, problem, problem_with,
-    put_document, query, query_owner, status_name,
+    Admin, Answer, App, Eng, Problem, Shared, ask, authorize, get_document, internal, json_object, problem,
+    problem_with, put_document, query, query_owner, status_name,
 };
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use flowmark_core::Timestamp;
 use std::collections::HashMap;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -31,8 +30,9 @@ use flowmark_store::{RunFilter, Scope, Store, WorkflowStatus};
 use serde_json::{Value, json};
 
 use crate::openapi::schema;
-use crate::owner::{Command, Owner, now};
+use crate::owner::{Command, now};
 use crate::segment;
+use crate::workspaces::Workspaces;
 
 /// Keys given on the command line, on top of the tokens stored: write keys may ingest, API
 /// tokens may do everything.
@@ -40,23 +40,18 @@ use crate::segment;
 pub struct Config {
     pub write_keys: Vec<String>,
     pub admin_tokens: Vec<String>,
-    /// The secret unsubscribe links are signed with; without it `/u/…` answers 404.
-    pub unsubscribe_secret: Option<Vec<u8>>,
-    /// Secrets inbound webhooks (`/hooks/{source}`) are verified with; none means the
-    /// endpoint answers 404.
+    /// Secrets the `default` workspace's inbound webhooks (`/hooks/{source}`) are verified
+    /// with; none means the endpoint answers 404.
     pub inbound_webhook_secrets: Vec<flowmark_runtime::webhook::Secret>,
     /// Mark the web UI's session cookie `Secure` (the server is reached over https).
     pub secure_cookies: bool,
-    /// The webhook URLs that answered `410 Gone`, shared with the webhook connectors:
-    /// `/api/webhooks/gone` lists them and enables one again.
-    pub gone_endpoints: flowmark_runtime::webhook::GoneEndpoints,
     /// How long a request's body may take to arrive once its head has (`None`:
     /// `BODY_READ_TIMEOUT`).
     pub body_read_timeout: Option<std::time::Duration>,
 }
 
 /// The API's routes, each described by its handler's `#[utoipa::path]`.
-fn api() -> OpenApiRouter<App> {
+fn api() -> OpenApiRouter<Shared> {
     OpenApiRouter::with_openapi(crate::openapi::base())
         .routes(routes!(health))
         .routes(routes!(clock))
@@ -89,6 +84,7 @@ fn api() -> OpenApiRouter<App> {
         .routes(routes!(track_open))
         .merge(crate::people::routes())
         .merge(crate::ui::api_routes())
+        .merge(crate::workspace_api::routes())
 }
 
 /// The OpenAPI document of every route `router` serves but the web UI's pages.
@@ -96,23 +92,30 @@ pub fn openapi_document() -> String {
     crate::openapi::finish(api().split_for_parts().1)
 }
 
-pub fn router(owner: Owner, config: Config) -> Router {
+/// The server's routes over its workspaces: each request is first routed to one workspace
+/// (`api::route`), then to its handler.
+pub fn router(workspaces: Workspaces, config: Config) -> Router {
     let (api, document) = api().split_for_parts();
-    let app = App {
-        owner,
+    let shared = Shared {
+        workspaces,
         config: Arc::new(config),
         openapi: crate::openapi::finish(document).into(),
         sign_ins: Arc::default(),
         password_checks: Arc::new(tokio::sync::Semaphore::new(crate::api::password_checks_max())),
     };
-    api.merge(crate::ui::routes())
+    let routes = api
+        .merge(crate::ui::routes())
         // Bodies past the largest limit are refused before any handler (`bounded_body`, 413,
         // and the framework's own limit behind it); below it, each endpoint checks its own
         // limit and says which one was crossed (400).
         .layer(DefaultBodyLimit::max(REQUEST_SIZE_BYTES_MAX))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), bounded_body))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), bounded_body))
+        .with_state(shared.clone());
+    // Around the whole router, so the `/w/{name}` prefix is off before routes are matched.
+    Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::from_fn_with_state(shared, crate::api::route))
         .layer(axum::middleware::from_fn(log_request))
-        .with_state(app)
 }
 
 /// How long a client may take to send a request's body, once its head has arrived.
@@ -122,11 +125,7 @@ pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// declared `Content-Length` is over `REQUEST_SIZE_BYTES_MAX` (nothing of it is read), with
 /// `413` when it turns out longer, and with `408` when it is not all there within
 /// `BODY_READ_TIMEOUT` (a client trickling a body holds nothing longer than that).
-async fn bounded_body(
-    State(app): State<App>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+async fn bounded_body(app: App, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let deadline = app.config.body_read_timeout.unwrap_or(BODY_READ_TIMEOUT);
     let declared = request
         .headers()
@@ -180,14 +179,7 @@ async fn log_request(request: axum::extract::Request, next: axum::middleware::Ne
 
 /// The write key from HTTP Basic (user part) or from the body's `writeKey`.
 fn write_key(headers: &HeaderMap, body: &Value) -> Option<String> {
-    let from_header = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok())
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .map(|userpass| userpass.split(':').next().unwrap_or_default().to_owned());
-    from_header.or_else(|| body.get("writeKey").and_then(Value::as_str).map(str::to_owned))
+    crate::api::basic_user(headers).or_else(|| body.get("writeKey").and_then(Value::as_str).map(str::to_owned))
 }
 
 /// A 400 for a body over the size of one event (`EVENT_SIZE_BYTES_MAX`), titled `title`.
@@ -217,7 +209,7 @@ fn over_event_size(title: &str, body: &[u8]) -> Option<Problem> {
     ),
     security(("writeKey" = [])),
 )]
-async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: HeaderMap, body: Bytes) -> Answer {
+async fn ingest(app: App, Path(kind): Path<String>, headers: HeaderMap, body: Bytes) -> Answer {
     if body.len() > BATCH_SIZE_BYTES_MAX {
         return Err(problem(
             StatusCode::BAD_REQUEST,
@@ -231,7 +223,16 @@ async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: Heade
             return Err(problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}")));
         }
     };
-    authorize(&app, write_key(&headers, &value), Scope::Ingest).await?;
+    let key = write_key(&headers, &value);
+    // A `writeKey` in the body names its workspace only now (`route` saw the headers alone).
+    let app = match &key {
+        Some(key) if crate::api::basic_user(&headers).is_none() => match app.workspace_of(key).await? {
+            Some(workspace) => app.switch_to(&workspace)?,
+            None => app,
+        },
+        _ => app,
+    };
+    authorize(&app, key, Scope::Ingest).await?;
     let received_at = now();
     // Each item is taken out of the body and becomes its event's payload without a copy.
     let batch = kind == "batch";
@@ -294,7 +295,7 @@ async fn ingest(State(app): State<App>, Path(kind): Path<String>, headers: Heade
     ),
     security(("bearer" = [])),
 )]
-async fn deploy(State(app): State<App>, _admin: Admin, headers: HeaderMap, body: Bytes) -> Answer {
+async fn deploy(app: App, _admin: Admin, headers: HeaderMap, body: Bytes) -> Answer {
     let Ok(source) = String::from_utf8(body.to_vec()) else {
         return Err(problem(StatusCode::BAD_REQUEST, "Not text", "the workflow must be UTF-8 YAML"));
     };
@@ -325,7 +326,7 @@ async fn deploy(State(app): State<App>, _admin: Admin, headers: HeaderMap, body:
     ),
     security(("bearer" = [])),
 )]
-async fn workflows(State(app): State<App>, _admin: Admin) -> Answer {
+async fn workflows(app: App, _admin: Admin) -> Answer {
     let list = query_owner(&app, |engine, _| engine.store().workflows()).await?;
     Ok(axum::Json(
             list.into_iter()
@@ -369,11 +370,7 @@ pub const GONE_ENDPOINTS_PAGE_COUNT_MAX: usize = 1000;
     ),
     security(("bearer" = [])),
 )]
-async fn gone_endpoints(
-    State(app): State<App>,
-    _admin: Admin,
-    Query(params): Query<HashMap<String, String>>,
-) -> Answer {
+async fn gone_endpoints(app: App, _admin: Admin, Query(params): Query<HashMap<String, String>>) -> Answer {
     let limit = match query_limit(&params, GONE_ENDPOINTS_PAGE_COUNT_MAX, GONE_ENDPOINTS_PAGE_COUNT_MAX) {
         Ok(limit) => limit,
         Err(detail) => return Err(problem(StatusCode::BAD_REQUEST, "Invalid limit", detail)),
@@ -407,17 +404,13 @@ async fn gone_endpoints(
     ),
     security(("bearer" = [])),
 )]
-async fn enable_endpoint(
-    State(app): State<App>,
-    _admin: Admin,
-    Query(params): Query<HashMap<String, String>>,
-) -> Answer {
+async fn enable_endpoint(app: App, _admin: Admin, Query(params): Query<HashMap<String, String>>) -> Answer {
     let Some(url) = params.get("url").cloned() else {
         return Err(problem(StatusCode::BAD_REQUEST, "Missing URL", "say which URL to enable: `?url=…`"));
     };
     // Store and memory in one step on the owner thread: a dispatcher round in between could
     // otherwise store the URL again after it was forgotten here.
-    let (forget, gone) = (url.clone(), app.config.gone_endpoints.clone());
+    let (forget, gone) = (url.clone(), app.gone.clone());
     let forgotten = query_owner(&app, move |engine, _| {
         let stored = engine.forget_gone_endpoint(&forget)?;
         Ok(gone.forget(&forget) || stored)
@@ -453,7 +446,7 @@ const RUNS_PAGE_COUNT_DEFAULT: usize = 100;
     ),
     security(("bearer" = [])),
 )]
-async fn runs(State(app): State<App>, _admin: Admin, Query(params): Query<HashMap<String, String>>) -> Answer {
+async fn runs(app: App, _admin: Admin, Query(params): Query<HashMap<String, String>>) -> Answer {
     const KNOWN: [&str; 6] = ["workflow", "version", "status", "subject", "step", "limit"];
     if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(problem(
@@ -542,7 +535,7 @@ async fn runs(State(app): State<App>, _admin: Admin, Query(params): Query<HashMa
     ),
     security(("bearer" = [])),
 )]
-async fn set_status(State(app): State<App>, _admin: Admin, Path((id, action)): Path<(String, String)>) -> Answer {
+async fn set_status(app: App, _admin: Admin, Path((id, action)): Path<(String, String)>) -> Answer {
     let status = match action.as_str() {
         "activate" => WorkflowStatus::Active,
         "pause" => WorkflowStatus::Paused,
@@ -574,7 +567,7 @@ async fn set_status(State(app): State<App>, _admin: Admin, Path((id, action)): P
     ),
     security(("bearer" = [])),
 )]
-async fn metrics(State(app): State<App>, _admin: Admin) -> Answer {
+async fn metrics(app: App, _admin: Admin) -> Answer {
     let page = query_owner(&app, |engine, _| {
         let durability = engine.store().durability();
         let dispatch = crate::metrics::Dispatch { in_flight: engine.in_flight(), connectors: engine.connector_stats() };
@@ -604,7 +597,7 @@ async fn metrics(State(app): State<App>, _admin: Admin) -> Answer {
     ),
     security(("bearer" = [])),
 )]
-async fn run(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
+async fn run(app: App, _admin: Admin, Path(id): Path<String>) -> Answer {
     let Some(id) = id.parse::<u64>().ok() else { return Err(invalid_run_id(&id)) };
     let detail = query_owner(&app, move |engine, _| {
         let store = engine.store();
@@ -643,7 +636,7 @@ async fn health() -> &'static str {
         (status = 200, description = "The OpenAPI document.", body = schema::OpenApiDocument),
     ),
 )]
-async fn openapi(State(app): State<App>) -> Response {
+async fn openapi(app: App) -> Response {
     let mut response = app.openapi.to_string().into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
@@ -672,7 +665,7 @@ fn invalid_run_id(id: &str) -> Problem {
     security(("bearer" = [])),
 )]
 async fn workflow(
-    State(app): State<App>,
+    app: App,
     _admin: Admin,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
@@ -733,7 +726,7 @@ fn contact_json(contact: &flowmark_store::Contact) -> Value {
     ),
     security(("bearer" = [])),
 )]
-async fn contact(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
+async fn contact(app: App, _admin: Admin, Path(id): Path<String>) -> Answer {
     let wanted = id.clone();
     match query_owner(&app, move |engine, _| engine.store().contact(&wanted)).await? {
         Some(contact) => Ok(axum::Json(contact_json(&contact)).into_response()),
@@ -780,7 +773,16 @@ async fn clock(_admin: Admin) -> Answer {
     ),
     security(("bearer" = [])),
 )]
-async fn advance_clock(State(app): State<App>, _admin: Admin, body: Bytes) -> Answer {
+async fn advance_clock(app: App, _admin: Admin, body: Bytes) -> Answer {
+    // The clock is the server's, every workspace's: only its operators move it.
+    if !app.workspace.is_default() {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "Not an operator",
+            "only the `default` workspace's admins move the clock",
+        ));
+    }
+    let owners: Vec<crate::owner::Owner> = app.workspaces.all().into_iter().map(|tenant| tenant.owner).collect();
     let fields = json_object(&body).map_err(|(title, detail)| problem(StatusCode::BAD_REQUEST, title, detail))?;
     let invalid = |detail: String| problem(StatusCode::BAD_REQUEST, "Invalid clock move", detail);
     let now = crate::clock::now();
@@ -801,20 +803,25 @@ async fn advance_clock(State(app): State<App>, _admin: Admin, body: Bytes) -> An
     // it would have been on the system clock: a wait that times out during the move starts
     // what follows it then, not at the end of the move.
     for _ in 0..CLOCK_STEPS_MAX {
-        let next = query_owner(&app, move |engine, _| {
-            let timer = engine.store().due_timers(to, 1)?.first().map(|t| t.due_at);
-            let schedule = engine.store().due_schedules(to, 1)?.first().map(|s| s.due_at);
-            Ok(timer.into_iter().chain(schedule).min())
-        })
-        .await?;
+        let mut next = None;
+        for owner in &owners {
+            let due = query(owner, move |engine, _| -> Result<Option<Timestamp>, flowmark_store::Error> {
+                let timer = engine.store().due_timers(to, 1)?.first().map(|t| t.due_at);
+                let schedule = engine.store().due_schedules(to, 1)?.first().map(|s| s.due_at);
+                Ok(timer.into_iter().chain(schedule).min())
+            })
+            .await?
+            .map_err(internal)?;
+            next = next.into_iter().chain(due).min();
+        }
         let Some(next) = next.filter(|next| *next > crate::clock::now()) else { break };
-        settle(&app).await?;
+        settle(&owners).await?;
         crate::clock::advance_to(next).map_err(refused)?;
-        fire_due(&app).await?;
+        fire_due(&owners).await?;
     }
-    settle(&app).await?;
+    settle(&owners).await?;
     crate::clock::advance_to(to).map_err(refused)?;
-    fire_due(&app).await?;
+    fire_due(&owners).await?;
     Ok(axum::Json(clock_json()).into_response())
 }
 
@@ -825,13 +832,17 @@ const CLOCK_SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(30)
 /// Waits until no effect is due and none is at a worker, so that moving the clock cannot
 /// make an attempt in flight look timed out (which would send it twice); gives up after
 /// `CLOCK_SETTLE_MAX` (an effect stuck at a slow peer then times out, as it would anyway).
-async fn settle(app: &App) -> Result<(), Problem> {
+async fn settle(owners: &[crate::owner::Owner]) -> Result<(), Problem> {
     let started = std::time::Instant::now();
     while started.elapsed() < CLOCK_SETTLE_MAX {
-        let quiet = query_owner(app, |engine, now| {
-            Ok(engine.in_flight() == 0 && engine.store().ready_effects(now, 1)?.is_empty())
-        })
-        .await?;
+        let mut quiet = true;
+        for owner in owners {
+            quiet &= query(owner, |engine, now| -> Result<bool, flowmark_store::Error> {
+                Ok(engine.in_flight() == 0 && engine.store().ready_effects(now, 1)?.is_empty())
+            })
+            .await?
+            .map_err(internal)?;
+        }
         if quiet {
             return Ok(());
         }
@@ -843,15 +854,18 @@ async fn settle(app: &App) -> Result<(), Problem> {
 /// Most steps one move of the virtual clock takes (due times it stops at).
 const CLOCK_STEPS_MAX: usize = 100_000;
 
-/// Fires the timers and schedules due at the clock's time, on the owner.
-async fn fire_due(app: &App) -> Result<(), Problem> {
-    query(&app.owner, |engine, now| -> Result<(), flowmark_runtime::Error> {
-        while engine.fire_due_timers(now, 1_000)? == 1_000 {}
-        while engine.fire_due_schedules(now, 1_000)? == 1_000 {}
-        Ok(())
-    })
-    .await?
-    .map_err(internal)
+/// Fires the timers and schedules due at the clock's time, on each owner.
+async fn fire_due(owners: &[crate::owner::Owner]) -> Result<(), Problem> {
+    for owner in owners {
+        query(owner, |engine, now| -> Result<(), flowmark_runtime::Error> {
+            while engine.fire_due_timers(now, 1_000)? == 1_000 {}
+            while engine.fire_due_schedules(now, 1_000)? == 1_000 {}
+            Ok(())
+        })
+        .await?
+        .map_err(internal)?;
+    }
+    Ok(())
 }
 
 /// Everything held about a contact, as one document (GDPR Art. 15, CCPA access).
@@ -871,7 +885,7 @@ async fn fire_due(app: &App) -> Result<(), Problem> {
     ),
     security(("bearer" = [])),
 )]
-async fn export_contact(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
+async fn export_contact(app: App, _admin: Admin, Path(id): Path<String>) -> Answer {
     let asked = id.clone();
     match query(&app.owner, move |engine, _| engine.export_contact(&asked)).await?.map_err(internal)? {
         Some(document) => Ok(axum::Json(document).into_response()),
@@ -896,7 +910,7 @@ async fn export_contact(State(app): State<App>, _admin: Admin, Path(id): Path<St
     ),
     security(("bearer" = [])),
 )]
-async fn erase_contact(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
+async fn erase_contact(app: App, headers: HeaderMap, Path(id): Path<String>) -> Answer {
     let token = crate::api::credential(&app, crate::api::bearer(&headers), flowmark_store::Scope::Admin).await?;
     let asked = id.clone();
     let erasure = query(&app.owner, move |engine, now| engine.erase_contact(&asked, now)).await?.map_err(internal)?;
@@ -926,7 +940,7 @@ async fn erase_contact(State(app): State<App>, headers: HeaderMap, Path(id): Pat
     ),
     security(("bearer" = [])),
 )]
-async fn upsert_contact(State(app): State<App>, _admin: Admin, Path(id): Path<String>, body: Bytes) -> Answer {
+async fn upsert_contact(app: App, _admin: Admin, Path(id): Path<String>, body: Bytes) -> Answer {
     if let Some(too_large) = over_event_size("Contact too large", &body) {
         return Err(too_large);
     }
@@ -1003,7 +1017,7 @@ pub const EVENTS_PAGE_COUNT_MAX: usize = 1000;
     ),
     security(("bearer" = [])),
 )]
-async fn events(State(app): State<App>, _admin: Admin, Query(query): Query<HashMap<String, String>>) -> Answer {
+async fn events(app: App, _admin: Admin, Query(query): Query<HashMap<String, String>>) -> Answer {
     const KNOWN: [&str; 3] = ["subject", "since", "limit"];
     if let Some(unknown) = query.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(problem(
@@ -1053,10 +1067,7 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
 }
 
 fn signed(app: &App, subject: &str, signature: &str) -> bool {
-    app.config
-        .unsubscribe_secret
-        .as_deref()
-        .is_some_and(|secret| flowmark_runtime::unsubscribe::verify(secret, subject, signature))
+    app.secret.as_deref().is_some_and(|secret| flowmark_runtime::unsubscribe::verify(secret, subject, signature))
 }
 
 /// The page an unsubscribe link opens: a button, not an unsubscribe, because mail scanners
@@ -1077,7 +1088,7 @@ fn signed(app: &App, subject: &str, signature: &str) -> bool {
         (status = 404, description = "The link is not valid.", body = String, content_type = "text/html"),
     ),
 )]
-async fn unsubscribe_page(State(app): State<App>, Path((subject, signature)): Path<(String, String)>) -> Response {
+async fn unsubscribe_page(app: App, Path((subject, signature)): Path<(String, String)>) -> Response {
     if !signed(&app, &subject, &signature) {
         return page(StatusCode::NOT_FOUND, "Link not recognised", "<p>This unsubscribe link is not valid.</p>");
     }
@@ -1108,7 +1119,7 @@ async fn unsubscribe_page(State(app): State<App>, Path((subject, signature)): Pa
         (status = 404, description = "The link is not valid.", body = String, content_type = "text/html"),
     ),
 )]
-async fn unsubscribe(State(app): State<App>, Path((subject, signature)): Path<(String, String)>) -> Answer {
+async fn unsubscribe(app: App, Path((subject, signature)): Path<(String, String)>) -> Answer {
     if !signed(&app, &subject, &signature) {
         return Ok(page(StatusCode::NOT_FOUND, "Link not recognised", "<p>This unsubscribe link is not valid.</p>"));
     }
@@ -1153,14 +1164,14 @@ async fn unsubscribe(State(app): State<App>, Path((subject, signature)): Path<(S
         (status = 422, description = "The body names the contact only by `email`, and no contact has it.", body = schema::Problem, content_type = "application/problem+json"),
     ),
 )]
-async fn inbound_webhook(
-    State(app): State<App>,
-    Path(source): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Answer {
-    if app.config.inbound_webhook_secrets.is_empty() {
-        return Err(problem(StatusCode::NOT_FOUND, "No inbound webhooks", "this server has no inbound webhook secret"));
+async fn inbound_webhook(app: App, Path(source): Path<String>, headers: HeaderMap, body: Bytes) -> Answer {
+    // The secrets given on the command line are the `default` workspace's.
+    if app.config.inbound_webhook_secrets.is_empty() || !app.workspace.is_default() {
+        return Err(problem(
+            StatusCode::NOT_FOUND,
+            "No inbound webhooks",
+            "this workspace has no inbound webhook secret",
+        ));
     }
     if let Some(too_large) = over_event_size("Webhook too large", &body) {
         return Err(too_large);
@@ -1246,7 +1257,7 @@ async fn inbound_webhook(
     ),
     security(("bearer" = [])),
 )]
-async fn why(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
+async fn why(app: App, _admin: Admin, Path(id): Path<String>) -> Answer {
     let Some(number) = id.parse::<u64>().ok() else { return Err(invalid_run_id(&id)) };
     let answer = query_owner(&app, move |engine, _| {
         let store = engine.store();
@@ -1284,7 +1295,7 @@ async fn why(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> A
     ),
     security(("bearer" = [])),
 )]
-async fn import_contacts(State(app): State<App>, _admin: Admin, body: Bytes) -> Answer {
+async fn import_contacts(app: App, _admin: Admin, body: Bytes) -> Answer {
     let rows = match flowmark_runtime::import::read(body.as_ref()) {
         Ok(rows) => rows,
         Err(rejected) => {
@@ -1322,7 +1333,7 @@ async fn import_contacts(State(app): State<App>, _admin: Admin, body: Bytes) -> 
     ),
     security(("bearer" = [])),
 )]
-async fn score_models(State(app): State<App>, headers: HeaderMap) -> Answer {
+async fn score_models(app: App, headers: HeaderMap) -> Answer {
     get_document(&app, &headers, |engine| engine.score_models().cloned(), json!({ "models": [] })).await
 }
 
@@ -1343,7 +1354,7 @@ async fn score_models(State(app): State<App>, headers: HeaderMap) -> Answer {
     ),
     security(("bearer" = [])),
 )]
-async fn put_score_models(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Answer {
+async fn put_score_models(app: App, headers: HeaderMap, body: Bytes) -> Answer {
     put_document(&app, &headers, &body, "score models", Eng::set_score_models).await
 }
 
@@ -1359,7 +1370,7 @@ async fn put_score_models(State(app): State<App>, headers: HeaderMap, body: Byte
     ),
     security(("bearer" = [])),
 )]
-async fn segments(State(app): State<App>, headers: HeaderMap) -> Answer {
+async fn segments(app: App, headers: HeaderMap) -> Answer {
     get_document(&app, &headers, |engine| engine.segments().cloned(), json!({ "segments": [] })).await
 }
 
@@ -1379,7 +1390,7 @@ async fn segments(State(app): State<App>, headers: HeaderMap) -> Answer {
     ),
     security(("bearer" = [])),
 )]
-async fn put_segments(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Answer {
+async fn put_segments(app: App, headers: HeaderMap, body: Bytes) -> Answer {
     put_document(&app, &headers, &body, "segments", Eng::set_segments).await
 }
 
@@ -1401,7 +1412,7 @@ async fn put_segments(State(app): State<App>, headers: HeaderMap, body: Bytes) -
     ),
     security(("bearer" = [])),
 )]
-async fn contact_segments(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
+async fn contact_segments(app: App, _admin: Admin, Path(id): Path<String>) -> Answer {
     let wanted = id.clone();
     match query_owner(&app, move |engine, now| engine.explain_segments(&wanted, now)).await? {
         Some(body) => Ok(axum::Json(body).into_response()),
@@ -1426,7 +1437,7 @@ async fn contact_segments(State(app): State<App>, _admin: Admin, Path(id): Path<
     ),
     security(("bearer" = [])),
 )]
-async fn contact_scores(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
+async fn contact_scores(app: App, _admin: Admin, Path(id): Path<String>) -> Answer {
     let wanted = id.clone();
     let answer = query_owner(&app, move |engine, now| {
         let Some(contact) = engine.store().contact(&wanted)? else { return Ok(None) };
@@ -1473,7 +1484,7 @@ async fn ingest_one(app: &App, incoming: flowmark_runtime::Incoming) -> Result<(
 }
 
 fn tracked(app: &App, token: &str) -> Option<flowmark_runtime::tracking::Tracked> {
-    let secret = app.config.unsubscribe_secret.as_deref()?;
+    let secret = app.secret.as_deref()?;
     flowmark_runtime::tracking::read(secret, token)
 }
 
@@ -1493,7 +1504,7 @@ fn tracked(app: &App, token: &str) -> Option<flowmark_runtime::tracking::Tracked
         (status = 404, description = "Not a token of this server.", body = String, content_type = "text/html"),
     ),
 )]
-async fn track_click(State(app): State<App>, Path(token): Path<String>) -> Response {
+async fn track_click(app: App, Path(token): Path<String>) -> Response {
     let Some(tracked) = tracked(&app, &token).filter(|t| !t.url.is_empty()) else {
         return page(StatusCode::NOT_FOUND, "Link not recognised", "<p>This link is not valid.</p>");
     };
@@ -1524,7 +1535,7 @@ async fn track_click(State(app): State<App>, Path(token): Path<String>) -> Respo
         (status = 200, description = "A GIF.", body = schema::Pixel, content_type = "image/gif"),
     ),
 )]
-async fn track_open(State(app): State<App>, Path(token): Path<String>) -> Response {
+async fn track_open(app: App, Path(token): Path<String>) -> Response {
     const GIF: &[u8] = &[
         0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff,
         0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00,
@@ -1618,12 +1629,7 @@ async fn act_at_step(
     ),
     security(("bearer" = [])),
 )]
-async fn complete_task(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Path((id, step)): Path<(String, String)>,
-    body: Bytes,
-) -> Answer {
+async fn complete_task(app: App, headers: HeaderMap, Path((id, step)): Path<(String, String)>, body: Bytes) -> Answer {
     let (fields, acting) = crate::api::admin_acting(&app, &headers, &body).await?;
     let by = acting.by(&fields, "say who completed the task: `by`")?;
     match crate::people::parse_action("complete", &fields) {
@@ -1660,7 +1666,7 @@ async fn complete_task(
     security(("bearer" = [])),
 )]
 async fn decide_approval(
-    State(app): State<App>,
+    app: App,
     headers: HeaderMap,
     Path((id, step)): Path<(String, String)>,
     body: Bytes,
@@ -1701,7 +1707,7 @@ async fn decide_approval(
     ),
     security(("bearer" = [])),
 )]
-async fn cancel_run(State(app): State<App>, _admin: Admin, Path(id): Path<String>, body: Bytes) -> Answer {
+async fn cancel_run(app: App, _admin: Admin, Path(id): Path<String>, body: Bytes) -> Answer {
     let reason = if body.is_empty() {
         "cancelled over the API".to_owned()
     } else {
@@ -1742,13 +1748,7 @@ async fn cancel_run(State(app): State<App>, _admin: Admin, Path(id): Path<String
     ),
     security(("bearer" = [])),
 )]
-async fn start_run(
-    State(app): State<App>,
-    _admin: Admin,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Answer {
+async fn start_run(app: App, _admin: Admin, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Answer {
     if let Some(too_large) = over_event_size("Start too large", &body) {
         return Err(too_large);
     }

@@ -22,6 +22,9 @@ pub mod segment;
 pub mod syncer;
 pub mod throttle;
 mod ui;
+mod workspace_api;
+pub mod workspaces;
 
 pub use http::{Config, openapi_document, router};
 pub use owner::{Owner, ServerStore};
+pub use workspaces::{Tenant, Workspaces};

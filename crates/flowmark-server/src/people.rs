@@ -10,7 +10,7 @@
 //! item, `409` closed or not taken by the run, `422` invalid).
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flowmark_core::Timestamp;
@@ -20,13 +20,15 @@ use flowmark_store::{Store, WorkKind};
 use serde_json::{Value, json};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::api::{Admin, Answer, App, Eng, Problem, get_document, internal, problem, put_document, query, query_owner};
+use crate::api::{
+    Admin, Answer, App, Eng, Problem, Shared, get_document, internal, problem, put_document, query, query_owner,
+};
 use crate::openapi::schema;
 
 /// Most work items or notifications one list answers.
 pub const LIST_MAX: usize = 500;
 
-pub(crate) fn routes() -> OpenApiRouter<App> {
+pub(crate) fn routes() -> OpenApiRouter<Shared> {
     OpenApiRouter::new()
         .routes(routes!(directory, put_directory))
         .routes(routes!(person_work))
@@ -53,7 +55,7 @@ pub(crate) fn routes() -> OpenApiRouter<App> {
     ),
     security(("bearer" = [])),
 )]
-async fn directory(State(app): State<App>, headers: HeaderMap) -> Answer {
+async fn directory(app: App, headers: HeaderMap) -> Answer {
     get_document(&app, &headers, |engine| engine.directory().source.clone(), json!({ "people": [] })).await
 }
 
@@ -73,7 +75,7 @@ async fn directory(State(app): State<App>, headers: HeaderMap) -> Answer {
     ),
     security(("bearer" = [])),
 )]
-async fn put_directory(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Answer {
+async fn put_directory(app: App, headers: HeaderMap, body: Bytes) -> Answer {
     put_document(&app, &headers, &body, "directory", Eng::set_directory).await
 }
 
@@ -103,12 +105,7 @@ struct WorkQuery {
     ),
     security(("bearer" = [])),
 )]
-async fn person_work(
-    State(app): State<App>,
-    _admin: Admin,
-    Path(email): Path<String>,
-    Query(q): Query<WorkQuery>,
-) -> Answer {
+async fn person_work(app: App, _admin: Admin, Path(email): Path<String>, Query(q): Query<WorkQuery>) -> Answer {
     let kind = match q.kind.as_deref() {
         None => None,
         Some(text) => match WorkKind::parse(text) {
@@ -136,7 +133,7 @@ async fn person_work(
     ),
     security(("bearer" = [])),
 )]
-async fn person_notifications(State(app): State<App>, _admin: Admin, Path(email): Path<String>) -> Answer {
+async fn person_notifications(app: App, _admin: Admin, Path(email): Path<String>) -> Answer {
     let items = query_owner(&app, move |engine, _| engine.store().notifications(&email, LIST_MAX)).await?;
     Ok(axum::Json(json!({ "notifications": items })).into_response())
 }
@@ -158,18 +155,19 @@ async fn person_notifications(State(app): State<App>, _admin: Admin, Path(email)
     ),
     security(("bearer" = [])),
 )]
-async fn person_calendar_url(State(app): State<App>, _admin: Admin, Path(email): Path<String>) -> Answer {
-    let Some(secret) = app.config.unsubscribe_secret.as_deref() else {
+async fn person_calendar_url(app: App, _admin: Admin, Path(email): Path<String>) -> Answer {
+    let Some(secret) = app.secret.as_deref() else {
         return Err(problem(StatusCode::NOT_FOUND, "No feeds", "this server has no secret to sign feed links with"));
     };
-    let (path, workspace) = feed_paths(secret, &email.trim().to_lowercase());
+    let (path, workspace) = feed_paths(&app.link(""), secret, &email.trim().to_lowercase());
     Ok(axum::Json(json!({ "person": path, "workspace": workspace })).into_response())
 }
 
-/// The paths of a person's calendar feed and of the workspace's, signed with `secret`.
-pub(crate) fn feed_paths(secret: &[u8], email: &str) -> (String, String) {
-    let person = format!("/cal/people/{}/{}", flowmark_runtime::url_part(email), ical::token(secret, email));
-    (person, format!("/cal/workspace/{}", ical::token(secret, "workspace")))
+/// The paths of a person's calendar feed and of the workspace's, signed with `secret`, under
+/// the workspace's link prefix (`App::link`).
+pub(crate) fn feed_paths(prefix: &str, secret: &[u8], email: &str) -> (String, String) {
+    let person = format!("{prefix}/cal/people/{}/{}", flowmark_runtime::url_part(email), ical::token(secret, email));
+    (person, format!("{prefix}/cal/workspace/{}", ical::token(secret, "workspace")))
 }
 
 #[utoipa::path(
@@ -188,7 +186,7 @@ pub(crate) fn feed_paths(secret: &[u8], email: &str) -> (String, String) {
     ),
     security(("bearer" = [])),
 )]
-async fn work_item(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
+async fn work_item(app: App, _admin: Admin, Path(id): Path<String>) -> Answer {
     let wanted = id.clone();
     match query_owner(&app, move |engine, _| engine.store().work_item(&wanted)).await? {
         Some(item) => Ok(axum::Json(item).into_response()),
@@ -258,12 +256,7 @@ pub(crate) fn refusal(refusal: &WorkRefusal) -> Problem {
     ),
     security(("bearer" = [])),
 )]
-async fn act(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Path((id, action)): Path<(String, String)>,
-    body: Bytes,
-) -> Answer {
+async fn act(app: App, headers: HeaderMap, Path((id, action)): Path<(String, String)>, body: Bytes) -> Answer {
     let (fields, acting) = crate::api::admin_acting(&app, &headers, &body).await?;
     let by = acting.by(&fields, "say who acts: `by`")?;
     let action = match parse_action(&action, &fields) {
@@ -298,7 +291,7 @@ pub(crate) async fn act_as(app: &App, id: String, by: String, action: WorkAction
     ),
     security(("bearer" = [])),
 )]
-async fn item_work(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
+async fn item_work(app: App, _admin: Admin, Path(id): Path<String>) -> Answer {
     let items = query_owner(&app, move |engine, _| engine.store().work_of_subject(&id, LIST_MAX)).await?;
     Ok(axum::Json(json!({ "work": items })).into_response())
 }
@@ -318,7 +311,7 @@ async fn item_work(State(app): State<App>, _admin: Admin, Path(id): Path<String>
     ),
     security(("bearer" = [])),
 )]
-async fn item_comments(State(app): State<App>, _admin: Admin, Path(id): Path<String>) -> Answer {
+async fn item_comments(app: App, _admin: Admin, Path(id): Path<String>) -> Answer {
     let comments = query_owner(&app, move |engine, _| engine.store().comments(&id, LIST_MAX)).await?;
     Ok(axum::Json(json!({ "comments": comments })).into_response())
 }
@@ -344,7 +337,7 @@ async fn item_comments(State(app): State<App>, _admin: Admin, Path(id): Path<Str
     ),
     security(("bearer" = [])),
 )]
-async fn comment(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Answer {
+async fn comment(app: App, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Answer {
     let (fields, acting) = crate::api::admin_acting(&app, &headers, &body).await?;
     let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_owned);
     let missing = "say who comments and what: `by`, `body`";
@@ -387,7 +380,7 @@ fn created<T: serde::Serialize>(
     ),
     security(("bearer" = [])),
 )]
-async fn attach(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Answer {
+async fn attach(app: App, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Answer {
     let (fields, acting) = crate::api::admin_acting(&app, &headers, &body).await?;
     let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_owned);
     let missing = "say who attaches what: `by`, `title`, `url`";
@@ -486,9 +479,9 @@ pub(crate) fn publications_between(
         (status = 404, description = "A wrong or revoked feed link.", body = schema::Problem, content_type = "application/problem+json"),
     ),
 )]
-async fn person_feed(State(app): State<App>, Path((email, token)): Path<(String, String)>) -> Answer {
+async fn person_feed(app: App, Path((email, token)): Path<(String, String)>) -> Answer {
     let token = token.trim_end_matches(".ics").to_owned();
-    let Some(secret) = app.config.unsubscribe_secret.as_deref() else { return Err(feed_refused()) };
+    let Some(secret) = app.secret.as_deref() else { return Err(feed_refused()) };
     if !ical::verify_token(secret, &email, &token) {
         return Err(feed_refused());
     }
@@ -520,9 +513,9 @@ async fn person_feed(State(app): State<App>, Path((email, token)): Path<(String,
         (status = 404, description = "A wrong or revoked feed link.", body = schema::Problem, content_type = "application/problem+json"),
     ),
 )]
-async fn workspace_feed(State(app): State<App>, Path(token): Path<String>) -> Answer {
+async fn workspace_feed(app: App, Path(token): Path<String>) -> Answer {
     let token = token.trim_end_matches(".ics").to_owned();
-    let Some(secret) = app.config.unsubscribe_secret.as_deref() else { return Err(feed_refused()) };
+    let Some(secret) = app.secret.as_deref() else { return Err(feed_refused()) };
     if !ical::verify_token(secret, "workspace", &token) {
         return Err(feed_refused());
     }

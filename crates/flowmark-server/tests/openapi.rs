@@ -44,7 +44,7 @@ fn every_documented_operation_is_served() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let address = listener.local_addr().unwrap().to_string();
-    let app = router(owner.clone(), config);
+    let app = router(flowmark_server::Workspaces::single(flowmark_server::Tenant::new(owner.clone())), config);
     runtime.spawn(async move { axum::serve(listener, app).await });
 
     let doc: Value = serde_json::from_str(&openapi_document()).unwrap();

@@ -60,7 +60,7 @@ fn serve() -> (Owner, std::thread::JoinHandle<()>, tokio::runtime::Runtime, Stri
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let address = listener.local_addr().unwrap().to_string();
-    let app = router(owner.clone(), config);
+    let app = router(flowmark_server::Workspaces::single(flowmark_server::Tenant::new(owner.clone())), config);
     runtime.spawn(async move { axum::serve(listener, app).await });
     (owner, owner_thread, runtime, address)
 }

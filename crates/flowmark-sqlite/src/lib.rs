@@ -10,5 +10,7 @@ mod cache;
 mod sqlite;
 mod wal_sync;
 mod work;
+pub mod workspaces;
 
 pub use sqlite::SqliteStore;
+pub use workspaces::{create_workspace, open_workspace, workspace_exists, workspace_names, workspace_path};

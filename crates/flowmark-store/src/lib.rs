@@ -17,6 +17,7 @@ mod boxed;
 pub mod conformance;
 mod effect;
 mod work;
+mod workspace;
 
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{Event, HistoryEntry, Run, RunId, RunStatus, Sent, TimerId, TimerPurpose, Transition};
@@ -24,6 +25,7 @@ use serde_json::Value;
 
 pub use effect::{DELIVERY_TAG, Delivery, EFFECT_VERSION, EffectError, OutboxEffect, run_effect_json};
 pub use work::{Comment, Notification, Session, WorkChange, WorkItem, WorkKind};
+pub use workspace::{BadWorkspaceName, DEFAULT_WORKSPACE, WORKSPACE_NAME_CHARS_MAX, WorkspaceName};
 
 /// What a backend's failure is, whichever database it talks to.
 pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
@@ -41,6 +43,9 @@ pub enum Error {
     DuplicateEffect { key: String },
     #[error("cannot {doing} {path}: {source}")]
     Io { doing: &'static str, path: std::path::PathBuf, source: std::io::Error },
+    /// A workspace that does not exist was named.
+    #[error("{0}")]
+    NoWorkspace(String),
 }
 
 /// A timer whose time has come, as the timer service hands it to the partition owner.

@@ -17,11 +17,12 @@ use flowmark_runtime::webhook::{
 };
 use flowmark_runtime::{Connectors, Engine, Limits, LogConnector, Outbound};
 use flowmark_server::owner::Command;
-use flowmark_server::{Config, Owner, ServerStore, router};
+use flowmark_server::{Config, Owner, ServerStore, Tenant, Workspaces, router};
 use flowmark_sqlite::SqliteStore;
 use flowmark_store::Store;
+use flowmark_store::WorkspaceName;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct Args {
     /// The SQLite database file (created when missing).
     #[arg(long, default_value = "flowmark.db")]
@@ -186,7 +187,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     init_logs(args.log_format);
     // Settings are checked before anything is opened: a bad flag changes nothing on disk.
     let inbound_webhook_secrets = parse_secrets(&args.inbound_webhook_secrets)?;
-    let webhook_secrets = parse_secrets(&args.webhook_secrets)?;
+    parse_secrets(&args.webhook_secrets)?;
     if let Some(url) = &args.smtp_url {
         SmtpConnector::check(url, &args.email_from).context("cannot set up email")?;
     }
@@ -197,40 +198,16 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     } else if args.clock_start.is_some() {
         anyhow::bail!("`--clock-start` needs `--clock virtual`");
     }
-    // The one place that picks the backend: everything past it talks to the `Store` trait.
-    let store: ServerStore = Box::new(
-        SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?,
-    );
-    let mut engine = Engine::new(store, serde_json::json!({})).context("cannot start the engine")?;
-    let started = flowmark_server::clock::now();
-    engine.sync_all_schedules(started).context("cannot arm the workflows' schedules")?;
-    // The secret unsubscribe links are signed with: made on first start, kept in the database.
-    let secret = {
-        let fresh =
-            flowmark_server::auth::new_token().map_err(|e| anyhow::anyhow!("no randomness for a secret: {e}"))?;
-        engine
-            .store_mut()
-            .put_setting_once(flowmark_runtime::unsubscribe::SECRET_SETTING, &fresh)
-            .context("cannot store the unsubscribe secret")?
-            .into_bytes()
-    };
+    let names = flowmark_sqlite::workspace_names(&args.db)
+        .with_context(|| format!("cannot list the workspaces beside {}", args.db.display()))?;
     let mut config = Config {
         write_keys: args.write_keys.clone(),
         admin_tokens: args.api_tokens.clone(),
-        unsubscribe_secret: Some(secret.clone()),
         inbound_webhook_secrets,
         secure_cookies: args.public_url.as_deref().is_some_and(|url| url.starts_with("https://")),
-        gone_endpoints: GoneEndpoints::default(),
         body_read_timeout: Some(std::time::Duration::from_secs(args.body_timeout)),
     };
     if args.demo {
-        let now = flowmark_server::clock::now();
-        for (name, source) in BLUEPRINTS {
-            engine
-                .deploy(name, source, now)
-                .map_err(|e| anyhow::anyhow!("the blueprint {name} does not deploy: {e}"))?;
-        }
-        seed_team(&mut engine, now)?;
         config.write_keys.push(DEMO_WRITE_KEY.to_owned());
         config.admin_tokens.push(DEMO_API_TOKEN.to_owned());
     }
@@ -239,19 +216,6 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             "no --write-key or --api-token given: only tokens made with `flowmark token create` are accepted"
         );
     }
-    let connector = match &args.effects_log {
-        None => LogConnector::default(),
-        Some(path) => {
-            LogConnector::to_file(path).with_context(|| format!("cannot open the effects log {}", path.display()))?
-        }
-    };
-    let timeout = flowmark_core::Duration(args.effect_timeout * 1000);
-    let limits = |concurrency: u64, per_second: Option<f64>| Limits {
-        concurrency: concurrency as usize,
-        per_second,
-        burst: per_second.map_or(1, |rate| rate.ceil() as u32),
-        timeout,
-    };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     let listener = runtime
@@ -259,60 +223,62 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     let address = listener.local_addr()?;
     let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{address}"));
-    engine.set_public_url(&public_url);
-    engine.set_own_addresses(flowmark_runtime::own_address::OwnAddresses::new(&public_url, address));
-    // Webhook URLs that answered `410 Gone` stay disabled across restarts: every webhook
-    // connector shares the stored record, the dispatcher stores what they add.
-    let gone = GoneEndpoints::loaded(
-        engine.store().gone_endpoints(GONE_ENDPOINTS_IN_MEMORY_MAX).context("cannot read the disabled webhook URLs")?,
-    );
-    config.gone_endpoints = gone.clone();
-    let mut connectors =
-        Connectors::with_limits(Arc::new(connector), limits(args.effects_concurrency, args.effects_per_second))
-            .with_gone_endpoints(gone.clone());
-    if let Some(url) = &args.smtp_url {
-        let settings = SmtpSettings {
-            url: url.clone(),
-            from: args.email_from.clone(),
-            public_url: public_url.clone(),
-            secret,
-            track_links: !args.no_link_tracking,
-            open_pixel: args.open_pixel,
-        };
-        let smtp = SmtpConnector::new(settings).context("cannot set up email")?;
-        connectors = connectors.route(
-            "smtp",
-            &[Outbound::Email],
-            Arc::new(smtp),
-            limits(args.smtp_concurrency, args.smtp_per_second),
-        );
+    let setup = Arc::new(Setup { args: args.clone(), public_url, address });
+    let threads: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>> = Arc::default();
+
+    // The one place that picks the backend: everything past it talks to the `Store` trait.
+    let store =
+        SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?;
+    let demo = args.demo;
+    let (default, thread) = setup.start(&WorkspaceName::default_workspace(), Box::new(store), |engine, now| {
+        if demo {
+            for (name, source) in BLUEPRINTS {
+                engine
+                    .deploy(name, source, now)
+                    .map_err(|e| anyhow::anyhow!("the blueprint {name} does not deploy: {e}"))?;
+            }
+            seed_team(engine, now)?;
+        }
+        Ok(())
+    })?;
+    if demo {
+        seed_demo(&default.owner);
     }
-    // People's chat notifications: posts to Slack-compatible incoming webhooks, signed like
-    // every outbound webhook when secrets are set.
-    let chat = WebhookSettings { secrets: webhook_secrets.clone(), allow_private: args.webhook_allow_private };
-    connectors = connectors.route(
-        "chat",
-        &[Outbound::Chat],
-        Arc::new(WebhookConnector::new(chat).with_gone_endpoints(gone.clone())),
-        limits(args.webhook_concurrency, args.webhook_per_second),
-    );
-    if !args.webhook_secrets.is_empty() {
-        let settings = WebhookSettings { secrets: webhook_secrets, allow_private: args.webhook_allow_private };
-        connectors = connectors.route(
-            "webhooks",
-            &[Outbound::Webhook],
-            Arc::new(WebhookConnector::new(settings).with_gone_endpoints(gone)),
-            limits(args.webhook_concurrency, args.webhook_per_second),
-        );
+    lock(&threads).push(thread);
+    let workspaces = Workspaces::single(default);
+    for name in names.iter().filter(|name| !name.is_default()) {
+        let store = flowmark_sqlite::open_workspace(&args.db, name)
+            .with_context(|| format!("cannot open the database of workspace `{name}`"))?;
+        let (tenant, thread) = setup.start(name, Box::new(store), |_, _| Ok(()))?;
+        lock(&threads).push(thread);
+        workspaces.insert(name.clone(), tenant);
     }
-    let (owner, owner_thread) = Owner::start(engine, connectors);
-    if args.demo {
-        seed_demo(&owner);
-    }
+    // A workspace made while the server runs (`POST /api/workspaces`) gets a database and an
+    // owner thread like the ones above.
+    let opener = {
+        let (setup, threads) = (setup.clone(), threads.clone());
+        Arc::new(move |name: &WorkspaceName| -> Result<Tenant, String> {
+            let db = &setup.args.db;
+            let store = match flowmark_sqlite::create_workspace(db, name) {
+                Ok(Some(store)) => store,
+                Ok(None) => flowmark_sqlite::open_workspace(db, name).map_err(|e| e.to_string())?,
+                Err(error) => return Err(error.to_string()),
+            };
+            let (tenant, thread) = setup.start(name, Box::new(store), |_, _| Ok(())).map_err(|e| format!("{e:#}"))?;
+            lock(&threads).push(thread);
+            tracing::info!(workspace = %name, "workspace created");
+            Ok(tenant)
+        })
+    };
+    let workspaces = workspaces.with_opener(opener);
+    let served = workspaces.names().len();
     runtime.block_on(async {
         // What a person starting the server reads. Whoever started it may have stopped reading
         // standard output (a supervisor, a test that read the first line): the server goes on.
         let mut banner = format!("flowmark: listening on http://{address}\n");
+        if served > 1 {
+            banner.push_str(&format!("flowmark: {served} workspaces\n"));
+        }
         if args.demo {
             banner.push_str(&format!(
                 "flowmark: demo write key `{DEMO_WRITE_KEY}`, API token `{DEMO_API_TOKEN}`\n\
@@ -324,7 +290,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
         drop(stdout);
         let header_timeout = std::time::Duration::from_secs(args.header_timeout);
-        flowmark_server::listen::serve(listener, router(owner, config), header_timeout, async {
+        flowmark_server::listen::serve(listener, router(workspaces, config), header_timeout, async {
             stop_signal().await;
             tracing::info!("stopping: no new requests; draining what is queued");
         })
@@ -332,9 +298,117 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     drop(runtime);
-    owner_thread.join().map_err(|_| anyhow::anyhow!("the owner thread panicked"))?;
+    drop(setup);
+    let threads = std::mem::take(&mut *lock(&threads));
+    for thread in threads {
+        thread.join().map_err(|_| anyhow::anyhow!("an owner thread panicked"))?;
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What every workspace of a server is started with: the flags, and where the server is
+/// reached.
+struct Setup {
+    args: Args,
+    public_url: String,
+    address: std::net::SocketAddr,
+}
+
+impl Setup {
+    /// Starts workspace `name` on `store`: its engine (with `prepare` run on it first), its
+    /// signing secret, its connectors and its owner thread.
+    fn start(
+        &self,
+        name: &WorkspaceName,
+        store: ServerStore,
+        prepare: impl FnOnce(&mut Engine<ServerStore>, flowmark_core::Timestamp) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(Tenant, std::thread::JoinHandle<()>)> {
+        let args = &self.args;
+        let mut engine = Engine::new(store, serde_json::json!({})).context("cannot start the engine")?;
+        let started = flowmark_server::clock::now();
+        engine.sync_all_schedules(started).context("cannot arm the workflows' schedules")?;
+        // The secret unsubscribe links are signed with: made on first start, kept in the database.
+        let secret = {
+            let fresh =
+                flowmark_server::auth::new_token().map_err(|e| anyhow::anyhow!("no randomness for a secret: {e}"))?;
+            engine
+                .store_mut()
+                .put_setting_once(flowmark_runtime::unsubscribe::SECRET_SETTING, &fresh)
+                .context("cannot store the unsubscribe secret")?
+                .into_bytes()
+        };
+        prepare(&mut engine, started)?;
+        let connector = match &args.effects_log {
+            None => LogConnector::default(),
+            Some(path) => LogConnector::to_file(path)
+                .with_context(|| format!("cannot open the effects log {}", path.display()))?,
+        };
+        let timeout = flowmark_core::Duration(args.effect_timeout * 1000);
+        let limits = |concurrency: u64, per_second: Option<f64>| Limits {
+            concurrency: concurrency as usize,
+            per_second,
+            burst: per_second.map_or(1, |rate| rate.ceil() as u32),
+            timeout,
+        };
+        // The workspace's links carry its prefix, so they come back to it.
+        let public_url = format!("{}{}", self.public_url, flowmark_server::workspaces::link_prefix(name));
+        engine.set_public_url(&public_url);
+        engine.set_own_addresses(flowmark_runtime::own_address::OwnAddresses::new(&self.public_url, self.address));
+        // Webhook URLs that answered `410 Gone` stay disabled across restarts: every webhook
+        // connector shares the stored record, the dispatcher stores what they add.
+        let gone = GoneEndpoints::loaded(
+            engine
+                .store()
+                .gone_endpoints(GONE_ENDPOINTS_IN_MEMORY_MAX)
+                .context("cannot read the disabled webhook URLs")?,
+        );
+        let mut connectors =
+            Connectors::with_limits(Arc::new(connector), limits(args.effects_concurrency, args.effects_per_second))
+                .with_gone_endpoints(gone.clone());
+        if let Some(url) = &args.smtp_url {
+            let settings = SmtpSettings {
+                url: url.clone(),
+                from: args.email_from.clone(),
+                public_url: public_url.clone(),
+                secret: secret.clone(),
+                track_links: !args.no_link_tracking,
+                open_pixel: args.open_pixel,
+            };
+            let smtp = SmtpConnector::new(settings).context("cannot set up email")?;
+            connectors = connectors.route(
+                "smtp",
+                &[Outbound::Email],
+                Arc::new(smtp),
+                limits(args.smtp_concurrency, args.smtp_per_second),
+            );
+        }
+        let webhook_secrets = parse_secrets(&args.webhook_secrets)?;
+        // People's chat notifications: posts to Slack-compatible incoming webhooks, signed like
+        // every outbound webhook when secrets are set.
+        let chat = WebhookSettings { secrets: webhook_secrets.clone(), allow_private: args.webhook_allow_private };
+        connectors = connectors.route(
+            "chat",
+            &[Outbound::Chat],
+            Arc::new(WebhookConnector::new(chat).with_gone_endpoints(gone.clone())),
+            limits(args.webhook_concurrency, args.webhook_per_second),
+        );
+        if !webhook_secrets.is_empty() {
+            let settings = WebhookSettings { secrets: webhook_secrets, allow_private: args.webhook_allow_private };
+            connectors = connectors.route(
+                "webhooks",
+                &[Outbound::Webhook],
+                Arc::new(WebhookConnector::new(settings).with_gone_endpoints(gone.clone())),
+                limits(args.webhook_concurrency, args.webhook_per_second),
+            );
+        }
+        let (owner, thread) = Owner::start(engine, connectors);
+        Ok((Tenant { owner, secret: Some(secret), gone }, thread))
+    }
 }
 
 /// The demo team's password (every demo account has it).
@@ -375,7 +449,7 @@ fn seed_team(engine: &mut Engine<ServerStore>, now: flowmark_core::Timestamp) ->
 }
 
 /// A few contacts download the whitepaper, so runs, emails and timers exist at once.
-fn seed_demo(owner: &Owner) {
+fn seed_demo(owner: &flowmark_server::Owner) {
     let now = flowmark_server::clock::now();
     for (index, name) in ["Ada", "Grace", "Linus"].iter().enumerate() {
         let id = format!("demo-contact-{}", index + 1);

@@ -21,6 +21,11 @@ impl<S: Store> Engine<S> {
         self.store.put_account(email, password_hash, now)
     }
 
+    /// Stores an API token under its hash (the catalogue: the `default` workspace's store).
+    pub fn put_token(&mut self, hash: &str, token: &flowmark_store::Token) -> Result<(), Error> {
+        self.store.put_token(hash, token)
+    }
+
     /// Stores a web UI session under the hash of its cookie.
     pub fn start_session(&mut self, hash: &str, session: &Session, now: Timestamp) -> Result<(), Error> {
         self.store.put_session(hash, session, now)

@@ -53,7 +53,8 @@ pub(crate) mod schema {
         StartRun, RunStarted, OneClickUnsubscribe, InboundEvent, Why, ImportReport, ContactScores,
         SegmentMembership, Pixel, TaskCompletion, RunState, ApprovalDecision, Cancellation, WorkKind, WorkList,
         NotificationList, WorkAction, WorkActionRequest, CommentList, NewComment, NewAttachment, Updated, Account,
-        CalendarFeeds, Erasure, Clock, ClockAdvance, ContactExport,
+        CalendarFeeds, Erasure, Clock, ClockAdvance, ContactExport, Workspace, WorkspaceList, NewWorkspace,
+        WorkspaceCreated,
     }
 }
 

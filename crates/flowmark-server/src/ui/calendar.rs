@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use chrono::{Datelike, Duration, NaiveDate, TimeZone};
@@ -22,7 +22,7 @@ use flowmark_store::{Store, WorkItem};
 
 use super::html::{esc, seg};
 use super::{html, signed_in};
-use crate::api::{App, Page, internal, query};
+use crate::api::{App, Page, Shared, internal, query};
 
 /// The most work items, and the most publications, one calendar page reads.
 pub const ENTRIES_MAX: usize = 2_000;
@@ -32,7 +32,7 @@ const DAY_ENTRIES_MONTH: usize = 4;
 const DAY_ENTRIES_WEEK: usize = 40;
 const DAY_ENTRIES_DAY: usize = ENTRIES_MAX;
 
-pub(crate) fn routes() -> Router<App> {
+pub(crate) fn routes() -> Router<Shared> {
     Router::new().route("/ui/calendar", get(calendar_page))
 }
 
@@ -129,9 +129,9 @@ fn publication_entry(publication: &flowmark_runtime::ical::Publication, zone: Tz
 }
 
 /// The page's end: links to subscribe to the same dates in a calendar app.
-fn with_feeds(mut body: String, secret: Option<&[u8]>, who: &str) -> String {
+fn with_feeds(mut body: String, prefix: &str, secret: Option<&[u8]>, who: &str) -> String {
     if let Some(secret) = secret {
-        let (person, workspace) = crate::people::feed_paths(secret, who);
+        let (person, workspace) = crate::people::feed_paths(prefix, secret, who);
         let _ = write!(
             body,
             "<p class=\"muted\">Subscribe in your calendar app: <a href=\"{}\">my work</a> · \
@@ -143,11 +143,7 @@ fn with_feeds(mut body: String, secret: Option<&[u8]>, who: &str) -> String {
     body
 }
 
-async fn calendar_page(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Query(params): Query<BTreeMap<String, String>>,
-) -> Page {
+async fn calendar_page(app: App, headers: HeaderMap, Query(params): Query<BTreeMap<String, String>>) -> Page {
     let (email, session) = signed_in(&app, &headers, "/ui/calendar").await?;
     let view = match params.get("view").map(String::as_str) {
         Some("week") => View::Week,
@@ -156,7 +152,8 @@ async fn calendar_page(
     };
     let date = params.get("date").and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
     let mine = params.get("mine").is_some_and(|v| v == "1");
-    let feed_secret = app.config.unsubscribe_secret.clone();
+    let feed_secret = app.secret.clone();
+    let prefix = app.link("");
     let who = email.clone();
     let answer = query(&app.owner, move |engine, now| -> Result<String, flowmark_store::Error> {
         let zone: Tz = engine.directory().zone_of(&who);
@@ -238,7 +235,7 @@ async fn calendar_page(
                 None => body.push_str("<p class=\"muted\">Nothing is due or published this day.</p>"),
             }
             body.push_str("</section>");
-            return Ok(with_feeds(body, feed_secret.as_deref(), &who));
+            return Ok(with_feeds(body, &prefix, feed_secret.as_deref(), &who));
         }
         body.push_str("<table class=\"calendar ");
         body.push_str(view_name);
@@ -285,7 +282,7 @@ async fn calendar_page(
             day += Duration::days(1);
         }
         body.push_str("</tbody></table>");
-        Ok(with_feeds(body, feed_secret.as_deref(), &who))
+        Ok(with_feeds(body, &prefix, feed_secret.as_deref(), &who))
     })
     .await;
     match answer? {

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -28,12 +28,12 @@ use serde_json::Value;
 
 use super::html::{esc, seg, time};
 use super::{html, signed_in};
-use crate::api::{App, Page, internal, query, status_name};
+use crate::api::{App, Page, Shared, internal, query, status_name};
 
 /// The most runs a list shows, and the most history entries or decision records a run page shows.
 pub const LIST_MAX: usize = 200;
 
-pub(crate) fn routes() -> Router<App> {
+pub(crate) fn routes() -> Router<Shared> {
     Router::new()
         .route("/ui/workflows", get(workflows_page))
         .route("/ui/workflows/{id}", get(workflow_page))
@@ -57,7 +57,7 @@ fn waiting_by_step(workflow: &Workflow, positions: &[flowmark_store::Position]) 
     counts
 }
 
-async fn workflows_page(State(app): State<App>, headers: HeaderMap) -> Page {
+async fn workflows_page(app: App, headers: HeaderMap) -> Page {
     let (email, session) = signed_in(&app, &headers, "/ui/workflows").await?;
     let answer = query(&app.owner, move |engine, _| -> Result<String, flowmark_runtime::Error> {
         let summaries = engine.store().workflows()?;
@@ -118,7 +118,7 @@ fn version_param(params: &BTreeMap<String, String>) -> Option<u32> {
 }
 
 async fn workflow_page(
-    State(app): State<App>,
+    app: App,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(params): Query<BTreeMap<String, String>>,
@@ -227,7 +227,7 @@ async fn draw(workflow: Arc<Workflow>, marks: Marks) -> Response {
 }
 
 async fn workflow_graph(
-    State(app): State<App>,
+    app: App,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(params): Query<BTreeMap<String, String>>,
@@ -257,7 +257,7 @@ async fn workflow_graph(
 }
 
 /// The run explorer: a filter form (GET, so a filtered view is a link) and the newest runs.
-async fn runs_page(State(app): State<App>, headers: HeaderMap, Query(params): Query<BTreeMap<String, String>>) -> Page {
+async fn runs_page(app: App, headers: HeaderMap, Query(params): Query<BTreeMap<String, String>>) -> Page {
     let (email, session) = signed_in(&app, &headers, "/ui/runs").await?;
     let text = |key: &str| params.get(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
     let filter = RunFilter {
@@ -359,7 +359,7 @@ fn plain(value: &Value) -> String {
     }
 }
 
-async fn run_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Page {
+async fn run_page(app: App, headers: HeaderMap, Path(id): Path<String>) -> Page {
     let (email, session) = signed_in(&app, &headers, &format!("/ui/runs/{}", seg(&id))).await?;
     let Ok(run_id) = id.parse::<u64>() else { return Ok(not_found(&email, &session.csrf, "No such run")) };
     let who = email.clone();
@@ -503,7 +503,7 @@ fn decisions_table(decisions: &[Value], zone: html::Zone) -> String {
     out
 }
 
-async fn run_graph(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Page {
+async fn run_graph(app: App, headers: HeaderMap, Path(id): Path<String>) -> Page {
     signed_in(&app, &headers, "/ui/runs").await?;
     let Ok(run_id) = id.parse::<u64>() else { return Ok((StatusCode::NOT_FOUND, "no such run").into_response()) };
     let answer =

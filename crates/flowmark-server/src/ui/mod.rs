@@ -17,7 +17,7 @@ mod html;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -27,7 +27,7 @@ use flowmark_store::{Session, Store, WorkItem, WorkKind};
 use serde_json::Value;
 use std::fmt::Write as _;
 
-use crate::api::{Answer, App, Page, PeerAddress, admin_object, internal, problem, query};
+use crate::api::{Answer, App, Page, PeerAddress, Shared, admin_object, internal, problem, query};
 use crate::auth::{constant_time_eq, hash_password, new_token, token_hash, verify_password};
 use crate::openapi::schema;
 use crate::owner::now;
@@ -37,7 +37,7 @@ use html::{Zone, due, esc, page, seg, time};
 pub const SESSION_MS: i64 = 12 * 3_600_000;
 const COOKIE: &str = "fm_session";
 
-pub(crate) fn routes() -> Router<App> {
+pub(crate) fn routes() -> Router<Shared> {
     Router::new()
         .route("/ui", get(home))
         .route("/ui/", get(home))
@@ -70,7 +70,7 @@ async fn css() -> Response {
 }
 
 /// The API route the web UI owns: setting a person's password.
-pub(crate) fn api_routes() -> utoipa_axum::router::OpenApiRouter<App> {
+pub(crate) fn api_routes() -> utoipa_axum::router::OpenApiRouter<Shared> {
     utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(put_account))
 }
 
@@ -94,7 +94,7 @@ pub(crate) fn api_routes() -> utoipa_axum::router::OpenApiRouter<App> {
     ),
     security(("bearer" = [])),
 )]
-async fn put_account(State(app): State<App>, headers: HeaderMap, Path(email): Path<String>, body: Bytes) -> Answer {
+async fn put_account(app: App, headers: HeaderMap, Path(email): Path<String>, body: Bytes) -> Answer {
     let fields = admin_object(&app, &headers, &body).await?;
     let email = email.trim().to_lowercase();
     if !flowmark_runtime::directory::looks_like_email(&email) {
@@ -124,19 +124,17 @@ async fn put_account(State(app): State<App>, headers: HeaderMap, Path(email): Pa
     }
 }
 
-/// The session cookie's value, if the request has one.
-fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_owned))
+/// The session token of the request's cookie, when the cookie is for the request's workspace
+/// (a cookie names its workspace: `workspaces::split_cookie`).
+fn session_cookie(app: &App, headers: &HeaderMap) -> Option<String> {
+    let value = crate::api::session_cookie(headers)?;
+    let (workspace, token) = crate::workspaces::split_cookie(&value);
+    (workspace == app.workspace).then(|| token.to_owned())
 }
 
 /// The signed-in person, from the session cookie.
 async fn session(app: &App, headers: &HeaderMap) -> Option<(String, Session)> {
-    let hash = token_hash(&session_cookie(headers)?);
+    let hash = token_hash(&session_cookie(app, headers)?);
     let found = query(&app.owner, move |engine, now| engine.store().session(&hash, now)).await.ok()?.ok()??;
     Some((found.email.clone(), found))
 }
@@ -162,15 +160,24 @@ pub(crate) fn html(status: StatusCode, body: String) -> Response {
     response
 }
 
-fn login_form(next: &str, error: Option<&str>) -> String {
+/// The sign-in form; with a workspace field when the server has more than one workspace
+/// (`workspace`: the one to fill in).
+fn login_form(next: &str, error: Option<&str>, workspace: Option<&str>) -> String {
     let mut body = String::from("<div class=\"login card\"><h1>Sign in to Flowmark</h1>");
     if let Some(error) = error {
         let _ = write!(body, "<p class=\"error\" role=\"alert\">{}</p>", esc(error));
     }
+    let field = workspace.map_or(String::new(), |name| {
+        format!(
+            "<div><label for=\"workspace\">Workspace</label><input id=\"workspace\" name=\"workspace\" value=\"{}\" \
+             autocomplete=\"organization\" required></div>",
+            esc(name)
+        )
+    });
     let _ = write!(
         body,
         "<form class=\"stack\" method=\"post\" action=\"/ui/login\">\
-         <input type=\"hidden\" name=\"next\" value=\"{}\">\
+         <input type=\"hidden\" name=\"next\" value=\"{}\">{field}\
          <div><label for=\"email\">Email</label><input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required autofocus></div>\
          <div><label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required></div>\
          <div><button type=\"submit\">Sign in</button></div></form></div>",
@@ -179,9 +186,14 @@ fn login_form(next: &str, error: Option<&str>) -> String {
     page("Sign in", None, &body)
 }
 
-async fn login_page(axum::extract::Query(q): axum::extract::Query<Vec<(String, String)>>) -> Response {
+async fn login_page(app: App, axum::extract::Query(q): axum::extract::Query<Vec<(String, String)>>) -> Response {
     let next = q.iter().find(|(k, _)| k == "next").map_or("/ui", |(_, v)| v.as_str());
-    html(StatusCode::OK, login_form(next, None))
+    html(StatusCode::OK, login_form(next, None, workspace_field(&app, None)))
+}
+
+/// What the sign-in form's workspace field holds: nothing on a server of one workspace.
+fn workspace_field<'a>(app: &'a App, given: Option<&'a str>) -> Option<&'a str> {
+    (app.workspaces.names().len() > 1).then(|| given.unwrap_or(app.workspace.as_str()))
 }
 
 /// A redirect target inside the UI only (no open redirects).
@@ -205,19 +217,37 @@ fn same_origin(headers: &HeaderMap) -> bool {
 }
 
 async fn login(
-    State(app): State<App>,
+    app: App,
     PeerAddress(address): PeerAddress,
     headers: HeaderMap,
     axum::Form(form): axum::Form<Vec<(String, String)>>,
 ) -> Page {
+    let given = form_value(&form, "workspace").map(str::trim).filter(|w| !w.is_empty());
     if !same_origin(&headers) {
-        return Ok(html(StatusCode::FORBIDDEN, login_form("/ui", Some("This form was sent from another site."))));
+        let refusal = login_form("/ui", Some("This form was sent from another site."), workspace_field(&app, given));
+        return Ok(html(StatusCode::FORBIDDEN, refusal));
     }
     let email = form_value(&form, "email").unwrap_or_default().trim().to_lowercase();
     let password = form_value(&form, "password").unwrap_or_default().to_owned();
     let next = safe_next(form_value(&form, "next").unwrap_or("/ui"));
+    // The form names the workspace to sign in to; a workspace that does not exist is answered
+    // like a wrong password (which workspaces exist is not told to whoever asks).
+    let app = match given.map(flowmark_store::WorkspaceName::parse) {
+        None => Ok(app),
+        Some(Ok(name)) => app.switch_to(&name).map_err(|_| app.clone()),
+        Some(Err(_)) => Err(app.clone()),
+    };
+    let app = match app {
+        Ok(app) => app,
+        Err(app) => {
+            let wrong = login_form(&next, Some("Wrong workspace, email or password."), workspace_field(&app, given));
+            return Ok(html(StatusCode::UNAUTHORIZED, wrong));
+        }
+    };
+    // Failures count per account in each workspace.
+    let account = format!("{}/{email}", app.workspace);
     let begun = app.sign_ins.lock().map_err(|_| internal("the sign-in throttle is poisoned"))?.begin(
-        &email,
+        &account,
         address,
         now().ms(),
     );
@@ -229,22 +259,29 @@ async fn login(
             locked.failures,
             if seconds == 1 { "" } else { "s" }
         );
-        let mut response = html(StatusCode::TOO_MANY_REQUESTS, login_form(&next, Some(&notice)));
+        let locked_out = login_form(&next, Some(&notice), workspace_field(&app, given));
+        let mut response = html(StatusCode::TOO_MANY_REQUESTS, locked_out);
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         return Ok(response);
     }
     let valid = check_password(&app, &email, password).await;
     let succeeded = matches!(valid, Ok(true));
     if let Ok(mut sign_ins) = app.sign_ins.lock() {
-        sign_ins.finish(&email, address, succeeded, now().ms());
+        sign_ins.finish(&account, address, succeeded, now().ms());
     }
     if !valid? {
-        return Ok(html(StatusCode::UNAUTHORIZED, login_form(&next, Some("Wrong email or password."))));
+        let wrong = if workspace_field(&app, given).is_some() {
+            "Wrong workspace, email or password."
+        } else {
+            "Wrong email or password."
+        };
+        return Ok(html(StatusCode::UNAUTHORIZED, login_form(&next, Some(wrong), workspace_field(&app, given))));
     }
     let (Ok(cookie), Ok(csrf)) = (new_token(), new_token()) else {
         return Err(internal("no randomness for a session").into());
     };
     let hash = token_hash(&cookie);
+    let cookie = crate::workspaces::cookie_value(&app.workspace, &cookie);
     let secure = app.config.secure_cookies;
     let answer = query(&app.owner, move |engine, now| {
         let session = Session { email, csrf, expires_at: Timestamp(now.ms() + SESSION_MS) };
@@ -302,15 +339,11 @@ fn csrf_ok(form: &[(String, String)], session: &Session) -> bool {
     form_value(form, "csrf").is_some_and(|token| constant_time_eq(token.as_bytes(), session.csrf.as_bytes()))
 }
 
-async fn logout(
-    State(app): State<App>,
-    headers: HeaderMap,
-    axum::Form(form): axum::Form<Vec<(String, String)>>,
-) -> Response {
+async fn logout(app: App, headers: HeaderMap, axum::Form(form): axum::Form<Vec<(String, String)>>) -> Response {
     if let Some((_, session)) = session(&app, &headers).await
         && csrf_ok(&form, &session)
     {
-        let hash = token_hash(&session_cookie(&headers).unwrap_or_default());
+        let hash = token_hash(&session_cookie(&app, &headers).unwrap_or_default());
         let _ = query(&app.owner, move |engine, _| engine.end_session(&hash)).await;
     }
     let mut response = Redirect::to("/ui/login").into_response();
@@ -348,7 +381,7 @@ fn work_rows(items: &[WorkItem], now: Timestamp, zone: Zone, empty: &str) -> Str
 }
 
 /// My work: what waits for the signed-in person, and what they were told.
-async fn home(State(app): State<App>, headers: HeaderMap) -> Page {
+async fn home(app: App, headers: HeaderMap) -> Page {
     let Some((email, session)) = session(&app, &headers).await else { return Ok(to_login("/ui")) };
     let who = email.clone();
     let answer = query(&app.owner, move |engine, now| -> Result<String, flowmark_store::Error> {
@@ -616,7 +649,7 @@ fn work_html(item: &WorkItem, email: &str, csrf: &str, now: Timestamp, zone: Zon
     body
 }
 
-async fn work_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Page {
+async fn work_page(app: App, headers: HeaderMap, Path(id): Path<String>) -> Page {
     let Some((email, session)) = session(&app, &headers).await else {
         return Err(to_login(&format!("/ui/work/{}", seg(&id))));
     };
@@ -674,7 +707,7 @@ fn form_fields(form: &[(String, String)], detail: &Value) -> serde_json::Map<Str
 }
 
 async fn work_action(
-    State(app): State<App>,
+    app: App,
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
     axum::Form(form): axum::Form<Vec<(String, String)>>,
@@ -730,7 +763,7 @@ async fn work_action(
 }
 
 /// An item's page: its fields, its work (open and closed, with outcomes) and comments.
-async fn item_page(State(app): State<App>, headers: HeaderMap, Path(id): Path<String>) -> Page {
+async fn item_page(app: App, headers: HeaderMap, Path(id): Path<String>) -> Page {
     let Some((email, session)) = session(&app, &headers).await else {
         return Ok(to_login(&format!("/ui/items/{}", seg(&id))));
     };
@@ -840,7 +873,7 @@ async fn item_form<T: Send + 'static>(
 }
 
 async fn item_attachment(
-    State(app): State<App>,
+    app: App,
     headers: HeaderMap,
     Path(id): Path<String>,
     axum::Form(form): axum::Form<Vec<(String, String)>>,
@@ -857,7 +890,7 @@ async fn item_attachment(
 }
 
 async fn item_comment(
-    State(app): State<App>,
+    app: App,
     headers: HeaderMap,
     Path(id): Path<String>,
     axum::Form(form): axum::Form<Vec<(String, String)>>,
