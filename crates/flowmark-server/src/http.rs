@@ -177,9 +177,11 @@ async fn log_request(request: axum::extract::Request, next: axum::middleware::Ne
     response
 }
 
-/// The write key from HTTP Basic (user part) or from the body's `writeKey`.
+/// The write key from HTTP Basic (user part), a bearer token, or the body's `writeKey`.
 fn write_key(headers: &HeaderMap, body: &Value) -> Option<String> {
-    crate::api::basic_user(headers).or_else(|| body.get("writeKey").and_then(Value::as_str).map(str::to_owned))
+    crate::api::basic_user(headers)
+        .or_else(|| crate::api::bearer(headers))
+        .or_else(|| body.get("writeKey").and_then(Value::as_str).map(str::to_owned))
 }
 
 /// A 400 for a body over the size of one event (`EVENT_SIZE_BYTES_MAX`), titled `title`.
@@ -226,10 +228,12 @@ async fn ingest(app: App, Path(kind): Path<String>, headers: HeaderMap, body: By
     let key = write_key(&headers, &value);
     // A `writeKey` in the body names its workspace only now (`route` saw the headers alone).
     let app = match &key {
-        Some(key) if crate::api::basic_user(&headers).is_none() => match app.workspace_of(key).await? {
-            Some(workspace) => app.switch_to(&workspace)?,
-            None => app,
-        },
+        Some(key) if crate::api::basic_user(&headers).is_none() && crate::api::bearer(&headers).is_none() => {
+            match app.workspace_of(key).await? {
+                Some(workspace) => app.switch_to(&workspace)?,
+                None => app,
+            }
+        }
         _ => app,
     };
     authorize(&app, key, Scope::Ingest).await?;

@@ -30,9 +30,8 @@ pub struct ImportArgs {
     /// The CSV file: a header row naming `id` and/or `email` (common aliases such as `E-mail
     /// Address` are understood), then any trait columns.
     file: PathBuf,
-    /// The SQLite database file the server uses.
-    #[arg(long, default_value = "flowmark.db")]
-    db: PathBuf,
+    #[command(flatten)]
+    database: crate::database::Database,
     /// Import the file again even if it was imported to the end before.
     #[arg(long)]
     again: bool,
@@ -45,13 +44,43 @@ pub struct ImportArgs {
 pub enum ExportCommand {
     /// Every contact, as CSV (a column per trait) or JSON lines.
     Contacts(ExportArgs),
+    /// Everything held about one contact, as one JSON document (GDPR Art. 15, CCPA access),
+    /// as `GET /api/contacts/{id}/export` gives it.
+    Contact(ContactExportArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ContactExportArgs {
+    /// The contact's id (Segment's `userId` or `anonymousId`), or one of its aliases.
+    id: String,
+    #[command(flatten)]
+    database: crate::database::Database,
+    /// Write here instead of standard output.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+/// `flowmark export contact ID`: the contact's document, or exit code 1 when there is none.
+fn export_contact(args: &ContactExportArgs) -> anyhow::Result<ExitCode> {
+    let store = args.database.open_existing()?;
+    let engine = flowmark_runtime::Engine::new(store, serde_json::json!({})).context("cannot start the engine")?;
+    let Some(document) = engine.export_contact(&args.id).with_context(|| format!("cannot export `{}`", args.id))?
+    else {
+        eprintln!("flowmark: no contact `{}` in workspace `{}`", args.id, args.database.workspace);
+        return Ok(ExitCode::from(1));
+    };
+    let text = serde_json::to_string_pretty(&document).context("the export is not JSON")?;
+    match &args.output {
+        Some(path) => std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?,
+        None => println!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
-    /// The SQLite database file the server uses.
-    #[arg(long, default_value = "flowmark.db")]
-    db: PathBuf,
+    #[command(flatten)]
+    database: crate::database::Database,
     /// `csv`: a header row, then one row per contact with a column per trait; `json`: one
     /// JSON object per line (`id`, `timezone`, `traits`, `updated_at`).
     #[arg(long, value_enum, default_value = "csv")]
@@ -90,8 +119,7 @@ pub fn import(command: &ImportCommand) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let mut store =
-        SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?;
+    let mut store = args.database.open()?;
     let digest: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
     let checkpoint = format!("import:contacts:{digest}");
     if args.again {
@@ -123,12 +151,11 @@ fn now() -> flowmark_core::Timestamp {
 }
 
 pub fn export(command: &ExportCommand) -> anyhow::Result<ExitCode> {
-    let ExportCommand::Contacts(args) = command;
-    if !args.db.exists() {
-        anyhow::bail!("there is no database at {}", args.db.display());
-    }
-    let store =
-        SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?;
+    let args = match command {
+        ExportCommand::Contacts(args) => args,
+        ExportCommand::Contact(args) => return export_contact(args),
+    };
+    let store = args.database.open_existing()?;
     let items = item_subjects(&store)?;
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(

@@ -4,12 +4,10 @@
 //! For a database no server has open: a running server learns of tombstones when it starts,
 //! so while one runs, erase through its API.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use flowmark_runtime::Engine;
-use flowmark_sqlite::SqliteStore;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -23,9 +21,9 @@ pub enum Command {
 pub struct ContactArgs {
     /// The contact's id (Segment's `userId` or `anonymousId`), or one of its aliases.
     id: String,
-    /// The SQLite database file (stop the server that uses it first, or use its API).
-    #[arg(long, default_value = "flowmark.db")]
-    db: PathBuf,
+    /// The database and workspace (stop the server that uses it first, or use its API).
+    #[command(flatten)]
+    database: crate::database::Database,
     /// Print what was removed as one JSON object.
     #[arg(long)]
     json: bool,
@@ -33,8 +31,7 @@ pub struct ContactArgs {
 
 pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
     let Command::Contact(args) = command;
-    let store =
-        SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?;
+    let store = args.database.open()?;
     let mut engine = Engine::new(store, serde_json::json!({})).context("cannot start the engine")?;
     let now = flowmark_core::Timestamp::from_chrono(&chrono::Utc::now());
     let erasure = engine.erase_contact(&args.id, now).with_context(|| format!("cannot erase `{}`", args.id))?;

@@ -6,6 +6,7 @@
 
 mod bench;
 mod contacts;
+mod database;
 mod erase;
 mod graph;
 mod serve;
@@ -13,6 +14,7 @@ mod simulate;
 mod token;
 mod validate;
 mod why;
+mod workspace;
 
 use std::process::ExitCode;
 
@@ -46,7 +48,7 @@ enum Command {
     /// Import data: `flowmark import contacts FILE.csv`.
     #[command(subcommand)]
     Import(contacts::ImportCommand),
-    /// Export data: `flowmark export contacts --format csv|json`.
+    /// Export data: `flowmark export contacts --format csv|json`, `flowmark export contact ID`.
     #[command(subcommand)]
     Export(contacts::ExportCommand),
     /// Manage API tokens.
@@ -55,6 +57,9 @@ enum Command {
     /// Erase a person's data: `flowmark erase contact ID` (GDPR Art. 17, CCPA deletion).
     #[command(subcommand)]
     Erase(erase::Command),
+    /// Manage workspaces: `flowmark workspace create NAME`, `flowmark workspace list`.
+    #[command(subcommand)]
+    Workspace(workspace::Command),
 }
 
 /// mimalloc instead of the C library's allocator: the engine makes and drops many small
@@ -77,6 +82,7 @@ fn main() -> ExitCode {
         Command::Import(command) => contacts::import(&command),
         Command::Export(command) => contacts::export(&command),
         Command::Erase(command) => erase::run(&command),
+        Command::Workspace(command) => workspace::run(&command),
     };
     match result {
         Ok(code) => code,

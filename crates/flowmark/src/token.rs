@@ -26,7 +26,7 @@ pub struct CreateArgs {
     /// (every `GET` of the API, changing nothing); repeatable.
     #[arg(long = "scope", required = true, value_delimiter = ',')]
     scopes: Vec<String>,
-    /// The workspace the token belongs to.
+    /// The workspace the token is for (it is accepted there only).
     #[arg(long, default_value = "default")]
     workspace: String,
     /// The person (an email) the token acts as: in the team's work (tasks, approvals, comments,
@@ -48,6 +48,14 @@ pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
             scopes.push(parsed);
         }
     }
+    let workspace = flowmark_store::WorkspaceName::parse(&args.workspace)?;
+    if !flowmark_sqlite::workspace_exists(&args.db, &workspace) {
+        anyhow::bail!(
+            "there is no workspace `{workspace}` beside {}; create it with `flowmark workspace create {workspace}`",
+            args.db.display()
+        );
+    }
+    // Every token is stored in the catalogue, the `default` workspace's database.
     let mut store =
         SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?;
     let text = new_token().map_err(|e| anyhow::anyhow!("the operating system gave no randomness: {e}"))?;

@@ -1,32 +1,25 @@
 //! `flowmark why RUN`: a run explained step by step from the database, like
 //! `GET /api/runs/{id}/why`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use flowmark_core::engine::RunId;
-use flowmark_sqlite::SqliteStore;
 use flowmark_store::Store;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The run's id.
     run: u64,
-    /// The SQLite database file the server uses.
-    #[arg(long, default_value = "flowmark.db")]
-    db: PathBuf,
+    #[command(flatten)]
+    database: crate::database::Database,
     /// Print the explanation as JSON (one object with the run and its lines).
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    if !args.db.exists() {
-        anyhow::bail!("there is no database at {}", args.db.display());
-    }
-    let store =
-        SqliteStore::open(&args.db).with_context(|| format!("cannot open the database {}", args.db.display()))?;
+    let store = args.database.open_existing()?;
     let id = RunId(args.run);
     let Some(run) = store.run(id).context("cannot read the run")? else {
         eprintln!("error: there is no run {}", args.run);

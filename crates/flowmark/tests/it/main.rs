@@ -19,6 +19,7 @@ mod segment_client;
 mod serve;
 mod simulate;
 mod slow_peer;
+mod tenancy;
 mod ui;
 mod validate;
 mod webhooks;

@@ -720,7 +720,7 @@ fn bad_flags_stop_serve_before_it_opens_anything() {
 /// The connection is kept alive and the answer read by its length (or its chunks), and the
 /// client closes first: a server closing a connection under an answer can reset it before
 /// the answer is read.
-fn raw(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (String, String) {
+pub fn raw(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (String, String) {
     let mut stream = TcpStream::connect(address).unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\n");
     for (name, value) in headers {
@@ -768,7 +768,7 @@ fn read_answer(reader: &mut impl BufRead) -> (String, String) {
         body.resize(length, 0);
         reader.read_exact(&mut body).unwrap();
     }
-    (head.trim_end().to_owned(), String::from_utf8(body).unwrap())
+    (head.trim_end().to_owned(), String::from_utf8_lossy(&body).into_owned())
 }
 
 #[test]
