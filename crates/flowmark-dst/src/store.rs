@@ -13,9 +13,9 @@ use std::rc::Rc;
 use flowmark_core::Timestamp;
 use flowmark_core::engine::{Event, Run, RunId, Sent};
 use flowmark_store::{
-    Attempt, Batch, Comment, Contact, DueTimer, Erasure, Error, GoneEndpoint, KeyedStart, Notification, Position,
-    ReadyEffects, RunFilter, Schedule, ScoreRecord, Session, Store, Token, WorkItem, WorkKind, WorkflowStatus,
-    WorkflowSummary,
+    Attempt, Batch, Comment, Contact, DeadLetter, DueTimer, Erasure, Error, GoneEndpoint, KeyedStart, Notification,
+    Position, ReadyEffects, RunFilter, Schedule, ScoreRecord, Session, Store, Token, WorkItem, WorkKind,
+    WorkflowStatus, WorkflowSummary,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::Rng;
@@ -147,6 +147,14 @@ impl<S: Store> Store for FaultyStore<S> {
 
     fn outbox_depth(&self) -> Result<u64, Error> {
         self.inner.outbox_depth()
+    }
+
+    fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        self.inner.dead_letters(limit)
+    }
+
+    fn requeue_effect(&mut self, key: &str, now: Timestamp) -> Result<bool, Error> {
+        self.inner.requeue_effect(key, now)
     }
 
     fn sent_messages(&self, subject_id: &str, since: Timestamp) -> Result<Vec<Sent>, Error> {

@@ -524,3 +524,17 @@ pub(crate) fn json_object(body: &Bytes) -> Result<serde_json::Map<String, Value>
         Err(error) => Err(("Invalid JSON", format!("the body is not JSON: {error}"))),
     }
 }
+
+/// A listing's `limit` parameter: `default` when absent; what is wrong with it when it is not
+/// a whole number from 1 to `max`.
+pub(crate) fn query_limit(
+    params: &std::collections::HashMap<String, String>,
+    default: usize,
+    max: usize,
+) -> Result<usize, String> {
+    match params.get("limit").map(|v| v.parse::<usize>()) {
+        None => Ok(default),
+        Some(Ok(n)) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(format!("`limit` must be a whole number from 1 to {max}")),
+    }
+}

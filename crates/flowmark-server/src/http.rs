@@ -8,7 +8,7 @@
 
 use crate::api::{
     Admin, Answer, App, Eng, Problem, Shared, ask, authorize, get_document, internal, json_object, problem,
-    problem_with, put_document, query, query_owner, status_name,
+    problem_with, put_document, query, query_limit, query_owner, status_name,
 };
 use std::sync::Arc;
 
@@ -85,6 +85,7 @@ fn api() -> OpenApiRouter<Shared> {
         .merge(crate::people::routes())
         .merge(crate::ui::api_routes())
         .merge(crate::workspace_api::routes())
+        .merge(crate::outbox_api::routes())
 }
 
 /// The OpenAPI document of every route `router` serves but the web UI's pages.
@@ -340,16 +341,6 @@ async fn workflows(app: App, _admin: Admin) -> Answer {
                 .collect::<Vec<_>>(),
         )
         .into_response())
-}
-
-/// A listing's `limit` parameter: `default` when absent; what is wrong with it when it is not
-/// a whole number from 1 to `max`.
-fn query_limit(params: &HashMap<String, String>, default: usize, max: usize) -> Result<usize, String> {
-    match params.get("limit").map(|v| v.parse::<usize>()) {
-        None => Ok(default),
-        Some(Ok(n)) if (1..=max).contains(&n) => Ok(n),
-        Some(_) => Err(format!("`limit` must be a whole number from 1 to {max}")),
-    }
 }
 
 /// Most gone webhook URLs one listing returns (newest first).

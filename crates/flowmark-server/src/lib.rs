@@ -16,6 +16,7 @@ mod http;
 pub mod listen;
 mod metrics;
 mod openapi;
+mod outbox_api;
 pub mod owner;
 mod people;
 pub mod segment;

@@ -35,6 +35,11 @@ pub fn render(stats: &Stats, outbox_depth: u64, dispatch: &Dispatch<'_>, wal: Op
     counter("effects_failed_total", "Effects given up on.", stats.effects_failed);
     counter("effects_deferred_total", "Effects a connector's rate limit held back for later.", stats.effects_deferred);
     counter(
+        "effects_quarantined_total",
+        "Effects set aside because their attempts kept ending with no outcome (the process died performing them).",
+        stats.effects_quarantined,
+    );
+    counter(
         "effects_unreadable_total",
         "Times an effect this version cannot read (written by a newer one) was held back.",
         stats.effects_unreadable,

@@ -26,9 +26,9 @@ use serde_json::Value;
 use crate::cache::ContactCache;
 use crate::wal_sync::WalSync;
 use flowmark_store::{
-    Attempt, Batch, Contact, ContactChange, DueTimer, EffectOwner, Erasure, Error, GoneEndpoint, KeyedStart,
-    OutboxEffect, OutboxEntry, Position, ReadyEffects, RunFilter, Schedule, ScheduleChange, Scope, ScoreRecord, Store,
-    Token, UnreadableEffect, WorkflowStatus, WorkflowSummary,
+    Attempt, Batch, Contact, ContactChange, DeadLetter, DueTimer, EffectOwner, Erasure, Error, GoneEndpoint,
+    KeyedStart, OutboxEffect, OutboxEntry, Position, ReadyEffects, RunFilter, Schedule, ScheduleChange, Scope,
+    ScoreRecord, Store, Token, UnreadableEffect, WorkflowStatus, WorkflowSummary,
 };
 use flowmark_store::{Comment, Durability as _, Notification, Session, WorkItem, WorkKind};
 
@@ -302,6 +302,14 @@ CREATE TABLE tombstones (
     hash TEXT PRIMARY KEY,
     erased_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+"#,
+    // How many of an effect's attempts have an outcome: `attempts - settled` ended with none
+    // (the process died performing them), which is what quarantines a crash-looping effect.
+    // Effects stored before count every attempt as settled. Dead letters are listed by time.
+    r#"
+ALTER TABLE outbox ADD COLUMN settled INTEGER NOT NULL DEFAULT 0;
+UPDATE outbox SET settled = attempts;
+CREATE INDEX outbox_dead ON outbox (created_at) WHERE status IN ('failed', 'quarantined');
 "#,
 ];
 
@@ -615,7 +623,7 @@ fn outcome_columns(attempt: &Attempt, now: Timestamp) -> Option<(&'static str, T
         Attempt::Done { detail } => Some(("done", now, detail.clone())),
         Attempt::Retry { at, error } => Some(("pending", *at, Some(error.clone()))),
         Attempt::Failed { error } => Some(("failed", now, Some(error.clone()))),
-        Attempt::Deferred { .. } | Attempt::Claimed { .. } => None,
+        Attempt::Deferred { .. } | Attempt::Claimed { .. } | Attempt::Quarantined { .. } => None,
     }
 }
 
@@ -762,7 +770,8 @@ fn write_batch<'b>(
     }
     let mut record = tx
         .prepare_cached(
-            "UPDATE outbox SET status = ?2, next_attempt_at = ?3, result = ?4, attempts = attempts + 1
+            "UPDATE outbox SET status = ?2, next_attempt_at = ?3, result = ?4, attempts = attempts + 1,
+                settled = attempts + 1
          WHERE key = ?1 AND status = 'pending'",
         )
         .db()?;
@@ -775,6 +784,15 @@ fn write_batch<'b>(
                 .db()?
                 .execute(params![key, at.ms()])
                 .db()?;
+            continue;
+        }
+        if let Attempt::Quarantined { reason } = attempt {
+            tx.prepare_cached(
+                "UPDATE outbox SET status = 'quarantined', result = ?2 WHERE key = ?1 AND status = 'pending'",
+            )
+            .db()?
+            .execute(params![key, reason])
+            .db()?;
             continue;
         }
         if let Attempt::Claimed { until } = attempt {
@@ -794,7 +812,7 @@ fn write_batch<'b>(
     // that answers after its lease passed finds the effect claimed again, and changes nothing.
     let mut performed = tx
         .prepare_cached(
-            "UPDATE outbox SET status = ?2, next_attempt_at = ?3, result = ?4
+            "UPDATE outbox SET status = ?2, next_attempt_at = ?3, result = ?4, settled = ?5
          WHERE key = ?1 AND status = 'pending' AND attempts = ?5",
         )
         .db()?;
@@ -1458,7 +1476,7 @@ impl Store for SqliteStore {
             .conn
             .prepare_cached(
                 "SELECT o.key, o.run_id, o.step, o.effect, o.attempts, o.next_attempt_at,
-                    r.workflow_id, r.version, r.subject_id
+                    r.workflow_id, r.version, r.subject_id, o.attempts - o.settled
              FROM outbox o LEFT JOIN runs r ON r.id = o.run_id
              WHERE o.status = 'pending' AND o.next_attempt_at <= ?1 ORDER BY o.next_attempt_at, o.created_at, o.key",
             )
@@ -1476,7 +1494,7 @@ impl Store for SqliteStore {
                     row.get::<_, i64>(1)?,
                     row.get::<_, String>(2)?,
                     row.get::<_, String>(3)?,
-                    row.get::<_, u32>(4)?,
+                    (row.get::<_, u32>(4)?, row.get::<_, i64>(9)?.max(0) as u32),
                     row.get::<_, i64>(5)?,
                     owner,
                 ))
@@ -1484,7 +1502,7 @@ impl Store for SqliteStore {
             .db()?;
         let mut ready = ReadyEffects::default();
         for row in rows.take(limit) {
-            let (key, run, step, effect, attempts, next_attempt_at, owner) = row.db()?;
+            let (key, run, step, effect, (attempts, lost), next_attempt_at, owner) = row.db()?;
             let run = RunId(run as u64);
             match OutboxEffect::from_json(&effect) {
                 Ok(effect) => ready.entries.push(OutboxEntry {
@@ -1493,6 +1511,7 @@ impl Store for SqliteStore {
                     step,
                     effect,
                     attempts,
+                    lost,
                     next_attempt_at: Timestamp(next_attempt_at),
                     owner,
                 }),
@@ -1506,6 +1525,59 @@ impl Store for SqliteStore {
         let depth: i64 =
             self.conn.query_row("SELECT COUNT(*) FROM outbox WHERE status = 'pending'", [], |row| row.get(0)).db()?;
         Ok(depth as u64)
+    }
+
+    fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT key, run_id, step, status, effect, attempts, result, created_at FROM outbox
+             WHERE status IN ('failed', 'quarantined') ORDER BY created_at DESC, key",
+            )
+            .db()?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, u32>(5)?,
+                    row.get::<_, Option<String>>(6)?,
+                    row.get::<_, i64>(7)?,
+                ))
+            })
+            .db()?;
+        let mut letters = Vec::new();
+        for row in rows.take(limit) {
+            let (key, run, step, status, effect, attempts, result, created_at) = row.db()?;
+            let effect = serde_json::from_str(&effect).unwrap_or(Value::String(effect));
+            letters.push(DeadLetter {
+                key,
+                run: RunId(run as u64),
+                step,
+                status,
+                effect,
+                attempts,
+                result,
+                created_at: Timestamp(created_at),
+            });
+        }
+        Ok(letters)
+    }
+
+    fn requeue_effect(&mut self, key: &str, now: Timestamp) -> Result<bool, Error> {
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE outbox SET status = 'pending', next_attempt_at = ?2, settled = attempts
+             WHERE key = ?1 AND status = 'quarantined'",
+            )
+            .db()?
+            .execute(params![key, now.ms()])
+            .db()?;
+        Ok(changed == 1)
     }
 
     fn sent_messages(&self, subject_id: &str, since: Timestamp) -> Result<Vec<Sent>, Error> {

@@ -105,6 +105,14 @@ impl<S: Store + ?Sized> Store for Box<S> {
         (**self).outbox_depth()
     }
 
+    fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        (**self).dead_letters(limit)
+    }
+
+    fn requeue_effect(&mut self, key: &str, now: Timestamp) -> Result<bool, Error> {
+        (**self).requeue_effect(key, now)
+    }
+
     fn sent_messages(&self, subject_id: &str, since: Timestamp) -> Result<Vec<Sent>, Error> {
         (**self).sent_messages(subject_id, since)
     }

@@ -61,6 +61,7 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Store>) {
     events_are_deduplicated_by_message_id(make()).expect("events_are_deduplicated_by_message_id");
     the_outbox_retries_and_completes(make()).expect("the_outbox_retries_and_completes");
     claimed_effects_wait_for_their_lease(make()).expect("claimed_effects_wait_for_their_lease");
+    lost_attempts_quarantine_and_requeue(make()).expect("lost_attempts_quarantine_and_requeue");
     start_keys_find_the_run_they_started(make()).expect("start_keys_find_the_run_they_started");
     a_runs_transitions_in_one_batch_read_back_in_order(make())
         .expect("a_runs_transitions_in_one_batch_read_back_in_order");
@@ -311,6 +312,7 @@ pub fn results_join_the_trail_without_the_run(mut store: Box<dyn Store>) -> Resu
             link: "l".into(),
         }),
         attempts: 0,
+        lost: 0,
         next_attempt_at: T0,
         owner: None,
     };
@@ -474,6 +476,50 @@ pub fn claimed_effects_wait_for_their_lease(mut store: Box<dyn Store>) -> Result
     store.write(&Batch { outcomes: vec![(key.as_str(), 3, &done)], ..Batch::default() }, lease)?;
     assert_eq!(store.outbox_depth()?, 0);
     assert!(store.ready_effects(Timestamp(i64::MAX), 10)?.is_empty());
+    Ok(())
+}
+
+/// Attempts claimed and never settled are counted as lost (an outcome settles them, a retry
+/// too); a quarantined effect is not ready, is listed among the dead letters with the reason,
+/// and is ready again once requeued, its lost attempts forgiven. Failed effects are dead
+/// letters too, but only quarantined ones can be requeued.
+pub fn lost_attempts_quarantine_and_requeue(mut store: Box<dyn Store>) -> Result<(), Error> {
+    let workflow = workflow();
+    let t = start(&workflow, 1, "c-1");
+    store.commit(&[&t], T0)?;
+    let key = t.effects[0].key.clone();
+    let mut at = T0;
+    for lost in 1..=3u32 {
+        let lease = Timestamp(at.ms() + 1_000);
+        store.record_attempt(&key, &Attempt::Claimed { until: lease }, at)?;
+        at = lease;
+        let ready = store.ready_effects(at, 10)?;
+        assert_eq!((ready.entries[0].attempts, ready.entries[0].lost), (lost, lost), "claimed, never settled");
+    }
+    // An outcome of the latest attempt settles every attempt before it too.
+    store.record_attempt(&key, &Attempt::Claimed { until: Timestamp(at.ms() + 1_000) }, at)?;
+    let retry = Attempt::Retry { at: Timestamp(at.ms() + 2_000), error: "421 busy".into() };
+    store.write(&Batch { outcomes: vec![(key.as_str(), 4, &retry)], ..Batch::default() }, at)?;
+    let ready = store.ready_effects(Timestamp(at.ms() + 2_000), 10)?;
+    assert_eq!((ready.entries[0].attempts, ready.entries[0].lost), (4, 0));
+    at = Timestamp(at.ms() + 2_000);
+    let reason = "quarantined: 3 attempts ended with no outcome".to_owned();
+    store.record_attempt(&key, &Attempt::Quarantined { reason: reason.clone() }, at)?;
+    assert!(store.ready_effects(Timestamp(i64::MAX), 10)?.is_empty(), "set aside");
+    let letters = store.dead_letters(10)?;
+    assert_eq!(letters.len(), 1);
+    assert_eq!((letters[0].key.as_str(), letters[0].status.as_str()), (key.as_str(), "quarantined"));
+    assert_eq!((letters[0].attempts, letters[0].result.as_deref()), (4, Some(reason.as_str())));
+    assert!(!store.requeue_effect("no-such-effect", at)?);
+    assert!(store.requeue_effect(&key, at)?);
+    assert!(!store.requeue_effect(&key, at)?, "once: it is pending now");
+    let ready = store.ready_effects(at, 10)?;
+    assert_eq!((ready.entries[0].key.as_str(), ready.entries[0].lost), (key.as_str(), 0));
+    assert!(store.dead_letters(10)?.is_empty());
+    store.record_attempt(&key, &Attempt::Failed { error: "550 no such user".into() }, at)?;
+    let letters = store.dead_letters(10)?;
+    assert_eq!((letters[0].status.as_str(), letters[0].result.as_deref()), ("failed", Some("550 no such user")));
+    assert!(!store.requeue_effect(&key, at)?, "a failed effect reported to its run; it is not requeued");
     Ok(())
 }
 

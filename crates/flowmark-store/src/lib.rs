@@ -66,6 +66,9 @@ pub struct OutboxEntry {
     /// What the effect does.
     pub effect: OutboxEffect,
     pub attempts: u32,
+    /// Of `attempts`, how many ended with no outcome recorded (claimed, then nothing: the
+    /// process stopped or died while performing it).
+    pub lost: u32,
     pub next_attempt_at: Timestamp,
     /// The run the effect belongs to, as `ready_effects` reads it beside the effect: all the
     /// dispatcher needs of it, without reading the run's state. `None` when the run is gone,
@@ -147,6 +150,29 @@ pub enum Attempt {
     Claimed {
         until: Timestamp,
     },
+    /// Not attempted again: set aside (dead-lettered) because attempts kept ending with no
+    /// outcome at all (the process died while performing it), so it cannot crash-loop the
+    /// server. It stays in the outbox as `quarantined` until a person requeues it
+    /// (`Store::requeue_effect`); not counted as an attempt.
+    Quarantined {
+        reason: String,
+    },
+}
+
+/// An effect that will not be attempted again by itself: failed for good, or quarantined.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub key: String,
+    pub run: RunId,
+    pub step: String,
+    /// `failed` or `quarantined`.
+    pub status: String,
+    /// The effect as stored (JSON).
+    pub effect: Value,
+    pub attempts: u32,
+    /// The last error, or why it was quarantined.
+    pub result: Option<String>,
+    pub created_at: Timestamp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -491,6 +517,14 @@ pub trait Store {
 
     /// Effects not yet done or failed.
     fn outbox_depth(&self) -> Result<u64, Error>;
+
+    /// Effects that will not be attempted again by themselves (`failed`, `quarantined`),
+    /// newest first, at most `limit`.
+    fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error>;
+
+    /// Puts a quarantined effect back in the outbox, ready at `now`, its lost attempts
+    /// forgiven; `false` when `key` is not a quarantined effect.
+    fn requeue_effect(&mut self, key: &str, now: Timestamp) -> Result<bool, Error>;
 
     /// Messages sent to a subject at or after `since` (non-transactional email effects of its
     /// runs, by the time they entered the outbox), for frequency caps.

@@ -26,6 +26,11 @@ impl<S: Store> Engine<S> {
         self.store.put_token(hash, token)
     }
 
+    /// Puts a quarantined effect back in the outbox, ready at `now` (`Store::requeue_effect`).
+    pub fn requeue_effect(&mut self, key: &str, now: Timestamp) -> Result<bool, Error> {
+        self.store.requeue_effect(key, now)
+    }
+
     /// Stores a web UI session under the hash of its cookie.
     pub fn start_session(&mut self, hash: &str, session: &Session, now: Timestamp) -> Result<(), Error> {
         self.store.put_session(hash, session, now)

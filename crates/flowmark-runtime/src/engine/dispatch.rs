@@ -52,6 +52,13 @@ pub const LEASE_MARGIN_MS: i64 = 5_000;
 /// holds those behind it at most this much longer each.
 const TURN_ALLOWANCE_MS: u64 = 500;
 
+/// Attempts in a row that may end with no outcome at all (claimed, then the process stopped
+/// or died while a worker performed it) before the effect is quarantined: set aside, listed
+/// among the dead letters, and not attempted again until a person requeues it. So an effect
+/// that crashes the server cannot do so at every restart. An outcome (even a retry) starts
+/// the count again.
+pub const LOST_ATTEMPTS_MAX: u32 = 3;
+
 /// How long an effect whose connector has no free worker waits at least before it is read
 /// again (a second): it goes behind the effects of other connectors, so a long queue of
 /// emails cannot hold up a webhook. Further back in the line it waits for about its turn
@@ -366,7 +373,21 @@ impl<S: Store> Engine<S> {
         let mut jobs: Vec<Vec<Outgoing>> = vec![Vec::new(); connectors.count()];
         // The run each effect's result goes back to (none for deliveries and gone runs).
         let mut owners: Vec<Option<RunRef<'_>>> = Vec::with_capacity(ready.len());
+        let mut quarantined: Vec<(String, Attempt, u32)> = Vec::new();
         for (index, entry) in ready.iter().enumerate() {
+            if entry.lost >= LOST_ATTEMPTS_MAX {
+                let reason = format!(
+                    "quarantined: {} attempts in a row ended with no outcome (the server stopped or died while \
+                     performing it); once the cause is fixed, requeue it (POST /api/outbox/{{key}}/requeue)",
+                    entry.lost
+                );
+                tracing::error!(effect = %entry.key, run = entry.run.0, lost = entry.lost,
+                    "effect quarantined: its attempts keep ending with no outcome");
+                self.stats.effects_quarantined += 1;
+                quarantined.push((entry.key.clone(), Attempt::Quarantined { reason }, entry.attempts));
+                owners.push(None);
+                continue;
+            }
             let kind = match &entry.effect {
                 OutboxEffect::Deliver(delivery) => {
                     // A notification's delivery: to its person, whatever became of the run.
@@ -494,7 +515,7 @@ impl<S: Store> Engine<S> {
             owners.push(Some(run));
         }
         // Phase 2: each connector takes what its free workers and its rate admit.
-        let mut attempts: Vec<(String, Attempt, u32)> = Vec::new();
+        let mut attempts: Vec<(String, Attempt, u32)> = quarantined;
         let mut claims: Vec<Arc<Claim>> = Vec::new();
         let mut no_worker = 0;
         for (route, mut route_jobs) in jobs.into_iter().enumerate() {
@@ -694,7 +715,7 @@ impl<S: Store> Engine<S> {
                 self.stats.effects_failed += 1;
                 tracing::error!(effect = %key, attempt = number, %error, "effect failed for good");
             }
-            Attempt::Deferred { .. } | Attempt::Claimed { .. } => {}
+            Attempt::Deferred { .. } | Attempt::Claimed { .. } | Attempt::Quarantined { .. } => {}
         }
     }
 

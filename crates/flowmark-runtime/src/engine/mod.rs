@@ -181,6 +181,9 @@ pub struct Stats {
     /// Times an effect this version cannot read (a row written by a newer Flowmark) was held
     /// back; a held effect counts once per hold.
     pub effects_unreadable: u64,
+    /// Effects set aside because their attempts kept ending with no outcome
+    /// (`LOST_ATTEMPTS_MAX`).
+    pub effects_quarantined: u64,
 }
 
 /// Contacts a schedule trigger starts runs for per round (and so per commit) when its

@@ -542,6 +542,7 @@ impl<S: Store> Engine<S> {
                 step: step.to_owned(),
                 effect: OutboxEffect::Deliver(delivery),
                 attempts: 0,
+                lost: 0,
                 next_attempt_at: now,
                 owner: None,
             });
@@ -671,6 +672,7 @@ impl<S: Store> Engine<S> {
                     link: self.public_url.clone(),
                 }),
                 attempts: 0,
+                lost: 0,
                 next_attempt_at: now,
                 owner: None,
             };

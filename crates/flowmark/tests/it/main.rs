@@ -14,6 +14,7 @@ mod nurture;
 mod openapi;
 mod outbox;
 mod people;
+mod quarantine;
 mod schema;
 mod segment_client;
 mod serve;
