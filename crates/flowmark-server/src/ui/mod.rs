@@ -282,7 +282,13 @@ async fn login(
     };
     let hash = token_hash(&cookie);
     let cookie = crate::workspaces::cookie_value(&app.workspace, &cookie);
-    let secure = app.config.secure_cookies;
+    // Behind a TLS-terminating proxy that says so, the cookie is `Secure` too (the flag only
+    // ever narrows where the browser sends it, so the header needs no trust).
+    let forwarded_https = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|proto| proto.split(',').next().is_some_and(|first| first.trim().eq_ignore_ascii_case("https")));
+    let secure = app.config.secure_cookies || forwarded_https;
     let answer = query(&app.owner, move |engine, now| {
         let session = Session { email, csrf, expires_at: Timestamp(now.ms() + SESSION_MS) };
         engine.start_session(&hash, &session, now)

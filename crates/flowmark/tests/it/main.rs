@@ -61,6 +61,27 @@ pub fn pip_install(package: &str, probe: &str) -> PathBuf {
     target
 }
 
+/// Installs a pinned npm package (`name@version`) into the build directory, once, and returns
+/// its `node_modules` (for `NODE_PATH`). The browser tests and the Node client tests install
+/// what they need themselves.
+pub fn npm_install(package: &str) -> PathBuf {
+    let (name, _) = package.rsplit_once('@').expect("a pinned package: name@version");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(package.replace(['/', '@'], "-"));
+    let modules = dir.join("node_modules");
+    if modules.join(name).join("package.json").exists() {
+        return modules;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = std::process::Command::new("npm")
+        .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&dir)
+        .arg(package)
+        .status()
+        .expect("npm runs (the test needs Node.js and npm)");
+    assert!(status.success(), "npm could not install {package}");
+    modules
+}
+
 /// A Python peer a test talks to (an SMTP server, a webhook receiver): `script` runs as
 /// `python3 -c script <port> <received.jsonl> [extra…]`, prints `ready` once it listens, and
 /// appends one JSON line per thing it receives. Killed when dropped.

@@ -136,3 +136,64 @@ fn a_client_clock_two_hours_fast_is_corrected_by_the_batch_sent_at() {
     }
     server.stop();
 }
+
+/// Segment's official Node library, pinned; installed from npm by the test.
+const NODE_LIBRARY: &str = "@segment/analytics-node@2.3.0";
+
+/// The Node library with its clock two hours fast (every `new Date()`, which stamps each
+/// message's `timestamp` and the batch's `sentAt`; `Date.now` stays true, since Node's `fetch`
+/// times its own requests with it), sending an identify and 20 track calls in one batch.
+const NODE_SKEWED_SCRIPT: &str = r#"
+const RealDate = Date;
+const skew = 2 * 3600 * 1000;
+class FastDate extends RealDate {
+  constructor(...args) { if (args.length === 0) { super(RealDate.now() + skew); } else { super(...args); } }
+}
+globalThis.Date = FastDate;
+const { Analytics } = require('@segment/analytics-node');
+const analytics = new Analytics({ writeKey: 'wk', host: process.argv[1], flushAt: 21, maxRetries: 0 });
+const errors = [];
+analytics.on('error', (error) => errors.push(String(error && (error.reason || error.message || error))));
+analytics.identify({ userId: 'hopper', traits: { first_name: 'Grace', email: 'grace@example.com' } });
+for (let i = 0; i < 20; i++) { analytics.track({ userId: 'hopper', event: 'Page Viewed', properties: { n: i } }); }
+analytics.closeAndFlush({ timeout: 20000 }).then(() => {
+  if (errors.length) { console.log(JSON.stringify(errors)); process.exit(1); }
+});
+"#;
+
+#[test]
+fn the_official_segment_node_library_with_a_clock_two_hours_fast_is_corrected() {
+    let modules = crate::npm_install(NODE_LIBRARY);
+    let dir = super::validate::fresh_dir("segment-node");
+    let server = Server::start(&dir.join("flowmark.db"));
+    let before = std::time::SystemTime::now();
+    let output = Command::new("node")
+        .arg("-e")
+        .arg(NODE_SKEWED_SCRIPT)
+        .arg(format!("http://{}", server.address))
+        .env("NODE_PATH", &modules)
+        .output()
+        .unwrap();
+    let after = std::time::SystemTime::now();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ms = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let (_, _, events) = server.api("GET", "/api/events?subject=hopper&limit=100", b"");
+    let events = events.as_array().unwrap();
+    assert_eq!(events.len(), 21, "{events:?}");
+    for event in events {
+        let at = event["at"].as_i64().unwrap();
+        assert!(
+            at >= ms(before) - 1_000 && at <= ms(after) + 1_000,
+            "stored at {at} — within a second of the true time, not two hours ahead: {event}"
+        );
+        assert_eq!(event["payload"]["context"]["library"]["name"], "@segment/analytics-node", "{event}");
+    }
+    let (_, _, contact) = server.api("GET", "/api/contacts/hopper", b"");
+    assert_eq!(contact["traits"]["email"], "grace@example.com", "{contact}");
+    server.stop();
+}

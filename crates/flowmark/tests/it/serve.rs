@@ -1054,3 +1054,32 @@ fn ui_times_read_in_the_readers_own_time_zone() {
     assert!(omar.contains(" UTC</time>"), "{omar}");
     server.stop();
 }
+
+/// The session cookie of one demo sign-in, as set (`set-cookie` value), sent with `extra`
+/// headers.
+fn session_cookie_set(address: &str, extra: &[(&str, &str)]) -> String {
+    let form = "email=sam%40example.com&password=flowmark-demo&next=%2Fui";
+    let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+    headers.extend_from_slice(extra);
+    let (head, _) = raw(address, "POST", "/ui/login", &headers, form.as_bytes());
+    head.lines().find_map(|line| line.strip_prefix("set-cookie: ")).unwrap_or_else(|| panic!("{head}")).to_owned()
+}
+
+#[test]
+fn session_cookies_are_secure_over_https() {
+    let dir = super::validate::fresh_dir("secure-cookies");
+    // Reached over plain http: no `Secure` (the browser would drop the cookie).
+    let server = Server::start_with(&dir.join("plain.db"), &["--demo"]);
+    let plain = session_cookie_set(&server.address, &[]);
+    assert!(plain.contains("HttpOnly") && !plain.contains("Secure"), "{plain}");
+    // Behind a TLS-terminating proxy that says so.
+    let proxied = session_cookie_set(&server.address, &[("X-Forwarded-Proto", "https")]);
+    assert!(proxied.contains("; Secure"), "{proxied}");
+    server.stop();
+    // Declared as reached at an https URL.
+    let server =
+        Server::start_with(&dir.join("https.db"), &["--demo", "--public-url", "https://flowmark.example.com"]);
+    let declared = session_cookie_set(&server.address, &[]);
+    assert!(declared.contains("; Secure") && declared.contains("SameSite=Lax"), "{declared}");
+    server.stop();
+}

@@ -30,20 +30,7 @@ fn chromium() {
 
 /// playwright-core in the build directory; returns its `node_modules`.
 fn playwright() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("playwright");
-    let modules = dir.join("node_modules");
-    if modules.join("playwright-core/package.json").exists() {
-        return modules;
-    }
-    std::fs::create_dir_all(&dir).unwrap();
-    let status = Command::new("npm")
-        .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
-        .arg(&dir)
-        .arg(PLAYWRIGHT)
-        .status()
-        .expect("npm runs (the UI tests need Node.js and npm)");
-    assert!(status.success(), "npm could not install {PLAYWRIGHT}");
-    modules
+    crate::npm_install(PLAYWRIGHT)
 }
 
 /// The blog-post blueprint with the review's deadline, reminder and escalation in seconds.
