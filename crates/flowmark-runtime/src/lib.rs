@@ -28,6 +28,7 @@ pub mod own_address;
 pub mod retry;
 pub mod scoring;
 pub mod segments;
+pub mod settings;
 pub mod smtp;
 pub mod suppressions;
 pub mod tracking;

@@ -12,12 +12,55 @@ use flowmark_store::{Scope, Token, WorkspaceName};
 use serde_json::{Value, json};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::api::{Admin, Answer, App, Problem, Shared, admin_object, internal, problem, query};
+use crate::api::{
+    Admin, Answer, App, Problem, Shared, admin_object, get_document, internal, problem, put_document, query,
+};
 use crate::openapi::schema;
 use crate::workspaces::CreateError;
 
 pub(crate) fn routes() -> OpenApiRouter<Shared> {
-    OpenApiRouter::new().routes(routes!(this_workspace)).routes(routes!(workspaces, create_workspace))
+    OpenApiRouter::new()
+        .routes(routes!(this_workspace))
+        .routes(routes!(workspaces, create_workspace))
+        .routes(routes!(settings, put_settings))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/workspace/settings",
+    operation_id = "getWorkspaceSettings",
+    tag = "workspaces",
+    summary = "The workspace's settings: its email sender and its variables",
+    responses(
+        (status = 200, description = "The settings as written.", body = schema::WorkspaceSettings),
+        crate::openapi::Refusals,
+    ),
+    security(("bearer" = [])),
+)]
+async fn settings(app: App, headers: HeaderMap) -> Answer {
+    get_document(&app, &headers, |engine| engine.settings().cloned(), json!({ "variables": {} })).await
+}
+
+/// Replaces the workspace's settings: `{"email_from": "Acme <news@acme.example>",
+/// "variables": {...}}`.
+#[utoipa::path(
+    put,
+    path = "/api/workspace/settings",
+    operation_id = "putWorkspaceSettings",
+    tag = "workspaces",
+    summary = "Replace the workspace's settings",
+    description = "`email_from` is the sender of the workspace's email whose step names none; `variables` are readable as `env.<name>` in its templates and conditions (64 KiB at most). Both apply to what is rendered from now on.",
+    request_body(content = schema::WorkspaceSettings, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored.", body = schema::Updated),
+        (status = 400, description = "Not settings.", body = schema::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Every problem (a sender that is not an address, variables too large); nothing changed.", body = schema::Problem, content_type = "application/problem+json"),
+        crate::openapi::Refusals,
+    ),
+    security(("bearer" = [])),
+)]
+async fn put_settings(app: App, headers: HeaderMap, body: Bytes) -> Answer {
+    put_document(&app, &headers, &body, "settings", |engine, source, now| engine.set_settings(source, now)).await
 }
 
 #[utoipa::path(

@@ -770,7 +770,13 @@ impl<S: Store> Engine<S> {
         subject: &Value,
     ) -> Result<Result<Message, String>, Error> {
         let workflow = self.workflow(run.workflow_id, Some(run.version))?;
-        Ok(render_step_message(&workflow, key, step, context, subject, &self.env).map_err(|e| e.to_string()))
+        let mut message = render_step_message(&workflow, key, step, context, subject, &self.env);
+        // Email whose step names no sender goes from the workspace's, when it has one.
+        if let (Ok(Message::Email { from: from @ None, .. }), Some(sender)) = (&mut message, self.settings.email_from())
+        {
+            *from = Some(sender.to_owned());
+        }
+        Ok(message.map_err(|e| e.to_string()))
     }
 }
 

@@ -206,8 +206,13 @@ pub struct Engine<S: Store> {
     stats: Stats,
     /// Compiled versions, by (workflow id, version): versions are immutable, so never stale.
     compiled: HashMap<(String, u32), Arc<Workflow>>,
-    /// Workspace variables, readable as `env` in templates.
+    /// Workspace variables, readable as `env` in templates: `base_env` with the settings'
+    /// variables over it.
     env: Value,
+    /// What the engine was started with, under the settings' variables.
+    base_env: Value,
+    /// The workspace's settings (sender, variables).
+    settings: crate::settings::Settings,
     next_run_id: u64,
     /// The workspace's score models (the `score_models` setting).
     scoring: Models,
@@ -330,11 +335,14 @@ impl<S: Store> Engine<S> {
         let segments = load_document(&store, SEGMENTS_SETTING, Segments::compile)?;
         let directory = load_document(&store, DIRECTORY_SETTING, Directory::compile)?;
         let tombstones = erase::Tombstones::load(&store)?;
+        let settings = load_document(&store, crate::settings::WORKSPACE_SETTING, crate::settings::Settings::compile)?;
         Ok(Engine {
             store,
             stats: Stats::default(),
             compiled: HashMap::new(),
-            env,
+            env: settings.env(&env),
+            base_env: env,
+            settings,
             next_run_id,
             scoring,
             segments,
@@ -362,6 +370,26 @@ impl<S: Store> Engine<S> {
     /// returned). They apply to events ingested from now on.
     pub fn set_score_models(&mut self, source: ModelsSource, now: Timestamp) -> Result<Result<(), Vec<String>>, Error> {
         Ok(self.store_document(SCORE_MODELS_SETTING, source, Models::compile, now)?.map(|models| self.scoring = models))
+    }
+
+    /// The workspace's settings, as written.
+    pub fn settings(&self) -> Option<&crate::settings::SettingsSource> {
+        self.settings.source.as_ref()
+    }
+
+    /// Replaces the workspace's settings, after checking them (every problem is returned):
+    /// the sender and variables apply to what is rendered from now on.
+    pub fn set_settings(
+        &mut self,
+        source: crate::settings::SettingsSource,
+        now: Timestamp,
+    ) -> Result<Result<(), Vec<String>>, Error> {
+        let stored =
+            self.store_document(crate::settings::WORKSPACE_SETTING, source, crate::settings::Settings::compile, now)?;
+        Ok(stored.map(|settings| {
+            self.env = settings.env(&self.base_env);
+            self.settings = settings;
+        }))
     }
 
     /// Checks a workspace document with `compile` and, when it has no problem, stores it as

@@ -54,7 +54,7 @@ pub(crate) mod schema {
         SegmentMembership, Pixel, TaskCompletion, RunState, ApprovalDecision, Cancellation, WorkKind, WorkList,
         NotificationList, WorkAction, WorkActionRequest, CommentList, NewComment, NewAttachment, Updated, Account,
         CalendarFeeds, Erasure, Clock, ClockAdvance, ContactExport, Workspace, WorkspaceList, NewWorkspace,
-        WorkspaceCreated, DeadLetters, Requeue,
+        WorkspaceCreated, DeadLetters, Requeue, WorkspaceSettings,
     }
 }
 

@@ -1077,8 +1077,7 @@ fn session_cookies_are_secure_over_https() {
     assert!(proxied.contains("; Secure"), "{proxied}");
     server.stop();
     // Declared as reached at an https URL.
-    let server =
-        Server::start_with(&dir.join("https.db"), &["--demo", "--public-url", "https://flowmark.example.com"]);
+    let server = Server::start_with(&dir.join("https.db"), &["--demo", "--public-url", "https://flowmark.example.com"]);
     let declared = session_cookie_set(&server.address, &[]);
     assert!(declared.contains("; Secure") && declared.contains("SameSite=Lax"), "{declared}");
     server.stop();

@@ -310,3 +310,92 @@ fn workspaces_from_the_command_line() {
         .unwrap();
     assert!(erased.status.success(), "{}", String::from_utf8_lossy(&erased.stderr));
 }
+
+const HELLO: &str = r#"
+id: hello
+subject: contact
+trigger: { event: Signed Up }
+steps:
+  - id: hello
+    action: { email: { subject: "Hello from {{ env.brand }}", text: "Welcome, {{ contact.first_name }}." } }
+"#;
+
+#[test]
+fn each_workspace_sends_as_itself_and_its_links_come_back_to_it() {
+    let dir = super::validate::fresh_dir("tenancy-email");
+    let sink = super::email::smtp_sink(&dir);
+    let smtp = format!("smtp://127.0.0.1:{}", sink.port);
+    let server = Server::start_with(
+        &dir.join("flowmark.db"),
+        &[
+            "--write-key",
+            "wk",
+            "--api-token",
+            "tok",
+            "--smtp-url",
+            &smtp,
+            "--email-from",
+            "Server <server@example.com>",
+        ],
+    );
+    let default = bearer("tok");
+    let (_, _, created) =
+        server.request_text("POST", "/api/workspaces", &default, json!({ "name": "acme" }).to_string().as_bytes());
+    let acme_token = serde_json::from_str::<Value>(&created).unwrap()["token"].as_str().unwrap().to_owned();
+    let acme = bearer(&acme_token);
+    // Each workspace's own sender and variables; a bad sender is refused, naming the field.
+    let bad = json!({ "email_from": "not an address" });
+    let (status, _, body) = server.request_text("PUT", "/api/workspace/settings", &acme, bad.to_string().as_bytes());
+    assert!(status == 422 && body.contains("email_from"), "{status} {body}");
+    for (headers, sender, brand) in
+        [(&default, "Default Co <hello@default.example>", "Default Co"), (&acme, "Acme <news@acme.example>", "Acme")]
+    {
+        let settings = json!({ "email_from": sender, "variables": { "brand": brand } });
+        assert_eq!(
+            server.request_text("PUT", "/api/workspace/settings", headers, settings.to_string().as_bytes()).0,
+            200
+        );
+        assert_eq!(server.request_text("POST", "/api/workflows", headers, HELLO.as_bytes()).0, 201);
+        // The same contact id in both workspaces: two people who never meet.
+        let identify = json!({ "userId": "ada", "traits": { "first_name": brand, "email": format!("ada@{}.example", brand.to_lowercase().replace(' ', "")) } });
+        assert_eq!(server.request_text("POST", "/v1/identify", headers, identify.to_string().as_bytes()).0, 200);
+        let track = json!({ "userId": "ada", "event": "Signed Up" });
+        assert_eq!(server.request_text("POST", "/v1/track", headers, track.to_string().as_bytes()).0, 200);
+    }
+    let (_, _, settings) = server.request_text("GET", "/api/workspace/settings", &acme, b"");
+    assert!(settings.contains("news@acme.example") && !settings.contains("default.example"), "{settings}");
+    let started = std::time::Instant::now();
+    while sink.received().len() < 2 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "two emails, one per workspace");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let received = sink.received();
+    let from_acme = received.iter().find(|m| m["envelope_to"] == json!(["ada@acme.example"])).unwrap();
+    let from_default = received.iter().find(|m| m["envelope_to"] == json!(["ada@defaultco.example"])).unwrap();
+    assert_eq!(
+        (from_acme["from"].as_str(), from_acme["subject"].as_str()),
+        (Some("Acme <news@acme.example>"), Some("Hello from Acme"))
+    );
+    assert_eq!(
+        (from_default["from"].as_str(), from_default["subject"].as_str()),
+        (Some("Default Co <hello@default.example>"), Some("Hello from Default Co"))
+    );
+    // Acme's unsubscribe link carries its prefix, and unsubscribes acme's Ada only.
+    let link = from_acme["list_unsubscribe"].as_str().unwrap().trim_matches(['<', '>']).to_owned();
+    assert!(link.starts_with(&format!("http://{}/w/acme/u/ada/", server.address)), "{link}");
+    let default_link = from_default["list_unsubscribe"].as_str().unwrap().trim_matches(['<', '>']).to_owned();
+    // Default's signature does not work under acme's prefix (each workspace signs its own).
+    let crossed = default_link.replacen(
+        &format!("http://{}/u/", server.address),
+        &format!("http://{}/w/acme/u/", server.address),
+        1,
+    );
+    assert_eq!(super::email::post_form(&crossed, "List-Unsubscribe=One-Click").0, 404);
+    let (status, page) = super::email::post_form(&link, "List-Unsubscribe=One-Click");
+    assert_eq!(status, 200, "{page}");
+    let (_, _, contact) = server.request_text("GET", "/api/contacts/ada", &acme, b"");
+    assert!(contact.contains("\"unsubscribed\":true"), "{contact}");
+    let (_, _, contact) = server.request_text("GET", "/api/contacts/ada", &default, b"");
+    assert!(!contact.contains("unsubscribed"), "default's Ada is still subscribed: {contact}");
+    server.stop();
+}
