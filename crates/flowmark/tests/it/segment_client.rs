@@ -104,14 +104,20 @@ fn a_client_clock_two_hours_fast_is_corrected_by_the_batch_sent_at() {
     let library = install_library();
     let dir = super::validate::fresh_dir("segment-skew");
     let server = Server::start(&dir.join("flowmark.db"));
+    let mut client = Command::new("python3");
+    client.arg("-c").arg(SKEWED_SCRIPT).arg(format!("http://{}", server.address)).env("PYTHONPATH", &library);
+    for event in sent_at_true_time(&server, client, "grace", 20) {
+        assert!(event["payload"]["sentAt"].is_null(), "the library sends sentAt on the batch, not the item");
+    }
+    server.stop();
+}
+
+/// Runs a client library's script (`client`), then reads the `count` events it stored for
+/// `subject`, each stored within a second of the true time of the run, whatever the client's
+/// clock said.
+fn sent_at_true_time(server: &Server, mut client: Command, subject: &str, count: usize) -> Vec<serde_json::Value> {
     let before = std::time::SystemTime::now();
-    let output = Command::new("python3")
-        .arg("-c")
-        .arg(SKEWED_SCRIPT)
-        .arg(format!("http://{}", server.address))
-        .env("PYTHONPATH", &library)
-        .output()
-        .unwrap();
+    let output = client.output().unwrap();
     let after = std::time::SystemTime::now();
     assert!(
         output.status.success(),
@@ -120,21 +126,17 @@ fn a_client_clock_two_hours_fast_is_corrected_by_the_batch_sent_at() {
         String::from_utf8_lossy(&output.stderr)
     );
     let ms = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    let (_, _, events) = server.api("GET", "/api/events?subject=grace&limit=100", b"");
-    let events = events.as_array().unwrap();
-    assert_eq!(events.len(), 20, "{events:?}");
-    for event in events {
-        let at = event["at"].as_i64().unwrap_or_else(|| {
-            chrono::DateTime::parse_from_rfc3339(event["at"].as_str().unwrap()).unwrap().timestamp_millis()
-        });
+    let (_, _, events) = server.api("GET", &format!("/api/events?subject={subject}&limit=100"), b"");
+    let events = events.as_array().unwrap().clone();
+    assert_eq!(events.len(), count, "{events:?}");
+    for event in &events {
+        let at = event["at"].as_i64().unwrap();
         assert!(
             at >= ms(before) - 1_000 && at <= ms(after) + 1_000,
-            "stored at {} — within a second of the true time, not two hours ahead: {event}",
-            event["at"]
+            "stored at {at} — within a second of the true time, not two hours ahead: {event}"
         );
-        assert!(event["payload"]["sentAt"].is_null(), "the library sends sentAt on the batch, not the item");
     }
-    server.stop();
+    events
 }
 
 /// Segment's official Node library, pinned; installed from npm by the test.
@@ -166,31 +168,9 @@ fn the_official_segment_node_library_with_a_clock_two_hours_fast_is_corrected() 
     let modules = crate::npm_install(NODE_LIBRARY);
     let dir = super::validate::fresh_dir("segment-node");
     let server = Server::start(&dir.join("flowmark.db"));
-    let before = std::time::SystemTime::now();
-    let output = Command::new("node")
-        .arg("-e")
-        .arg(NODE_SKEWED_SCRIPT)
-        .arg(format!("http://{}", server.address))
-        .env("NODE_PATH", &modules)
-        .output()
-        .unwrap();
-    let after = std::time::SystemTime::now();
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let ms = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    let (_, _, events) = server.api("GET", "/api/events?subject=hopper&limit=100", b"");
-    let events = events.as_array().unwrap();
-    assert_eq!(events.len(), 21, "{events:?}");
-    for event in events {
-        let at = event["at"].as_i64().unwrap();
-        assert!(
-            at >= ms(before) - 1_000 && at <= ms(after) + 1_000,
-            "stored at {at} — within a second of the true time, not two hours ahead: {event}"
-        );
+    let mut client = Command::new("node");
+    client.arg("-e").arg(NODE_SKEWED_SCRIPT).arg(format!("http://{}", server.address)).env("NODE_PATH", &modules);
+    for event in sent_at_true_time(&server, client, "hopper", 21) {
         assert_eq!(event["payload"]["context"]["library"]["name"], "@segment/analytics-node", "{event}");
     }
     let (_, _, contact) = server.api("GET", "/api/contacts/hopper", b"");
