@@ -183,6 +183,27 @@ impl Condition {
         notes
     }
 
+    /// The comparisons of a number with a string that can be seen before the condition runs:
+    /// where each side is a literal or a path `kind_of` knows the kind of (a score is a
+    /// number, a task's text field a string). Only for conditions made of plain comparisons.
+    pub fn mixed_comparisons(&self, kind_of: &dyn Fn(&str) -> Option<Kind>) -> Vec<MixedComparison> {
+        let mut found = Vec::new();
+        if let Some(fast) = &self.fast {
+            fast.foreseen_mismatches(kind_of, &mut found);
+        }
+        found
+    }
+
+    /// The paths the condition orders (`<`, `<=`, `>`, `>=` with them as an operand) without
+    /// a `has()` of the same path anywhere in it: where such a path is missing (`null`), CEL
+    /// has no ordering and the condition fails.
+    pub fn unguarded_orderings(&self) -> Vec<String> {
+        let mut ordered = Vec::new();
+        collect_ordered(self.program.expression(), &mut ordered);
+        ordered.retain(|path| !self.tested.iter().any(|(_, field)| field == path));
+        ordered
+    }
+
     /// The values the condition reads from `scope`, by path.
     fn inputs(&self, scope: &Scope<'_>) -> BTreeMap<String, Value> {
         self.paths.iter().map(|path| (path.clone(), scope.lookup(path))).collect()
@@ -221,6 +242,24 @@ impl Condition {
             }
         })
     }
+}
+
+/// A kind of value, as far as validation can know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Number,
+    String,
+}
+
+/// A comparison of a number with a string, foreseen (`Condition::mixed_comparisons`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MixedComparison {
+    /// Each side as written (a path, or a literal in CEL's spelling), with its kind.
+    pub left: (String, Kind),
+    pub right: (String, Kind),
+    /// `<`, `<=`, `>`, `>=`: CEL has no such overload, so it fails at run time; `==` and `!=`
+    /// are merely never (always) true.
+    pub ordering: bool,
 }
 
 /// A condition made of comparisons between read paths and literals, joined by `&&`, `||`
@@ -323,6 +362,35 @@ impl Fast {
                 right.mismatches(inputs, notes);
             }
             Fast::Not(operand) => operand.mismatches(inputs, notes),
+        }
+    }
+
+    /// `mismatches`, before any value is known: from literals and `kind_of`.
+    fn foreseen_mismatches(&self, kind_of: &dyn Fn(&str) -> Option<Kind>, found: &mut Vec<MixedComparison>) {
+        match self {
+            Fast::Compare { op, left, right } => {
+                let side = |operand: &Operand| -> Option<(String, Kind)> {
+                    match operand {
+                        Operand::Path(path) => kind_of(path).map(|kind| (path.clone(), kind)),
+                        Operand::Literal(Scalar::Int(i)) => Some((i.to_string(), Kind::Number)),
+                        Operand::Literal(Scalar::UInt(u)) => Some((format!("{u}u"), Kind::Number)),
+                        Operand::Literal(Scalar::Float(f)) => Some((f.to_string(), Kind::Number)),
+                        Operand::Literal(Scalar::String(s)) => Some((format!("{s:?}"), Kind::String)),
+                        Operand::Literal(Scalar::Bool(_) | Scalar::Null) => None,
+                    }
+                };
+                if let (Some(l), Some(r)) = (side(left), side(right))
+                    && l.1 != r.1
+                {
+                    let ordering = !matches!(op, Comparison::Equal | Comparison::NotEqual);
+                    found.push(MixedComparison { left: l, right: r, ordering });
+                }
+            }
+            Fast::And(left, right) | Fast::Or(left, right) => {
+                left.foreseen_mismatches(kind_of, found);
+                right.foreseen_mismatches(kind_of, found);
+            }
+            Fast::Not(operand) => operand.foreseen_mismatches(kind_of, found),
         }
     }
 
@@ -692,6 +760,40 @@ fn collect_paths(expr: &IdedExpr, bound: &mut Vec<String>, out: &mut Vec<String>
     }
 }
 
+/// Every dotted path that is an operand of an ordering comparison anywhere in `expr`.
+fn collect_ordered(expr: &IdedExpr, out: &mut Vec<String>) {
+    use cel::common::ast::operators;
+    match &expr.expr {
+        Expr::Call(call) => {
+            let ordering = [operators::LESS, operators::LESS_EQUALS, operators::GREATER, operators::GREATER_EQUALS];
+            if call.target.is_none() && ordering.contains(&call.func_name.as_str()) {
+                for arg in &call.args {
+                    if let Some(segments) = dotted(&arg.expr) {
+                        let path = segments.join(".");
+                        if !out.contains(&path) {
+                            out.push(path);
+                        }
+                    }
+                }
+            }
+            if let Some(target) = &call.target {
+                collect_ordered(target, out);
+            }
+            for arg in &call.args {
+                collect_ordered(arg, out);
+            }
+        }
+        Expr::Select(select) => collect_ordered(&select.operand, out),
+        Expr::Comprehension(c) => {
+            for part in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                collect_ordered(part, out);
+            }
+        }
+        Expr::List(list) => list.elements.iter().for_each(|e| collect_ordered(e, out)),
+        _ => {}
+    }
+}
+
 /// What each `has()` anywhere in `expr` tests: (the parent path, the tested path).
 fn collect_tested(expr: &IdedExpr, out: &mut Vec<(String, String)>) {
     match &expr.expr {
@@ -782,6 +884,47 @@ mod tests {
         let same = Condition::compile("contact.age == 30", &["contact"]).unwrap();
         assert!(same.notes(&same.eval(&Scope::new().with("contact", &json!({ "age": "30" }))).inputs).len() == 1);
         assert!(same.notes(&same.eval(&Scope::new().with("contact", &json!({ "age": 31 }))).inputs).is_empty());
+    }
+
+    #[test]
+    fn mixed_comparisons_are_foreseen_from_literals_and_known_kinds() {
+        let kind_of = |path: &str| path.starts_with("contact.scores.").then_some(Kind::Number);
+        let ordered =
+            Condition::compile(r#"contact.scores.engagement >= "40" || contact.plan == "pro""#, &["contact"]).unwrap();
+        let found = ordered.mixed_comparisons(&kind_of);
+        assert_eq!(
+            found,
+            vec![MixedComparison {
+                left: ("contact.scores.engagement".into(), Kind::Number),
+                right: ("\"40\"".into(), Kind::String),
+                ordering: true,
+            }],
+            "the plan's kind depends on the data"
+        );
+        // What the warning says happens does: ordering a number against a string fails (CEL's
+        // `||` absorbs the error when the other side is true).
+        let contact = json!({ "scores": { "engagement": 50 }, "plan": "free" });
+        assert!(ordered.eval(&Scope::new().with("contact", &contact)).result.is_err());
+        let equal = Condition::compile("contact.scores.engagement == '40'", &["contact"]).unwrap();
+        assert!(!equal.mixed_comparisons(&kind_of)[0].ordering);
+        assert_eq!(equal.eval(&Scope::new().with("contact", &contact)).result, Ok(false));
+        let fine = Condition::compile("contact.scores.engagement >= 40 && 1 == 1", &["contact"]).unwrap();
+        assert!(fine.mixed_comparisons(&kind_of).is_empty());
+    }
+
+    #[test]
+    fn orderings_without_a_has_guard_are_found_and_fail_on_a_missing_value() {
+        let bare = Condition::compile("contact.scores.engagement >= 40 || contact.age < 18", &["contact"]).unwrap();
+        assert_eq!(bare.unguarded_orderings(), ["contact.scores.engagement", "contact.age"]);
+        // What the warning says happens does: a missing score cannot be ordered.
+        assert!(bare.eval(&Scope::new().with("contact", &json!({}))).result.is_err());
+        let guarded = Condition::compile(
+            "has(contact.scores.engagement) && contact.scores.engagement >= 40 && contact.plan == 'pro'",
+            &["contact"],
+        )
+        .unwrap();
+        assert!(guarded.unguarded_orderings().is_empty());
+        assert_eq!(guarded.eval(&Scope::new().with("contact", &json!({}))).result, Ok(false));
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub fn compile(source: &Source) -> Compiled {
     let mut diagnostics = decoder.diagnostics;
     let workflow = match workflow {
         Some((mut workflow, spans)) if !diagnostics.has_errors() => {
-            validate::check(&mut workflow, &spans, decoder.roles_span, &mut diagnostics);
+            validate::check(&mut workflow, &spans, decoder.roles_span, &decoder.conditions, &mut diagnostics);
             Some(workflow)
         }
         _ => None,
@@ -67,6 +67,12 @@ struct Decoder<'s> {
     step_ids: HashMap<String, StepIndex>,
     roles: Vec<String>,
     roles_span: Span,
+    /// Every condition compiled, where it was written, and the step it belongs to (`None`:
+    /// the workflow's own, a trigger's or the entry rules'): checked once the whole workflow
+    /// is known (`validate`).
+    conditions: Vec<(Condition, Span, Option<usize>)>,
+    /// The step being decoded.
+    current_step: Option<usize>,
 }
 
 /// A mapping's entries with their key nodes.
@@ -133,6 +139,8 @@ impl<'s> Decoder<'s> {
             step_ids: HashMap::new(),
             roles: Vec::new(),
             roles_span: Span::default(),
+            conditions: Vec::new(),
+            current_step: None,
         }
     }
 
@@ -342,7 +350,10 @@ impl<'s> Decoder<'s> {
     fn condition(&mut self, node: &Node<'_>, roots: &[&str]) -> Option<Condition> {
         let text = self.string(node, "a CEL condition")?;
         match Condition::compile(&text, roots) {
-            Ok(condition) => Some(condition),
+            Ok(condition) => {
+                self.conditions.push((condition.clone(), self.span(node), self.current_step));
+                Some(condition)
+            }
             Err(error) => {
                 let node_span = self.span(node);
                 let (span, diagnostic) = match error {
@@ -1182,6 +1193,7 @@ impl<'s> Decoder<'s> {
         for (index, item) in items.iter().enumerate() {
             let is_last = index + 1 == items.len();
             let fallthrough = if is_last { Target::End } else { Target::Step(StepIndex(index as u16 + 1)) };
+            self.current_step = Some(index);
             match self.step(item, fallthrough) {
                 Some((step, step_spans)) => {
                     steps.push(step);
@@ -1190,6 +1202,7 @@ impl<'s> Decoder<'s> {
                 None => all_decoded = false,
             }
         }
+        self.current_step = None;
         all_decoded.then_some((steps, spans))
     }
 

@@ -1,5 +1,6 @@
 //! Checks that need the whole graph: reachability, loops that never wait, parallel joins,
-//! and an `emit` of the event that starts its own workflow.
+//! an `emit` of the event that starts its own workflow, and conditions that compare a number
+//! with a string where the steps say what kinds the values are.
 //!
 //! Runs after decoding succeeded, so every target is resolved. Finds each parallel step's
 //! join and records it in the model.
@@ -8,15 +9,138 @@
 //! cycle passes through a step that waits, and every parallel branch reaches the same join.
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Span};
-use crate::model::{Action, StepIndex, StepKind, Target, Trigger, Workflow};
+use crate::expr::{Condition, Kind};
+use crate::model::{Action, FieldKind, StepIndex, StepKind, Target, TemplateValue, Trigger, Workflow};
 use crate::parse::StepSpans;
 
-pub(crate) fn check(workflow: &mut Workflow, spans: &[StepSpans], _roles_span: Span, diagnostics: &mut Diagnostics) {
+pub(crate) fn check(
+    workflow: &mut Workflow,
+    spans: &[StepSpans],
+    _roles_span: Span,
+    conditions: &[(Condition, Span, Option<usize>)],
+    diagnostics: &mut Diagnostics,
+) {
     assert_eq!(workflow.steps.len(), spans.len());
     reachability(workflow, spans, diagnostics);
     loops_without_wait(workflow, spans, diagnostics);
     parallel_joins(workflow, spans, diagnostics);
     emits_own_trigger(workflow, spans, diagnostics);
+    numbers_compared_with_strings(workflow, conditions, diagnostics);
+    unguarded_scores(workflow, conditions, diagnostics);
+}
+
+/// An ordering of a score without `has()`: a contact has no score of a model until the model
+/// first moves it, and ordering what is missing fails the step for every such contact. Not
+/// said where every way to the condition's step goes through a `score` step of that model
+/// (the run has the score by then).
+fn unguarded_scores(
+    workflow: &Workflow,
+    conditions: &[(Condition, Span, Option<usize>)],
+    diagnostics: &mut Diagnostics,
+) {
+    for (condition, span, step) in conditions {
+        for path in condition.unguarded_orderings() {
+            let Some(model) = path.strip_prefix("contact.scores.").filter(|m| !m.contains('.')) else { continue };
+            if step.is_some_and(|step| always_scored_before(workflow, step, model)) {
+                continue;
+            }
+            diagnostics.push(
+                Diagnostic::warning(
+                    "flowmark::unguarded-score",
+                    *span,
+                    format!("for a contact with no `{model}` score yet, ordering `{path}` fails, and the step with it"),
+                )
+                .label("fails while the score is missing")
+                .help(format!("guard it, so a missing score reads as not matching: `has({path}) && {path} >= …`")),
+            );
+        }
+    }
+}
+
+/// A comparison of a number with a string, where both kinds are known before the run: `==`
+/// is never true (so a branch or a wait silently goes the other way), and `<`, `>`, … fail
+/// at run time. Warnings: the value may be meant to be one kind and stored as the other.
+fn numbers_compared_with_strings(
+    workflow: &Workflow,
+    conditions: &[(Condition, Span, Option<usize>)],
+    diagnostics: &mut Diagnostics,
+) {
+    let kind_of = |path: &str| kind_of(workflow, path, 0);
+    for (condition, span, _) in conditions {
+        for mixed in condition.mixed_comparisons(&kind_of) {
+            let say = |(text, kind): &(String, Kind)| {
+                format!("`{text}` is a {}", if *kind == Kind::Number { "number" } else { "string" })
+            };
+            let (left, right) = (say(&mixed.left), say(&mixed.right));
+            let (message, label) = if mixed.ordering {
+                (format!("{left} and {right}: ordering them fails at run time"), "the step fails here")
+            } else {
+                (format!("{left} and {right}: a number never equals a string"), "never true")
+            };
+            diagnostics.push(
+                Diagnostic::warning("flowmark::number-compared-with-string", *span, message).label(label).help(
+                    "compare like with like: a number literal with a number, or keep the value's type where it is \
+                     stored (an `update` value that is one variable, `\"{{ trigger.properties.id }}\"`, stays a number)",
+                ),
+            );
+        }
+    }
+}
+
+/// Does every way from the first step to `target` pass a `score` step of `model`? (Searches
+/// from the first step without entering such steps: `target` must then be out of reach.)
+fn always_scored_before(workflow: &Workflow, target: usize, model: &str) -> bool {
+    let scores = |index: usize| matches!(&workflow.steps[index].kind, StepKind::Action(Action::Score(score)) if score.model == model);
+    let mut seen = vec![false; workflow.steps.len()];
+    let mut stack = vec![0];
+    while let Some(index) = stack.pop() {
+        if seen[index] || scores(index) {
+            continue;
+        }
+        if index == target {
+            return false;
+        }
+        seen[index] = true;
+        stack.extend(successors(workflow, index));
+    }
+    true
+}
+
+/// The kind of value a path reads, where the workflow says: scores are numbers; a task's
+/// fields have the kind declared; an `update`'s values the kind of what they set; effect ids
+/// and event names are strings. `None` when it depends on the data.
+fn kind_of(workflow: &Workflow, path: &str, depth: usize) -> Option<Kind> {
+    let parts: Vec<&str> = path.split('.').collect();
+    match parts.as_slice() {
+        ["contact", "scores", _] => Some(Kind::Number),
+        ["event", "event" | "type" | "messageId"] | ["trigger", "name"] => Some(Kind::String),
+        ["steps", _, "effect_id"] => Some(Kind::String),
+        ["steps", step, "fields", field] => {
+            let step = workflow.steps.iter().find(|s| &*s.id == *step)?;
+            let StepKind::Task(task) = &step.kind else { return None };
+            match task.fields.iter().find(|f| f.name == *field)?.kind {
+                FieldKind::Number => Some(Kind::Number),
+                FieldKind::Text | FieldKind::Url | FieldKind::Date => Some(Kind::String),
+                FieldKind::Bool | FieldKind::Checkbox => None,
+            }
+        }
+        ["steps", step, "set", key] => {
+            let step = workflow.steps.iter().find(|s| &*s.id == *step)?;
+            let StepKind::Action(Action::Update(update)) = &step.kind else { return None };
+            match &update.set.iter().find(|(k, _)| k == key)?.1 {
+                TemplateValue::Literal(serde_json::Value::Number(_)) => Some(Kind::Number),
+                TemplateValue::Literal(serde_json::Value::String(_)) => Some(Kind::String),
+                // A value that is one variable keeps the variable's type; any other text is a string.
+                TemplateValue::Text(template) => match template.sole_variable() {
+                    Some(variable) if depth < 8 => kind_of(workflow, variable, depth + 1),
+                    Some(_) => None,
+                    None => Some(Kind::String),
+                },
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 /// An `emit` of the event that starts this workflow: each run may start the next, a chain
