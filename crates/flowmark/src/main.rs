@@ -4,6 +4,7 @@
 //! prints, and turns outcomes into exit codes (0 fine, 1 a finding in the input, 2 a usage or
 //! operating error). All decisions live in the libraries.
 
+mod attribution;
 mod bench;
 mod contacts;
 mod database;
@@ -57,6 +58,9 @@ enum Command {
     /// Erase a person's data: `flowmark erase contact ID` (GDPR Art. 17, CCPA deletion).
     #[command(subcommand)]
     Erase(erase::Command),
+    /// Credit conversions to channels: first and last touch, linear, position-based, Markov and
+    /// Shapley, over a file of paths in ChannelAttribution's format.
+    Attribution(attribution::Args),
     /// Manage workspaces: `flowmark workspace create NAME`, `flowmark workspace list`.
     #[command(subcommand)]
     Workspace(workspace::Command),
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         Command::Export(command) => contacts::export(&command),
         Command::Erase(command) => erase::run(&command),
         Command::Workspace(command) => workspace::run(&command),
+        Command::Attribution(args) => attribution::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -12,6 +12,7 @@
 //! - `smtp`: the SMTP connector's pool pushing messages into a local SMTP sink.
 //! - `respond`: the n8n-equivalent workload: an HTTP call runs a workflow that branches on
 //!   the body, sets a value and answers with it; or the same requests to another tool's URL.
+//! - `attribution`: the six attribution models over a path file, beside ChannelAttribution.
 //! - `pages`: the web UI's pages from a `flowmark serve` child over a store with 100 000
 //!   open tasks.
 //!
@@ -19,6 +20,7 @@
 //! Invariant: a benchmark never touches a database it did not create (`--dir` gets fresh
 //! files, removed afterwards).
 
+mod attribution;
 mod cpu;
 mod http;
 mod journey;
@@ -62,6 +64,8 @@ enum Scenario {
     Pages(pages::PagesArgs),
     /// An HTTP call that runs a workflow and answers with its result (n8n's workload).
     Respond(respond::RespondArgs),
+    /// The attribution models over a path file, beside ChannelAttribution on the same file.
+    Attribution(attribution::AttributionArgs),
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
@@ -77,6 +81,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         Scenario::Smtp(smtp) => smtp::run(smtp)?,
         Scenario::Pages(pages) => pages::run(pages, &args.dir)?,
         Scenario::Respond(respond) => respond::run(respond, &args.dir, &fsync)?,
+        Scenario::Attribution(attribution) => attribution::run(attribution)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `flowmark` binary: each test runs the real command.
 
+mod attribution;
 mod bench;
 mod bombs;
 mod clock;
