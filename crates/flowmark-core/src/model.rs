@@ -562,8 +562,10 @@ pub struct Escalation {
     /// Escalate again this often while the request is still undecided (`notify` and
     /// `reassign`; `auto_approve` and `auto_reject` end the round the first time).
     pub every: Option<Duration>,
-    /// A role name, or `accountable` for the step's accountable role.
-    pub to: String,
+    /// Who each escalation goes to, in turn: role names, `accountable` for the step's
+    /// accountable role, or people's emails. The first escalation goes to the first, each
+    /// repeat (`every`) one further up the chain, staying with the last.
+    pub to: Vec<String>,
     pub action: EscalationAction,
 }
 

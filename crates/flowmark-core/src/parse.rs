@@ -1701,23 +1701,41 @@ impl<'s> Decoder<'s> {
                 });
                 let to = match e.get("to") {
                     Some(n) => {
-                        let to = self.string(n, "a role or `accountable`")?;
-                        if to == "accountable" {
-                            if accountable.is_none() {
-                                let span = self.span(n);
-                                self.error(
-                                    Diagnostic::error(
-                                        "flowmark::raci-accountable",
-                                        span,
-                                        "escalation goes to the accountable role, but this approval names none",
-                                    )
-                                    .help("add `accountable: <role>` to the approval, or escalate to a role by name"),
-                                );
-                            }
-                        } else if !to.contains('@') {
-                            self.check_role(&to, self.span(n));
+                        // One role, or a chain of them that repeated escalations climb.
+                        let names: Vec<&Node<'_>> = match &n.data {
+                            saphyr::YamlData::Sequence(items) => items.iter().collect(),
+                            _ => vec![n],
+                        };
+                        if names.is_empty() {
+                            let span = self.span(n);
+                            self.error(
+                                Diagnostic::error("flowmark::invalid-value", span, "an escalation chain names no one")
+                                    .help("give one role, or a list: `to: [accountable, head_of_marketing]`"),
+                            );
                         }
-                        to
+                        let mut chain = Vec::with_capacity(names.len());
+                        for name in names {
+                            let to = self.string(name, "a role or `accountable`")?;
+                            if to == "accountable" {
+                                if accountable.is_none() {
+                                    let span = self.span(name);
+                                    self.error(
+                                        Diagnostic::error(
+                                            "flowmark::raci-accountable",
+                                            span,
+                                            "escalation goes to the accountable role, but this approval names none",
+                                        )
+                                        .help(
+                                            "add `accountable: <role>` to the approval, or escalate to a role by name",
+                                        ),
+                                    );
+                                }
+                            } else if !to.contains('@') {
+                                self.check_role(&to, self.span(name));
+                            }
+                            chain.push(to);
+                        }
+                        chain
                     }
                     None => {
                         if accountable.is_none() {
@@ -1730,7 +1748,7 @@ impl<'s> Decoder<'s> {
                                 .help("add `accountable: <role>` to the approval, or give the escalation a `to:`"),
                             );
                         }
-                        "accountable".to_owned()
+                        vec!["accountable".to_owned()]
                     }
                 };
                 let action = match e.get("action") {

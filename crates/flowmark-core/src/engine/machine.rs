@@ -358,6 +358,7 @@ impl<'a> Machine<'a> {
                         self.cancel_timer(timer);
                     }
                     state.delegate = None;
+                    state.escalations = 0;
                     let approvers = vec![approval.approvers[usize::from(state.stage)].clone()];
                     let due_at = approval.due.map(|d| self.deadline(d, approval.business_days));
                     self.emit(at, EffectKind::RequestApproval { round: state.round, approvers, due_at });
@@ -535,6 +536,7 @@ impl<'a> Machine<'a> {
                     delegate: None,
                     timers,
                     deciders: Vec::new(),
+                    escalations: 0,
                 };
                 self.set_state(token, TokenState::AwaitingApproval(Box::new(state)));
                 Flow::Block
@@ -855,12 +857,13 @@ impl<'a> Machine<'a> {
     fn escalate(&mut self, token: u32, at: StepIndex) {
         let StepKind::Approval(approval) = &self.workflow.step(at).kind else { return };
         let Some(escalation) = &approval.escalate else { return };
-        let Some(TokenState::AwaitingApproval(state)) = self.token(token).map(|t| t.state.clone()) else { return };
-        let to = if escalation.to == "accountable" {
-            approval.accountable.clone().unwrap_or_else(|| escalation.to.clone())
-        } else {
-            escalation.to.clone()
-        };
+        let Some(TokenState::AwaitingApproval(mut state)) = self.token(token).map(|t| t.state.clone()) else { return };
+        // Each escalation of a stage goes one further up the chain, staying with the last.
+        let level = (state.escalations as usize).min(escalation.to.len().saturating_sub(1));
+        let named = escalation.to.get(level).cloned().unwrap_or_else(|| "accountable".to_owned());
+        let to = if named == "accountable" { approval.accountable.clone().unwrap_or(named) } else { named };
+        state.escalations = state.escalations.saturating_add(1);
+        self.set_state(token, TokenState::AwaitingApproval(state.clone()));
         let action_name = match escalation.action {
             EscalationAction::Notify => "notify",
             EscalationAction::Reassign => "reassign",

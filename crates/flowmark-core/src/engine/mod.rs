@@ -209,6 +209,14 @@ pub struct ApprovalState {
     /// before it was kept read it as empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deciders: Vec<String>,
+    /// Escalations of the stage being asked so far, which says how far up the escalation
+    /// chain the next goes. Runs stored before chains read it as 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub escalations: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Why `person` may not decide the approval at `at` now under separation of duties, or `None`

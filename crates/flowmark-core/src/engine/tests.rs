@@ -851,3 +851,67 @@ steps:
     assert!(t.timers_cancelled.contains(&next.timer), "decided: no more escalations");
     assert_eq!(t.run.status, RunStatus::Completed);
 }
+
+#[test]
+fn repeated_escalations_climb_the_chain_and_a_new_stage_starts_at_its_foot() {
+    let wf = workflow(
+        r#"
+id: climb
+subject: item
+roles:
+  legal: { person: le@x.com }
+  vp: { person: vi@x.com }
+  lead: { person: li@x.com }
+  head: { person: he@x.com }
+steps:
+  - id: signoff
+    approval:
+      mode: sequential
+      approvers: [legal, vp]
+      accountable: lead
+      escalate: { after: 1d, every: 1d, to: [accountable, head], action: notify }
+"#,
+    );
+    let item = json!({ "title": "Launch" });
+    let facts = Facts { subject: &item, ..Facts::empty() };
+    const DAY: i64 = 24 * 60 * 60 * 1000;
+    let escalated_to = |t: &Transition| -> Vec<String> {
+        t.history
+            .iter()
+            .filter_map(|h| match &h.kind {
+                HistoryKind::ApprovalEscalated { to, .. } => Some(to.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let escalation =
+        |t: &Transition| t.timers.iter().find(|r| r.purpose == TimerPurpose::ApprovalEscalation).unwrap().clone();
+    let t = handle(
+        &wf,
+        Run::new(RunId(9), &wf, 1, "i", Timestamp(NOON)),
+        &Input::Start { event: None },
+        &facts,
+        Timestamp(NOON),
+    );
+    let (mut next, mut run) = (escalation(&t), t.run);
+    let mut chain = Vec::new();
+    for n in 1..=3 {
+        let t = handle(&wf, run, &Input::TimerFired { timer: next.timer }, &facts, Timestamp(NOON + n * DAY));
+        chain.extend(escalated_to(&t));
+        next = escalation(&t);
+        run = t.run;
+    }
+    assert_eq!(chain, ["lead", "head", "head"], "up the chain, then staying with its last");
+    // Legal decides: the VP's stage escalates from the foot of the chain again.
+    let decided = Input::ApprovalDecided {
+        step: "signoff".into(),
+        role: "legal".into(),
+        by: "le@x.com".into(),
+        decision: Decision::Approve,
+        comment: None,
+    };
+    let t = handle(&wf, run, &decided, &facts, Timestamp(NOON + 3 * DAY + 10));
+    let next = escalation(&t);
+    let t = handle(&wf, t.run, &Input::TimerFired { timer: next.timer }, &facts, next.due_at);
+    assert_eq!(escalated_to(&t), ["lead"]);
+}

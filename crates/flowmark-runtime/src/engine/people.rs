@@ -617,7 +617,12 @@ impl<S: Store> Engine<S> {
                     NotifyReason::TaskCompleted => "completed",
                     NotifyReason::Message => "message",
                 };
-                vec![(vec![to.clone()], reason, format!("{message} — “{title}”"), item_link)]
+                // A reminder or an escalation leads to the approval waiting, when it is one.
+                let link = match reason {
+                    "reminder" | "escalation" => self.open_approval_link(run, step)?.unwrap_or(item_link),
+                    _ => item_link,
+                };
+                vec![(vec![to.clone()], reason, format!("{message} — “{title}”"), link)]
             }
             _ => Vec::new(),
         };
@@ -632,6 +637,21 @@ impl<S: Store> Engine<S> {
             })
             .filter(|ask| !ask.people.is_empty())
             .collect())
+    }
+
+    /// The page of the one approval open at `step` of `run`, if exactly one is (a sequential
+    /// stage, a single approver); `None` when several are open or none.
+    fn open_approval_link(&self, run: super::RunRef<'_>, step: &str) -> Result<Option<String>, Error> {
+        let open: Vec<WorkItem> = self
+            .store
+            .work_of_subject(run.subject_id, WORK_OF_SUBJECT_SCAN_MAX)?
+            .into_iter()
+            .filter(|w| w.run == run.id && w.step == step && w.kind == WorkKind::Approval && w.status == "open")
+            .collect();
+        Ok(match open.as_slice() {
+            [only] => Some(format!("/ui/work/{}", url_part(&only.id))),
+            _ => None,
+        })
     }
 
     /// Sends each person whose digest hour has come (in their time zone) one email with what
@@ -745,6 +765,9 @@ fn ignored(t: &Transition) -> Option<String> {
         _ => None,
     })
 }
+
+/// Most work items of a subject read to find the approval a reminder or escalation is about.
+const WORK_OF_SUBJECT_SCAN_MAX: usize = 500;
 
 #[cfg(test)]
 mod tests {

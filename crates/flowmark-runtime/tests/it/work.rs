@@ -439,3 +439,46 @@ steps:
     assert_eq!(failed["ok"], false, "a notify that names no one fails for good: {history:#?}");
     assert_eq!(failed["detail"], "notify: its `to` names no one in the directory");
 }
+
+/// A sign-off asked of one person at a time, escalating up a chain.
+const SIGNOFF: &str = r#"
+id: signoff
+subject: item
+roles:
+  vp: { person: dana@example.com }
+  lead: { person: lee@example.com }
+  head: { person: bo@example.com }
+steps:
+  - id: signoff
+    approval:
+      approvers: [vp]
+      accountable: lead
+      escalate: { after: 1d, every: 1d, to: [accountable, head], action: notify }
+"#;
+
+#[test]
+fn an_escalation_links_to_the_approval_waiting_and_climbs_its_chain() {
+    let mut engine = Engine::new(SqliteStore::open_in_memory().unwrap(), json!({})).unwrap();
+    engine.deploy("signoff.yaml", SIGNOFF, MONDAY).unwrap();
+    engine.set_directory(directory(), MONDAY).unwrap().expect("the directory is valid");
+    engine.store_mut().upsert_contact("launch", &json!({ "title": "Launch" }), None, MONDAY).unwrap();
+    engine.start("signoff", "launch", MONDAY).unwrap().expect("the run starts");
+    let mut connectors = Connectors::new(Arc::new(RecordingConnector::default()));
+    engine.dispatch(MONDAY, 100, &mut connectors).unwrap();
+    let approval = inbox(&engine, "dana@example.com").remove(0);
+    for days in 1..=2 {
+        let later = MONDAY.plus(Duration(days * Duration::DAY.ms() + Duration::MINUTE.ms()));
+        engine.fire_due_timers(later, 100).unwrap();
+        engine.dispatch(later, 100, &mut connectors).unwrap();
+    }
+    // The first escalation to the accountable lead, the second up the chain to the head;
+    // each leads to the approval itself, not the item's page.
+    for person in ["lee@example.com", "bo@example.com"] {
+        let notes = engine.store().notifications(person, 10).unwrap();
+        let escalation =
+            notes.iter().find(|n| n.reason == "escalation").unwrap_or_else(|| panic!("{person}: {notes:?}"));
+        assert_eq!(escalation.link.as_deref(), Some(format!("/ui/work/{}", approval.id).as_str()), "{escalation:?}");
+    }
+    let lee = engine.store().notifications("lee@example.com", 10).unwrap();
+    assert_eq!(lee.iter().filter(|n| n.reason == "escalation").count(), 1, "the lead once, then the chain climbs");
+}
