@@ -677,6 +677,11 @@ async fn render_work(
         let comments = engine.store().comments(&item.subject_id, 100)?;
         let zone = reader_zone(engine, &who);
         let mut body = work_html(&item, &who, &csrf, now, zone, error.as_deref());
+        if item.kind == WorkKind::Approval {
+            let work = engine.store().work_of_subject(&item.subject_id, 500)?;
+            let decisions = decisions_of(engine, &work)?;
+            body.push_str(&round_html(&item, &work, &decisions, &comments, zone));
+        }
         body.push_str(&comments_html(&comments, &item.subject_id, Some(&item.id), &csrf, zone));
         Ok(Some((item.title, body)))
     })
@@ -768,6 +773,84 @@ async fn work_action(
     }
 }
 
+/// The approval decisions in the histories of the runs `work` belongs to, as recorded
+/// (`approval_decision` entries: step, role, by, decision, comment, at).
+fn decisions_of(engine: &crate::api::Eng, work: &[WorkItem]) -> Result<Vec<Value>, flowmark_store::Error> {
+    let mut runs: Vec<flowmark_core::engine::RunId> = work.iter().map(|w| w.run).collect();
+    runs.sort_unstable_by_key(|r| r.0);
+    runs.dedup();
+    let mut decisions = Vec::new();
+    for run in runs {
+        decisions.extend(engine.store().history(run)?.into_iter().filter(|h| h["what"] == "approval_decision"));
+    }
+    Ok(decisions)
+}
+
+/// The comment given with the decision that closed `w`, if it had one.
+fn decision_comment<'d>(decisions: &'d [Value], w: &WorkItem) -> Option<&'d str> {
+    let closed = w.closed_at?;
+    decisions
+        .iter()
+        .filter(|d| {
+            d["step"] == w.step.as_str() && d["role"] == w.role.as_str() && d["at"].as_i64() <= Some(closed.ms())
+        })
+        .rfind(|d| w.closed_by.as_deref().is_none_or(|by| d["by"] == by))
+        .and_then(|d| d["comment"].as_str())
+}
+
+/// On an approval's page: the deliverable under review (its latest version), and the round's
+/// decisions so far, with their comments.
+fn round_html(
+    item: &WorkItem,
+    work: &[WorkItem],
+    decisions: &[Value],
+    comments: &[flowmark_store::Comment],
+    zone: Zone,
+) -> String {
+    let mut html = String::from("<section aria-labelledby=\"round\"><h2 id=\"round\">This round</h2>");
+    match comments.iter().filter(|c| c.version.is_some()).max_by_key(|c| c.version) {
+        Some(latest) => {
+            let _ = write!(
+                html,
+                "<p>Deliverable: <a href=\"{}\" rel=\"noopener\">{}</a> (version {}, by {}, {})</p>",
+                esc(latest.link.as_deref().unwrap_or("#")),
+                esc(&latest.body),
+                latest.version.unwrap_or(1),
+                esc(&latest.by),
+                time(latest.at, zone)
+            );
+        }
+        None => html.push_str("<p class=\"muted\">No deliverable attached yet.</p>"),
+    }
+    let round = &item.detail["round"];
+    let mut earlier: Vec<(&WorkItem, Option<&str>)> = work
+        .iter()
+        .filter(|w| w.run == item.run && w.step == item.step && w.id != item.id && &w.detail["round"] == round)
+        .filter(|w| w.status != "open" && w.outcome.as_deref().is_some_and(|o| o != "cancelled" && o != "withdrawn"))
+        .map(|w| (w, decision_comment(decisions, w)))
+        .collect();
+    earlier.sort_by_key(|(w, _)| w.closed_at);
+    if earlier.is_empty() {
+        html.push_str("<p class=\"muted\">No decisions in this round yet.</p>");
+    } else {
+        html.push_str("<ul class=\"decisions\">");
+        for (w, comment) in earlier {
+            let _ = write!(
+                html,
+                "<li>{} ({}): <strong>{}</strong>, {}{}</li>",
+                esc(w.closed_by.as_deref().unwrap_or("someone")),
+                esc(&w.role),
+                esc(&w.outcome.clone().unwrap_or_default().replace('_', " ")),
+                w.closed_at.map(|at| time(at, zone)).unwrap_or_default(),
+                comment.map(|c| format!(" — “{}”", esc(c))).unwrap_or_default()
+            );
+        }
+        html.push_str("</ul>");
+    }
+    html.push_str("</section>");
+    html
+}
+
 /// An item's page: its fields, its work (open and closed, with outcomes) and comments.
 async fn item_page(app: App, headers: HeaderMap, Path(id): Path<String>) -> Page {
     let Some((email, session)) = session(&app, &headers).await else {
@@ -779,6 +862,7 @@ async fn item_page(app: App, headers: HeaderMap, Path(id): Path<String>) -> Page
         let Some(contact) = engine.store().contact(&id)? else { return Ok(None) };
         let work = engine.store().work_of_subject(&id, 500)?;
         let comments = engine.store().comments(&id, 100)?;
+        let decisions = decisions_of(engine, &work)?;
         let zone = reader_zone(engine, &who);
         let title = flowmark_runtime::work::subject_title(&contact.traits, &id);
         let mut body = format!("<h1>{}</h1><div class=\"card\"><dl class=\"facts\">", esc(&title));
@@ -801,13 +885,24 @@ async fn item_page(app: App, headers: HeaderMap, Path(id): Path<String>) -> Page
                     w.closed_by.as_ref().map(|b| format!(" by {}", esc(b))).unwrap_or_default()
                 )
             };
+            // Closed work keeps its due time, marked when it closed after it.
+            let due_cell = match (w.status.as_str(), w.due_at, w.closed_at) {
+                ("open", due_at, _) => due(due_at, now, zone),
+                (_, Some(due_at), Some(closed)) if closed > due_at => {
+                    format!("{} <span class=\"overdue\">closed late</span>", time(due_at, zone))
+                }
+                (_, Some(due_at), _) => time(due_at, zone),
+                (_, None, _) => "<span class=\"muted\">no due date</span>".to_owned(),
+            };
+            let said = decision_comment(&decisions, w)
+                .map(|comment| format!("<blockquote class=\"decision\">“{}”</blockquote>", esc(comment)))
+                .unwrap_or_default();
             let _ = write!(
                 body,
-                "<tr><td><a href=\"/ui/work/{}\">{}</a></td><td>{}</td><td>{status}</td><td>{}</td></tr>",
+                "<tr><td><a href=\"/ui/work/{}\">{}</a>{said}</td><td>{}</td><td>{status}</td><td>{due_cell}</td></tr>",
                 seg(&w.id),
                 esc(&w.title),
                 esc(&w.role),
-                due(w.due_at.filter(|_| w.status == "open"), now, zone)
             );
         }
         body.push_str("</tbody></table></section>");

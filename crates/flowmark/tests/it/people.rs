@@ -166,3 +166,67 @@ print(json.dumps(out))
     assert_eq!(sia[1]["uid"], "publish-post-1@flowmark");
     assert_eq!(parsed[1].as_array().unwrap().len(), 2, "the workspace: all open work and every publication");
 }
+
+/// Signs `email` in to the web UI with `password` (set first): the session cookie.
+fn ui_session(server: &Server, email: &str, password: &str) -> String {
+    let account = json!({ "password": password });
+    assert_eq!(server.api("PUT", &format!("/api/accounts/{email}"), account.to_string().as_bytes()).0, 200);
+    let form = format!("email={}&password={password}&next=%2Fui", email.replace('@', "%40"));
+    let (head, _) = super::serve::raw(
+        &server.address,
+        "POST",
+        "/ui/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form.as_bytes(),
+    );
+    head.lines()
+        .find_map(|line| line.strip_prefix("set-cookie: "))
+        .and_then(|value| value.split(';').next())
+        .unwrap_or_else(|| panic!("signed in: {head}"))
+        .to_owned()
+}
+
+#[test]
+fn item_and_approval_pages_show_the_deliverable_the_rounds_decisions_and_closed_due_times() {
+    let (server, _run) = started("people-pages");
+    let research = inbox(&server, "sia@example.com", "task");
+    let fields = json!({ "by": "sia@example.com", "fields": { "keywords": "launch" } });
+    assert_eq!(act(&server, research[0]["id"].as_str().unwrap(), "complete", fields).0, 200);
+    // The writer attaches the deliverable's first version, then hands the draft in.
+    let attach = json!({ "by": "sam@example.com", "title": "Draft v1", "url": "https://docs.example.com/draft-v1", "new_version": true });
+    let (status, _, body) = server.api("POST", "/api/items/post-1/attachments", attach.to_string().as_bytes());
+    assert_eq!(status, 201, "{body}");
+    let draft = inbox(&server, "sam@example.com", "task");
+    let done = json!({ "by": "sam@example.com", "fields": { "draft_url": "https://docs.example.com/1" } });
+    assert_eq!(act(&server, draft[0]["id"].as_str().unwrap(), "complete", done).0, 200);
+    // The editor approves with a comment; SEO's review is still open.
+    let review = inbox(&server, "dana@example.com", "approval");
+    let decided = json!({ "by": "dana@example.com", "decision": "approve", "comment": "Tight and on brand" });
+    assert_eq!(act(&server, review[0]["id"].as_str().unwrap(), "decide", decided).0, 200);
+    let seo_review = inbox(&server, "sia@example.com", "approval");
+    let seo_review = seo_review[0]["id"].as_str().unwrap().to_owned();
+
+    let cookie = ui_session(&server, "sia@example.com", "sia-password-1");
+    let page = |path: &str| {
+        let (head, body) = super::serve::raw(&server.address, "GET", path, &[("Cookie", &cookie)], b"");
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        body
+    };
+    // The approval's page: what is under review, and what the round has said so far.
+    let approval = page(&format!("/ui/work/{seo_review}"));
+    assert!(approval.contains("This round"), "{approval}");
+    assert!(approval.contains("https://docs.example.com/draft-v1") && approval.contains("Draft v1"), "{approval}");
+    assert!(approval.contains("dana@example.com (editor): <strong>approve</strong>"), "{approval}");
+    assert!(approval.contains("Tight and on brand"), "{approval}");
+    // The item's page: the decision's comment, and the due times of closed work (Dana in Paris
+    // reads her times in her zone; Sia reads UTC).
+    let item = page("/ui/items/post-1");
+    assert!(item.contains("“Tight and on brand”"), "{item}");
+    let work_table = item.split("<h2 id=\"work\">").nth(1).unwrap().split("</table>").next().unwrap();
+    let due_cells = work_table.matches("<time datetime=").count();
+    assert_eq!(
+        due_cells, 4,
+        "closed work keeps its due time (research, draft, the editor's review), as open work: {work_table}"
+    );
+    server.stop();
+}
