@@ -144,7 +144,9 @@ pub fn changes(
             HistoryKind::ApprovalResolved { outcome, .. } => {
                 resolved.push((step.to_owned(), "*".to_owned(), (*outcome).to_owned(), None));
             }
-            HistoryKind::ApprovalEscalated { to, action: "reassign" } => {
+            // Whoever an approval escalates to may decide it from their inbox (beside the
+            // approvers, for `notify`; in their place, for `reassign`).
+            HistoryKind::ApprovalEscalated { to, action: "reassign" | "notify" } => {
                 let at = workflow.step_index(step).map(|at| workflow.step(at));
                 let target = match at.map(|s| &s.kind) {
                     Some(StepKind::Approval(a)) if to == "accountable" => a.accountable.clone().unwrap_or(to.clone()),

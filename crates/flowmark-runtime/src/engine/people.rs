@@ -257,6 +257,7 @@ impl<S: Store> Engine<S> {
         let person = person.trim().to_lowercase();
         let Some(item) = self.store.work_item(id)? else { return Ok(Err(WorkRefusal::NotFound(id.to_owned()))) };
         let reopening = matches!(action, WorkAction::Reopen { .. });
+        let mut in_place_of: Vec<String> = Vec::new();
         if item.status != "open" && !reopening {
             let outcome = item.outcome.clone().unwrap_or_default();
             return Ok(Err(WorkRefusal::Closed(id.to_owned(), outcome)));
@@ -334,6 +335,12 @@ impl<S: Store> Engine<S> {
                 if let Some(reason) = self.duty_conflict(&item, &person)? {
                     return Ok(Err(WorkRefusal::NotYours(reason)));
                 }
+                // Someone deciding in the approvers' place (the accountable person after an
+                // escalation, say): the approvers are told who decided for them.
+                let own = self.people_of(&item, now)?;
+                if !own.contains(&person) {
+                    in_place_of = own;
+                }
                 let input = Input::ApprovalDecided {
                     step: item.step.clone(),
                     role: item.role.clone(),
@@ -364,6 +371,9 @@ impl<S: Store> Engine<S> {
             return Ok(Err(WorkRefusal::Ignored(reason)));
         }
         self.commit_with_follow_ups(t, change.into_iter().collect(), now)?;
+        if !in_place_of.is_empty() {
+            self.tell_decided_for(&item, &person, &in_place_of, now)?;
+        }
         if reopening {
             // The answer is the task's new work item; the completed one keeps its outcome.
             let reopened = self
@@ -375,6 +385,35 @@ impl<S: Store> Engine<S> {
             return Ok(reopened.ok_or_else(|| WorkRefusal::NotFound(format!("the reopened `{}`", item.step))));
         }
         Ok(self.store.work_item(id)?.ok_or_else(|| WorkRefusal::NotFound(id.to_owned())))
+    }
+
+    /// Tells the people an approval was asked of that `person` decided it in their place.
+    fn tell_decided_for(
+        &mut self,
+        item: &WorkItem,
+        person: &str,
+        people: &[String],
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let decided = self.store.work_item(&item.id)?;
+        let outcome = decided.and_then(|w| w.outcome).unwrap_or_default().replace('_', " ");
+        let subject = self.store.contact(&item.subject_id)?.map(|c| c.traits).unwrap_or(Value::Null);
+        let title = subject_title(&subject, &item.subject_id);
+        let name = self.directory.person(person).and_then(|p| p.name.clone()).unwrap_or_else(|| person.to_owned());
+        let ask = Ask {
+            people: people.to_vec(),
+            reason: "decided_for_you".to_owned(),
+            text: format!("{name} decided “{title}” ({}) in your place: {outcome}", item.role),
+            due_at: None,
+            link: format!("/ui/work/{}", url_part(&item.id)),
+        };
+        let mut unit = Unit::default();
+        let key = format!("{}/decided-for", item.id);
+        for to in people.iter().filter(|p| p.as_str() != person) {
+            self.notify_person(&mut unit, (&key, item.run, &item.step), to, &ask, now);
+        }
+        self.store.write(&unit.batch(), now)?;
+        Ok(())
     }
 
     /// Attaches a link to an item (optionally about one of its work items). With

@@ -149,7 +149,9 @@ fn a_review_nobody_decides_escalates_to_the_accountable_person_and_reassignment_
         .filter(|(_, _, message)| message.as_ref().is_some_and(|m| format!("{m:?}").contains("lee@example.com")))
         .collect();
     assert_eq!(to_lee.len(), 1, "one email to the accountable person, nothing twice: {to_lee:#?}");
-    // Reassigning a review to the accountable person puts it in their inbox.
+    // Escalated to, the accountable person may decide both reviews from their inbox.
+    assert_eq!(ids(&inbox(&engine, "lee@example.com")), ["review:editor", "review:seo"]);
+    // Reassigning a review to the accountable person makes it theirs alone.
     let review = inbox(&engine, "dana@example.com").remove(0);
     let moved = engine
         .act_on_work(&review.id, "lee@example.com", WorkAction::Reassign { to: "lee@example.com".to_owned() }, later)
@@ -157,7 +159,7 @@ fn a_review_nobody_decides_escalates_to_the_accountable_person_and_reassignment_
         .unwrap();
     assert_eq!(moved.people, ["lee@example.com"]);
     assert!(inbox(&engine, "dana@example.com").is_empty());
-    assert_eq!(ids(&inbox(&engine, "lee@example.com")), ["review:editor"]);
+    assert_eq!(ids(&inbox(&engine, "lee@example.com")), ["review:editor", "review:seo"]);
 }
 
 #[test]
@@ -481,4 +483,15 @@ fn an_escalation_links_to_the_approval_waiting_and_climbs_its_chain() {
     }
     let lee = engine.store().notifications("lee@example.com", 10).unwrap();
     assert_eq!(lee.iter().filter(|n| n.reason == "escalation").count(), 1, "the lead once, then the chain climbs");
+    // The lead decides in the VP's place: the VP is told who decided for them.
+    let later = MONDAY.plus(Duration(3 * Duration::DAY.ms()));
+    let decide = WorkAction::Decide { decision: Decision::Approve, comment: None };
+    engine
+        .act_on_work(&approval.id, "lee@example.com", decide, later)
+        .unwrap()
+        .expect("the accountable lead may decide");
+    let dana = engine.store().notifications("dana@example.com", 10).unwrap();
+    let told = dana.iter().find(|n| n.reason == "decided_for_you").unwrap_or_else(|| panic!("{dana:?}"));
+    assert!(told.text.starts_with("Lee decided “Launch” (vp) in your place: approve"), "{told:?}");
+    assert!(engine.store().notifications("lee@example.com", 10).unwrap().iter().all(|n| n.reason != "decided_for_you"));
 }
