@@ -29,6 +29,7 @@
 mod check;
 pub mod connector;
 pub mod store;
+mod team;
 mod workload;
 
 use std::cell::RefCell;
@@ -83,6 +84,8 @@ pub struct Report {
     /// Claims handed to simulated workers; of those, workers that died before answering,
     /// hung (never answered), and answered only after their lease had passed.
     pub workers: [u64; 4],
+    /// Approval decisions recorded by the team's random actions (each checked as allowed).
+    pub decisions: u64,
     /// A digest of the final state (runs, histories, what the peer was asked): equal for two
     /// runs of one seed.
     pub digest: u64,
@@ -132,6 +135,10 @@ struct Sim {
     at_workers: Vec<(Arc<Claim>, Option<Timestamp>)>,
     /// Claims, deaths, hangs and answers past the lease (`Report::workers`).
     workers: [u64; 4],
+    /// Every attempt to decide an approval, with whether it was allowed then (`team`).
+    decisions: Vec<team::DecisionAttempt>,
+    /// The review workflow's runs, one per item.
+    item_runs: Vec<RunId>,
 }
 
 /// Runs one seed; `Err` names the first broken invariant.
@@ -182,6 +189,8 @@ fn run_in(seed: u64, options: &Options, path: PathBuf) -> Result<Report, String>
         restarts: 0,
         at_workers: Vec::new(),
         workers: [0; 4],
+        decisions: Vec::new(),
+        item_runs: Vec::new(),
     };
     sim.open()?;
     sim.setup()?;
@@ -192,6 +201,7 @@ fn run_in(seed: u64, options: &Options, path: PathBuf) -> Result<Report, String>
     let engine = sim.engine.as_ref().expect("open");
     let calls = sim.peer.calls.lock().expect("no panics").clone();
     let summary = check::check(engine.store(), &sim.client.acknowledged, &sim.client.runs_started, &calls)?;
+    let decisions = team::check_decisions(engine.store(), &sim.decisions, &sim.item_runs)?;
     let faults = sim.faults.borrow().injected;
     Ok(Report {
         seed,
@@ -202,6 +212,7 @@ fn run_in(seed: u64, options: &Options, path: PathBuf) -> Result<Report, String>
         restarts: sim.restarts,
         faults,
         workers: sim.workers,
+        decisions,
         digest: summary.digest,
     })
 }
@@ -243,6 +254,17 @@ impl Sim {
         engine.set_score_models(models, now).map_err(|e| e.to_string())?.map_err(|e| e.join("; "))?;
         let segments = serde_json::from_value(workload::segments()).map_err(|e| e.to_string())?;
         engine.set_segments(segments, now).map_err(|e| e.to_string())?.map_err(|e| e.join("; "))?;
+        let directory = serde_json::from_value(workload::directory()).map_err(|e| e.to_string())?;
+        engine.set_directory(directory, now).map_err(|e| e.to_string())?.map_err(|e| e.join("; "))?;
+        let mut item_runs = Vec::new();
+        for item in workload::ITEMS {
+            let title = serde_json::json!({ "title": format!("Post {item}") });
+            engine.store_mut().upsert_contact(item, &title, None, now).map_err(|e| e.to_string())?;
+            let run = engine.start("dst-review", item, now).map_err(|e| e.to_string())?;
+            item_runs.extend(run);
+        }
+        self.client.runs_started.extend(item_runs.iter().copied());
+        self.item_runs = item_runs;
         let mut faults = self.faults.borrow_mut();
         (faults.write_before, faults.write_after, faults.begin, faults.insert_event) = saved;
         Ok(())
@@ -253,7 +275,7 @@ impl Sim {
     }
 
     fn step(&mut self, options: &Options) -> Result<(), String> {
-        match self.roll(100) {
+        match self.roll(110) {
             0..40 => {
                 let mut batch = Vec::new();
                 for _ in 0..1 + self.roll(6) {
@@ -300,8 +322,102 @@ impl Sim {
                 self.now = Timestamp(self.now.ms() + step);
                 Ok(())
             }
+            100..110 => self.team_acts(),
             _ => self.restart(),
         }
+    }
+
+    /// The team finishes its work so the review runs end (escalations repeat daily while a
+    /// stage waits): whoever is allowed completes each task and approves each stage; a run
+    /// nobody may finish is cancelled.
+    fn team_finishes(&mut self) -> Result<(), String> {
+        let now = self.now;
+        for _ in 0..50 {
+            let mut acted = false;
+            for item in workload::ITEMS {
+                let work = self.engine().store().work_of_subject(item, 500).map_err(|e| e.to_string())?;
+                for open in work.iter().filter(|w| w.status == "open") {
+                    let action = match open.kind {
+                        flowmark_store::WorkKind::Task => {
+                            flowmark_runtime::WorkAction::Complete { fields: serde_json::Map::new() }
+                        }
+                        flowmark_store::WorkKind::Approval => flowmark_runtime::WorkAction::Decide {
+                            decision: flowmark_core::engine::Decision::Approve,
+                            comment: None,
+                        },
+                    };
+                    let Some(person) = open
+                        .people
+                        .iter()
+                        .find(|p| open.kind == flowmark_store::WorkKind::Task || team::allowed(&work, open, p))
+                    else {
+                        continue;
+                    };
+                    if open.kind == flowmark_store::WorkKind::Approval {
+                        let attempt = (open.run, open.step.clone(), open.role.clone(), person.clone(), now.ms(), true);
+                        self.decisions.push(attempt);
+                    }
+                    let person = person.clone();
+                    if let Ok(Ok(_)) = self.engine().act_on_work(&open.id, &person, action, now) {
+                        acted = true;
+                    }
+                    break;
+                }
+            }
+            if !acted {
+                break;
+            }
+        }
+        for run in self.item_runs.clone() {
+            let active = self.engine().store().run(run).map_err(|e| e.to_string())?.is_some_and(|r| r.is_active());
+            if active {
+                let cancel = flowmark_core::engine::Input::Cancel { reason: "the simulation ends".to_owned() };
+                self.engine().deliver(run, &cancel, now).map_err(|e| format!("cancel: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A random person acts on a random open work item of a random item (or attaches a new
+    /// version of its deliverable); an attempt to decide is recorded with whether it was
+    /// allowed at that moment (`team::allowed`).
+    fn team_acts(&mut self) -> Result<(), String> {
+        let now = self.now;
+        let item = workload::ITEMS[self.roll(workload::ITEMS.len() as u64) as usize];
+        let person = workload::PEOPLE[self.roll(workload::PEOPLE.len() as u64) as usize];
+        let new_version = self.roll(12) == 0;
+        let Ok(work) = self.engine().store().work_of_subject(item, 500) else { return Ok(()) };
+        if new_version {
+            let attachment = flowmark_runtime::Attachment {
+                subject_id: item,
+                work_id: None,
+                by: person,
+                title: "Next version",
+                url: "https://docs.dst.test/next",
+                new_version: true,
+            };
+            let _ = self.engine().attach(attachment, now);
+            return Ok(());
+        }
+        let open: Vec<&flowmark_store::WorkItem> = work.iter().filter(|w| w.status == "open").collect();
+        if open.is_empty() {
+            return Ok(());
+        }
+        let chosen = open[self.roll(open.len() as u64) as usize].clone();
+        let action = team::action(&mut self.rng, &chosen, &workload::PEOPLE);
+        if matches!(action, flowmark_runtime::WorkAction::Decide { .. }) {
+            let allowed = team::allowed(&work, &chosen, person);
+            self.decisions.push((
+                chosen.run,
+                chosen.step.clone(),
+                chosen.role.clone(),
+                person.to_owned(),
+                now.ms(),
+                allowed,
+            ));
+        }
+        let _ = self.engine().act_on_work(&chosen.id, person, action, now);
+        Ok(())
     }
 
     /// Claims effects for simulated workers, as the server does: each answers after a
@@ -415,6 +531,7 @@ impl Sim {
     fn settle(&mut self) -> Result<(), String> {
         self.faults.borrow_mut().off();
         self.restart()?;
+        self.team_finishes()?;
         let pending = std::mem::take(&mut self.client.pending);
         for chunk in pending.chunks(50) {
             let before = self.client.acknowledged.len();
@@ -481,6 +598,7 @@ pub fn totals(reports: &[Report]) -> BTreeMap<&'static str, u64> {
         *totals.entry("worker_deaths").or_default() += r.workers[1];
         *totals.entry("worker_hangs").or_default() += r.workers[2];
         *totals.entry("worker_answers_after_lease").or_default() += r.workers[3];
+        *totals.entry("approval_decisions").or_default() += r.decisions;
     }
     totals
 }

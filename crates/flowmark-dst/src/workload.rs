@@ -12,13 +12,63 @@ use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::Rng;
 use serde_json::{Value, json};
 
-pub const WORKFLOWS: [(&str, &str); 5] = [
+pub const WORKFLOWS: [(&str, &str); 6] = [
     ("whitepaper-nurture.yaml", include_str!("../../../blueprints/whitepaper-nurture.yaml")),
     ("dst-orders.yaml", ORDERS),
     ("dst-upsell.yaml", UPSELL),
     ("dst-handoff.yaml", HANDOFF),
     ("dst-vip.yaml", VIP),
+    ("dst-review.yaml", REVIEW),
 ];
+
+/// The team's work: a writer drafts, legal then brand approve in turn (a change request sends
+/// it back), the accountable lead is escalated to each day a stage waits.
+const REVIEW: &str = r#"
+id: dst-review
+subject: item
+roles:
+  writer: { team: writers }
+  legal: { team: legal }
+  brand: { team: brand }
+  lead: { team: leads }
+steps:
+  - id: draft
+    task:
+      title: "Draft {{ item.title }}"
+      responsible: writer
+      accountable: lead
+      due: 1d
+  - id: signoff
+    approval:
+      mode: sequential
+      approvers: [legal, brand]
+      accountable: lead
+      due: 1d
+      remind: [12h]
+      escalate: { after: 1d, every: 1d, to: [accountable], action: notify }
+      on_reject: end
+      on_changes: draft
+"#;
+
+/// The people of the team: some hold two roles, so separation of duties has work to do.
+pub fn directory() -> Value {
+    json!({
+        "people": PEOPLE.iter().map(|p| json!({ "email": p })).collect::<Vec<_>>(),
+        "teams": {
+            "writers": [PEOPLE[0], PEOPLE[1]],
+            "legal": [PEOPLE[1], PEOPLE[2]],
+            "brand": [PEOPLE[2], PEOPLE[3]],
+            "leads": [PEOPLE[4]],
+        },
+    })
+}
+
+/// Everyone who might act; the last is in no team.
+pub const PEOPLE: [&str; 6] =
+    ["wes@dst.test", "lia@dst.test", "bo@dst.test", "ana@dst.test", "lee@dst.test", "rex@dst.test"];
+
+/// The items the team works on.
+pub const ITEMS: [&str; 3] = ["post-1", "post-2", "post-3"];
 
 /// Parallel branches and a join, a split, a subflow that waits, a score step, a goal, a cap
 /// that holds.

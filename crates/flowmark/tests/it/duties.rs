@@ -129,3 +129,94 @@ fn authors_outsiders_and_strangers_cannot_decide_or_reset_an_approval() {
     assert_eq!(resets(&history), 1, "{history}");
     server.stop();
 }
+
+/// Legal, then the VP, sign off in turn; the lead is accountable, the head above them.
+const LAUNCH: &str = r#"
+id: launch
+subject: item
+roles:
+  legal: { person: lia@example.com }
+  vp: { person: vic@example.com }
+  lead: { person: lee@example.com }
+  head: { person: hal@example.com }
+steps:
+  - id: signoff
+    approval:
+      mode: sequential
+      approvers: [legal, vp]
+      accountable: lead
+      due: 1d
+      escalate: { after: 1d, every: 1d, to: [accountable, head], action: notify }
+"#;
+
+#[test]
+fn a_late_stage_gets_its_own_day_escalates_once_per_period_up_the_chain_and_the_escalated_decide() {
+    let dir = super::validate::fresh_dir("duties-stages");
+    let sink = super::email::smtp_sink(&dir);
+    let smtp = format!("smtp://127.0.0.1:{}", sink.port);
+    let server = Server::start_with(
+        &dir.join("flowmark.db"),
+        &["--api-token", "tok", "--clock", "virtual", "--clock-start", "2026-12-07T09:00:00Z", "--smtp-url", &smtp],
+    );
+    let everyone: Vec<Value> =
+        ["lia", "vic", "lee", "hal"].iter().map(|p| json!({ "email": format!("{p}@example.com") })).collect();
+    let people = json!({ "people": everyone });
+    assert_eq!(server.api("PUT", "/api/directory", people.to_string().as_bytes()).0, 200);
+    assert_eq!(server.api("POST", "/api/workflows", LAUNCH.as_bytes()).0, 201);
+    let item = json!({ "traits": { "title": "Spring launch" } });
+    assert_eq!(server.api("PUT", "/api/contacts/launch-1", item.to_string().as_bytes()).0, 200);
+    assert_eq!(server.api("POST", "/api/workflows/launch/runs", br#"{"subject":"launch-1"}"#).0, 201);
+    let advance = |to: &str| {
+        let (status, _, clock) = server.api("POST", "/api/clock/advance", json!({ "to": to }).to_string().as_bytes());
+        assert_eq!(status, 200, "{clock}");
+        std::thread::sleep(std::time::Duration::from_millis(400));
+    };
+    let emails_to = |person: &str| -> Vec<String> {
+        sink.received()
+            .iter()
+            .filter(|m| m["envelope_to"] == json!([person]))
+            .map(|m| m["subject"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let settled = |person: &str, count: usize| {
+        for _ in 0..100 {
+            if emails_to(person).len() >= count {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        emails_to(person)
+    };
+    // Legal takes 20 hours.
+    advance("2026-12-08T05:00:00Z");
+    let legal = server.api("GET", "/api/people/lia@example.com/work?kind=approval", b"").2["work"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let decided = json!({ "by": "lia@example.com", "decision": "approve" });
+    assert_eq!(server.api("POST", &format!("/api/work/{legal}/decide"), decided.to_string().as_bytes()).0, 200);
+    // The VP's day starts now: 23 hours later nobody has been escalated to.
+    advance("2026-12-09T04:00:00Z");
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert!(emails_to("lee@example.com").is_empty(), "the VP still has an hour: {:?}", emails_to("lee@example.com"));
+    // A day after the VP was asked: the lead, once; a day later the chain climbs to the head.
+    advance("2026-12-09T05:30:00Z");
+    let lead = settled("lee@example.com", 1);
+    assert_eq!(lead.len(), 1, "{lead:?}");
+    assert!(lead[0].contains("waiting past its deadline"), "{lead:?}");
+    advance("2026-12-10T05:30:00Z");
+    let head = settled("hal@example.com", 1);
+    assert_eq!((head.len(), emails_to("lee@example.com").len()), (1, 1), "once per period, up the chain: {head:?}");
+    // The escalated lead decides from their inbox, and the VP hears who decided for them.
+    let inbox = server.api("GET", "/api/people/lee@example.com/work?kind=approval", b"").2;
+    let vp_stage = inbox["work"][0]["id"].as_str().unwrap_or_else(|| panic!("in the lead's inbox: {inbox}")).to_owned();
+    let decided = json!({ "by": "lee@example.com", "decision": "approve" });
+    let (status, _, answer) =
+        server.api("POST", &format!("/api/work/{vp_stage}/decide"), decided.to_string().as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    let vic = settled("vic@example.com", 2);
+    assert!(vic.iter().any(|s| s.contains("in your place")), "{vic:?}");
+    let (_, _, runs) = server.api("GET", "/api/runs?workflow=launch", b"");
+    assert_eq!(runs[0]["status"], "completed", "{runs}");
+    server.stop();
+}
