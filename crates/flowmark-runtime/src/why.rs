@@ -113,12 +113,13 @@ fn describe(entry: &Value) -> Line {
             text(field("max")),
             time(field("until"))
         ),
-        "task_completed" => format!("task completed by {}", text(field("by"))),
+        "task_completed" => format!("task completed by {}{}", text(field("by")), via(field("via"))),
         "task_overdue" => "task overdue".to_owned(),
         "approval_decision" => format!(
-            "{} ({}) decided: {}{}",
+            "{} ({}){} decided: {}{}",
             text(field("by")),
             text(field("role")),
+            via(field("via")),
             text(field("decision")).replace('_', " "),
             field("comment").as_str().map(|c| format!(" — \"{c}\"")).unwrap_or_default()
         ),
@@ -162,6 +163,11 @@ fn decide(record: &Value, at: Timestamp, step: Option<String>) -> Line {
         text.push_str(&format!(" (note: {note})"));
     }
     Line { at, step, text, decision: Some(record.clone()) }
+}
+
+/// ` (through <token>)` for an action a service token took for a person.
+fn via(value: &Value) -> String {
+    value.as_str().map(|token| format!(" (through {token})")).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -131,7 +131,7 @@ pub fn changes(
     for entry in &t.history {
         let Some(step) = entry.step.as_deref() else { continue };
         match &entry.kind {
-            HistoryKind::TaskCompleted { by } => {
+            HistoryKind::TaskCompleted { by, .. } => {
                 outcomes.push((step.to_owned(), "*".to_owned(), "completed".to_owned(), Some(by.clone())));
             }
             HistoryKind::ApprovalDecision { role, by, decision, .. } => {

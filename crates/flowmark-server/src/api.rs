@@ -470,9 +470,11 @@ pub(crate) async fn admin_object(
     json_object(body).map_err(|(title, detail)| problem(StatusCode::BAD_REQUEST, title, detail))
 }
 
-/// Who a request acts as in the team's work: the person its token is bound to, if it is.
+/// Who a request acts as in the team's work: the person its token is bound to, if it is;
+/// otherwise the service token it acts through (`via`), which the history records.
 pub(crate) struct Acting {
     person: Option<String>,
+    pub(crate) via: Option<String>,
 }
 
 impl Acting {
@@ -502,7 +504,12 @@ pub(crate) async fn admin_acting(
 ) -> Result<(serde_json::Map<String, Value>, Acting), Problem> {
     let token = credential(app, bearer(headers), Scope::Admin).await?;
     let fields = json_object(body).map_err(|(title, detail)| problem(StatusCode::BAD_REQUEST, title, detail))?;
-    Ok((fields, Acting { person: token.and_then(|t| t.person) }))
+    let via = match &token {
+        Some(token) if token.person.is_none() => Some(format!("token `{}`", token.name)),
+        Some(_) => None,
+        None => Some("an operator's API token".to_owned()),
+    };
+    Ok((fields, Acting { person: token.and_then(|t| t.person), via }))
 }
 
 /// A workflow status as the API spells it.

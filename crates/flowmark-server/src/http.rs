@@ -1581,13 +1581,13 @@ async fn act_at_step(
     id: &str,
     step: String,
     role: Option<String>,
-    by: String,
+    (by, via): (String, Option<String>),
     action: flowmark_runtime::WorkAction,
 ) -> Answer {
     let Some(number) = id.parse::<u64>().ok() else { return Err(invalid_run_id(id)) };
     let answer =
         query(&app.owner, move |engine, now| -> Result<Result<Value, flowmark_runtime::WorkRefusal>, String> {
-            let acted = engine.act_at_step(RunId(number), &step, role.as_deref(), &by, action, now);
+            let acted = engine.act_at_step_via(RunId(number), &step, role.as_deref(), &by, via.as_deref(), action, now);
             if let Err(refusal) = acted.map_err(|e| e.to_string())? {
                 return Ok(Err(refusal));
             }
@@ -1630,7 +1630,7 @@ async fn complete_task(app: App, headers: HeaderMap, Path((id, step)): Path<(Str
     match crate::people::parse_action("complete", &fields) {
         Ok(flowmark_runtime::WorkAction::Complete { fields }) => {
             let action = flowmark_runtime::WorkAction::Complete { fields };
-            act_at_step(&app, &id, step, None, by, action).await
+            act_at_step(&app, &id, step, None, (by, acting.via), action).await
         }
         Ok(_) => Err(internal("`complete` parsed as another action")),
         Err(detail) => Err(problem(StatusCode::BAD_REQUEST, "Invalid input", detail)),
@@ -1675,7 +1675,7 @@ async fn decide_approval(
     };
     match crate::people::parse_action("decide", &fields) {
         Ok(action @ flowmark_runtime::WorkAction::Decide { .. }) => {
-            act_at_step(&app, &id, step, Some(role), by, action).await
+            act_at_step(&app, &id, step, Some(role), (by, acting.via), action).await
         }
         Ok(_) => Err(internal("`decide` parsed as another action")),
         Err(detail) => Err(problem(StatusCode::BAD_REQUEST, "Invalid input", detail)),

@@ -263,12 +263,14 @@ async fn act(app: App, headers: HeaderMap, Path((id, action)): Path<(String, Str
         Ok(action) => action,
         Err(detail) => return Err(problem(StatusCode::BAD_REQUEST, "Invalid input", detail)),
     };
-    act_as(&app, id, by, action).await
+    act_as(&app, id, by, acting.via, action).await
 }
 
-/// Runs an action as `by` and answers with the item afterwards, or the refusal.
-pub(crate) async fn act_as(app: &App, id: String, by: String, action: WorkAction) -> Answer {
-    match query(&app.owner, move |engine, now| engine.act_on_work(&id, &by, action, now)).await? {
+/// Runs an action as `by` (through the service token `via`, if one) and answers with the
+/// item afterwards, or the refusal.
+pub(crate) async fn act_as(app: &App, id: String, by: String, via: Option<String>, action: WorkAction) -> Answer {
+    let acted = query(&app.owner, move |engine, now| engine.act_on_work_via(&id, &by, via.as_deref(), action, now));
+    match acted.await? {
         Ok(Ok(item)) => Ok(axum::Json(item).into_response()),
         Ok(Err(refused)) => Err(refusal(&refused)),
         Err(error) => Err(internal(error)),

@@ -369,6 +369,7 @@ impl<'a> Simulation<'a> {
             Pending::TaskDone { step } => {
                 let fields = task_fields(workflow, step);
                 Input::TaskCompleted {
+                    via: None,
                     step: workflow.step(step).id.to_string(),
                     by: "simulated-person".to_owned(),
                     fields,
@@ -381,7 +382,14 @@ impl<'a> Simulation<'a> {
                     [Decision::Approve, Decision::ApproveWithChanges, Decision::RequestChanges, Decision::Reject]
                         [usize::from(decision)];
                 let step = workflow.step(step).id.to_string();
-                Input::ApprovalDecided { step, by: format!("simulated-{role}"), role, decision, comment: None }
+                Input::ApprovalDecided {
+                    via: None,
+                    step,
+                    by: format!("simulated-{role}"),
+                    role,
+                    decision,
+                    comment: None,
+                }
             }
             Pending::SubflowEnded { step } => {
                 Input::SubflowEnded { step: workflow.step(step).id.to_string(), status: RunStatus::Completed }

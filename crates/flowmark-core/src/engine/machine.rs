@@ -87,10 +87,10 @@ impl<'a> Machine<'a> {
                 self.out.history.push(entry);
                 self.out.run_changed = false;
             }
-            Input::TaskCompleted { step, by, fields } => self.task_completed(step, by, fields),
+            Input::TaskCompleted { step, by, fields, via } => self.task_completed(step, by, fields, via.as_ref()),
             Input::WorkAssigned { step, to, by } => self.work_assigned(step, to.as_ref(), by),
-            Input::ApprovalDecided { step, role, by, decision, comment } => {
-                self.approval_decided(step, role, by, *decision, comment.as_ref())
+            Input::ApprovalDecided { step, role, by, decision, comment, via } => {
+                self.approval_decided(step, role, by, *decision, comment.as_ref(), via.as_ref())
             }
             Input::SubflowEnded { step, status } => self.subflow_ended(step, *status),
             Input::Reopen { step, by, reason } => self.reopen(step, by, reason.as_ref()),
@@ -264,8 +264,13 @@ impl<'a> Machine<'a> {
         self.set_state(token.id, TokenState::AwaitingApproval(state));
     }
 
-    fn task_completed(&mut self, step: &str, by: &str, fields: &serde_json::Map<String, Value>) {
-        let input = || Input::TaskCompleted { step: step.to_owned(), by: by.to_owned(), fields: fields.clone() };
+    fn task_completed(&mut self, step: &str, by: &str, fields: &serde_json::Map<String, Value>, via: Option<&String>) {
+        let input = || Input::TaskCompleted {
+            step: step.to_owned(),
+            by: by.to_owned(),
+            fields: fields.clone(),
+            via: via.cloned(),
+        };
         let Some(token) = self.token_at(step, |s| matches!(s, TokenState::AwaitingTask { .. })) else {
             self.ignore(&input(), format!("no task is open at step `{step}`"));
             return;
@@ -287,7 +292,7 @@ impl<'a> Machine<'a> {
         }
         let step_id = self.workflow.step(at).id.clone();
         self.set_output(&step_id, json!({ "completed_by": by, "completed_at": self.now.ms(), "fields": fields }));
-        self.history(Some(at), HistoryKind::TaskCompleted { by: by.to_owned() });
+        self.history(Some(at), HistoryKind::TaskCompleted { by: by.to_owned(), via: via.cloned() });
         for informed in task.raci.informed.clone() {
             let message = format!("`{step_id}` was completed by {by}");
             self.emit(at, EffectKind::Notify { to: informed, message, reason: NotifyReason::TaskCompleted });
@@ -305,13 +310,22 @@ impl<'a> Machine<'a> {
         self.history(Some(token.at), HistoryKind::WorkAssigned { to: to.cloned(), by: by.to_owned() });
     }
 
-    fn approval_decided(&mut self, step: &str, role: &str, by: &str, decision: Decision, comment: Option<&String>) {
+    fn approval_decided(
+        &mut self,
+        step: &str,
+        role: &str,
+        by: &str,
+        decision: Decision,
+        comment: Option<&String>,
+        via: Option<&String>,
+    ) {
         let input = || Input::ApprovalDecided {
             step: step.to_owned(),
             role: role.to_owned(),
             by: by.to_owned(),
             decision,
             comment: comment.cloned(),
+            via: via.cloned(),
         };
         let Some(token) = self.token_at(step, |s| matches!(s, TokenState::AwaitingApproval(_))) else {
             self.ignore(&input(), format!("no approval is open at step `{step}`"));
@@ -344,6 +358,7 @@ impl<'a> Machine<'a> {
                 by: by.to_owned(),
                 decision,
                 comment: comment.cloned(),
+                via: via.cloned(),
             },
         );
         let outcome = approval_outcome(approval, &state);

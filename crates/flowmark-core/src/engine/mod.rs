@@ -359,6 +359,10 @@ pub enum Input {
         step: String,
         by: String,
         fields: serde_json::Map<String, Value>,
+        /// The service token `by` acted through, when one acted for them (a token bound to a
+        /// person, or the web UI, acts as its person: `None`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
     },
     ApprovalDecided {
         step: String,
@@ -366,6 +370,9 @@ pub enum Input {
         by: String,
         decision: Decision,
         comment: Option<String>,
+        /// As for `TaskCompleted`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
     },
     SubflowEnded {
         step: String,
@@ -677,6 +684,9 @@ pub enum HistoryKind {
     },
     TaskCompleted {
         by: String,
+        /// The service token that acted for `by`, if one did.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
     },
     /// Work at the step was claimed, released (`to: None`) or reassigned, by `by`.
     WorkAssigned {
@@ -701,6 +711,9 @@ pub enum HistoryKind {
         by: String,
         decision: Decision,
         comment: Option<String>,
+        /// The service token that acted for `by`, if one did.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
     },
     ApprovalResolved {
         outcome: &'static str,

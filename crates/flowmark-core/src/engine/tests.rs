@@ -240,19 +240,23 @@ fn blog_post_review_loops_back_on_changes_and_joins_after_distribution() {
     now = now.plus(Duration::HOUR);
     let fields: serde_json::Map<String, Value> =
         [("keywords".to_owned(), json!("workflow automation"))].into_iter().collect();
-    let t = step(t.run, Input::TaskCompleted { step: "research".into(), by: "sam".into(), fields }, now);
+    let t = step(t.run, Input::TaskCompleted { via: None, step: "research".into(), by: "sam".into(), fields }, now);
     assert!(
         matches!(&t.effects.last().unwrap().kind, EffectKind::CreateTask { description: Some(d), .. } if d == "Target keywords: workflow automation")
     );
     let draft_fields: serde_json::Map<String, Value> =
         [("draft_url".to_owned(), json!("https://docs/1"))].into_iter().collect();
-    let t =
-        step(t.run, Input::TaskCompleted { step: "draft".into(), by: "wes".into(), fields: draft_fields.clone() }, now);
+    let t = step(
+        t.run,
+        Input::TaskCompleted { via: None, step: "draft".into(), by: "wes".into(), fields: draft_fields.clone() },
+        now,
+    );
     assert!(matches!(&t.effects[0].kind, EffectKind::RequestApproval { round: 1, .. }));
     let decide = |run: Run, role: &str, decision: Decision| {
         step(
             run,
             Input::ApprovalDecided {
+                via: None,
                 step: "review".into(),
                 role: role.into(),
                 by: role.into(),
@@ -270,13 +274,18 @@ fn blog_post_review_loops_back_on_changes_and_joins_after_distribution() {
             .any(|h| matches!(h.kind, HistoryKind::ApprovalResolved { outcome: "changes_requested", round: 1 }))
     );
     assert_eq!(&*wf.step(t.run.tokens[0].at).id, "draft", "changes requested goes back to the draft");
-    let t = step(t.run, Input::TaskCompleted { step: "draft".into(), by: "wes".into(), fields: draft_fields }, now);
+    let t = step(
+        t.run,
+        Input::TaskCompleted { via: None, step: "draft".into(), by: "wes".into(), fields: draft_fields },
+        now,
+    );
     assert!(matches!(&t.effects[0].kind, EffectKind::RequestApproval { round: 2, .. }), "a fresh round starts");
     let t = decide(t.run, "editor", Decision::Approve);
     let t = decide(t.run, "seo", Decision::ApproveWithChanges);
     let t = step(
         t.run,
         Input::ApprovalDecided {
+            via: None,
             step: "brand-check".into(),
             role: "brand".into(),
             by: "bea".into(),
@@ -292,8 +301,11 @@ fn blog_post_review_loops_back_on_changes_and_joins_after_distribution() {
             .any(|e| matches!(e.kind, EffectKind::SendMessage { channel: crate::model::Channel::Webhook, .. }))
     );
     assert_eq!(t.run.tokens.len(), 2, "newsletter joined, social task open");
-    let t =
-        step(t.run, Input::TaskCompleted { step: "social".into(), by: "wes".into(), fields: Default::default() }, now);
+    let t = step(
+        t.run,
+        Input::TaskCompleted { via: None, step: "social".into(), by: "wes".into(), fields: Default::default() },
+        now,
+    );
     assert_eq!(t.run.status, RunStatus::Completed);
 }
 
@@ -306,7 +318,13 @@ fn approvals_escalate_to_the_accountable_role() {
     let mut t = handle(&wf, Run::new(RunId(3), &wf, 1, "p", now), &Input::Start { event: None }, &facts, now);
     for (step, field, value) in [("research", "keywords", "k"), ("draft", "draft_url", "u")] {
         let fields = [(field.to_owned(), json!(value))].into_iter().collect();
-        t = handle(&wf, t.run, &Input::TaskCompleted { step: step.into(), by: "x".into(), fields }, &facts, now);
+        t = handle(
+            &wf,
+            t.run,
+            &Input::TaskCompleted { via: None, step: step.into(), by: "x".into(), fields },
+            &facts,
+            now,
+        );
     }
     let escalation = t.timers.iter().find(|r| r.purpose == TimerPurpose::ApprovalEscalation).unwrap().clone();
     let t = handle(&wf, t.run, &Input::TimerFired { timer: escalation.timer }, &facts, escalation.due_at);
@@ -326,11 +344,12 @@ fn blog_post_in_review() -> (Workflow, Run, Timestamp) {
     let t = handle(&wf, Run::new(RunId(4), &wf, 1, "post-1", now), &Input::Start { event: None }, &facts, now);
     let complete = |run: Run, step: &str, field: &str| {
         let fields = [(field.to_owned(), json!("x"))].into_iter().collect();
-        handle(&wf, run, &Input::TaskCompleted { step: step.into(), by: "sam".into(), fields }, &facts, now)
+        handle(&wf, run, &Input::TaskCompleted { via: None, step: step.into(), by: "sam".into(), fields }, &facts, now)
     };
     let t = complete(t.run, "research", "keywords");
     let t = complete(t.run, "draft", "draft_url");
     let approve = Input::ApprovalDecided {
+        via: None,
         step: "review".into(),
         role: "editor".into(),
         by: "dana".into(),
@@ -362,7 +381,13 @@ fn a_reopened_task_takes_the_run_back_and_withdraws_what_it_waited_on() {
     );
     // Completing the draft again starts a fresh review round.
     let fields = [("draft_url".to_owned(), json!("y"))].into_iter().collect();
-    let t = handle(&wf, t.run, &Input::TaskCompleted { step: "draft".into(), by: "sam".into(), fields }, &facts, later);
+    let t = handle(
+        &wf,
+        t.run,
+        &Input::TaskCompleted { via: None, step: "draft".into(), by: "sam".into(), fields },
+        &facts,
+        later,
+    );
     assert!(
         matches!(&t.effects[0].kind, EffectKind::RequestApproval { round: 2, approvers, .. } if approvers.len() == 2)
     );
@@ -460,7 +485,7 @@ steps:
 
     // Completed on Wednesday 2026-12-23 at 17:00: Thursday, the 25th off, Friday, then Monday.
     let now = at("2026-12-23T16:00:00Z");
-    let done = Input::TaskCompleted { step: "draft".into(), by: "sam".into(), fields: Default::default() };
+    let done = Input::TaskCompleted { via: None, step: "draft".into(), by: "sam".into(), fields: Default::default() };
     let t = handle(&wf, t.run, &done, &facts, now);
     let EffectKind::RequestApproval { due_at, .. } = &t.effects[0].kind else { panic!("{:?}", t.effects) };
     assert_eq!(*due_at, Some(at("2026-12-28T16:00:00Z")), "2d: Thu 24th + Fri 26th");
@@ -499,10 +524,17 @@ fn an_author_never_approves_their_own_work_and_one_person_decides_one_stage() {
     let mut t = handle(&wf, Run::new(RunId(5), &wf, 1, "post-1", now), &Input::Start { event: None }, &facts, now);
     for (step, field, by) in [("research", "keywords", "sam@x.com"), ("draft", "draft_url", "wes@x.com")] {
         let fields = [(field.to_owned(), json!("x"))].into_iter().collect();
-        t = handle(&wf, t.run, &Input::TaskCompleted { step: step.into(), by: by.into(), fields }, &facts, now);
+        t = handle(
+            &wf,
+            t.run,
+            &Input::TaskCompleted { via: None, step: step.into(), by: by.into(), fields },
+            &facts,
+            now,
+        );
     }
     let decide = |run: Run, role: &str, by: &str| {
         let input = Input::ApprovalDecided {
+            via: None,
             step: "review".into(),
             role: role.into(),
             by: by.into(),
@@ -537,13 +569,14 @@ fn separation_of_duties_can_be_turned_off_per_approval() {
     let t = handle(
         &wf,
         t.run,
-        &Input::TaskCompleted { step: "draft".into(), by: "wes".into(), fields: Default::default() },
+        &Input::TaskCompleted { via: None, step: "draft".into(), by: "wes".into(), fields: Default::default() },
         &facts,
         now,
     );
     let mut run = t.run;
     for role in ["editor", "writer"] {
         let input = Input::ApprovalDecided {
+            via: None,
             step: "review".into(),
             role: role.into(),
             by: "wes".into(),
@@ -589,6 +622,7 @@ steps:
     assert_eq!(first_escalation.due_at, Timestamp(NOON + 24 * HOUR));
     let decide = |run: Run, role: &str, by: &str, at: i64| {
         let input = Input::ApprovalDecided {
+            via: None,
             step: "signoff".into(),
             role: role.into(),
             by: by.into(),
@@ -782,6 +816,7 @@ steps:
     }
     // Legal decides: the VP's stage gets a reminder of its own, a day after the VP is asked.
     let input = Input::ApprovalDecided {
+        via: None,
         step: "signoff".into(),
         role: "legal".into(),
         by: "lea@x.com".into(),
@@ -841,6 +876,7 @@ steps:
         run = t.run;
     }
     let input = Input::ApprovalDecided {
+        via: None,
         step: "signoff".into(),
         role: "vp".into(),
         by: "vi@x.com".into(),
@@ -904,6 +940,7 @@ steps:
     assert_eq!(chain, ["lead", "head", "head"], "up the chain, then staying with its last");
     // Legal decides: the VP's stage escalates from the foot of the chain again.
     let decided = Input::ApprovalDecided {
+        via: None,
         step: "signoff".into(),
         role: "legal".into(),
         by: "le@x.com".into(),

@@ -151,7 +151,7 @@ impl Driver<'_> {
                     StepKind::Task(t) => t.fields.iter().map(|f| (f.name.clone(), json!("x"))).collect(),
                     _ => Default::default(),
                 };
-                Input::TaskCompleted { step: step.id.to_string(), by: "p".into(), fields }
+                Input::TaskCompleted { via: None, step: step.id.to_string(), by: "p".into(), fields }
             }
             Action::Decide(i, d) => {
                 let step = &steps[usize::from(*i) % steps.len()];
@@ -162,7 +162,7 @@ impl Driver<'_> {
                         [usize::from(*d) % 4];
                 // One person per role, none of them an author: separation of duties holds.
                 let by = format!("{role}-person");
-                Input::ApprovalDecided { step: step.id.to_string(), role, by, decision, comment: None }
+                Input::ApprovalDecided { via: None, step: step.id.to_string(), role, by, decision, comment: None }
             }
             Action::Wait(seconds) => {
                 self.now = self.now.plus(Duration(u64::from(*seconds) * 1000));
@@ -261,6 +261,7 @@ fn drain(workflow: &Workflow, subject: Value, mut run: Run, now: Timestamp) -> O
         } else {
             match (&token.state, &step.kind) {
                 (TokenState::AwaitingTask { .. }, StepKind::Task(task)) => Input::TaskCompleted {
+                    via: None,
                     step: step.id.to_string(),
                     by: "p".into(),
                     fields: task.fields.iter().map(|f| (f.name.clone(), json!("x"))).collect(),
@@ -278,6 +279,7 @@ fn drain(workflow: &Workflow, subject: Value, mut run: Run, now: Timestamp) -> O
                         role
                     };
                     Input::ApprovalDecided {
+                        via: None,
                         step: step.id.to_string(),
                         by: format!("{role}-person"),
                         role,

@@ -232,6 +232,22 @@ impl<S: Store> Engine<S> {
         action: WorkAction,
         now: Timestamp,
     ) -> Result<Result<WorkItem, WorkRefusal>, Error> {
+        self.act_at_step_via(run, step, role, person, None, action, now)
+    }
+
+    /// `act_at_step`, through a service token (`via`, its name), which the history records
+    /// beside the person it acted for.
+    #[allow(clippy::too_many_arguments)]
+    pub fn act_at_step_via(
+        &mut self,
+        run: RunId,
+        step: &str,
+        role: Option<&str>,
+        person: &str,
+        via: Option<&str>,
+        action: WorkAction,
+        now: Timestamp,
+    ) -> Result<Result<WorkItem, WorkRefusal>, Error> {
         let Some(stored) = self.store.run(run)? else {
             return Ok(Err(WorkRefusal::NotFound(format!("run {}", run.0))));
         };
@@ -243,7 +259,7 @@ impl<S: Store> Engine<S> {
             let what = role.map(|role| format!(" for `{role}`")).unwrap_or_default();
             return Ok(Err(WorkRefusal::Ignored(format!("nothing is open at `{step}`{what} in run {}", run.0))));
         };
-        self.act_on_work(&item.id, person, action, now)
+        self.act_on_work_via(&item.id, person, via, action, now)
     }
 
     /// A person acts on a work item; returns the item as it is afterwards.
@@ -254,6 +270,20 @@ impl<S: Store> Engine<S> {
         action: WorkAction,
         now: Timestamp,
     ) -> Result<Result<WorkItem, WorkRefusal>, Error> {
+        self.act_on_work_via(id, person, None, action, now)
+    }
+
+    /// `act_on_work`, through a service token (`via`, its name): the completion or decision
+    /// is the person's, and its history entry names the token too.
+    pub fn act_on_work_via(
+        &mut self,
+        id: &str,
+        person: &str,
+        via: Option<&str>,
+        action: WorkAction,
+        now: Timestamp,
+    ) -> Result<Result<WorkItem, WorkRefusal>, Error> {
+        let via = via.map(str::to_owned);
         let person = person.trim().to_lowercase();
         let Some(item) = self.store.work_item(id)? else { return Ok(Err(WorkRefusal::NotFound(id.to_owned()))) };
         let reopening = matches!(action, WorkAction::Reopen { .. });
@@ -323,7 +353,7 @@ impl<S: Store> Engine<S> {
                 if !may_act {
                     return not_yours();
                 }
-                (Input::TaskCompleted { step: item.step.clone(), by: person.clone(), fields }, None)
+                (Input::TaskCompleted { via: via.clone(), step: item.step.clone(), by: person.clone(), fields }, None)
             }
             WorkAction::Decide { decision, comment } => {
                 if item.kind != WorkKind::Approval {
@@ -342,6 +372,7 @@ impl<S: Store> Engine<S> {
                     in_place_of = own;
                 }
                 let input = Input::ApprovalDecided {
+                    via: via.clone(),
                     step: item.step.clone(),
                     role: item.role.clone(),
                     by: person.clone(),

@@ -218,5 +218,22 @@ fn a_late_stage_gets_its_own_day_escalates_once_per_period_up_the_chain_and_the_
     assert!(vic.iter().any(|s| s.contains("in your place")), "{vic:?}");
     let (_, _, runs) = server.api("GET", "/api/runs?workflow=launch", b"");
     assert_eq!(runs[0]["status"], "completed", "{runs}");
+    // Both decisions came through an operator's service token: the history names the person
+    // and the token, and `why` says so.
+    let run = runs[0]["id"].as_u64().unwrap();
+    let (_, _, detail) = server.api("GET", &format!("/api/runs/{run}"), b"");
+    let decisions: Vec<&Value> =
+        detail["history"].as_array().unwrap().iter().filter(|h| h["what"] == "approval_decision").collect();
+    assert_eq!(decisions.len(), 2, "{detail}");
+    assert!(decisions.iter().all(|d| d["via"] == "an operator's API token"), "{decisions:?}");
+    assert_eq!(decisions[1]["by"], "lee@example.com");
+    let (_, _, why) = server.api("GET", &format!("/api/runs/{run}/why"), b"");
+    assert!(
+        why["text"]
+            .as_str()
+            .unwrap()
+            .contains("lee@example.com (vp) (through an operator's API token) decided: approve"),
+        "{why}"
+    );
     server.stop();
 }

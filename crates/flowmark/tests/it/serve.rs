@@ -600,7 +600,12 @@ fn the_blog_post_blueprint_is_driven_through_tasks_and_approvals_over_the_api() 
     assert_eq!(at["status"], "completed");
     let (_, _, why) = server.api("GET", &format!("/api/runs/{run}/why"), b"");
     let text = why["text"].as_str().unwrap();
-    assert!(text.contains("omar@example.com (seo) decided: request changes — \"More keywords\""), "{text}");
+    assert!(
+        text.contains(
+            "omar@example.com (seo) (through an operator's API token) decided: request changes — \"More keywords\""
+        ),
+        "{text}"
+    );
     assert_eq!(post("cancel", json!({})).0, 409, "an ended run takes no more input");
     server.stop();
 }
