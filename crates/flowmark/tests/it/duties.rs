@@ -237,3 +237,102 @@ fn a_late_stage_gets_its_own_day_escalates_once_per_period_up_the_chain_and_the_
     );
     server.stop();
 }
+
+/// A workflow's own `notify` to the lead, and a task for a writer in New York.
+const ANNOUNCE: &str = r#"
+id: announce
+subject: item
+roles:
+  lead: { person: lee@example.com }
+  writer: { person: nia@example.com }
+steps:
+  - id: tell-lead
+    action: { notify: { to: lead, message: "{{ item.title }} is out" } }
+  - id: follow-up
+    task:
+      title: "Follow up on {{ item.title }}"
+      responsible: writer
+      accountable: lead
+      due: 2d
+"#;
+
+/// A Slack-compatible incoming webhook: every POST body it receives, answered `200 ok`.
+fn chat_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let posts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let received = posts.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 8192];
+            // Head, then as much body as Content-Length says.
+            loop {
+                let n = stream.read(&mut buffer).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buffer[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        received.lock().unwrap().push(body.to_owned());
+                        break;
+                    }
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    (format!("http://{address}/hook"), posts)
+}
+
+#[test]
+fn a_workflows_notify_reaches_the_lead_by_email_and_chat_once_and_email_reads_in_the_readers_zone() {
+    let dir = super::validate::fresh_dir("duties-notify");
+    let sink = super::email::smtp_sink(&dir);
+    let smtp = format!("smtp://127.0.0.1:{}", sink.port);
+    let (chat, posts) = chat_receiver();
+    let server = Server::start_with(
+        &dir.join("flowmark.db"),
+        &["--api-token", "tok", "--smtp-url", &smtp, "--webhook-allow-private"],
+    );
+    let people = json!({ "people": [
+        { "email": "lee@example.com", "name": "Lee", "notify": { "email": true, "chat": chat } },
+        { "email": "nia@example.com", "name": "Nia", "timezone": "America/New_York" },
+    ] });
+    assert_eq!(server.api("PUT", "/api/directory", people.to_string().as_bytes()).0, 200);
+    assert_eq!(server.api("POST", "/api/workflows", ANNOUNCE.as_bytes()).0, 201);
+    let item = json!({ "traits": { "title": "Spring launch" } });
+    assert_eq!(server.api("PUT", "/api/contacts/launch-2", item.to_string().as_bytes()).0, 200);
+    assert_eq!(server.api("POST", "/api/workflows/announce/runs", br#"{"subject":"launch-2"}"#).0, 201);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let emails = loop {
+        let emails = sink.received();
+        if emails.len() >= 2 && !posts.lock().unwrap().is_empty() {
+            break emails;
+        }
+        assert!(std::time::Instant::now() < deadline, "emails {emails:?}, chat {:?}", posts.lock().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // Give a second delivery the chance to show itself: there must be none.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let to_lee: Vec<_> =
+        sink.received().into_iter().filter(|m| m["envelope_to"] == json!(["lee@example.com"])).collect();
+    assert_eq!(to_lee.len(), 1, "one email to the lead: {to_lee:?}");
+    assert!(to_lee[0]["subject"].as_str().unwrap().contains("Spring launch is out"), "{:?}", to_lee[0]);
+    let chat_posts = posts.lock().unwrap().clone();
+    assert_eq!(chat_posts.len(), 1, "one chat message: {chat_posts:?}");
+    assert!(chat_posts[0].contains("Spring launch is out"), "{chat_posts:?}");
+    // The writer in New York reads the task's due time in her zone, in her email too.
+    let to_nia = emails.iter().find(|m| m["envelope_to"] == json!(["nia@example.com"])).expect("the writer's email");
+    let text = to_nia["text"].as_str().unwrap_or_default().to_owned() + to_nia["subject"].as_str().unwrap_or_default();
+    assert!(text.contains(" EST)") && !text.contains("Z)") && !text.contains("UTC)"), "{text}");
+    server.stop();
+}
