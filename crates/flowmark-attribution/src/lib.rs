@@ -12,12 +12,14 @@
 //! - [`shapley`]: the simplified Shapley value of Zhao et al. (2018), exact and linear in the
 //!   number of distinct channel sets.
 //!
-//! [`paths`] reads ChannelAttribution's path format (one row per distinct path with its
+//! [`channels`] names the channel of a touch from its UTM tags or referrer (close to GA4's
+//! default channel grouping), for the ledger. [`paths`] reads ChannelAttribution's path format (one row per distinct path with its
 //! conversions, value and non-converting journeys); [`attribute`] runs the chosen models.
 //!
 //! Invariant: every model credits exactly the conversions and value it is given (credit sums
 //! to the totals, to rounding), and a channel is credited only for paths it is on.
 
+pub mod channels;
 mod fast_hash;
 pub mod heuristic;
 pub mod markov;
