@@ -163,23 +163,43 @@ pub(crate) async fn route(
         (Some(name), _, _) => name.clone(),
         (None, Some(token), _) => match WorkspaceName::parse(&token.workspace) {
             Ok(name) => name,
-            Err(error) => {
-                return problem(StatusCode::FORBIDDEN, "No such workspace", error.to_string()).into_response();
+            Err(_) => {
+                return problem(
+                    StatusCode::UNAUTHORIZED,
+                    "Unknown credentials",
+                    "the key or token is not one of this server's",
+                )
+                .into_response();
             }
         },
         (None, None, true) => WorkspaceName::default_workspace(),
-        (None, None, false) => {
+        // The session cookie chooses only for the web UI's pages: a signed link (unsubscribe,
+        // click tracking, a calendar feed) opened in a browser signed in elsewhere still goes
+        // to the workspace that signed it.
+        (None, None, false) if request.uri().path().starts_with("/ui") => {
             crate::workspaces::split_cookie(&session_cookie(request.headers()).unwrap_or_default()).0
         }
+        (None, None, false) => WorkspaceName::default_workspace(),
     };
     let mut app = match shared.app(&workspace, named.is_some()) {
         Ok(app) => app,
+        // A prefix naming no workspace is answered like any path the server does not serve,
+        // so which workspaces exist is not told to whoever asks.
+        Err(_) if named.is_some() => return StatusCode::NOT_FOUND.into_response(),
+        // A token of a workspace that is gone is no credential at all.
+        Err(_) if token.is_some() => {
+            return problem(
+                StatusCode::UNAUTHORIZED,
+                "Unknown credentials",
+                "the key or token is not one of this server's",
+            )
+            .into_response();
+        }
         // A session cookie of a workspace that is gone is no session at all.
-        Err(_) if named.is_none() && token.is_none() => match shared.app(&WorkspaceName::default_workspace(), false) {
+        Err(_) => match shared.app(&WorkspaceName::default_workspace(), false) {
             Ok(app) => app,
             Err(problem) => return problem.into_response(),
         },
-        Err(problem) => return problem.into_response(),
     };
     app.presented = presented.map(|text| Arc::new((text, token)));
     request.extensions_mut().insert(app);
@@ -349,10 +369,11 @@ pub(crate) async fn credential(
     };
     match token {
         // A token is accepted by the workspace it was made for only.
+        // Said as for an unknown token: which workspace a token is for is not told.
         Some(token) if token.workspace != app.workspace.as_str() => Err(problem(
             StatusCode::UNAUTHORIZED,
             "Unknown credentials",
-            format!("the key or token is not one of workspace `{}`'s", app.workspace),
+            "the key or token is not one of this server's",
         )),
         // Whatever `read` may do, `admin` may too.
         Some(token)

@@ -56,6 +56,9 @@ pub type Opener = Arc<dyn Fn(&WorkspaceName) -> Result<Tenant, String> + Send + 
 pub struct Workspaces {
     tenants: Arc<RwLock<BTreeMap<WorkspaceName, Tenant>>>,
     opener: Option<Opener>,
+    /// Held while a workspace is being created, so two requests for one name never both
+    /// open its store.
+    creating: Arc<std::sync::Mutex<()>>,
 }
 
 /// Why a workspace could not be created.
@@ -74,7 +77,7 @@ impl Workspaces {
     pub fn single(default: Tenant) -> Workspaces {
         let mut tenants = BTreeMap::new();
         tenants.insert(WorkspaceName::default_workspace(), default);
-        Workspaces { tenants: Arc::new(RwLock::new(tenants)), opener: None }
+        Workspaces { tenants: Arc::new(RwLock::new(tenants)), opener: None, creating: Arc::default() }
     }
 
     /// A server that adds workspaces with `opener`.
@@ -113,6 +116,7 @@ impl Workspaces {
     /// Creates workspace `name` and starts serving it.
     pub fn create(&self, name: &WorkspaceName) -> Result<(), CreateError> {
         let opener = self.opener.as_ref().ok_or(CreateError::Unsupported)?;
+        let _one_at_a_time = self.creating.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.read().contains_key(name) {
             return Err(CreateError::Exists(name.clone()));
         }

@@ -232,20 +232,18 @@ async fn login(
     let next = safe_next(form_value(&form, "next").unwrap_or("/ui"));
     // The form names the workspace to sign in to; a workspace that does not exist is answered
     // like a wrong password (which workspaces exist is not told to whoever asks).
-    let app = match given.map(flowmark_store::WorkspaceName::parse) {
-        None => Ok(app),
-        Some(Ok(name)) => app.switch_to(&name).map_err(|_| app.clone()),
-        Some(Err(_)) => Err(app.clone()),
+    let switched = match given.map(flowmark_store::WorkspaceName::parse) {
+        None => Some(app.clone()),
+        Some(Ok(name)) => app.switch_to(&name).ok(),
+        Some(Err(_)) => None,
     };
-    let app = match app {
-        Ok(app) => app,
-        Err(app) => {
-            let wrong = login_form(&next, Some("Wrong workspace, email or password."), workspace_field(&app, given));
-            return Ok(html(StatusCode::UNAUTHORIZED, wrong));
-        }
-    };
-    // Failures count per account in each workspace.
-    let account = format!("{}/{email}", app.workspace);
+    // A workspace that does not exist is answered like a wrong password, after the same work
+    // (a password check against a dummy hash, a failure counted), so neither the answer nor
+    // its time tells which workspaces exist.
+    let missing = switched.is_none();
+    let app = switched.unwrap_or(app);
+    // Failures count per account in each workspace (as named, when it does not exist).
+    let account = format!("{}/{email}", given.unwrap_or(app.workspace.as_str()));
     let begun = app.sign_ins.lock().map_err(|_| internal("the sign-in throttle is poisoned"))?.begin(
         &account,
         address,
@@ -264,7 +262,15 @@ async fn login(
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         return Ok(response);
     }
-    let valid = check_password(&app, &email, password).await;
+    let valid = if missing {
+        let _permit = app.password_checks.acquire().await.map_err(|_| internal("the password checks are closed"))?;
+        tokio::task::spawn_blocking(move || verify_password(&password, &DUMMY_HASH))
+            .await
+            .map_err(|_| internal("a password check failed"))?;
+        Ok(false)
+    } else {
+        check_password(&app, &email, password).await
+    };
     let succeeded = matches!(valid, Ok(true));
     if let Ok(mut sign_ins) = app.sign_ins.lock() {
         sign_ins.finish(&account, address, succeeded, now().ms());

@@ -118,7 +118,10 @@ fn a_workspace_never_sees_or_changes_another() {
     // Each token is its own workspace's: under the other's prefix it is unknown.
     assert_eq!(server.request_text("GET", "/w/default/api/contacts/victim-b-1", &acme, b"").0, 401);
     assert_eq!(server.request_text("GET", "/w/acme/api/workflows", &default, b"").0, 401);
-    assert_eq!(server.request_text("GET", "/w/nowhere/api/workflows", &acme, b"").0, 404);
+    // A prefix naming no workspace is a path the server does not serve: nothing says more.
+    let (status, _, body) = server.request_text("GET", "/w/nowhere/healthz", &[], b"");
+    assert_eq!((status, body.as_str()), (404, ""));
+    assert_eq!(sign_in_status(&server, "nowhere", "sam@example.com", "flowmark-demo"), 401);
 
     // Acme's own life: a workflow, a contact of the same id as default's, an account.
     let blueprint = std::fs::read(crate::repo_path("blueprints/whitepaper-nurture.yaml")).unwrap();
@@ -393,6 +396,12 @@ fn each_workspace_sends_as_itself_and_its_links_come_back_to_it() {
     assert_eq!(super::email::post_form(&crossed, "List-Unsubscribe=One-Click").0, 404);
     let (status, page) = super::email::post_form(&link, "List-Unsubscribe=One-Click");
     assert_eq!(status, 200, "{page}");
+    // A default link opened in a browser signed in to acme still goes to default, which
+    // signed it (the session cookie chooses only for the web UI).
+    let path = default_link.replacen(&format!("http://{}", server.address), "", 1);
+    let headers = [("Cookie", "fm_session=acme.fm_whatever"), ("Content-Type", "application/x-www-form-urlencoded")];
+    let (head, _) = super::serve::raw(&server.address, "GET", &path, &headers, b"");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let (_, _, contact) = server.request_text("GET", "/api/contacts/ada", &acme, b"");
     assert!(contact.contains("\"unsubscribed\":true"), "{contact}");
     let (_, _, contact) = server.request_text("GET", "/api/contacts/ada", &default, b"");
