@@ -34,11 +34,14 @@ pub struct PathRow {
 /// Paths over named channels.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Paths {
+    /// The channels, by index; added through `channel` only (which keeps `index` in step).
     pub channels: Vec<String>,
     pub rows: Vec<PathRow>,
     /// Did the input say how many journeys did not convert (a `total_null` column)? Without
     /// it, the Markov chain has no way to a non-conversion but through a removed channel.
     pub has_nulls: bool,
+    /// Channel name → index, once there are more than `LINEAR_LOOKUP_MAX` channels.
+    index: HashMap<String, u16>,
 }
 
 /// Why a path file is refused: every problem found, each with its place.
@@ -76,17 +79,17 @@ impl PathError {
 impl Paths {
     /// An empty set of paths, with or without non-conversion counts.
     pub fn new(has_nulls: bool) -> Paths {
-        Paths { channels: Vec::new(), rows: Vec::new(), has_nulls }
+        Paths { channels: Vec::new(), rows: Vec::new(), has_nulls, index: HashMap::new() }
     }
 
     /// The index of channel `name`, added if new (`None` past `CHANNELS_MAX`).
-    pub fn channel(&mut self, name: &str, index: &mut HashMap<String, u16>) -> Option<u16> {
+    pub fn channel(&mut self, name: &str) -> Option<u16> {
         // Few channels (the usual case) are found faster by looking than by hashing.
         if self.channels.len() <= LINEAR_LOOKUP_MAX {
             if let Some(at) = self.channels.iter().position(|known| known == name) {
                 return Some(at as u16);
             }
-        } else if let Some(&known) = index.get(name) {
+        } else if let Some(&known) = self.index.get(name) {
             return Some(known);
         }
         if self.channels.len() >= CHANNELS_MAX {
@@ -94,15 +97,13 @@ impl Paths {
         }
         let id = self.channels.len() as u16;
         self.channels.push(name.to_owned());
-        index.insert(name.to_owned(), id);
+        self.index.insert(name.to_owned(), id);
         Some(id)
     }
 
     /// Adds a path of named touches (for callers building paths themselves: the ledger, tests).
     pub fn push(&mut self, touches: &[&str], conversions: f64, value: f64, nulls: f64) {
-        let mut index: HashMap<String, u16> =
-            self.channels.iter().enumerate().map(|(i, name)| (name.clone(), i as u16)).collect();
-        let touches = touches.iter().filter_map(|name| self.channel(name, &mut index)).collect();
+        let touches = touches.iter().filter_map(|name| self.channel(name)).collect();
         self.rows.push(PathRow { touches, conversions, value, nulls });
     }
 
@@ -132,7 +133,6 @@ impl Paths {
         };
         let (value_at, null_at) = (find("total_conversion_value"), find("total_null"));
         let mut paths = Paths::new(null_at.is_some());
-        let mut index: HashMap<String, u16> = HashMap::new();
         let mut problems = Vec::new();
         let mut more = 0;
         let mut problem = |line: usize, column: &str, message: String| {
@@ -204,7 +204,7 @@ impl Paths {
                             fine = false;
                             break;
                         }
-                        match paths.channel(name, &mut index) {
+                        match paths.channel(name) {
                             Some(id) => touches.push(id),
                             None => {
                                 problem(line, "path", format!("more than {CHANNELS_MAX} distinct channels"));

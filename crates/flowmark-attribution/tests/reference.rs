@@ -26,10 +26,11 @@ fn reference() -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference.json")).unwrap()).unwrap()
 }
 
-/// The generated file `name` of `reference.json`, made here; its path.
-fn generated(name: &str) -> PathBuf {
+/// The generated file `name` of `reference.json`, made here for the test `by` (each test its
+/// own copy: tests run at the same time); its path.
+fn generated(name: &str, by: &str) -> PathBuf {
     let entry = &reference()["files"][name];
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("attribution-{name}.csv"));
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("attribution-{name}-{by}.csv"));
     let printed = Command::new("python3")
         .arg(fixtures().join("gen_paths.py"))
         .args(["--journeys", &entry["journeys"].to_string(), "--seed", &entry["seed"].to_string(), "--out"])
@@ -71,12 +72,12 @@ fn heuristics_equal_channel_attribution(name: &str, file: &std::path::Path) {
 
 #[test]
 fn heuristics_equal_channel_attribution_on_20_000_journeys() {
-    heuristics_equal_channel_attribution("small", &generated("small"));
+    heuristics_equal_channel_attribution("small", &generated("small", "heuristics"));
 }
 
 #[test]
 fn on_1_000_000_journeys_heuristics_equal_and_markov_is_within_channel_attributions_estimate() {
-    let file = generated("large");
+    let file = generated("large", "all");
     heuristics_equal_channel_attribution("large", &file);
     let reference = reference();
     let large = &reference["files"]["large"];
@@ -113,7 +114,7 @@ fn exact_markov_agrees(file: &std::path::Path, ours: &std::collections::BTreeMap
 
 #[test]
 fn markov_equals_an_independent_exact_solution_on_20_000_journeys() {
-    let file = generated("small");
+    let file = generated("small", "markov");
     let paths = Paths::parse(&std::fs::read(&file).unwrap()).unwrap();
     let result = attribute(&paths, &[Model::Markov], 1).unwrap();
     exact_markov_agrees(&file, &result.removal_effects.unwrap());

@@ -163,14 +163,7 @@ pub(crate) async fn route(
         (Some(name), _, _) => name.clone(),
         (None, Some(token), _) => match WorkspaceName::parse(&token.workspace) {
             Ok(name) => name,
-            Err(_) => {
-                return problem(
-                    StatusCode::UNAUTHORIZED,
-                    "Unknown credentials",
-                    "the key or token is not one of this server's",
-                )
-                .into_response();
-            }
+            Err(_) => return unknown_credentials().into_response(),
         },
         (None, None, true) => WorkspaceName::default_workspace(),
         // The session cookie chooses only for the web UI's pages: a signed link (unsubscribe,
@@ -187,14 +180,7 @@ pub(crate) async fn route(
         // so which workspaces exist is not told to whoever asks.
         Err(_) if named.is_some() => return StatusCode::NOT_FOUND.into_response(),
         // A token of a workspace that is gone is no credential at all.
-        Err(_) if token.is_some() => {
-            return problem(
-                StatusCode::UNAUTHORIZED,
-                "Unknown credentials",
-                "the key or token is not one of this server's",
-            )
-            .into_response();
-        }
+        Err(_) if token.is_some() => return unknown_credentials().into_response(),
         // A session cookie of a workspace that is gone is no session at all.
         Err(_) => match shared.app(&WorkspaceName::default_workspace(), false) {
             Ok(app) => app,
@@ -206,14 +192,17 @@ pub(crate) async fn route(
     next.run(request).await
 }
 
-/// The web UI's session cookie (`fm_session`), whole, if the request has one.
+/// The name of the web UI's session cookie.
+pub(crate) const SESSION_COOKIE: &str = "fm_session";
+
+/// The web UI's session cookie, whole (`acme.fm_…`), if the request has one.
 pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix("fm_session=").map(str::to_owned))
+        .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('=').map(str::to_owned))
 }
 
 /// The user of an `Authorization: Basic …` header (Segment's libraries send the write key so).
@@ -333,10 +322,9 @@ impl axum::extract::FromRequestParts<Shared> for Admin {
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, shared: &Shared) -> Result<Admin, Problem> {
         let app = App::from_request_parts(parts, shared).await?;
-        let app = &app;
         let reading = parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD;
         let scope = if reading { Scope::Read } else { Scope::Admin };
-        authorize(app, bearer(&parts.headers), scope).await.map(|()| Admin)
+        authorize(&app, bearer(&parts.headers), scope).await.map(|()| Admin)
     }
 }
 
@@ -368,13 +356,9 @@ pub(crate) async fn credential(
         _ => app.stored_token(&presented).await?,
     };
     match token {
-        // A token is accepted by the workspace it was made for only.
-        // Said as for an unknown token: which workspace a token is for is not told.
-        Some(token) if token.workspace != app.workspace.as_str() => Err(problem(
-            StatusCode::UNAUTHORIZED,
-            "Unknown credentials",
-            "the key or token is not one of this server's",
-        )),
+        // A token is accepted by the workspace it was made for only, and refused as an unknown
+        // one would be: which workspace a token is for is not told.
+        Some(token) if token.workspace != app.workspace.as_str() => Err(unknown_credentials()),
         // Whatever `read` may do, `admin` may too.
         Some(token)
             if token.scopes.contains(&scope) || (scope == Scope::Read && token.scopes.contains(&Scope::Admin)) =>
@@ -386,12 +370,27 @@ pub(crate) async fn credential(
             "Missing scope",
             format!("this token does not have the `{}` scope", scope.as_str()),
         )),
-        None => Err(problem(
-            StatusCode::UNAUTHORIZED,
-            "Unknown credentials",
-            "the key or token is not one of this server's",
-        )),
+        None => Err(unknown_credentials()),
     }
+}
+
+/// `403` unless the request is the `default` workspace's: only its admins (the server's
+/// operators) list and create workspaces and move the clock.
+pub(crate) fn operators_only(app: &App) -> Result<(), Problem> {
+    if app.workspace.is_default() {
+        Ok(())
+    } else {
+        Err(problem(
+            StatusCode::FORBIDDEN,
+            "Not an operator",
+            "only the `default` workspace's admins list and create workspaces and move the clock",
+        ))
+    }
+}
+
+/// The `401` for a key or token that is not one of this server's (or not of this workspace).
+fn unknown_credentials() -> Problem {
+    problem(StatusCode::UNAUTHORIZED, "Unknown credentials", "the key or token is not one of this server's")
 }
 
 /// Sends the owner a command made with the reply channel and awaits the answer (`429` when its

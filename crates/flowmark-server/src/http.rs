@@ -178,11 +178,9 @@ async fn log_request(request: axum::extract::Request, next: axum::middleware::Ne
     response
 }
 
-/// The write key from HTTP Basic (user part), a bearer token, or the body's `writeKey`.
-fn write_key(headers: &HeaderMap, body: &Value) -> Option<String> {
-    crate::api::basic_user(headers)
-        .or_else(|| crate::api::bearer(headers))
-        .or_else(|| body.get("writeKey").and_then(Value::as_str).map(str::to_owned))
+/// The write key from the headers: HTTP Basic (user part) or a bearer token.
+fn header_key(headers: &HeaderMap) -> Option<String> {
+    crate::api::basic_user(headers).or_else(|| crate::api::bearer(headers))
 }
 
 /// A 400 for a body over the size of one event (`EVENT_SIZE_BYTES_MAX`), titled `title`.
@@ -226,16 +224,17 @@ async fn ingest(app: App, Path(kind): Path<String>, headers: HeaderMap, body: By
             return Err(problem(StatusCode::BAD_REQUEST, "Invalid JSON", format!("the body is not JSON: {error}")));
         }
     };
-    let key = write_key(&headers, &value);
-    // A `writeKey` in the body names its workspace only now (`route` saw the headers alone).
-    let app = match &key {
-        Some(key) if crate::api::basic_user(&headers).is_none() && crate::api::bearer(&headers).is_none() => {
-            match app.workspace_of(key).await? {
-                Some(workspace) => app.switch_to(&workspace)?,
-                None => app,
-            }
-        }
-        _ => app,
+    // The key from the headers, else the body's `writeKey`, which names its workspace only
+    // now (`route` saw the headers alone).
+    let (app, key) = match header_key(&headers) {
+        Some(key) => (app, Some(key)),
+        None => match value.get("writeKey").and_then(Value::as_str).map(str::to_owned) {
+            Some(key) => match app.workspace_of(&key).await? {
+                Some(workspace) => (app.switch_to(&workspace)?, Some(key)),
+                None => (app, Some(key)),
+            },
+            None => (app, None),
+        },
     };
     authorize(&app, key, Scope::Ingest).await?;
     let received_at = now();
@@ -770,13 +769,7 @@ async fn clock(_admin: Admin) -> Answer {
 )]
 async fn advance_clock(app: App, _admin: Admin, body: Bytes) -> Answer {
     // The clock is the server's, every workspace's: only its operators move it.
-    if !app.workspace.is_default() {
-        return Err(problem(
-            StatusCode::FORBIDDEN,
-            "Not an operator",
-            "only the `default` workspace's admins move the clock",
-        ));
-    }
+    crate::api::operators_only(&app)?;
     let owners: Vec<crate::owner::Owner> = app.workspaces.all().into_iter().map(|tenant| tenant.owner).collect();
     let fields = json_object(&body).map_err(|(title, detail)| problem(StatusCode::BAD_REQUEST, title, detail))?;
     let invalid = |detail: String| problem(StatusCode::BAD_REQUEST, "Invalid clock move", detail);

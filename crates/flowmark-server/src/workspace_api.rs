@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::{
-    Admin, Answer, App, Problem, Shared, admin_object, get_document, internal, problem, put_document, query,
+    Admin, Answer, App, Shared, admin_object, get_document, internal, operators_only, problem, put_document, query,
 };
 use crate::openapi::schema;
 use crate::workspaces::CreateError;
@@ -77,19 +77,6 @@ async fn put_settings(app: App, headers: HeaderMap, body: Bytes) -> Answer {
 )]
 async fn this_workspace(app: App, _admin: Admin) -> Answer {
     Ok(axum::Json(json!({ "name": app.workspace.as_str(), "prefix": app.link("") })).into_response())
-}
-
-/// `403` unless the request is the `default` workspace's.
-fn operators_only(app: &App) -> Result<(), Problem> {
-    if app.workspace.is_default() {
-        Ok(())
-    } else {
-        Err(problem(
-            StatusCode::FORBIDDEN,
-            "Not an operator",
-            "only the `default` workspace's admins list and create workspaces",
-        ))
-    }
 }
 
 #[utoipa::path(

@@ -187,7 +187,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     init_logs(args.log_format);
     // Settings are checked before anything is opened: a bad flag changes nothing on disk.
     let inbound_webhook_secrets = parse_secrets(&args.inbound_webhook_secrets)?;
-    parse_secrets(&args.webhook_secrets)?;
+    let webhook_secrets = parse_secrets(&args.webhook_secrets)?;
     if let Some(url) = &args.smtp_url {
         SmtpConnector::check(url, &args.email_from).context("cannot set up email")?;
     }
@@ -223,7 +223,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     let address = listener.local_addr()?;
     let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{address}"));
-    let setup = Arc::new(Setup { args: args.clone(), public_url, address });
+    let setup = Arc::new(Setup { args: args.clone(), webhook_secrets, public_url, address });
     let threads: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>> = Arc::default();
 
     // The one place that picks the backend: everything past it talks to the `Store` trait.
@@ -315,6 +315,8 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// reached.
 struct Setup {
     args: Args,
+    /// `--webhook-secret`, parsed once.
+    webhook_secrets: Vec<Secret>,
     public_url: String,
     address: std::net::SocketAddr,
 }
@@ -387,7 +389,7 @@ impl Setup {
                 limits(args.smtp_concurrency, args.smtp_per_second),
             );
         }
-        let webhook_secrets = parse_secrets(&args.webhook_secrets)?;
+        let webhook_secrets = self.webhook_secrets.clone();
         // People's chat notifications: posts to Slack-compatible incoming webhooks, signed like
         // every outbound webhook when secrets are set.
         let chat = WebhookSettings { secrets: webhook_secrets.clone(), allow_private: args.webhook_allow_private };

@@ -378,7 +378,7 @@ impl<S: Store> Engine<S> {
             if entry.lost >= LOST_ATTEMPTS_MAX {
                 let reason = format!(
                     "quarantined: {} attempts in a row ended with no outcome (the server stopped or died while \
-                     performing it); once the cause is fixed, requeue it (POST /api/outbox/{{key}}/requeue)",
+                     performing it); once the cause is fixed, requeue it (POST /api/outbox/requeue)",
                     entry.lost
                 );
                 tracing::error!(effect = %entry.key, run = entry.run.0, lost = entry.lost,

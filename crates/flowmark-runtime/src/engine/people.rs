@@ -440,7 +440,7 @@ impl<S: Store> Engine<S> {
         };
         let mut unit = Unit::default();
         let key = format!("{}/decided-for", item.id);
-        for to in people.iter().filter(|p| p.as_str() != person) {
+        for to in people {
             self.notify_person(&mut unit, (&key, item.run, &item.step), to, &ask, now);
         }
         self.store.write(&unit.batch(), now)?;

@@ -27,6 +27,7 @@ use flowmark_store::{Session, Store, WorkItem, WorkKind};
 use serde_json::Value;
 use std::fmt::Write as _;
 
+use crate::api::SESSION_COOKIE as COOKIE;
 use crate::api::{Answer, App, Page, PeerAddress, Shared, admin_object, internal, problem, query};
 use crate::auth::{constant_time_eq, hash_password, new_token, token_hash, verify_password};
 use crate::openapi::schema;
@@ -35,7 +36,6 @@ use html::{Zone, due, esc, page, seg, time};
 
 /// How long a session lasts.
 pub const SESSION_MS: i64 = 12 * 3_600_000;
-const COOKIE: &str = "fm_session";
 
 pub(crate) fn routes() -> Router<Shared> {
     Router::new()
@@ -230,16 +230,14 @@ async fn login(
     let email = form_value(&form, "email").unwrap_or_default().trim().to_lowercase();
     let password = form_value(&form, "password").unwrap_or_default().to_owned();
     let next = safe_next(form_value(&form, "next").unwrap_or("/ui"));
-    // The form names the workspace to sign in to; a workspace that does not exist is answered
-    // like a wrong password (which workspaces exist is not told to whoever asks).
+    // The form names the workspace to sign in to. One that does not exist is answered like a
+    // wrong password, after the same work (a password check against a dummy hash, a failure
+    // counted), so neither the answer nor its time tells which workspaces exist.
     let switched = match given.map(flowmark_store::WorkspaceName::parse) {
         None => Some(app.clone()),
         Some(Ok(name)) => app.switch_to(&name).ok(),
         Some(Err(_)) => None,
     };
-    // A workspace that does not exist is answered like a wrong password, after the same work
-    // (a password check against a dummy hash, a failure counted), so neither the answer nor
-    // its time tells which workspaces exist.
     let missing = switched.is_none();
     let app = switched.unwrap_or(app);
     // Failures count per account in each workspace (as named, when it does not exist).
@@ -262,15 +260,7 @@ async fn login(
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         return Ok(response);
     }
-    let valid = if missing {
-        let _permit = app.password_checks.acquire().await.map_err(|_| internal("the password checks are closed"))?;
-        tokio::task::spawn_blocking(move || verify_password(&password, &DUMMY_HASH))
-            .await
-            .map_err(|_| internal("a password check failed"))?;
-        Ok(false)
-    } else {
-        check_password(&app, &email, password).await
-    };
+    let valid = check_password(&app, (!missing).then_some(email.as_str()), password).await;
     let succeeded = matches!(valid, Ok(true));
     if let Ok(mut sign_ins) = app.sign_ins.lock() {
         sign_ins.finish(&account, address, succeeded, now().ms());
@@ -317,14 +307,17 @@ async fn login(
     }
 }
 
-/// Is `password` the account's? Verified on a blocking thread under `App::password_checks`
-/// (Argon2 takes tens of milliseconds of CPU: never on the async workers), and against a dummy
-/// hash when there is no account, so timing does not tell.
-async fn check_password(app: &App, email: &str, password: String) -> Result<bool, crate::api::Problem> {
-    let wanted = email.to_owned();
-    let stored = match query(&app.owner, move |engine, _| engine.store().account(&wanted)).await? {
-        Ok(stored) => stored,
-        Err(error) => return Err(internal(error)),
+/// Is `password` the account's (`None`: a workspace that does not exist, which has none)?
+/// Verified on a blocking thread under `App::password_checks` (Argon2 takes tens of
+/// milliseconds of CPU: never on the async workers), and against a dummy hash when there is no
+/// account, so timing does not tell.
+async fn check_password(app: &App, email: Option<&str>, password: String) -> Result<bool, crate::api::Problem> {
+    let stored = match email {
+        Some(email) => {
+            let wanted = email.to_owned();
+            query(&app.owner, move |engine, _| engine.store().account(&wanted)).await?.map_err(internal)?
+        }
+        None => None,
     };
     let _permit = app.password_checks.acquire().await.map_err(|_| internal("the password checks are closed"))?;
     tokio::task::spawn_blocking(move || match &stored {
